@@ -1,0 +1,83 @@
+//! The one configuration module. Every binary flattens [`Settings`] into its command line, so
+//! each setting is an environment variable with the `TF_` prefix, a `--flag`, a default that
+//! points at the local stack (`scripts/stack`, ports pinned in `.env`) and a line in `--help`.
+
+use clap::{Args, Parser};
+
+/// Where the task factory finds Kafka, the schema registry, Temporal and PostgreSQL.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Kafka bootstrap servers (comma separated).
+    #[arg(long, env = "TF_KAFKA_BROKERS", default_value = "127.0.0.1:19092", global = true)]
+    pub kafka_brokers: String,
+
+    /// Base URL of the Confluent-compatible schema registry API.
+    #[arg(
+        long,
+        env = "TF_SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:18081/apis/ccompat/v7",
+        global = true
+    )]
+    pub schema_registry_url: String,
+
+    /// Temporal frontend gRPC endpoint.
+    #[arg(long, env = "TF_TEMPORAL_URL", default_value = "http://127.0.0.1:17233", global = true)]
+    pub temporal_url: String,
+
+    /// Temporal namespace the workflows run in.
+    #[arg(long, env = "TF_TEMPORAL_NAMESPACE", default_value = "default", global = true)]
+    pub temporal_namespace: String,
+
+    /// PostgreSQL connection URL of the application database.
+    #[arg(
+        long,
+        env = "TF_DATABASE_URL",
+        default_value = "postgres://taskfactory:taskfactory@127.0.0.1:15432/taskfactory",
+        global = true,
+        hide_default_value = true
+    )]
+    pub database_url: String,
+}
+
+impl Settings {
+    /// Settings from the environment alone (defaults for what is unset); for tests and tools
+    /// that have no command line of their own.
+    pub fn from_env() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        Only::parse_from(["taskfactory"]).settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// The defaults must point at the ports `.env` pins for `scripts/stack`; this catches one
+    /// being changed without the other.
+    #[test]
+    fn defaults_match_the_local_stack_ports() {
+        let dotenv = include_str!("../../../.env");
+        let vars: HashMap<&str, &str> = dotenv
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .collect();
+        let cmd = <Settings as clap::Args>::augment_args(clap::Command::new("t"));
+        let default = |id: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_default_values().first().cloned())
+                .map(|v| v.to_string_lossy().into_owned())
+                .unwrap()
+        };
+        assert!(default("kafka_brokers").ends_with(&format!(":{}", vars["TF_KAFKA_PORT"])));
+        assert!(default("schema_registry_url").contains(&format!(":{}/", vars["TF_REGISTRY_PORT"])));
+        assert!(default("temporal_url").ends_with(&format!(":{}", vars["TF_TEMPORAL_PORT"])));
+        assert!(default("database_url").contains(&format!(":{}/", vars["TF_POSTGRES_PORT"])));
+    }
+}

@@ -1,0 +1,131 @@
+//! Encoding and decoding record values: Confluent framing, registry lookups, Avro bodies, and
+//! the envelope mapping. Every way a value can be wrong has its own error, and
+//! [`DecodeError::is_bad_input`] separates bad records (dead-letter them) from an unavailable
+//! registry (back off, never skip).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use apache_avro::types::Value;
+use apache_avro::{Schema, from_avro_datum, to_avro_datum};
+
+use crate::event::{EnvelopeError, Event};
+use crate::registry::{Registry, RegistryError};
+use crate::wire::{self, WireError};
+use crate::{ENVELOPE_FULL_NAME, ENVELOPE_SCHEMA};
+
+/// What a record value decoded to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// A CloudEvents envelope.
+    Envelope { schema_id: u32, event: Event },
+    /// Any other Avro value; `full_name` is the record's full name (or the type name of a
+    /// non-record schema).
+    Record { schema_id: u32, full_name: String, value: serde_json::Value },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not Confluent wire format: {0}")]
+    Wire(#[from] WireError),
+    #[error("schema id {0} is not known to the schema registry")]
+    UnknownSchemaId(u32),
+    #[error(transparent)]
+    Registry(RegistryError),
+    #[error("Avro body does not decode with writer schema id {schema_id}: {reason}")]
+    Body { schema_id: u32, reason: String },
+    #[error("{extra} bytes left over after the Avro body of schema id {schema_id}")]
+    TrailingBytes { schema_id: u32, extra: usize },
+    #[error("schema id {schema_id}: {source}")]
+    Envelope { schema_id: u32, source: EnvelopeError },
+}
+
+impl DecodeError {
+    /// Bad input goes to the DLQ; anything else is a dependency failure to retry.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, DecodeError::Registry(e) if e.is_transient())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("value does not match the schema of subject {subject}: {reason}")]
+    Schema { subject: String, reason: String },
+}
+
+pub struct Codec {
+    registry: Arc<Registry>,
+    envelope: Schema,
+    /// Ids this process registered, by subject; registration is idempotent, this only saves
+    /// the round trip.
+    registered: Mutex<HashMap<(String, String), u32>>,
+}
+
+impl Codec {
+    pub fn new(registry: Arc<Registry>) -> Self {
+        let envelope = Schema::parse_str(ENVELOPE_SCHEMA).expect("committed envelope schema parses");
+        Codec { registry, envelope, registered: Mutex::default() }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Decodes one record value.
+    pub async fn decode(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+        let (schema_id, mut body) = wire::unframe(bytes)?;
+        let schema = self.registry.schema(schema_id).await.map_err(|e| match e {
+            RegistryError::UnknownSchemaId(id) => DecodeError::UnknownSchemaId(id),
+            other => DecodeError::Registry(other),
+        })?;
+        let value = from_avro_datum(&schema, &mut body, None)
+            .map_err(|e| DecodeError::Body { schema_id, reason: e.to_string() })?;
+        if !body.is_empty() {
+            // A body longer than its schema says is a framing or schema-id mix-up, not data.
+            return Err(DecodeError::TrailingBytes { schema_id, extra: body.len() });
+        }
+        let full_name = full_name(&schema);
+        if full_name == ENVELOPE_FULL_NAME {
+            let event = Event::from_avro(value).map_err(|source| DecodeError::Envelope { schema_id, source })?;
+            Ok(Decoded::Envelope { schema_id, event })
+        } else {
+            Ok(Decoded::Record { schema_id, full_name, value: crate::json::avro_to_json(value) })
+        }
+    }
+
+    /// Encodes `event` with the committed envelope schema, registered under `subject`.
+    pub async fn encode_event(&self, subject: &str, event: &Event) -> Result<Vec<u8>, EncodeError> {
+        let id = self.schema_id(subject, ENVELOPE_SCHEMA).await?;
+        let body = to_avro_datum(&self.envelope, event.to_avro())
+            .map_err(|e| EncodeError::Schema { subject: subject.into(), reason: e.to_string() })?;
+        Ok(wire::frame(id, &body))
+    }
+
+    /// Encodes any Avro `value` with `schema` (Avro JSON), registered under `subject`.
+    pub async fn encode(&self, subject: &str, schema: &str, value: Value) -> Result<Vec<u8>, EncodeError> {
+        let id = self.schema_id(subject, schema).await?;
+        let parsed = self.registry.schema(id).await?;
+        let body = to_avro_datum(&parsed, value)
+            .map_err(|e| EncodeError::Schema { subject: subject.into(), reason: e.to_string() })?;
+        Ok(wire::frame(id, &body))
+    }
+
+    async fn schema_id(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
+        let key = (subject.to_string(), schema.to_string());
+        if let Some(id) = self.registered.lock().expect("lock").get(&key) {
+            return Ok(*id);
+        }
+        let id = self.registry.register(subject, schema).await?;
+        self.registered.lock().expect("lock").insert(key, id);
+        Ok(id)
+    }
+}
+
+fn full_name(schema: &Schema) -> String {
+    match schema.name() {
+        Some(name) => name.fullname(None),
+        None => format!("{:?}", apache_avro::schema::SchemaKind::from(schema)).to_lowercase(),
+    }
+}
