@@ -1,1 +1,117 @@
-fn main() {}
+//! `tf`: the task factory's operator CLI.
+
+mod db;
+mod demo;
+mod schemas;
+mod topics;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tf_config::Settings;
+
+/// Operate the task factory: topics, schemas, database and a demo round trip.
+///
+/// Every setting is also an environment variable with the TF_ prefix; the defaults point at
+/// the local stack started by `scripts/stack up`.
+#[derive(Parser)]
+#[command(name = "tf", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Kafka topics from the declarative specs in topics/.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// Avro schemas in schemas/avro/ and the schema registry.
+    #[command(subcommand)]
+    Schemas(SchemasCommand),
+    /// The PostgreSQL application database.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Demonstrations against the running stack.
+    #[command(subcommand)]
+    Demo(DemoCommand),
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create missing topics and report drift of existing ones.
+    ///
+    /// Idempotent. Existing topics are never changed: partitions, replication, retention and
+    /// cleanup policy decide what data a topic keeps, so a difference is reported as drift for
+    /// an operator to resolve.
+    Apply {
+        /// Folder of topic specs, one YAML file per topic.
+        #[arg(long, default_value = "topics")]
+        dir: PathBuf,
+        /// Exit with status 3 when any topic drifted from its spec.
+        #[arg(long)]
+        fail_on_drift: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemasCommand {
+    /// Register each topic's value schema under the subject <topic>-value.
+    ///
+    /// Topic specs name their schema in `value_schema`; the file is schemas/avro/<name>.avsc.
+    /// Idempotent: a schema the subject already has keeps its id.
+    Register {
+        /// Folder of Avro schemas.
+        #[arg(long, default_value = "schemas/avro")]
+        schemas: PathBuf,
+        /// Folder of topic specs.
+        #[arg(long, default_value = "topics")]
+        topics: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Apply pending migrations (embedded in this binary); idempotent.
+    Migrate,
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Produce one envelope through the registry, read it back and print both ends.
+    Roundtrip {
+        /// Topic to use; its value schema must be the envelope.
+        #[arg(long, default_value = "events.demo")]
+        topic: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TF_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Topics(TopicsCommand::Apply { dir, fail_on_drift }) => {
+            topics::apply(&cli.settings, &dir, fail_on_drift).await
+        }
+        Command::Schemas(SchemasCommand::Register { schemas, topics }) => {
+            schemas::register(&cli.settings, &schemas, &topics).await
+        }
+        Command::Db(DbCommand::Migrate) => db::migrate(&cli.settings).await,
+        Command::Demo(DemoCommand::Roundtrip { topic }) => demo::roundtrip(&cli.settings, &topic).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Shared helpers for integration tests. They talk to the real services of `scripts/stack`
+//! (or whatever the TF_* variables point at); nothing here stands in for a service.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use sqlx::Connection;
+pub use tf_config::Settings;
+
+pub fn settings() -> Settings {
+    Settings::from_env()
+}
+
+/// The workspace root, for committed files (`topics/`, `schemas/`, `docker-compose.yml`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+/// A name no other test run uses, so tests share one stack without seeing each other's data.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    format!("{prefix}-{}-{:x}-{}", std::process::id(), nanos % 0xffff_ffff, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The tool directory of `scripts/stack` (its Python virtualenv), unless TF_PYTHON says otherwise.
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("TF_PYTHON") {
+        return p.into();
+    }
+    let cache = std::env::var("TF_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|_| {
+        let home = std::env::var("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache"));
+        home.join("taskfactory")
+    });
+    cache.join("venv/bin/python")
+}
+
+/// A brand-new, empty database on the stack's PostgreSQL, dropped when the guard is dropped.
+pub struct FreshDatabase {
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl FreshDatabase {
+    pub async fn create(settings: &Settings) -> Self {
+        let name = unique("tf_test").replace('-', "_");
+        let admin_url = settings.database_url.clone();
+        let mut conn = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {} ({e}); is `scripts/stack up` running?", tf_store::redact(&admin_url)));
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
+        let base = admin_url.rsplit_once('/').expect("database URL has a path").0;
+        FreshDatabase { url: format!("{base}/{name}"), name, admin_url }
+    }
+}
+
+impl Drop for FreshDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs outside async context; a short-lived thread owns its own runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin_url).await.ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+pub fn kafka_admin(settings: &Settings) -> AdminClient<DefaultClientContext> {
+    tf_kafka::client_config(&settings.kafka_brokers).create().expect("Kafka admin client")
+}
+
+/// Creates a topic of `partitions` partitions through the project's own topic apply.
+pub async fn create_topic(settings: &Settings, name: &str, partitions: i32) {
+    let spec = tf_kafka::topics::TopicSpec {
+        name: name.to_string(),
+        partitions,
+        replication_factor: 1,
+        value_schema: None,
+        config: Default::default(),
+    };
+    tf_kafka::topics::apply(&settings.kafka_brokers, &[spec])
+        .await
+        .unwrap_or_else(|e| panic!("creating topic {name} on {}: {e}; is `scripts/stack up` running?", settings.kafka_brokers));
+}
+
+/// Deletes test topics; failures are ignored (the topics carry unique names).
+pub async fn delete_topics(settings: &Settings, topics: &[&str]) {
+    let admin = kafka_admin(settings);
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let _ = admin.delete_topics(topics, &opts).await;
+}

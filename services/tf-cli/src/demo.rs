@@ -1,0 +1,87 @@
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+use tf_config::Settings;
+use tf_envelope::{Codec, Decoded, Event, Registry};
+
+/// One envelope out through the registry and Kafka, and back in.
+pub async fn roundtrip(settings: &Settings, topic: &str) -> anyhow::Result<ExitCode> {
+    let codec = Codec::new(Arc::new(Registry::new(&settings.schema_registry_url)));
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+    let mut event = Event::new(
+        format!("demo-{nanos}"),
+        "/taskfactory/demo",
+        "io.taskfactory.demo.hello",
+        json!({"greeting": "hello", "sent_by": "tf demo roundtrip"}),
+    )?;
+    event.subject = Some("demo".into());
+    let traceparent = format!("00-{nanos:032x}-{:016x}-01", nanos as u64);
+    event.traceparent = Some(traceparent.clone());
+
+    let value = codec.encode_event(&format!("{topic}-value"), &event).await?;
+    let producer: FutureProducer = tf_kafka::client_config(&settings.kafka_brokers)
+        .set("enable.idempotence", "true")
+        .create()?;
+    let record = FutureRecord::to(topic)
+        .key(event.id.as_str())
+        .payload(&value)
+        .headers(OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(&traceparent) }));
+    let delivery = producer
+        .send(record, Duration::from_secs(15))
+        .await
+        .map_err(|(e, _)| e)
+        .with_context(|| format!("producing to {topic} at {}", settings.kafka_brokers))?;
+    println!(
+        "produced  event {} ({}) to {topic}[{}]@{}: {} bytes, schema id {}",
+        event.id,
+        event.event_type,
+        delivery.partition,
+        delivery.offset,
+        value.len(),
+        u32::from_be_bytes(value[1..5].try_into()?)
+    );
+
+    let consumer: BaseConsumer = tf_kafka::client_config(&settings.kafka_brokers)
+        .set("group.id", "tf-demo-roundtrip")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, delivery.partition, Offset::Offset(delivery.offset))?;
+    consumer.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let msg = loop {
+        if std::time::Instant::now() > deadline {
+            bail!("did not read back {topic}[{}]@{} within 15 s", delivery.partition, delivery.offset);
+        }
+        if let Some(m) = consumer.poll(Duration::from_millis(500)) {
+            break m?.detach();
+        }
+    };
+    let header = msg
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == "traceparent"))
+        .and_then(|h| h.value)
+        .map(String::from_utf8_lossy);
+    match codec.decode(msg.payload().unwrap_or_default()).await? {
+        Decoded::Envelope { schema_id, event: back } => {
+            println!(
+                "consumed  {topic}[{}]@{}: envelope via schema id {schema_id}, traceparent header {}",
+                msg.partition(),
+                msg.offset(),
+                header.as_deref().unwrap_or("-")
+            );
+            println!("decoded   {}", serde_json::to_string_pretty(&back)?);
+            anyhow::ensure!(back == event, "decoded event differs from the one produced");
+            println!("round trip OK: the decoded event equals the produced one");
+        }
+        other => bail!("expected an envelope, decoded {other:?}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

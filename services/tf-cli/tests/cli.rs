@@ -1,0 +1,129 @@
+//! The `tf` binary itself, spawned as an operator would run it, against the real stack.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use tf_testkit::{FreshDatabase, create_topic, delete_topics, repo_root, settings, unique};
+
+fn tf(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_tf"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(repo_root())
+        .output()
+        .expect("spawn tf");
+    eprintln!("tf {args:?}\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn write_spec(dir: &Path, name: &str, partitions: i32, schema: Option<&str>) {
+    let schema = schema.map(|s| format!("value_schema: {s}\n")).unwrap_or_default();
+    std::fs::write(
+        dir.join(format!("{name}.yaml")),
+        format!("name: {name}\npartitions: {partitions}\nreplication_factor: 1\n{schema}config:\n  retention.ms: \"86400000\"\n"),
+    )
+    .unwrap();
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [vec!["--help"], vec!["topics", "apply", "--help"], vec!["schemas", "register", "--help"], vec!["db", "migrate", "--help"], vec!["demo", "roundtrip", "--help"]] {
+        let out = tf(&args, &[]);
+        assert!(out.status.success(), "{args:?}");
+        assert!(stdout(&out).contains("Usage: tf"), "{args:?}");
+    }
+    let top = stdout(&tf(&["--help"], &[]));
+    for word in ["topics", "schemas", "db", "demo", "TF_KAFKA_BROKERS", "TF_DATABASE_URL"] {
+        assert!(top.contains(word), "--help lacks {word}");
+    }
+}
+
+#[tokio::test]
+async fn topics_apply_is_idempotent_and_reports_drift() {
+    let s = settings();
+    let name = unique("it-cli-topic");
+    let dir = temp_dir(&name);
+    write_spec(&dir, &name, 2, None);
+    let d = dir.to_str().unwrap();
+
+    let first = tf(&["topics", "apply", "--dir", d], &[]);
+    assert!(first.status.success());
+    assert!(stdout(&first).contains(&format!("created    {name}")));
+    let second = tf(&["topics", "apply", "--dir", d], &[]);
+    assert!(stdout(&second).contains(&format!("unchanged  {name}")));
+
+    write_spec(&dir, &name, 3, None);
+    let drift = tf(&["topics", "apply", "--dir", d], &[]);
+    assert!(drift.status.success(), "drift alone is a report, not a failure");
+    assert!(stdout(&drift).contains(&format!("DRIFT      {name}")));
+    assert!(stdout(&drift).contains("partitions: spec 3, broker 2"));
+    let strict = tf(&["topics", "apply", "--dir", d, "--fail-on-drift"], &[]);
+    assert_eq!(strict.status.code(), Some(3));
+
+    std::fs::write(dir.join("broken.yaml"), "name: x\npartitions: many\n").unwrap();
+    let broken = tf(&["topics", "apply", "--dir", d], &[]);
+    assert!(!broken.status.success());
+    assert!(String::from_utf8_lossy(&broken.stderr).contains("broken.yaml"), "the error names the file");
+    delete_topics(&s, &[&name]).await;
+}
+
+#[test]
+fn schemas_register_is_idempotent() {
+    let name = unique("it-cli-schema");
+    let dir = temp_dir(&name);
+    write_spec(&dir, &name, 1, Some("envelope"));
+    let args = ["schemas", "register", "--topics", dir.to_str().unwrap()];
+    let first = tf(&args, &[]);
+    assert!(first.status.success());
+    assert!(stdout(&first).contains(&format!("registered {name}-value <- schemas/avro/envelope.avsc")));
+    let second = tf(&args, &[]);
+    assert!(stdout(&second).contains(&format!("unchanged  {name}-value")));
+
+    write_spec(&dir, &name, 1, Some("no_such_schema"));
+    let missing = tf(&args, &[]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no_such_schema.avsc"));
+}
+
+#[tokio::test]
+async fn db_migrate_twice_is_clean() {
+    let db = FreshDatabase::create(&settings()).await;
+    let env = [("TF_DATABASE_URL", db.url.as_str())];
+    let first = tf(&["db", "migrate"], &env);
+    assert!(first.status.success());
+    assert!(stdout(&first).contains("applied"));
+    let second = tf(&["db", "migrate"], &env);
+    assert!(second.status.success());
+    assert!(stdout(&second).contains("up to date") && !stdout(&second).contains("applied"));
+}
+
+#[tokio::test]
+async fn demo_roundtrip_goes_through_kafka_and_the_registry() {
+    let s = settings();
+    let topic = unique("it-cli-demo");
+    create_topic(&s, &topic, 1).await;
+    let out = tf(&["demo", "roundtrip", "--topic", &topic], &[]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(text.contains(&format!("to {topic}[0]@0")), "{text}");
+    assert!(text.contains("round trip OK"), "{text}");
+    delete_topics(&s, &[&topic]).await;
+}
+
+#[test]
+fn an_unreachable_service_is_named_in_the_error() {
+    let out = tf(&["db", "migrate"], &[("TF_DATABASE_URL", "postgres://u:pw@127.0.0.1:9/x")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to PostgreSQL at postgres://u:***@127.0.0.1:9/x"), "{err}");
+}
