@@ -1,0 +1,59 @@
+//! The stack itself: what scripts/stack promises, checked on the running services, and the
+//! docker-compose file kept valid and in step with the pinned versions.
+
+use std::process::Command;
+
+use tf_testkit::{python, repo_root, settings};
+
+fn dotenv(key: &str) -> String {
+    let text = std::fs::read_to_string(repo_root().join(".env")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} not in .env"))
+        .to_string()
+}
+
+#[test]
+fn docker_compose_file_is_valid_and_uses_the_pinned_versions() {
+    let run = |args: &[&str]| {
+        Command::new("docker-compose")
+            .args(["-f", "docker-compose.yml"])
+            .args(args)
+            .current_dir(repo_root())
+            .output()
+            .expect("docker-compose (Debian package, installed by scripts/test) runs")
+    };
+    let check = run(&["config", "-q"]);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let resolved = String::from_utf8(run(&["config"]).stdout).unwrap();
+    for image in [
+        format!("apache/kafka:{}", dotenv("KAFKA_VERSION")),
+        format!("apicurio/apicurio-registry:{}", dotenv("APICURIO_VERSION")),
+        format!("temporalio/temporal:{}", dotenv("TEMPORAL_CLI_VERSION")),
+        format!("postgres:{}", dotenv("POSTGRES_MAJOR")),
+    ] {
+        assert!(resolved.contains(&image), "docker-compose.yml does not use {image}");
+    }
+    for port in ["TF_KAFKA_PORT", "TF_REGISTRY_PORT", "TF_TEMPORAL_PORT", "TF_POSTGRES_PORT"] {
+        assert!(resolved.contains(&format!("published: {}", dotenv(port))) || resolved.contains(&format!(":{}:", dotenv(port))),
+            "docker-compose.yml does not publish {port}");
+    }
+}
+
+#[test]
+fn temporal_has_the_custom_search_attributes() {
+    let temporal = std::env::var("TF_TEMPORAL_CLI")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| python().with_file_name("temporal"));
+    let address = settings().temporal_url.trim_start_matches("http://").to_string();
+    let out = Command::new(&temporal)
+        .args(["operator", "search-attribute", "list", "--address", &address])
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", temporal.display()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    for name in ["ActivityId", "DedupeKey", "TriggerKind"] {
+        let line = listing.lines().find(|l| l.split_whitespace().next() == Some(name));
+        assert!(line.is_some_and(|l| l.contains("Keyword")), "{name} is not a Keyword search attribute:\n{listing}");
+    }
+}
