@@ -1,0 +1,495 @@
+//! A checked, compiled activity definition. [`Definition::parse`] reports every problem of a
+//! document at once, each with its field path (and, for CEL, the position in the expression).
+
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+use crate::document::{ContextSourceDoc, Document, HttpSourceDoc, Overlap, SqlSourceDoc, TaskDoc, TaskType, TriggerDoc};
+use crate::duration;
+use crate::expr::Expr;
+
+#[derive(Debug, Clone)]
+pub struct Definition {
+    pub id: String,
+    pub name: String,
+    pub enabled: bool,
+    pub trigger: Trigger,
+    pub dedupe: Dedupe,
+    /// In name order, the order the worker resolves them.
+    pub context: Vec<(String, ContextSource)>,
+    pub tasks: Vec<TaskTemplate>,
+    /// The document this was parsed from: what is stored, versioned and shown.
+    pub document: Document,
+}
+
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    Event(EventTrigger),
+    Cron(CronTrigger),
+}
+
+impl Trigger {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Trigger::Event(_) => "event",
+            Trigger::Cron(_) => "cron",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EventTrigger {
+    pub topics: Vec<String>,
+    pub type_pattern: TypePattern,
+    pub filter: Option<Expr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CronTrigger {
+    pub expression: String,
+    pub timezone: String,
+    pub jitter: Duration,
+    pub catchup_window: Option<Duration>,
+    pub overlap: Overlap,
+    pub start: Option<String>,
+    pub end: Option<String>,
+}
+
+/// An event type pattern where `*` matches any run of characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypePattern(String);
+
+impl TypePattern {
+    pub fn new(pattern: &str) -> Self {
+        TypePattern(pattern.to_string())
+    }
+
+    pub fn matches(&self, event_type: &str) -> bool {
+        let mut parts = self.0.split('*');
+        let first = parts.next().unwrap_or("");
+        let Some(mut rest) = event_type.strip_prefix(first) else { return false };
+        let parts: Vec<&str> = parts.collect();
+        let Some((last, middle)) = parts.split_last() else { return rest.is_empty() };
+        for part in middle {
+            match rest.find(part) {
+                Some(i) => rest = &rest[i + part.len()..],
+                None => return false,
+            }
+        }
+        rest.ends_with(last)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Dedupe {
+    pub key: Expr,
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum ContextSource {
+    Sql { query: String, params: Vec<Expr> },
+    Http { method: String, url: Expr, body: Option<Expr> },
+    Static(Json),
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskTemplate {
+    pub name: String,
+    pub task_type: TaskType,
+    pub when: Option<Expr>,
+    pub for_each: Option<Expr>,
+    pub params: Vec<(String, Expr)>,
+    pub retry: RetryPolicy,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_interval: Duration,
+    pub max_interval: Duration,
+    pub backoff: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            initial_interval: Duration::from_secs(1),
+            max_interval: Duration::from_secs(60),
+            backoff: 2.0,
+        }
+    }
+}
+
+/// One problem in a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem of one document, named by where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct InvalidDefinition {
+    pub origin: String,
+    pub errors: Vec<FieldError>,
+}
+
+impl std::fmt::Display for InvalidDefinition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is not a valid activity definition:", self.origin)?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+pub const DEFAULT_DEDUPE_KEY: &str = "event.id";
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(86_400);
+pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Params each task type needs to do anything.
+fn required_params(t: TaskType) -> &'static [&'static str] {
+    match t {
+        TaskType::Http => &["url"],
+        TaskType::Kafka => &["topic", "value"],
+        TaskType::Human => &[],
+        TaskType::Workflow => &["workflow_type", "task_queue"],
+    }
+}
+
+struct Checker {
+    errors: Vec<FieldError>,
+}
+
+impl Checker {
+    fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError { path: path.into(), message: message.into() });
+    }
+
+    fn expr(&mut self, path: String, source: &str) -> Option<Expr> {
+        match Expr::compile(path.clone(), source) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                self.fail(path, format!("line {} column {}: {}", e.line, e.column, e.message));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &str, text: Option<&str>, default: Duration) -> Duration {
+        match text.map(duration::parse) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.fail(path, e);
+                default
+            }
+        }
+    }
+}
+
+impl Definition {
+    /// Parses every document of a YAML stream (documents separated by `---`).
+    pub fn from_yaml(origin: &str, text: &str) -> Result<Vec<Definition>, InvalidDefinition> {
+        let mut out = Vec::new();
+        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let origin = if i == 0 { origin.to_string() } else { format!("{origin} (document {})", i + 1) };
+            let document: Document = serde::Deserialize::deserialize(doc).map_err(|e| InvalidDefinition {
+                origin: origin.clone(),
+                errors: vec![FieldError { path: "(document)".into(), message: e.to_string() }],
+            })?;
+            out.push(Definition::parse(document).map_err(|errors| InvalidDefinition { origin, errors })?);
+        }
+        Ok(out)
+    }
+
+    /// Checks and compiles a document; all problems are returned together.
+    pub fn parse(document: Document) -> Result<Definition, Vec<FieldError>> {
+        let mut c = Checker { errors: Vec::new() };
+        let d = &document;
+        let id_ok = !d.id.is_empty()
+            && d.id.len() <= 128
+            && d.id.starts_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+            && d.id.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-'));
+        if !id_ok {
+            c.fail("id", format!("{:?} must be 1-128 of a-z, 0-9, '.', '_', '-', starting with a letter or digit", d.id));
+        }
+        if d.name.trim().is_empty() {
+            c.fail("name", "must not be empty");
+        }
+
+        let trigger = match &d.trigger {
+            TriggerDoc { event: Some(_), cron: Some(_) } | TriggerDoc { event: None, cron: None } => {
+                c.fail("trigger", "needs exactly one of `event` or `cron`");
+                None
+            }
+            TriggerDoc { event: Some(e), cron: None } => {
+                if e.topics.is_empty() {
+                    c.fail("trigger.event.topics", "must name at least one topic");
+                }
+                let filter = e.filter.as_deref().and_then(|f| c.expr("trigger.event.filter".into(), f));
+                Some(Trigger::Event(EventTrigger {
+                    topics: e.topics.clone(),
+                    type_pattern: TypePattern::new(e.type_pattern.as_deref().unwrap_or("*")),
+                    filter,
+                }))
+            }
+            TriggerDoc { event: None, cron: Some(cron) } => {
+                let fields = cron.expression.split_whitespace().count();
+                if !(5..=6).contains(&fields) {
+                    c.fail("trigger.cron.expression", format!("{:?} has {fields} fields; expected 5 or 6", cron.expression));
+                }
+                Some(Trigger::Cron(CronTrigger {
+                    expression: cron.expression.clone(),
+                    timezone: cron.timezone.clone().unwrap_or_else(|| "UTC".into()),
+                    jitter: c.duration("trigger.cron.jitter", cron.jitter.as_deref(), Duration::ZERO),
+                    catchup_window: cron
+                        .catchup_window
+                        .as_deref()
+                        .map(|w| c.duration("trigger.cron.catchup_window", Some(w), Duration::ZERO)),
+                    overlap: cron.overlap.unwrap_or(Overlap::Skip),
+                    start: cron.start.clone(),
+                    end: cron.end.clone(),
+                }))
+            }
+        };
+
+        let key_source = d.dedupe.key.as_deref().unwrap_or(DEFAULT_DEDUPE_KEY);
+        let key = c.expr("dedupe.key".into(), key_source);
+        let window = c.duration("dedupe.window", d.dedupe.window.as_deref(), DEFAULT_DEDUPE_WINDOW);
+        if window.is_zero() {
+            c.fail("dedupe.window", "must be longer than zero");
+        }
+
+        let mut context = Vec::new();
+        for (name, source) in &d.context {
+            let path = format!("context.{name}");
+            let resolved = match source {
+                ContextSourceDoc { sql: Some(SqlSourceDoc { query, params }), http: None, constant: None } => {
+                    let lead = query.trim_start().to_ascii_lowercase();
+                    if !(lead.starts_with("select") || lead.starts_with("with")) {
+                        c.fail(format!("{path}.sql.query"), "must be a read-only SELECT (or WITH ... SELECT)");
+                    }
+                    let params = params
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, p)| c.expr(format!("{path}.sql.params[{i}]"), p))
+                        .collect();
+                    ContextSource::Sql { query: query.clone(), params }
+                }
+                ContextSourceDoc { sql: None, http: Some(HttpSourceDoc { method, url, body }), constant: None } => {
+                    let method = method.to_ascii_uppercase();
+                    if !matches!(method.as_str(), "GET" | "POST" | "PUT") {
+                        c.fail(format!("{path}.http.method"), format!("{method:?} is not GET, POST or PUT"));
+                    }
+                    let url = c.expr(format!("{path}.http.url"), url);
+                    let body = body.as_deref().and_then(|b| c.expr(format!("{path}.http.body"), b));
+                    match url {
+                        Some(url) => ContextSource::Http { method, url, body },
+                        None => continue,
+                    }
+                }
+                ContextSourceDoc { sql: None, http: None, constant: Some(v) } => ContextSource::Static(v.clone()),
+                _ => {
+                    c.fail(path, "needs exactly one of `sql`, `http` or `static`");
+                    continue;
+                }
+            };
+            context.push((name.clone(), resolved));
+        }
+
+        let mut tasks = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in d.tasks.iter().enumerate() {
+            if let Some(task) = check_task(&mut c, i, t) {
+                if !names.insert(task.name.clone()) {
+                    c.fail(format!("tasks[{i}].name"), format!("{:?} is used by an earlier task", task.name));
+                }
+                tasks.push(task);
+            }
+        }
+        if d.tasks.is_empty() {
+            c.fail("tasks", "must define at least one task");
+        }
+
+        match (c.errors.is_empty(), key, trigger) {
+            (true, Some(key), Some(trigger)) => Ok(Definition {
+                id: d.id.clone(),
+                name: d.name.clone(),
+                enabled: d.enabled,
+                trigger,
+                dedupe: Dedupe { key, window },
+                context,
+                tasks,
+                document,
+            }),
+            _ => Err(c.errors),
+        }
+    }
+
+    /// Identifies the content of a version. `enabled` is left out: switching a definition on or
+    /// off is not a new version.
+    pub fn spec_sha256(&self) -> String {
+        let mut doc = self.document.clone();
+        doc.enabled = true;
+        let canonical = serde_json::to_vec(&doc).expect("documents serialise");
+        Sha256::digest(&canonical).iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The stored form of the document.
+    pub fn spec_json(&self) -> Json {
+        serde_json::to_value(&self.document).expect("documents serialise")
+    }
+
+    /// Rebuilds a definition from its stored form.
+    pub fn from_spec_json(spec: Json) -> Result<Definition, InvalidDefinition> {
+        let document: Document = serde_json::from_value(spec).map_err(|e| InvalidDefinition {
+            origin: "stored definition".into(),
+            errors: vec![FieldError { path: "(document)".into(), message: e.to_string() }],
+        })?;
+        let origin = format!("stored definition {}", document.id);
+        Definition::parse(document).map_err(|errors| InvalidDefinition { origin, errors })
+    }
+}
+
+fn check_task(c: &mut Checker, i: usize, t: &TaskDoc) -> Option<TaskTemplate> {
+    let path = format!("tasks[{i}]");
+    let legal = |ch: char| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-');
+    if t.name.is_empty() || !t.name.chars().all(legal) {
+        c.fail(format!("{path}.name"), format!("{:?} must be letters, digits, '_' or '-' (it is part of task ids)", t.name));
+    }
+    for required in required_params(t.task_type) {
+        if !t.params.contains_key(*required) {
+            c.fail(format!("{path}.params.{required}"), format!("required for a {} task", t.task_type.as_str()));
+        }
+    }
+    let when = t.when.as_deref().and_then(|w| c.expr(format!("{path}.when"), w));
+    let for_each = t.for_each.as_deref().and_then(|f| c.expr(format!("{path}.for_each"), f));
+    let params = t
+        .params
+        .iter()
+        .filter_map(|(k, v)| c.expr(format!("{path}.params.{k}"), v).map(|e| (k.clone(), e)))
+        .collect();
+    let mut retry = RetryPolicy::default();
+    if let Some(r) = &t.retry {
+        if let Some(n) = r.max_attempts {
+            if n == 0 {
+                c.fail(format!("{path}.retry.max_attempts"), "must be at least 1");
+            }
+            retry.max_attempts = n;
+        }
+        retry.initial_interval = c.duration(&format!("{path}.retry.initial_interval"), r.initial_interval.as_deref(), retry.initial_interval);
+        retry.max_interval = c.duration(&format!("{path}.retry.max_interval"), r.max_interval.as_deref(), retry.max_interval);
+        if let Some(b) = r.backoff {
+            if b < 1.0 {
+                c.fail(format!("{path}.retry.backoff"), "must be at least 1.0");
+            }
+            retry.backoff = b;
+        }
+    }
+    let timeout = c.duration(&format!("{path}.timeout"), t.timeout.as_deref(), DEFAULT_TASK_TIMEOUT);
+    Some(TaskTemplate { name: t.name.clone(), task_type: t.task_type, when, for_each, params, retry, timeout })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORDERS: &str = r#"
+id: orders-fulfil
+name: Fulfil large orders
+trigger:
+  event:
+    topics: [events.demo]
+    type: com.example.order.*
+    filter: event.data.amount > 100
+dedupe:
+  key: event.data.order_id
+  window: 1h
+context:
+  settings:
+    static: {region: eu}
+tasks:
+  - name: ship
+    type: kafka
+    for_each: event.data.items
+    params:
+      topic: "'shipments'"
+      value: "{'sku': item.sku, 'region': context.settings.region}"
+"#;
+
+    #[test]
+    fn parses_a_complete_definition() {
+        let d = Definition::from_yaml("orders.yaml", ORDERS).unwrap().remove(0);
+        assert_eq!(d.id, "orders-fulfil");
+        assert!(d.enabled);
+        assert_eq!(d.dedupe.window, Duration::from_secs(3600));
+        assert_eq!(d.tasks[0].params.len(), 2);
+        match &d.trigger {
+            Trigger::Event(e) => {
+                assert!(e.type_pattern.matches("com.example.order.created"));
+                assert!(!e.type_pattern.matches("com.example.invoice.created"));
+            }
+            Trigger::Cron(_) => panic!("event trigger expected"),
+        }
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let bad = ORDERS
+            .replace("event.data.amount > 100", "event.data.amount >")
+            .replace("key: event.data.order_id", "key: evnt.order_id")
+            .replace("window: 1h", "window: 1 hour")
+            .replace("topic: \"'shipments'\"", "topics: \"'x'\"");
+        let err = Definition::from_yaml("bad.yaml", &bad).unwrap_err();
+        let paths: Vec<&str> = err.errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["trigger.event.filter", "dedupe.key", "dedupe.window", "tasks[0].params.topic"],
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(text.starts_with("bad.yaml is not a valid activity definition:"), "{text}");
+        assert!(text.contains("dedupe.key: line 1 column 1: unknown variable `evnt`"), "{text}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_a_location() {
+        let err = Definition::from_yaml("x.yaml", &ORDERS.replace("dedupe:", "dedup:")).unwrap_err().to_string();
+        assert!(err.contains("unknown field `dedup`") && err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn the_hash_ignores_enabled_and_follows_content() {
+        let a = Definition::from_yaml("a", ORDERS).unwrap().remove(0);
+        let b = Definition::from_yaml("b", &format!("{ORDERS}\nenabled: false\n")).unwrap().remove(0);
+        assert!(!b.enabled);
+        assert_eq!(a.spec_sha256(), b.spec_sha256());
+        let c = Definition::from_yaml("c", &ORDERS.replace("1h", "2h")).unwrap().remove(0);
+        assert_ne!(a.spec_sha256(), c.spec_sha256());
+        let back = Definition::from_spec_json(a.spec_json()).unwrap();
+        assert_eq!(back.spec_sha256(), a.spec_sha256());
+    }
+
+    #[test]
+    fn type_patterns() {
+        assert!(TypePattern::new("*").matches("anything"));
+        assert!(TypePattern::new("a.*.c").matches("a.b.c"));
+        assert!(!TypePattern::new("a.*.c").matches("a.b.d"));
+        assert!(TypePattern::new("exact").matches("exact"));
+        assert!(!TypePattern::new("exact").matches("exactly"));
+        assert!(TypePattern::new("*.created").matches("order.created"));
+    }
+}

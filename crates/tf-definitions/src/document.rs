@@ -1,0 +1,191 @@
+//! The YAML document as written by people: plain data, parsed by serde, unknown fields refused.
+//! [`crate::Definition::parse`] turns it into a checked, compiled definition.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    /// Stable identifier: lowercase letters, digits, `.`, `_`, `-`.
+    pub id: String,
+    pub name: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub trigger: TriggerDoc,
+    #[serde(default, skip_serializing_if = "DedupeDoc::is_default")]
+    pub dedupe: DedupeDoc,
+    /// Named context sources, resolved in name order before the tasks are evaluated.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub context: BTreeMap<String, ContextSourceDoc>,
+    #[serde(default)]
+    pub tasks: Vec<TaskDoc>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Exactly one of `event` or `cron`. A struct rather than an enum so YAML and JSON read it the
+/// same way and a document with both or neither gets a clear error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerDoc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<EventTriggerDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<CronTriggerDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTriggerDoc {
+    pub topics: Vec<String>,
+    /// Pattern on the event type; `*` matches any run of characters. Default: every type.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub type_pattern: Option<String>,
+    /// CEL condition over `event`; the definition matches only when it is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CronTriggerDoc {
+    pub expression: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catchup_window: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<Overlap>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+}
+
+/// Temporal's schedule overlap policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    Skip,
+    BufferOne,
+    BufferAll,
+    CancelOther,
+    TerminateOther,
+    AllowAll,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeDoc {
+    /// CEL expression giving the dedupe key (a string). Default: `event.id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// How long a key blocks a second run. Default: 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+}
+
+impl DedupeDoc {
+    fn is_default(&self) -> bool {
+        self == &DedupeDoc::default()
+    }
+}
+
+/// Exactly one of `sql`, `http` or `static`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextSourceDoc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<SqlSourceDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSourceDoc>,
+    /// A constant value.
+    #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
+    pub constant: Option<serde_json::Value>,
+}
+
+/// A read-only query on the application database; `$1..$n` bound to the CEL `params`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSourceDoc {
+    pub query: String,
+    #[serde(default)]
+    pub params: Vec<String>,
+}
+
+/// An HTTP call whose JSON response becomes the source's value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSourceDoc {
+    #[serde(default = "get")]
+    pub method: String,
+    /// CEL expression giving the URL.
+    pub url: String,
+    /// CEL expression giving the JSON body (POST/PUT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskType {
+    Http,
+    Kafka,
+    Human,
+    Workflow,
+}
+
+impl TaskType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskType::Http => "http",
+            TaskType::Kafka => "kafka",
+            TaskType::Human => "human",
+            TaskType::Workflow => "workflow",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskDoc {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub task_type: TaskType,
+    /// CEL condition; the task is spawned only when true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// CEL list; one task per element, visible as `item`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<String>,
+    /// Each value a CEL expression.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryDoc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<f64>,
+}

@@ -1,0 +1,54 @@
+//! Durations as written in definitions: `500ms`, `30s`, `10m`, `24h`, `7d`, or combined `1h30m`.
+
+use std::time::Duration;
+
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("{text:?} is not a duration like 30s, 10m, 24h or 7d"));
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| format!("{text:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let scale = match &rest[..unit] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "d" => Duration::from_secs(86_400),
+            "" => return Err(format!("{text:?} needs a unit (ms, s, m, h, d)")),
+            other => return Err(format!("{text:?}: unknown unit {other:?} (use ms, s, m, h, d)")),
+        };
+        total += scale * u32::try_from(n).map_err(|_| format!("{text:?}: number too large"))?;
+        rest = &rest[unit..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units_and_combinations() {
+        assert_eq!(parse("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse("7d"), Ok(Duration::from_secs(7 * 86_400)));
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_duration() {
+        assert!(parse("").is_err());
+        assert!(parse("10").unwrap_err().contains("needs a unit"));
+        assert!(parse("5 weeks").unwrap_err().contains("unknown unit"));
+        assert!(parse("h").is_err());
+    }
+}

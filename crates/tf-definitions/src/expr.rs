@@ -1,0 +1,208 @@
+//! The one CEL evaluation module, used alike by the router (filters, dedupe keys), the worker
+//! (context parameters, task templates) and the CLI (validation). Expressions see `event`
+//! (envelope attributes plus `data`), `context` (resolved context sources), `item` (the
+//! element inside `for_each`) and `run` (the run's id, definition and trigger).
+
+use std::sync::{Arc, OnceLock};
+
+use cel::{Context, Env, Program};
+use serde::Serialize;
+use serde_json::Value as Json;
+
+/// The variables an expression may reference.
+pub const VARIABLES: [&str; 4] = ["event", "context", "item", "run"];
+
+fn env() -> &'static Arc<Env> {
+    static ENV: OnceLock<Arc<Env>> = OnceLock::new();
+    ENV.get_or_init(|| Arc::new(Env::stdlib()))
+}
+
+/// A compiled expression, with the field path and source it came from for error messages.
+#[derive(Clone)]
+pub struct Expr {
+    path: String,
+    source: String,
+    program: Arc<Program>,
+}
+
+impl std::fmt::Debug for Expr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Expr({}: {})", self.path, self.source)
+    }
+}
+
+/// Why an expression did not compile: the field, and where in the expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// What an expression sees when evaluated.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Bindings {
+    pub event: Json,
+    pub context: Json,
+    pub item: Json,
+    pub run: Json,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{path}: `{source_text}` {reason}")]
+pub struct EvalError {
+    pub path: String,
+    pub source_text: String,
+    pub reason: String,
+}
+
+impl Expr {
+    /// Compiles `source`; `path` names the field (e.g. `tasks[0].params.url`) in every error.
+    pub fn compile(path: impl Into<String>, source: &str) -> Result<Expr, CompileError> {
+        let program = env().compile(source).map_err(|errs| {
+            let first = errs.errors.first();
+            CompileError {
+                line: first.map_or(1, |e| e.pos.0.max(1) as usize),
+                column: first.map_or(1, |e| e.pos.1.max(0) as usize + 1),
+                message: first.map_or_else(|| errs.to_string(), |e| e.msg.clone()),
+            }
+        })?;
+        let unknown: Vec<String> = program
+            .references()
+            .variables()
+            .into_iter()
+            .filter(|v| !VARIABLES.contains(v) && !is_comprehension_variable(source, v))
+            .map(String::from)
+            .collect();
+        if let Some(first) = unknown.first() {
+            let column = source.find(first.as_str()).map_or(1, |i| i + 1);
+            return Err(CompileError {
+                line: 1,
+                column,
+                message: format!("unknown variable `{first}`; expressions see {}", VARIABLES.join(", ")),
+            });
+        }
+        Ok(Expr { path: path.into(), source: source.to_string(), program: Arc::new(program) })
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Evaluates to JSON.
+    pub fn eval(&self, bindings: &Bindings) -> Result<Json, EvalError> {
+        let mut ctx = Context::with_env(env().clone());
+        for (name, value) in [
+            ("event", &bindings.event),
+            ("context", &bindings.context),
+            ("item", &bindings.item),
+            ("run", &bindings.run),
+        ] {
+            ctx.add_variable(name, value).map_err(|e| self.error(format!("cannot bind {name}: {e}")))?;
+        }
+        let value = self.program.execute(&ctx).map_err(|e| self.error(format!("failed: {e}")))?;
+        value.json().map_err(|e| self.error(format!("gave a value JSON cannot hold: {e}")))
+    }
+
+    pub fn eval_bool(&self, bindings: &Bindings) -> Result<bool, EvalError> {
+        match self.eval(bindings)? {
+            Json::Bool(b) => Ok(b),
+            other => Err(self.error(format!("gave {} where a bool is needed", kind(&other)))),
+        }
+    }
+
+    /// Strings as they are; numbers and bools in their JSON text (`42`, `true`), so a numeric
+    /// id works as a dedupe key. Anything else is an error.
+    pub fn eval_string(&self, bindings: &Bindings) -> Result<String, EvalError> {
+        match self.eval(bindings)? {
+            Json::String(s) => Ok(s),
+            v @ (Json::Number(_) | Json::Bool(_)) => Ok(v.to_string()),
+            other => Err(self.error(format!("gave {} where a string is needed", kind(&other)))),
+        }
+    }
+
+    pub fn eval_list(&self, bindings: &Bindings) -> Result<Vec<Json>, EvalError> {
+        match self.eval(bindings)? {
+            Json::Array(items) => Ok(items),
+            other => Err(self.error(format!("gave {} where a list is needed", kind(&other)))),
+        }
+    }
+
+    fn error(&self, reason: String) -> EvalError {
+        EvalError { path: self.path.clone(), source_text: self.source.clone(), reason }
+    }
+}
+
+/// `list.all(x, ...)`, `map(x, ...)` and friends bind their own variable; CEL's parser reports
+/// it as a reference, so the name right after the macro's opening parenthesis is allowed.
+fn is_comprehension_variable(source: &str, name: &str) -> bool {
+    let bound_by_macro = ["all(", "exists(", "exists_one(", "map(", "filter("].iter().any(|m| {
+        source.match_indices(m).any(|(i, _)| {
+            let rest = source[i + m.len()..].trim_start();
+            rest.strip_prefix(name).is_some_and(|r| r.trim_start().starts_with(','))
+        })
+    });
+    bound_by_macro || name.starts_with('@') || name.starts_with("__")
+}
+
+fn kind(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "a bool",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "a list",
+        Json::Object(_) => "a map",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn bindings() -> Bindings {
+        Bindings {
+            event: json!({"id": "e1", "type": "order.created", "data": {"amount": 150, "items": [{"sku": "a"}, {"sku": "b"}], "customer": "c-9"}}),
+            context: json!({"customer": {"tier": "gold"}}),
+            item: json!({"sku": "a"}),
+            run: json!({"id": "r1"}),
+        }
+    }
+
+    #[test]
+    fn evaluates_over_every_variable() {
+        let b = bindings();
+        assert!(Expr::compile("f", "event.data.amount > 100 && context.customer.tier == 'gold'").unwrap().eval_bool(&b).unwrap());
+        assert_eq!(Expr::compile("k", "event.data.customer + '/' + item.sku").unwrap().eval_string(&b).unwrap(), "c-9/a");
+        assert_eq!(Expr::compile("k", "event.data.amount").unwrap().eval_string(&b).unwrap(), "150");
+        assert_eq!(Expr::compile("l", "event.data.items").unwrap().eval_list(&b).unwrap().len(), 2);
+        assert_eq!(Expr::compile("m", "{'sku': item.sku, 'run': run.id}").unwrap().eval(&b).unwrap(), json!({"sku": "a", "run": "r1"}));
+        assert!(Expr::compile("c", "event.data.items.all(i, size(i.sku) == 1)").unwrap().eval_bool(&b).unwrap());
+        assert_eq!(Expr::compile("c", "event.data.items.map(x, x.sku)").unwrap().eval(&b).unwrap(), json!(["a", "b"]));
+    }
+
+    #[test]
+    fn compile_errors_have_a_position() {
+        let e = Expr::compile("trigger.event.filter", "event.data.amount >").unwrap_err();
+        assert_eq!(e.line, 1);
+        assert!(e.column > 1, "{e:?}");
+        let e = Expr::compile("f", "evnt.id == 'x'").unwrap_err();
+        assert!(e.message.contains("unknown variable `evnt`"), "{e:?}");
+        assert_eq!(e.column, 1);
+    }
+
+    #[test]
+    fn runtime_errors_name_the_field_and_expression() {
+        let b = bindings();
+        let e = Expr::compile("dedupe.key", "event.data.missing").unwrap().eval_string(&b).unwrap_err();
+        assert_eq!(e.path, "dedupe.key");
+        assert!(e.to_string().starts_with("dedupe.key: `event.data.missing` failed: "), "{e}");
+        let e = Expr::compile("trigger.event.filter", "event.data.amount").unwrap().eval_bool(&b).unwrap_err();
+        assert!(e.to_string().ends_with("gave a number where a bool is needed"), "{e}");
+    }
+}

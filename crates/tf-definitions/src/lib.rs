@@ -1,0 +1,15 @@
+//! Activity definitions: versioned rules of trigger, dedupe policy, context sources and task
+//! templates. A YAML [`Document`] is parsed into a [`Definition`] whose every CEL expression is
+//! already compiled, so holding a `Definition` means it is valid.
+
+pub mod definition;
+pub mod document;
+pub mod duration;
+pub mod expr;
+
+pub use definition::{
+    ContextSource, Dedupe, Definition, EventTrigger, FieldError, InvalidDefinition, TaskTemplate, Trigger,
+    TypePattern,
+};
+pub use document::{Document, Overlap, TaskType};
+pub use expr::{Bindings, EvalError, Expr};
