@@ -1,6 +1,8 @@
 //! PostgreSQL store. Owns the connection pool and the schema (`migrations/`, embedded at build
 //! time so a binary migrates the database it was built for).
 
+pub mod definitions;
+
 use std::collections::HashSet;
 
 use sqlx::migrate::Migrator;

@@ -1,6 +1,7 @@
 //! `tf`: the task factory's operator CLI.
 
 mod db;
+mod definitions;
 mod demo;
 mod schemas;
 mod topics;
@@ -34,6 +35,9 @@ enum Command {
     /// The PostgreSQL application database.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Activity definitions: validate, apply (versioned), list, show.
+    #[command(subcommand)]
+    Definitions(DefinitionsCommand),
     /// Demonstrations against the running stack.
     #[command(subcommand)]
     Demo(DemoCommand),
@@ -79,6 +83,32 @@ enum DbCommand {
 }
 
 #[derive(Subcommand)]
+enum DefinitionsCommand {
+    /// Check definition files without touching the database: YAML shape, every CEL
+    /// expression (errors give the field path and position), durations, required params.
+    Validate {
+        /// Definition files or folders of *.yaml (a file may hold several documents).
+        #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
+    /// Store definitions: a changed document becomes a new immutable version, an unchanged
+    /// one is a no-op, a change of `enabled` alone switches the current version.
+    Apply {
+        #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
+    /// The newest version of every definition.
+    List,
+    /// One definition as stored (the newest version unless --version).
+    Show {
+        id: String,
+        /// A version number; the newest when left out.
+        #[arg(value_name = "VERSION")]
+        at_version: Option<i32>,
+    },
+}
+
+#[derive(Subcommand)]
 enum DemoCommand {
     /// Produce one envelope through the registry, read it back and print both ends.
     Roundtrip {
@@ -105,6 +135,12 @@ async fn main() -> std::process::ExitCode {
             schemas::register(&cli.settings, &schemas, &topics).await
         }
         Command::Db(DbCommand::Migrate) => db::migrate(&cli.settings).await,
+        Command::Definitions(cmd) => match cmd {
+            DefinitionsCommand::Validate { files } => definitions::validate(&files),
+            DefinitionsCommand::Apply { files } => definitions::apply(&cli.settings, &files).await,
+            DefinitionsCommand::List => definitions::list(&cli.settings).await,
+            DefinitionsCommand::Show { id, at_version } => definitions::show(&cli.settings, &id, at_version).await,
+        },
         Command::Demo(DemoCommand::Roundtrip { topic }) => demo::roundtrip(&cli.settings, &topic).await,
     };
     match result {
@@ -113,5 +149,13 @@ async fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -37,7 +37,7 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn every_command_has_help() {
-    for args in [vec!["--help"], vec!["topics", "apply", "--help"], vec!["schemas", "register", "--help"], vec!["db", "migrate", "--help"], vec!["demo", "roundtrip", "--help"]] {
+    for args in [vec!["--help"], vec!["topics", "apply", "--help"], vec!["schemas", "register", "--help"], vec!["db", "migrate", "--help"], vec!["demo", "roundtrip", "--help"], vec!["definitions", "validate", "--help"], vec!["definitions", "apply", "--help"], vec!["definitions", "list", "--help"], vec!["definitions", "show", "--help"]] {
         let out = tf(&args, &[]);
         assert!(out.status.success(), "{args:?}");
         assert!(stdout(&out).contains("Usage: tf"), "{args:?}");
@@ -126,4 +126,41 @@ fn an_unreachable_service_is_named_in_the_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot connect to PostgreSQL at postgres://u:***@127.0.0.1:9/x"), "{err}");
+}
+
+#[tokio::test]
+async fn definitions_validate_apply_list_show() {
+    let db = FreshDatabase::create(&settings()).await;
+    let env = [("TF_DATABASE_URL", db.url.as_str())];
+    assert!(tf(&["db", "migrate"], &env).status.success());
+
+    let ok = tf(&["definitions", "validate", "-f", "examples/definitions"], &[]);
+    assert!(ok.status.success());
+    assert!(stdout(&ok).contains("2 definition(s) valid"));
+
+    let dir = temp_dir(&unique("it-cli-defs"));
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "id: Bad Id\nname: x\ntrigger:\n  event:\n    topics: [t]\n    filter: event.data.x >\ntasks:\n  - name: t\n    type: http\n    params: {}\n").unwrap();
+    let invalid = tf(&["definitions", "validate", "-f", bad.to_str().unwrap()], &[]);
+    assert!(!invalid.status.success());
+    let err = String::from_utf8_lossy(&invalid.stderr);
+    for needle in ["bad.yaml is not a valid activity definition", "id: \"Bad Id\"", "trigger.event.filter: line 1 column", "tasks[0].params.url: required for a http task"] {
+        assert!(err.contains(needle), "missing {needle:?} in\n{err}");
+    }
+
+    let first = tf(&["definitions", "apply", "-f", "examples/definitions"], &env);
+    assert!(stdout(&first).contains("created    order-fulfilment v1"));
+    let again = tf(&["definitions", "apply", "-f", "examples/definitions"], &env);
+    assert!(stdout(&again).contains("unchanged  order-fulfilment v1"));
+
+    let changed = dir.join("welcome.yaml");
+    let text = std::fs::read_to_string(repo_root().join("examples/definitions/signup-welcome.yaml")).unwrap();
+    std::fs::write(&changed, text.replace("window: 7d", "window: 3d")).unwrap();
+    let v2 = tf(&["definitions", "apply", "-f", changed.to_str().unwrap()], &env);
+    assert!(stdout(&v2).contains("new version signup-welcome v2 (was v1"), "{}", stdout(&v2));
+
+    let list = stdout(&tf(&["definitions", "list"], &env));
+    assert!(list.lines().any(|l| l.starts_with("signup-welcome") && l.contains(" 2 ")), "{list}");
+    let show = stdout(&tf(&["definitions", "show", "signup-welcome", "1"], &env));
+    assert!(show.starts_with("# signup-welcome v1 (disabled;") && show.contains("window: 7d"), "{show}");
 }

@@ -1,0 +1,130 @@
+//! Activity definition versions in `activity_definitions`. The store knows rows, not CEL: the
+//! caller hands it a document's JSON and content hash.
+
+use serde_json::Value as Json;
+use sqlx::PgPool;
+
+use crate::StoreError;
+
+/// One stored version.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct StoredDefinition {
+    pub id: String,
+    pub version: i32,
+    pub name: String,
+    pub enabled: bool,
+    pub trigger_kind: String,
+    pub spec: Json,
+    pub spec_sha256: String,
+    /// RFC 3339, UTC (text, which keeps a date-time crate out of the tree).
+    pub created_at: String,
+}
+
+/// What applying a document did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    Created { version: i32 },
+    NewVersion { version: i32, previous: i32 },
+    Unchanged { version: i32 },
+    /// Same content, `enabled` switched on the current version.
+    EnabledChanged { version: i32, enabled: bool },
+}
+
+/// The document to store.
+pub struct NewDefinition<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub enabled: bool,
+    pub trigger_kind: &'a str,
+    pub spec: &'a Json,
+    pub spec_sha256: &'a str,
+}
+
+const COLUMNS: &str =
+    "id, version, name, enabled, trigger_kind, spec, spec_sha256, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at";
+
+/// Stores a new version when the content changed, flips `enabled` when only that changed,
+/// and does nothing otherwise. Concurrent applies of one id are serialised by an advisory lock.
+pub async fn apply(pool: &PgPool, d: &NewDefinition<'_>) -> Result<ApplyOutcome, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('activity_definitions:' || $1))")
+        .bind(d.id)
+        .execute(&mut *tx)
+        .await?;
+    let latest: Option<(i32, bool, String)> = sqlx::query_as(
+        "SELECT version, enabled, spec_sha256 FROM activity_definitions WHERE id = $1 ORDER BY version DESC LIMIT 1",
+    )
+    .bind(d.id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let outcome = match latest {
+        Some((version, enabled, sha)) if sha == d.spec_sha256 => {
+            if enabled == d.enabled {
+                ApplyOutcome::Unchanged { version }
+            } else {
+                sqlx::query("UPDATE activity_definitions SET enabled = $3 WHERE id = $1 AND version = $2")
+                    .bind(d.id)
+                    .bind(version)
+                    .bind(d.enabled)
+                    .execute(&mut *tx)
+                    .await?;
+                ApplyOutcome::EnabledChanged { version, enabled: d.enabled }
+            }
+        }
+        latest => {
+            let version = latest.as_ref().map_or(1, |(v, _, _)| v + 1);
+            sqlx::query(
+                "INSERT INTO activity_definitions (id, version, name, enabled, trigger_kind, spec, spec_sha256)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(d.id)
+            .bind(version)
+            .bind(d.name)
+            .bind(d.enabled)
+            .bind(d.trigger_kind)
+            .bind(d.spec)
+            .bind(d.spec_sha256)
+            .execute(&mut *tx)
+            .await?;
+            // Older versions stay (runs are pinned to them) but only the newest may be enabled.
+            sqlx::query("UPDATE activity_definitions SET enabled = false WHERE id = $1 AND version < $2 AND enabled")
+                .bind(d.id)
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+            match latest {
+                None => ApplyOutcome::Created { version },
+                Some((previous, _, _)) => ApplyOutcome::NewVersion { version, previous },
+            }
+        }
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// The newest version of every definition.
+pub async fn latest(pool: &PgPool) -> Result<Vec<StoredDefinition>, StoreError> {
+    let sql = format!(
+        "SELECT DISTINCT ON (id) {COLUMNS} FROM activity_definitions ORDER BY id, version DESC"
+    );
+    Ok(sqlx::query_as(&sql).fetch_all(pool).await?)
+}
+
+/// One version, or the newest when `version` is `None`.
+pub async fn get(pool: &PgPool, id: &str, version: Option<i32>) -> Result<Option<StoredDefinition>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM activity_definitions WHERE id = $1 AND ($2::int IS NULL OR version = $2) ORDER BY version DESC LIMIT 1"
+    );
+    Ok(sqlx::query_as(&sql).bind(id).bind(version).fetch_optional(pool).await?)
+}
+
+/// A fingerprint of every (id, version, enabled), so services can poll for changes cheaply
+/// and reload only when something changed.
+pub async fn fingerprint(pool: &PgPool) -> Result<String, StoreError> {
+    let fp: Option<String> = sqlx::query_scalar(
+        "SELECT md5(string_agg(id || ':' || version || ':' || enabled, ',' ORDER BY id, version)) FROM activity_definitions",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(fp.unwrap_or_default())
+}

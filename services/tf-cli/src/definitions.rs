@@ -1,0 +1,112 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tf_config::Settings;
+use tf_definitions::{Definition, Trigger};
+use tf_store::definitions::{self, ApplyOutcome, NewDefinition};
+
+/// Reads every definition in `files` (files or folders of *.yaml); all problems are reported.
+fn load(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Definition)>> {
+    let mut paths = Vec::new();
+    for f in files {
+        if f.is_dir() {
+            let mut inner: Vec<PathBuf> = std::fs::read_dir(f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+                .collect();
+            inner.sort();
+            paths.extend(inner);
+        } else {
+            paths.push(f.clone());
+        }
+    }
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        match Definition::from_yaml(&path.display().to_string(), &text) {
+            Ok(defs) => out.extend(defs.into_iter().map(|d| (path.clone(), d))),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("{}", errors.join("\n"));
+    }
+    Ok(out)
+}
+
+fn describe_trigger(d: &Definition) -> String {
+    match &d.trigger {
+        Trigger::Event(e) => format!("event on {}", e.topics.join(", ")),
+        Trigger::Cron(c) => format!("cron {:?} {}", c.expression, c.timezone),
+    }
+}
+
+pub fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let defs = load(files)?;
+    for (path, d) in &defs {
+        println!("  valid  {} ({}; {} task template(s)) in {}", d.id, describe_trigger(d), d.tasks.len(), path.display());
+    }
+    println!("{} definition(s) valid", defs.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn apply(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let defs = load(files)?;
+    let pool = tf_store::connect(&settings.database_url).await?;
+    for (_, d) in &defs {
+        let spec = d.spec_json();
+        let sha = d.spec_sha256();
+        let outcome = definitions::apply(
+            &pool,
+            &NewDefinition {
+                id: &d.id,
+                name: &d.name,
+                enabled: d.enabled,
+                trigger_kind: d.trigger.kind(),
+                spec: &spec,
+                spec_sha256: &sha,
+            },
+        )
+        .await?;
+        match outcome {
+            ApplyOutcome::Created { version } => println!("  created    {} v{version}", d.id),
+            ApplyOutcome::NewVersion { version, previous } => {
+                println!("  new version {} v{version} (was v{previous}; runs pinned to v{previous} keep it)", d.id)
+            }
+            ApplyOutcome::Unchanged { version } => println!("  unchanged  {} v{version}", d.id),
+            ApplyOutcome::EnabledChanged { version, enabled } => {
+                println!("  {}    {} v{version}", if enabled { "enabled " } else { "disabled" }, d.id)
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn list(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let pool = tf_store::connect(&settings.database_url).await?;
+    let rows = definitions::latest(&pool).await?;
+    println!("{:<32} {:>7} {:<8} {:<6} {}", "ID", "VERSION", "ENABLED", "KIND", "NAME");
+    for r in &rows {
+        println!("{:<32} {:>7} {:<8} {:<6} {}", r.id, r.version, r.enabled, r.trigger_kind, r.name);
+    }
+    if rows.is_empty() {
+        println!("(no definitions; apply some with `tf definitions apply -f examples/definitions`)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn show(settings: &Settings, id: &str, version: Option<i32>) -> anyhow::Result<ExitCode> {
+    let pool = tf_store::connect(&settings.database_url).await?;
+    let Some(row) = definitions::get(&pool, id, version).await? else {
+        anyhow::bail!(
+            "no definition {id}{}",
+            version.map(|v| format!(" version {v}")).unwrap_or_default()
+        );
+    };
+    println!("# {} v{} ({}; created {}; sha256 {})", row.id, row.version, if row.enabled { "enabled" } else { "disabled" }, row.created_at, row.spec_sha256);
+    print!("{}", serde_yaml::to_string(&row.spec)?);
+    Ok(ExitCode::SUCCESS)
+}
