@@ -6,6 +6,7 @@ pub mod definition;
 pub mod document;
 pub mod duration;
 pub mod expr;
+pub mod plan;
 
 pub use definition::{
     ContextSource, Dedupe, Definition, EventTrigger, FieldError, InvalidDefinition, TaskTemplate, Trigger,
@@ -13,3 +14,5 @@ pub use definition::{
 };
 pub use document::{Document, Overlap, TaskType};
 pub use expr::{Bindings, EvalError, Expr};
+pub use plan::PlannedTask;
+pub use definition::RetryPolicy;

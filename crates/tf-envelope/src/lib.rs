@@ -5,11 +5,13 @@ pub mod codec;
 pub mod event;
 pub mod json;
 pub mod registry;
+pub mod result;
 pub mod wire;
 
 pub use codec::{Codec, DecodeError, Decoded, EncodeError};
 pub use event::{EnvelopeError, Event, Timestamp};
 pub use registry::{Registry, RegistryError};
+pub use result::{ResultTrigger, TaskResult};
 pub use wire::WireError;
 
 /// The envelope schema as committed in `schemas/avro/envelope.avsc`.

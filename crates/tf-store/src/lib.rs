@@ -2,6 +2,7 @@
 //! time so a binary migrates the database it was built for).
 
 pub mod definitions;
+pub mod runs;
 
 use std::collections::HashSet;
 

@@ -1,0 +1,256 @@
+//! Runs, tasks, dedupe claims and the results outbox: the rows the worker writes as a run
+//! goes. Every write is idempotent, because Temporal retries activities.
+
+use serde_json::Value as Json;
+use sqlx::PgPool;
+
+use crate::StoreError;
+
+/// Where a run came from, as stored in `activity_runs`.
+#[derive(Debug, Clone, Default)]
+pub struct RunSource {
+    pub trigger_kind: String,
+    pub topic: Option<String>,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+    pub event_id: Option<String>,
+    pub schedule_id: Option<String>,
+    pub scheduled_for_ms: Option<i64>,
+}
+
+pub struct BeginRun<'a> {
+    pub run_id: &'a str,
+    pub execution_id: &'a str,
+    pub definition_id: &'a str,
+    pub definition_version: i32,
+    pub dedupe_key: &'a str,
+    pub dedupe_window_secs: u64,
+    pub fired_at_ms: i64,
+    pub traceparent: Option<&'a str>,
+    pub source: &'a RunSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This execution holds the (definition, dedupe key) claim.
+    Claimed,
+    /// Another run holds it inside the dedupe window.
+    HeldBy { run_id: String, execution_id: String },
+}
+
+/// Takes the dedupe claim (or finds it held) and records the run, in one transaction.
+pub async fn begin_run(pool: &PgPool, r: &BeginRun<'_>) -> Result<Claim, StoreError> {
+    let mut tx = pool.begin().await?;
+    let taken: Option<(String, String)> = sqlx::query_as(
+        "INSERT INTO dedupe_claims (definition_id, dedupe_key, run_id, execution_id, claimed_at, expires_at)
+         VALUES ($1, $2, $3, $4, now(), now() + make_interval(secs => $5::double precision))
+         ON CONFLICT (definition_id, dedupe_key) DO UPDATE
+             SET run_id = EXCLUDED.run_id, execution_id = EXCLUDED.execution_id,
+                 claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at
+             WHERE dedupe_claims.expires_at <= now()
+         RETURNING run_id, execution_id",
+    )
+    .bind(r.definition_id)
+    .bind(r.dedupe_key)
+    .bind(r.run_id)
+    .bind(r.execution_id)
+    .bind(r.dedupe_window_secs as f64)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let claim = match taken {
+        Some(_) => Claim::Claimed,
+        None => {
+            let (run_id, execution_id): (String, String) = sqlx::query_as(
+                "SELECT run_id, execution_id FROM dedupe_claims WHERE definition_id = $1 AND dedupe_key = $2",
+            )
+            .bind(r.definition_id)
+            .bind(r.dedupe_key)
+            .fetch_one(&mut *tx)
+            .await?;
+            if run_id == r.run_id && execution_id == r.execution_id {
+                Claim::Claimed // this very execution, retried
+            } else {
+                Claim::HeldBy { run_id, execution_id }
+            }
+        }
+    };
+    let status = if claim == Claim::Claimed { "running" } else { "deduplicated" };
+    let s = r.source;
+    sqlx::query(
+        "INSERT INTO activity_runs (run_id, execution_id, definition_id, definition_version, dedupe_key, trigger_kind,
+             source_topic, source_partition, source_offset, event_id, schedule_id, scheduled_for, fired_at,
+             traceparent, status, finished_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, to_timestamp($12::double precision / 1000),
+             to_timestamp($13::double precision / 1000), $14, $15, CASE WHEN $15 = 'deduplicated' THEN now() END)
+         ON CONFLICT (run_id) DO NOTHING",
+    )
+    .bind(r.run_id)
+    .bind(r.execution_id)
+    .bind(r.definition_id)
+    .bind(r.definition_version)
+    .bind(r.dedupe_key)
+    .bind(&s.trigger_kind)
+    .bind(&s.topic)
+    .bind(s.partition)
+    .bind(s.offset)
+    .bind(&s.event_id)
+    .bind(&s.schedule_id)
+    .bind(s.scheduled_for_ms)
+    .bind(r.fired_at_ms)
+    .bind(r.traceparent)
+    .bind(status)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(claim)
+}
+
+pub async fn set_context(pool: &PgPool, run_id: &str, context: &Json) -> Result<(), StoreError> {
+    sqlx::query("UPDATE activity_runs SET context = $2 WHERE run_id = $1").bind(run_id).bind(context).execute(pool).await?;
+    Ok(())
+}
+
+pub struct NewTask<'a> {
+    pub task_id: &'a str,
+    pub template: &'a str,
+    pub index: i32,
+    pub task_type: &'a str,
+    pub params: &'a Json,
+}
+
+/// Records the planned tasks of a run (idempotent) and how many were spawned.
+pub async fn record_tasks(pool: &PgPool, run_id: &str, tasks: &[NewTask<'_>]) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    for t in tasks {
+        sqlx::query(
+            "INSERT INTO tasks (task_id, run_id, template, item_index, task_type, params)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (task_id) DO NOTHING",
+        )
+        .bind(t.task_id)
+        .bind(run_id)
+        .bind(t.template)
+        .bind(t.index)
+        .bind(t.task_type)
+        .bind(t.params)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query("UPDATE activity_runs SET tasks_spawned = $2 WHERE run_id = $1")
+        .bind(run_id)
+        .bind(tasks.len() as i32)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn set_task_status(pool: &PgPool, task_id: &str, status: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE tasks SET status = $2 WHERE task_id = $1 AND finished_at IS NULL")
+        .bind(task_id)
+        .bind(status)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub struct TaskOutcome<'a> {
+    pub task_id: &'a str,
+    pub run_id: &'a str,
+    pub status: &'a str,
+    pub output: Option<&'a Json>,
+    pub error: Option<&'a str>,
+    pub attempts: i32,
+    /// The result record to publish, as JSON.
+    pub record: &'a Json,
+}
+
+/// Finishes a task and queues its result for the relay, once per task whatever the retries.
+/// Returns whether this call queued it.
+pub async fn record_result(pool: &PgPool, o: &TaskOutcome<'_>) -> Result<bool, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE tasks SET status = $2, output = $3, error = $4, attempts = $5, finished_at = coalesce(finished_at, now())
+         WHERE task_id = $1",
+    )
+    .bind(o.task_id)
+    .bind(o.status)
+    .bind(o.output)
+    .bind(o.error)
+    .bind(o.attempts)
+    .execute(&mut *tx)
+    .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO task_results (task_id, run_id, record) VALUES ($1, $2, $3) ON CONFLICT (task_id) DO NOTHING",
+    )
+    .bind(o.task_id)
+    .bind(o.run_id)
+    .bind(o.record)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(inserted == 1)
+}
+
+pub async fn finish_run(pool: &PgPool, run_id: &str, status: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE activity_runs SET status = $2, finished_at = now() WHERE run_id = $1 AND status = 'running'")
+        .bind(run_id)
+        .bind(status)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Runs a read-only query of a `sql` context source with JSON parameters bound as text, and
+/// returns the rows as a JSON list of objects.
+pub async fn context_query(pool: &PgPool, query: &str, params: &[Json]) -> Result<Json, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await?;
+    let wrapped = format!("SELECT coalesce(json_agg(row_to_json(q)), '[]'::json) FROM ({query}) q");
+    let mut q = sqlx::query_scalar::<_, Json>(&wrapped);
+    for p in params {
+        q = q.bind(match p {
+            Json::String(s) => Some(s.clone()),
+            Json::Null => None,
+            other => Some(other.to_string()),
+        });
+    }
+    let rows = q.fetch_one(&mut *tx).await?;
+    tx.rollback().await?;
+    Ok(rows)
+}
+
+/// One result waiting for the relay.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingResult {
+    pub txid: i64,
+    pub seq: i64,
+    pub task_id: String,
+    pub run_id: String,
+    pub record: Json,
+}
+
+/// Results after the marker `(txid, seq)` whose transactions are older than any still running,
+/// in marker order.
+pub async fn pending_results(pool: &PgPool, after: (i64, i64), limit: i64) -> Result<Vec<PendingResult>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT txid, seq, task_id, run_id, record FROM task_results
+         WHERE (txid, seq) > ($1, $2)
+           AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+         ORDER BY txid, seq LIMIT $3",
+    )
+    .bind(after.0)
+    .bind(after.1)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Informational: the Kafka transaction's marker is the source of truth.
+pub async fn mark_published(pool: &PgPool, task_ids: &[String]) -> Result<(), StoreError> {
+    sqlx::query("UPDATE task_results SET published_at = now() WHERE task_id = ANY($1) AND published_at IS NULL")
+        .bind(task_ids)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
