@@ -28,6 +28,10 @@ pub struct Settings {
     #[arg(long, env = "TF_TEMPORAL_NAMESPACE", default_value = "default", global = true)]
     pub temporal_namespace: String,
 
+    /// Temporal task queue of the task factory's workflows (router starts, worker polls).
+    #[arg(long, env = "TF_TASK_QUEUE", default_value = "taskfactory", global = true)]
+    pub task_queue: String,
+
     /// PostgreSQL connection URL of the application database.
     #[arg(
         long,

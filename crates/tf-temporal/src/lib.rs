@@ -15,8 +15,6 @@ use temporalio_client::{
 use temporalio_common::search_attributes::{SearchAttributeKey, SearchAttributes};
 use temporalio_common::{HasWorkflowDefinition, WorkflowDefinition};
 
-/// The task queue the worker polls.
-pub const TASK_QUEUE: &str = "taskfactory";
 pub const RUN_ACTIVITY: &str = "RunActivity";
 pub const RUN_TASK: &str = "RunTask";
 
@@ -130,14 +128,14 @@ pub enum StartOutcome {
 
 /// Starts RunActivity with id = f(definition, dedupe key), conflict policy Fail and reuse
 /// policy RejectDuplicate, so a second start for the same key is refused by Temporal itself.
-pub async fn start_run(client: &Client, input: RunInput) -> Result<StartOutcome, TemporalError> {
+pub async fn start_run(client: &Client, task_queue: &str, input: RunInput) -> Result<StartOutcome, TemporalError> {
     let workflow_id = workflow_id(&input.definition_id, &input.dedupe_key);
     let attrs = SearchAttributes::new([
         ACTIVITY_ID.value_set(input.definition_id.clone()),
         DEDUPE_KEY.value_set(input.dedupe_key.clone()),
         TRIGGER_KIND.value_set(input.trigger.kind.clone()),
     ]);
-    let opts = WorkflowStartOptions::new(TASK_QUEUE, workflow_id.clone())
+    let opts = WorkflowStartOptions::new(task_queue, workflow_id.clone())
         .id_conflict_policy(WorkflowIdConflictPolicy::Fail)
         .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
         .search_attributes(attrs)
@@ -169,5 +167,62 @@ mod tests {
         assert!(odd.starts_with("run/orders/Zos") && odd.contains('~'), "{odd}");
         assert_ne!(workflow_id("orders", "a b"), workflow_id("orders", "a_b"), "distinct keys, distinct ids");
         assert_eq!(workflow_id("orders", "a b"), workflow_id("orders", "a b"), "deterministic");
+    }
+}
+
+/// Input of the RunTask child workflow: one planned task, fully evaluated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskInput {
+    /// `<run id>/<template>/<index>`; also the child workflow id.
+    pub task_id: String,
+    pub run_id: String,
+    pub definition_id: String,
+    pub definition_version: i32,
+    pub template: String,
+    pub index: u32,
+    /// `http`, `kafka`, `human` or `workflow`.
+    pub task_type: String,
+    pub params: Json,
+    pub max_attempts: u32,
+    pub initial_interval_ms: u64,
+    pub max_interval_ms: u64,
+    pub backoff: f64,
+    pub timeout_ms: u64,
+    pub trigger: TriggerInfo,
+}
+
+/// Output of RunTask.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskOutcome {
+    /// SUCCEEDED, FAILED or CANCELLED.
+    pub status: String,
+    pub attempts: u32,
+}
+
+/// Typed handle on RunTask for clients (signals to human tasks).
+pub struct RunTask;
+
+impl WorkflowDefinition for RunTask {
+    type Input = TaskInput;
+    type Output = TaskOutcome;
+    fn name(&self) -> &str {
+        RUN_TASK
+    }
+}
+
+impl HasWorkflowDefinition for RunTask {
+    type Run = Self;
+}
+
+/// The signal that completes a human task; its input is the task's output.
+pub struct CompleteTask;
+
+pub const COMPLETE_TASK_SIGNAL: &str = "complete";
+
+impl temporalio_common::SignalDefinition for CompleteTask {
+    type Workflow = RunTask;
+    type Input = Json;
+    fn name(&self) -> &str {
+        COMPLETE_TASK_SIGNAL
     }
 }

@@ -102,3 +102,57 @@ pub async fn delete_topics(settings: &Settings, topics: &[&str]) {
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let _ = admin.delete_topics(topics, &opts).await;
 }
+
+/// A service binary of this workspace running against the stack; killed when dropped.
+pub struct Service {
+    child: std::process::Child,
+    pub name: String,
+}
+
+impl Service {
+    /// Spawns `binary` with the test's environment plus `envs`; its log goes to
+    /// `$TMPDIR/<name>.log` so a failing test can point at it.
+    pub fn spawn(binary: &str, name: &str, envs: &[(&str, &str)]) -> Service {
+        let log = std::env::temp_dir().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("service log file");
+        let child = std::process::Command::new(binary)
+            .envs(envs.iter().copied())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {binary}: {e}"));
+        Service { child, name: name.to_string() }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(std::env::temp_dir().join(format!("{}.log", self.name))).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `probe` every 200 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,1 +1,81 @@
-fn main() {}
+//! `tf-worker`: hosts the RunActivity and RunTask workflows and their activities on the
+//! `taskfactory` task queue, and runs the results relay.
+
+mod activities;
+mod relay;
+mod workflows;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use rdkafka::producer::FutureProducer;
+use temporalio_sdk::runtime::RuntimeOptions;
+use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+use tf_config::Settings;
+use tf_envelope::{Codec, Registry};
+
+/// Run the task factory's Temporal worker and results relay.
+///
+/// Every setting is also an environment variable with the TF_ prefix.
+#[derive(Parser)]
+#[command(name = "tf-worker", version)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    /// Kafka transactional.id of the results relay; one per deployment (a second worker with
+    /// the same id fences the first's relay, which is what makes publishing exactly-once).
+    #[arg(long, env = "TF_RELAY_TRANSACTIONAL_ID", default_value = "taskfactory-results-relay")]
+    relay_transactional_id: String,
+    /// Do not run the results relay in this process.
+    #[arg(long, env = "TF_NO_RELAY")]
+    no_relay: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TF_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    let s = &cli.settings;
+
+    let pool = tf_store::connect(&s.database_url).await?;
+    let producer: FutureProducer = tf_kafka::client_config(&s.kafka_brokers)
+        .set("enable.idempotence", "true")
+        .create()
+        .context("Kafka producer")?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "tf-worker").await?;
+    let codec = Arc::new(Codec::new(Arc::new(Registry::new(&s.schema_registry_url))));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let relay = if cli.no_relay {
+        None
+    } else {
+        let relay = relay::Relay::new(pool.clone(), codec, &s.kafka_brokers, &cli.relay_transactional_id)?;
+        Some(tokio::spawn(relay.run(stop_rx)))
+    };
+
+    let runtime = Runtime::from_current_tokio(RuntimeOptions::default())?;
+    let options = WorkerOptions::new(s.task_queue.as_str())
+        .register_activities(activities::Acts { pool, producer, http })
+        .register_workflow::<workflows::RunActivityWorkflow>()?
+        .register_workflow::<workflows::RunTaskWorkflow>()?
+        .build();
+    let mut worker = Worker::new(&runtime, client, options)?;
+    let shutdown = worker.shutdown_handle();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: finishing in-flight tasks");
+        let _ = stop_tx.send(true);
+        shutdown();
+    });
+    tracing::info!(task_queue = %s.task_queue, "worker running");
+    worker.run().await?;
+    if let Some(relay) = relay {
+        relay.await??;
+    }
+    Ok(())
+}

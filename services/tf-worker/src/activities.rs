@@ -1,0 +1,299 @@
+//! The activities: every side effect of a run. Each one is idempotent, because Temporal runs an
+//! activity again after a timeout or a worker crash.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json, json};
+use sqlx::PgPool;
+use temporalio_common::error::ApplicationFailure;
+use temporalio_macros::activities;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use tf_definitions::{Bindings, ContextSource, Definition};
+use tf_envelope::{ResultTrigger, TaskResult};
+use tf_store::runs::{self, BeginRun, Claim, NewTask, RunSource, TaskOutcome};
+use tf_temporal::{RunInput, TaskInput};
+
+pub struct Acts {
+    pub pool: PgPool,
+    pub producer: FutureProducer,
+    pub http: reqwest::Client,
+}
+
+fn permanent(msg: impl Into<String>) -> ActivityError {
+    ActivityError::application(ApplicationFailure::non_retryable(msg.into()))
+}
+
+fn transient(e: impl std::fmt::Display) -> ActivityError {
+    ActivityError::application(ApplicationFailure::new(e.to_string()))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BeginRunInput {
+    pub run_id: String,
+    pub execution_id: String,
+    pub fired_at_ms: i64,
+    pub input: RunInput,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BeginRunOutput {
+    /// The definition at the pinned version when this run holds the claim; `None` when the
+    /// run is a duplicate and must spawn nothing.
+    pub spec: Option<Json>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResolveContextInput {
+    pub run_id: String,
+    pub spec: Json,
+    pub event: Json,
+    pub run: Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordTasksInput {
+    pub run_id: String,
+    pub tasks: Vec<TaskInput>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskExecution {
+    pub output: Json,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MarkTaskInput {
+    pub task_id: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordResultInput {
+    pub task: TaskInput,
+    pub status: String,
+    pub output: Option<Json>,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FinishRunInput {
+    pub run_id: String,
+    pub status: String,
+}
+
+#[activities]
+impl Acts {
+    /// Claims (definition, dedupe key) for this execution, records the run, and loads the
+    /// definition at the version pinned by the router.
+    #[activity(name = "BeginRun")]
+    pub async fn begin_run(self: Arc<Self>, _ctx: ActivityContext, b: BeginRunInput) -> Result<BeginRunOutput, ActivityError> {
+        let i = &b.input;
+        let source = RunSource {
+            trigger_kind: i.trigger.kind.clone(),
+            topic: i.trigger.topic.clone(),
+            partition: i.trigger.partition,
+            offset: i.trigger.offset,
+            event_id: i.trigger.event_id.clone(),
+            schedule_id: i.trigger.schedule_id.clone(),
+            scheduled_for_ms: i.trigger.scheduled_for_ms,
+        };
+        let stored = tf_store::definitions::get(&self.pool, &i.definition_id, Some(i.definition_version))
+            .await
+            .map_err(transient)?
+            .ok_or_else(|| permanent(format!("definition {} v{} does not exist", i.definition_id, i.definition_version)))?;
+        let claim = runs::begin_run(
+            &self.pool,
+            &BeginRun {
+                run_id: &b.run_id,
+                execution_id: &b.execution_id,
+                definition_id: &i.definition_id,
+                definition_version: i.definition_version,
+                dedupe_key: &i.dedupe_key,
+                dedupe_window_secs: i.dedupe_window_secs,
+                fired_at_ms: b.fired_at_ms,
+                traceparent: i.traceparent.as_deref(),
+                source: &source,
+            },
+        )
+        .await
+        .map_err(transient)?;
+        Ok(BeginRunOutput {
+            spec: match claim {
+                Claim::Claimed => Some(stored.spec),
+                Claim::HeldBy { run_id, .. } => {
+                    tracing::info!(run = %b.run_id, held_by = %run_id, "dedupe claim held by another run: deduplicated");
+                    None
+                }
+            },
+        })
+    }
+
+    /// Resolves the definition's context sources in name order (later sources see earlier
+    /// ones) and stores the snapshot on the run.
+    #[activity(name = "ResolveContext")]
+    pub async fn resolve_context(self: Arc<Self>, _ctx: ActivityContext, r: ResolveContextInput) -> Result<Json, ActivityError> {
+        let definition = Definition::from_spec_json(r.spec).map_err(|e| permanent(e.to_string()))?;
+        let mut context = Map::new();
+        for (name, source) in &definition.context {
+            let b = Bindings { event: r.event.clone(), context: Json::Object(context.clone()), item: Json::Null, run: r.run.clone() };
+            let value = match source {
+                ContextSource::Static(v) => v.clone(),
+                ContextSource::Sql { query, params } => {
+                    let values: Vec<Json> =
+                        params.iter().map(|p| p.eval(&b)).collect::<Result<_, _>>().map_err(|e| permanent(e.to_string()))?;
+                    runs::context_query(&self.pool, query, &values).await.map_err(|e| permanent(format!("context.{name}: {e}")))?
+                }
+                ContextSource::Http { method, url, body } => {
+                    let url = url.eval_string(&b).map_err(|e| permanent(e.to_string()))?;
+                    let body = body.as_ref().map(|e| e.eval(&b)).transpose().map_err(|e| permanent(e.to_string()))?;
+                    let req = self.http.request(method.parse().unwrap_or(reqwest::Method::GET), &url);
+                    let req = if let Some(body) = body { req.json(&body) } else { req };
+                    let resp = req.send().await.map_err(|e| transient(format!("context.{name}: {url}: {e}")))?;
+                    let status = resp.status();
+                    let text = resp.text().await.map_err(transient)?;
+                    if status.is_server_error() {
+                        return Err(transient(format!("context.{name}: {url} answered {status}")));
+                    }
+                    if !status.is_success() {
+                        return Err(permanent(format!("context.{name}: {url} answered {status}: {text}")));
+                    }
+                    serde_json::from_str(&text).unwrap_or(Json::String(text))
+                }
+            };
+            context.insert(name.clone(), value);
+        }
+        let context = Json::Object(context);
+        runs::set_context(&self.pool, &r.run_id, &context).await.map_err(transient)?;
+        Ok(context)
+    }
+
+    #[activity(name = "RecordTasks")]
+    pub async fn record_tasks(self: Arc<Self>, _ctx: ActivityContext, r: RecordTasksInput) -> Result<(), ActivityError> {
+        let rows: Vec<NewTask<'_>> = r
+            .tasks
+            .iter()
+            .map(|t| NewTask {
+                task_id: &t.task_id,
+                template: &t.template,
+                index: t.index as i32,
+                task_type: &t.task_type,
+                params: &t.params,
+            })
+            .collect();
+        runs::record_tasks(&self.pool, &r.run_id, &rows).await.map_err(transient)
+    }
+
+    /// Does the work of an `http` or `kafka` task. Its output becomes the result's output.
+    #[activity(name = "ExecuteTask")]
+    pub async fn execute_task(self: Arc<Self>, ctx: ActivityContext, t: TaskInput) -> Result<TaskExecution, ActivityError> {
+        let attempt = ctx.info().attempt;
+        let p = &t.params;
+        let output = match t.task_type.as_str() {
+            "kafka" => {
+                let topic = p["topic"].as_str().ok_or_else(|| permanent("kafka task: params.topic must be a string"))?;
+                let key = match &p["key"] {
+                    Json::Null => None,
+                    Json::String(s) => Some(s.clone()),
+                    other => Some(other.to_string()),
+                };
+                let value = serde_json::to_vec(&p["value"]).map_err(permanent_display)?;
+                let mut record = FutureRecord::to(topic)
+                    .payload(&value)
+                    .headers(OwnedHeaders::new().insert(Header { key: "taskfactory.task_id", value: Some(&t.task_id) }));
+                if let Some(k) = &key {
+                    record = record.key(k);
+                }
+                let delivery = self
+                    .producer
+                    .send(record, Duration::from_secs(30))
+                    .await
+                    .map_err(|(e, _)| transient(format!("producing to {topic}: {e}")))?;
+                json!({"topic": topic, "partition": delivery.partition, "offset": delivery.offset})
+            }
+            "http" => {
+                let url = p["url"].as_str().ok_or_else(|| permanent("http task: params.url must be a string"))?;
+                let method = p["method"].as_str().unwrap_or(if p["body"].is_null() { "GET" } else { "POST" });
+                let req = self.http.request(method.parse().map_err(permanent_display)?, url).header("x-taskfactory-task-id", &t.task_id);
+                let req = if p["body"].is_null() { req } else { req.json(&p["body"]) };
+                let resp = req.send().await.map_err(|e| transient(format!("{method} {url}: {e}")))?;
+                let status = resp.status();
+                let text = resp.text().await.map_err(transient)?;
+                if status.is_server_error() || status.as_u16() == 429 {
+                    return Err(transient(format!("{method} {url} answered {status}")));
+                }
+                if !status.is_success() {
+                    return Err(permanent(format!("{method} {url} answered {status}: {text}")));
+                }
+                json!({"status": status.as_u16(), "body": serde_json::from_str::<Json>(&text).unwrap_or(Json::String(text))})
+            }
+            other => return Err(permanent(format!("task type {other} is not executed by ExecuteTask"))),
+        };
+        Ok(TaskExecution { output, attempt })
+    }
+
+    #[activity(name = "MarkTask")]
+    pub async fn mark_task(self: Arc<Self>, _ctx: ActivityContext, m: MarkTaskInput) -> Result<(), ActivityError> {
+        runs::set_task_status(&self.pool, &m.task_id, &m.status).await.map_err(transient)
+    }
+
+    /// Finishes the task and queues exactly one result record in the outbox.
+    #[activity(name = "RecordResult")]
+    pub async fn record_result(self: Arc<Self>, _ctx: ActivityContext, r: RecordResultInput) -> Result<bool, ActivityError> {
+        let t = &r.task;
+        let record = TaskResult {
+            task_id: t.task_id.clone(),
+            run_id: t.run_id.clone(),
+            definition_id: t.definition_id.clone(),
+            definition_version: t.definition_version,
+            template: t.template.clone(),
+            task_type: t.task_type.clone(),
+            status: r.status.clone(),
+            output: r.output.as_ref().map(|o| o.to_string()),
+            error: r.error.clone(),
+            attempts: r.attempts as i32,
+            started_at_ms: r.started_at_ms,
+            finished_at_ms: r.finished_at_ms,
+            trigger: ResultTrigger {
+                kind: t.trigger.kind.to_uppercase(),
+                event_id: t.trigger.event_id.clone(),
+                topic: t.trigger.topic.clone(),
+                partition: t.trigger.partition,
+                offset: t.trigger.offset,
+                schedule_id: t.trigger.schedule_id.clone(),
+                scheduled_for_ms: t.trigger.scheduled_for_ms,
+            },
+        };
+        let record = serde_json::to_value(&record).map_err(permanent_display)?;
+        runs::record_result(
+            &self.pool,
+            &TaskOutcome {
+                task_id: &t.task_id,
+                run_id: &t.run_id,
+                status: &r.status.to_lowercase(),
+                output: r.output.as_ref(),
+                error: r.error.as_deref(),
+                attempts: r.attempts as i32,
+                record: &record,
+            },
+        )
+        .await
+        .map_err(transient)
+    }
+
+    #[activity(name = "FinishRun")]
+    pub async fn finish_run(self: Arc<Self>, _ctx: ActivityContext, f: FinishRunInput) -> Result<(), ActivityError> {
+        runs::finish_run(&self.pool, &f.run_id, &f.status).await.map_err(transient)
+    }
+}
+
+fn permanent_display(e: impl std::fmt::Display) -> ActivityError {
+    permanent(e.to_string())
+}

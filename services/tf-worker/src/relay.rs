@@ -1,0 +1,190 @@
+//! The results relay: publishes the `task_results` outbox to `taskfactory.results` in Kafka
+//! transactions, each carrying the relay's progress marker to `taskfactory.results-relay`
+//! (the pattern of Kafka Connect's exactly-once source connectors). A crash before commit
+//! aborts results and marker together; after commit both are visible to `read_committed`
+//! consumers. One fixed `transactional.id` fences a zombie relay when a new one starts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tf_envelope::{Codec, TaskResult};
+
+pub const RESULTS_TOPIC: &str = "taskfactory.results";
+pub const MARKER_TOPIC: &str = "taskfactory.results-relay";
+const BATCH: i64 = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Store(#[from] tf_store::StoreError),
+    #[error("encoding result {task_id}: {reason}")]
+    Encode { task_id: String, reason: String },
+    #[error("marker record is not (txid, seq) JSON: {0}")]
+    Marker(String),
+}
+
+pub struct Relay {
+    pool: PgPool,
+    codec: Arc<Codec>,
+    producer: FutureProducer,
+    brokers: String,
+    /// Also the marker's record key: relays of different deployments may share the topic.
+    transactional_id: String,
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, codec: Arc<Codec>, brokers: &str, transactional_id: &str) -> Result<Self, RelayError> {
+        let producer: FutureProducer = tf_kafka::client_config(brokers)
+            .set("transactional.id", transactional_id)
+            .set("enable.idempotence", "true")
+            .set("transaction.timeout.ms", "60000")
+            .create()?;
+        Ok(Relay { pool, codec, producer, brokers: brokers.to_string(), transactional_id: transactional_id.to_string() })
+    }
+
+    /// The last committed marker, read with `read_committed` so aborted markers do not count.
+    fn read_marker(&self) -> Result<(i64, i64), RelayError> {
+        let consumer: BaseConsumer = tf_kafka::client_config(&self.brokers)
+            .set("group.id", "taskfactory-results-relay")
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let (low, high) = consumer.fetch_watermarks(MARKER_TOPIC, 0, Duration::from_secs(10))?;
+        let mut marker = (0, 0);
+        if high > low {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(MARKER_TOPIC, 0, Offset::Offset(low))?;
+            consumer.assign(&tpl)?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                match consumer.poll(Duration::from_millis(200)) {
+                    Some(m) => {
+                        let m = m?;
+                        if let (Some(payload), Some(key)) = (m.payload(), m.key())
+                            && key == self.transactional_id.as_bytes()
+                        {
+                            let v: serde_json::Value =
+                                serde_json::from_slice(payload).map_err(|e| RelayError::Marker(e.to_string()))?;
+                            marker = (
+                                v["txid"].as_i64().ok_or_else(|| RelayError::Marker(v.to_string()))?,
+                                v["seq"].as_i64().ok_or_else(|| RelayError::Marker(v.to_string()))?,
+                            );
+                        }
+                        if m.offset() + 1 >= high {
+                            break;
+                        }
+                    }
+                    // Transaction control records occupy offsets too; the position tells
+                    // when everything up to the high watermark was read.
+                    None => {
+                        let pos = consumer.position()?.elements_for_topic(MARKER_TOPIC).first().map(|e| e.offset());
+                        if matches!(pos, Some(Offset::Offset(p)) if p >= high) || std::time::Instant::now() > deadline {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(marker)
+    }
+
+    /// Runs until `stop` resolves. Errors are logged and retried with backoff; a fenced
+    /// producer (another relay took over) ends the loop with an error.
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) -> Result<(), RelayError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.init_transactions(Duration::from_secs(30)))
+            .await
+            .expect("init_transactions thread")?;
+        let mut marker = tokio::task::block_in_place(|| self.read_marker())?;
+        tracing::info!(txid = marker.0, seq = marker.1, "results relay started");
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            match self.publish_batch(marker).await {
+                Ok(Some(next)) => {
+                    marker = next;
+                    backoff = Duration::from_millis(200);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(RelayError::Kafka(e)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fenced) => {
+                    return Err(RelayError::Kafka(e));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "results relay batch failed; retrying");
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.max(Duration::from_millis(200))) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    async fn publish_batch(&self, marker: (i64, i64)) -> Result<Option<(i64, i64)>, RelayError> {
+        let rows = tf_store::runs::pending_results(&self.pool, marker, BATCH).await?;
+        let Some(last) = rows.last() else { return Ok(None) };
+        let next = (last.txid, last.seq);
+        let mut encoded = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let result: TaskResult = serde_json::from_value(row.record.clone())
+                .map_err(|e| RelayError::Encode { task_id: row.task_id.clone(), reason: e.to_string() })?;
+            let bytes = self
+                .codec
+                .encode(&format!("{RESULTS_TOPIC}-value"), tf_envelope::TASK_RESULT_SCHEMA, result.to_avro())
+                .await
+                .map_err(|e| RelayError::Encode { task_id: row.task_id.clone(), reason: e.to_string() })?;
+            encoded.push((row, bytes));
+        }
+        self.producer.begin_transaction()?;
+        let sent: Result<(), RelayError> = async {
+            let mut deliveries = Vec::with_capacity(encoded.len() + 1);
+            for (row, bytes) in &encoded {
+                let record = FutureRecord::to(RESULTS_TOPIC)
+                    .key(&row.run_id)
+                    .payload(bytes)
+                    .headers(OwnedHeaders::new().insert(Header { key: "taskfactory.task_id", value: Some(&row.task_id) }));
+                deliveries.push(self.producer.send_result(record).map_err(|(e, _)| e)?);
+            }
+            let marker_json = serde_json::json!({"txid": next.0, "seq": next.1}).to_string();
+            let marker_record = FutureRecord::to(MARKER_TOPIC).key(&self.transactional_id).payload(&marker_json);
+            deliveries.push(self.producer.send_result(marker_record).map_err(|(e, _)| e)?);
+            for d in deliveries {
+                match d.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(e.into()),
+                    Err(_) => return Err(rdkafka::error::KafkaError::Canceled.into()),
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let producer = self.producer.clone();
+        let committed = match sent {
+            Ok(()) => tokio::task::spawn_blocking(move || producer.commit_transaction(Duration::from_secs(30)))
+                .await
+                .expect("commit thread")
+                .map_err(RelayError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = committed {
+            let producer = self.producer.clone();
+            let _ = tokio::task::spawn_blocking(move || producer.abort_transaction(Duration::from_secs(30))).await;
+            return Err(e);
+        }
+        let ids: Vec<String> = rows.iter().map(|r| r.task_id.clone()).collect();
+        tf_store::runs::mark_published(&self.pool, &ids).await?;
+        tracing::debug!(count = rows.len(), txid = next.0, seq = next.1, "published results");
+        Ok(Some(next))
+    }
+}

@@ -1,0 +1,191 @@
+//! The workflows. Deterministic by construction: ids come from the run's workflow id, times
+//! from workflow time, and every side effect (SQL, HTTP, Kafka) is an activity.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value as Json, json};
+use temporalio_common::RetryPolicy;
+use temporalio_common::error::ApplicationFailure;
+use temporalio_macros::{workflow, workflow_methods};
+use temporalio_sdk::{ActivityOptions, ChildWorkflowOptions, SyncWorkflowContext, WorkflowContext, WorkflowResult};
+use tf_definitions::{Bindings, Definition};
+use tf_temporal::{COMPLETE_TASK_SIGNAL, RUN_ACTIVITY, RUN_TASK, RunInput, RunSummary, TaskInput, TaskOutcome};
+
+use crate::activities::{Acts, BeginRunInput, FinishRunInput, MarkTaskInput, RecordResultInput, RecordTasksInput, ResolveContextInput};
+
+fn millis(t: Option<SystemTime>) -> i64 {
+    t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Bookkeeping activities touch only PostgreSQL: retry them patiently.
+fn store_opts() -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30))
+        .retry_policy(
+            RetryPolicy::builder()
+                .initial_interval(Duration::from_millis(200))
+                .maximum_interval(Duration::from_secs(10))
+                .build(),
+        )
+        .build()
+}
+
+#[workflow]
+#[derive(Default)]
+pub struct RunActivityWorkflow;
+
+#[workflow_methods]
+impl RunActivityWorkflow {
+    #[run(name = RUN_ACTIVITY)]
+    pub async fn run(ctx: &mut WorkflowContext<Self>, input: RunInput) -> WorkflowResult<RunSummary> {
+        let run_id = ctx.workflow_id().to_string();
+        let begin = ctx
+            .execute_activity(
+                Acts::begin_run,
+                BeginRunInput {
+                    run_id: run_id.clone(),
+                    execution_id: ctx.info().run_id().to_string(),
+                    fired_at_ms: millis(ctx.workflow_time()),
+                    input: input.clone(),
+                },
+                store_opts(),
+            )
+            .await?;
+        let Some(spec) = begin.spec else {
+            return Ok(RunSummary { status: "deduplicated".into(), tasks_spawned: 0, tasks_failed: 0 });
+        };
+        let finish = |status: &str| FinishRunInput { run_id: run_id.clone(), status: status.into() };
+
+        let definition = match Definition::from_spec_json(spec) {
+            Ok(d) => d,
+            Err(e) => {
+                ctx.execute_activity(Acts::finish_run, finish("failed"), store_opts()).await?;
+                return Err(ApplicationFailure::non_retryable(e.to_string()).into());
+            }
+        };
+        let run = json!({
+            "id": run_id,
+            "definition_id": input.definition_id,
+            "definition_version": input.definition_version,
+            "dedupe_key": input.dedupe_key,
+            "trigger": input.trigger,
+        });
+        let event = input.event.clone().unwrap_or(Json::Null);
+        let context = ctx
+            .execute_activity(
+                Acts::resolve_context,
+                ResolveContextInput { run_id: run_id.clone(), spec: definition.spec_json(), event: event.clone(), run: run.clone() },
+                store_opts(),
+            )
+            .await?;
+        let bindings = Bindings { event, context, item: Json::Null, run };
+        let planned = match definition.plan_tasks(&run_id, &bindings) {
+            Ok(p) => p,
+            Err(e) => {
+                ctx.execute_activity(Acts::finish_run, finish("failed"), store_opts()).await?;
+                return Err(ApplicationFailure::non_retryable(e.to_string()).into());
+            }
+        };
+        let tasks: Vec<TaskInput> = planned
+            .into_iter()
+            .map(|p| TaskInput {
+                task_id: p.task_id,
+                run_id: run_id.clone(),
+                definition_id: input.definition_id.clone(),
+                definition_version: input.definition_version,
+                template: p.template,
+                index: p.index,
+                task_type: p.task_type.as_str().to_string(),
+                params: p.params,
+                max_attempts: p.retry.max_attempts,
+                initial_interval_ms: p.retry.initial_interval.as_millis() as u64,
+                max_interval_ms: p.retry.max_interval.as_millis() as u64,
+                backoff: p.retry.backoff,
+                timeout_ms: p.timeout.as_millis() as u64,
+                trigger: input.trigger.clone(),
+            })
+            .collect();
+        ctx.execute_activity(Acts::record_tasks, RecordTasksInput { run_id: run_id.clone(), tasks: tasks.clone() }, store_opts())
+            .await?;
+
+        let mut children = Vec::with_capacity(tasks.len());
+        for t in &tasks {
+            let child = ctx
+                .start_child_workflow(RunTaskWorkflow::run, t.clone(), ChildWorkflowOptions::workflow_id(t.task_id.clone()))
+                .await?;
+            children.push(child);
+        }
+        let mut failed = 0;
+        for child in children {
+            match child.result().await {
+                Ok(outcome) if outcome.status == "SUCCEEDED" => {}
+                _ => failed += 1,
+            }
+        }
+        let status = if failed == 0 { "completed" } else { "failed" };
+        ctx.execute_activity(Acts::finish_run, finish(status), store_opts()).await?;
+        Ok(RunSummary { status: status.into(), tasks_spawned: tasks.len() as u32, tasks_failed: failed })
+    }
+}
+
+#[workflow]
+#[derive(Default)]
+pub struct RunTaskWorkflow {
+    completion: Option<Json>,
+}
+
+#[workflow_methods]
+impl RunTaskWorkflow {
+    #[run(name = RUN_TASK)]
+    pub async fn run(ctx: &mut WorkflowContext<Self>, task: TaskInput) -> WorkflowResult<TaskOutcome> {
+        let started_at_ms = millis(ctx.workflow_time());
+        let (status, output, error, attempts) = if task.task_type == "human" {
+            ctx.execute_activity(
+                Acts::mark_task,
+                MarkTaskInput { task_id: task.task_id.clone(), status: "awaiting_human".into() },
+                store_opts(),
+            )
+            .await?;
+            ctx.wait_condition(|s| s.completion.is_some()).await?;
+            let output = ctx.state(|s| s.completion.clone());
+            ("SUCCEEDED", output, None, 1)
+        } else {
+            let opts = ActivityOptions::with_start_to_close_timeout(Duration::from_millis(task.timeout_ms))
+                .retry_policy(
+                    RetryPolicy::builder()
+                        .initial_interval(Duration::from_millis(task.initial_interval_ms))
+                        .maximum_interval(Duration::from_millis(task.max_interval_ms))
+                        .backoff_coefficient(task.backoff)
+                        .maximum_attempts(task.max_attempts)
+                        .build(),
+                )
+                .build();
+            match ctx.execute_activity(Acts::execute_task, task.clone(), opts).await {
+                Ok(done) => ("SUCCEEDED", Some(done.output), None, done.attempt),
+                Err(e) => ("FAILED", None, Some(e.to_string()), task.max_attempts),
+            }
+        };
+        let finished_at_ms = millis(ctx.workflow_time());
+        ctx.execute_activity(
+            Acts::record_result,
+            RecordResultInput {
+                task: task.clone(),
+                status: status.into(),
+                output,
+                error,
+                attempts,
+                started_at_ms,
+                finished_at_ms,
+            },
+            store_opts(),
+        )
+        .await?;
+        Ok(TaskOutcome { status: status.into(), attempts })
+    }
+
+    #[signal(name = COMPLETE_TASK_SIGNAL)]
+    pub fn complete(&mut self, _ctx: &mut SyncWorkflowContext<Self>, output: Json) {
+        if self.completion.is_none() {
+            self.completion = Some(output);
+        }
+    }
+}

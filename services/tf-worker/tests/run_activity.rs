@@ -1,0 +1,253 @@
+//! RunActivity end to end on the real stack: the tf-worker binary, Temporal, PostgreSQL,
+//! Kafka and the registry. Runs are started the way the router starts them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::{Value as Json, json};
+use sqlx::PgPool;
+use tf_definitions::Definition;
+use tf_envelope::{Codec, Decoded, Registry};
+use tf_temporal::{RunInput, StartOutcome, TriggerInfo};
+use tf_testkit::{FreshDatabase, Service, create_topic, eventually, settings, unique};
+
+async fn apply(pool: &PgPool, yaml: &str) -> (String, i32) {
+    let d = Definition::from_yaml("test", yaml).unwrap().remove(0);
+    let spec = d.spec_json();
+    let sha = d.spec_sha256();
+    let outcome = tf_store::definitions::apply(
+        pool,
+        &tf_store::definitions::NewDefinition {
+            id: &d.id,
+            name: &d.name,
+            enabled: d.enabled,
+            trigger_kind: d.trigger.kind(),
+            spec: &spec,
+            spec_sha256: &sha,
+        },
+    )
+    .await
+    .unwrap();
+    let version = match outcome {
+        tf_store::definitions::ApplyOutcome::Created { version } | tf_store::definitions::ApplyOutcome::NewVersion { version, .. } => version,
+        other => panic!("{other:?}"),
+    };
+    (d.id, version)
+}
+
+fn input(definition_id: &str, version: i32, key: &str, event: Json) -> RunInput {
+    RunInput {
+        definition_id: definition_id.into(),
+        definition_version: version,
+        dedupe_key: key.into(),
+        dedupe_window_secs: 3600,
+        trigger: TriggerInfo {
+            kind: "event".into(),
+            topic: Some("events.demo".into()),
+            partition: Some(0),
+            offset: Some(7),
+            event_id: Some(format!("evt-{key}")),
+            schedule_id: None,
+            scheduled_for_ms: None,
+        },
+        event: Some(event),
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+    }
+}
+
+/// Every committed result on taskfactory.results for runs whose id starts with `prefix`.
+async fn results_for(prefix: &str) -> Vec<Json> {
+    let s = settings();
+    let consumer: BaseConsumer = tf_kafka::client_config(&s.kafka_brokers)
+        .set("group.id", unique("it-results"))
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let md = consumer.fetch_metadata(Some("taskfactory.results"), Duration::from_secs(10)).unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut highs = HashMap::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset("taskfactory.results", p.id(), Offset::Beginning).unwrap();
+        highs.insert(p.id(), consumer.fetch_watermarks("taskfactory.results", p.id(), Duration::from_secs(10)).unwrap().1);
+    }
+    consumer.assign(&tpl).unwrap();
+    let codec = Codec::new(Arc::new(Registry::new(&s.schema_registry_url)));
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let done = consumer.position().unwrap().elements().iter().all(|e| match e.offset() {
+            Offset::Offset(o) => o >= highs[&e.partition()],
+            _ => highs[&e.partition()] == 0,
+        });
+        if done {
+            break;
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let m = m.unwrap();
+        if !m.key().is_some_and(|k| k.starts_with(prefix.as_bytes())) {
+            continue;
+        }
+        match codec.decode(m.payload().unwrap()).await.unwrap() {
+            Decoded::Record { full_name, value, .. } => {
+                assert_eq!(full_name, "io.taskfactory.TaskResult");
+                out.push(value);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_run_spawns_its_tasks_and_publishes_one_result_each() {
+    let s = settings();
+    let db = FreshDatabase::create(&s).await;
+    let pool = tf_store::connect(&db.url).await.unwrap();
+    tf_store::migrate(&pool).await.unwrap();
+    let queue = unique("it-queue");
+    let shipments = unique("it-shipments");
+    create_topic(&s, &shipments, 1).await;
+    let def_id = unique("it-orders").to_lowercase();
+    let yaml = format!(
+        r#"
+id: {def_id}
+name: Orders
+trigger: {{event: {{topics: [events.demo]}}}}
+dedupe: {{key: event.data.order_id}}
+context:
+  warehouse: {{static: {{dock: 7}}}}
+  tier:
+    sql:
+      query: "SELECT upper($1) AS name"
+      params: [event.data.customer]
+tasks:
+  - name: ship
+    type: kafka
+    for_each: event.data.items
+    params:
+      topic: "'{shipments}'"
+      key: event.data.order_id
+      value: "{{'sku': item, 'dock': context.warehouse.dock, 'customer': context.tier[0].name}}"
+  - name: review
+    type: human
+    when: event.data.gold
+    params: {{title: "'Review ' + event.data.order_id"}}
+"#
+    );
+    let (def_id, version) = apply(&pool, &yaml).await;
+    let relay_id = unique("it-relay");
+    let worker = Service::spawn(
+        env!("CARGO_BIN_EXE_tf-worker"),
+        &unique("tf-worker"),
+        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_RELAY_TRANSACTIONAL_ID", &relay_id), ("TF_LOG", "info")],
+    );
+
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    let event = json!({"id": "e1", "type": "order.created", "data": {"order_id": "o-1", "customer": "acme", "items": ["a", "b", "c"], "gold": true}});
+    let first = tf_temporal::start_run(&client, &queue, input(&def_id, version, "o-1", event.clone())).await.unwrap();
+    assert!(matches!(first, StartOutcome::Started { .. }), "{first:?}");
+    let again = tf_temporal::start_run(&client, &queue, input(&def_id, version, "o-1", event.clone())).await.unwrap();
+    assert!(matches!(again, StartOutcome::Duplicate { .. }), "a second start for the key is refused: {again:?}");
+
+    let run_id = tf_temporal::workflow_id(&def_id, "o-1");
+    // The human task waits for its completion signal; complete it as `tf tasks complete` does.
+    let review_id = format!("{run_id}/review/0");
+    eventually(&format!("the review task to await a human; worker log:\n{}", worker.log()), Duration::from_secs(60), || async {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM tasks WHERE task_id = $1")
+            .bind(&review_id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+        (status.as_deref() == Some("awaiting_human")).then_some(())
+    })
+    .await;
+    client
+        .get_workflow_handle::<tf_temporal::RunTask>(&review_id)
+        .signal(tf_temporal::CompleteTask, json!({"approved": true, "by": "alice"}), Default::default())
+        .await
+        .unwrap();
+
+    let (status, spawned, context): (String, i32, Json) = eventually("the run to complete", Duration::from_secs(60), || async {
+        let row: Option<(String, i32, Option<Json>)> =
+            sqlx::query_as("SELECT status, tasks_spawned, context FROM activity_runs WHERE run_id = $1")
+                .bind(&run_id)
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        row.filter(|r| r.0 != "running").map(|(s, n, c)| (s, n, c.unwrap_or_default()))
+    })
+    .await;
+    assert_eq!((status.as_str(), spawned), ("completed", 4), "worker log:\n{}", worker.log());
+    assert_eq!(context, json!({"tier": [{"name": "ACME"}], "warehouse": {"dock": 7}}));
+
+    let tasks: Vec<(String, String, Json)> =
+        sqlx::query_as("SELECT task_id, status, params FROM tasks WHERE run_id = $1 ORDER BY task_id").bind(&run_id).fetch_all(&pool).await.unwrap();
+    let ids: Vec<String> = tasks.iter().map(|t| t.0.clone()).collect();
+    assert_eq!(ids, [review_id.clone(), format!("{run_id}/ship/0"), format!("{run_id}/ship/1"), format!("{run_id}/ship/2")]);
+    assert!(tasks.iter().all(|t| t.1 == "succeeded"), "{tasks:?}");
+    assert_eq!(tasks[2].2["value"], json!({"sku": "b", "dock": 7, "customer": "ACME"}));
+
+    // The results reached the results topic, once each, inside committed transactions.
+    let results = eventually("4 results on taskfactory.results", Duration::from_secs(60), || async {
+        let r = results_for(&run_id).await;
+        (r.len() >= 4).then_some(r)
+    })
+    .await;
+    assert_eq!(results.len(), 4, "{results:#?}");
+    let mut task_ids: Vec<String> = results.iter().map(|r| r["task_id"].as_str().unwrap().to_string()).collect();
+    task_ids.sort();
+    assert_eq!(task_ids, ids);
+    let review = results.iter().find(|r| r["template"] == "review").unwrap();
+    assert_eq!(review["output"], json!({"approved": true, "by": "alice"}).to_string());
+    assert!(results.iter().all(|r| r["status"] == "SUCCEEDED" && r["trigger"]["kind"] == "EVENT" && r["definition_version"] == version));
+
+    // The kafka tasks really published to their topic.
+    let consumer: BaseConsumer = tf_kafka::client_config(&s.kafka_brokers).set("group.id", unique("it-ship")).create().unwrap();
+    let (_, high) = consumer.fetch_watermarks(&shipments, 0, Duration::from_secs(10)).unwrap();
+    assert_eq!(high, 3);
+
+    let third = tf_temporal::start_run(&client, &queue, input(&def_id, version, "o-1", event)).await.unwrap();
+    assert!(matches!(third, StartOutcome::Duplicate { .. }));
+    let unpublished: i64 = sqlx::query_scalar("SELECT count(*) FROM task_results WHERE published_at IS NULL").fetch_one(&pool).await.unwrap();
+    assert_eq!(unpublished, 0);
+}
+
+#[tokio::test]
+async fn recording_a_result_twice_queues_it_once() {
+    let s = settings();
+    let db = FreshDatabase::create(&s).await;
+    let pool = tf_store::connect(&db.url).await.unwrap();
+    tf_store::migrate(&pool).await.unwrap();
+    let (def_id, version) = apply(&pool, "id: once\nname: Once\ntrigger: {event: {topics: [t]}}\ntasks: [{name: t, type: human}]\n").await;
+    let source = tf_store::runs::RunSource { trigger_kind: "manual".into(), ..Default::default() };
+    let begin = tf_store::runs::BeginRun {
+        run_id: "r1",
+        execution_id: "x1",
+        definition_id: &def_id,
+        definition_version: version,
+        dedupe_key: "k",
+        dedupe_window_secs: 60,
+        fired_at_ms: 0,
+        traceparent: None,
+        source: &source,
+    };
+    assert_eq!(tf_store::runs::begin_run(&pool, &begin).await.unwrap(), tf_store::runs::Claim::Claimed);
+    assert_eq!(tf_store::runs::begin_run(&pool, &begin).await.unwrap(), tf_store::runs::Claim::Claimed, "a retried activity keeps its claim");
+    let other = tf_store::runs::BeginRun { execution_id: "x2", ..begin };
+    assert!(matches!(tf_store::runs::begin_run(&pool, &other).await.unwrap(), tf_store::runs::Claim::HeldBy { .. }));
+    let params = json!({});
+    tf_store::runs::record_tasks(&pool, "r1", &[tf_store::runs::NewTask { task_id: "r1/t/0", template: "t", index: 0, task_type: "human", params: &params }])
+        .await
+        .unwrap();
+    let record = json!({"any": "record"});
+    let outcome = tf_store::runs::TaskOutcome { task_id: "r1/t/0", run_id: "r1", status: "succeeded", output: None, error: None, attempts: 1, record: &record };
+    // The first attempt recorded the result, then died before reporting success; Temporal
+    // runs the activity again.
+    assert!(tf_store::runs::record_result(&pool, &outcome).await.unwrap());
+    assert!(!tf_store::runs::record_result(&pool, &outcome).await.unwrap());
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM task_results").fetch_one(&pool).await.unwrap();
+    assert_eq!(queued, 1);
+}
