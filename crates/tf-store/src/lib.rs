@@ -7,7 +7,8 @@ pub mod runs;
 use std::collections::HashSet;
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+pub use sqlx::postgres::PgPool;
+use sqlx::postgres::PgPoolOptions;
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 

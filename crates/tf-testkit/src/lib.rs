@@ -156,3 +156,13 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Path of another binary of this workspace (tests of one package cannot name the binaries of
+/// another with `CARGO_BIN_EXE_*`). `cargo test --workspace` builds them all.
+pub fn workspace_binary(name: &str) -> String {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace` (scripts/test does)", path.display());
+    path.display().to_string()
+}

@@ -1,0 +1,357 @@
+//! `tf-router`: consumes event topics, matches each event against the enabled activity
+//! definitions and starts one RunActivity workflow per (definition, dedupe key). Bad records go
+//! to the DLQ; a failing dependency pauses the record, never skips it. Offsets are stored only
+//! once a record's starts (or its DLQ write) are acknowledged.
+
+mod offsets;
+mod route;
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+use tf_store::PgPool;
+use temporalio_client::Client;
+use tf_config::Settings;
+use tf_definitions::{Definition, Trigger};
+use tf_envelope::{Codec, DecodeError, Decoded, Registry};
+use tf_temporal::{StartOutcome, start_run};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::offsets::{Ticket, Tracker};
+use crate::route::{Active, Position, RouteError, route};
+
+/// Route events from Kafka to deduplicated RunActivity workflows.
+///
+/// Every setting is also an environment variable with the TF_ prefix.
+#[derive(Parser, Clone)]
+#[command(name = "tf-router", version)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    /// Topics to consume: names, or a regex starting with `^`.
+    #[arg(long, env = "TF_ROUTER_TOPICS", default_value = "^events\\..*", value_delimiter = ',')]
+    topics: Vec<String>,
+    /// Consumer group.
+    #[arg(long, env = "TF_ROUTER_GROUP", default_value = "taskfactory-router")]
+    group: String,
+    /// Dead-letter topic.
+    #[arg(long, env = "TF_DLQ_TOPIC", default_value = "taskfactory.dlq")]
+    dlq_topic: String,
+    /// Records in flight at once (across partitions).
+    #[arg(long, env = "TF_ROUTER_MAX_IN_FLIGHT", default_value_t = 64)]
+    max_in_flight: usize,
+    /// Records larger than this many bytes go to the DLQ unread.
+    #[arg(long, env = "TF_ROUTER_MAX_EVENT_BYTES", default_value_t = 1_048_576)]
+    max_event_bytes: usize,
+    /// How often to look for changed definitions, in milliseconds.
+    #[arg(long, env = "TF_ROUTER_REFRESH_MS", default_value_t = 1000)]
+    refresh_ms: u64,
+}
+
+/// Tells the offset tracker about revoked partitions, so records of an old assignment cannot
+/// store offsets for a new one.
+struct RouterContext {
+    tracker: Arc<Mutex<Tracker>>,
+}
+
+impl ClientContext for RouterContext {}
+
+impl ConsumerContext for RouterContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut tracker = self.tracker.lock().expect("tracker lock");
+            for e in tpl.elements() {
+                tracing::info!(topic = e.topic(), partition = e.partition(), "partition revoked");
+                tracker.revoke(e.topic(), e.partition());
+            }
+        }
+    }
+}
+
+type RouterConsumer = StreamConsumer<RouterContext>;
+
+/// What the per-record tasks share.
+struct Shared {
+    cli: Cli,
+    codec: Codec,
+    temporal: Client,
+    dlq: FutureProducer,
+    definitions: RwLock<Arc<Vec<Active>>>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TF_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    let s = &cli.settings;
+    let pool = tf_store::connect(&s.database_url).await?;
+    let temporal = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "tf-router").await?;
+    let dlq: FutureProducer = tf_kafka::client_config(&s.kafka_brokers).set("enable.idempotence", "true").create()?;
+    let tracker = Arc::new(Mutex::new(Tracker::default()));
+    let consumer: RouterConsumer = tf_kafka::client_config(&s.kafka_brokers)
+        .set("group.id", &cli.group)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("topic.metadata.refresh.interval.ms", "5000")
+        .create_with_context(RouterContext { tracker: tracker.clone() })
+        .context("Kafka consumer")?;
+    let topics: Vec<&str> = cli.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).context("subscribing")?;
+
+    let shared = Arc::new(Shared {
+        codec: Codec::new(Arc::new(Registry::new(&s.schema_registry_url))),
+        temporal,
+        dlq,
+        definitions: RwLock::new(Arc::new(Vec::new())),
+        cli: cli.clone(),
+    });
+    // Routing without definitions would drop matches: wait until they load.
+    let mut fingerprint = loop {
+        match refresh(&pool, &shared, "").await {
+            Ok(fp) => break fp,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load definitions yet; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Ticket>();
+    let permits = Arc::new(Semaphore::new(cli.max_in_flight));
+    let mut refresh_tick = tokio::time::interval(Duration::from_millis(cli.refresh_ms));
+    let mut shutdown = Box::pin(tokio::signal::ctrl_c());
+    let sigterm = async {
+        #[cfg(unix)]
+        {
+            let mut t = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            t.recv().await;
+        }
+    };
+    tokio::pin!(sigterm);
+    tracing::info!(topics = ?cli.topics, group = %cli.group, "router running");
+
+    // The record branch is enabled only while a permit is held, so completions keep being
+    // handled (and offsets stored) while the consumer waits for records or for a permit.
+    let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            _ = &mut sigterm => break,
+            Some(ticket) = done_rx.recv() => finished(&consumer, &tracker, &ticket),
+            _ = refresh_tick.tick() => {
+                match refresh(&pool, &shared, &fingerprint).await {
+                    Ok(fp) => fingerprint = fp,
+                    Err(e) => tracing::warn!(error = %e, "definition refresh failed; keeping the loaded set"),
+                }
+            }
+            p = permits.clone().acquire_owned(), if permit.is_none() => permit = Some(p.expect("semaphore open")),
+            received = consumer.recv(), if permit.is_some() => {
+                let msg = match received {
+                    Ok(m) => m.detach(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        continue;
+                    }
+                };
+                let held = permit.take().expect("guarded by the branch condition");
+                let ticket = tracker.lock().expect("tracker lock").begin(msg.topic(), msg.partition(), msg.offset());
+                let (shared, done) = (shared.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    process(&shared, &msg).await;
+                    drop(held);
+                    let _ = done.send(ticket);
+                });
+            }
+        }
+    }
+
+    let in_flight = || tracker.lock().expect("tracker lock").in_flight();
+    tracing::info!(in_flight = in_flight(), "shutting down: draining in-flight records");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while in_flight() > 0 {
+        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+            Ok(Some(ticket)) => finished(&consumer, &tracker, &ticket),
+            _ => break,
+        }
+    }
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::warn!(error = %e, "final commit failed (nothing stored since the last one?)");
+    }
+    tracing::info!("router stopped");
+    Ok(())
+}
+
+/// Stores the partition's safe offset after a record finished.
+fn finished(consumer: &RouterConsumer, tracker: &Mutex<Tracker>, ticket: &Ticket) {
+    let Some(next) = tracker.lock().expect("tracker lock").finish(ticket) else { return };
+    let (topic, partition) = (ticket.topic.as_str(), ticket.partition);
+    let mut tpl = TopicPartitionList::new();
+    if tpl.add_partition_offset(topic, partition, Offset::Offset(next)).is_ok() {
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            // Typically the partition was revoked meanwhile; its new owner re-delivers and the
+            // dedupe layers absorb the repeat.
+            tracing::debug!(topic, partition, next, error = %e, "offset not stored");
+        }
+    }
+}
+
+/// Loads enabled event definitions when the table changed; returns the new fingerprint.
+async fn refresh(pool: &PgPool, shared: &Shared, known: &str) -> anyhow::Result<String> {
+    let fp = tf_store::definitions::fingerprint(pool).await?;
+    if fp == known {
+        return Ok(fp);
+    }
+    let mut active = Vec::new();
+    for row in tf_store::definitions::latest(pool).await? {
+        if !row.enabled {
+            continue;
+        }
+        match Definition::from_spec_json(row.spec) {
+            Ok(definition) if matches!(definition.trigger, Trigger::Event(_)) => {
+                active.push(Active { definition, version: row.version })
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(definition = %row.id, version = row.version, error = %e, "stored definition does not parse; ignored"),
+        }
+    }
+    tracing::info!(count = active.len(), "event definitions loaded");
+    *shared.definitions.write().expect("lock") = Arc::new(active);
+    Ok(fp)
+}
+
+/// Why a record goes to the DLQ.
+struct DeadLetter {
+    stage: &'static str,
+    class: &'static str,
+    message: String,
+}
+
+/// Routes one record to the end: starts acknowledged or a DLQ write acknowledged. Dependency
+/// failures are retried here, with backoff, for as long as it takes.
+async fn process(shared: &Shared, msg: &OwnedMessage) {
+    let at = Position { topic: msg.topic(), partition: msg.partition(), offset: msg.offset() };
+    let payload = msg.payload().unwrap_or_default();
+    if payload.len() > shared.cli.max_event_bytes {
+        let message = format!("record is {} bytes, over the {}-byte limit", payload.len(), shared.cli.max_event_bytes);
+        return dead_letter(shared, msg, DeadLetter { stage: "size", class: "OversizeRecord", message }).await;
+    }
+    let decoded = retry("decode", || async {
+        match shared.codec.decode(payload).await {
+            Err(e) if !e.is_bad_input() => Err(e.to_string()),
+            other => Ok(other),
+        }
+    })
+    .await;
+    let event = match decoded {
+        Ok(Decoded::Envelope { event, .. }) => serde_json::to_value(&event).expect("events serialise"),
+        Ok(Decoded::Record { full_name, value, .. }) => json!({
+            "id": format!("{}-{}-{}", at.topic, at.partition, at.offset),
+            "source": format!("kafka://{}", at.topic),
+            "type": full_name,
+            "specversion": "1.0",
+            "time": msg.timestamp().to_millis(),
+            "data": value,
+        }),
+        Err(e) => {
+            let class = match &e {
+                DecodeError::Wire(_) => "NotWireFormat",
+                DecodeError::UnknownSchemaId(_) => "UnknownSchemaId",
+                DecodeError::Body { .. } | DecodeError::TrailingBytes { .. } => "AvroDecodeError",
+                DecodeError::Envelope { .. } => "InvalidEnvelope",
+                DecodeError::Registry(_) => "RegistryError",
+            };
+            return dead_letter(shared, msg, DeadLetter { stage: "decode", class, message: e.to_string() }).await;
+        }
+    };
+    let header_tp = msg
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == "traceparent").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()));
+    let traceparent = header_tp.or_else(|| event["traceparent"].as_str().map(String::from));
+    let definitions = shared.definitions.read().expect("lock").clone();
+    let (runs, errors) = route(&definitions, &at, &event, traceparent.as_deref());
+
+    for run in runs {
+        let (def, key) = (run.definition_id.clone(), run.dedupe_key.clone());
+        let outcome = retry("start", || async {
+            start_run(&shared.temporal, &shared.cli.settings.task_queue, run.clone()).await.map_err(|e| e.to_string())
+        })
+        .await;
+        match outcome {
+            StartOutcome::Started { .. } => tracing::debug!(definition = %def, key = %key, offset = at.offset, "run started"),
+            StartOutcome::Duplicate { .. } => tracing::debug!(definition = %def, key = %key, "deduplicated"),
+        }
+    }
+    if !errors.is_empty() {
+        let stage = errors[0].stage;
+        let message = errors.iter().map(|RouteError { definition_id, stage, message }| format!("{definition_id} ({stage}): {message}")).collect::<Vec<_>>().join("; ");
+        dead_letter(shared, msg, DeadLetter { stage, class: "ExpressionError", message }).await;
+    }
+}
+
+/// Retries `op` with exponential backoff (100 ms to 10 s) until it succeeds.
+async fn retry<T, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    let mut attempt = 0u32;
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                attempt += 1;
+                tracing::warn!(what, attempt, error = %e, backoff_ms = backoff.as_millis() as u64, "dependency failed; pausing this record");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// The original key, value and headers plus Kafka Connect's `__connect.errors.*` headers.
+async fn dead_letter(shared: &Shared, msg: &OwnedMessage, why: DeadLetter) {
+    tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), stage = why.stage, reason = %why.message, "dead-lettered");
+    let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
+    let mut headers = OwnedHeaders::new();
+    if let Some(original) = msg.headers() {
+        for h in original.iter() {
+            headers = headers.insert(Header { key: h.key, value: h.value });
+        }
+    }
+    for (key, value) in [
+        ("__connect.errors.topic", msg.topic()),
+        ("__connect.errors.partition", partition.as_str()),
+        ("__connect.errors.offset", offset.as_str()),
+        ("__connect.errors.connector.name", "taskfactory-router"),
+        ("__connect.errors.stage", why.stage),
+        ("__connect.errors.exception.class.name", why.class),
+        ("__connect.errors.exception.message", why.message.as_str()),
+    ] {
+        headers = headers.insert(Header { key, value: Some(value) });
+    }
+    let payload = msg.payload().unwrap_or_default();
+    retry("dlq", || {
+        let mut record = FutureRecord::to(&shared.cli.dlq_topic).payload(payload).headers(headers.clone());
+        if let Some(k) = msg.key() {
+            record = record.key(k);
+        }
+        async move { shared.dlq.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e.to_string()) }
+    })
+    .await;
+}
+
