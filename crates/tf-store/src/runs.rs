@@ -254,3 +254,70 @@ pub async fn mark_published(pool: &PgPool, task_ids: &[String]) -> Result<(), St
         .await?;
     Ok(())
 }
+
+/// A run as operators list it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RunRow {
+    pub run_id: String,
+    pub definition_id: String,
+    pub definition_version: i32,
+    pub dedupe_key: String,
+    pub trigger_kind: String,
+    pub source: String,
+    pub status: String,
+    pub tasks_spawned: i32,
+    pub tasks_done: i64,
+    pub results_published: i64,
+    pub fired_at: String,
+}
+
+/// The most recent runs, newest first.
+pub async fn recent_runs(pool: &PgPool, limit: i64) -> Result<Vec<RunRow>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT r.run_id, r.definition_id, r.definition_version, r.dedupe_key, r.trigger_kind,
+                coalesce(r.source_topic || '[' || r.source_partition || ']@' || r.source_offset,
+                         r.schedule_id || ' ' || to_char(r.scheduled_for AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '-') AS source,
+                r.status, r.tasks_spawned,
+                (SELECT count(*) FROM tasks t WHERE t.run_id = r.run_id AND t.finished_at IS NOT NULL) AS tasks_done,
+                (SELECT count(*) FROM task_results x WHERE x.run_id = r.run_id AND x.published_at IS NOT NULL) AS results_published,
+                to_char(r.fired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS fired_at
+         FROM activity_runs r ORDER BY r.fired_at DESC, r.run_id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// A task as operators list it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TaskRow {
+    pub task_id: String,
+    pub task_type: String,
+    pub status: String,
+    pub params: Json,
+    pub created_at: String,
+}
+
+/// Tasks in `status` (e.g. `awaiting_human`), oldest first.
+pub async fn tasks_by_status(pool: &PgPool, status: &str, limit: i64) -> Result<Vec<TaskRow>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT task_id, task_type, status, params,
+                to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at
+         FROM tasks WHERE status = $1 ORDER BY created_at, task_id LIMIT $2",
+    )
+    .bind(status)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn task(pool: &PgPool, task_id: &str) -> Result<Option<TaskRow>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT task_id, task_type, status, params,
+                to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at
+         FROM tasks WHERE task_id = $1",
+    )
+    .bind(task_id)
+    .fetch_optional(pool)
+    .await?)
+}

@@ -85,3 +85,49 @@ pub async fn roundtrip(settings: &Settings, topic: &str) -> anyhow::Result<ExitC
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// A burst of example events for `examples/definitions`: orders (some small, so filtered out;
+/// some from gold customers, so a human review; some repeated, so deduplicated), signups
+/// (one e-mail twice) and one record that is not Avro (to the DLQ).
+pub async fn events(settings: &Settings, topic: &str, orders: usize) -> anyhow::Result<ExitCode> {
+    let codec = Codec::new(Arc::new(Registry::new(&settings.schema_registry_url)));
+    let producer: FutureProducer = tf_kafka::client_config(&settings.kafka_brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "10")
+        .create()?;
+    let batch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() % 100_000;
+    let subject = format!("{topic}-value");
+    let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..orders {
+        let order_id = format!("demo-{batch}-order-{}", i % (orders * 3 / 4).max(1)); // the last quarter repeats
+        let amount = if i % 5 == 4 { 20 } else { 100 + 10 * i as i64 };
+        let data = json!({
+            "order_id": order_id,
+            "amount": amount,
+            "customer_tier": if i % 4 == 0 { "gold" } else { "silver" },
+            "items": [{"sku": format!("sku-{}", i % 7), "qty": 1 + i % 3}, {"sku": "sku-gift", "qty": 1}],
+        });
+        let event = Event::new(format!("demo-{batch}-e{i}"), "/demo/shop", "com.example.order.created", data)?;
+        records.push((order_id, codec.encode_event(&subject, &event).await?));
+    }
+    for (i, email) in ["ada@example.com", "grace@example.com", "ada@example.com"].iter().enumerate() {
+        let email = format!("{batch}.{email}");
+        let event = Event::new(format!("demo-{batch}-s{i}"), "/demo/signup", "com.example.user.signed_up", json!({"email": email, "name": "Demo"}))?;
+        records.push((email, codec.encode_event(&subject, &event).await?));
+    }
+    records.push((format!("demo-{batch}-bad"), b"{\"this\": \"is JSON, not Avro\"}".to_vec()));
+
+    let mut sent = 0;
+    for (key, value) in &records {
+        producer
+            .send(FutureRecord::to(topic).key(key).payload(value), Duration::from_secs(15))
+            .await
+            .map_err(|(e, _)| e)
+            .with_context(|| format!("producing to {topic}"))?;
+        sent += 1;
+    }
+    println!(
+        "produced {sent} records to {topic}: {orders} orders (every 5th under the filter's amount, the last quarter repeating earlier order ids), 3 signups (one e-mail twice), 1 record that is not Avro"
+    );
+    Ok(ExitCode::SUCCESS)
+}

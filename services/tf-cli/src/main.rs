@@ -3,6 +3,7 @@
 mod db;
 mod definitions;
 mod demo;
+mod runs;
 mod schemas;
 mod topics;
 
@@ -38,6 +39,12 @@ enum Command {
     /// Activity definitions: validate, apply (versioned), list, show.
     #[command(subcommand)]
     Definitions(DefinitionsCommand),
+    /// Runs: what started, from which event or schedule, and how far it got.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Tasks: list them by status, complete human tasks.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
     /// Demonstrations against the running stack.
     #[command(subcommand)]
     Demo(DemoCommand),
@@ -109,12 +116,48 @@ enum DefinitionsCommand {
 }
 
 #[derive(Subcommand)]
+enum RunsCommand {
+    /// The most recent runs, newest first, with a Temporal UI link each.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum TasksCommand {
+    /// Tasks in a status (default: human tasks waiting for completion).
+    List {
+        #[arg(long, default_value = "awaiting_human")]
+        status: String,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Complete a human task with its output; the task's result is then published.
+    Complete {
+        /// The task id, `<run id>/<template>/<index>`.
+        task_id: String,
+        /// The task's output, as JSON.
+        #[arg(long)]
+        output: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum DemoCommand {
     /// Produce one envelope through the registry, read it back and print both ends.
     Roundtrip {
         /// Topic to use; its value schema must be the envelope.
         #[arg(long, default_value = "events.demo")]
         topic: String,
+    },
+    /// Produce a burst of example events for the definitions in examples/definitions.
+    Events {
+        #[arg(long, default_value = "events.demo")]
+        topic: String,
+        /// How many order events (signups and one bad record come on top).
+        #[arg(long, default_value_t = 20)]
+        orders: usize,
     },
 }
 
@@ -141,7 +184,11 @@ async fn main() -> std::process::ExitCode {
             DefinitionsCommand::List => definitions::list(&cli.settings).await,
             DefinitionsCommand::Show { id, at_version } => definitions::show(&cli.settings, &id, at_version).await,
         },
+        Command::Runs(RunsCommand::List { limit }) => runs::list(&cli.settings, limit).await,
+        Command::Tasks(TasksCommand::List { status, limit }) => runs::list_tasks(&cli.settings, &status, limit).await,
+        Command::Tasks(TasksCommand::Complete { task_id, output }) => runs::complete(&cli.settings, &task_id, &output).await,
         Command::Demo(DemoCommand::Roundtrip { topic }) => demo::roundtrip(&cli.settings, &topic).await,
+        Command::Demo(DemoCommand::Events { topic, orders }) => demo::events(&cli.settings, &topic, orders).await,
     };
     match result {
         Ok(code) => code,

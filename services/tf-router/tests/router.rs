@@ -15,6 +15,17 @@ use tf_definitions::Definition;
 use tf_envelope::{Codec, Event, Registry};
 use tf_testkit::{FreshDatabase, Service, create_topic, eventually, settings, unique, workspace_binary};
 
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let (topic, dlq) = (self.topic.clone(), self.dlq.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(tf_testkit::delete_topics(&settings(), &[&topic, &dlq]));
+        })
+        .join();
+    }
+}
+
 struct Setup {
     db: FreshDatabase,
     pool: tf_store::PgPool,
@@ -30,7 +41,8 @@ async fn setup(partitions: i32, definition: &str) -> Setup {
     let db = FreshDatabase::create(&s).await;
     let pool = tf_store::connect(&db.url).await.unwrap();
     tf_store::migrate(&pool).await.unwrap();
-    let topic = format!("events.{}", unique("it"));
+    // Not under `events.`: a router on its default subscription must not pick test topics up.
+    let topic = unique("it-events");
     let dlq = unique("it-dlq");
     create_topic(&s, &topic, partitions).await;
     create_topic(&s, &dlq, 1).await;

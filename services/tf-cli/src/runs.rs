@@ -1,0 +1,61 @@
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::Value as Json;
+use tf_config::Settings;
+
+/// Temporal UI link of a workflow (the dev server's UI port is pinned in `.env`).
+fn ui_link(settings: &Settings, workflow_id: &str) -> String {
+    let ui = std::env::var("TF_TEMPORAL_UI_URL").unwrap_or_else(|_| "http://127.0.0.1:18233".into());
+    let id: String = workflow_id
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    format!("{ui}/namespaces/{}/workflows/{id}", settings.temporal_namespace)
+}
+
+pub async fn list(settings: &Settings, limit: i64) -> anyhow::Result<ExitCode> {
+    let pool = tf_store::connect(&settings.database_url).await?;
+    let runs = tf_store::runs::recent_runs(&pool, limit).await?;
+    if runs.is_empty() {
+        println!("(no runs yet)");
+    }
+    for r in &runs {
+        println!(
+            "{}  {}@v{}  key={}  {} {}  {}  tasks {}/{} done, results published {}",
+            r.fired_at, r.definition_id, r.definition_version, r.dedupe_key, r.trigger_kind, r.source, r.status,
+            r.tasks_done, r.tasks_spawned, r.results_published
+        );
+        println!("    {}", ui_link(settings, &r.run_id));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn list_tasks(settings: &Settings, status: &str, limit: i64) -> anyhow::Result<ExitCode> {
+    let pool = tf_store::connect(&settings.database_url).await?;
+    let tasks = tf_store::runs::tasks_by_status(&pool, status, limit).await?;
+    if tasks.is_empty() {
+        println!("(no {status} tasks)");
+    }
+    for t in &tasks {
+        println!("{}  {}  {}  {}  params {}", t.created_at, t.task_type, t.status, t.task_id, t.params);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes a human task: signals its RunTask workflow, which records and publishes the result.
+pub async fn complete(settings: &Settings, task_id: &str, output: &str) -> anyhow::Result<ExitCode> {
+    let output: Json = serde_json::from_str(output).with_context(|| format!("--output is not JSON: {output}"))?;
+    let pool = tf_store::connect(&settings.database_url).await?;
+    let task = tf_store::runs::task(&pool, task_id).await?.with_context(|| format!("no task {task_id}"))?;
+    anyhow::ensure!(task.task_type == "human", "task {task_id} is a {} task; only human tasks are completed by hand", task.task_type);
+    anyhow::ensure!(task.status == "awaiting_human", "task {task_id} is {}, not awaiting_human", task.status);
+    let client = tf_temporal::connect(&settings.temporal_url, &settings.temporal_namespace, "tf-cli").await?;
+    client
+        .get_workflow_handle::<tf_temporal::RunTask>(task_id)
+        .signal(tf_temporal::CompleteTask, output, Default::default())
+        .await
+        .with_context(|| format!("signalling task {task_id}"))?;
+    println!("completed {task_id}; its result is published when the workflow records it");
+    Ok(ExitCode::SUCCESS)
+}
