@@ -248,3 +248,35 @@ async fn a_thousand_events_with_300_duplicates_give_700_runs_through_a_crash_and
     .await;
     assert_eq!(t.runs().await, 700, "replay started no new run");
 }
+
+#[tokio::test]
+async fn a_new_definition_version_applies_without_restart_and_old_runs_keep_theirs() {
+    let t = setup(1, ORDERS).await;
+    let _worker = t.worker();
+    let group = unique("it-group");
+    let _router = t.router(&group, &[("TF_ROUTER_REFRESH_MS", "200")]);
+
+    t.send(0, "a", &t.envelope("e1", json!({"order_id": "o-1", "amount": 50})).await).await; // under v1's filter
+    t.send(0, "b", &t.envelope("e2", json!({"order_id": "o-2", "amount": 150})).await).await;
+    eventually("v1 run", Duration::from_secs(60), || async { (t.runs().await == 1).then_some(()) }).await;
+
+    // v2 lowers the filter threshold; the running router picks it up.
+    let def_id: String = sqlx::query_scalar("SELECT id FROM activity_definitions").fetch_one(&t.pool).await.unwrap();
+    let v2_yaml = ORDERS.replace("TOPIC", &t.topic).replace("DEF_ID", &def_id).replace(">= 100", ">= 10");
+    let d = Definition::from_yaml("v2", &v2_yaml).unwrap().remove(0);
+    let (spec, sha) = (d.spec_json(), d.spec_sha256());
+    let outcome = tf_store::definitions::apply(
+        &t.pool,
+        &tf_store::definitions::NewDefinition { id: &d.id, name: &d.name, enabled: true, trigger_kind: "event", spec: &spec, spec_sha256: &sha },
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome, tf_store::definitions::ApplyOutcome::NewVersion { version: 2, previous: 1 });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    t.send(0, "c", &t.envelope("e3", json!({"order_id": "o-3", "amount": 50})).await).await;
+    eventually("v2 run", Duration::from_secs(60), || async { (t.runs().await == 2).then_some(()) }).await;
+    let versions: Vec<(String, i32)> =
+        sqlx::query_as("SELECT dedupe_key, definition_version FROM activity_runs ORDER BY dedupe_key").fetch_all(&t.pool).await.unwrap();
+    assert_eq!(versions, [("o-2".to_string(), 1), ("o-3".to_string(), 2)]);
+}

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use tf_definitions::Definition;
 use tf_envelope::{Codec, Decoded, Registry};
 use tf_temporal::{RunInput, StartOutcome, TriggerInfo};
-use tf_testkit::{FreshDatabase, Service, create_topic, eventually, settings, unique};
+use tf_testkit::{FreshDatabase, Service, create_topic, eventually, settings, unique, workspace_binary};
 
 async fn apply(pool: &PgPool, yaml: &str) -> (String, i32) {
     let d = Definition::from_yaml("test", yaml).unwrap().remove(0);
@@ -164,11 +164,19 @@ tasks:
         (status.as_deref() == Some("awaiting_human")).then_some(())
     })
     .await;
-    client
-        .get_workflow_handle::<tf_temporal::RunTask>(&review_id)
-        .signal(tf_temporal::CompleteTask, json!({"approved": true, "by": "alice"}), Default::default())
-        .await
+    let completed = std::process::Command::new(workspace_binary("tf"))
+        .args(["tasks", "complete", &review_id, "--output", r#"{"approved": true, "by": "alice"}"#])
+        .env("TF_DATABASE_URL", &db.url)
+        .output()
         .unwrap();
+    assert!(completed.status.success(), "{}", String::from_utf8_lossy(&completed.stderr));
+    let again = std::process::Command::new(workspace_binary("tf"))
+        .args(["tasks", "complete", &format!("{run_id}/ship/0"), "--output", "{}"])
+        .env("TF_DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is a kafka task; only human tasks are completed by hand"));
 
     let (status, spawned, context): (String, i32, Json) = eventually("the run to complete", Duration::from_secs(60), || async {
         let row: Option<(String, i32, Option<Json>)> =
