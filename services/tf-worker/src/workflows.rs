@@ -1,10 +1,13 @@
 //! The workflows. Deterministic by construction: ids come from the run's workflow id, times
 //! from workflow time, and every side effect (SQL, HTTP, Kafka) is an activity.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value as Json, json};
-use temporalio_common::RetryPolicy;
+use temporalio_common::data_converters::RawValue;
+use temporalio_common::protos::temporal::api::common::v1::Payload;
+use temporalio_common::{RetryPolicy, UntypedWorkflow};
 use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{ActivityOptions, ChildWorkflowOptions, SyncWorkflowContext, WorkflowContext, WorkflowResult};
@@ -127,6 +130,31 @@ impl RunActivityWorkflow {
     }
 }
 
+/// A `workflow` task: a child workflow of a type and task queue named by the task's params, so
+/// users plug in workers written in any language. Input and output travel as JSON payloads
+/// (`json/plain`, every SDK's default converter).
+async fn run_foreign_workflow(ctx: &mut WorkflowContext<RunTaskWorkflow>, task: &TaskInput) -> Result<Json, String> {
+    let p = &task.params;
+    let workflow_type = p["workflow_type"].as_str().ok_or("params.workflow_type must be a string")?;
+    let task_queue = p["task_queue"].as_str().ok_or("params.task_queue must be a string")?;
+    let input = Payload {
+        metadata: HashMap::from([("encoding".to_string(), b"json/plain".to_vec())]),
+        data: serde_json::to_vec(&p["input"]).map_err(|e| e.to_string())?,
+        ..Default::default()
+    };
+    let opts = ChildWorkflowOptions::builder()
+        .workflow_id(format!("{}/workflow", task.task_id))
+        .task_queue(task_queue.to_string())
+        .execution_timeout(Duration::from_millis(task.timeout_ms))
+        .build();
+    let started = ctx
+        .start_child_workflow(UntypedWorkflow::new(workflow_type), RawValue::new(vec![input]), opts)
+        .await
+        .map_err(|e| format!("starting {workflow_type} on {task_queue}: {e}"))?;
+    let out = started.result().await.map_err(|e| format!("{workflow_type} on {task_queue}: {e}"))?;
+    Ok(out.payloads.first().map_or(Json::Null, |p| serde_json::from_slice(&p.data).unwrap_or(Json::Null)))
+}
+
 #[workflow]
 #[derive(Default)]
 pub struct RunTaskWorkflow {
@@ -148,6 +176,11 @@ impl RunTaskWorkflow {
             ctx.wait_condition(|s| s.completion.is_some()).await?;
             let output = ctx.state(|s| s.completion.clone());
             ("SUCCEEDED", output, None, 1)
+        } else if task.task_type == "workflow" {
+            match run_foreign_workflow(ctx, &task).await {
+                Ok(output) => ("SUCCEEDED", Some(output), None, 1),
+                Err(error) => ("FAILED", None, Some(error), 1),
+            }
         } else {
             let opts = ActivityOptions::with_start_to_close_timeout(Duration::from_millis(task.timeout_ms))
                 .retry_policy(
