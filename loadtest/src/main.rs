@@ -1,0 +1,189 @@
+//! `tf-loadtest`: measures the event path on a running stack with tf-router and tf-worker up
+//! (`scripts/run` leaves them so). Applies a definition of its own on a fresh topic, produces
+//! a burst of envelopes (some keys repeated), then follows the router's committed offsets and
+//! the runs in PostgreSQL until every event is routed and every unique key has its run.
+//! Prints throughput and latency percentiles (produce → run fired) and writes the timeline as
+//! CSV for plotting. It measures; it never fails on a number.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Parser;
+use futures::future::join_all;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+use tf_config::Settings;
+use tf_definitions::Definition;
+use tf_envelope::{Codec, Event, Registry};
+
+/// Load-test the event path (router + worker must be running).
+#[derive(Parser)]
+#[command(name = "tf-loadtest", version)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    /// Events to produce.
+    #[arg(long, default_value_t = 1000)]
+    events: usize,
+    /// Share of events that repeat an earlier key (deduplicated, no run).
+    #[arg(long, default_value_t = 0.3)]
+    duplicates: f64,
+    /// Partitions of the load topic.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// The router's consumer group, to follow its committed offsets.
+    #[arg(long, env = "TF_ROUTER_GROUP", default_value = "taskfactory-router")]
+    group: String,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    /// Where the timeline CSV goes.
+    #[arg(long, default_value = "loadtest/out")]
+    out: std::path::PathBuf,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as i64
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let s = &cli.settings;
+    let nonce = now_ms() % 10_000_000;
+    let topic = format!("events.loadtest-{nonce}");
+    let def_id = format!("loadtest-{nonce}");
+    let pool = tf_store::connect(&s.database_url).await?;
+
+    tf_kafka::topics::apply(
+        &s.kafka_brokers,
+        &[tf_kafka::topics::TopicSpec {
+            name: topic.clone(),
+            partitions: cli.partitions,
+            replication_factor: 1,
+            value_schema: None,
+            config: [("retention.ms".to_string(), "3600000".to_string())].into(),
+        }],
+    )
+    .await?;
+    let yaml = format!(
+        "id: {def_id}\nname: Load test\ntrigger: {{event: {{topics: [{topic}]}}}}\ndedupe: {{key: event.data.key}}\ntasks: [{{name: noop, type: human, when: 'false'}}]\n"
+    );
+    let d = Definition::from_yaml("loadtest", &yaml)?.remove(0);
+    let (spec, sha) = (d.spec_json(), d.spec_sha256());
+    tf_store::definitions::apply(
+        &pool,
+        &tf_store::definitions::NewDefinition { id: &d.id, name: &d.name, enabled: true, trigger_kind: "event", spec: &spec, spec_sha256: &sha },
+    )
+    .await?;
+    println!("definition {def_id} on {topic} ({} partitions); waiting for the router to subscribe", cli.partitions);
+
+    let codec = Codec::new(Arc::new(Registry::new(&s.schema_registry_url)));
+    let producer: FutureProducer = tf_kafka::client_config(&s.kafka_brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    let unique_keys = ((cli.events as f64) * (1.0 - cli.duplicates)).round().max(1.0) as usize;
+
+    // Warm-up: one event, so subscription and definition refresh are not in the figures.
+    let warm = Event::new("warmup", "/loadtest", "loadtest", json!({"key": "warmup"}))?;
+    let bytes = codec.encode_event(&format!("{topic}-value"), &warm).await?;
+    producer.send(FutureRecord::to(&topic).key("warmup").payload(&bytes), Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
+    let runs_of = |pool: tf_store::PgPool, def_id: String| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM activity_runs WHERE definition_id = $1 AND status <> 'deduplicated'")
+            .bind(def_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0)
+    };
+    let warm_deadline = Instant::now() + Duration::from_secs(60);
+    while runs_of(pool.clone(), def_id.clone()).await < 1 {
+        anyhow::ensure!(Instant::now() < warm_deadline, "no run for the warm-up event within 60 s: are tf-router and tf-worker running?");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut payloads = Vec::with_capacity(cli.events);
+    for i in 0..cli.events {
+        let key = if i < unique_keys { i } else { i % unique_keys };
+        let e = Event::new(format!("lt-{i}"), "/loadtest", "loadtest", json!({"key": format!("k-{key}")}))?;
+        payloads.push((format!("k-{key}"), codec.encode_event(&format!("{topic}-value"), &e).await?, format!("lt-{i}")));
+    }
+    println!("producing {} events ({unique_keys} unique keys)", cli.events);
+    let started = Instant::now();
+    let mut produced_at: HashMap<String, i64> = HashMap::with_capacity(cli.events);
+    let sends = payloads.iter().map(|(key, bytes, _)| producer.send(FutureRecord::to(&topic).key(key).payload(bytes), Duration::from_secs(30)));
+    for ((_, _, id), r) in payloads.iter().zip(join_all(sends).await) {
+        r.map_err(|(e, _)| e).context("producing")?;
+        produced_at.insert(id.clone(), now_ms());
+    }
+    let produce_secs = started.elapsed().as_secs_f64();
+    println!("produced in {produce_secs:.2} s ({:.0} events/s)", cli.events as f64 / produce_secs);
+
+    let consumer: BaseConsumer = tf_kafka::client_config(&s.kafka_brokers).set("group.id", &cli.group).create()?;
+    let total_expected = (cli.events + 1) as i64; // + warm-up
+    let mut timeline = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(cli.timeout_secs);
+    let (mut routed, mut runs) = (0, 0);
+    while Instant::now() < deadline {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..cli.partitions {
+            tpl.add_partition(&topic, p);
+        }
+        routed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))?
+            .elements()
+            .iter()
+            .map(|e| if let Offset::Offset(o) = e.offset() { o } else { 0 })
+            .sum::<i64>();
+        runs = runs_of(pool.clone(), def_id.clone()).await - 1;
+        let t = started.elapsed().as_secs_f64();
+        timeline.push((t, routed, runs));
+        println!("  t={t:6.1}s  routed {routed:>6}/{total_expected}  runs {runs:>6}/{unique_keys}");
+        if routed >= total_expected && runs >= unique_keys as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let routed_at = timeline.iter().find(|(_, r, _)| *r >= total_expected).map_or(elapsed, |(t, _, _)| *t);
+
+    let fired: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT event_id, (extract(epoch from fired_at) * 1000)::bigint FROM activity_runs WHERE definition_id = $1 AND event_id LIKE 'lt-%'",
+    )
+    .bind(&def_id)
+    .fetch_all(&pool)
+    .await?;
+    let mut latencies: Vec<i64> = fired.iter().filter_map(|(id, f)| produced_at.get(id).map(|p| (f - p).max(0))).collect();
+    latencies.sort_unstable();
+    let pct = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0);
+
+    println!("\n=== tf-loadtest report ===");
+    println!("events produced        {}  ({} unique keys, {:.0}% duplicates)", cli.events, unique_keys, cli.duplicates * 100.0);
+    println!("runs started           {runs}  (expected {unique_keys})");
+    println!("routed (committed)     {:.0} events/s  (all {} committed after {routed_at:.1} s)", cli.events as f64 / routed_at, cli.events);
+    println!("runs                   {:.0} runs/s  (all after {elapsed:.1} s)", runs as f64 / elapsed);
+    println!(
+        "produce -> run fired   p50 {} ms  p90 {} ms  p99 {} ms  max {} ms  (n={})",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        latencies.last().copied().unwrap_or(0),
+        latencies.len()
+    );
+    std::fs::create_dir_all(&cli.out)?;
+    let csv = cli.out.join(format!("{def_id}.csv"));
+    let mut text = String::from("seconds,routed,runs\n");
+    for (t, r, n) in &timeline {
+        text.push_str(&format!("{t:.1},{r},{n}\n"));
+    }
+    std::fs::write(&csv, text)?;
+    println!("timeline               {}", csv.display());
+    if routed < total_expected || runs < unique_keys as i64 {
+        println!("INCOMPLETE after {} s: routed {routed}/{total_expected}, runs {runs}/{unique_keys}", cli.timeout_secs);
+    }
+    Ok(())
+}
