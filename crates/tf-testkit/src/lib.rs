@@ -166,3 +166,16 @@ pub fn workspace_binary(name: &str) -> String {
     assert!(path.exists(), "{} is missing: run `cargo build --workspace` (scripts/test does)", path.display());
     path.display().to_string()
 }
+
+/// Stores a definition from YAML as `tf definitions apply` does; returns its id and version.
+pub async fn apply_definition(pool: &sqlx::PgPool, yaml: &str) -> (String, i32) {
+    use tf_store::definitions::{ApplyOutcome, NewDefinition, apply};
+    let d = tf_definitions::Definition::from_yaml("test", yaml).unwrap_or_else(|e| panic!("{e}")).remove(0);
+    let (spec, sha) = (d.spec_json(), d.spec_sha256());
+    let new = NewDefinition { id: &d.id, name: &d.name, enabled: d.enabled, trigger_kind: d.trigger.kind(), spec: &spec, spec_sha256: &sha };
+    let version = match apply(pool, &new).await.expect("storing the definition") {
+        ApplyOutcome::Created { version } | ApplyOutcome::NewVersion { version, .. } | ApplyOutcome::Unchanged { version } => version,
+        ApplyOutcome::EnabledChanged { version, .. } => version,
+    };
+    (d.id, version)
+}

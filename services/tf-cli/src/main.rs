@@ -163,12 +163,7 @@ enum DemoCommand {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TF_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    tf_config::init_logging("warn");
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Topics(TopicsCommand::Apply { dir, fail_on_drift }) => {

@@ -89,9 +89,7 @@ struct Shared {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TF_LOG").unwrap_or_else(|_| "info".into()))
-        .init();
+    tf_config::init_logging("info");
     let cli = Cli::parse();
     let s = &cli.settings;
     let pool = tf_store::connect(&s.database_url).await?;

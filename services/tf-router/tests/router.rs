@@ -11,9 +11,8 @@ use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::json;
-use tf_definitions::Definition;
 use tf_envelope::{Codec, Event, Registry};
-use tf_testkit::{FreshDatabase, Service, create_topic, eventually, settings, unique, workspace_binary};
+use tf_testkit::{FreshDatabase, Service, apply_definition, create_topic, eventually, settings, unique, workspace_binary};
 
 impl Drop for Setup {
     fn drop(&mut self) {
@@ -48,14 +47,7 @@ async fn setup(partitions: i32, definition: &str) -> Setup {
     create_topic(&s, &dlq, 1).await;
     // Workflow ids derive from the definition id and are namespace-wide: make it unique.
     let def_id = unique("it-orders").to_lowercase();
-    let d = Definition::from_yaml("test", &definition.replace("TOPIC", &topic).replace("DEF_ID", &def_id)).unwrap().remove(0);
-    let (spec, sha) = (d.spec_json(), d.spec_sha256());
-    tf_store::definitions::apply(
-        &pool,
-        &tf_store::definitions::NewDefinition { id: &d.id, name: &d.name, enabled: true, trigger_kind: "event", spec: &spec, spec_sha256: &sha },
-    )
-    .await
-    .unwrap();
+    apply_definition(&pool, &definition.replace("TOPIC", &topic).replace("DEF_ID", &def_id)).await;
     Setup {
         db,
         pool,
@@ -263,15 +255,7 @@ async fn a_new_definition_version_applies_without_restart_and_old_runs_keep_thei
     // v2 lowers the filter threshold; the running router picks it up.
     let def_id: String = sqlx::query_scalar("SELECT id FROM activity_definitions").fetch_one(&t.pool).await.unwrap();
     let v2_yaml = ORDERS.replace("TOPIC", &t.topic).replace("DEF_ID", &def_id).replace(">= 100", ">= 10");
-    let d = Definition::from_yaml("v2", &v2_yaml).unwrap().remove(0);
-    let (spec, sha) = (d.spec_json(), d.spec_sha256());
-    let outcome = tf_store::definitions::apply(
-        &t.pool,
-        &tf_store::definitions::NewDefinition { id: &d.id, name: &d.name, enabled: true, trigger_kind: "event", spec: &spec, spec_sha256: &sha },
-    )
-    .await
-    .unwrap();
-    assert_eq!(outcome, tf_store::definitions::ApplyOutcome::NewVersion { version: 2, previous: 1 });
+    assert_eq!(apply_definition(&t.pool, &v2_yaml).await.1, 2);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     t.send(0, "c", &t.envelope("e3", json!({"order_id": "o-3", "amount": 50})).await).await;

@@ -8,35 +8,9 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{Value as Json, json};
-use sqlx::PgPool;
-use tf_definitions::Definition;
 use tf_envelope::{Codec, Decoded, Registry};
 use tf_temporal::{RunInput, StartOutcome, TriggerInfo};
-use tf_testkit::{FreshDatabase, Service, create_topic, eventually, settings, unique, workspace_binary};
-
-async fn apply(pool: &PgPool, yaml: &str) -> (String, i32) {
-    let d = Definition::from_yaml("test", yaml).unwrap().remove(0);
-    let spec = d.spec_json();
-    let sha = d.spec_sha256();
-    let outcome = tf_store::definitions::apply(
-        pool,
-        &tf_store::definitions::NewDefinition {
-            id: &d.id,
-            name: &d.name,
-            enabled: d.enabled,
-            trigger_kind: d.trigger.kind(),
-            spec: &spec,
-            spec_sha256: &sha,
-        },
-    )
-    .await
-    .unwrap();
-    let version = match outcome {
-        tf_store::definitions::ApplyOutcome::Created { version } | tf_store::definitions::ApplyOutcome::NewVersion { version, .. } => version,
-        other => panic!("{other:?}"),
-    };
-    (d.id, version)
-}
+use tf_testkit::{FreshDatabase, Service, apply_definition, create_topic, eventually, settings, unique, workspace_binary};
 
 fn input(definition_id: &str, version: i32, key: &str, event: Json) -> RunInput {
     RunInput {
@@ -137,7 +111,7 @@ tasks:
     params: {{title: "'Review ' + event.data.order_id"}}
 "#
     );
-    let (def_id, version) = apply(&pool, &yaml).await;
+    let (def_id, version) = apply_definition(&pool, &yaml).await;
     let relay_id = unique("it-relay");
     let worker = Service::spawn(
         env!("CARGO_BIN_EXE_tf-worker"),
@@ -229,7 +203,7 @@ async fn recording_a_result_twice_queues_it_once() {
     let db = FreshDatabase::create(&s).await;
     let pool = tf_store::connect(&db.url).await.unwrap();
     tf_store::migrate(&pool).await.unwrap();
-    let (def_id, version) = apply(&pool, "id: once\nname: Once\ntrigger: {event: {topics: [t]}}\ntasks: [{name: t, type: human}]\n").await;
+    let (def_id, version) = apply_definition(&pool, "id: once\nname: Once\ntrigger: {event: {topics: [t]}}\ntasks: [{name: t, type: human}]\n").await;
     let source = tf_store::runs::RunSource { trigger_kind: "manual".into(), ..Default::default() };
     let begin = tf_store::runs::BeginRun {
         run_id: "r1",
