@@ -189,6 +189,9 @@ pub struct TaskInput {
     pub backoff: f64,
     pub timeout_ms: u64,
     pub trigger: TriggerInfo,
+    /// The run's W3C trace context, passed on to what the task calls (Kafka and HTTP headers).
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// Output of RunTask.

@@ -8,6 +8,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json, json};
+use tracing::Instrument;
 use sqlx::PgPool;
 use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
@@ -195,47 +196,8 @@ impl Acts {
     #[activity(name = "ExecuteTask")]
     pub async fn execute_task(self: Arc<Self>, ctx: ActivityContext, t: TaskInput) -> Result<TaskExecution, ActivityError> {
         let attempt = ctx.info().attempt;
-        let p = &t.params;
-        let output = match t.task_type.as_str() {
-            "kafka" => {
-                let topic = p["topic"].as_str().ok_or_else(|| permanent("kafka task: params.topic must be a string"))?;
-                let key = match &p["key"] {
-                    Json::Null => None,
-                    Json::String(s) => Some(s.clone()),
-                    other => Some(other.to_string()),
-                };
-                let value = serde_json::to_vec(&p["value"]).map_err(permanent_display)?;
-                let mut record = FutureRecord::to(topic)
-                    .payload(&value)
-                    .headers(OwnedHeaders::new().insert(Header { key: "taskfactory.task_id", value: Some(&t.task_id) }));
-                if let Some(k) = &key {
-                    record = record.key(k);
-                }
-                let delivery = self
-                    .producer
-                    .send(record, Duration::from_secs(30))
-                    .await
-                    .map_err(|(e, _)| transient(format!("producing to {topic}: {e}")))?;
-                json!({"topic": topic, "partition": delivery.partition, "offset": delivery.offset})
-            }
-            "http" => {
-                let url = p["url"].as_str().ok_or_else(|| permanent("http task: params.url must be a string"))?;
-                let method = p["method"].as_str().unwrap_or(if p["body"].is_null() { "GET" } else { "POST" });
-                let req = self.http.request(method.parse().map_err(permanent_display)?, url).header("x-taskfactory-task-id", &t.task_id);
-                let req = if p["body"].is_null() { req } else { req.json(&p["body"]) };
-                let resp = req.send().await.map_err(|e| transient(format!("{method} {url}: {e}")))?;
-                let status = resp.status();
-                let text = resp.text().await.map_err(transient)?;
-                if status.is_server_error() || status.as_u16() == 429 {
-                    return Err(transient(format!("{method} {url} answered {status}")));
-                }
-                if !status.is_success() {
-                    return Err(permanent(format!("{method} {url} answered {status}: {text}")));
-                }
-                json!({"status": status.as_u16(), "body": serde_json::from_str::<Json>(&text).unwrap_or(Json::String(text))})
-            }
-            other => return Err(permanent(format!("task type {other} is not executed by ExecuteTask"))),
-        };
+        let span = tracing::info_span!("task", task_id = %t.task_id, attempt, trace_id = trace_id(t.traceparent.as_deref()));
+        let output = self.perform(&t).instrument(span).await?;
         Ok(TaskExecution { output, attempt })
     }
 
@@ -292,6 +254,63 @@ impl Acts {
     pub async fn finish_run(self: Arc<Self>, _ctx: ActivityContext, f: FinishRunInput) -> Result<(), ActivityError> {
         runs::finish_run(&self.pool, &f.run_id, &f.status).await.map_err(transient)
     }
+}
+
+impl Acts {
+    async fn perform(&self, t: &TaskInput) -> Result<Json, ActivityError> {
+        let p = &t.params;
+        let output = match t.task_type.as_str() {
+            "kafka" => {
+                let topic = p["topic"].as_str().ok_or_else(|| permanent("kafka task: params.topic must be a string"))?;
+                let key = match &p["key"] {
+                    Json::Null => None,
+                    Json::String(s) => Some(s.clone()),
+                    other => Some(other.to_string()),
+                };
+                let value = serde_json::to_vec(&p["value"]).map_err(permanent_display)?;
+                let mut headers = OwnedHeaders::new().insert(Header { key: "taskfactory.task_id", value: Some(&t.task_id) });
+                if let Some(tp) = &t.traceparent {
+                    headers = headers.insert(Header { key: "traceparent", value: Some(tp) });
+                }
+                let mut record = FutureRecord::to(topic).payload(&value).headers(headers);
+                if let Some(k) = &key {
+                    record = record.key(k);
+                }
+                let delivery = self
+                    .producer
+                    .send(record, Duration::from_secs(30))
+                    .await
+                    .map_err(|(e, _)| transient(format!("producing to {topic}: {e}")))?;
+                json!({"topic": topic, "partition": delivery.partition, "offset": delivery.offset})
+            }
+            "http" => {
+                let url = p["url"].as_str().ok_or_else(|| permanent("http task: params.url must be a string"))?;
+                let method = p["method"].as_str().unwrap_or(if p["body"].is_null() { "GET" } else { "POST" });
+                let mut req = self.http.request(method.parse().map_err(permanent_display)?, url).header("x-taskfactory-task-id", &t.task_id);
+                if let Some(tp) = &t.traceparent {
+                    req = req.header("traceparent", tp);
+                }
+                let req = if p["body"].is_null() { req } else { req.json(&p["body"]) };
+                let resp = req.send().await.map_err(|e| transient(format!("{method} {url}: {e}")))?;
+                let status = resp.status();
+                let text = resp.text().await.map_err(transient)?;
+                if status.is_server_error() || status.as_u16() == 429 {
+                    return Err(transient(format!("{method} {url} answered {status}")));
+                }
+                if !status.is_success() {
+                    return Err(permanent(format!("{method} {url} answered {status}: {text}")));
+                }
+                json!({"status": status.as_u16(), "body": serde_json::from_str::<Json>(&text).unwrap_or(Json::String(text))})
+            }
+            other => return Err(permanent(format!("task type {other} is not executed by ExecuteTask"))),
+        };
+        Ok(output)
+    }
+}
+
+/// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`), for log spans.
+fn trace_id(traceparent: Option<&str>) -> &str {
+    traceparent.and_then(|tp| tp.split('-').nth(1)).unwrap_or("")
 }
 
 fn permanent_display(e: impl std::fmt::Display) -> ActivityError {

@@ -105,6 +105,7 @@ impl RunActivityWorkflow {
                 backoff: p.retry.backoff,
                 timeout_ms: p.timeout.as_millis() as u64,
                 trigger: input.trigger.clone(),
+                traceparent: input.traceparent.clone(),
             })
             .collect();
         ctx.execute_activity(Acts::record_tasks, RecordTasksInput { run_id: run_id.clone(), tasks: tasks.clone() }, store_opts())

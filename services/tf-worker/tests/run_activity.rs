@@ -190,6 +190,20 @@ tasks:
     let consumer: BaseConsumer = tf_kafka::client_config(&s.kafka_brokers).set("group.id", unique("it-ship")).create().unwrap();
     let (_, high) = consumer.fetch_watermarks(&shipments, 0, Duration::from_secs(10)).unwrap();
     assert_eq!(high, 3);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&shipments, 0, Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let shipped = loop {
+        if let Some(m) = consumer.poll(Duration::from_secs(5)) {
+            break m.unwrap().detach();
+        }
+    };
+    let header = |k: &str| {
+        use rdkafka::message::Headers;
+        shipped.headers().and_then(|h| h.iter().find(|h| h.key == k).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()))
+    };
+    assert_eq!(header("traceparent").as_deref(), Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"), "the trace continues into the task's record");
+    assert!(header("taskfactory.task_id").unwrap().starts_with(&format!("{run_id}/ship/")));
 
     let third = tf_temporal::start_run(&client, &queue, input(&def_id, version, "o-1", event)).await.unwrap();
     assert!(matches!(third, StartOutcome::Duplicate { .. }));
