@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Message;
 use sqlx::Connection;
 pub use tf_config::Settings;
 
@@ -179,3 +181,47 @@ pub async fn apply_definition(pool: &sqlx::PgPool, yaml: &str) -> (String, i32) 
     };
     (d.id, version)
 }
+
+/// Every committed result on taskfactory.results for runs whose id starts with `prefix`.
+pub async fn results_for(prefix: &str) -> Vec<serde_json::Value> {
+    let s = settings();
+    let consumer: rdkafka::consumer::BaseConsumer = tf_kafka::client_config(&s.kafka_brokers)
+        .set("group.id", unique("it-results"))
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let md = consumer.fetch_metadata(Some("taskfactory.results"), Duration::from_secs(10)).unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut highs = std::collections::HashMap::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset("taskfactory.results", p.id(), rdkafka::Offset::Beginning).unwrap();
+        highs.insert(p.id(), consumer.fetch_watermarks("taskfactory.results", p.id(), Duration::from_secs(10)).unwrap().1);
+    }
+    consumer.assign(&tpl).unwrap();
+    let codec = tf_envelope::Codec::new(std::sync::Arc::new(tf_envelope::Registry::new(&s.schema_registry_url)));
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let done = consumer.position().unwrap().elements().iter().all(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => o >= highs[&e.partition()],
+            _ => highs[&e.partition()] == 0,
+        });
+        if done {
+            break;
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let m = m.unwrap();
+        if !m.key().is_some_and(|k| k.starts_with(prefix.as_bytes())) {
+            continue;
+        }
+        match codec.decode(m.payload().unwrap()).await.unwrap() {
+            tf_envelope::Decoded::Record { full_name, value, .. } => {
+                assert_eq!(full_name, "io.taskfactory.TaskResult");
+                out.push(value);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    out
+}
+

@@ -264,3 +264,67 @@ async fn a_new_definition_version_applies_without_restart_and_old_runs_keep_thei
         sqlx::query_as("SELECT dedupe_key, definition_version FROM activity_runs ORDER BY dedupe_key").fetch_all(&t.pool).await.unwrap();
     assert_eq!(versions, [("o-2".to_string(), 1), ("o-3".to_string(), 2)]);
 }
+
+#[tokio::test]
+async fn an_event_becomes_one_run_its_tasks_and_one_result_each() {
+    let sink = unique("it-sink");
+    create_topic(&settings(), &sink, 1).await;
+    let definition = format!(
+        r#"
+id: DEF_ID
+name: Pipeline
+trigger: {{event: {{topics: [TOPIC], type: com.example.order.*}}}}
+dedupe: {{key: event.data.order_id}}
+context:
+  site: {{static: {{name: eu-1}}}}
+tasks:
+  - name: notify
+    type: kafka
+    for_each: event.data.items
+    params:
+      topic: "'{sink}'"
+      value: "{{'order': event.data.order_id, 'item': item, 'site': context.site.name}}"
+"#
+    );
+    let t = setup(1, &definition).await;
+    let relay_id = unique("it-relay");
+    let _worker = Service::spawn(
+        &workspace_binary("tf-worker"),
+        &unique("tf-worker"),
+        &[("TF_DATABASE_URL", &t.db.url), ("TF_TASK_QUEUE", &t.queue), ("TF_RELAY_TRANSACTIONAL_ID", &relay_id)],
+    );
+    let _router = t.router(&unique("it-group"), &[]);
+
+    let payload = t.envelope("e-pipe", json!({"order_id": "o-77", "items": ["x", "y"]})).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    t.producer
+        .send(
+            FutureRecord::to(&t.topic)
+                .key("o-77")
+                .payload(&payload)
+                .headers(rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header { key: "traceparent", value: Some(traceparent) })),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+
+    let (run_id, status, tp): (String, String, Option<String>) = eventually("the run to complete", Duration::from_secs(60), || async {
+        let row: Option<(String, String, Option<String>)> =
+            sqlx::query_as("SELECT run_id, status, traceparent FROM activity_runs").fetch_optional(&t.pool).await.unwrap();
+        row.filter(|r| r.1 != "running")
+    })
+    .await;
+    assert_eq!(status, "completed");
+    assert_eq!(tp.as_deref(), Some(traceparent), "the Kafka header's trace context reached the run");
+    let results = eventually("2 results", Duration::from_secs(60), || async {
+        let r = tf_testkit::results_for(&run_id).await;
+        (r.len() >= 2).then_some(r)
+    })
+    .await;
+    assert_eq!(results.len(), 2);
+    assert!(results.iter().all(|r| r["status"] == "SUCCEEDED" && r["trigger"]["topic"] == t.topic.as_str() && r["trigger"]["event_id"] == "e-pipe"));
+    let outputs: Vec<serde_json::Value> = results.iter().map(|r| serde_json::from_str(r["output"].as_str().unwrap()).unwrap()).collect();
+    assert!(outputs.iter().all(|o| o["topic"] == sink.as_str()), "{outputs:?}");
+    tf_testkit::delete_topics(&settings(), &[&sink]).await;
+}

@@ -1,16 +1,13 @@
 //! RunActivity end to end on the real stack: the tf-worker binary, Temporal, PostgreSQL,
 //! Kafka and the registry. Runs are started the way the router starts them.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{Value as Json, json};
-use tf_envelope::{Codec, Decoded, Registry};
 use tf_temporal::{RunInput, StartOutcome, TriggerInfo};
-use tf_testkit::{FreshDatabase, Service, apply_definition, create_topic, eventually, settings, unique, workspace_binary};
+use tf_testkit::{FreshDatabase, Service, apply_definition, create_topic, eventually, results_for, settings, unique, workspace_binary};
 
 fn input(definition_id: &str, version: i32, key: &str, event: Json) -> RunInput {
     RunInput {
@@ -30,49 +27,6 @@ fn input(definition_id: &str, version: i32, key: &str, event: Json) -> RunInput 
         event: Some(event),
         traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
     }
-}
-
-/// Every committed result on taskfactory.results for runs whose id starts with `prefix`.
-async fn results_for(prefix: &str) -> Vec<Json> {
-    let s = settings();
-    let consumer: BaseConsumer = tf_kafka::client_config(&s.kafka_brokers)
-        .set("group.id", unique("it-results"))
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
-    let md = consumer.fetch_metadata(Some("taskfactory.results"), Duration::from_secs(10)).unwrap();
-    let mut tpl = TopicPartitionList::new();
-    let mut highs = HashMap::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset("taskfactory.results", p.id(), Offset::Beginning).unwrap();
-        highs.insert(p.id(), consumer.fetch_watermarks("taskfactory.results", p.id(), Duration::from_secs(10)).unwrap().1);
-    }
-    consumer.assign(&tpl).unwrap();
-    let codec = Codec::new(Arc::new(Registry::new(&s.schema_registry_url)));
-    let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        let done = consumer.position().unwrap().elements().iter().all(|e| match e.offset() {
-            Offset::Offset(o) => o >= highs[&e.partition()],
-            _ => highs[&e.partition()] == 0,
-        });
-        if done {
-            break;
-        }
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
-        let m = m.unwrap();
-        if !m.key().is_some_and(|k| k.starts_with(prefix.as_bytes())) {
-            continue;
-        }
-        match codec.decode(m.payload().unwrap()).await.unwrap() {
-            Decoded::Record { full_name, value, .. } => {
-                assert_eq!(full_name, "io.taskfactory.TaskResult");
-                out.push(value);
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-    out
 }
 
 #[tokio::test]
