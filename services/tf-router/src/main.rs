@@ -3,9 +3,11 @@
 //! to the DLQ; a failing dependency pauses the record, never skips it. Offsets are stored only
 //! once a record's starts (or its DLQ write) are acknowledged.
 
+mod metrics;
 mod offsets;
 mod route;
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -51,6 +53,9 @@ struct Cli {
     /// Records larger than this many bytes go to the DLQ unread.
     #[arg(long, env = "TF_ROUTER_MAX_EVENT_BYTES", default_value_t = 1_048_576)]
     max_event_bytes: usize,
+    /// Where to serve Prometheus metrics (`GET /metrics`); empty to disable.
+    #[arg(long, env = "TF_ROUTER_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    metrics_addr: String,
     /// How often to look for changed definitions, in milliseconds.
     #[arg(long, env = "TF_ROUTER_REFRESH_MS", default_value_t = 1000)]
     refresh_ms: u64,
@@ -85,6 +90,7 @@ struct Shared {
     temporal: Client,
     dlq: FutureProducer,
     definitions: RwLock<Arc<Vec<Active>>>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 #[tokio::main]
@@ -114,8 +120,12 @@ async fn main() -> anyhow::Result<()> {
         temporal,
         dlq,
         definitions: RwLock::new(Arc::new(Vec::new())),
+        metrics: Arc::new(metrics::Metrics::default()),
         cli: cli.clone(),
     });
+    if !cli.metrics_addr.is_empty() {
+        tokio::spawn(metrics::serve(cli.metrics_addr.clone(), shared.metrics.clone()));
+    }
     // Routing without definitions would drop matches: wait until they load.
     let mut fingerprint = loop {
         match refresh(&pool, &shared, "").await {
@@ -169,7 +179,10 @@ async fn main() -> anyhow::Result<()> {
                 let ticket = tracker.lock().expect("tracker lock").begin(msg.topic(), msg.partition(), msg.offset());
                 let (shared, done) = (shared.clone(), done_tx.clone());
                 tokio::spawn(async move {
+                    shared.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
                     process(&shared, &msg).await;
+                    shared.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    shared.metrics.records.fetch_add(1, Ordering::Relaxed);
                     drop(held);
                     let _ = done.send(ticket);
                 });
@@ -227,6 +240,7 @@ async fn refresh(pool: &PgPool, shared: &Shared, known: &str) -> anyhow::Result<
         }
     }
     tracing::info!(count = active.len(), "event definitions loaded");
+    shared.metrics.definitions.store(active.len() as i64, Ordering::Relaxed);
     *shared.definitions.write().expect("lock") = Arc::new(active);
     Ok(fp)
 }
@@ -247,7 +261,7 @@ async fn process(shared: &Shared, msg: &OwnedMessage) {
         let message = format!("record is {} bytes, over the {}-byte limit", payload.len(), shared.cli.max_event_bytes);
         return dead_letter(shared, msg, DeadLetter { stage: "size", class: "OversizeRecord", message }).await;
     }
-    let decoded = retry("decode", || async {
+    let decoded = retry(shared, "decode", || async {
         match shared.codec.decode(payload).await {
             Err(e) if !e.is_bad_input() => Err(e.to_string()),
             other => Ok(other),
@@ -281,16 +295,25 @@ async fn process(shared: &Shared, msg: &OwnedMessage) {
     let traceparent = header_tp.or_else(|| event["traceparent"].as_str().map(String::from));
     let definitions = shared.definitions.read().expect("lock").clone();
     let (runs, errors) = route(&definitions, &at, &event, traceparent.as_deref());
+    if !runs.is_empty() {
+        shared.metrics.records_matched.fetch_add(1, Ordering::Relaxed);
+    }
 
     for run in runs {
         let (def, key) = (run.definition_id.clone(), run.dedupe_key.clone());
-        let outcome = retry("start", || async {
+        let outcome = retry(shared, "start", || async {
             start_run(&shared.temporal, &shared.cli.settings.task_queue, run.clone()).await.map_err(|e| e.to_string())
         })
         .await;
         match outcome {
-            StartOutcome::Started { .. } => tracing::debug!(definition = %def, key = %key, offset = at.offset, "run started"),
-            StartOutcome::Duplicate { .. } => tracing::debug!(definition = %def, key = %key, "deduplicated"),
+            StartOutcome::Started { .. } => {
+                shared.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(definition = %def, key = %key, offset = at.offset, "run started")
+            }
+            StartOutcome::Duplicate { .. } => {
+                shared.metrics.runs_deduplicated.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(definition = %def, key = %key, "deduplicated")
+            }
         }
     }
     if !errors.is_empty() {
@@ -301,7 +324,7 @@ async fn process(shared: &Shared, msg: &OwnedMessage) {
 }
 
 /// Retries `op` with exponential backoff (100 ms to 10 s) until it succeeds.
-async fn retry<T, F, Fut>(what: &str, mut op: F) -> T
+async fn retry<T, F, Fut>(shared: &Shared, what: &str, mut op: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
@@ -313,6 +336,7 @@ where
             Ok(v) => return v,
             Err(e) => {
                 attempt += 1;
+                shared.metrics.dependency_retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(what, attempt, error = %e, backoff_ms = backoff.as_millis() as u64, "dependency failed; pausing this record");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -324,6 +348,7 @@ where
 /// The original key, value and headers plus Kafka Connect's `__connect.errors.*` headers.
 async fn dead_letter(shared: &Shared, msg: &OwnedMessage, why: DeadLetter) {
     tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), stage = why.stage, reason = %why.message, "dead-lettered");
+    shared.metrics.dead_letter(why.stage);
     let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
     let mut headers = OwnedHeaders::new();
     if let Some(original) = msg.headers() {
@@ -343,7 +368,7 @@ async fn dead_letter(shared: &Shared, msg: &OwnedMessage, why: DeadLetter) {
         headers = headers.insert(Header { key, value: Some(value) });
     }
     let payload = msg.payload().unwrap_or_default();
-    retry("dlq", || {
+    retry(shared, "dlq", || {
         let mut record = FutureRecord::to(&shared.cli.dlq_topic).payload(payload).headers(headers.clone());
         if let Some(k) = msg.key() {
             record = record.key(k);

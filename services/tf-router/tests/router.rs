@@ -75,6 +75,7 @@ impl Setup {
             ("TF_ROUTER_TOPICS", self.topic.as_str()),
             ("TF_ROUTER_GROUP", group),
             ("TF_DLQ_TOPIC", self.dlq.as_str()),
+            ("TF_ROUTER_METRICS_ADDR", "127.0.0.1:0"),
         ];
         envs.extend_from_slice(extra);
         Service::spawn(env!("CARGO_BIN_EXE_tf-router"), &unique("tf-router"), &envs)
@@ -327,4 +328,41 @@ tasks:
     let outputs: Vec<serde_json::Value> = results.iter().map(|r| serde_json::from_str(r["output"].as_str().unwrap()).unwrap()).collect();
     assert!(outputs.iter().all(|o| o["topic"] == sink.as_str()), "{outputs:?}");
     tf_testkit::delete_topics(&settings(), &[&sink]).await;
+}
+
+#[tokio::test]
+async fn an_unavailable_registry_pauses_the_record_instead_of_dead_lettering_it() {
+    let t = setup(1, ORDERS).await;
+    let _worker = t.worker();
+    let group = unique("it-group");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let mut router = t.router(
+        &group,
+        &[("TF_SCHEMA_REGISTRY_URL", "http://127.0.0.1:9/apis/ccompat/v7"), ("TF_ROUTER_METRICS_ADDR", &metrics_addr)],
+    );
+    t.send(0, "a", &t.envelope("e1", json!({"order_id": "o-1", "amount": 150})).await).await;
+
+    let scrape = || {
+        let mut s = std::net::TcpStream::connect(&metrics_addr).ok()?;
+        use std::io::{Read, Write};
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    let retries = |body: &str| {
+        body.lines().find_map(|l| l.strip_prefix("tf_router_dependency_retries_total ")).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    };
+    eventually("the router to retry the registry", Duration::from_secs(30), || async { scrape().filter(|b| retries(b) >= 2).map(|_| ()) }).await;
+    let body = scrape().unwrap();
+    assert!(body.contains("tf_router_dead_letters_total{stage=\"decode\"} 0"), "{body}");
+    assert_eq!(committed(&group, &t.topic, 1), 0, "nothing is committed while the record waits");
+    assert_eq!(t.runs().await, 0);
+
+    // The registry is back (here: the router restarts pointing at it); the record is routed.
+    router.kill();
+    let _router = t.router(&group, &[]);
+    eventually("the paused record's run", Duration::from_secs(60), || async { (t.runs().await == 1).then_some(()) }).await;
+    eventually("its offset committed", Duration::from_secs(30), || async { (committed(&group, &t.topic, 1) == 1).then_some(()) }).await;
 }
