@@ -201,3 +201,98 @@ async fn recording_a_result_twice_queues_it_once() {
     let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM task_results").fetch_one(&pool).await.unwrap();
     assert_eq!(queued, 1);
 }
+
+/// A tiny HTTP server on loopback: answers every request with JSON describing it, and keeps
+/// what it received for the test to check.
+async fn echo_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut n = 0;
+                // Read headers and, when announced, the body.
+                loop {
+                    let Ok(k) = stream.read(&mut buf[n..]).await else { return };
+                    if k == 0 { break; }
+                    n += k;
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))).unwrap_or(0);
+                        if n >= end + 4 + len { break; }
+                    }
+                }
+                let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                let first = request.lines().next().unwrap_or("").to_string();
+                let body_in = request.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+                log.lock().unwrap().push(request.clone());
+                let body = serde_json::json!({"request": first, "received": serde_json::from_str::<serde_json::Value>(&body_in).unwrap_or(serde_json::Value::Null), "tier": "gold"}).to_string();
+                let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let _ = stream.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    (base, seen)
+}
+
+#[tokio::test]
+async fn http_context_and_http_tasks_call_out_with_json() {
+    let s = settings();
+    let db = FreshDatabase::create(&s).await;
+    let pool = tf_store::connect(&db.url).await.unwrap();
+    tf_store::migrate(&pool).await.unwrap();
+    let (base, seen) = echo_server().await;
+    let queue = unique("it-queue");
+    let def_id = unique("it-http").to_lowercase();
+    let yaml = format!(
+        r#"
+id: {def_id}
+name: HTTP
+trigger: {{event: {{topics: [events.demo]}}}}
+dedupe: {{key: event.data.order_id}}
+context:
+  customer:
+    http:
+      url: "'{base}/customers/' + event.data.customer"
+tasks:
+  - name: notify
+    type: http
+    params:
+      url: "'{base}/notify'"
+      body: "{{'order': event.data.order_id, 'tier': context.customer.tier}}"
+"#
+    );
+    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let worker = Service::spawn(
+        env!("CARGO_BIN_EXE_tf-worker"),
+        &unique("tf-worker"),
+        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true")],
+    );
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    let event = json!({"id": "e1", "type": "order.created", "data": {"order_id": "h-1", "customer": "c-42"}});
+    tf_temporal::start_run(&client, &queue, input(&def_id, version, "h-1", event)).await.unwrap();
+    let run_id = tf_temporal::workflow_id(&def_id, "h-1");
+    let (status, output): (String, Option<Json>) = eventually("the http task to finish", Duration::from_secs(60), || async {
+        let row: Option<(String, Option<Json>)> = sqlx::query_as("SELECT status, output FROM tasks WHERE run_id = $1")
+            .bind(&run_id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+        row.filter(|r| r.0 != "pending" && r.0 != "running")
+    })
+    .await;
+    assert_eq!(status, "succeeded", "worker log:\n{}", worker.log());
+    let output = output.unwrap();
+    assert_eq!(output["status"], 200);
+    assert_eq!(output["body"]["request"], "POST /notify HTTP/1.1");
+    assert_eq!(output["body"]["received"], json!({"order": "h-1", "tier": "gold"}), "the body used the http context's answer");
+    let requests = seen.lock().unwrap().clone();
+    assert!(requests.iter().any(|r| r.starts_with("GET /customers/c-42 ")), "{requests:?}");
+    assert!(requests.iter().any(|r| r.to_ascii_lowercase().contains(&format!("x-taskfactory-task-id: {run_id}/notify/0"))));
+}
