@@ -296,3 +296,76 @@ tasks:
     assert!(requests.iter().any(|r| r.starts_with("GET /customers/c-42 ")), "{requests:?}");
     assert!(requests.iter().any(|r| r.to_ascii_lowercase().contains(&format!("x-taskfactory-task-id: {run_id}/notify/0"))));
 }
+
+/// Stands for a user's own workflow, written with any Temporal SDK, on its own task queue.
+#[temporalio_macros::workflow]
+#[derive(Default)]
+pub struct ItEcho;
+
+#[temporalio_macros::workflow_methods]
+impl ItEcho {
+    #[run(name = "ItEcho")]
+    pub async fn run(_ctx: &mut temporalio_sdk::WorkflowContext<Self>, input: Json) -> temporalio_sdk::WorkflowResult<Json> {
+        Ok(json!({"echo": input}))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_task_runs_a_named_workflow_on_its_own_task_queue() {
+    let s = settings();
+    let db = FreshDatabase::create(&s).await;
+    let pool = tf_store::connect(&db.url).await.unwrap();
+    tf_store::migrate(&pool).await.unwrap();
+    let queue = unique("it-queue");
+    let user_queue = unique("it-user-queue");
+    let def_id = unique("it-wf").to_lowercase();
+    let yaml = format!(
+        r#"
+id: {def_id}
+name: Delegate
+trigger: {{event: {{topics: [events.demo]}}}}
+dedupe: {{key: event.data.order_id}}
+tasks:
+  - name: delegate
+    type: workflow
+    params:
+      workflow_type: "'ItEcho'"
+      task_queue: "'{user_queue}'"
+      input: "{{'order': event.data.order_id}}"
+"#
+    );
+    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let _worker = Service::spawn(
+        env!("CARGO_BIN_EXE_tf-worker"),
+        &unique("tf-worker"),
+        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true")],
+    );
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+
+    // The user's worker, in this process.
+    let runtime = temporalio_sdk::Runtime::from_current_tokio(temporalio_sdk::runtime::RuntimeOptions::default()).unwrap();
+    let options = temporalio_sdk::WorkerOptions::new(user_queue.as_str()).register_workflow::<ItEcho>().unwrap().build();
+    let mut user_worker = temporalio_sdk::Worker::new(&runtime, client.clone(), options).unwrap();
+    let stop = user_worker.shutdown_handle();
+
+    let scenario = async {
+        let event = json!({"id": "e1", "type": "order.created", "data": {"order_id": "w-1"}});
+        tf_temporal::start_run(&client, &queue, input(&def_id, version, "w-1", event)).await.unwrap();
+        let run_id = tf_temporal::workflow_id(&def_id, "w-1");
+        let row = eventually("the workflow task to finish", Duration::from_secs(60), || async {
+            let row: Option<(String, Option<Json>)> = sqlx::query_as("SELECT status, output FROM tasks WHERE run_id = $1")
+                .bind(&run_id)
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+            row.filter(|r| r.0 == "succeeded" || r.0 == "failed")
+        })
+        .await;
+        stop();
+        row
+    };
+    let (ran, (status, output)) = tokio::join!(user_worker.run(), scenario);
+    ran.unwrap();
+    assert_eq!(status, "succeeded");
+    assert_eq!(output, Some(json!({"echo": {"order": "w-1"}})));
+}
