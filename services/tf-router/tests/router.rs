@@ -146,8 +146,20 @@ async fn bad_records_go_to_the_dlq_and_good_ones_behind_them_are_routed() {
     t.send(0, "f", &t.envelope("e6", json!({"order_id": "o-big", "amount": 100, "pad": "x".repeat(3000)})).await).await; // oversize
     t.send(0, "g", &t.envelope("e7", json!({"order_id": "o-2", "amount": 100})).await).await;
     t.send(0, "h", &t.envelope("e8", json!({"order_id": "o-1", "amount": 150})).await).await; // duplicate key
+    // An "envelope" from a producer with a wrong schema: no `source`.
+    let broken_schema = r#"{"type":"record","name":"Envelope","namespace":"io.taskfactory","fields":[
+        {"name":"id","type":"string"},{"name":"type","type":"string"},
+        {"name":"time","type":{"type":"long","logicalType":"timestamp-millis"}},{"name":"data","type":"string"}]}"#;
+    let broken = apache_avro::types::Value::Record(vec![
+        ("id".into(), apache_avro::types::Value::String("e9".into())),
+        ("type".into(), apache_avro::types::Value::String("com.example.order.created".into())),
+        ("time".into(), apache_avro::types::Value::TimestampMillis(0)),
+        ("data".into(), apache_avro::types::Value::String("{}".into())),
+    ]);
+    let bytes = t.codec.encode(&format!("{}-broken-value", t.topic), broken_schema, broken).await.unwrap();
+    t.send(0, "i", &bytes).await;
 
-    eventually("8 records committed", Duration::from_secs(90), || async { (committed(&group, &t.topic, 1) == 8).then_some(()) }).await;
+    eventually("9 records committed", Duration::from_secs(90), || async { (committed(&group, &t.topic, 1) == 9).then_some(()) }).await;
     // Offsets move once Temporal acknowledged the start; the run row follows when the worker
     // picks the workflow up.
     let keys: Vec<String> = eventually("two runs", Duration::from_secs(30), || async {
@@ -168,7 +180,7 @@ async fn bad_records_go_to_the_dlq_and_good_ones_behind_them_are_routed() {
     c.assign(&tpl).unwrap();
     let mut dead = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while dead.len() < 4 && Instant::now() < deadline {
+    while dead.len() < 5 && Instant::now() < deadline {
         let Some(m) = c.poll(Duration::from_millis(200)) else { continue };
         let m = m.unwrap();
         let h: HashMap<String, String> = m
@@ -180,7 +192,9 @@ async fn bad_records_go_to_the_dlq_and_good_ones_behind_them_are_routed() {
         assert_eq!(h["__connect.errors.topic"], t.topic);
         dead.insert(String::from_utf8_lossy(m.key().unwrap()).into_owned(), (h, m.payload().unwrap().to_vec()));
     }
-    assert_eq!(dead.len(), 4, "DLQ keys: {:?}", dead.keys().collect::<Vec<_>>());
+    assert_eq!(dead.len(), 5, "DLQ keys: {:?}", dead.keys().collect::<Vec<_>>());
+    assert_eq!(dead["i"].0["__connect.errors.exception.class.name"], "InvalidEnvelope");
+    assert!(dead["i"].0["__connect.errors.exception.message"].ends_with("envelope field `source` is missing"));
     assert_eq!(dead["c"].0["__connect.errors.stage"], "decode");
     assert_eq!(dead["c"].0["__connect.errors.exception.class.name"], "NotWireFormat");
     assert_eq!(dead["c"].1, b"{\"plain\": \"json, not Avro\"}", "original bytes kept");
