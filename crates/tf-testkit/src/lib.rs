@@ -130,6 +130,13 @@ impl Service {
         std::fs::read_to_string(std::env::temp_dir().join(format!("{}.log", self.name))).unwrap_or_default()
     }
 
+    /// SIGTERM, as an orchestrator stopping the service would; waits for the exit and returns
+    /// whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

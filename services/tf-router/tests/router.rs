@@ -380,3 +380,22 @@ async fn an_unavailable_registry_pauses_the_record_instead_of_dead_lettering_it(
     eventually("the paused record's run", Duration::from_secs(60), || async { (t.runs().await == 1).then_some(()) }).await;
     eventually("its offset committed", Duration::from_secs(30), || async { (committed(&group, &t.topic, 1) == 1).then_some(()) }).await;
 }
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_records_and_commits() {
+    let t = setup(1, ORDERS).await;
+    let _worker = t.worker();
+    let group = unique("it-group");
+    let mut router = t.router(&group, &[]);
+    for i in 0..20 {
+        t.send(0, &format!("k{i}"), &t.envelope(&format!("e{i}"), json!({"order_id": format!("o-{i}"), "amount": 100})).await).await;
+    }
+    eventually("some runs", Duration::from_secs(60), || async { (t.runs().await >= 5).then_some(()) }).await;
+    assert!(router.terminate(), "graceful exit, log:\n{}", router.log());
+    assert!(router.log().contains("router stopped"));
+    // Whatever was committed at exit was routed: restarting resumes there and ends at 20 runs.
+    let at_exit = committed(&group, &t.topic, 1);
+    assert!(at_exit > 0);
+    let _router = t.router(&group, &[]);
+    eventually("20 runs", Duration::from_secs(60), || async { (t.runs().await == 20).then_some(()) }).await;
+}
