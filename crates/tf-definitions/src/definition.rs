@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
+use crate::cron::CronSchedule;
 use crate::document::{ContextSourceDoc, Document, HttpSourceDoc, Overlap, SqlSourceDoc, TaskDoc, TaskType, TriggerDoc};
 use crate::duration;
 use crate::expr::Expr;
@@ -49,12 +50,14 @@ pub struct EventTrigger {
 #[derive(Debug, Clone)]
 pub struct CronTrigger {
     pub expression: String,
-    pub timezone: String,
+    /// The parsed expression in its time zone.
+    pub schedule: CronSchedule,
     pub jitter: Duration,
+    /// Runs missed for longer than this (scheduler down, schedule paused) are skipped.
     pub catchup_window: Option<Duration>,
     pub overlap: Overlap,
-    pub start: Option<String>,
-    pub end: Option<String>,
+    pub start: Option<chrono::DateTime<chrono::Utc>>,
+    pub end: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// An event type pattern where `*` matches any run of characters.
@@ -247,25 +250,38 @@ impl Definition {
                 }))
             }
             TriggerDoc { event: None, cron: Some(cron) } => {
-                let fields = cron.expression.split_whitespace().count();
-                if !(5..=6).contains(&fields) {
-                    c.fail("trigger.cron.expression", format!("{:?} has {fields} fields; expected 5 or 6", cron.expression));
+                let schedule = CronSchedule::parse(&cron.expression, cron.timezone.as_deref().unwrap_or("UTC"))
+                    .map_err(|(field, message)| c.fail(format!("trigger.cron.{field}"), message))
+                    .ok();
+                let mut time = |field: &str, text: &Option<String>| {
+                    text.as_deref().and_then(|t| crate::cron::parse_time(t).map_err(|e| c.fail(format!("trigger.cron.{field}"), e)).ok())
+                };
+                let (start, end) = (time("start", &cron.start), time("end", &cron.end));
+                if let (Some(s), Some(e)) = (start, end) {
+                    if e <= s {
+                        c.fail("trigger.cron.end", "must be after start");
+                    }
                 }
-                Some(Trigger::Cron(CronTrigger {
-                    expression: cron.expression.clone(),
-                    timezone: cron.timezone.clone().unwrap_or_else(|| "UTC".into()),
-                    jitter: c.duration("trigger.cron.jitter", cron.jitter.as_deref(), Duration::ZERO),
-                    catchup_window: cron
-                        .catchup_window
-                        .as_deref()
-                        .map(|w| c.duration("trigger.cron.catchup_window", Some(w), Duration::ZERO)),
-                    overlap: cron.overlap.unwrap_or(Overlap::Skip),
-                    start: cron.start.clone(),
-                    end: cron.end.clone(),
-                }))
+                let jitter = c.duration("trigger.cron.jitter", cron.jitter.as_deref(), Duration::ZERO);
+                let catchup_window =
+                    cron.catchup_window.as_deref().map(|w| c.duration("trigger.cron.catchup_window", Some(w), Duration::ZERO));
+                schedule.map(|schedule| {
+                    Trigger::Cron(CronTrigger {
+                        expression: cron.expression.clone(),
+                        schedule,
+                        jitter,
+                        catchup_window,
+                        overlap: cron.overlap.unwrap_or(Overlap::Skip),
+                        start,
+                        end,
+                    })
+                })
             }
         };
 
+        if d.trigger.cron.is_some() && d.dedupe.key.is_some() {
+            c.fail("dedupe.key", "cron runs are deduplicated by definition and scheduled time; remove dedupe.key");
+        }
         let key_source = d.dedupe.key.as_deref().unwrap_or(DEFAULT_DEDUPE_KEY);
         let key = c.expr("dedupe.key".into(), key_source);
         let window = c.duration("dedupe.window", d.dedupe.window.as_deref(), DEFAULT_DEDUPE_WINDOW);
@@ -481,6 +497,29 @@ tasks:
         assert_ne!(a.spec_sha256(), c.spec_sha256());
         let back = Definition::from_spec_json(a.spec_json()).unwrap();
         assert_eq!(back.spec_sha256(), a.spec_sha256());
+    }
+
+    #[test]
+    fn cron_triggers_are_checked_field_by_field() {
+        let good = "id: nightly\nname: N\ntrigger: {cron: {expression: '30 2 * * *', timezone: Europe/Berlin, jitter: 30s, catchup_window: 10m, overlap: buffer_one}}\ntasks: [{name: t, type: human}]\n";
+        let d = Definition::from_yaml("c", good).unwrap().remove(0);
+        match &d.trigger {
+            Trigger::Cron(c) => {
+                assert_eq!(c.schedule.timezone(), "Europe/Berlin");
+                assert_eq!(c.catchup_window, Some(Duration::from_secs(600)));
+                assert_eq!(c.overlap, Overlap::BufferOne);
+            }
+            Trigger::Event(_) => panic!("cron expected"),
+        }
+        let bad = good.replace("'30 2 * * *'", "'30 25 * * *'").replace("Europe/Berlin", "Europe/Atlantis").replace("overlap: buffer_one", "overlap: buffer_one, start: yesterday");
+        let err = Definition::from_yaml("c", &bad).unwrap_err();
+        let paths: Vec<&str> = err.errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["trigger.cron.expression", "trigger.cron.start"], "{err}");
+        let tz = Definition::from_yaml("c", &good.replace("Europe/Berlin", "Europe/Atlantis")).unwrap_err();
+        assert_eq!(tz.errors[0].path, "trigger.cron.timezone");
+        assert!(tz.to_string().contains("\"Europe/Atlantis\" is not an IANA time zone name"), "{tz}");
+        let keyed = Definition::from_yaml("c", &good.replace("tasks:", "dedupe: {key: event.id}\ntasks:")).unwrap_err();
+        assert_eq!(keyed.errors[0].path, "dedupe.key");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod definition;
 pub mod document;
+pub mod cron;
 pub mod duration;
 pub mod expr;
 pub mod plan;

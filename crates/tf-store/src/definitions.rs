@@ -13,6 +13,8 @@ pub struct StoredDefinition {
     pub version: i32,
     pub name: String,
     pub enabled: bool,
+    /// Removed with `tf definitions delete`: kept for pinned runs, never scheduled or routed.
+    pub retired: bool,
     pub trigger_kind: String,
     pub spec: Json,
     pub spec_sha256: String,
@@ -28,6 +30,8 @@ pub enum ApplyOutcome {
     Unchanged { version: i32 },
     /// Same content, `enabled` switched on the current version.
     EnabledChanged { version: i32, enabled: bool },
+    /// A retired definition applied again with the same content.
+    Restored { version: i32 },
 }
 
 /// The document to store.
@@ -41,7 +45,7 @@ pub struct NewDefinition<'a> {
 }
 
 const COLUMNS: &str =
-    "id, version, name, enabled, trigger_kind, spec, spec_sha256, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at";
+    "id, version, name, enabled, retired, trigger_kind, spec, spec_sha256, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at";
 
 /// Stores a new version when the content changed, flips `enabled` when only that changed,
 /// and does nothing otherwise. Concurrent applies of one id are serialised by an advisory lock.
@@ -51,14 +55,23 @@ pub async fn apply(pool: &PgPool, d: &NewDefinition<'_>) -> Result<ApplyOutcome,
         .bind(d.id)
         .execute(&mut *tx)
         .await?;
-    let latest: Option<(i32, bool, String)> = sqlx::query_as(
-        "SELECT version, enabled, spec_sha256 FROM activity_definitions WHERE id = $1 ORDER BY version DESC LIMIT 1",
+    let latest: Option<(i32, bool, String, bool)> = sqlx::query_as(
+        "SELECT version, enabled, spec_sha256, retired FROM activity_definitions WHERE id = $1 ORDER BY version DESC LIMIT 1",
     )
     .bind(d.id)
     .fetch_optional(&mut *tx)
     .await?;
     let outcome = match latest {
-        Some((version, enabled, sha)) if sha == d.spec_sha256 => {
+        Some((version, _, sha, true)) if sha == d.spec_sha256 => {
+            sqlx::query("UPDATE activity_definitions SET retired = false, enabled = $3 WHERE id = $1 AND version = $2")
+                .bind(d.id)
+                .bind(version)
+                .bind(d.enabled)
+                .execute(&mut *tx)
+                .await?;
+            ApplyOutcome::Restored { version }
+        }
+        Some((version, enabled, sha, false)) if sha == d.spec_sha256 => {
             if enabled == d.enabled {
                 ApplyOutcome::Unchanged { version }
             } else {
@@ -72,7 +85,7 @@ pub async fn apply(pool: &PgPool, d: &NewDefinition<'_>) -> Result<ApplyOutcome,
             }
         }
         latest => {
-            let version = latest.as_ref().map_or(1, |(v, _, _)| v + 1);
+            let version = latest.as_ref().map_or(1, |(v, _, _, _)| v + 1);
             sqlx::query(
                 "INSERT INTO activity_definitions (id, version, name, enabled, trigger_kind, spec, spec_sha256)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -94,7 +107,7 @@ pub async fn apply(pool: &PgPool, d: &NewDefinition<'_>) -> Result<ApplyOutcome,
                 .await?;
             match latest {
                 None => ApplyOutcome::Created { version },
-                Some((previous, _, _)) => ApplyOutcome::NewVersion { version, previous },
+                Some((previous, _, _, _)) => ApplyOutcome::NewVersion { version, previous },
             }
         }
     };
@@ -122,9 +135,19 @@ pub async fn get(pool: &PgPool, id: &str, version: Option<i32>) -> Result<Option
 /// and reload only when something changed.
 pub async fn fingerprint(pool: &PgPool) -> Result<String, StoreError> {
     let fp: Option<String> = sqlx::query_scalar(
-        "SELECT md5(string_agg(id || ':' || version || ':' || enabled, ',' ORDER BY id, version)) FROM activity_definitions",
+        "SELECT md5(string_agg(id || ':' || version || ':' || enabled || ':' || retired, ',' ORDER BY id, version)) FROM activity_definitions",
     )
     .fetch_one(pool)
     .await?;
     Ok(fp.unwrap_or_default())
+}
+
+/// Retires every version of `id` (disabled, never scheduled or routed again); returns how many
+/// versions it touched, 0 when there is no such definition.
+pub async fn retire(pool: &PgPool, id: &str) -> Result<u64, StoreError> {
+    Ok(sqlx::query("UPDATE activity_definitions SET retired = true, enabled = false WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?
+        .rows_affected())
 }

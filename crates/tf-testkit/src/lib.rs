@@ -184,7 +184,7 @@ pub async fn apply_definition(pool: &sqlx::PgPool, yaml: &str) -> (String, i32) 
     let new = NewDefinition { id: &d.id, name: &d.name, enabled: d.enabled, trigger_kind: d.trigger.kind(), spec: &spec, spec_sha256: &sha };
     let version = match apply(pool, &new).await.expect("storing the definition") {
         ApplyOutcome::Created { version } | ApplyOutcome::NewVersion { version, .. } | ApplyOutcome::Unchanged { version } => version,
-        ApplyOutcome::EnabledChanged { version, .. } => version,
+        ApplyOutcome::EnabledChanged { version, .. } | ApplyOutcome::Restored { version } => version,
     };
     (d.id, version)
 }

@@ -40,7 +40,7 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Definition)>> {
 fn describe_trigger(d: &Definition) -> String {
     match &d.trigger {
         Trigger::Event(e) => format!("event on {}", e.topics.join(", ")),
-        Trigger::Cron(c) => format!("cron {:?} {}", c.expression, c.timezone),
+        Trigger::Cron(c) => format!("cron {:?} in {}", c.expression, c.schedule.timezone()),
     }
 }
 
@@ -48,6 +48,10 @@ pub fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let defs = load(files)?;
     for (path, d) in &defs {
         println!("  valid  {} ({}; {} task template(s)) in {}", d.id, describe_trigger(d), d.tasks.len(), path.display());
+        if let Trigger::Cron(c) = &d.trigger {
+            let next: Vec<String> = c.schedule.next_fire_times(chrono::Utc::now(), 5).iter().map(|t| t.to_rfc3339()).collect();
+            println!("         next fire times: {}", next.join(", "));
+        }
     }
     println!("{} definition(s) valid", defs.len());
     Ok(ExitCode::SUCCESS)
@@ -77,6 +81,7 @@ pub async fn apply(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<Exi
                 println!("  new version {} v{version} (was v{previous}; runs pinned to v{previous} keep it)", d.id)
             }
             ApplyOutcome::Unchanged { version } => println!("  unchanged  {} v{version}", d.id),
+            ApplyOutcome::Restored { version } => println!("  restored   {} v{version}", d.id),
             ApplyOutcome::EnabledChanged { version, enabled } => {
                 println!("  {}    {} v{version}", if enabled { "enabled " } else { "disabled" }, d.id)
             }
@@ -88,9 +93,10 @@ pub async fn apply(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<Exi
 pub async fn list(settings: &Settings) -> anyhow::Result<ExitCode> {
     let pool = tf_store::connect(&settings.database_url).await?;
     let rows = definitions::latest(&pool).await?;
-    println!("{:<32} {:>7} {:<8} {:<6} {}", "ID", "VERSION", "ENABLED", "KIND", "NAME");
+    println!("{:<32} {:>7} {:<8} {:<6} {}", "ID", "VERSION", "STATE", "KIND", "NAME");
     for r in &rows {
-        println!("{:<32} {:>7} {:<8} {:<6} {}", r.id, r.version, r.enabled, r.trigger_kind, r.name);
+        let state = if r.retired { "retired" } else if r.enabled { "enabled" } else { "disabled" };
+        println!("{:<32} {:>7} {:<8} {:<6} {}", r.id, r.version, state, r.trigger_kind, r.name);
     }
     if rows.is_empty() {
         println!("(no definitions; apply some with `tf definitions apply -f examples/definitions`)");
@@ -108,5 +114,14 @@ pub async fn show(settings: &Settings, id: &str, version: Option<i32>) -> anyhow
     };
     println!("# {} v{} ({}; created {}; sha256 {})", row.id, row.version, if row.enabled { "enabled" } else { "disabled" }, row.created_at, row.spec_sha256);
     print!("{}", serde_yaml::to_string(&row.spec)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn delete(settings: &Settings, id: &str) -> anyhow::Result<ExitCode> {
+    let pool = tf_store::connect(&settings.database_url).await?;
+    match definitions::retire(&pool, id).await? {
+        0 => anyhow::bail!("no definition {id}"),
+        n => println!("retired {id} ({n} version(s) kept for the runs pinned to them); its schedule, if any, is removed by the scheduler"),
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,7 @@ mod db;
 mod definitions;
 mod demo;
 mod runs;
+mod schedules;
 mod schemas;
 mod topics;
 
@@ -42,6 +43,9 @@ enum Command {
     /// Runs: what started, from which event or schedule, and how far it got.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Temporal Schedules of cron definitions: inspect, pause, resume, trigger, backfill.
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
     /// Tasks: list them by status, complete human tasks.
     #[command(subcommand)]
     Tasks(TasksCommand),
@@ -106,6 +110,9 @@ enum DefinitionsCommand {
     },
     /// The newest version of every definition.
     List,
+    /// Remove a definition: its versions are kept (runs are pinned to them) but retired, so it
+    /// is neither routed nor scheduled; applying it again restores it.
+    Delete { id: String },
     /// One definition as stored (the newest version unless --version).
     Show {
         id: String,
@@ -122,6 +129,38 @@ enum RunsCommand {
         #[arg(long, default_value_t = 20)]
         limit: i64,
     },
+}
+
+#[derive(Subcommand)]
+enum SchedulesCommand {
+    /// Every task factory schedule, paused or not, with its next fire times.
+    List,
+    /// One schedule: calendar, time zone, state and note, recent and next runs. ID is the
+    /// schedule id or the definition id.
+    Describe { id: String },
+    /// Pause a schedule; the note says why (the scheduler never resumes an operator's pause).
+    Pause {
+        id: String,
+        #[arg(long)]
+        note: String,
+    },
+    /// Resume a paused schedule.
+    Resume { id: String },
+    /// Start one run now.
+    Trigger { id: String },
+    /// Run every scheduled time in [--from, --to) (RFC 3339), in one-day batches.
+    Backfill {
+        id: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// skip, buffer_one, buffer_all, cancel_other, terminate_other or allow_all.
+        #[arg(long, default_value = "allow_all", value_parser = schedules::parse_overlap)]
+        overlap: temporalio_client::schedules::ScheduleOverlapPolicy,
+    },
+    /// Bring the schedules in line with the definitions now (the worker does this continuously).
+    Reconcile,
 }
 
 #[derive(Subcommand)]
@@ -177,9 +216,19 @@ async fn main() -> std::process::ExitCode {
             DefinitionsCommand::Validate { files } => definitions::validate(&files),
             DefinitionsCommand::Apply { files } => definitions::apply(&cli.settings, &files).await,
             DefinitionsCommand::List => definitions::list(&cli.settings).await,
+            DefinitionsCommand::Delete { id } => definitions::delete(&cli.settings, &id).await,
             DefinitionsCommand::Show { id, at_version } => definitions::show(&cli.settings, &id, at_version).await,
         },
         Command::Runs(RunsCommand::List { limit }) => runs::list(&cli.settings, limit).await,
+        Command::Schedules(cmd) => match cmd {
+            SchedulesCommand::List => schedules::list(&cli.settings).await,
+            SchedulesCommand::Describe { id } => schedules::describe(&cli.settings, &id).await,
+            SchedulesCommand::Pause { id, note } => schedules::pause(&cli.settings, &id, &note).await,
+            SchedulesCommand::Resume { id } => schedules::resume(&cli.settings, &id).await,
+            SchedulesCommand::Trigger { id } => schedules::trigger(&cli.settings, &id).await,
+            SchedulesCommand::Backfill { id, from, to, overlap } => schedules::backfill(&cli.settings, &id, &from, &to, overlap).await,
+            SchedulesCommand::Reconcile => schedules::reconcile(&cli.settings).await,
+        },
         Command::Tasks(TasksCommand::List { status, limit }) => runs::list_tasks(&cli.settings, &status, limit).await,
         Command::Tasks(TasksCommand::Complete { task_id, output }) => runs::complete(&cli.settings, &task_id, &output).await,
         Command::Demo(DemoCommand::Roundtrip { topic }) => demo::roundtrip(&cli.settings, &topic).await,

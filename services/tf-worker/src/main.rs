@@ -3,6 +3,7 @@
 
 mod activities;
 mod relay;
+mod scheduler;
 mod workflows;
 
 use std::sync::Arc;
@@ -31,6 +32,12 @@ struct Cli {
     /// Do not run the results relay in this process.
     #[arg(long, env = "TF_NO_RELAY")]
     no_relay: bool,
+    /// Do not reconcile Temporal Schedules for cron definitions in this process.
+    #[arg(long, env = "TF_NO_SCHEDULER")]
+    no_scheduler: bool,
+    /// How often the scheduler looks for changed definitions, in milliseconds.
+    #[arg(long, env = "TF_SCHEDULER_REFRESH_MS", default_value_t = 2000)]
+    scheduler_refresh_ms: u64,
 }
 
 #[tokio::main]
@@ -55,6 +62,16 @@ async fn main() -> anyhow::Result<()> {
         let relay = relay::Relay::new(pool.clone(), codec, &s.kafka_brokers, &cli.relay_transactional_id)?;
         Some(tokio::spawn(relay.run(stop_rx)))
     };
+
+    if !cli.no_scheduler {
+        tokio::spawn(scheduler::run(
+            pool.clone(),
+            client.clone(),
+            s.task_queue.clone(),
+            Duration::from_millis(cli.scheduler_refresh_ms),
+            stop_tx.subscribe(),
+        ));
+    }
 
     let runtime = Runtime::from_current_tokio(RuntimeOptions::default())?;
     let options = WorkerOptions::new(s.task_queue.as_str())

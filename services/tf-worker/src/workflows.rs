@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value as Json, json};
 use temporalio_common::data_converters::RawValue;
 use temporalio_common::protos::temporal::api::common::v1::Payload;
+use temporalio_common::search_attributes::{SearchAttributeKey, Timestamp as SaTimestamp};
 use temporalio_common::{RetryPolicy, UntypedWorkflow};
 use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::{workflow, workflow_methods};
@@ -15,6 +16,9 @@ use tf_definitions::{Bindings, Definition};
 use tf_temporal::{COMPLETE_TASK_SIGNAL, RUN_ACTIVITY, RUN_TASK, RunInput, RunSummary, TaskInput, TaskOutcome};
 
 use crate::activities::{Acts, BeginRunInput, FinishRunInput, MarkTaskInput, RecordResultInput, RecordTasksInput, ResolveContextInput};
+
+/// Set by Temporal Schedules on every workflow they start: the action's nominal time.
+const SCHEDULED_START_TIME: SearchAttributeKey<SaTimestamp> = SearchAttributeKey::datetime("TemporalScheduledStartTime");
 
 fn millis(t: Option<SystemTime>) -> i64 {
     t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as i64)
@@ -39,8 +43,19 @@ pub struct RunActivityWorkflow;
 #[workflow_methods]
 impl RunActivityWorkflow {
     #[run(name = RUN_ACTIVITY)]
-    pub async fn run(ctx: &mut WorkflowContext<Self>, input: RunInput) -> WorkflowResult<RunSummary> {
+    pub async fn run(ctx: &mut WorkflowContext<Self>, mut input: RunInput) -> WorkflowResult<RunSummary> {
         let run_id = ctx.workflow_id().to_string();
+        if input.trigger.kind == "cron" && input.dedupe_key.is_empty() {
+            // A scheduled run is deduplicated by its nominal time, which the schedule records
+            // on the workflow (not the wall clock, and not when a backfill happens to run).
+            let scheduled_ms = ctx
+                .search_attributes()
+                .get(&SCHEDULED_START_TIME)
+                .map(|t| t.seconds() * 1000 + i64::from(t.nanos()) / 1_000_000)
+                .unwrap_or_else(|| millis(ctx.workflow_time()));
+            input.trigger.scheduled_for_ms = Some(scheduled_ms);
+            input.dedupe_key = tf_envelope::Timestamp(scheduled_ms).to_string();
+        }
         let begin = ctx
             .execute_activity(
                 Acts::begin_run,

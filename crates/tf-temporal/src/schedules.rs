@@ -1,0 +1,237 @@
+//! Cron definitions as Temporal Schedules: one schedule per cron definition, id
+//! `activity-schedule-<definition id>`, kept in step by [`reconcile`]. Reconciling is
+//! idempotent and safe to run from several processes at once: creates that race end in
+//! AlreadyExists (then the update path runs), updates carry Temporal's conflict token.
+
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use temporalio_client::schedules::{
+    CreateScheduleOptions, DeleteScheduleOptions, ListSchedulesOptions, ScheduleAction, ScheduleDescriptionAction,
+    ScheduleError, ScheduleOverlapPolicy, ScheduleSpec,
+};
+use temporalio_client::{Client, RpcOptions};
+use tf_definitions::{Definition, Overlap, Trigger};
+
+use crate::{RunActivity, RunInput, TriggerInfo};
+
+pub const SCHEDULE_PREFIX: &str = "activity-schedule-";
+/// The note of a schedule the reconciler paused because its definition is disabled; a schedule
+/// paused by an operator (any other note) is never resumed by the reconciler.
+pub const DISABLED_NOTE: &str = "paused by the task factory: definition disabled";
+
+pub fn schedule_id(definition_id: &str) -> String {
+    format!("{SCHEDULE_PREFIX}{definition_id}")
+}
+
+/// What a cron definition's schedule should look like.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredSchedule {
+    pub definition_id: String,
+    pub version: i32,
+    pub enabled: bool,
+    pub cron_string: String,
+    pub timezone: String,
+    pub jitter: Duration,
+    pub catchup_window: Option<Duration>,
+    pub overlap: ScheduleOverlapPolicy,
+    pub start: Option<SystemTime>,
+    pub end: Option<SystemTime>,
+    pub dedupe_window_secs: u64,
+}
+
+impl DesiredSchedule {
+    /// `None` for event definitions.
+    pub fn from_definition(d: &Definition, version: i32, enabled: bool) -> Option<Self> {
+        let Trigger::Cron(c) = &d.trigger else { return None };
+        Some(DesiredSchedule {
+            definition_id: d.id.clone(),
+            version,
+            enabled,
+            cron_string: c.schedule.temporal_cron_string(),
+            timezone: c.schedule.timezone().to_string(),
+            jitter: c.jitter,
+            catchup_window: c.catchup_window,
+            overlap: match c.overlap {
+                Overlap::Skip => ScheduleOverlapPolicy::Skip,
+                Overlap::BufferOne => ScheduleOverlapPolicy::BufferOne,
+                Overlap::BufferAll => ScheduleOverlapPolicy::BufferAll,
+                Overlap::CancelOther => ScheduleOverlapPolicy::CancelOther,
+                Overlap::TerminateOther => ScheduleOverlapPolicy::TerminateOther,
+                Overlap::AllowAll => ScheduleOverlapPolicy::AllowAll,
+            },
+            start: c.start.map(SystemTime::from),
+            end: c.end.map(SystemTime::from),
+            dedupe_window_secs: d.dedupe.window.as_secs(),
+        })
+    }
+
+    /// The input every scheduled RunActivity gets; the workflow adds the scheduled time.
+    fn input(&self) -> RunInput {
+        RunInput {
+            definition_id: self.definition_id.clone(),
+            definition_version: self.version,
+            dedupe_key: String::new(),
+            dedupe_window_secs: self.dedupe_window_secs,
+            trigger: TriggerInfo {
+                kind: "cron".into(),
+                topic: None,
+                partition: None,
+                offset: None,
+                event_id: None,
+                schedule_id: Some(schedule_id(&self.definition_id)),
+                scheduled_for_ms: None,
+            },
+            event: None,
+            traceparent: None,
+        }
+    }
+
+    fn spec(&self) -> ScheduleSpec {
+        ScheduleSpec::builder()
+            .cron_strings(vec![self.cron_string.clone()])
+            .timezone_name(self.timezone.clone())
+            .maybe_jitter((!self.jitter.is_zero()).then_some(self.jitter))
+            .maybe_start_time(self.start)
+            .maybe_end_time(self.end)
+            .build()
+    }
+
+    fn action(&self, task_queue: &str) -> ScheduleAction {
+        // Temporal appends the nominal time to this prefix: run/<definition>-<time>.
+        ScheduleAction::start_workflow(RunActivity, self.input(), task_queue, format!("run/{}", self.definition_id))
+    }
+}
+
+/// What reconciling did to one schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Created,
+    Updated,
+    Paused,
+    Resumed,
+    Deleted,
+    Unchanged,
+}
+
+fn not_found(e: &ScheduleError) -> bool {
+    matches!(e, ScheduleError::Rpc(s) if s.code() == tonic_code_not_found())
+}
+
+fn tonic_code_not_found() -> temporalio_client::tonic::Code {
+    temporalio_client::tonic::Code::NotFound
+}
+
+/// Brings one schedule in line with `want`.
+pub async fn reconcile_one(client: &Client, task_queue: &str, want: &DesiredSchedule) -> Result<Vec<Change>, ScheduleError> {
+    let id = schedule_id(&want.definition_id);
+    let handle = client.get_schedule_handle(id.clone());
+    let described = match handle.describe(RpcOptions::default()).await {
+        Ok(d) => Some(d),
+        Err(e) if not_found(&e) => None,
+        Err(e) => return Err(e),
+    };
+    let mut changes = Vec::new();
+    let Some(described) = described else {
+        let opts = CreateScheduleOptions::builder()
+            .action(want.action(task_queue))
+            .spec(want.spec())
+            .overlap_policy(want.overlap)
+            .paused(!want.enabled)
+            .note(if want.enabled { String::new() } else { DISABLED_NOTE.to_string() })
+            .build();
+        match client.create_schedule(id.clone(), opts).await {
+            Ok(_) => changes.push(Change::Created),
+            // Another reconciler created it first: fall through to comparing.
+            Err(e) if matches!(&e, ScheduleError::Rpc(s) if s.code() == temporalio_client::tonic::Code::AlreadyExists) => {}
+            Err(e) => return Err(e),
+        }
+        let catchup = want.catchup_window;
+        if let Some(window) = catchup {
+            handle.update(move |u| { u.set_catchup_window(window); }, RpcOptions::default()).await?;
+        }
+        if !changes.is_empty() {
+            return Ok(changes);
+        }
+        return Box::pin(reconcile_one(client, task_queue, want)).await;
+    };
+
+    let current: Option<(RunInput, String)> = match described.action() {
+        ScheduleDescriptionAction::StartWorkflow(a) => {
+            let queue = a.task_queue().to_string();
+            a.args::<RunInput>().await.ok().flatten().map(|i| (i, queue))
+        }
+        #[allow(unreachable_patterns)]
+        _ => None,
+    };
+    let stale = current.as_ref().is_none_or(|(input, queue)| *input != want.input() || queue != task_queue);
+    if stale {
+        let (spec, action, overlap, catchup) = (want.spec(), want.action(task_queue), want.overlap, want.catchup_window);
+        handle
+            .update(
+                move |u| {
+                    u.set_spec(spec).set_action(action).set_overlap_policy(overlap);
+                    if let Some(w) = catchup {
+                        u.set_catchup_window(w);
+                    }
+                },
+                RpcOptions::default(),
+            )
+            .await?;
+        changes.push(Change::Updated);
+    }
+    let paused = described.paused();
+    let note = described.note().unwrap_or_default().to_string();
+    if !want.enabled && !paused {
+        handle.pause(Some(DISABLED_NOTE), Default::default()).await?;
+        changes.push(Change::Paused);
+    } else if want.enabled && paused && note == DISABLED_NOTE {
+        handle.unpause(Some("resumed by the task factory: definition enabled"), Default::default()).await?;
+        changes.push(Change::Resumed);
+    }
+    if changes.is_empty() {
+        changes.push(Change::Unchanged);
+    }
+    Ok(changes)
+}
+
+/// Reconciles every cron definition's schedule and deletes the task factory's schedules whose
+/// definition is gone (or no longer cron).
+pub async fn reconcile(client: &Client, task_queue: &str, desired: &[DesiredSchedule]) -> Result<Vec<(String, Vec<Change>)>, ScheduleError> {
+    let mut out = Vec::new();
+    for want in desired {
+        out.push((schedule_id(&want.definition_id), reconcile_one(client, task_queue, want).await?));
+    }
+    let wanted: std::collections::HashSet<String> = desired.iter().map(|d| schedule_id(&d.definition_id)).collect();
+    let mut listed = client.list_schedules(ListSchedulesOptions::default());
+    let mut orphans = Vec::new();
+    while let Some(summary) = listed.next().await {
+        let summary = summary?;
+        let id = summary.schedule_id().to_string();
+        if id.starts_with(SCHEDULE_PREFIX) && !wanted.contains(&id) {
+            orphans.push(id);
+        }
+    }
+    for id in orphans {
+        match client.get_schedule_handle(id.clone()).delete(DeleteScheduleOptions::default()).await {
+            Ok(()) => out.push((id, vec![Change::Deleted])),
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// The schedules wanted for stored definitions, given as (spec, version, enabled) of each
+/// definition's newest, non-retired version. Specs that no longer parse are skipped and named.
+pub fn desired_from_specs(rows: impl IntoIterator<Item = (serde_json::Value, i32, bool)>) -> (Vec<DesiredSchedule>, Vec<String>) {
+    let mut wanted = Vec::new();
+    let mut broken = Vec::new();
+    for (spec, version, enabled) in rows {
+        match Definition::from_spec_json(spec) {
+            Ok(d) => wanted.extend(DesiredSchedule::from_definition(&d, version, enabled)),
+            Err(e) => broken.push(e.to_string()),
+        }
+    }
+    (wanted, broken)
+}

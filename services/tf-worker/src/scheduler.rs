@@ -1,0 +1,48 @@
+//! The schedule reconciler, run beside the worker: keeps one Temporal Schedule per cron
+//! definition in step with `activity_definitions`, at start, whenever the table changes, and
+//! once a minute regardless (a schedule edited by hand is put back).
+
+use std::time::{Duration, Instant};
+
+use temporalio_client::Client;
+use tf_store::PgPool;
+use tf_temporal::schedules::{self, Change};
+
+pub async fn run(pool: PgPool, client: Client, task_queue: String, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut known = String::new();
+    let mut last_full = Instant::now() - Duration::from_secs(3600);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        match tf_store::definitions::fingerprint(&pool).await {
+            Ok(fp) if fp != known || last_full.elapsed() > Duration::from_secs(60) => match reconcile(&pool, &client, &task_queue).await {
+                Ok(()) => {
+                    known = fp;
+                    last_full = Instant::now();
+                }
+                Err(e) => tracing::warn!(error = %e, "schedule reconcile failed; retrying"),
+            },
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read definitions; schedules left as they are"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+pub async fn reconcile(pool: &PgPool, client: &Client, task_queue: &str) -> anyhow::Result<()> {
+    let rows = tf_store::definitions::latest(pool).await?;
+    let (wanted, broken) = schedules::desired_from_specs(rows.into_iter().filter(|r| !r.retired).map(|r| (r.spec, r.version, r.enabled)));
+    for b in broken {
+        tracing::error!(error = %b, "stored definition does not parse; its schedule is left alone");
+    }
+    for (id, changes) in schedules::reconcile(client, task_queue, &wanted).await? {
+        if changes != [Change::Unchanged] {
+            tracing::info!(schedule = %id, ?changes, "schedule reconciled");
+        }
+    }
+    Ok(())
+}
