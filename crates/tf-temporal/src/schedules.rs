@@ -196,7 +196,8 @@ pub async fn reconcile_one(client: &Client, task_queue: &str, want: &DesiredSche
 }
 
 /// Reconciles every cron definition's schedule and deletes the task factory's schedules whose
-/// definition is gone (or no longer cron).
+/// definition is gone (or no longer cron). Only schedules whose action targets `task_queue`
+/// count as this deployment's: several deployments (or test runs) can share a namespace.
 pub async fn reconcile(client: &Client, task_queue: &str, desired: &[DesiredSchedule]) -> Result<Vec<(String, Vec<Change>)>, ScheduleError> {
     let mut out = Vec::new();
     for want in desired {
@@ -213,7 +214,16 @@ pub async fn reconcile(client: &Client, task_queue: &str, desired: &[DesiredSche
         }
     }
     for id in orphans {
-        match client.get_schedule_handle(id.clone()).delete(DeleteScheduleOptions::default()).await {
+        let handle = client.get_schedule_handle(id.clone());
+        let ours = match handle.describe(RpcOptions::default()).await {
+            Ok(d) => matches!(d.action(), ScheduleDescriptionAction::StartWorkflow(a) if a.task_queue() == task_queue),
+            Err(e) if not_found(&e) => false,
+            Err(e) => return Err(e),
+        };
+        if !ours {
+            continue;
+        }
+        match handle.delete(DeleteScheduleOptions::default()).await {
             Ok(()) => out.push((id, vec![Change::Deleted])),
             Err(e) if not_found(&e) => {}
             Err(e) => return Err(e),
