@@ -37,7 +37,7 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn every_command_has_help() {
-    for args in [vec!["--help"], vec!["topics", "apply", "--help"], vec!["schemas", "register", "--help"], vec!["db", "migrate", "--help"], vec!["demo", "roundtrip", "--help"], vec!["definitions", "validate", "--help"], vec!["definitions", "apply", "--help"], vec!["definitions", "list", "--help"], vec!["definitions", "show", "--help"]] {
+    for args in [vec!["--help"], vec!["topics", "apply", "--help"], vec!["schemas", "register", "--help"], vec!["db", "migrate", "--help"], vec!["demo", "roundtrip", "--help"], vec!["definitions", "validate", "--help"], vec!["definitions", "apply", "--help"], vec!["definitions", "list", "--help"], vec!["definitions", "show", "--help"], vec!["definitions", "delete", "--help"], vec!["schedules", "backfill", "--help"], vec!["schedules", "describe", "--help"], vec!["runs", "list", "--help"], vec!["tasks", "complete", "--help"]] {
         let out = tf(&args, &[]);
         assert!(out.status.success(), "{args:?}");
         assert!(stdout(&out).contains("Usage: tf"), "{args:?}");
@@ -136,7 +136,7 @@ async fn definitions_validate_apply_list_show() {
 
     let ok = tf(&["definitions", "validate", "-f", "examples/definitions"], &[]);
     assert!(ok.status.success());
-    assert!(stdout(&ok).contains("2 definition(s) valid"));
+    assert!(stdout(&ok).contains("3 definition(s) valid"));
 
     let dir = temp_dir(&unique("it-cli-defs"));
     let bad = dir.join("bad.yaml");
@@ -163,4 +163,25 @@ async fn definitions_validate_apply_list_show() {
     assert!(list.lines().any(|l| l.starts_with("signup-welcome") && l.contains(" 2 ")), "{list}");
     let show = stdout(&tf(&["definitions", "show", "signup-welcome", "1"], &env));
     assert!(show.starts_with("# signup-welcome v1 (disabled;") && show.contains("window: 7d"), "{show}");
+}
+
+#[test]
+fn cron_definitions_are_validated_and_previewed() {
+    let ok = tf(&["definitions", "validate", "-f", "examples/definitions/hourly-digest.yaml"], &[]);
+    assert!(ok.status.success());
+    let text = stdout(&ok);
+    assert!(text.contains("cron \"0 * * * *\" in Europe/Berlin"), "{text}");
+    let next = text.lines().find(|l| l.contains("next fire times:")).expect("a preview line");
+    assert_eq!(next.matches(":00:00+").count(), 5, "five hourly fire times: {next}");
+
+    let dir = temp_dir(&unique("it-cli-cron"));
+    let bad = dir.join("bad-cron.yaml");
+    std::fs::write(&bad, "id: bad\nname: b\ntrigger: {cron: {expression: '0 25 * * *', timezone: Mars/Base}}\ntasks: [{name: t, type: human}]\n").unwrap();
+    let out = tf(&["definitions", "validate", "-f", bad.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("trigger.cron.expression:"), "{err}");
+    std::fs::write(&bad, "id: bad\nname: b\ntrigger: {cron: {expression: '0 2 * * *', timezone: Mars/Base}}\ntasks: [{name: t, type: human}]\n").unwrap();
+    let err = String::from_utf8_lossy(&tf(&["definitions", "validate", "-f", bad.to_str().unwrap()], &[]).stderr).into_owned();
+    assert!(err.contains("trigger.cron.timezone: \"Mars/Base\" is not an IANA time zone name"), "{err}");
 }
