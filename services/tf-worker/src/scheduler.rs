@@ -1,6 +1,7 @@
 //! The schedule reconciler, run beside the worker: keeps one Temporal Schedule per cron
 //! definition in step with `activity_definitions`, at start, whenever the table changes, and
-//! once a minute regardless (a schedule edited by hand is put back).
+//! once a minute regardless (a deleted schedule comes back; a wrong pinned version or a
+//! reconciler pause that no longer applies is corrected).
 
 use std::time::{Duration, Instant};
 
