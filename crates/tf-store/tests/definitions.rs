@@ -10,9 +10,7 @@ fn doc<'a>(spec: &'a serde_json::Value, sha: &'a str, enabled: bool) -> NewDefin
 
 #[tokio::test]
 async fn versions_are_created_only_when_content_changes() {
-    let db = FreshDatabase::create(&settings()).await;
-    let pool = tf_store::connect(&db.url).await.unwrap();
-    tf_store::migrate(&pool).await.unwrap();
+    let (_db, pool) = FreshDatabase::migrated(&settings()).await;
     let (v1, v2) = (json!({"v": 1}), json!({"v": 2}));
 
     let fp0 = definitions::fingerprint(&pool).await.unwrap();
@@ -43,9 +41,7 @@ async fn versions_are_created_only_when_content_changes() {
 
 #[tokio::test]
 async fn concurrent_applies_of_one_document_store_one_version() {
-    let db = FreshDatabase::create(&settings()).await;
-    let pool = tf_store::connect(&db.url).await.unwrap();
-    tf_store::migrate(&pool).await.unwrap();
+    let (_db, pool) = FreshDatabase::migrated(&settings()).await;
     let spec = json!({"same": true});
     let results = futures_join(&pool, &spec).await;
     let created = results.iter().filter(|o| matches!(o, ApplyOutcome::Created { .. })).count();

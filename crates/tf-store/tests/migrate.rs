@@ -26,9 +26,7 @@ async fn migrations_apply_once_and_then_are_a_no_op() {
 
 #[tokio::test]
 async fn definition_versions_are_immutable_except_enabled() {
-    let db = FreshDatabase::create(&settings()).await;
-    let pool = tf_store::connect(&db.url).await.unwrap();
-    tf_store::migrate(&pool).await.unwrap();
+    let (_db, pool) = FreshDatabase::migrated(&settings()).await;
     sqlx::query(
         "INSERT INTO activity_definitions (id, version, name, enabled, trigger_kind, spec, spec_sha256)
          VALUES ('orders', 1, 'Orders', true, 'event', '{}', 'abc')",

@@ -65,6 +65,16 @@ impl FreshDatabase {
     }
 }
 
+impl FreshDatabase {
+    /// A fresh database with the project's migrations applied, and a pool on it.
+    pub async fn migrated(settings: &Settings) -> (Self, sqlx::PgPool) {
+        let db = FreshDatabase::create(settings).await;
+        let pool = tf_store::connect(&db.url).await.expect("connecting to the fresh database");
+        tf_store::migrate(&pool).await.expect("migrating the fresh database");
+        (db, pool)
+    }
+}
+
 impl Drop for FreshDatabase {
     fn drop(&mut self) {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());

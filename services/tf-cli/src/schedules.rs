@@ -111,24 +111,41 @@ pub async fn trigger(settings: &Settings, id: &str) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// Backfills `[from, to)` in one-day batches, a progress line each.
+/// Backfills `[from, to)` in one-day batches. They go in one request: separate back-to-back
+/// backfill requests were seen to drop a batch on Temporal 1.32. Then it follows the schedule
+/// until its action count stops growing, so the operator sees the runs start.
 pub async fn backfill(settings: &Settings, id: &str, from: &str, to: &str, overlap: ScheduleOverlapPolicy) -> anyhow::Result<ExitCode> {
     let id = id_of(id);
     let parse = |t: &str| tf_definitions::cron::parse_time(t).map_err(anyhow::Error::msg);
     let (from, to) = (parse(from)?, parse(to)?);
     anyhow::ensure!(to > from, "--to must be after --from");
     let handle = client(settings).await?.get_schedule_handle(id.clone());
-    let day = chrono::Duration::days(1);
-    let batches = ((to - from).num_seconds() as f64 / 86_400.0).ceil().max(1.0) as usize;
+    let mut batches = Vec::new();
     let mut start = from;
-    for i in 1..=batches {
-        let end = (start + day).min(to);
-        let b = ScheduleBackfill::new(start.into(), end.into()).overlap_policy(overlap).build();
-        handle.backfill([b], Default::default()).await.with_context(|| format!("backfilling {id} {start}..{end}"))?;
-        println!("backfill {id}: batch {i}/{batches} {} .. {} requested", start.to_rfc3339(), end.to_rfc3339());
+    while start < to {
+        let end = (start + chrono::Duration::days(1)).min(to);
+        batches.push((start, end));
         start = end;
     }
-    println!("done: Temporal starts the runs of each batch; a run whose scheduled time already ran ends as deduplicated");
+    let before = handle.describe(RpcOptions::default()).await.with_context(|| format!("describing {id}"))?.action_count();
+    let requests = batches.iter().map(|(s, e)| ScheduleBackfill::new((*s).into(), (*e).into()).overlap_policy(overlap).build());
+    handle.backfill(requests, Default::default()).await.with_context(|| format!("backfilling {id}"))?;
+    for (i, (s, e)) in batches.iter().enumerate() {
+        println!("backfill {id}: batch {}/{} {} .. {} requested", i + 1, batches.len(), s.to_rfc3339(), e.to_rfc3339());
+    }
+    let (mut last, mut stable) = (before, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while stable < 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let now = handle.describe(RpcOptions::default()).await?.action_count();
+        if now != last {
+            println!("  {} run(s) started so far", now - before);
+            (last, stable) = (now, 0);
+        } else {
+            stable += 1;
+        }
+    }
+    println!("done: {} run(s) started; a run whose scheduled time already ran ends as deduplicated", last - before);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -171,7 +171,10 @@ async fn main() -> anyhow::Result<()> {
                 let msg = match received {
                     Ok(m) => m.detach(),
                     Err(e) => {
+                        // Broker unreachable and the like: librdkafka reconnects by itself;
+                        // do not spin on the error meanwhile.
                         tracing::warn!(error = %e, "consumer error");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                         continue;
                     }
                 };

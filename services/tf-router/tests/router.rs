@@ -37,9 +37,7 @@ struct Setup {
 
 async fn setup(partitions: i32, definition: &str) -> Setup {
     let s = settings();
-    let db = FreshDatabase::create(&s).await;
-    let pool = tf_store::connect(&db.url).await.unwrap();
-    tf_store::migrate(&pool).await.unwrap();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
     // Not under `events.`: a router on its default subscription must not pick test topics up.
     let topic = unique("it-events");
     let dlq = unique("it-dlq");

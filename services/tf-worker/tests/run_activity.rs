@@ -32,9 +32,7 @@ fn input(definition_id: &str, version: i32, key: &str, event: Json) -> RunInput 
 #[tokio::test]
 async fn a_run_spawns_its_tasks_and_publishes_one_result_each() {
     let s = settings();
-    let db = FreshDatabase::create(&s).await;
-    let pool = tf_store::connect(&db.url).await.unwrap();
-    tf_store::migrate(&pool).await.unwrap();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
     let queue = unique("it-queue");
     let shipments = unique("it-shipments");
     create_topic(&s, &shipments, 1).await;
@@ -168,9 +166,7 @@ tasks:
 #[tokio::test]
 async fn recording_a_result_twice_queues_it_once() {
     let s = settings();
-    let db = FreshDatabase::create(&s).await;
-    let pool = tf_store::connect(&db.url).await.unwrap();
-    tf_store::migrate(&pool).await.unwrap();
+    let (_db, pool) = FreshDatabase::migrated(&s).await;
     let (def_id, version) = apply_definition(&pool, "id: once\nname: Once\ntrigger: {event: {topics: [t]}}\ntasks: [{name: t, type: human}]\n").await;
     let source = tf_store::runs::RunSource { trigger_kind: "manual".into(), ..Default::default() };
     let begin = tf_store::runs::BeginRun {
@@ -244,9 +240,7 @@ async fn echo_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>
 #[tokio::test]
 async fn http_context_and_http_tasks_call_out_with_json() {
     let s = settings();
-    let db = FreshDatabase::create(&s).await;
-    let pool = tf_store::connect(&db.url).await.unwrap();
-    tf_store::migrate(&pool).await.unwrap();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
     let (base, seen) = echo_server().await;
     let queue = unique("it-queue");
     let def_id = unique("it-http").to_lowercase();
@@ -313,9 +307,7 @@ impl ItEcho {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workflow_task_runs_a_named_workflow_on_its_own_task_queue() {
     let s = settings();
-    let db = FreshDatabase::create(&s).await;
-    let pool = tf_store::connect(&db.url).await.unwrap();
-    tf_store::migrate(&pool).await.unwrap();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
     let queue = unique("it-queue");
     let user_queue = unique("it-user-queue");
     let def_id = unique("it-wf").to_lowercase();

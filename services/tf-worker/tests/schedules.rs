@@ -20,9 +20,7 @@ struct Env {
 
 async fn env() -> Env {
     let s = settings();
-    let db = FreshDatabase::create(&s).await;
-    let pool = tf_store::connect(&db.url).await.unwrap();
-    tf_store::migrate(&pool).await.unwrap();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
     let queue = unique("it-queue");
     let worker = Service::spawn(
         env!("CARGO_BIN_EXE_tf-worker"),
