@@ -321,3 +321,16 @@ pub async fn task(pool: &PgPool, task_id: &str) -> Result<Option<TaskRow>, Store
     .fetch_optional(pool)
     .await?)
 }
+
+/// Whether some run holds an unexpired claim on (definition, key): the router's fast path
+/// (DESIGN.md dedupe layer 3). A claim exists only after a run took it, so a hit means the run
+/// exists or existed inside the window and the event needs no Temporal round trip.
+pub async fn claim_held(pool: &PgPool, definition_id: &str, dedupe_key: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM dedupe_claims WHERE definition_id = $1 AND dedupe_key = $2 AND expires_at > now())",
+    )
+    .bind(definition_id)
+    .bind(dedupe_key)
+    .fetch_one(pool)
+    .await?)
+}

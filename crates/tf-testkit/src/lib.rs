@@ -242,3 +242,19 @@ pub async fn results_for(prefix: &str) -> Vec<serde_json::Value> {
     out
 }
 
+
+/// A loopback address with a port nobody listens on right now.
+pub fn free_local_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").to_string()
+}
+
+/// One Prometheus counter or gauge (`name` with labels, as rendered) scraped from `addr`.
+pub fn scrape_metric(addr: &str, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}

@@ -91,6 +91,7 @@ struct Shared {
     dlq: FutureProducer,
     definitions: RwLock<Arc<Vec<Active>>>,
     metrics: Arc<metrics::Metrics>,
+    pool: PgPool,
 }
 
 #[tokio::main]
@@ -121,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
         dlq,
         definitions: RwLock::new(Arc::new(Vec::new())),
         metrics: Arc::new(metrics::Metrics::default()),
+        pool: pool.clone(),
         cli: cli.clone(),
     });
     if !cli.metrics_addr.is_empty() {
@@ -304,6 +306,13 @@ async fn process(shared: &Shared, msg: &OwnedMessage) {
 
     for run in runs {
         let (def, key) = (run.definition_id.clone(), run.dedupe_key.clone());
+        // Fast path: a held claim means the key's run exists; replays cost one query, not a
+        // start. A store error only loses the shortcut: Temporal still refuses the duplicate.
+        if tf_store::runs::claim_held(&shared.pool, &def, &key).await.unwrap_or(false) {
+            shared.metrics.runs_deduplicated_fast.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(definition = %def, key = %key, "deduplicated by claim");
+            continue;
+        }
         let outcome = retry(shared, "start", || async {
             start_run(&shared.temporal, &shared.cli.settings.task_queue, run.clone()).await.map_err(|e| e.to_string())
         })

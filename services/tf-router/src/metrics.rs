@@ -14,6 +14,7 @@ pub struct Metrics {
     pub records_matched: AtomicU64,
     pub runs_started: AtomicU64,
     pub runs_deduplicated: AtomicU64,
+    pub runs_deduplicated_fast: AtomicU64,
     dead_letters: [AtomicU64; 4],
     pub dependency_retries: AtomicU64,
     pub in_flight: AtomicI64,
@@ -37,6 +38,11 @@ impl Metrics {
         counter("tf_router_records_matched_total", "Records that matched at least one definition.", get(&self.records_matched));
         counter("tf_router_runs_started_total", "RunActivity workflows started.", get(&self.runs_started));
         counter("tf_router_runs_deduplicated_total", "Starts refused by Temporal because the dedupe key's run exists.", get(&self.runs_deduplicated));
+        counter(
+            "tf_router_runs_deduplicated_by_claim_total",
+            "Matches skipped without a start because the dedupe key's claim is held.",
+            get(&self.runs_deduplicated_fast),
+        );
         counter("tf_router_dependency_retries_total", "Retries after a dependency (registry, Temporal, Kafka) failed.", get(&self.dependency_retries));
         let _ = writeln!(out, "# HELP tf_router_dead_letters_total Records written to the DLQ, by stage.\n# TYPE tf_router_dead_letters_total counter");
         for (stage, c) in STAGES.iter().zip(&self.dead_letters) {
