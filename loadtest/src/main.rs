@@ -182,8 +182,43 @@ async fn main() -> anyhow::Result<()> {
     }
     std::fs::write(&csv, text)?;
     println!("timeline               {}", csv.display());
+    let svg = cli.out.join(format!("{def_id}.svg"));
+    std::fs::write(&svg, plot(&timeline, total_expected, unique_keys as i64))?;
+    println!("plot                   {}", svg.display());
     if routed < total_expected || runs < unique_keys as i64 {
         println!("INCOMPLETE after {} s: routed {routed}/{total_expected}, runs {runs}/{unique_keys}", cli.timeout_secs);
     }
     Ok(())
+}
+
+/// The timeline as an SVG line chart: events routed (committed) and runs over time.
+fn plot(timeline: &[(f64, i64, i64)], events: i64, runs: i64) -> String {
+    let (w, h, m) = (720.0, 360.0, 50.0);
+    let t_max = timeline.last().map_or(1.0, |p| p.0).max(1.0);
+    let y_max = events.max(runs).max(1) as f64;
+    let x = |t: f64| m + (w - 2.0 * m) * t / t_max;
+    let y = |v: i64| h - m - (h - 2.0 * m) * v as f64 / y_max;
+    let line = |pick: &dyn Fn(&(f64, i64, i64)) -> i64| {
+        timeline.iter().map(|p| format!("{:.1},{:.1}", x(p.0), y(pick(p)))).collect::<Vec<_>>().join(" ")
+    };
+    format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<line x1="{m}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/><line x1="{m}" y1="{m}" x2="{m}" y2="{b}" stroke="black"/>
+<text x="{m}" y="{ty}">0</text><text x="{r}" y="{ty}" text-anchor="end">{t_max:.0} s</text>
+<text x="{lx}" y="{m}" text-anchor="end">{y_max:.0}</text><text x="{lx}" y="{b}" text-anchor="end">0</text>
+<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{routed}"/>
+<polyline fill="none" stroke="#d62728" stroke-width="2" points="{runs_line}"/>
+<text x="{lg}" y="20" fill="#1f77b4">events routed (committed) of {events}</text>
+<text x="{lg}" y="36" fill="#d62728">runs started of {runs}</text>
+</svg>
+"##,
+        b = h - m,
+        r = w - m,
+        ty = h - m + 16.0,
+        lx = m - 6.0,
+        lg = m + 10.0,
+        routed = line(&|p| p.1),
+        runs_line = line(&|p| p.2),
+    )
 }

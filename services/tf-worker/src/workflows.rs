@@ -11,8 +11,8 @@ use temporalio_common::search_attributes::{SearchAttributeKey, Timestamp as SaTi
 use temporalio_common::{RetryPolicy, UntypedWorkflow};
 use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::{workflow, workflow_methods};
-use temporalio_sdk::{ActivityOptions, ChildWorkflowOptions, SyncWorkflowContext, WorkflowContext, WorkflowResult};
-use tf_definitions::{Bindings, Definition};
+use temporalio_sdk::{ActivityOptions, ChildWorkflowOptions, LocalActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowResult};
+use tf_definitions::{Bindings, ContextSource, Definition};
 use tf_temporal::{COMPLETE_TASK_SIGNAL, RUN_ACTIVITY, RUN_TASK, RunInput, RunSummary, TaskInput, TaskOutcome};
 
 use crate::activities::{Acts, BeginRunInput, FinishRunInput, MarkTaskInput, RecordResultInput, RecordTasksInput, ResolveContextInput};
@@ -24,16 +24,19 @@ fn millis(t: Option<SystemTime>) -> i64 {
     t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Bookkeeping activities touch only PostgreSQL: retry them patiently.
+fn patient_retries() -> RetryPolicy {
+    RetryPolicy::builder().initial_interval(Duration::from_millis(200)).maximum_interval(Duration::from_secs(10)).build()
+}
+
+/// Activities that may call out (HTTP context sources): regular activities, retried patiently.
 fn store_opts() -> ActivityOptions {
-    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30))
-        .retry_policy(
-            RetryPolicy::builder()
-                .initial_interval(Duration::from_millis(200))
-                .maximum_interval(Duration::from_secs(10))
-                .build(),
-        )
-        .build()
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30)).retry_policy(patient_retries()).build()
+}
+
+/// Bookkeeping that touches only PostgreSQL runs as local activities: no task-queue round trip
+/// per step, which is most of a run's cost on a small Temporal.
+fn local_opts() -> LocalActivityOptions {
+    LocalActivityOptions::builder().start_to_close_timeout(Duration::from_secs(30)).retry_policy(patient_retries()).build()
 }
 
 #[workflow]
@@ -56,16 +59,14 @@ impl RunActivityWorkflow {
             input.trigger.scheduled_for_ms = Some(scheduled_ms);
             input.dedupe_key = tf_envelope::Timestamp(scheduled_ms).to_string();
         }
-        let begin = ctx
-            .execute_activity(
-                Acts::begin_run,
+        let begin = ctx.execute_local_activity(Acts::begin_run,
                 BeginRunInput {
                     run_id: run_id.clone(),
                     execution_id: ctx.info().run_id().to_string(),
                     fired_at_ms: millis(ctx.workflow_time()),
                     input: input.clone(),
                 },
-                store_opts(),
+                local_opts(),
             )
             .await?;
         let Some(spec) = begin.spec else {
@@ -76,7 +77,7 @@ impl RunActivityWorkflow {
         let definition = match Definition::from_spec_json(spec) {
             Ok(d) => d,
             Err(e) => {
-                ctx.execute_activity(Acts::finish_run, finish("failed"), store_opts()).await?;
+                ctx.execute_local_activity(Acts::finish_run, finish("failed"), local_opts()).await?;
                 return Err(ApplicationFailure::non_retryable(e.to_string()).into());
             }
         };
@@ -88,18 +89,20 @@ impl RunActivityWorkflow {
             "trigger": input.trigger,
         });
         let event = input.event.clone().unwrap_or(Json::Null);
-        let context = ctx
-            .execute_activity(
-                Acts::resolve_context,
-                ResolveContextInput { run_id: run_id.clone(), spec: definition.spec_json(), event: event.clone(), run: run.clone() },
-                store_opts(),
-            )
-            .await?;
+        let resolve = ResolveContextInput { run_id: run_id.clone(), spec: definition.spec_json(), event: event.clone(), run: run.clone() };
+        // HTTP sources may be slow: those run as a regular activity. The choice depends only on
+        // the pinned definition, so replays make it the same way.
+        let calls_out = definition.context.iter().any(|(_, s)| matches!(s, ContextSource::Http { .. }));
+        let context = if calls_out {
+            ctx.execute_activity(Acts::resolve_context, resolve, store_opts()).await?
+        } else {
+            ctx.execute_local_activity(Acts::resolve_context, resolve, local_opts()).await?
+        };
         let bindings = Bindings { event, context, item: Json::Null, run };
         let planned = match definition.plan_tasks(&run_id, &bindings) {
             Ok(p) => p,
             Err(e) => {
-                ctx.execute_activity(Acts::finish_run, finish("failed"), store_opts()).await?;
+                ctx.execute_local_activity(Acts::finish_run, finish("failed"), local_opts()).await?;
                 return Err(ApplicationFailure::non_retryable(e.to_string()).into());
             }
         };
@@ -123,7 +126,7 @@ impl RunActivityWorkflow {
                 traceparent: input.traceparent.clone(),
             })
             .collect();
-        ctx.execute_activity(Acts::record_tasks, RecordTasksInput { run_id: run_id.clone(), tasks: tasks.clone() }, store_opts())
+        ctx.execute_local_activity(Acts::record_tasks, RecordTasksInput { run_id: run_id.clone(), tasks: tasks.clone() }, local_opts())
             .await?;
 
         let mut children = Vec::with_capacity(tasks.len());
@@ -141,7 +144,7 @@ impl RunActivityWorkflow {
             }
         }
         let status = if failed == 0 { "completed" } else { "failed" };
-        ctx.execute_activity(Acts::finish_run, finish(status), store_opts()).await?;
+        ctx.execute_local_activity(Acts::finish_run, finish(status), local_opts()).await?;
         Ok(RunSummary { status: status.into(), tasks_spawned: tasks.len() as u32, tasks_failed: failed })
     }
 }
@@ -183,10 +186,9 @@ impl RunTaskWorkflow {
     pub async fn run(ctx: &mut WorkflowContext<Self>, task: TaskInput) -> WorkflowResult<TaskOutcome> {
         let started_at_ms = millis(ctx.workflow_time());
         let (status, output, error, attempts) = if task.task_type == "human" {
-            ctx.execute_activity(
-                Acts::mark_task,
+            ctx.execute_local_activity(Acts::mark_task,
                 MarkTaskInput { task_id: task.task_id.clone(), status: "awaiting_human".into() },
-                store_opts(),
+                local_opts(),
             )
             .await?;
             ctx.wait_condition(|s| s.completion.is_some()).await?;
@@ -214,8 +216,7 @@ impl RunTaskWorkflow {
             }
         };
         let finished_at_ms = millis(ctx.workflow_time());
-        ctx.execute_activity(
-            Acts::record_result,
+        ctx.execute_local_activity(Acts::record_result,
             RecordResultInput {
                 task: task.clone(),
                 status: status.into(),
@@ -225,7 +226,7 @@ impl RunTaskWorkflow {
                 started_at_ms,
                 finished_at_ms,
             },
-            store_opts(),
+            local_opts(),
         )
         .await?;
         Ok(TaskOutcome { status: status.into(), attempts })
