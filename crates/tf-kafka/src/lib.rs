@@ -1,5 +1,6 @@
 //! Kafka helpers shared by the CLI and the services.
 
+pub mod groups;
 pub mod topics;
 
 use rdkafka::ClientConfig;

@@ -1,5 +1,6 @@
 //! `tf`: the task factory's operator CLI.
 
+mod consumer;
 mod db;
 mod definitions;
 mod demo;
@@ -37,6 +38,9 @@ enum Command {
     /// The PostgreSQL application database.
     #[command(subcommand)]
     Db(DbCommand),
+    /// The router's consumer group: lag, and offset resets for replay.
+    #[command(subcommand)]
+    Consumer(ConsumerCommand),
     /// Activity definitions: validate, apply (versioned), list, show.
     #[command(subcommand)]
     Definitions(DefinitionsCommand),
@@ -91,6 +95,40 @@ enum SchemasCommand {
 enum DbCommand {
     /// Apply pending migrations (embedded in this binary); idempotent.
     Migrate,
+}
+
+#[derive(Subcommand)]
+enum ConsumerCommand {
+    /// Records not yet routed, per partition (committed offset vs. end).
+    Lag {
+        #[arg(long, env = "TF_ROUTER_GROUP", default_value = "taskfactory-router")]
+        group: String,
+        /// Topics: names, or a regex starting with `^`.
+        #[arg(long, env = "TF_ROUTER_TOPICS", default_value = "^events\\..*", value_delimiter = ',')]
+        topics: Vec<String>,
+    },
+    /// Move the group's offsets, like `kafka-consumer-groups --reset-offsets`: a dry run
+    /// printing current and new offsets unless --execute; refused while the group is active.
+    /// Replayed events do not start second runs: the dedupe layers absorb them.
+    ResetOffsets {
+        #[arg(long, env = "TF_ROUTER_GROUP", default_value = "taskfactory-router")]
+        group: String,
+        #[arg(long, env = "TF_ROUTER_TOPICS", default_value = "^events\\..*", value_delimiter = ',')]
+        topics: Vec<String>,
+        #[arg(long, group = "to")]
+        to_earliest: bool,
+        #[arg(long, group = "to")]
+        to_latest: bool,
+        /// RFC 3339: the first offset at or after this time.
+        #[arg(long, group = "to")]
+        to_datetime: Option<String>,
+        /// Relative to the committed offset; negative replays.
+        #[arg(long, group = "to", allow_hyphen_values = true)]
+        shift_by: Option<i64>,
+        /// Commit the new offsets (without it: dry run).
+        #[arg(long)]
+        execute: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -212,6 +250,24 @@ async fn main() -> std::process::ExitCode {
             schemas::register(&cli.settings, &schemas, &topics).await
         }
         Command::Db(DbCommand::Migrate) => db::migrate(&cli.settings).await,
+        Command::Consumer(ConsumerCommand::Lag { group, topics }) => consumer::lag(&cli.settings, &group, &topics),
+        Command::Consumer(ConsumerCommand::ResetOffsets { group, topics, to_earliest, to_latest, to_datetime, shift_by, execute }) => {
+            let to = if to_earliest {
+                Ok(tf_kafka::groups::ResetTo::Earliest)
+            } else if to_latest {
+                Ok(tf_kafka::groups::ResetTo::Latest)
+            } else if let Some(t) = to_datetime {
+                tf_definitions::cron::parse_time(&t).map(|t| tf_kafka::groups::ResetTo::Datetime(t.timestamp_millis())).map_err(anyhow::Error::msg)
+            } else if let Some(n) = shift_by {
+                Ok(tf_kafka::groups::ResetTo::ShiftBy(n))
+            } else {
+                Err(anyhow::anyhow!("say where to: --to-earliest, --to-latest, --to-datetime T or --shift-by N"))
+            };
+            match to {
+                Ok(to) => consumer::reset(&cli.settings, &group, &topics, to, execute),
+                Err(e) => Err(e),
+            }
+        }
         Command::Definitions(cmd) => match cmd {
             DefinitionsCommand::Validate { files } => definitions::validate(&files),
             DefinitionsCommand::Apply { files } => definitions::apply(&cli.settings, &files).await,

@@ -394,3 +394,49 @@ async fn sigterm_drains_in_flight_records_and_commits() {
     let _router = t.router(&group, &[]);
     eventually("20 runs", Duration::from_secs(60), || async { (t.runs().await == 20).then_some(()) }).await;
 }
+
+#[tokio::test]
+async fn lag_and_a_reset_to_earliest_replay_without_second_runs() {
+    let t = setup(1, ORDERS).await;
+    let _worker = t.worker();
+    let group = unique("it-group");
+    let tf = |args: &[&str]| {
+        let out = std::process::Command::new(workspace_binary("tf")).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let mut router = t.router(&group, &[]);
+    for i in 0..5 {
+        t.send(0, &format!("k{i}"), &t.envelope(&format!("e{i}"), json!({"order_id": format!("o-{i}"), "amount": 100})).await).await;
+    }
+    eventually("5 runs, 5 committed", Duration::from_secs(60), || async {
+        (t.runs().await == 5 && committed(&group, &t.topic, 1) == 5).then_some(())
+    })
+    .await;
+    let (ok, out, _) = tf(&["consumer", "lag", "--group", &group, "--topics", &t.topic]);
+    assert!(ok && out.contains(&format!("group {group}: total lag 0")), "{out}");
+
+    // Refused while the router is a member of the group.
+    let (ok, _, err) = tf(&["consumer", "reset-offsets", "--group", &group, "--topics", &t.topic, "--to-earliest", "--execute"]);
+    assert!(!ok && err.contains("active member(s)"), "{err}");
+
+    assert!(router.terminate());
+    for i in 5..7 {
+        t.send(0, &format!("k{i}"), &t.envelope(&format!("e{i}"), json!({"order_id": format!("o-{i}"), "amount": 100})).await).await;
+    }
+    let (_, out, _) = tf(&["consumer", "lag", "--group", &group, "--topics", &t.topic]);
+    assert!(out.contains("total lag 2"), "{out}");
+
+    // A dry run changes nothing.
+    let (ok, out, _) = tf(&["consumer", "reset-offsets", "--group", &group, "--topics", &t.topic, "--to-earliest"]);
+    assert!(ok && out.contains("dry run"), "{out}");
+    assert_eq!(committed(&group, &t.topic, 1), 5);
+    // Executed, the router replays the whole partition; the old keys start nothing new.
+    let (ok, out, err) = tf(&["consumer", "reset-offsets", "--group", &group, "--topics", &t.topic, "--to-earliest", "--execute"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(committed(&group, &t.topic, 1), 0);
+    let _router = t.router(&group, &[]);
+    eventually("7 runs, 7 committed", Duration::from_secs(60), || async {
+        (t.runs().await == 7 && committed(&group, &t.topic, 1) == 7).then_some(())
+    })
+    .await;
+}
