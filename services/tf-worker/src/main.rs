@@ -60,7 +60,14 @@ async fn main() -> anyhow::Result<()> {
         None
     } else {
         let relay = relay::Relay::new(pool.clone(), codec, &s.kafka_brokers, &cli.relay_transactional_id)?;
-        Some(tokio::spawn(relay.run(stop_rx)))
+        Some(tokio::spawn(async move {
+            let result = relay.run(stop_rx).await;
+            if let Err(e) = &result {
+                // Fenced means another worker's relay took over (same transactional.id).
+                tracing::error!(error = %e, "results relay stopped; results wait for another relay");
+            }
+            result
+        }))
     };
 
     if !cli.no_scheduler {
