@@ -25,8 +25,8 @@ use tf_envelope::{Codec, Registry};
 struct Cli {
     #[command(flatten)]
     settings: Settings,
-    /// Kafka transactional.id of the results relay; one per deployment (a second worker with
-    /// the same id fences the first's relay, which is what makes publishing exactly-once).
+    /// Kafka transactional.id of the results relay, one per deployment. Workers sharing it elect
+    /// one relay through a PostgreSQL advisory lock; the others take over when it dies.
     #[arg(long, env = "TF_RELAY_TRANSACTIONAL_ID", default_value = "taskfactory-results-relay")]
     relay_transactional_id: String,
     /// Do not run the results relay in this process.
@@ -59,15 +59,13 @@ async fn main() -> anyhow::Result<()> {
     let relay = if cli.no_relay {
         None
     } else {
-        let relay = relay::Relay::new(pool.clone(), codec, &s.kafka_brokers, &cli.relay_transactional_id)?;
-        Some(tokio::spawn(async move {
-            let result = relay.run(stop_rx).await;
-            if let Err(e) = &result {
-                // Fenced means another worker's relay took over (same transactional.id).
-                tracing::error!(error = %e, "results relay stopped; results wait for another relay");
-            }
-            result
-        }))
+        Some(tokio::spawn(relay::run_as_leader(
+            pool.clone(),
+            codec,
+            s.kafka_brokers.clone(),
+            cli.relay_transactional_id.clone(),
+            stop_rx,
+        )))
     };
 
     if !cli.no_scheduler {

@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use sqlx::PgPool;
+use tf_store::PgPool;
 use tf_envelope::{Codec, TaskResult};
 
 pub const RESULTS_TOPIC: &str = "taskfactory.results";
@@ -186,5 +186,54 @@ impl Relay {
         tf_store::runs::mark_published(&self.pool, &ids).await?;
         tracing::debug!(count = rows.len(), txid = next.0, seq = next.1, "published results");
         Ok(Some(next))
+    }
+}
+
+/// Runs the relay in whichever worker holds the deployment's relay lock: a PostgreSQL
+/// session-level advisory lock named after the transactional id. Other workers wait for it;
+/// when the holder dies its session ends, the lock frees, the next worker takes over and its
+/// `init_transactions` fences anything the old one left in flight.
+pub async fn run_as_leader(
+    pool: PgPool,
+    codec: Arc<Codec>,
+    brokers: String,
+    transactional_id: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), RelayError> {
+    loop {
+        let mut conn = loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            match pool.acquire().await {
+                Ok(mut conn) => {
+                    let got: Result<bool, _> = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('taskfactory-relay:' || $1))")
+                        .bind(&transactional_id)
+                        .fetch_one(&mut *conn)
+                        .await;
+                    if got.unwrap_or(false) {
+                        break conn;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "relay lock: no database connection"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stop.changed() => {}
+            }
+        };
+        tracing::info!(transactional_id = %transactional_id, "this worker runs the results relay");
+        let relay = Relay::new(pool.clone(), codec.clone(), &brokers, &transactional_id)?;
+        let result = relay.run(stop.clone()).await;
+        // Release the lock with the session: close the connection rather than return it.
+        let _ = sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut *conn).await;
+        drop(conn);
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::error!(error = %e, "results relay stopped; handing the relay lock on");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
     }
 }

@@ -361,3 +361,52 @@ tasks:
     assert_eq!(status, "succeeded");
     assert_eq!(output, Some(json!({"echo": {"order": "w-1"}})));
 }
+
+#[tokio::test]
+async fn the_results_relay_fails_over_to_another_worker() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-queue");
+    let sink = unique("it-failover-sink");
+    create_topic(&s, &sink, 1).await;
+    let def_id = unique("it-failover").to_lowercase();
+    let yaml = format!(
+        "id: {def_id}\nname: F\ntrigger: {{event: {{topics: [events.demo]}}}}\ndedupe: {{key: event.data.order_id}}\ntasks:\n  - {{name: t, type: kafka, params: {{topic: \"'{sink}'\", value: 'event.data'}}}}\n"
+    );
+    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let relay_id = unique("it-relay");
+    let envs = [("TF_DATABASE_URL", db.url.as_str()), ("TF_TASK_QUEUE", queue.as_str()), ("TF_RELAY_TRANSACTIONAL_ID", relay_id.as_str())];
+    let mut workers = [Service::spawn(env!("CARGO_BIN_EXE_tf-worker"), &unique("tf-worker-a"), &envs), Service::spawn(env!("CARGO_BIN_EXE_tf-worker"), &unique("tf-worker-b"), &envs)];
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+
+    let published = |key: &'static str| {
+        let (pool, run_id) = (pool.clone(), tf_temporal::workflow_id(&def_id, key));
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM task_results WHERE run_id = $1 AND published_at IS NOT NULL")
+                .bind(&run_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (n == 1).then_some(())
+        }
+    };
+    tf_temporal::start_run(&client, &queue, input(&def_id, version, "f-1", json!({"data": {"order_id": "f-1"}}))).await.unwrap();
+    eventually("the first result published", Duration::from_secs(60), || published("f-1")).await;
+
+    let leader = workers.iter().position(|w| w.log().contains("this worker runs the results relay")).expect("one worker leads the relay");
+    assert!(!workers[1 - leader].log().contains("this worker runs the results relay"), "exactly one relay");
+    workers[leader].kill();
+
+    tf_temporal::start_run(&client, &queue, input(&def_id, version, "f-2", json!({"data": {"order_id": "f-2"}}))).await.unwrap();
+    eventually("the second result published by the other worker", Duration::from_secs(90), || published("f-2")).await;
+    assert!(workers[1 - leader].log().contains("this worker runs the results relay"));
+    for key in ["f-1", "f-2"] {
+        let results = eventually("the result on the topic", Duration::from_secs(30), || async {
+            let r = results_for(&tf_temporal::workflow_id(&def_id, key)).await;
+            (!r.is_empty()).then_some(r)
+        })
+        .await;
+        assert_eq!(results.len(), 1, "exactly one result for {key}");
+    }
+    tf_testkit::delete_topics(&s, &[&sink]).await;
+}
