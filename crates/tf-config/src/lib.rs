@@ -86,15 +86,3 @@ mod tests {
     }
 }
 
-/// Logging, set up once per binary: `TF_LOG` is the filter (`tracing` env-filter syntax,
-/// `default` when unset) and `TF_LOG_FORMAT=json` switches to one JSON object per line.
-pub fn init_logging(default: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TF_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::env::var("TF_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}

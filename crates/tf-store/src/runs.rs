@@ -334,3 +334,8 @@ pub async fn claim_held(pool: &PgPool, definition_id: &str, dedupe_key: &str) ->
     .fetch_one(pool)
     .await?)
 }
+
+/// Results queued in the outbox and not yet published.
+pub async fn unpublished_results(pool: &PgPool) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM task_results WHERE published_at IS NULL").fetch_one(pool).await?)
+}

@@ -240,7 +240,7 @@ enum DemoCommand {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tf_config::init_logging("warn");
+    tf_telemetry::init_logging("warn");
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Topics(TopicsCommand::Apply { dir, fail_on_drift }) => {

@@ -96,7 +96,7 @@ struct Shared {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tf_config::init_logging("info");
+    tf_telemetry::init_logging("info");
     let cli = Cli::parse();
     let s = &cli.settings;
     let pool = tf_store::connect(&s.database_url).await?;
@@ -126,7 +126,8 @@ async fn main() -> anyhow::Result<()> {
         cli: cli.clone(),
     });
     if !cli.metrics_addr.is_empty() {
-        tokio::spawn(metrics::serve(cli.metrics_addr.clone(), shared.metrics.clone()));
+        let m = shared.metrics.clone();
+        tokio::spawn(tf_telemetry::serve_metrics(cli.metrics_addr.clone(), Arc::new(move || m.render())));
     }
     // Routing without definitions would drop matches: wait until they load.
     let mut fingerprint = loop {

@@ -2,6 +2,7 @@
 //! `taskfactory` task queue, and runs the results relay.
 
 mod activities;
+mod metrics;
 mod relay;
 mod scheduler;
 mod workflows;
@@ -35,6 +36,9 @@ struct Cli {
     /// Do not reconcile Temporal Schedules for cron definitions in this process.
     #[arg(long, env = "TF_NO_SCHEDULER")]
     no_scheduler: bool,
+    /// Where to serve Prometheus metrics (`GET /metrics`); empty to disable.
+    #[arg(long, env = "TF_WORKER_METRICS_ADDR", default_value = "127.0.0.1:9465")]
+    metrics_addr: String,
     /// How often the scheduler looks for changed definitions, in milliseconds.
     #[arg(long, env = "TF_SCHEDULER_REFRESH_MS", default_value_t = 2000)]
     scheduler_refresh_ms: u64,
@@ -42,7 +46,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tf_config::init_logging("info");
+    tf_telemetry::init_logging("info");
     let cli = Cli::parse();
     let s = &cli.settings;
 
@@ -56,6 +60,11 @@ async fn main() -> anyhow::Result<()> {
     let codec = Arc::new(Codec::new(Arc::new(Registry::new(&s.schema_registry_url))));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics = Arc::new(metrics::Metrics::default());
+    if !cli.metrics_addr.is_empty() {
+        let m = metrics.clone();
+        tokio::spawn(tf_telemetry::serve_metrics(cli.metrics_addr.clone(), Arc::new(move || m.render())));
+    }
     let relay = if cli.no_relay {
         None
     } else {
@@ -64,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
             codec,
             s.kafka_brokers.clone(),
             cli.relay_transactional_id.clone(),
+            metrics.clone(),
             stop_rx,
         )))
     };
@@ -74,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
             client.clone(),
             s.task_queue.clone(),
             Duration::from_millis(cli.scheduler_refresh_ms),
+            metrics.clone(),
             stop_tx.subscribe(),
         ));
     }

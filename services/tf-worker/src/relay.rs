@@ -37,16 +37,23 @@ pub struct Relay {
     brokers: String,
     /// Also the marker's record key: relays of different deployments may share the topic.
     transactional_id: String,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Relay {
-    pub fn new(pool: PgPool, codec: Arc<Codec>, brokers: &str, transactional_id: &str) -> Result<Self, RelayError> {
+    pub fn new(
+        pool: PgPool,
+        codec: Arc<Codec>,
+        brokers: &str,
+        transactional_id: &str,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, RelayError> {
         let producer: FutureProducer = tf_kafka::client_config(brokers)
             .set("transactional.id", transactional_id)
             .set("enable.idempotence", "true")
             .set("transaction.timeout.ms", "60000")
             .create()?;
-        Ok(Relay { pool, codec, producer, brokers: brokers.to_string(), transactional_id: transactional_id.to_string() })
+        Ok(Relay { pool, codec, producer, brokers: brokers.to_string(), transactional_id: transactional_id.to_string(), metrics })
     }
 
     /// The last committed marker, read with `read_committed` so aborted markers do not count.
@@ -115,11 +122,16 @@ impl Relay {
                     backoff = Duration::from_millis(200);
                     continue;
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    if let Ok(n) = tf_store::runs::unpublished_results(&self.pool).await {
+                        self.metrics.results_pending.store(n, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 Err(RelayError::Kafka(e)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fenced) => {
                     return Err(RelayError::Kafka(e));
                 }
                 Err(e) => {
+                    self.metrics.relay_batches_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(error = %e, "results relay batch failed; retrying");
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
@@ -184,6 +196,7 @@ impl Relay {
         }
         let ids: Vec<String> = rows.iter().map(|r| r.task_id.clone()).collect();
         tf_store::runs::mark_published(&self.pool, &ids).await?;
+        self.metrics.results_published.fetch_add(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(count = rows.len(), txid = next.0, seq = next.1, "published results");
         Ok(Some(next))
     }
@@ -198,6 +211,7 @@ pub async fn run_as_leader(
     codec: Arc<Codec>,
     brokers: String,
     transactional_id: String,
+    metrics: Arc<crate::metrics::Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), RelayError> {
     loop {
@@ -223,8 +237,10 @@ pub async fn run_as_leader(
             }
         };
         tracing::info!(transactional_id = %transactional_id, "this worker runs the results relay");
-        let relay = Relay::new(pool.clone(), codec.clone(), &brokers, &transactional_id)?;
+        metrics.relay_leader.store(1, std::sync::atomic::Ordering::Relaxed);
+        let relay = Relay::new(pool.clone(), codec.clone(), &brokers, &transactional_id, metrics.clone())?;
         let result = relay.run(stop.clone()).await;
+        metrics.relay_leader.store(0, std::sync::atomic::Ordering::Relaxed);
         // Release the lock with the session: close the connection rather than return it.
         let _ = sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut *conn).await;
         drop(conn);

@@ -9,7 +9,14 @@ use temporalio_client::Client;
 use tf_store::PgPool;
 use tf_temporal::schedules::{self, Change};
 
-pub async fn run(pool: PgPool, client: Client, task_queue: String, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(
+    pool: PgPool,
+    client: Client,
+    task_queue: String,
+    every: Duration,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut known = String::new();
     let mut last_full = Instant::now() - Duration::from_secs(3600);
     loop {
@@ -18,11 +25,15 @@ pub async fn run(pool: PgPool, client: Client, task_queue: String, every: Durati
         }
         match tf_store::definitions::fingerprint(&pool).await {
             Ok(fp) if fp != known || last_full.elapsed() > Duration::from_secs(60) => match reconcile(&pool, &client, &task_queue).await {
-                Ok(()) => {
+                Ok(changes) => {
+                    metrics.schedule_changes.fetch_add(changes, std::sync::atomic::Ordering::Relaxed);
                     known = fp;
                     last_full = Instant::now();
                 }
-                Err(e) => tracing::warn!(error = %e, "schedule reconcile failed; retrying"),
+                Err(e) => {
+                    metrics.reconcile_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(error = %e, "schedule reconcile failed; retrying")
+                }
             },
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read definitions; schedules left as they are"),
@@ -34,16 +45,19 @@ pub async fn run(pool: PgPool, client: Client, task_queue: String, every: Durati
     }
 }
 
-pub async fn reconcile(pool: &PgPool, client: &Client, task_queue: &str) -> anyhow::Result<()> {
+/// Returns how many changes it made.
+pub async fn reconcile(pool: &PgPool, client: &Client, task_queue: &str) -> anyhow::Result<u64> {
     let rows = tf_store::definitions::latest(pool).await?;
     let (wanted, broken) = schedules::desired_from_specs(rows.into_iter().filter(|r| !r.retired).map(|r| (r.spec, r.version, r.enabled)));
     for b in broken {
         tracing::error!(error = %b, "stored definition does not parse; its schedule is left alone");
     }
+    let mut made = 0;
     for (id, changes) in schedules::reconcile(client, task_queue, &wanted).await? {
         if changes != [Change::Unchanged] {
+            made += changes.len() as u64;
             tracing::info!(schedule = %id, ?changes, "schedule reconciled");
         }
     }
-    Ok(())
+    Ok(made)
 }

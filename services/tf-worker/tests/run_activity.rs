@@ -375,8 +375,16 @@ async fn the_results_relay_fails_over_to_another_worker() {
     );
     let (def_id, version) = apply_definition(&pool, &yaml).await;
     let relay_id = unique("it-relay");
-    let envs = [("TF_DATABASE_URL", db.url.as_str()), ("TF_TASK_QUEUE", queue.as_str()), ("TF_RELAY_TRANSACTIONAL_ID", relay_id.as_str())];
-    let mut workers = [Service::spawn(env!("CARGO_BIN_EXE_tf-worker"), &unique("tf-worker-a"), &envs), Service::spawn(env!("CARGO_BIN_EXE_tf-worker"), &unique("tf-worker-b"), &envs)];
+    let metrics = [tf_testkit::free_local_addr(), tf_testkit::free_local_addr()];
+    let mut workers = [0, 1].map(|i| {
+        let envs = [
+            ("TF_DATABASE_URL", db.url.as_str()),
+            ("TF_TASK_QUEUE", queue.as_str()),
+            ("TF_RELAY_TRANSACTIONAL_ID", relay_id.as_str()),
+            ("TF_WORKER_METRICS_ADDR", metrics[i].as_str()),
+        ];
+        Service::spawn(env!("CARGO_BIN_EXE_tf-worker"), &unique("tf-worker"), &envs)
+    });
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
 
     let published = |key: &'static str| {
@@ -395,11 +403,15 @@ async fn the_results_relay_fails_over_to_another_worker() {
 
     let leader = workers.iter().position(|w| w.log().contains("this worker runs the results relay")).expect("one worker leads the relay");
     assert!(!workers[1 - leader].log().contains("this worker runs the results relay"), "exactly one relay");
+    let gauge = |i: usize| tf_testkit::scrape_metric(&metrics[i], "tf_worker_relay_leader");
+    assert_eq!((gauge(leader), gauge(1 - leader)), (Some(1.0), Some(0.0)));
+    assert_eq!(tf_testkit::scrape_metric(&metrics[leader], "tf_worker_results_published_total"), Some(1.0));
     workers[leader].kill();
 
     tf_temporal::start_run(&client, &queue, input(&def_id, version, "f-2", json!({"data": {"order_id": "f-2"}}))).await.unwrap();
     eventually("the second result published by the other worker", Duration::from_secs(90), || published("f-2")).await;
     assert!(workers[1 - leader].log().contains("this worker runs the results relay"));
+    assert_eq!(gauge(1 - leader), Some(1.0));
     for key in ["f-1", "f-2"] {
         let results = eventually("the result on the topic", Duration::from_secs(30), || async {
             let r = results_for(&tf_temporal::workflow_id(&def_id, key)).await;
