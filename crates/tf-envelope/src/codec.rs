@@ -69,10 +69,6 @@ impl Codec {
         Codec { registry, envelope, registered: Mutex::default() }
     }
 
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
-    }
-
     /// Decodes one record value.
     pub async fn decode(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
         let (schema_id, mut body) = wire::unframe(bytes)?;

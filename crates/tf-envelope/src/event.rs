@@ -24,26 +24,12 @@ impl Timestamp {
 }
 
 impl std::fmt::Display for Timestamp {
-    /// `2026-11-26T21:04:05.123Z`. Civil-from-days after Howard Hinnant's public-domain algorithm.
+    /// `2026-11-26T21:04:05.123Z`; the bare number when outside chrono's range.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (secs, ms) = (self.0.div_euclid(1000), self.0.rem_euclid(1000));
-        let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-            sod / 3600,
-            sod % 3600 / 60,
-            sod % 60
-        )
+        match chrono::DateTime::from_timestamp_millis(self.0) {
+            Some(t) => f.write_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            None => write!(f, "{}", self.0),
+        }
     }
 }
 

@@ -114,12 +114,12 @@ pub enum Change {
     Unchanged,
 }
 
-fn not_found(e: &ScheduleError) -> bool {
-    matches!(e, ScheduleError::Rpc(s) if s.code() == tonic_code_not_found())
+fn is_code(e: &ScheduleError, code: temporalio_client::tonic::Code) -> bool {
+    matches!(e, ScheduleError::Rpc(s) if s.code() == code)
 }
 
-fn tonic_code_not_found() -> temporalio_client::tonic::Code {
-    temporalio_client::tonic::Code::NotFound
+fn not_found(e: &ScheduleError) -> bool {
+    is_code(e, temporalio_client::tonic::Code::NotFound)
 }
 
 /// Brings one schedule in line with `want`.
@@ -131,7 +131,6 @@ pub async fn reconcile_one(client: &Client, task_queue: &str, want: &DesiredSche
         Err(e) if not_found(&e) => None,
         Err(e) => return Err(e),
     };
-    let mut changes = Vec::new();
     let Some(described) = described else {
         let opts = CreateScheduleOptions::builder()
             .action(want.action(task_queue))
@@ -141,21 +140,21 @@ pub async fn reconcile_one(client: &Client, task_queue: &str, want: &DesiredSche
             .note(if want.enabled { String::new() } else { DISABLED_NOTE.to_string() })
             .build();
         match client.create_schedule(id.clone(), opts).await {
-            Ok(_) => changes.push(Change::Created),
-            // Another reconciler created it first: fall through to comparing.
-            Err(e) if matches!(&e, ScheduleError::Rpc(s) if s.code() == temporalio_client::tonic::Code::AlreadyExists) => {}
+            Ok(_) => {}
+            // Another reconciler created it first: compare it like any existing schedule.
+            Err(e) if is_code(&e, temporalio_client::tonic::Code::AlreadyExists) => {
+                return Box::pin(reconcile_one(client, task_queue, want)).await;
+            }
             Err(e) => return Err(e),
         }
-        let catchup = want.catchup_window;
-        if let Some(window) = catchup {
+        // Create has no catch-up window option; set it right after.
+        if let Some(window) = want.catchup_window {
             handle.update(move |u| { u.set_catchup_window(window); }, RpcOptions::default()).await?;
         }
-        if !changes.is_empty() {
-            return Ok(changes);
-        }
-        return Box::pin(reconcile_one(client, task_queue, want)).await;
+        return Ok(vec![Change::Created]);
     };
 
+    let mut changes = Vec::new();
     let current: Option<(RunInput, String)> = match described.action() {
         ScheduleDescriptionAction::StartWorkflow(a) => {
             let queue = a.task_queue().to_string();
