@@ -285,8 +285,10 @@ impl Definition {
         let key_source = d.dedupe.key.as_deref().unwrap_or(DEFAULT_DEDUPE_KEY);
         let key = c.expr("dedupe.key".into(), key_source);
         let window = c.duration("dedupe.window", d.dedupe.window.as_deref(), DEFAULT_DEDUPE_WINDOW);
-        if window.is_zero() {
-            c.fail("dedupe.window", "must be longer than zero");
+        if window < crate::dedupe::MIN_WINDOW {
+            c.fail("dedupe.window", "must be at least 1s");
+        } else if window > crate::dedupe::CLAIM_RETENTION {
+            c.fail("dedupe.window", "must not be longer than the claim retention (30d)");
         }
 
         let mut context = Vec::new();
@@ -479,6 +481,20 @@ tasks:
         let text = err.to_string();
         assert!(text.starts_with("bad.yaml is not a valid activity definition:"), "{text}");
         assert!(text.contains("dedupe.key: line 1 column 1: unknown variable `evnt`"), "{text}");
+    }
+
+    #[test]
+    fn dedupe_windows_between_a_second_and_the_claim_retention() {
+        for (window, ok) in [("1s", true), ("30d", true), ("999ms", false), ("31d", false)] {
+            let r = Definition::from_yaml("w", &ORDERS.replace("window: 1h", &format!("window: {window}")));
+            match r {
+                Ok(_) => assert!(ok, "{window} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{window} refused: {e}");
+                    assert_eq!(e.errors[0].path, "dedupe.window");
+                }
+            }
+        }
     }
 
     #[test]

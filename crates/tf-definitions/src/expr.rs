@@ -102,7 +102,7 @@ impl Expr {
             ("item", &bindings.item),
             ("run", &bindings.run),
         ] {
-            ctx.add_variable(name, value).map_err(|e| self.error(format!("cannot bind {name}: {e}")))?;
+            ctx.add_variable_from_value(name, to_cel(value));
         }
         let value = self.program.execute(&ctx).map_err(|e| self.error(format!("failed: {e}")))?;
         value.json().map_err(|e| self.error(format!("gave a value JSON cannot hold: {e}")))
@@ -132,8 +132,44 @@ impl Expr {
         }
     }
 
+    /// What `for_each` iterates: a list in its order, or a map's entries as
+    /// `{"key": k, "value": v}` in key order (never hash order: task planning must give the same
+    /// task indices on every worker and every retry).
+    pub fn eval_items(&self, bindings: &Bindings) -> Result<Vec<Json>, EvalError> {
+        match self.eval(bindings)? {
+            Json::Array(items) => Ok(items),
+            Json::Object(map) => {
+                let mut entries: Vec<(String, Json)> = map.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok(entries.into_iter().map(|(k, v)| serde_json::json!({"key": k, "value": v})).collect())
+            }
+            other => Err(self.error(format!("gave {} where a list or a map is needed", kind(&other)))),
+        }
+    }
+
     fn error(&self, reason: String) -> EvalError {
         EvalError { path: self.path.clone(), source_text: self.source.clone(), reason }
+    }
+}
+
+/// JSON as CEL sees it. Integers that fit i64 are `int` (serde's own mapping makes non-negative
+/// ones `uint`, and `uint % int` is a CEL type error), larger ones `double`, like JSON numbers in
+/// CEL's protobuf JSON mapping.
+fn to_cel(v: &Json) -> cel::Value {
+    use cel::Value as V;
+    match v {
+        Json::Null => V::Null,
+        Json::Bool(b) => V::Bool(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => V::Int(i),
+            None => V::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(s) => V::String(Arc::new(s.clone())),
+        Json::Array(items) => V::List(Arc::new(items.iter().map(to_cel).collect())),
+        Json::Object(map) => {
+            let entries: std::collections::HashMap<String, cel::Value> = map.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
+            V::from(entries)
+        }
     }
 }
 
@@ -184,6 +220,20 @@ mod tests {
         assert_eq!(Expr::compile("m", "{'sku': item.sku, 'run': run.id}").unwrap().eval(&b).unwrap(), json!({"sku": "a", "run": "r1"}));
         assert!(Expr::compile("c", "event.data.items.all(i, size(i.sku) == 1)").unwrap().eval_bool(&b).unwrap());
         assert_eq!(Expr::compile("c", "event.data.items.map(x, x.sku)").unwrap().eval(&b).unwrap(), json!(["a", "b"]));
+    }
+
+    #[test]
+    fn json_integers_are_cel_ints() {
+        let b = Bindings { event: json!({"data": {"total": 28, "neg": -3, "big": 18446744073709551615u64, "f": 1.5}}), ..Bindings::default() };
+        let t = |src: &str| Expr::compile("f", src).unwrap().eval(&b).unwrap();
+        assert_eq!(t("event.data.total % 2 == 0"), json!(true));
+        assert_eq!(t("event.data.total * 2 + event.data.neg"), json!(53));
+        assert_eq!(t("event.data.total > 10 && event.data.total < 100"), json!(true));
+        assert_eq!(t("event.data.total / 3"), json!(9));
+        assert_eq!(t("event.data.big > 1.0"), json!(true), "too big for int: a double");
+        assert_eq!(t("event.data.f * 2.0"), json!(3.0));
+        assert_eq!(t("string(event.data.total)"), json!("28"));
+        assert_eq!(t("event.data.total == 28"), json!(true));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod definition;
 pub mod document;
 pub mod cron;
+pub mod dedupe;
 pub mod duration;
 pub mod expr;
 pub mod plan;
@@ -13,6 +14,7 @@ pub use definition::{
     ContextSource, Dedupe, Definition, EventTrigger, FieldError, InvalidDefinition, TaskTemplate, Trigger,
     TypePattern,
 };
+pub use dedupe::{DedupeKey, DedupeKeyError};
 pub use document::{Document, Overlap, TaskType};
 pub use expr::{Bindings, EvalError, Expr};
 pub use plan::PlannedTask;

@@ -29,7 +29,7 @@ impl Definition {
         let mut out = Vec::new();
         for t in &self.tasks {
             let items = match &t.for_each {
-                Some(list) => list.eval_list(bindings)?,
+                Some(list) => list.eval_items(bindings)?,
                 None => vec![Json::Null],
             };
             for (index, item) in items.into_iter().enumerate() {
@@ -94,6 +94,24 @@ tasks:
         assert_eq!(tasks[1].params, json!({"topic": "s", "value": {"sku": "c", "region": "eu"}}));
         assert_eq!(tasks[2].params["title"], "Review run/orders/o1");
         assert_eq!(d.plan_tasks("run/orders/o1", &b).unwrap(), tasks, "deterministic");
+    }
+
+    #[test]
+    fn for_each_over_a_map_follows_key_order() {
+        let yaml = "id: m\nname: M\ntrigger: {event: {topics: [t]}}\ntasks:\n  - {name: per, type: human, for_each: event.data.regions, params: {r: item.key, n: item.value}}\n";
+        let d = Definition::from_yaml("t", yaml).unwrap().remove(0);
+        let regions: serde_json::Map<String, Json> = (0..50).map(|i| (format!("r{i:02}"), json!(i))).collect();
+        let b = Bindings { event: json!({"data": {"regions": regions}}), ..Bindings::default() };
+        let tasks = d.plan_tasks("run", &b).unwrap();
+        assert_eq!(tasks.len(), 50);
+        for (i, t) in tasks.iter().enumerate() {
+            assert_eq!(t.params, json!({"r": format!("r{i:02}"), "n": i}), "index {i} is the i-th key");
+        }
+        // A map built inside CEL iterates in hash order there; for_each still sorts it.
+        let built = "id: m\nname: M\ntrigger: {event: {topics: [t]}}\ntasks:\n  - {name: per, type: human, for_each: \"{'b': 2, 'a': 1, 'c': 3}\", params: {r: item.key}}\n";
+        let d = Definition::from_yaml("t", built).unwrap().remove(0);
+        let keys: Vec<Json> = d.plan_tasks("run", &Bindings::default()).unwrap().into_iter().map(|t| t.params["r"].clone()).collect();
+        assert_eq!(keys, [json!("a"), json!("b"), json!("c")]);
     }
 
     #[test]

@@ -71,24 +71,12 @@ impl Codec {
 
     /// Decodes one record value.
     pub async fn decode(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
-        let (schema_id, mut body) = wire::unframe(bytes)?;
+        let (schema_id, body) = wire::unframe(bytes)?;
         let schema = self.registry.schema(schema_id).await.map_err(|e| match e {
             RegistryError::UnknownSchemaId(id) => DecodeError::UnknownSchemaId(id),
             other => DecodeError::Registry(other),
         })?;
-        let value = from_avro_datum(&schema, &mut body, None)
-            .map_err(|e| DecodeError::Body { schema_id, reason: e.to_string() })?;
-        if !body.is_empty() {
-            // A body longer than its schema says is a framing or schema-id mix-up, not data.
-            return Err(DecodeError::TrailingBytes { schema_id, extra: body.len() });
-        }
-        let full_name = full_name(&schema);
-        if full_name == ENVELOPE_FULL_NAME {
-            let event = Event::from_avro(value).map_err(|source| DecodeError::Envelope { schema_id, source })?;
-            Ok(Decoded::Envelope { schema_id, event })
-        } else {
-            Ok(Decoded::Record { schema_id, full_name, value: crate::json::avro_to_json(value) })
-        }
+        decode_body(schema_id, &schema, body)
     }
 
     /// Encodes `event` with the committed envelope schema, registered under `subject`.
@@ -116,6 +104,31 @@ impl Codec {
         let id = self.registry.register(subject, schema).await?;
         self.registered.lock().expect("lock").insert(key, id);
         Ok(id)
+    }
+}
+
+/// Bounds what a hostile length prefix can make the Avro decoder allocate: no count or length
+/// in a record may exceed `max_record_bytes` (a record cannot hold more items than it has bytes,
+/// short of arrays of nulls). Process-wide and set once: call it before decoding anything.
+pub fn bound_decoding(max_record_bytes: usize) -> usize {
+    apache_avro::util::max_allocation_bytes(max_record_bytes.max(1024))
+}
+
+/// Decodes an Avro body written with `schema` (registry id `schema_id`): an envelope when the
+/// schema is the envelope's, any other record as JSON.
+pub fn decode_body(schema_id: u32, schema: &Schema, mut body: &[u8]) -> Result<Decoded, DecodeError> {
+    let value =
+        from_avro_datum(schema, &mut body, None).map_err(|e| DecodeError::Body { schema_id, reason: e.to_string() })?;
+    if !body.is_empty() {
+        // A body longer than its schema says is a framing or schema-id mix-up, not data.
+        return Err(DecodeError::TrailingBytes { schema_id, extra: body.len() });
+    }
+    let full_name = full_name(schema);
+    if full_name == ENVELOPE_FULL_NAME {
+        let event = Event::from_avro(value).map_err(|source| DecodeError::Envelope { schema_id, source })?;
+        Ok(Decoded::Envelope { schema_id, event })
+    } else {
+        Ok(Decoded::Record { schema_id, full_name, value: crate::json::avro_to_json(value) })
     }
 }
 

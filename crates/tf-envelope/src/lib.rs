@@ -8,7 +8,7 @@ pub mod registry;
 pub mod result;
 pub mod wire;
 
-pub use codec::{Codec, DecodeError, Decoded, EncodeError};
+pub use codec::{Codec, DecodeError, Decoded, EncodeError, bound_decoding, decode_body};
 pub use event::{EnvelopeError, Event, Timestamp};
 pub use registry::{Registry, RegistryError};
 pub use result::{ResultTrigger, TaskResult};

@@ -1,6 +1,7 @@
 //! PostgreSQL store. Owns the connection pool and the schema (`migrations/`, embedded at build
 //! time so a binary migrates the database it was built for).
 
+pub mod claims;
 pub mod definitions;
 pub mod runs;
 
@@ -20,6 +21,27 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database query failed: {0}")]
     Query(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether PostgreSQL was unavailable (retry later) rather than refusing the statement
+    /// (retrying cannot help): connection problems, an administrator shutdown, lack of
+    /// resources, serialization failures and deadlocks.
+    pub fn is_transient(&self) -> bool {
+        let e = match self {
+            StoreError::Connect { .. } => return true,
+            StoreError::Migrate(_) => return false,
+            StoreError::Query(e) => e,
+        };
+        match e {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(db) => {
+                db.code().is_some_and(|c| ["08", "57", "53", "40"].iter().any(|class| c.starts_with(class)))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Opens a pool. The URL's password is not echoed in errors.

@@ -1,4 +1,4 @@
-//! Runs, tasks, dedupe claims and the results outbox: the rows the worker writes as a run
+//! Runs, tasks and the results outbox: the rows the worker writes as a run
 //! goes. Every write is idempotent, because Temporal retries activities.
 
 use serde_json::Value as Json;
@@ -24,7 +24,11 @@ pub struct BeginRun<'a> {
     pub definition_id: &'a str,
     pub definition_version: i32,
     pub dedupe_key: &'a str,
-    pub dedupe_window_secs: u64,
+    /// The generation the starter resolved; `None` to resolve it here (scheduled runs).
+    pub generation: Option<u32>,
+    /// The event time that places the run in a generation, ms since the epoch.
+    pub event_time_ms: i64,
+    pub dedupe_window: std::time::Duration,
     pub fired_at_ms: i64,
     pub traceparent: Option<&'a str>,
     pub source: &'a RunSource,
@@ -32,56 +36,56 @@ pub struct BeginRun<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// This execution holds the (definition, dedupe key) claim.
-    Claimed,
-    /// Another run holds it inside the dedupe window.
-    HeldBy { run_id: String, execution_id: String },
+    /// This execution runs the generation, as attempt `attempt` (2 and up: a failed run retried).
+    Claimed {
+        generation: u32,
+        attempt: u32,
+        /// `(template, index)` of tasks that succeeded in earlier attempts: not run again.
+        succeeded: Vec<(String, u32)>,
+    },
+    /// Another run owns the generation (or this run id already ran and did not fail).
+    HeldBy { run_id: String },
 }
 
-/// Takes the dedupe claim (or finds it held) and records the run, in one transaction.
+/// Records the run of its generation, in one transaction: the first execution of a run id
+/// inserts it; a retried activity of the same execution finds itself; a new execution of a
+/// failed (or cancelled) run takes it over as the next attempt; anything else is a duplicate.
 pub async fn begin_run(pool: &PgPool, r: &BeginRun<'_>) -> Result<Claim, StoreError> {
     let mut tx = pool.begin().await?;
-    let taken: Option<(String, String)> = sqlx::query_as(
-        "INSERT INTO dedupe_claims (definition_id, dedupe_key, run_id, execution_id, claimed_at, expires_at)
-         VALUES ($1, $2, $3, $4, now(), now() + make_interval(secs => $5::double precision))
-         ON CONFLICT (definition_id, dedupe_key) DO UPDATE
-             SET run_id = EXCLUDED.run_id, execution_id = EXCLUDED.execution_id,
-                 claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at
-             WHERE dedupe_claims.expires_at <= now()
-         RETURNING run_id, execution_id",
+    let generation = match r.generation {
+        Some(g) if g > 0 => g,
+        _ => {
+            let req = crate::claims::ClaimRequest {
+                definition_id: r.definition_id,
+                dedupe_key: r.dedupe_key,
+                event_time_ms: r.event_time_ms,
+                window: r.dedupe_window,
+            };
+            crate::claims::resolve_generations_in(&mut tx, std::slice::from_ref(&req)).await?.remove(0).generation
+        }
+    };
+    // The generation's run under another id (a second execution of a schedule slot started
+    // under a new workflow id) makes this one a duplicate.
+    let other: Option<String> = sqlx::query_scalar(
+        "SELECT run_id FROM activity_runs
+         WHERE definition_id = $1 AND dedupe_key = $2 AND generation = $3 AND run_id <> $4
+           AND status NOT IN ('deduplicated', 'failed', 'cancelled')
+         LIMIT 1",
     )
     .bind(r.definition_id)
     .bind(r.dedupe_key)
+    .bind(generation as i32)
     .bind(r.run_id)
-    .bind(r.execution_id)
-    .bind(r.dedupe_window_secs as f64)
     .fetch_optional(&mut *tx)
     .await?;
-    let claim = match taken {
-        Some(_) => Claim::Claimed,
-        None => {
-            let (run_id, execution_id): (String, String) = sqlx::query_as(
-                "SELECT run_id, execution_id FROM dedupe_claims WHERE definition_id = $1 AND dedupe_key = $2",
-            )
-            .bind(r.definition_id)
-            .bind(r.dedupe_key)
-            .fetch_one(&mut *tx)
-            .await?;
-            if run_id == r.run_id && execution_id == r.execution_id {
-                Claim::Claimed // this very execution, retried
-            } else {
-                Claim::HeldBy { run_id, execution_id }
-            }
-        }
-    };
-    let status = if claim == Claim::Claimed { "running" } else { "deduplicated" };
     let s = r.source;
-    sqlx::query(
+    let status = if other.is_some() { "deduplicated" } else { "running" };
+    let inserted = sqlx::query(
         "INSERT INTO activity_runs (run_id, execution_id, definition_id, definition_version, dedupe_key, trigger_kind,
              source_topic, source_partition, source_offset, event_id, schedule_id, scheduled_for, fired_at,
-             traceparent, status, finished_at)
+             traceparent, status, finished_at, generation, attempt)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, to_timestamp($12::double precision / 1000),
-             to_timestamp($13::double precision / 1000), $14, $15, CASE WHEN $15 = 'deduplicated' THEN now() END)
+             to_timestamp($13::double precision / 1000), $14, $15, CASE WHEN $15 = 'deduplicated' THEN now() END, $16, 1)
          ON CONFLICT (run_id) DO NOTHING",
     )
     .bind(r.run_id)
@@ -99,10 +103,53 @@ pub async fn begin_run(pool: &PgPool, r: &BeginRun<'_>) -> Result<Claim, StoreEr
     .bind(r.fired_at_ms)
     .bind(r.traceparent)
     .bind(status)
+    .bind(generation as i32)
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected()
+        == 1;
+    let claim = if let Some(run_id) = other {
+        Claim::HeldBy { run_id }
+    } else if inserted {
+        Claim::Claimed { generation, attempt: 1, succeeded: Vec::new() }
+    } else {
+        let (execution_id, status, attempt): (String, String, i32) =
+            sqlx::query_as("SELECT execution_id, status, attempt FROM activity_runs WHERE run_id = $1 FOR UPDATE")
+                .bind(r.run_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if execution_id == r.execution_id {
+            Claim::Claimed { generation, attempt: attempt as u32, succeeded: succeeded_tasks(&mut tx, r.run_id, attempt).await? }
+        } else if matches!(status.as_str(), "failed" | "cancelled") {
+            sqlx::query(
+                "UPDATE activity_runs SET execution_id = $2, status = 'running', finished_at = NULL, attempt = attempt + 1
+                 WHERE run_id = $1",
+            )
+            .bind(r.run_id)
+            .bind(r.execution_id)
+            .execute(&mut *tx)
+            .await?;
+            let attempt = attempt + 1;
+            Claim::Claimed { generation, attempt: attempt as u32, succeeded: succeeded_tasks(&mut tx, r.run_id, attempt).await? }
+        } else {
+            Claim::HeldBy { run_id: r.run_id.to_string() }
+        }
+    };
     tx.commit().await?;
     Ok(claim)
+}
+
+/// Tasks that succeeded in attempts before `attempt`.
+async fn succeeded_tasks(tx: &mut sqlx::PgConnection, run_id: &str, attempt: i32) -> Result<Vec<(String, u32)>, StoreError> {
+    let rows: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT DISTINCT template, item_index FROM tasks WHERE run_id = $1 AND run_attempt < $2 AND status = 'succeeded'
+         ORDER BY template, item_index",
+    )
+    .bind(run_id)
+    .bind(attempt)
+    .fetch_all(tx)
+    .await?;
+    Ok(rows.into_iter().map(|(t, i)| (t, i as u32)).collect())
 }
 
 pub async fn set_context(pool: &PgPool, run_id: &str, context: &Json) -> Result<(), StoreError> {
@@ -112,6 +159,7 @@ pub async fn set_context(pool: &PgPool, run_id: &str, context: &Json) -> Result<
 
 pub struct NewTask<'a> {
     pub task_id: &'a str,
+    pub run_attempt: i32,
     pub template: &'a str,
     pub index: i32,
     pub task_type: &'a str,
@@ -123,8 +171,8 @@ pub async fn record_tasks(pool: &PgPool, run_id: &str, tasks: &[NewTask<'_>]) ->
     let mut tx = pool.begin().await?;
     for t in tasks {
         sqlx::query(
-            "INSERT INTO tasks (task_id, run_id, template, item_index, task_type, params)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (task_id) DO NOTHING",
+            "INSERT INTO tasks (task_id, run_id, template, item_index, task_type, params, run_attempt)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (task_id) DO NOTHING",
         )
         .bind(t.task_id)
         .bind(run_id)
@@ -132,6 +180,7 @@ pub async fn record_tasks(pool: &PgPool, run_id: &str, tasks: &[NewTask<'_>]) ->
         .bind(t.index)
         .bind(t.task_type)
         .bind(t.params)
+        .bind(t.run_attempt)
         .execute(&mut *tx)
         .await?;
     }
@@ -153,7 +202,7 @@ pub async fn set_task_status(pool: &PgPool, task_id: &str, status: &str) -> Resu
     Ok(())
 }
 
-pub struct TaskOutcome<'a> {
+pub struct FinishedTask<'a> {
     pub task_id: &'a str,
     pub run_id: &'a str,
     pub status: &'a str,
@@ -166,7 +215,7 @@ pub struct TaskOutcome<'a> {
 
 /// Finishes a task and queues its result for the relay, once per task whatever the retries.
 /// Returns whether this call queued it.
-pub async fn record_result(pool: &PgPool, o: &TaskOutcome<'_>) -> Result<bool, StoreError> {
+pub async fn record_result(pool: &PgPool, o: &FinishedTask<'_>) -> Result<bool, StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query(
         "UPDATE tasks SET status = $2, output = $3, error = $4, attempts = $5, finished_at = coalesce(finished_at, now())
@@ -319,19 +368,6 @@ pub async fn task(pool: &PgPool, task_id: &str) -> Result<Option<TaskRow>, Store
     )
     .bind(task_id)
     .fetch_optional(pool)
-    .await?)
-}
-
-/// Whether some run holds an unexpired claim on (definition, key): the router's fast path
-/// (DESIGN.md dedupe layer 3). A claim exists only after a run took it, so a hit means the run
-/// exists or existed inside the window and the event needs no Temporal round trip.
-pub async fn claim_held(pool: &PgPool, definition_id: &str, dedupe_key: &str) -> Result<bool, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM dedupe_claims WHERE definition_id = $1 AND dedupe_key = $2 AND expires_at > now())",
-    )
-    .bind(definition_id)
-    .bind(dedupe_key)
-    .fetch_one(pool)
     .await?)
 }
 

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
-use sha2::{Digest, Sha256};
 use temporalio_client::errors::WorkflowStartError;
 use temporalio_client::{
     Client, ClientOptions, Connection, ConnectionOptions, WorkflowIdConflictPolicy, WorkflowIdReusePolicy,
@@ -16,6 +15,7 @@ use temporalio_client::{
 };
 use temporalio_common::search_attributes::{SearchAttributeKey, SearchAttributes};
 use temporalio_common::{HasWorkflowDefinition, WorkflowDefinition};
+pub use tf_definitions::DedupeKey;
 
 pub const RUN_ACTIVITY: &str = "RunActivity";
 pub const RUN_TASK: &str = "RunTask";
@@ -51,6 +51,13 @@ pub struct RunInput {
     pub definition_version: i32,
     pub dedupe_key: String,
     pub dedupe_window_secs: u64,
+    /// The claim's generation this run belongs to, resolved by the starter; 0 when the run
+    /// resolves it itself (scheduled runs: the schedule starts the workflow).
+    #[serde(default)]
+    pub generation: u32,
+    /// The event time that placed the run in its generation, ms since the epoch.
+    #[serde(default)]
+    pub event_time_ms: Option<i64>,
     pub trigger: TriggerInfo,
     /// The event as expressions see it (`event`), for event triggers.
     #[serde(default)]
@@ -84,23 +91,9 @@ impl HasWorkflowDefinition for RunActivity {
     type Run = Self;
 }
 
-/// Workflow ids keep a readable prefix; keys that are long or unusual are hashed so the id
-/// stays within Temporal's limits and free of characters that confuse visibility queries.
-pub fn workflow_id(definition_id: &str, dedupe_key: &str) -> String {
-    const MAX_KEY: usize = 120;
-    let plain = dedupe_key.len() <= MAX_KEY
-        && dedupe_key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@' | '/'));
-    if plain {
-        format!("run/{definition_id}/{dedupe_key}")
-    } else {
-        let digest: String = Sha256::digest(dedupe_key.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect();
-        let prefix: String = dedupe_key
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            .take(48)
-            .collect();
-        format!("run/{definition_id}/{prefix}~{digest}")
-    }
+/// The workflow id of a run: see [`DedupeKey::workflow_id`].
+pub fn workflow_id(definition_id: &str, dedupe_key: &DedupeKey, generation: u32) -> String {
+    dedupe_key.workflow_id(definition_id, generation)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +102,42 @@ pub enum TemporalError {
     Connect { url: String, reason: String },
     #[error("starting workflow {workflow_id}: {source}")]
     Start { workflow_id: String, source: WorkflowStartError },
+    #[error("dedupe key refused: {0}")]
+    Key(#[from] tf_definitions::DedupeKeyError),
+}
+
+/// How a failed start is to be handled (DESIGN.md, "Failure classes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Temporal is down, slow or overloaded: back off and try again, never skip.
+    Transient,
+    /// Temporal refuses this record for good (an input over the payload limit, a search
+    /// attribute over its size limit): dead-letter it.
+    Permanent,
+    /// The settings are wrong (auth refused, unknown namespace): pause everything.
+    Misconfigured,
+}
+
+impl TemporalError {
+    pub fn class(&self) -> FailureClass {
+        use temporalio_client::tonic::Code;
+        match self {
+            TemporalError::Connect { .. } => FailureClass::Transient,
+            TemporalError::Key(_) => FailureClass::Permanent,
+            TemporalError::Start { source, .. } => match source {
+                WorkflowStartError::PayloadConversion(_) => FailureClass::Permanent,
+                WorkflowStartError::AlreadyStarted { .. } => FailureClass::Transient,
+                WorkflowStartError::Rpc(status) => match status.code() {
+                    Code::InvalidArgument | Code::OutOfRange => FailureClass::Permanent,
+                    Code::Unauthenticated | Code::PermissionDenied | Code::NotFound | Code::Unimplemented => {
+                        FailureClass::Misconfigured
+                    }
+                    _ => FailureClass::Transient,
+                },
+                _ => FailureClass::Transient,
+            },
+        }
+    }
 }
 
 pub async fn connect(url: &str, namespace: &str, identity: &str) -> Result<Client, TemporalError> {
@@ -128,10 +157,12 @@ pub enum StartOutcome {
     Duplicate { existing_run_id: Option<String> },
 }
 
-/// Starts RunActivity with id = f(definition, dedupe key), conflict policy Fail and reuse
-/// policy RejectDuplicate, so a second start for the same key is refused by Temporal itself.
+/// Starts RunActivity with id = f(definition, dedupe key, generation), conflict policy Fail and
+/// reuse policy AllowDuplicateFailedOnly: a retry or redelivery of the same generation is refused
+/// by Temporal itself while its run is open or completed, and re-runs it when it failed.
 pub async fn start_run(client: &Client, task_queue: &str, input: RunInput) -> Result<StartOutcome, TemporalError> {
-    let workflow_id = workflow_id(&input.definition_id, &input.dedupe_key);
+    let key = DedupeKey::parse(input.dedupe_key.clone())?;
+    let workflow_id = workflow_id(&input.definition_id, &key, input.generation.max(1));
     let attrs = SearchAttributes::new([
         ACTIVITY_ID.value_set(input.definition_id.clone()),
         DEDUPE_KEY.value_set(input.dedupe_key.clone()),
@@ -139,7 +170,7 @@ pub async fn start_run(client: &Client, task_queue: &str, input: RunInput) -> Re
     ]);
     let opts = WorkflowStartOptions::new(task_queue, workflow_id.clone())
         .id_conflict_policy(WorkflowIdConflictPolicy::Fail)
-        .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+        .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicateFailedOnly)
         .search_attributes(attrs)
         .task_timeout(Duration::from_secs(10))
         .build();
@@ -147,28 +178,6 @@ pub async fn start_run(client: &Client, task_queue: &str, input: RunInput) -> Re
         Ok(handle) => Ok(StartOutcome::Started { run_id: handle.run_id().unwrap_or_default().to_string() }),
         Err(WorkflowStartError::AlreadyStarted { run_id, .. }) => Ok(StartOutcome::Duplicate { existing_run_id: run_id }),
         Err(source) => Err(TemporalError::Start { workflow_id, source }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn short_plain_keys_stay_readable() {
-        assert_eq!(workflow_id("orders", "o-42"), "run/orders/o-42");
-        assert_eq!(workflow_id("welcome", "a@b.example"), "run/welcome/a@b.example");
-    }
-
-    #[test]
-    fn long_or_odd_keys_are_hashed_with_a_readable_prefix() {
-        let long = "x".repeat(500);
-        let id = workflow_id("orders", &long);
-        assert!(id.starts_with("run/orders/xxxxxxxx") && id.len() < 120, "{id}");
-        let odd = workflow_id("orders", "Zoë's order #1");
-        assert!(odd.starts_with("run/orders/Zos") && odd.contains('~'), "{odd}");
-        assert_ne!(workflow_id("orders", "a b"), workflow_id("orders", "a_b"), "distinct keys, distinct ids");
-        assert_eq!(workflow_id("orders", "a b"), workflow_id("orders", "a b"), "deterministic");
     }
 }
 
@@ -198,7 +207,7 @@ pub struct TaskInput {
 
 /// Output of RunTask.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskOutcome {
+pub struct TaskConclusion {
     /// SUCCEEDED, FAILED or CANCELLED.
     pub status: String,
     pub attempts: u32,
@@ -209,7 +218,7 @@ pub struct RunTask;
 
 impl WorkflowDefinition for RunTask {
     type Input = TaskInput;
-    type Output = TaskOutcome;
+    type Output = TaskConclusion;
     fn name(&self) -> &str {
         RUN_TASK
     }

@@ -73,6 +73,8 @@ impl DesiredSchedule {
             definition_version: self.version,
             dedupe_key: String::new(),
             dedupe_window_secs: self.dedupe_window_secs,
+            generation: 0,
+            event_time_ms: None,
             trigger: TriggerInfo {
                 kind: "cron".into(),
                 topic: None,

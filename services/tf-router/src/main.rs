@@ -3,6 +3,7 @@
 //! to the DLQ; a failing dependency pauses the record, never skips it. Offsets are stored only
 //! once a record's starts (or its DLQ write) are acknowledged.
 
+mod claims;
 mod metrics;
 mod offsets;
 mod route;
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::FutureExt;
 use clap::Parser;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -24,9 +26,10 @@ use temporalio_client::Client;
 use tf_config::Settings;
 use tf_definitions::{Definition, Trigger};
 use tf_envelope::{Codec, DecodeError, Decoded, Registry};
-use tf_temporal::{StartOutcome, start_run};
+use tf_temporal::{FailureClass, StartOutcome, start_run};
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::claims::{ClaimFailure, Claims};
 use crate::offsets::{Ticket, Tracker};
 use crate::route::{Active, Position, RouteError, route};
 
@@ -91,7 +94,7 @@ struct Shared {
     dlq: FutureProducer,
     definitions: RwLock<Arc<Vec<Active>>>,
     metrics: Arc<metrics::Metrics>,
-    pool: PgPool,
+    claims: Claims,
 }
 
 #[tokio::main]
@@ -99,6 +102,8 @@ async fn main() -> anyhow::Result<()> {
     tf_telemetry::init_logging("info");
     let cli = Cli::parse();
     let s = &cli.settings;
+    // Before anything decodes: no length prefix may make the decoder allocate beyond a record.
+    tf_envelope::bound_decoding(cli.max_event_bytes);
     let pool = tf_store::connect(&s.database_url).await?;
     let temporal = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "tf-router").await?;
     let dlq: FutureProducer = tf_kafka::client_config(&s.kafka_brokers).set("enable.idempotence", "true").create()?;
@@ -116,13 +121,14 @@ async fn main() -> anyhow::Result<()> {
     let topics: Vec<&str> = cli.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).context("subscribing")?;
 
+    let metrics = Arc::new(metrics::Metrics::default());
     let shared = Arc::new(Shared {
         codec: Codec::new(Arc::new(Registry::new(&s.schema_registry_url))),
         temporal,
         dlq,
         definitions: RwLock::new(Arc::new(Vec::new())),
-        metrics: Arc::new(metrics::Metrics::default()),
-        pool: pool.clone(),
+        claims: Claims::start(pool.clone(), metrics.clone()),
+        metrics,
         cli: cli.clone(),
     });
     if !cli.metrics_addr.is_empty() {
@@ -186,7 +192,16 @@ async fn main() -> anyhow::Result<()> {
                 let (shared, done) = (shared.clone(), done_tx.clone());
                 tokio::spawn(async move {
                     shared.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-                    process(&shared, &msg).await;
+                    // A panic must not leave the record in flight forever (its partition's offset
+                    // would never move): the record is dead-lettered with what panicked.
+                    let routed = std::panic::AssertUnwindSafe(process(&shared, &msg)).catch_unwind().await;
+                    if let Err(panic) = routed {
+                        let what = panic.downcast_ref::<&str>().map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown panic".into());
+                        let message = format!("routing this record panicked: {what}");
+                        dead_letter(&shared, &msg, DeadLetter { stage: "panic", class: "Panic", message }).await;
+                    }
                     shared.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
                     shared.metrics.records.fetch_add(1, Ordering::Relaxed);
                     drop(held);
@@ -274,16 +289,29 @@ async fn process(shared: &Shared, msg: &OwnedMessage) {
         }
     })
     .await;
-    let event = match decoded {
-        Ok(Decoded::Envelope { event, .. }) => serde_json::to_value(&event).expect("events serialise"),
-        Ok(Decoded::Record { full_name, value, .. }) => json!({
+    // Event time places the event in its dedupe window: the envelope's `time`, or the Kafka
+    // timestamp for plain records (and, failing that, now).
+    let kafka_time = msg.timestamp().to_millis().filter(|t| tf_definitions::dedupe::valid_event_time(*t));
+    let now_ms = || tf_envelope::Timestamp::now().0;
+    let (event, event_time_ms) = match decoded {
+        Ok(Decoded::Envelope { event, .. }) => {
+            let t = event.time.0;
+            match serde_json::to_value(&event) {
+                Ok(v) => (v, t),
+                Err(e) => {
+                    let message = format!("envelope does not convert to JSON: {e}");
+                    return dead_letter(shared, msg, DeadLetter { stage: "decode", class: "InvalidEnvelope", message }).await;
+                }
+            }
+        }
+        Ok(Decoded::Record { full_name, value, .. }) => (json!({
             "id": format!("{}-{}-{}", at.topic, at.partition, at.offset),
             "source": format!("kafka://{}", at.topic),
             "type": full_name,
             "specversion": "1.0",
             "time": msg.timestamp().to_millis(),
             "data": value,
-        }),
+        }), kafka_time.unwrap_or_else(now_ms)),
         Err(e) => {
             let class = match &e {
                 DecodeError::Wire(_) => "NotWireFormat",
@@ -299,40 +327,82 @@ async fn process(shared: &Shared, msg: &OwnedMessage) {
         .headers()
         .and_then(|h| h.iter().find(|h| h.key == "traceparent").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()));
     let traceparent = header_tp.or_else(|| event["traceparent"].as_str().map(String::from));
-    let definitions = shared.definitions.read().expect("lock").clone();
-    let (runs, errors) = route(&definitions, &at, &event, traceparent.as_deref());
+    if !tf_definitions::dedupe::valid_event_time(event_time_ms) {
+        let message = format!("event time {event_time_ms} ms is outside 1970-01-01..9999-12-31");
+        return dead_letter(shared, msg, DeadLetter { stage: "event-time", class: "InvalidEventTime", message }).await;
+    }
+    let definitions = shared.definitions.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let (runs, mut errors) = route(&definitions, &at, &event, event_time_ms, traceparent.as_deref());
     if !runs.is_empty() {
         shared.metrics.records_matched.fetch_add(1, Ordering::Relaxed);
     }
 
-    for run in runs {
+    for mut run in runs {
         let (def, key) = (run.definition_id.clone(), run.dedupe_key.clone());
-        // Fast path: a held claim means the key's run exists; replays cost one query, not a
-        // start. A store error only loses the shortcut: Temporal still refuses the duplicate.
-        if tf_store::runs::claim_held(&shared.pool, &def, &key).await.unwrap_or(false) {
+        let window = Duration::from_secs(run.dedupe_window_secs.max(1));
+        // Which window (generation) the event belongs to, opening the next one if none covers
+        // its time. A generation whose run exists needs no Temporal round trip.
+        let resolved = retry(shared, "claim", || async {
+            match shared.claims.resolve(&def, &key, event_time_ms, window).await {
+                Err(ClaimFailure::Transient(e)) => Err(e),
+                other => Ok(other),
+            }
+        })
+        .await;
+        let generation = match resolved {
+            Ok(g) => g,
+            Err(failure) => {
+                let message = match failure {
+                    ClaimFailure::Permanent(m) | ClaimFailure::Transient(m) => m,
+                };
+                errors.push(RouteError { definition_id: def.clone(), stage: "claim", message });
+                continue;
+            }
+        };
+        if generation.created {
+            shared.metrics.generations_opened.fetch_add(1, Ordering::Relaxed);
+        }
+        if generation.has_live_run() {
             shared.metrics.runs_deduplicated_fast.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(definition = %def, key = %key, "deduplicated by claim");
+            tracing::debug!(definition = %def, key = %key, generation = generation.generation, "deduplicated by claim");
             continue;
         }
+        run.generation = generation.generation;
         let outcome = retry(shared, "start", || async {
-            start_run(&shared.temporal, &shared.cli.settings.task_queue, run.clone()).await.map_err(|e| e.to_string())
+            match start_run(&shared.temporal, &shared.cli.settings.task_queue, run.clone()).await {
+                Ok(outcome) => Ok(Ok(outcome)),
+                Err(e) => match e.class() {
+                    FailureClass::Permanent => Ok(Err(e.to_string())),
+                    FailureClass::Transient => Err(e.to_string()),
+                    FailureClass::Misconfigured => Err(format!(
+                        "{e} (check TF_TEMPORAL_URL, TF_TEMPORAL_NAMESPACE and the Temporal credentials)"
+                    )),
+                },
+            }
         })
         .await;
         match outcome {
-            StartOutcome::Started { .. } => {
+            Ok(StartOutcome::Started { .. }) => {
                 shared.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(definition = %def, key = %key, offset = at.offset, "run started")
+                tracing::debug!(definition = %def, key = %key, generation = generation.generation, offset = at.offset, "run started")
             }
-            StartOutcome::Duplicate { .. } => {
+            Ok(StartOutcome::Duplicate { .. }) => {
                 shared.metrics.runs_deduplicated.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(definition = %def, key = %key, "deduplicated")
             }
+            Err(message) => errors.push(RouteError { definition_id: def.clone(), stage: "start", message: format!("Temporal refused the start: {message}") }),
         }
     }
     if !errors.is_empty() {
         let stage = errors[0].stage;
         let message = errors.iter().map(|RouteError { definition_id, stage, message }| format!("{definition_id} ({stage}): {message}")).collect::<Vec<_>>().join("; ");
-        dead_letter(shared, msg, DeadLetter { stage, class: "ExpressionError", message }).await;
+        let class = match stage {
+            "filter" => "ExpressionError",
+            "dedupe-key" => "InvalidDedupeKey",
+            "claim" => "ClaimRefused",
+            _ => "StartRefused",
+        };
+        dead_letter(shared, msg, DeadLetter { stage, class, message }).await;
     }
 }
 
@@ -351,11 +421,18 @@ where
                 attempt += 1;
                 shared.metrics.dependency_retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(what, attempt, error = %e, backoff_ms = backoff.as_millis() as u64, "dependency failed; pausing this record");
-                tokio::time::sleep(backoff).await;
+                // Full jitter: records paused together do not retry in lockstep.
+                tokio::time::sleep(backoff.mul_f64(0.5 + 0.5 * jitter())).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
+}
+
+/// A number in [0, 1) that differs between calls; good enough to spread retries.
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    f64::from(nanos % 1000) / 1000.0
 }
 
 /// The original key, value and headers plus Kafka Connect's `__connect.errors.*` headers.

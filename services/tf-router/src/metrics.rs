@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-const STAGES: [&str; 4] = ["size", "decode", "filter", "dedupe-key"];
+const STAGES: [&str; 8] = ["size", "decode", "filter", "dedupe-key", "event-time", "claim", "start", "panic"];
 
 #[derive(Default)]
 pub struct Metrics {
@@ -12,7 +12,9 @@ pub struct Metrics {
     pub runs_started: AtomicU64,
     pub runs_deduplicated: AtomicU64,
     pub runs_deduplicated_fast: AtomicU64,
-    dead_letters: [AtomicU64; 4],
+    pub generations_opened: AtomicU64,
+    pub claim_batches: AtomicU64,
+    dead_letters: [AtomicU64; 8],
     pub dependency_retries: AtomicU64,
     pub in_flight: AtomicI64,
     pub definitions: AtomicI64,
@@ -20,6 +22,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn dead_letter(&self, stage: &str) {
+        debug_assert!(STAGES.contains(&stage), "unknown DLQ stage {stage}");
         if let Some(i) = STAGES.iter().position(|s| *s == stage) {
             self.dead_letters[i].fetch_add(1, Ordering::Relaxed);
         }
@@ -33,7 +36,9 @@ impl Metrics {
         metric(&mut out, "tf_router_records_matched_total", "counter", "Records that matched at least one definition.", &[("", get(&self.records_matched))]);
         metric(&mut out, "tf_router_runs_started_total", "counter", "RunActivity workflows started.", &[("", get(&self.runs_started))]);
         metric(&mut out, "tf_router_runs_deduplicated_total", "counter", "Starts refused by Temporal because the dedupe key's run exists.", &[("", get(&self.runs_deduplicated))]);
-        metric(&mut out, "tf_router_runs_deduplicated_by_claim_total", "counter", "Matches skipped without a start because the dedupe key's claim is held.", &[("", get(&self.runs_deduplicated_fast))]);
+        metric(&mut out, "tf_router_runs_deduplicated_by_claim_total", "counter", "Matches skipped without a start because their dedupe generation already has a run.", &[("", get(&self.runs_deduplicated_fast))]);
+        metric(&mut out, "tf_router_generations_opened_total", "counter", "Dedupe generations (windows) opened by events.", &[("", get(&self.generations_opened))]);
+        metric(&mut out, "tf_router_claim_batches_total", "counter", "Claim resolution statements sent to PostgreSQL (each resolves a batch).", &[("", get(&self.claim_batches))]);
         metric(&mut out, "tf_router_dependency_retries_total", "counter", "Retries after a dependency (registry, Temporal, Kafka) failed.", &[("", get(&self.dependency_retries))]);
         let labels: Vec<String> = STAGES.iter().map(|s| format!("{{stage=\"{s}\"}}")).collect();
         let samples: Vec<(&str, f64)> = labels.iter().zip(&self.dead_letters).map(|(l, c)| (l.as_str(), get(c))).collect();

@@ -1,7 +1,7 @@
 //! Matching one event against the enabled definitions: pure, so every rule is unit-tested.
 
 use serde_json::Value as Json;
-use tf_definitions::{Bindings, Definition, Trigger};
+use tf_definitions::{Bindings, DedupeKey, Definition, Trigger};
 use tf_temporal::{RunInput, TriggerInfo};
 
 /// An enabled event definition at the version runs will be pinned to.
@@ -33,6 +33,7 @@ pub fn route(
     active: &[Active],
     at: &Position<'_>,
     event: &Json,
+    event_time_ms: i64,
     traceparent: Option<&str>,
 ) -> (Vec<RunInput>, Vec<RouteError>) {
     let event_type = event["type"].as_str().unwrap_or_default();
@@ -56,10 +57,10 @@ pub fn route(
                 }
             }
         }
-        let key = match d.dedupe.key.eval_string(&bindings) {
-            Ok(k) if !k.is_empty() => k,
-            Ok(_) => {
-                errors.push(fail("dedupe-key", format!("{}: `{}` gave an empty key", d.dedupe.key.path(), d.dedupe.key.source())));
+        let key = match d.dedupe.key.eval_string(&bindings).map(DedupeKey::parse) {
+            Ok(Ok(k)) => k,
+            Ok(Err(e)) => {
+                errors.push(fail("dedupe-key", format!("{}: `{}` gave a key no store accepts: {e}", d.dedupe.key.path(), d.dedupe.key.source())));
                 continue;
             }
             Err(e) => {
@@ -70,8 +71,10 @@ pub fn route(
         runs.push(RunInput {
             definition_id: d.id.clone(),
             definition_version: a.version,
-            dedupe_key: key,
+            dedupe_key: key.into(),
             dedupe_window_secs: d.dedupe.window.as_secs(),
+            generation: 0,
+            event_time_ms: Some(event_time_ms),
             trigger: TriggerInfo {
                 kind: "event".into(),
                 topic: Some(at.topic.to_string()),
@@ -104,31 +107,39 @@ mod tests {
     fn matches_on_topic_type_and_filter() {
         let defs = [active(ORDERS, 3)];
         let ev = json!({"id": "e1", "type": "order.created", "data": {"amount": 20, "id": "o-9"}});
-        let (runs, errors) = route(&defs, &AT, &ev, Some("00-tp"));
+        let (runs, errors) = route(&defs, &AT, &ev, 1_000, Some("00-tp"));
         assert!(errors.is_empty());
         assert_eq!(runs.len(), 1);
         assert_eq!((runs[0].dedupe_key.as_str(), runs[0].definition_version), ("o-9", 3));
         assert_eq!(runs[0].trigger.offset, Some(41));
+        assert_eq!(runs[0].event_time_ms, Some(1_000));
         assert_eq!(runs[0].traceparent.as_deref(), Some("00-tp"));
 
         let small = json!({"id": "e2", "type": "order.created", "data": {"amount": 5, "id": "o-1"}});
-        assert!(route(&defs, &AT, &small, None).0.is_empty(), "filter false: no run");
+        assert!(route(&defs, &AT, &small, 1_000, None).0.is_empty(), "filter false: no run");
         let other_type = json!({"id": "e3", "type": "invoice.created", "data": {"amount": 50, "id": "i"}});
-        assert!(route(&defs, &AT, &other_type, None).0.is_empty());
+        assert!(route(&defs, &AT, &other_type, 1_000, None).0.is_empty());
         let other_topic = Position { topic: "events.b", ..AT };
-        assert!(route(&defs, &other_topic, &ev, None).0.is_empty());
+        assert!(route(&defs, &other_topic, &ev, 1_000, None).0.is_empty());
     }
 
     #[test]
     fn expression_errors_name_the_definition_and_stage() {
         let defs = [active(ORDERS, 1)];
         let no_amount = json!({"id": "e", "type": "order.created", "data": {"id": "o"}});
-        let (runs, errors) = route(&defs, &AT, &no_amount, None);
+        let (runs, errors) = route(&defs, &AT, &no_amount, 1_000, None);
         assert!(runs.is_empty());
         assert_eq!((errors[0].definition_id.as_str(), errors[0].stage), ("orders", "filter"));
         let no_key = json!({"id": "e", "type": "order.created", "data": {"amount": 99}});
-        let (_, errors) = route(&defs, &AT, &no_key, None);
+        let (_, errors) = route(&defs, &AT, &no_key, 1_000, None);
         assert_eq!(errors[0].stage, "dedupe-key");
         assert!(errors[0].message.starts_with("dedupe.key: `event.data.id` failed"), "{}", errors[0].message);
+        for (bad, why) in [(json!("a\u{0}b"), "control character U+0000"), (json!(""), "empty"), (json!("k".repeat(2000)), "over the 1024-byte limit")] {
+            let ev = json!({"id": "e", "type": "order.created", "data": {"amount": 99, "id": bad}});
+            let (runs, errors) = route(&defs, &AT, &ev, 1_000, None);
+            assert!(runs.is_empty());
+            assert_eq!(errors[0].stage, "dedupe-key");
+            assert!(errors[0].message.contains(why), "{}", errors[0].message);
+        }
     }
 }

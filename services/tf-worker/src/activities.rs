@@ -15,10 +15,11 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use tf_definitions::{Bindings, ContextSource, Definition};
 use tf_envelope::{ResultTrigger, TaskResult};
-use tf_store::runs::{self, BeginRun, Claim, NewTask, RunSource, TaskOutcome};
+use tf_store::runs::{self, BeginRun, Claim, FinishedTask, NewTask, RunSource};
 use tf_temporal::{RunInput, TaskInput};
 
-pub struct Acts {
+/// The activities' shared clients; one instance per worker.
+pub struct RunActivities {
     pub pool: PgPool,
     pub producer: FutureProducer,
     pub http: reqwest::Client,
@@ -32,6 +33,12 @@ fn transient(e: impl std::fmt::Display) -> ActivityError {
     ActivityError::application(ApplicationFailure::new(e.to_string()))
 }
 
+/// Bookkeeping errors: retried when PostgreSQL is unavailable, final when it refuses the
+/// statement (a value it cannot store), so a run is never retried forever for bad data.
+fn store_failure(e: tf_store::StoreError) -> ActivityError {
+    if e.is_transient() { transient(e) } else { permanent(e.to_string()) }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BeginRunInput {
     pub run_id: String,
@@ -42,9 +49,21 @@ pub struct BeginRunInput {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BeginRunOutput {
-    /// The definition at the pinned version when this run holds the claim; `None` when the
+    /// The definition at the pinned version when this run owns its generation; `None` when the
     /// run is a duplicate and must spawn nothing.
     pub spec: Option<Json>,
+    #[serde(default)]
+    pub generation: u32,
+    /// 1, or more when a failed run is retried.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// `(template, index)` of tasks that succeeded in earlier attempts.
+    #[serde(default)]
+    pub succeeded: Vec<(String, u32)>,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,9 +75,16 @@ pub struct ResolveContextInput {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RecordTasksInput {
+pub struct PlanTasksInput {
     pub run_id: String,
-    pub tasks: Vec<TaskInput>,
+    pub attempt: u32,
+    pub spec: Json,
+    pub event: Json,
+    pub context: Json,
+    pub run: Json,
+    pub input: RunInput,
+    /// `(template, index)` not to run again.
+    pub skip: Vec<(String, u32)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,7 +117,7 @@ pub struct FinishRunInput {
 }
 
 #[activities]
-impl Acts {
+impl RunActivities {
     /// Claims (definition, dedupe key) for this execution, records the run, and loads the
     /// definition at the version pinned by the router.
     #[activity(name = "BeginRun")]
@@ -108,8 +134,9 @@ impl Acts {
         };
         let stored = tf_store::definitions::get(&self.pool, &i.definition_id, Some(i.definition_version))
             .await
-            .map_err(transient)?
+            .map_err(store_failure)?
             .ok_or_else(|| permanent(format!("definition {} v{} does not exist", i.definition_id, i.definition_version)))?;
+        let event_time_ms = i.event_time_ms.or(i.trigger.scheduled_for_ms).unwrap_or(b.fired_at_ms);
         let claim = runs::begin_run(
             &self.pool,
             &BeginRun {
@@ -118,22 +145,27 @@ impl Acts {
                 definition_id: &i.definition_id,
                 definition_version: i.definition_version,
                 dedupe_key: &i.dedupe_key,
-                dedupe_window_secs: i.dedupe_window_secs,
+                generation: (i.generation > 0).then_some(i.generation),
+                event_time_ms,
+                dedupe_window: Duration::from_secs(i.dedupe_window_secs.max(1)),
                 fired_at_ms: b.fired_at_ms,
                 traceparent: i.traceparent.as_deref(),
                 source: &source,
             },
         )
         .await
-        .map_err(transient)?;
-        Ok(BeginRunOutput {
-            spec: match claim {
-                Claim::Claimed => Some(stored.spec),
-                Claim::HeldBy { run_id, .. } => {
-                    tracing::info!(run = %b.run_id, held_by = %run_id, "dedupe claim held by another run: deduplicated");
-                    None
+        .map_err(store_failure)?;
+        Ok(match claim {
+            Claim::Claimed { generation, attempt, succeeded } => {
+                if attempt > 1 {
+                    tracing::info!(run = %b.run_id, attempt, skipped = succeeded.len(), "failed run retried");
                 }
-            },
+                BeginRunOutput { spec: Some(stored.spec), generation, attempt, succeeded }
+            }
+            Claim::HeldBy { run_id } => {
+                tracing::info!(run = %b.run_id, held_by = %run_id, "generation already has a run: deduplicated");
+                BeginRunOutput { spec: None, generation: 0, attempt: 1, succeeded: Vec::new() }
+            }
         })
     }
 
@@ -150,7 +182,10 @@ impl Acts {
                 ContextSource::Sql { query, params } => {
                     let values: Vec<Json> =
                         params.iter().map(|p| p.eval(&b)).collect::<Result<_, _>>().map_err(|e| permanent(e.to_string()))?;
-                    runs::context_query(&self.pool, query, &values).await.map_err(|e| permanent(format!("context.{name}: {e}")))?
+                    runs::context_query(&self.pool, query, &values).await.map_err(|e| {
+                        let message = format!("context.{name}: {e}");
+                        if e.is_transient() { transient(message) } else { permanent(message) }
+                    })?
                 }
                 ContextSource::Http { method, url, body } => {
                     let url = url.eval_string(&b).map_err(|e| permanent(e.to_string()))?;
@@ -172,24 +207,55 @@ impl Acts {
             context.insert(name.clone(), value);
         }
         let context = Json::Object(context);
-        runs::set_context(&self.pool, &r.run_id, &context).await.map_err(transient)?;
+        runs::set_context(&self.pool, &r.run_id, &context).await.map_err(store_failure)?;
         Ok(context)
     }
 
-    #[activity(name = "RecordTasks")]
-    pub async fn record_tasks(self: Arc<Self>, _ctx: ActivityContext, r: RecordTasksInput) -> Result<(), ActivityError> {
-        let rows: Vec<NewTask<'_>> = r
-            .tasks
+    /// Evaluates the task templates and records the tasks. Planning runs here, not in workflow
+    /// code, so its result is in the history: a replay on another worker never re-evaluates CEL
+    /// (whose map comprehensions iterate in hash order).
+    #[activity(name = "PlanTasks")]
+    pub async fn plan_tasks(self: Arc<Self>, _ctx: ActivityContext, p: PlanTasksInput) -> Result<Vec<TaskInput>, ActivityError> {
+        let definition = Definition::from_spec_json(p.spec).map_err(|e| permanent(e.to_string()))?;
+        let bindings = Bindings { event: p.event, context: p.context, item: Json::Null, run: p.run };
+        // A retried run's tasks get their own ids, so each attempt has its own results.
+        let prefix = if p.attempt > 1 { format!("{}/attempt-{}", p.run_id, p.attempt) } else { p.run_id.clone() };
+        let planned = definition.plan_tasks(&prefix, &bindings).map_err(|e| permanent(e.to_string()))?;
+        let i = &p.input;
+        let tasks: Vec<TaskInput> = planned
+            .into_iter()
+            .filter(|t| !p.skip.iter().any(|(template, index)| *template == t.template && *index == t.index))
+            .map(|t| TaskInput {
+                task_id: t.task_id,
+                run_id: p.run_id.clone(),
+                definition_id: i.definition_id.clone(),
+                definition_version: i.definition_version,
+                template: t.template,
+                index: t.index,
+                task_type: t.task_type.as_str().to_string(),
+                params: t.params,
+                max_attempts: t.retry.max_attempts,
+                initial_interval_ms: t.retry.initial_interval.as_millis() as u64,
+                max_interval_ms: t.retry.max_interval.as_millis() as u64,
+                backoff: t.retry.backoff,
+                timeout_ms: t.timeout.as_millis() as u64,
+                trigger: i.trigger.clone(),
+                traceparent: i.traceparent.clone(),
+            })
+            .collect();
+        let rows: Vec<NewTask<'_>> = tasks
             .iter()
             .map(|t| NewTask {
                 task_id: &t.task_id,
+                run_attempt: p.attempt as i32,
                 template: &t.template,
                 index: t.index as i32,
                 task_type: &t.task_type,
                 params: &t.params,
             })
             .collect();
-        runs::record_tasks(&self.pool, &r.run_id, &rows).await.map_err(transient)
+        runs::record_tasks(&self.pool, &p.run_id, &rows).await.map_err(store_failure)?;
+        Ok(tasks)
     }
 
     /// Does the work of an `http` or `kafka` task. Its output becomes the result's output.
@@ -203,7 +269,7 @@ impl Acts {
 
     #[activity(name = "MarkTask")]
     pub async fn mark_task(self: Arc<Self>, _ctx: ActivityContext, m: MarkTaskInput) -> Result<(), ActivityError> {
-        runs::set_task_status(&self.pool, &m.task_id, &m.status).await.map_err(transient)
+        runs::set_task_status(&self.pool, &m.task_id, &m.status).await.map_err(store_failure)
     }
 
     /// Finishes the task and queues exactly one result record in the outbox.
@@ -236,7 +302,7 @@ impl Acts {
         let record = serde_json::to_value(&record).map_err(permanent_display)?;
         runs::record_result(
             &self.pool,
-            &TaskOutcome {
+            &FinishedTask {
                 task_id: &t.task_id,
                 run_id: &t.run_id,
                 status: &r.status.to_lowercase(),
@@ -247,16 +313,16 @@ impl Acts {
             },
         )
         .await
-        .map_err(transient)
+        .map_err(store_failure)
     }
 
     #[activity(name = "FinishRun")]
     pub async fn finish_run(self: Arc<Self>, _ctx: ActivityContext, f: FinishRunInput) -> Result<(), ActivityError> {
-        runs::finish_run(&self.pool, &f.run_id, &f.status).await.map_err(transient)
+        runs::finish_run(&self.pool, &f.run_id, &f.status).await.map_err(store_failure)
     }
 }
 
-impl Acts {
+impl RunActivities {
     async fn perform(&self, t: &TaskInput) -> Result<Json, ActivityError> {
         let p = &t.params;
         let output = match t.task_type.as_str() {

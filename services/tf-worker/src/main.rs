@@ -91,14 +91,15 @@ async fn main() -> anyhow::Result<()> {
 
     let runtime = Runtime::from_current_tokio(RuntimeOptions::default())?;
     let options = WorkerOptions::new(s.task_queue.as_str())
-        .register_activities(activities::Acts { pool, producer, http })
+        .register_activities(activities::RunActivities { pool: pool.clone(), producer, http })
         .register_workflow::<workflows::RunActivityWorkflow>()?
         .register_workflow::<workflows::RunTaskWorkflow>()?
         .build();
     let mut worker = Worker::new(&runtime, client, options)?;
     let shutdown = worker.shutdown_handle();
+    tokio::spawn(expire_generations(pool, stop_tx.subscribe()));
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight tasks");
         let _ = stop_tx.send(true);
         shutdown();
@@ -108,5 +109,32 @@ async fn main() -> anyhow::Result<()> {
     if let Some(relay) = relay {
         relay.await??;
     }
+    tracing::info!("worker stopped");
     Ok(())
+}
+
+/// SIGTERM (what orchestrators send) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
+
+/// Deletes dedupe generations whose window ended more than the claim retention ago, every ten
+/// minutes (claims themselves stay: their generation counter keeps workflow ids unique).
+async fn expire_generations(pool: tf_store::PgPool, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match tf_store::claims::expire_generations(&pool, tf_definitions::dedupe::CLAIM_RETENTION).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "expired dedupe generations deleted"),
+            Err(e) => tracing::warn!(error = %e, "expiring dedupe generations failed; next try in ten minutes"),
+        }
+    }
 }

@@ -12,10 +12,10 @@ use temporalio_common::{RetryPolicy, UntypedWorkflow};
 use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{ActivityOptions, ChildWorkflowOptions, LocalActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowResult};
-use tf_definitions::{Bindings, ContextSource, Definition};
-use tf_temporal::{COMPLETE_TASK_SIGNAL, RUN_ACTIVITY, RUN_TASK, RunInput, RunSummary, TaskInput, TaskOutcome};
+use tf_definitions::{ContextSource, Definition};
+use tf_temporal::{COMPLETE_TASK_SIGNAL, RUN_ACTIVITY, RUN_TASK, RunInput, RunSummary, TaskInput, TaskConclusion};
 
-use crate::activities::{Acts, BeginRunInput, FinishRunInput, MarkTaskInput, RecordResultInput, RecordTasksInput, ResolveContextInput};
+use crate::activities::{BeginRunInput, FinishRunInput, MarkTaskInput, PlanTasksInput, RecordResultInput, ResolveContextInput, RunActivities};
 
 /// Set by Temporal Schedules on every workflow they start: the action's nominal time.
 const SCHEDULED_START_TIME: SearchAttributeKey<SaTimestamp> = SearchAttributeKey::datetime("TemporalScheduledStartTime");
@@ -29,7 +29,7 @@ fn patient_retries() -> RetryPolicy {
 }
 
 /// Activities that may call out (HTTP context sources): regular activities, retried patiently.
-fn store_opts() -> ActivityOptions {
+fn remote_opts() -> ActivityOptions {
     ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30)).retry_policy(patient_retries()).build()
 }
 
@@ -59,7 +59,7 @@ impl RunActivityWorkflow {
             input.trigger.scheduled_for_ms = Some(scheduled_ms);
             input.dedupe_key = tf_envelope::Timestamp(scheduled_ms).to_string();
         }
-        let begin = ctx.execute_local_activity(Acts::begin_run,
+        let begin = ctx.execute_local_activity(RunActivities::begin_run,
                 BeginRunInput {
                     run_id: run_id.clone(),
                     execution_id: ctx.info().run_id().to_string(),
@@ -74,10 +74,10 @@ impl RunActivityWorkflow {
         };
         let finish = |status: &str| FinishRunInput { run_id: run_id.clone(), status: status.into() };
 
-        let definition = match Definition::from_spec_json(spec) {
+        let definition = match Definition::from_spec_json(spec.clone()) {
             Ok(d) => d,
             Err(e) => {
-                ctx.execute_local_activity(Acts::finish_run, finish("failed"), local_opts()).await?;
+                ctx.execute_local_activity(RunActivities::finish_run, finish("failed"), local_opts()).await?;
                 return Err(ApplicationFailure::non_retryable(e.to_string()).into());
             }
         };
@@ -86,48 +86,44 @@ impl RunActivityWorkflow {
             "definition_id": input.definition_id,
             "definition_version": input.definition_version,
             "dedupe_key": input.dedupe_key,
+            "generation": begin.generation,
+            "attempt": begin.attempt,
             "trigger": input.trigger,
         });
         let event = input.event.clone().unwrap_or(Json::Null);
-        let resolve = ResolveContextInput { run_id: run_id.clone(), spec: definition.spec_json(), event: event.clone(), run: run.clone() };
+        let resolve = ResolveContextInput { run_id: run_id.clone(), spec: spec.clone(), event: event.clone(), run: run.clone() };
         // HTTP sources may be slow: those run as a regular activity. The choice depends only on
         // the pinned definition, so replays make it the same way.
         let calls_out = definition.context.iter().any(|(_, s)| matches!(s, ContextSource::Http { .. }));
         let context = if calls_out {
-            ctx.execute_activity(Acts::resolve_context, resolve, store_opts()).await?
+            ctx.execute_activity(RunActivities::resolve_context, resolve, remote_opts()).await
         } else {
-            ctx.execute_local_activity(Acts::resolve_context, resolve, local_opts()).await?
+            ctx.execute_local_activity(RunActivities::resolve_context, resolve, local_opts()).await
         };
-        let bindings = Bindings { event, context, item: Json::Null, run };
-        let planned = match definition.plan_tasks(&run_id, &bindings) {
-            Ok(p) => p,
+        let context = match context {
+            Ok(c) => c,
             Err(e) => {
-                ctx.execute_local_activity(Acts::finish_run, finish("failed"), local_opts()).await?;
-                return Err(ApplicationFailure::non_retryable(e.to_string()).into());
+                ctx.execute_local_activity(RunActivities::finish_run, finish("failed"), local_opts()).await?;
+                return Err(ApplicationFailure::non_retryable(format!("resolving the context: {e}")).into());
             }
         };
-        let tasks: Vec<TaskInput> = planned
-            .into_iter()
-            .map(|p| TaskInput {
-                task_id: p.task_id,
-                run_id: run_id.clone(),
-                definition_id: input.definition_id.clone(),
-                definition_version: input.definition_version,
-                template: p.template,
-                index: p.index,
-                task_type: p.task_type.as_str().to_string(),
-                params: p.params,
-                max_attempts: p.retry.max_attempts,
-                initial_interval_ms: p.retry.initial_interval.as_millis() as u64,
-                max_interval_ms: p.retry.max_interval.as_millis() as u64,
-                backoff: p.retry.backoff,
-                timeout_ms: p.timeout.as_millis() as u64,
-                trigger: input.trigger.clone(),
-                traceparent: input.traceparent.clone(),
-            })
-            .collect();
-        ctx.execute_local_activity(Acts::record_tasks, RecordTasksInput { run_id: run_id.clone(), tasks: tasks.clone() }, local_opts())
-            .await?;
+        let plan = PlanTasksInput {
+            run_id: run_id.clone(),
+            attempt: begin.attempt,
+            spec,
+            event,
+            context,
+            run,
+            input: input.clone(),
+            skip: begin.succeeded.clone(),
+        };
+        let tasks = match ctx.execute_local_activity(RunActivities::plan_tasks, plan, local_opts()).await {
+            Ok(t) => t,
+            Err(e) => {
+                ctx.execute_local_activity(RunActivities::finish_run, finish("failed"), local_opts()).await?;
+                return Err(ApplicationFailure::non_retryable(format!("planning the tasks: {e}")).into());
+            }
+        };
 
         let mut children = Vec::with_capacity(tasks.len());
         for t in &tasks {
@@ -143,9 +139,15 @@ impl RunActivityWorkflow {
                 _ => failed += 1,
             }
         }
-        let status = if failed == 0 { "completed" } else { "failed" };
-        ctx.execute_local_activity(Acts::finish_run, finish(status), local_opts()).await?;
-        Ok(RunSummary { status: status.into(), tasks_spawned: tasks.len() as u32, tasks_failed: failed })
+        let spawned = tasks.len() as u32;
+        if failed > 0 {
+            ctx.execute_local_activity(RunActivities::finish_run, finish("failed"), local_opts()).await?;
+            // The execution fails too, so Temporal's reuse policy (AllowDuplicateFailedOnly) lets a
+            // redelivered event or `tf runs retry` run the generation again.
+            return Err(ApplicationFailure::non_retryable(format!("{failed} of {spawned} task(s) failed")).into());
+        }
+        ctx.execute_local_activity(RunActivities::finish_run, finish("completed"), local_opts()).await?;
+        Ok(RunSummary { status: "completed".into(), tasks_spawned: spawned, tasks_failed: 0 })
     }
 }
 
@@ -183,10 +185,10 @@ pub struct RunTaskWorkflow {
 #[workflow_methods]
 impl RunTaskWorkflow {
     #[run(name = RUN_TASK)]
-    pub async fn run(ctx: &mut WorkflowContext<Self>, task: TaskInput) -> WorkflowResult<TaskOutcome> {
+    pub async fn run(ctx: &mut WorkflowContext<Self>, task: TaskInput) -> WorkflowResult<TaskConclusion> {
         let started_at_ms = millis(ctx.workflow_time());
         let (status, output, error, attempts) = if task.task_type == "human" {
-            ctx.execute_local_activity(Acts::mark_task,
+            ctx.execute_local_activity(RunActivities::mark_task,
                 MarkTaskInput { task_id: task.task_id.clone(), status: "awaiting_human".into() },
                 local_opts(),
             )
@@ -210,13 +212,13 @@ impl RunTaskWorkflow {
                         .build(),
                 )
                 .build();
-            match ctx.execute_activity(Acts::execute_task, task.clone(), opts).await {
+            match ctx.execute_activity(RunActivities::execute_task, task.clone(), opts).await {
                 Ok(done) => ("SUCCEEDED", Some(done.output), None, done.attempt),
                 Err(e) => ("FAILED", None, Some(e.to_string()), task.max_attempts),
             }
         };
         let finished_at_ms = millis(ctx.workflow_time());
-        ctx.execute_local_activity(Acts::record_result,
+        ctx.execute_local_activity(RunActivities::record_result,
             RecordResultInput {
                 task: task.clone(),
                 status: status.into(),
@@ -229,7 +231,7 @@ impl RunTaskWorkflow {
             local_opts(),
         )
         .await?;
-        Ok(TaskOutcome { status: status.into(), attempts })
+        Ok(TaskConclusion { status: status.into(), attempts })
     }
 
     #[signal(name = COMPLETE_TASK_SIGNAL)]

@@ -15,6 +15,8 @@ fn input(definition_id: &str, version: i32, key: &str, event: Json) -> RunInput 
         definition_version: version,
         dedupe_key: key.into(),
         dedupe_window_secs: 3600,
+        generation: 0,
+        event_time_ms: None,
         trigger: TriggerInfo {
             kind: "event".into(),
             topic: Some("events.demo".into()),
@@ -78,7 +80,7 @@ tasks:
     let again = tf_temporal::start_run(&client, &queue, input(&def_id, version, "o-1", event.clone())).await.unwrap();
     assert!(matches!(again, StartOutcome::Duplicate { .. }), "a second start for the key is refused: {again:?}");
 
-    let run_id = tf_temporal::workflow_id(&def_id, "o-1");
+    let run_id = tf_temporal::DedupeKey::parse("o-1").unwrap().workflow_id(&def_id, 1);
     // The human task waits for its completion signal; complete it as `tf tasks complete` does.
     let review_id = format!("{run_id}/review/0");
     eventually(&format!("the review task to await a human; worker log:\n{}", worker.log()), Duration::from_secs(60), || async {
@@ -175,21 +177,24 @@ async fn recording_a_result_twice_queues_it_once() {
         definition_id: &def_id,
         definition_version: version,
         dedupe_key: "k",
-        dedupe_window_secs: 60,
+        generation: None,
+        event_time_ms: 1_000,
+        dedupe_window: Duration::from_secs(60),
         fired_at_ms: 0,
         traceparent: None,
         source: &source,
     };
-    assert_eq!(tf_store::runs::begin_run(&pool, &begin).await.unwrap(), tf_store::runs::Claim::Claimed);
-    assert_eq!(tf_store::runs::begin_run(&pool, &begin).await.unwrap(), tf_store::runs::Claim::Claimed, "a retried activity keeps its claim");
+    let claimed = tf_store::runs::Claim::Claimed { generation: 1, attempt: 1, succeeded: vec![] };
+    assert_eq!(tf_store::runs::begin_run(&pool, &begin).await.unwrap(), claimed);
+    assert_eq!(tf_store::runs::begin_run(&pool, &begin).await.unwrap(), claimed, "a retried activity keeps its claim");
     let other = tf_store::runs::BeginRun { execution_id: "x2", ..begin };
     assert!(matches!(tf_store::runs::begin_run(&pool, &other).await.unwrap(), tf_store::runs::Claim::HeldBy { .. }));
     let params = json!({});
-    tf_store::runs::record_tasks(&pool, "r1", &[tf_store::runs::NewTask { task_id: "r1/t/0", template: "t", index: 0, task_type: "human", params: &params }])
+    tf_store::runs::record_tasks(&pool, "r1", &[tf_store::runs::NewTask { task_id: "r1/t/0", run_attempt: 1, template: "t", index: 0, task_type: "human", params: &params }])
         .await
         .unwrap();
     let record = json!({"any": "record"});
-    let outcome = tf_store::runs::TaskOutcome { task_id: "r1/t/0", run_id: "r1", status: "succeeded", output: None, error: None, attempts: 1, record: &record };
+    let outcome = tf_store::runs::FinishedTask { task_id: "r1/t/0", run_id: "r1", status: "succeeded", output: None, error: None, attempts: 1, record: &record };
     // The first attempt recorded the result, then died before reporting success; Temporal
     // runs the activity again.
     assert!(tf_store::runs::record_result(&pool, &outcome).await.unwrap());
@@ -271,7 +276,7 @@ tasks:
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
     let event = json!({"id": "e1", "type": "order.created", "data": {"order_id": "h-1", "customer": "c-42"}});
     tf_temporal::start_run(&client, &queue, input(&def_id, version, "h-1", event)).await.unwrap();
-    let run_id = tf_temporal::workflow_id(&def_id, "h-1");
+    let run_id = tf_temporal::DedupeKey::parse("h-1").unwrap().workflow_id(&def_id, 1);
     let (status, output): (String, Option<Json>) = eventually("the http task to finish", Duration::from_secs(60), || async {
         let row: Option<(String, Option<Json>)> = sqlx::query_as("SELECT status, output FROM tasks WHERE run_id = $1")
             .bind(&run_id)
@@ -343,7 +348,7 @@ tasks:
     let scenario = async {
         let event = json!({"id": "e1", "type": "order.created", "data": {"order_id": "w-1"}});
         tf_temporal::start_run(&client, &queue, input(&def_id, version, "w-1", event)).await.unwrap();
-        let run_id = tf_temporal::workflow_id(&def_id, "w-1");
+        let run_id = tf_temporal::DedupeKey::parse("w-1").unwrap().workflow_id(&def_id, 1);
         let row = eventually("the workflow task to finish", Duration::from_secs(60), || async {
             let row: Option<(String, Option<Json>)> = sqlx::query_as("SELECT status, output FROM tasks WHERE run_id = $1")
                 .bind(&run_id)
@@ -388,7 +393,7 @@ async fn the_results_relay_fails_over_to_another_worker() {
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
 
     let published = |key: &'static str| {
-        let (pool, run_id) = (pool.clone(), tf_temporal::workflow_id(&def_id, key));
+        let (pool, run_id) = (pool.clone(), tf_temporal::DedupeKey::parse(key).unwrap().workflow_id(&def_id, 1));
         async move {
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM task_results WHERE run_id = $1 AND published_at IS NOT NULL")
                 .bind(&run_id)
@@ -414,7 +419,7 @@ async fn the_results_relay_fails_over_to_another_worker() {
     assert_eq!(gauge(1 - leader), Some(1.0));
     for key in ["f-1", "f-2"] {
         let results = eventually("the result on the topic", Duration::from_secs(30), || async {
-            let r = results_for(&tf_temporal::workflow_id(&def_id, key)).await;
+            let r = results_for(&tf_temporal::DedupeKey::parse(key).unwrap().workflow_id(&def_id, 1)).await;
             (!r.is_empty()).then_some(r)
         })
         .await;

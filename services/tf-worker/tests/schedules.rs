@@ -156,6 +156,8 @@ async fn trigger_starts_one_run_and_a_repeated_backfill_spawns_no_second_set_of_
         definition_version: version,
         dedupe_key: tf_envelope::Timestamp(slot_ms).to_string(),
         dedupe_window_secs: 86_400,
+        generation: 0,
+        event_time_ms: None,
         trigger: tf_temporal::TriggerInfo {
             kind: "cron".into(),
             topic: None,
@@ -168,7 +170,7 @@ async fn trigger_starts_one_run_and_a_repeated_backfill_spawns_no_second_set_of_
         event: None,
         traceparent: None,
     };
-    let extra_id = format!("{}-{}", tf_temporal::workflow_id(&id, "again"), unique("x"));
+    let extra_id = format!("{}-{}", tf_temporal::DedupeKey::parse("again").unwrap().workflow_id(&id, 1), unique("x"));
     let handle = e
         .client
         .start_workflow(

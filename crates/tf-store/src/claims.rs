@@ -1,0 +1,105 @@
+//! Dedupe claims and their generations (DESIGN.md, "Dedupe and exactly-once", layers 1–3).
+//!
+//! The claim on (definition, dedupe key) owns the key's windows. Each window is a numbered
+//! generation covering [time of the event that opened it, + `dedupe.window`) in event time, and
+//! has at most one run, whose workflow id carries the generation. Resolution happens before a
+//! start, in one statement per batch (`tf_resolve_generations`, see the migration): an event maps
+//! to the generation whose window covers its time, or opens the next one. A generation opened by
+//! an event older than existing windows ends where the next window starts, so windows of one key
+//! never overlap.
+//!
+//! Generations are deleted [`expire_generations`] after their window ended by more than the
+//! claim retention; the claim row itself (its generation counter) is kept as long as the runs
+//! table, so a workflow id is never used twice.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::StoreError;
+
+/// One event to place: which claim, at what event time, with which window.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    pub definition_id: &'a str,
+    pub dedupe_key: &'a str,
+    /// Event time, ms since the epoch (must be within 1970..=9999).
+    pub event_time_ms: i64,
+    pub window: Duration,
+}
+
+/// The generation an event belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    pub generation: u32,
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    /// This call opened the generation.
+    pub created: bool,
+    /// Status of the generation's run as recorded by the worker (`running`, `completed`,
+    /// `failed`, ...), `None` while no run has begun.
+    pub run_status: Option<String>,
+}
+
+impl Generation {
+    /// Whether a run already exists for the generation and must not be started again. A failed
+    /// run may be: a redelivered event or a new event of the same window retries it.
+    pub fn has_live_run(&self) -> bool {
+        self.run_status.as_deref().is_some_and(|s| !matches!(s, "failed" | "cancelled"))
+    }
+}
+
+/// Resolves the generation of every request, in order, in one statement.
+pub async fn resolve_generations(pool: &PgPool, requests: &[ClaimRequest<'_>]) -> Result<Vec<Generation>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    resolve_generations_in(&mut conn, requests).await
+}
+
+/// [`resolve_generations`] on a connection (or inside a transaction).
+pub async fn resolve_generations_in(
+    conn: &mut sqlx::PgConnection,
+    requests: &[ClaimRequest<'_>],
+) -> Result<Vec<Generation>, StoreError> {
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let defs: Vec<&str> = requests.iter().map(|r| r.definition_id).collect();
+    let keys: Vec<&str> = requests.iter().map(|r| r.dedupe_key).collect();
+    let times: Vec<i64> = requests.iter().map(|r| r.event_time_ms).collect();
+    let windows: Vec<f64> = requests.iter().map(|r| r.window.as_secs_f64()).collect();
+    let rows: Vec<(i32, i32, i64, i64, bool, Option<String>)> = sqlx::query_as(
+        "SELECT ord, generation,
+                (extract(epoch FROM window_start) * 1000)::bigint,
+                (extract(epoch FROM window_end) * 1000)::bigint,
+                created, run_status
+         FROM tf_resolve_generations($1, $2,
+                ARRAY(SELECT to_timestamp(t / 1000.0) FROM unnest($3::bigint[]) WITH ORDINALITY AS u(t, i) ORDER BY i),
+                $4)
+         ORDER BY ord",
+    )
+    .bind(&defs)
+    .bind(&keys)
+    .bind(&times)
+    .bind(&windows)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(_, generation, window_start_ms, window_end_ms, created, run_status)| Generation {
+            generation: generation as u32,
+            window_start_ms,
+            window_end_ms,
+            created,
+            run_status,
+        })
+        .collect())
+}
+
+/// Deletes generations whose window ended more than `retention` ago; returns how many.
+pub async fn expire_generations(pool: &PgPool, retention: Duration) -> Result<u64, StoreError> {
+    Ok(sqlx::query("DELETE FROM dedupe_generations WHERE window_end < now() - make_interval(secs => $1)")
+        .bind(retention.as_secs_f64())
+        .execute(pool)
+        .await?
+        .rows_affected())
+}

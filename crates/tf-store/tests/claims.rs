@@ -1,0 +1,123 @@
+//! Claim resolution (`tf_resolve_generations`) on the real PostgreSQL: window boundaries,
+//! out-of-order event times, batches, concurrency and keys the store refuses.
+
+use std::time::Duration;
+
+use tf_store::claims::{ClaimRequest, Generation, resolve_generations};
+use tf_testkit::{FreshDatabase, settings};
+
+const W: Duration = Duration::from_secs(10);
+
+fn req(key: &str, t_secs: i64) -> ClaimRequest<'_> {
+    ClaimRequest { definition_id: "d", dedupe_key: key, event_time_ms: t_secs * 1000, window: W }
+}
+
+async fn one(pool: &sqlx::PgPool, key: &str, t_secs: i64) -> Generation {
+    resolve_generations(pool, &[req(key, t_secs)]).await.unwrap().remove(0)
+}
+
+#[tokio::test]
+async fn windows_start_at_the_first_event_and_end_after_the_window() {
+    let (_db, pool) = FreshDatabase::migrated(&settings()).await;
+    let g = one(&pool, "k", 100).await;
+    assert_eq!((g.generation, g.created, g.window_start_ms, g.window_end_ms), (1, true, 100_000, 110_000));
+    assert_eq!(g.run_status, None, "no run has begun");
+    let inside = one(&pool, "k", 109).await;
+    assert_eq!((inside.generation, inside.created), (1, false), "t0 + 9 s is inside");
+    let edge = one(&pool, "k", 110).await;
+    assert_eq!((edge.generation, edge.created, edge.window_start_ms), (2, true, 110_000), "the window is half-open");
+    let later = one(&pool, "k", 500).await;
+    assert_eq!(later.generation, 3);
+    // Replaying the earliest event long after its window expired (in wall-clock time, too)
+    // maps it to its old generation.
+    assert_eq!((one(&pool, "k", 100).await.generation, one(&pool, "k", 105).await.created), (1, false));
+    // Keys and definitions are independent.
+    assert_eq!(one(&pool, "other", 100).await.generation, 1);
+    let other_def = ClaimRequest { definition_id: "d2", ..req("k", 100) };
+    assert_eq!(resolve_generations(&pool, &[other_def]).await.unwrap()[0].generation, 1);
+}
+
+#[tokio::test]
+async fn an_out_of_order_event_opens_a_window_that_ends_where_the_next_begins() {
+    let (_db, pool) = FreshDatabase::migrated(&settings()).await;
+    assert_eq!(one(&pool, "k", 100).await.generation, 1);
+    let early = one(&pool, "k", 95).await;
+    assert_eq!((early.generation, early.window_start_ms, early.window_end_ms), (2, 95_000, 100_000), "clipped, no overlap");
+    assert_eq!(one(&pool, "k", 99).await.generation, 2);
+    assert_eq!(one(&pool, "k", 100).await.generation, 1);
+    let much_earlier = one(&pool, "k", 10).await;
+    assert_eq!((much_earlier.generation, much_earlier.window_end_ms), (3, 20_000));
+}
+
+#[tokio::test]
+async fn a_batch_resolves_in_order_and_sees_its_own_generations() {
+    let (_db, pool) = FreshDatabase::migrated(&settings()).await;
+    let batch = [req("b", 50), req("a", 0), req("b", 55), req("a", 20), req("b", 61)];
+    let got: Vec<(u32, bool)> = resolve_generations(&pool, &batch).await.unwrap().iter().map(|g| (g.generation, g.created)).collect();
+    assert_eq!(got, [(1, true), (1, true), (1, false), (2, true), (2, true)]);
+}
+
+#[tokio::test]
+async fn concurrent_batches_agree_on_one_generation() {
+    let (_db, pool) = FreshDatabase::migrated(&settings()).await;
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let pool = pool.clone();
+        handles.push(tokio::spawn(async move {
+            // Overlapping keys in different orders: the function locks in sorted order.
+            let keys: Vec<String> = (0..20).map(|k| format!("k{}", (k * (i + 1)) % 20)).collect();
+            let reqs: Vec<ClaimRequest<'_>> = keys.iter().map(|k| req(k, 1000)).collect();
+            resolve_generations(&pool, &reqs).await.unwrap().iter().map(|g| g.generation).collect::<Vec<_>>()
+        }));
+    }
+    for h in handles {
+        assert!(h.await.unwrap().iter().all(|g| *g == 1));
+    }
+    let generations: i64 = sqlx::query_scalar("SELECT count(*) FROM dedupe_generations").fetch_one(&pool).await.unwrap();
+    assert_eq!(generations, 20, "one generation per key");
+}
+
+#[tokio::test]
+async fn a_run_recorded_for_a_generation_is_reported_with_its_status() {
+    let (_db, pool) = FreshDatabase::migrated(&settings()).await;
+    let (def, version) = tf_testkit::apply_definition(&pool, "id: d\nname: D\ntrigger: {event: {topics: [t]}}\ntasks: [{name: t, type: human}]\n").await;
+    assert_eq!(def, "d");
+    let g = one(&pool, "k", 100).await;
+    let source = tf_store::runs::RunSource { trigger_kind: "manual".into(), ..Default::default() };
+    let begin = tf_store::runs::BeginRun {
+        run_id: "run/d/k/1",
+        execution_id: "x1",
+        definition_id: "d",
+        definition_version: version,
+        dedupe_key: "k",
+        generation: Some(g.generation),
+        event_time_ms: 100_000,
+        dedupe_window: W,
+        fired_at_ms: 0,
+        traceparent: None,
+        source: &source,
+    };
+    tf_store::runs::begin_run(&pool, &begin).await.unwrap();
+    let g = one(&pool, "k", 101).await;
+    assert_eq!(g.run_status.as_deref(), Some("running"));
+    assert!(g.has_live_run());
+    tf_store::runs::finish_run(&pool, "run/d/k/1", "failed").await.unwrap();
+    let g = one(&pool, "k", 102).await;
+    assert!(!g.has_live_run(), "a failed generation may be run again");
+    // A new execution of the failed run takes it over as attempt 2.
+    let retry = tf_store::runs::BeginRun { execution_id: "x2", ..begin };
+    assert_eq!(
+        tf_store::runs::begin_run(&pool, &retry).await.unwrap(),
+        tf_store::runs::Claim::Claimed { generation: 1, attempt: 2, succeeded: vec![] }
+    );
+    tf_store::runs::finish_run(&pool, "run/d/k/1", "completed").await.unwrap();
+    let again = tf_store::runs::BeginRun { execution_id: "x3", ..begin };
+    assert!(matches!(tf_store::runs::begin_run(&pool, &again).await.unwrap(), tf_store::runs::Claim::HeldBy { .. }));
+}
+
+#[tokio::test]
+async fn a_key_postgres_cannot_store_fails_alone_and_says_so() {
+    let (_db, pool) = FreshDatabase::migrated(&settings()).await;
+    let err = resolve_generations(&pool, &[req("nul\0key", 1)]).await.unwrap_err();
+    assert!(!err.is_transient(), "refused for good: {err}");
+}
