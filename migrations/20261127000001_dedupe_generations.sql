@@ -16,8 +16,10 @@ CREATE TABLE dedupe_claims (
     PRIMARY KEY (definition_id, dedupe_key)
 );
 
--- One window of a claim: [window_start, window_end) in event time. Windows of one claim never
--- overlap (a generation opened by an out-of-order event ends where the next one starts).
+-- One window of a claim: [window_start, window_end) in event time, normally `dedupe.window`
+-- long. Windows of one claim never overlap: an event less than a window before an existing
+-- generation joins it (its start moves back); one further back opens a generation that ends
+-- where the next one starts.
 CREATE TABLE dedupe_generations (
     definition_id  text        NOT NULL,
     dedupe_key     text        NOT NULL,
@@ -85,15 +87,26 @@ BEGIN
         IF FOUND THEN
             gen := g.generation; w_start := g.window_start; w_end := g.window_end; is_new := false;
         ELSE
-            SELECT min(dg.window_start) INTO next_start FROM dedupe_generations dg
-                WHERE dg.definition_id = r.def AND dg.dedupe_key = r.key AND dg.window_start > r.t;
-            gen := n + 1;
-            w_start := r.t;
-            w_end := least(r.t + make_interval(secs => r.w), coalesce(next_start, 'infinity'::timestamptz));
-            INSERT INTO dedupe_generations (definition_id, dedupe_key, generation, window_start, window_end)
-                VALUES (r.def, r.key, gen, w_start, w_end);
-            UPDATE dedupe_claims c SET last_generation = gen WHERE c.definition_id = r.def AND c.dedupe_key = r.key;
-            is_new := true;
+            SELECT dg.generation, dg.window_start, dg.window_end INTO g FROM dedupe_generations dg
+                WHERE dg.definition_id = r.def AND dg.dedupe_key = r.key AND dg.window_start > r.t
+                ORDER BY dg.window_start LIMIT 1;
+            IF FOUND AND g.window_start - r.t < make_interval(secs => r.w) THEN
+                -- A late event less than one window before an existing generation: events are
+                -- routed concurrently, so it may simply have lost a race with a later one. It
+                -- joins that generation, whose window now starts at the earlier time.
+                UPDATE dedupe_generations dg SET window_start = r.t
+                    WHERE dg.definition_id = r.def AND dg.dedupe_key = r.key AND dg.generation = g.generation;
+                gen := g.generation; w_start := r.t; w_end := g.window_end; is_new := false;
+            ELSE
+                next_start := CASE WHEN FOUND THEN g.window_start END;
+                gen := n + 1;
+                w_start := r.t;
+                w_end := least(r.t + make_interval(secs => r.w), coalesce(next_start, 'infinity'::timestamptz));
+                INSERT INTO dedupe_generations (definition_id, dedupe_key, generation, window_start, window_end)
+                    VALUES (r.def, r.key, gen, w_start, w_end);
+                UPDATE dedupe_claims c SET last_generation = gen WHERE c.definition_id = r.def AND c.dedupe_key = r.key;
+                is_new := true;
+            END IF;
         END IF;
         ord := r.ord; generation := gen; window_start := w_start; window_end := w_end; created := is_new;
         run_status := (SELECT ar.status FROM activity_runs ar

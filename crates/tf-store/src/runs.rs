@@ -311,6 +311,8 @@ pub struct RunRow {
     pub definition_id: String,
     pub definition_version: i32,
     pub dedupe_key: String,
+    pub generation: i32,
+    pub attempt: i32,
     pub trigger_kind: String,
     pub source: String,
     pub status: String,
@@ -323,7 +325,7 @@ pub struct RunRow {
 /// The most recent runs, newest first.
 pub async fn recent_runs(pool: &PgPool, limit: i64) -> Result<Vec<RunRow>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT r.run_id, r.definition_id, r.definition_version, r.dedupe_key, r.trigger_kind,
+        "SELECT r.run_id, r.definition_id, r.definition_version, r.dedupe_key, r.generation, r.attempt, r.trigger_kind,
                 coalesce(r.source_topic || '[' || r.source_partition || ']@' || r.source_offset,
                          r.schedule_id || ' ' || to_char(r.scheduled_for AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '-') AS source,
                 r.status, r.tasks_spawned,

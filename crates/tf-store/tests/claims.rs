@@ -38,15 +38,26 @@ async fn windows_start_at_the_first_event_and_end_after_the_window() {
 }
 
 #[tokio::test]
-async fn an_out_of_order_event_opens_a_window_that_ends_where_the_next_begins() {
+async fn a_late_event_joins_the_generation_it_precedes_by_less_than_a_window() {
     let (_db, pool) = FreshDatabase::migrated(&settings()).await;
     assert_eq!(one(&pool, "k", 100).await.generation, 1);
-    let early = one(&pool, "k", 95).await;
-    assert_eq!((early.generation, early.window_start_ms, early.window_end_ms), (2, 95_000, 100_000), "clipped, no overlap");
-    assert_eq!(one(&pool, "k", 99).await.generation, 2);
-    assert_eq!(one(&pool, "k", 100).await.generation, 1);
-    let much_earlier = one(&pool, "k", 10).await;
-    assert_eq!((much_earlier.generation, much_earlier.window_end_ms), (3, 20_000));
+    // Routed concurrently, the event at 95 may be resolved after the one at 100.
+    let late = one(&pool, "k", 95).await;
+    assert_eq!((late.generation, late.created, late.window_start_ms, late.window_end_ms), (1, false, 95_000, 110_000));
+    // A whole window earlier: a generation of its own, ending where the next begins.
+    let early = one(&pool, "k", 84).await;
+    assert_eq!((early.generation, early.created, early.window_start_ms, early.window_end_ms), (2, true, 84_000, 94_000));
+    assert_eq!(one(&pool, "k", 93).await.generation, 2);
+    assert_eq!(one(&pool, "k", 94).await.generation, 1, "94 is before generation 1 by less than a window");
+    assert_eq!(one(&pool, "k", 10).await.generation, 3);
+    let windows: Vec<(i32, f64, f64)> = sqlx::query_as(
+        "SELECT generation, extract(epoch FROM window_start)::float8, extract(epoch FROM window_end)::float8
+         FROM dedupe_generations ORDER BY window_start",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(windows, [(3, 10.0, 20.0), (2, 84.0, 94.0), (1, 94.0, 110.0)], "no overlap");
 }
 
 #[tokio::test]

@@ -199,7 +199,14 @@ pub async fn reconcile_one(client: &Client, task_queue: &str, want: &DesiredSche
 /// Reconciles every cron definition's schedule and deletes the task factory's schedules whose
 /// definition is gone (or no longer cron). Only schedules whose action targets `task_queue`
 /// count as this deployment's: several deployments (or test runs) can share a namespace.
-pub async fn reconcile(client: &Client, task_queue: &str, desired: &[DesiredSchedule]) -> Result<Vec<(String, Vec<Change>)>, ScheduleError> {
+/// Definitions that did not parse (`unreadable`) keep their schedules: a definition written by a
+/// newer version is not a deleted one.
+pub async fn reconcile(
+    client: &Client,
+    task_queue: &str,
+    desired: &[DesiredSchedule],
+    unreadable: &[Unreadable],
+) -> Result<Vec<(String, Vec<Change>)>, ScheduleError> {
     let mut out = Vec::new();
     for want in desired {
         out.push((schedule_id(&want.definition_id), reconcile_one(client, task_queue, want).await?));
@@ -214,7 +221,13 @@ pub async fn reconcile(client: &Client, task_queue: &str, desired: &[DesiredSche
             orphans.push(id);
         }
     }
-    for id in orphans {
+    // A spec without a readable id could be any schedule's: delete nothing this round.
+    if unreadable.iter().any(|u| u.definition_id.is_none()) {
+        return Ok(out);
+    }
+    let keep: std::collections::HashSet<String> =
+        unreadable.iter().filter_map(|u| u.definition_id.as_deref()).map(schedule_id).collect();
+    for id in orphans.into_iter().filter(|id| !keep.contains(id)) {
         let handle = client.get_schedule_handle(id.clone());
         let ours = match handle.describe(RpcOptions::default()).await {
             Ok(d) => matches!(d.action(), ScheduleDescriptionAction::StartWorkflow(a) if a.task_queue() == task_queue),
@@ -233,15 +246,29 @@ pub async fn reconcile(client: &Client, task_queue: &str, desired: &[DesiredSche
     Ok(out)
 }
 
+/// A stored definition that does not parse (say, written by a newer version).
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    pub definition_id: Option<String>,
+    pub error: String,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.definition_id.as_deref().unwrap_or("(no id)"), self.error)
+    }
+}
+
 /// The schedules wanted for stored definitions, given as (spec, version, enabled) of each
 /// definition's newest, non-retired version. Specs that no longer parse are skipped and named.
-pub fn desired_from_specs(rows: impl IntoIterator<Item = (serde_json::Value, i32, bool)>) -> (Vec<DesiredSchedule>, Vec<String>) {
+pub fn desired_from_specs(rows: impl IntoIterator<Item = (serde_json::Value, i32, bool)>) -> (Vec<DesiredSchedule>, Vec<Unreadable>) {
     let mut wanted = Vec::new();
     let mut broken = Vec::new();
     for (spec, version, enabled) in rows {
+        let definition_id = spec["id"].as_str().map(String::from);
         match Definition::from_spec_json(spec) {
             Ok(d) => wanted.extend(DesiredSchedule::from_definition(&d, version, enabled)),
-            Err(e) => broken.push(e.to_string()),
+            Err(e) => broken.push(Unreadable { definition_id, error: e.to_string() }),
         }
     }
     (wanted, broken)

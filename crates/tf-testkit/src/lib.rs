@@ -136,6 +136,10 @@ impl Service {
         Service { child, name: name.to_string() }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(std::env::temp_dir().join(format!("{}.log", self.name))).unwrap_or_default()
     }

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use tf_config::Settings;
-use tf_definitions::{Definition, Trigger};
+use tf_definitions::{Bindings, DedupeKey, Definition, Trigger};
 use tf_store::definitions::{self, ApplyOutcome, NewDefinition};
 
 /// Reads every definition in `files` (files or folders of *.yaml); all problems are reported.
@@ -55,6 +55,80 @@ pub fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     }
     println!("{} definition(s) valid", defs.len());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tf definitions test`: what the router and the workflow would do with `event_file`.
+pub fn test(files: &[PathBuf], event_file: &std::path::Path, topic: Option<&str>) -> anyhow::Result<ExitCode> {
+    let defs = load(files)?;
+    let text = std::fs::read_to_string(event_file).with_context(|| format!("reading {}", event_file.display()))?;
+    let event: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", event_file.display()))?;
+    let event_type = event["type"].as_str().unwrap_or_default();
+    let bindings = Bindings { event: event.clone(), ..Bindings::default() };
+    let mut failed = false;
+    for (_, d) in &defs {
+        let Trigger::Event(trigger) = &d.trigger else {
+            println!("{}: a cron definition; nothing to test against an event", d.id);
+            continue;
+        };
+        let on = topic.unwrap_or_else(|| trigger.topics.first().map_or("", String::as_str));
+        if !trigger.topics.iter().any(|t| t == on) {
+            println!("{}: no run: topic {on} is not one of {}", d.id, trigger.topics.join(", "));
+            continue;
+        }
+        if !trigger.type_pattern.matches(event_type) {
+            println!("{}: no run: type {event_type:?} does not match the trigger's type pattern", d.id);
+            continue;
+        }
+        if let Some(filter) = &trigger.filter {
+            match filter.eval_bool(&bindings) {
+                Ok(true) => {}
+                Ok(false) => {
+                    println!("{}: no run: the filter `{}` is false", d.id, filter.source());
+                    continue;
+                }
+                Err(e) => {
+                    println!("{}: DLQ (stage filter): {e}", d.id);
+                    failed = true;
+                    continue;
+                }
+            }
+        }
+        let key = match d.dedupe.key.eval_string(&bindings).map(DedupeKey::parse) {
+            Ok(Ok(k)) => k,
+            Ok(Err(e)) => {
+                println!("{}: DLQ (stage dedupe-key): {e}", d.id);
+                failed = true;
+                continue;
+            }
+            Err(e) => {
+                println!("{}: DLQ (stage dedupe-key): {e}", d.id);
+                failed = true;
+                continue;
+            }
+        };
+        println!("{}: one run per window: dedupe key {:?}, window {:?}", d.id, key.as_str(), d.dedupe.window);
+        println!("  workflow id (first window): {}", key.workflow_id(&d.id, 1));
+        if !d.context.is_empty() {
+            let names: Vec<&str> = d.context.iter().map(|(n, _)| n.as_str()).collect();
+            println!("  context sources not resolved here: {}", names.join(", "));
+        }
+        let run_id = key.workflow_id(&d.id, 1);
+        let run = serde_json::json!({"id": run_id, "definition_id": d.id, "dedupe_key": key.as_str(), "generation": 1, "attempt": 1});
+        match d.plan_tasks(&run_id, &Bindings { run, ..bindings.clone() }) {
+            Ok(tasks) => {
+                println!("  {} task(s):", tasks.len());
+                for t in tasks {
+                    println!("    {} ({}): {}", t.task_id, t.task_type.as_str(), t.params);
+                }
+            }
+            Err(e) => {
+                println!("  planning fails (the run would fail): {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 pub async fn apply(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<ExitCode> {

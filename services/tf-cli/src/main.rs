@@ -140,6 +140,20 @@ enum DefinitionsCommand {
         #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
     },
+    /// Try definitions on a sample event, without any service: does the trigger match, what
+    /// dedupe key and window it gets, and which tasks would be spawned (context sources are
+    /// not resolved: expressions see `context` as empty).
+    Test {
+        #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// A JSON file with the event as expressions see it: CloudEvents attributes (`id`,
+        /// `type`, `source`, `time`, ...) and `data`.
+        #[arg(long)]
+        event: PathBuf,
+        /// The topic the event would arrive on (default: the definition's first topic).
+        #[arg(long)]
+        topic: Option<String>,
+    },
     /// Store definitions: a changed document becomes a new immutable version, an unchanged
     /// one is a no-op, a change of `enabled` alone switches the current version.
     Apply {
@@ -270,6 +284,7 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Definitions(cmd) => match cmd {
             DefinitionsCommand::Validate { files } => definitions::validate(&files),
+            DefinitionsCommand::Test { files, event, topic } => definitions::test(&files, &event, topic.as_deref()),
             DefinitionsCommand::Apply { files } => definitions::apply(&cli.settings, &files).await,
             DefinitionsCommand::List => definitions::list(&cli.settings).await,
             DefinitionsCommand::Delete { id } => definitions::delete(&cli.settings, &id).await,

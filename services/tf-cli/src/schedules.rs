@@ -155,10 +155,10 @@ pub async fn reconcile(settings: &Settings) -> anyhow::Result<ExitCode> {
     let rows = tf_store::definitions::latest(&pool).await?;
     let (wanted, broken) =
         tf_temporal::schedules::desired_from_specs(rows.into_iter().filter(|r| !r.retired).map(|r| (r.spec, r.version, r.enabled)));
-    for b in broken {
-        eprintln!("skipped: {b}");
+    for b in &broken {
+        eprintln!("skipped (its schedule is left alone): {b}");
     }
-    for (id, changes) in tf_temporal::schedules::reconcile(&client, &settings.task_queue, &wanted).await? {
+    for (id, changes) in tf_temporal::schedules::reconcile(&client, &settings.task_queue, &wanted, &broken).await? {
         println!("  {id}: {changes:?}");
     }
     Ok(ExitCode::SUCCESS)

@@ -296,6 +296,10 @@ async fn process(shared: &Shared, msg: &OwnedMessage) {
     let (event, event_time_ms) = match decoded {
         Ok(Decoded::Envelope { event, .. }) => {
             let t = event.time.0;
+            if !tf_definitions::dedupe::valid_event_time(t) {
+                let message = format!("event time {t} ms is outside 1970-01-01..9999-12-31");
+                return dead_letter(shared, msg, DeadLetter { stage: "event-time", class: "InvalidEventTime", message }).await;
+            }
             match serde_json::to_value(&event) {
                 Ok(v) => (v, t),
                 Err(e) => {

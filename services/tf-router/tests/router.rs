@@ -3,118 +3,18 @@
 //! database so tests do not see each other.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::json;
-use tf_envelope::{Codec, Event, Registry};
-use tf_testkit::{FreshDatabase, Service, apply_definition, create_topic, eventually, settings, unique, workspace_binary};
+use tf_testkit::{Service, apply_definition, create_topic, eventually, settings, unique, workspace_binary};
 
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let (topic, dlq) = (self.topic.clone(), self.dlq.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            rt.block_on(tf_testkit::delete_topics(&settings(), &[&topic, &dlq]));
-        })
-        .join();
-    }
-}
+mod common;
 
-struct Setup {
-    db: FreshDatabase,
-    pool: tf_store::PgPool,
-    topic: String,
-    dlq: String,
-    queue: String,
-    codec: Codec,
-    producer: FutureProducer,
-}
-
-async fn setup(partitions: i32, definition: &str) -> Setup {
-    let s = settings();
-    let (db, pool) = FreshDatabase::migrated(&s).await;
-    // Not under `events.`: a router on its default subscription must not pick test topics up.
-    let topic = unique("it-events");
-    let dlq = unique("it-dlq");
-    create_topic(&s, &topic, partitions).await;
-    create_topic(&s, &dlq, 1).await;
-    // Workflow ids derive from the definition id and are namespace-wide: make it unique.
-    let def_id = unique("it-orders").to_lowercase();
-    apply_definition(&pool, &definition.replace("TOPIC", &topic).replace("DEF_ID", &def_id)).await;
-    Setup {
-        db,
-        pool,
-        topic,
-        dlq,
-        queue: unique("it-queue"),
-        codec: Codec::new(Arc::new(Registry::new(&s.schema_registry_url))),
-        producer: tf_kafka::client_config(&s.kafka_brokers).set("linger.ms", "5").create().unwrap(),
-    }
-}
-
-impl Setup {
-    fn worker(&self) -> Service {
-        Service::spawn(
-            &workspace_binary("tf-worker"),
-            &unique("tf-worker"),
-            &[("TF_DATABASE_URL", &self.db.url), ("TF_TASK_QUEUE", &self.queue), ("TF_NO_RELAY", "true")],
-        )
-    }
-
-    fn router(&self, group: &str, extra: &[(&str, &str)]) -> Service {
-        let mut envs = vec![
-            ("TF_DATABASE_URL", self.db.url.as_str()),
-            ("TF_TASK_QUEUE", self.queue.as_str()),
-            ("TF_ROUTER_TOPICS", self.topic.as_str()),
-            ("TF_ROUTER_GROUP", group),
-            ("TF_DLQ_TOPIC", self.dlq.as_str()),
-            ("TF_ROUTER_METRICS_ADDR", "127.0.0.1:0"),
-        ];
-        envs.extend_from_slice(extra);
-        Service::spawn(env!("CARGO_BIN_EXE_tf-router"), &unique("tf-router"), &envs)
-    }
-
-    async fn envelope(&self, id: &str, data: serde_json::Value) -> Vec<u8> {
-        let e = Event::new(id, "/test", "com.example.order.created", data).unwrap();
-        self.codec.encode_event(&format!("{}-value", self.topic), &e).await.unwrap()
-    }
-
-    async fn send(&self, partition: i32, key: &str, payload: &[u8]) {
-        self.producer
-            .send(FutureRecord::to(&self.topic).partition(partition).key(key).payload(payload), Duration::from_secs(10))
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
-
-    async fn runs(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM activity_runs WHERE status <> 'deduplicated'").fetch_one(&self.pool).await.unwrap()
-    }
-}
-
-/// The group's committed offsets, summed over partitions.
-fn committed(group: &str, topic: &str, partitions: i32) -> i64 {
-    let s = settings();
-    let c: BaseConsumer = tf_kafka::client_config(&s.kafka_brokers).set("group.id", group).create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    c.committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap()
-        .elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
-        })
-        .sum()
-}
+use common::{committed, setup};
 
 const ORDERS: &str = r#"
 id: DEF_ID
@@ -166,7 +66,8 @@ async fn bad_records_go_to_the_dlq_and_good_ones_behind_them_are_routed() {
         (keys.len() >= 2).then_some(keys)
     })
     .await;
-    assert_eq!(keys, ["o-1", "o-2"], "router log:\n{}", router.log());
+    let rows: Vec<(String, String, i32, String)> = sqlx::query_as("SELECT run_id, dedupe_key, generation, status FROM activity_runs").fetch_all(&t.pool).await.unwrap();
+    assert_eq!(keys, ["o-1", "o-2"], "runs: {rows:?}\nrouter log:\n{}", router.log());
     let (topic, offset): (String, i64) =
         sqlx::query_as("SELECT source_topic, source_offset FROM activity_runs WHERE dedupe_key = 'o-2'").fetch_one(&t.pool).await.unwrap();
     assert_eq!((topic.as_str(), offset), (t.topic.as_str(), 6), "the run is traceable to its event");

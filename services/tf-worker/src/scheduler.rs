@@ -49,11 +49,11 @@ pub async fn run(
 pub async fn reconcile(pool: &PgPool, client: &Client, task_queue: &str) -> anyhow::Result<u64> {
     let rows = tf_store::definitions::latest(pool).await?;
     let (wanted, broken) = schedules::desired_from_specs(rows.into_iter().filter(|r| !r.retired).map(|r| (r.spec, r.version, r.enabled)));
-    for b in broken {
+    for b in &broken {
         tracing::error!(error = %b, "stored definition does not parse; its schedule is left alone");
     }
     let mut made = 0;
-    for (id, changes) in schedules::reconcile(client, task_queue, &wanted).await? {
+    for (id, changes) in schedules::reconcile(client, task_queue, &wanted, &broken).await? {
         if changes != [Change::Unchanged] {
             made += changes.len() as u64;
             tracing::info!(schedule = %id, ?changes, "schedule reconciled");

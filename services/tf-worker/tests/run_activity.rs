@@ -427,3 +427,20 @@ async fn the_results_relay_fails_over_to_another_worker() {
     }
     tf_testkit::delete_topics(&s, &[&sink]).await;
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_worker_cleanly() {
+    let s = settings();
+    let (db, _pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-queue");
+    let mut worker = Service::spawn(
+        env!("CARGO_BIN_EXE_tf-worker"),
+        &unique("tf-worker"),
+        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true"), ("TF_WORKER_METRICS_ADDR", "")],
+    );
+    eventually("the worker to run", Duration::from_secs(60), || async { worker.log().contains("worker running").then_some(()) }).await;
+    let started = std::time::Instant::now();
+    assert!(worker.terminate(), "exit status 0 on SIGTERM; log:\n{}", worker.log());
+    assert!(worker.log().contains("worker stopped"), "{}", worker.log());
+    println!("WORKER FIGURES: stopped {:.1} s after SIGTERM", started.elapsed().as_secs_f64());
+}

@@ -1,0 +1,94 @@
+//! Records from a hostile producer on the real stack: each ends in the DLQ with the stage that
+//! refused it, a good record behind them on the same partition is routed, the partition's
+//! committed offset passes them all, and the router's memory stays bounded.
+
+use std::time::Duration;
+
+use apache_avro::types::Value;
+use serde_json::json;
+use tf_testkit::{eventually, unique};
+
+mod common;
+
+use common::{committed, setup};
+
+const ANY: &str = r#"
+id: DEF_ID
+name: Anything
+trigger: {event: {topics: [TOPIC], type: "*"}}
+dedupe: {key: event.id}
+tasks:
+  - {name: noop, type: human, when: "false"}
+"#;
+
+const BULK_SCHEMA: &str = r#"{"type": "record", "name": "Bulk", "namespace": "io.test",
+    "fields": [{"name": "items", "type": {"type": "array", "items": "null"}}]}"#;
+
+/// Avro's zig-zag varint.
+fn long(n: i64) -> Vec<u8> {
+    let mut z = ((n << 1) ^ (n >> 63)) as u64;
+    let mut out = Vec::new();
+    while z >= 0x80 {
+        out.push((z as u8 & 0x7f) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+    out
+}
+
+#[tokio::test]
+async fn hostile_records_are_dead_lettered_and_the_partition_moves_past_them() {
+    let t = setup(1, ANY).await;
+    let _worker = t.worker();
+    let group = unique("it-group");
+    let router = t.router(&group, &[]);
+
+    // 1. A count prefix claiming half a billion items, with a real schema id.
+    let subject = format!("{}-bulk-value", t.topic);
+    let small = t.codec.encode(&subject, BULK_SCHEMA, Value::Record(vec![("items".into(), Value::Array(vec![]))])).await.unwrap();
+    let schema_id = u32::from_be_bytes(small[1..5].try_into().unwrap());
+    let mut body = long(500_000_000);
+    body.push(0);
+    let count_prefix = tf_envelope::wire::frame(schema_id, &body);
+    t.send(0, "count-prefix", &count_prefix).await;
+    // 2. A dedupe key PostgreSQL cannot store (NUL) and one with a line break.
+    t.send(0, "nul-key", &t.envelope("bad\u{0}id", json!({})).await).await;
+    t.send(0, "newline-key", &t.envelope("bad\nid", json!({})).await).await;
+    // 3. A record Temporal refuses for good: 600k nulls cost no Avro bytes but about 3 MB of
+    //    workflow input, over the server's 2 MB payload limit.
+    let mut body = long(600_000);
+    body.push(0);
+    t.send(0, "over-payload-limit", &tf_envelope::wire::frame(schema_id, &body)).await;
+    // 4. An event time the claim store cannot hold.
+    let mut far = tf_envelope::Event::new("far-future", "/test", "com.example.x", json!({})).unwrap();
+    far.time = tf_envelope::Timestamp(i64::MAX / 2);
+    t.send(0, "event-time", &t.codec.encode_event(&format!("{}-value", t.topic), &far).await.unwrap()).await;
+    // 5. A good record behind them all.
+    t.send(0, "good", &t.envelope("good-1", json!({"fine": true})).await).await;
+
+    eventually("6 records committed", Duration::from_secs(120), || async { (committed(&group, &t.topic, 1) == 6).then_some(()) }).await;
+    let keys: Vec<String> = eventually("the good record's run", Duration::from_secs(60), || async {
+        let keys: Vec<String> = sqlx::query_scalar("SELECT dedupe_key FROM activity_runs").fetch_all(&t.pool).await.unwrap();
+        (!keys.is_empty()).then_some(keys)
+    })
+    .await;
+    assert_eq!(keys, ["good-1"], "router log:\n{}", router.log());
+
+    let dead = t.dead_letters(5);
+    let stage = |k: &str| dead.get(k).map(|d| d.0["__connect.errors.stage"].clone()).unwrap_or_else(|| panic!("{k} not in the DLQ: {:?}", dead.keys()));
+    let reason = |k: &str| dead[k].0["__connect.errors.exception.message"].clone();
+    assert_eq!(stage("count-prefix"), "decode");
+    assert_eq!(stage("nul-key"), "dedupe-key");
+    assert!(reason("nul-key").contains("control character U+0000"), "{}", reason("nul-key"));
+    assert_eq!(stage("newline-key"), "dedupe-key");
+    assert_eq!(stage("over-payload-limit"), "start");
+    assert!(reason("over-payload-limit").contains("Temporal refused the start"), "{}", reason("over-payload-limit"));
+    assert_eq!(stage("event-time"), "event-time");
+    assert_eq!(dead["count-prefix"].1, count_prefix, "original bytes kept");
+
+    // Memory stayed bounded (the count prefix alone would have asked for tens of GB).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", router.pid())).unwrap();
+    let hwm_kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap();
+    println!("HOSTILE FIGURES: router peak RSS {} MiB", hwm_kb / 1024);
+    assert!(hwm_kb < 512 * 1024, "router peak RSS {hwm_kb} kB");
+}
