@@ -23,13 +23,56 @@ pub enum RegistryError {
     Refused { what: String, status: u16, body: String },
     #[error("schema {what} is not valid Avro: {reason}")]
     InvalidSchema { what: String, reason: String },
+    /// The registry refuses us, not the record: credentials refused, or a URL that is not a
+    /// registry API root. Nothing can be decoded until the setting is fixed.
+    #[error("schema registry at {url} refused the request (HTTP {status}); check TF_SCHEMA_REGISTRY_URL and the registry credentials: {body}")]
+    Misconfigured { url: String, status: u16, body: String },
 }
 
 impl RegistryError {
-    /// True when retrying later may succeed (the registry is down or overloaded).
+    /// True when retrying later may succeed: the registry is down or overloaded, or it refuses
+    /// our settings (an operator fixes them; the record must not be dead-lettered meanwhile).
     pub fn is_transient(&self) -> bool {
-        matches!(self, RegistryError::Unavailable { .. })
+        matches!(self, RegistryError::Unavailable { .. } | RegistryError::Misconfigured { .. })
     }
+
+    pub fn is_misconfiguration(&self) -> bool {
+        matches!(self, RegistryError::Misconfigured { .. })
+    }
+}
+
+/// The deepest nesting of records, arrays, maps and unions a writer schema may have. Decoding
+/// recurses once per level; a deep or recursive schema would let a record blow the stack.
+const MAX_SCHEMA_DEPTH: usize = 32;
+
+/// Refuses recursive schemas (a named type that contains itself) and absurdly deep ones.
+pub fn check_schema_shape(schema: &Schema) -> Result<(), String> {
+    fn walk<'a>(s: &'a Schema, depth: usize, enclosing: &mut Vec<&'a apache_avro::schema::Name>) -> Result<(), String> {
+        if depth > MAX_SCHEMA_DEPTH {
+            return Err(format!("nested deeper than {MAX_SCHEMA_DEPTH} levels"));
+        }
+        match s {
+            Schema::Ref { name } => {
+                if enclosing.iter().any(|n| n.name == name.name && n.namespace == name.namespace) {
+                    return Err(format!("recursive: {} contains itself", name.fullname(None)));
+                }
+                Ok(())
+            }
+            Schema::Record(r) => {
+                enclosing.push(&r.name);
+                for f in &r.fields {
+                    walk(&f.schema, depth + 1, enclosing)?;
+                }
+                enclosing.pop();
+                Ok(())
+            }
+            Schema::Array(a) => walk(&a.items, depth + 1, enclosing),
+            Schema::Map(m) => walk(&m.types, depth + 1, enclosing),
+            Schema::Union(u) => u.variants().iter().try_for_each(|v| walk(v, depth + 1, enclosing)),
+            _ => Ok(()),
+        }
+    }
+    walk(schema, 0, &mut Vec::new())
 }
 
 #[derive(Debug)]
@@ -96,10 +139,23 @@ impl Registry {
         let resp = self.send(self.http.get(&url).header("accept", CONTENT_TYPE), &url).await?;
         let text = match resp.status().as_u16() {
             200 => self.json::<SchemaResponse>(&url, resp).await?.schema,
-            404 => return Err(RegistryError::UnknownSchemaId(id)),
+            404 => {
+                // Only the registry's own "schema not found" (40403) speaks about the record; a
+                // bare 404 means the URL is not a registry API root.
+                let body = resp.text().await.unwrap_or_default();
+                let code = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["error_code"].as_i64());
+                return Err(if code == Some(40403) {
+                    RegistryError::UnknownSchemaId(id)
+                } else {
+                    RegistryError::Misconfigured { url, status: 404, body: truncate(&body) }
+                });
+            }
             status => return Err(self.failure(&url, format!("fetching schema id {id}"), status, resp).await),
         };
-        let schema = Arc::new(check_avro(&format!("id {id}"), &text)?);
+        let schema = check_avro(&format!("id {id}"), &text)?;
+        check_schema_shape(&schema)
+            .map_err(|reason| RegistryError::InvalidSchema { what: format!("id {id}"), reason: format!("refused as a writer schema: {reason}") })?;
+        let schema = Arc::new(schema);
         self.by_id.write().expect("cache lock").insert(id, schema.clone());
         Ok(schema)
     }
@@ -126,16 +182,48 @@ impl Registry {
     }
 
     async fn failure(&self, url: &str, what: String, status: u16, resp: reqwest::Response) -> RegistryError {
-        let body = resp.text().await.unwrap_or_default();
+        let body = truncate(&resp.text().await.unwrap_or_default());
         if status >= 500 || status == 429 {
             RegistryError::Unavailable { url: url.to_string(), reason: format!("HTTP {status}: {body}") }
+        } else if status == 401 || status == 403 {
+            RegistryError::Misconfigured { url: url.to_string(), status, body }
         } else {
             RegistryError::Refused { what, status, body }
         }
     }
 }
 
+/// Error bodies end up in logs and DLQ headers: keep them short.
+fn truncate(body: &str) -> String {
+    match body.char_indices().nth(300) {
+        Some((at, _)) => format!("{}...", &body[..at]),
+        None => body.to_string(),
+    }
+}
+
 fn check_avro(what: &str, schema: &str) -> Result<Schema, RegistryError> {
     Schema::parse_str(schema)
         .map_err(|e| RegistryError::InvalidSchema { what: what.to_string(), reason: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recursive_and_deep_schemas_are_refused_shared_types_are_not() {
+        let list = r#"{"type": "record", "name": "Node", "fields": [{"name": "v", "type": "int"}, {"name": "next", "type": ["null", "Node"]}]}"#;
+        let err = check_schema_shape(&Schema::parse_str(list).unwrap()).unwrap_err();
+        assert!(err.contains("recursive: Node contains itself"), "{err}");
+        let shared = r#"{"type": "record", "name": "Pair", "fields": [
+            {"name": "a", "type": {"type": "record", "name": "P", "fields": [{"name": "x", "type": "int"}]}},
+            {"name": "b", "type": "P"}]}"#;
+        assert_eq!(check_schema_shape(&Schema::parse_str(shared).unwrap()), Ok(()), "a named type used twice is fine");
+        let mut deep = String::from("\"int\"");
+        for _ in 0..40 {
+            deep = format!("{{\"type\": \"array\", \"items\": {deep}}}");
+        }
+        assert!(check_schema_shape(&Schema::parse_str(&deep).unwrap()).unwrap_err().contains("deeper than 32"));
+        assert_eq!(check_schema_shape(&Schema::parse_str(crate::ENVELOPE_SCHEMA).unwrap()), Ok(()));
+    }
 }
