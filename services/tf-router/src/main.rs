@@ -56,12 +56,21 @@ struct Cli {
     /// Records larger than this many bytes go to the DLQ unread.
     #[arg(long, env = "TF_ROUTER_MAX_EVENT_BYTES", default_value_t = 1_048_576)]
     max_event_bytes: usize,
+    /// The largest dead letter to produce (Kafka `message.max.bytes` of the DLQ producer); a
+    /// larger one is sent with its value truncated and a header saying so. Keep it at or under
+    /// the DLQ topic's `max.message.bytes`.
+    #[arg(long, env = "TF_DLQ_MAX_MESSAGE_BYTES", default_value_t = 1_000_000)]
+    dlq_max_message_bytes: usize,
     /// Where to serve Prometheus metrics (`GET /metrics`); empty to disable.
     #[arg(long, env = "TF_ROUTER_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     metrics_addr: String,
     /// How often to look for changed definitions, in milliseconds.
     #[arg(long, env = "TF_ROUTER_REFRESH_MS", default_value_t = 1000)]
     refresh_ms: u64,
+    /// Seconds to drain in-flight records after SIGTERM/SIGINT; past it the router exits
+    /// non-zero naming the records it left (they are routed again by the next owner).
+    #[arg(long, env = "TF_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    shutdown_timeout: u64,
 }
 
 /// Tells the offset tracker about revoked partitions, so records of an old assignment cannot
@@ -106,7 +115,10 @@ async fn main() -> anyhow::Result<()> {
     tf_envelope::bound_decoding(cli.max_event_bytes);
     let pool = tf_store::connect(&s.database_url).await?;
     let temporal = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "tf-router").await?;
-    let dlq: FutureProducer = tf_kafka::client_config(&s.kafka_brokers).set("enable.idempotence", "true").create()?;
+    let dlq: FutureProducer = tf_kafka::client_config(&s.kafka_brokers)
+        .set("enable.idempotence", "true")
+        .set("message.max.bytes", cli.dlq_max_message_bytes.to_string())
+        .create()?;
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     let consumer: RouterConsumer = tf_kafka::client_config(&s.kafka_brokers)
         .set("group.id", &cli.group)
@@ -213,7 +225,7 @@ async fn main() -> anyhow::Result<()> {
 
     let in_flight = || tracker.lock().expect("tracker lock").in_flight();
     tracing::info!(in_flight = in_flight(), "shutting down: draining in-flight records");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(cli.shutdown_timeout);
     while in_flight() > 0 {
         match tokio::time::timeout_at(deadline, done_rx.recv()).await {
             Ok(Some(ticket)) => finished(&consumer, &tracker, &ticket),
@@ -222,6 +234,15 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::warn!(error = %e, "final commit failed (nothing stored since the last one?)");
+    }
+    let left = tracker.lock().expect("tracker lock").pending();
+    if !left.is_empty() {
+        let list: Vec<String> = left.iter().map(|(t, p, o, n)| format!("{t}[{p}] from offset {o} ({n} record(s))")).collect();
+        anyhow::bail!(
+            "shutdown deadline of {} s passed with records still in flight, not committed (the partition's next owner routes them again): {}",
+            cli.shutdown_timeout,
+            list.join(", ")
+        );
     }
     tracing::info!("router stopped");
     Ok(())
@@ -443,13 +464,80 @@ fn jitter() -> f64 {
 async fn dead_letter(shared: &Shared, msg: &OwnedMessage, why: DeadLetter) {
     tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), stage = why.stage, reason = %why.message, "dead-lettered");
     shared.metrics.dead_letter(why.stage);
-    let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
-    let mut headers = OwnedHeaders::new();
-    if let Some(original) = msg.headers() {
-        for h in original.iter() {
-            headers = headers.insert(Header { key: h.key, value: h.value });
+    let payload = msg.payload().unwrap_or_default();
+    // A dead letter the DLQ cannot take (over the producer's or topic's message size) would be
+    // retried forever and hold its partition: degrade it instead, first to the head of the
+    // value, then without the original headers. Headers say what was cut.
+    let mut shape = DeadLetterShape { keep: payload.len(), original_headers: true };
+    loop {
+        let headers = dead_letter_headers(msg, &why, &shape, payload.len());
+        let sent = retry(shared, "dlq", || {
+            let mut record = FutureRecord::to(&shared.cli.dlq_topic).payload(&payload[..shape.keep]).headers(headers.clone());
+            if let Some(k) = msg.key() {
+                record = record.key(k);
+            }
+            async move {
+                match shared.dlq.send(record, Duration::from_secs(30)).await {
+                    Ok(_) => Ok(Ok(())),
+                    Err((e, _)) if too_large(&e) && shape.can_shrink() => Ok(Err(e.to_string())),
+                    Err((e, _)) => Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+        match sent {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, kept = shape.keep, "dead letter too large for the DLQ; sending it truncated");
+                shape = shape.shrink();
+            }
         }
     }
+}
+
+/// How much of a record its dead letter carries.
+#[derive(Clone, Copy)]
+struct DeadLetterShape {
+    keep: usize,
+    original_headers: bool,
+}
+
+/// What a truncated dead letter keeps of the value: enough to recognise it.
+const DLQ_TRUNCATED_BYTES: usize = 16 * 1024;
+
+impl DeadLetterShape {
+    fn can_shrink(&self) -> bool {
+        self.keep > 0 || self.original_headers
+    }
+
+    fn shrink(self) -> Self {
+        if self.keep > DLQ_TRUNCATED_BYTES {
+            DeadLetterShape { keep: DLQ_TRUNCATED_BYTES, ..self }
+        } else if self.original_headers {
+            DeadLetterShape { original_headers: false, ..self }
+        } else {
+            DeadLetterShape { keep: 0, ..self }
+        }
+    }
+}
+
+fn too_large(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::{MessageBatchTooLarge, MessageSizeTooLarge};
+    matches!(e.rdkafka_error_code(), Some(MessageSizeTooLarge | MessageBatchTooLarge))
+}
+
+fn dead_letter_headers(msg: &OwnedMessage, why: &DeadLetter, shape: &DeadLetterShape, original_len: usize) -> OwnedHeaders {
+    let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
+    let mut headers = OwnedHeaders::new();
+    if shape.original_headers {
+        if let Some(original) = msg.headers() {
+            for h in original.iter() {
+                headers = headers.insert(Header { key: h.key, value: h.value });
+            }
+        }
+    }
+    // Reasons can quote the event; keep the header small.
+    let message: String = why.message.chars().take(4000).collect();
     for (key, value) in [
         ("__connect.errors.topic", msg.topic()),
         ("__connect.errors.partition", partition.as_str()),
@@ -457,18 +545,19 @@ async fn dead_letter(shared: &Shared, msg: &OwnedMessage, why: DeadLetter) {
         ("__connect.errors.connector.name", "taskfactory-router"),
         ("__connect.errors.stage", why.stage),
         ("__connect.errors.exception.class.name", why.class),
-        ("__connect.errors.exception.message", why.message.as_str()),
+        ("__connect.errors.exception.message", message.as_str()),
     ] {
         headers = headers.insert(Header { key, value: Some(value) });
     }
-    let payload = msg.payload().unwrap_or_default();
-    retry(shared, "dlq", || {
-        let mut record = FutureRecord::to(&shared.cli.dlq_topic).payload(payload).headers(headers.clone());
-        if let Some(k) = msg.key() {
-            record = record.key(k);
-        }
-        async move { shared.dlq.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e.to_string()) }
-    })
-    .await;
+    if shape.keep < original_len || !shape.original_headers {
+        let note = format!(
+            "value truncated to {} of {} bytes{}",
+            shape.keep,
+            original_len,
+            if shape.original_headers { "" } else { "; original headers dropped" }
+        );
+        headers = headers.insert(Header { key: "__taskfactory.errors.truncated", value: Some(note.as_str()) });
+    }
+    headers
 }
 

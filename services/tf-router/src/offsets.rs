@@ -59,6 +59,17 @@ impl Tracker {
         self.partitions.values().map(|p| p.in_flight.len()).sum()
     }
 
+    /// Partitions with records in flight: (topic, partition, lowest offset, count), sorted.
+    pub fn pending(&self) -> Vec<(String, i32, i64, usize)> {
+        let mut out: Vec<_> = self
+            .partitions
+            .iter()
+            .filter_map(|((t, p), part)| part.in_flight.first().map(|lowest| (t.clone(), *p, *lowest, part.in_flight.len())))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Forgets a partition this consumer no longer owns.
     pub fn revoke(&mut self, topic: &str, partition: i32) {
         self.partitions.remove(&(topic.to_string(), partition));
@@ -87,6 +98,7 @@ mod tests {
         let b = t.begin("e", 1, 100);
         assert_eq!(t.finish(&b), Some(101));
         assert_eq!(t.in_flight(), 1);
+        assert_eq!(t.pending(), [("e".to_string(), 0, 5, 1)]);
         t.revoke("e", 0);
         assert_eq!(t.finish(&a), None);
     }

@@ -92,3 +92,55 @@ async fn hostile_records_are_dead_lettered_and_the_partition_moves_past_them() {
     println!("HOSTILE FIGURES: router peak RSS {} MiB", hwm_kb / 1024);
     assert!(hwm_kb < 512 * 1024, "router peak RSS {hwm_kb} kB");
 }
+
+#[tokio::test]
+async fn a_dead_letter_too_large_for_the_dlq_is_sent_truncated_and_the_partition_moves_on() {
+    let t = setup(1, ANY).await;
+    let _worker = t.worker();
+    let group = unique("it-group");
+    let _router = t.router(&group, &[("TF_ROUTER_MAX_EVENT_BYTES", "2000"), ("TF_DLQ_MAX_MESSAGE_BYTES", "40000")]);
+    let big = vec![b'x'; 60_000];
+    t.send(0, "big", &big).await;
+    t.send(0, "good", &t.envelope("good-1", json!({})).await).await;
+    eventually("2 records committed", Duration::from_secs(60), || async { (committed(&group, &t.topic, 1) == 2).then_some(()) }).await;
+    let dead = t.dead_letters(1);
+    let (headers, value) = &dead["big"];
+    assert_eq!(headers["__connect.errors.stage"], "size");
+    assert_eq!(value.len(), 16 * 1024, "the head of the value is kept");
+    assert_eq!(headers["__taskfactory.errors.truncated"], "value truncated to 16384 of 60000 bytes");
+    eventually("the good record's run", Duration::from_secs(60), || async { (t.runs().await == 1).then_some(()) }).await;
+}
+
+#[tokio::test]
+async fn a_registry_url_that_is_no_api_root_pauses_routing_without_dead_letters_and_sigterm_keeps_its_deadline() {
+    let t = setup(1, ANY).await;
+    let _worker = t.worker();
+    let group = unique("it-group");
+    let metrics = tf_testkit::free_local_addr();
+    let base = tf_testkit::settings().schema_registry_url;
+    let wrong = format!("{}/wrong", base.split("/apis/").next().unwrap());
+    let mut router = t.router(
+        &group,
+        &[("TF_SCHEMA_REGISTRY_URL", &wrong), ("TF_ROUTER_METRICS_ADDR", &metrics), ("TF_SHUTDOWN_TIMEOUT", "2")],
+    );
+    t.send(0, "a", &t.envelope("e1", json!({})).await).await;
+    let metric = |name: &str| tf_testkit::scrape_metric(&metrics, name);
+    eventually("the router to retry the registry", Duration::from_secs(30), || async {
+        metric("tf_router_dependency_retries_total").filter(|n| *n >= 2.0)
+    })
+    .await;
+    assert_eq!(metric("tf_router_dead_letters_total{stage=\"decode\"}"), Some(0.0), "a misconfiguration is not bad input");
+    assert_eq!(committed(&group, &t.topic, 1), 0);
+    assert!(router.log().contains("check TF_SCHEMA_REGISTRY_URL"), "{}", router.log());
+
+    // The record is stuck; SIGTERM drains for the configured 2 s, then exits non-zero naming it.
+    let stopped = std::time::Instant::now();
+    assert!(!router.terminate(), "a stuck record makes the exit non-zero");
+    assert!(stopped.elapsed() < Duration::from_secs(15), "stopped in {:?}", stopped.elapsed());
+    assert!(router.log().contains(&format!("{}[0] from offset 0 (1 record(s))", t.topic)), "{}", router.log());
+
+    // Fixed setting: the record is routed.
+    let _router = t.router(&group, &[]);
+    eventually("the paused record's run", Duration::from_secs(60), || async { (t.runs().await == 1).then_some(()) }).await;
+    eventually("its offset committed", Duration::from_secs(30), || async { (committed(&group, &t.topic, 1) == 1).then_some(()) }).await;
+}

@@ -39,6 +39,10 @@ struct Cli {
     /// Where to serve Prometheus metrics (`GET /metrics`); empty to disable.
     #[arg(long, env = "TF_WORKER_METRICS_ADDR", default_value = "127.0.0.1:9465")]
     metrics_addr: String,
+    /// Seconds to finish in-flight workflow and activity tasks after SIGTERM/SIGINT; past it the
+    /// worker exits non-zero (Temporal retries what it left on another worker).
+    #[arg(long, env = "TF_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    shutdown_timeout: u64,
     /// How often the scheduler looks for changed definitions, in milliseconds.
     #[arg(long, env = "TF_SCHEDULER_REFRESH_MS", default_value_t = 2000)]
     scheduler_refresh_ms: u64,
@@ -60,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
     let codec = Arc::new(Codec::new(Arc::new(Registry::new(&s.schema_registry_url))));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx_deadline = stop_tx.subscribe();
     let metrics = Arc::new(metrics::Metrics::default());
     if !cli.metrics_addr.is_empty() {
         let m = metrics.clone();
@@ -105,7 +110,19 @@ async fn main() -> anyhow::Result<()> {
         shutdown();
     });
     tracing::info!(task_queue = %s.task_queue, "worker running");
-    worker.run().await?;
+    let grace = Duration::from_secs(cli.shutdown_timeout);
+    let mut stopping = stop_rx_deadline;
+    let deadline = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        ran = worker.run() => ran?,
+        () = deadline => anyhow::bail!(
+            "shutdown deadline of {} s passed with workflow or activity tasks still running; Temporal retries them on another worker",
+            cli.shutdown_timeout
+        ),
+    }
     if let Some(relay) = relay {
         relay.await??;
     }
