@@ -20,6 +20,9 @@ pub struct TaskResult {
     pub started_at_ms: i64,
     pub finished_at_ms: i64,
     pub trigger: ResultTrigger,
+    /// Output and error were replaced by a note because the record was too large.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +53,24 @@ fn symbol(symbols: &[&str], s: &str) -> Value {
 }
 
 impl TaskResult {
+    /// This result with `output` and `error` replaced by a note pointing at the task, for a
+    /// record over the topic's size limit.
+    pub fn truncated(&self, original_bytes: usize) -> TaskResult {
+        let note = serde_json::json!({
+            "truncated": true,
+            "original_bytes": original_bytes,
+            "task_id": self.task_id,
+            "run_id": self.run_id,
+            "note": "too large for the results topic; the full output is in the task factory's tasks table",
+        });
+        TaskResult {
+            output: self.output.as_ref().map(|_| note.to_string()),
+            error: self.error.as_ref().map(|e| e.chars().take(1000).collect()),
+            truncated: true,
+            ..self.clone()
+        }
+    }
+
     pub fn to_avro(&self) -> Value {
         let t = &self.trigger;
         Value::Record(vec![
@@ -77,6 +98,7 @@ impl TaskResult {
                     ("scheduled_for".into(), opt(t.scheduled_for_ms, Value::TimestampMillis)),
                 ]),
             ),
+            ("truncated".into(), Value::Boolean(self.truncated)),
         ])
     }
 }
@@ -111,6 +133,7 @@ mod tests {
                 schedule_id: None,
                 scheduled_for_ms: None,
             },
+            truncated: false,
         };
         let bytes = to_avro_datum(&schema, r.to_avro()).unwrap();
         let back = crate::json::avro_to_json(from_avro_datum(&schema, &mut &bytes[..], None).unwrap());

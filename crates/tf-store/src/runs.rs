@@ -295,6 +295,16 @@ pub async fn pending_results(pool: &PgPool, after: (i64, i64), limit: i64) -> Re
     .await?)
 }
 
+/// Marks a result the relay skipped for good, with why.
+pub async fn quarantine_result(pool: &PgPool, task_id: &str, reason: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE task_results SET quarantined_at = coalesce(quarantined_at, now()), quarantine_reason = $2 WHERE task_id = $1")
+        .bind(task_id)
+        .bind(reason)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Informational: the Kafka transaction's marker is the source of truth.
 pub async fn mark_published(pool: &PgPool, task_ids: &[String]) -> Result<(), StoreError> {
     sqlx::query("UPDATE task_results SET published_at = now() WHERE task_id = ANY($1) AND published_at IS NULL")
@@ -375,5 +385,7 @@ pub async fn task(pool: &PgPool, task_id: &str) -> Result<Option<TaskRow>, Store
 
 /// Results queued in the outbox and not yet published.
 pub async fn unpublished_results(pool: &PgPool) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM task_results WHERE published_at IS NULL").fetch_one(pool).await?)
+    Ok(sqlx::query_scalar("SELECT count(*) FROM task_results WHERE published_at IS NULL AND quarantined_at IS NULL")
+        .fetch_one(pool)
+        .await?)
 }

@@ -298,6 +298,7 @@ impl RunActivities {
                 schedule_id: t.trigger.schedule_id.clone(),
                 scheduled_for_ms: t.trigger.scheduled_for_ms,
             },
+            truncated: false,
         };
         let record = serde_json::to_value(&record).map_err(permanent_display)?;
         runs::record_result(

@@ -30,6 +30,11 @@ struct Cli {
     /// one relay through a PostgreSQL advisory lock; the others take over when it dies.
     #[arg(long, env = "TF_RELAY_TRANSACTIONAL_ID", default_value = "taskfactory-results-relay")]
     relay_transactional_id: String,
+    /// Results larger than this many bytes are published with their output replaced by a note
+    /// (the full output stays in the tasks table). Keep it under the results topic's
+    /// `max.message.bytes` and the producer's `message.max.bytes` (both about 1 MB by default).
+    #[arg(long, env = "TF_RESULT_MAX_BYTES", default_value_t = 900_000)]
+    result_max_bytes: usize,
     /// Do not run the results relay in this process.
     #[arg(long, env = "TF_NO_RELAY")]
     no_relay: bool,
@@ -79,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
             s.kafka_brokers.clone(),
             cli.relay_transactional_id.clone(),
             metrics.clone(),
+            cli.result_max_bytes,
             stop_rx,
         )))
     };

@@ -25,7 +25,7 @@ pub enum RelayError {
     #[error(transparent)]
     Store(#[from] tf_store::StoreError),
     #[error("encoding result {task_id}: {reason}")]
-    Encode { task_id: String, reason: String },
+    Encode { task_id: String, reason: String, transient: bool },
     #[error("marker record is not (txid, seq) JSON: {0}")]
     Marker(String),
 }
@@ -38,6 +38,7 @@ pub struct Relay {
     /// Also the marker's record key: relays of different deployments may share the topic.
     transactional_id: String,
     metrics: Arc<crate::metrics::Metrics>,
+    max_result_bytes: usize,
 }
 
 impl Relay {
@@ -47,13 +48,14 @@ impl Relay {
         brokers: &str,
         transactional_id: &str,
         metrics: Arc<crate::metrics::Metrics>,
+        max_result_bytes: usize,
     ) -> Result<Self, RelayError> {
         let producer: FutureProducer = tf_kafka::client_config(brokers)
             .set("transactional.id", transactional_id)
             .set("enable.idempotence", "true")
             .set("transaction.timeout.ms", "60000")
             .create()?;
-        Ok(Relay { pool, codec, producer, brokers: brokers.to_string(), transactional_id: transactional_id.to_string(), metrics })
+        Ok(Relay { pool, codec, producer, brokers: brokers.to_string(), transactional_id: transactional_id.to_string(), metrics, max_result_bytes })
     }
 
     /// The last committed marker, read with `read_committed` so aborted markers do not count.
@@ -143,20 +145,44 @@ impl Relay {
         }
     }
 
+    /// The result as it goes on the topic; over `max_result_bytes` its output is replaced by a
+    /// note (`truncated`), so one huge output never blocks the relay.
+    async fn encode(&self, row: &tf_store::runs::PendingResult) -> Result<Vec<u8>, RelayError> {
+        let encode_err = |e: tf_envelope::EncodeError| RelayError::Encode {
+            task_id: row.task_id.clone(),
+            transient: matches!(&e, tf_envelope::EncodeError::Registry(r) if r.is_transient()),
+            reason: e.to_string(),
+        };
+        let result: TaskResult = serde_json::from_value(row.record.clone())
+            .map_err(|e| RelayError::Encode { task_id: row.task_id.clone(), reason: e.to_string(), transient: false })?;
+        let subject = format!("{RESULTS_TOPIC}-value");
+        let bytes = self.codec.encode(&subject, tf_envelope::TASK_RESULT_SCHEMA, result.to_avro()).await.map_err(encode_err)?;
+        if bytes.len() <= self.max_result_bytes {
+            return Ok(bytes);
+        }
+        tracing::warn!(task_id = %row.task_id, bytes = bytes.len(), limit = self.max_result_bytes, "result too large: published truncated");
+        self.metrics.results_truncated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let small = result.truncated(bytes.len());
+        self.codec.encode(&subject, tf_envelope::TASK_RESULT_SCHEMA, small.to_avro()).await.map_err(encode_err)
+    }
+
     async fn publish_batch(&self, marker: (i64, i64)) -> Result<Option<(i64, i64)>, RelayError> {
         let rows = tf_store::runs::pending_results(&self.pool, marker, BATCH).await?;
         let Some(last) = rows.last() else { return Ok(None) };
         let next = (last.txid, last.seq);
         let mut encoded = Vec::with_capacity(rows.len());
         for row in &rows {
-            let result: TaskResult = serde_json::from_value(row.record.clone())
-                .map_err(|e| RelayError::Encode { task_id: row.task_id.clone(), reason: e.to_string() })?;
-            let bytes = self
-                .codec
-                .encode(&format!("{RESULTS_TOPIC}-value"), tf_envelope::TASK_RESULT_SCHEMA, result.to_avro())
-                .await
-                .map_err(|e| RelayError::Encode { task_id: row.task_id.clone(), reason: e.to_string() })?;
-            encoded.push((row, bytes));
+            match self.encode(row).await {
+                Ok(bytes) => encoded.push((row, bytes)),
+                // The registry is down: retry the batch later.
+                Err(e @ RelayError::Encode { transient: true, .. }) => return Err(e),
+                Err(e) => {
+                    // This row can never be published: quarantine it, let the rest flow.
+                    tracing::error!(task_id = %row.task_id, error = %e, "result quarantined: it cannot be published");
+                    tf_store::runs::quarantine_result(&self.pool, &row.task_id, &e.to_string()).await?;
+                    self.metrics.results_quarantined.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
         }
         self.producer.begin_transaction()?;
         let sent: Result<(), RelayError> = async {
@@ -212,6 +238,7 @@ pub async fn run_as_leader(
     brokers: String,
     transactional_id: String,
     metrics: Arc<crate::metrics::Metrics>,
+    max_result_bytes: usize,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), RelayError> {
     loop {
@@ -238,7 +265,7 @@ pub async fn run_as_leader(
         };
         tracing::info!(transactional_id = %transactional_id, "this worker runs the results relay");
         metrics.relay_leader.store(1, std::sync::atomic::Ordering::Relaxed);
-        let relay = Relay::new(pool.clone(), codec.clone(), &brokers, &transactional_id, metrics.clone())?;
+        let relay = Relay::new(pool.clone(), codec.clone(), &brokers, &transactional_id, metrics.clone(), max_result_bytes)?;
         let result = relay.run(stop.clone()).await;
         metrics.relay_leader.store(0, std::sync::atomic::Ordering::Relaxed);
         // Release the lock with the session: close the connection rather than return it.

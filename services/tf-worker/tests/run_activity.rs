@@ -444,3 +444,79 @@ async fn sigterm_stops_the_worker_cleanly() {
     assert!(worker.log().contains("worker stopped"), "{}", worker.log());
     println!("WORKER FIGURES: stopped {:.1} s after SIGTERM", started.elapsed().as_secs_f64());
 }
+
+#[tokio::test]
+async fn an_oversize_result_is_published_truncated_and_an_unpublishable_one_is_quarantined() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-queue");
+    let id = unique("it-big").to_lowercase();
+    let (def_id, version) = apply_definition(
+        &pool,
+        &format!("id: {id}\nname: Big\ntrigger: {{event: {{topics: [t]}}}}\ntasks: [{{name: review, type: human}}]\n"),
+    )
+    .await;
+    let relay_id = unique("it-relay");
+    let metrics = tf_testkit::free_local_addr();
+    let worker = Service::spawn(
+        env!("CARGO_BIN_EXE_tf-worker"),
+        &unique("tf-worker"),
+        &[
+            ("TF_DATABASE_URL", &db.url),
+            ("TF_TASK_QUEUE", &queue),
+            ("TF_RELAY_TRANSACTIONAL_ID", &relay_id),
+            ("TF_RESULT_MAX_BYTES", "20000"),
+            ("TF_WORKER_METRICS_ADDR", &metrics),
+        ],
+    );
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    tf_temporal::start_run(&client, &queue, input(&def_id, version, "big-1", json!({"id": "e"}))).await.unwrap();
+    let run_id = tf_temporal::DedupeKey::parse("big-1").unwrap().workflow_id(&def_id, 1);
+    let review = format!("{run_id}/review/0");
+    eventually(&format!("the review to await a human; log:\n{}", worker.log()), Duration::from_secs(60), || async {
+        let st: Option<String> = sqlx::query_scalar("SELECT status FROM tasks WHERE task_id = $1").bind(&review).fetch_optional(&pool).await.unwrap();
+        (st.as_deref() == Some("awaiting_human")).then_some(())
+    })
+    .await;
+    // A row whose stored record is not a result at all: it must not hold up the others.
+    sqlx::query("INSERT INTO tasks (task_id, run_id, template, item_index, task_type, params) VALUES ($1, $2, 'bogus', 0, 'human', '{}')")
+        .bind(format!("{run_id}/bogus/0"))
+        .bind(&run_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO task_results (task_id, run_id, record) VALUES ($1, $2, '{\"not\": \"a result\"}')")
+        .bind(format!("{run_id}/bogus/0"))
+        .bind(&run_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let big = json!({"blob": "y".repeat(50_000)}).to_string();
+    let done = std::process::Command::new(workspace_binary("tf"))
+        .args(["tasks", "complete", &review, "--output", &big])
+        .env("TF_DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let results = eventually("the review's result", Duration::from_secs(60), || async {
+        let r = results_for(&run_id).await;
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0]["task_id"], review.as_str());
+    assert_eq!(results[0]["truncated"], true);
+    let note: Json = serde_json::from_str(results[0]["output"].as_str().unwrap()).unwrap();
+    assert_eq!(note["task_id"], review.as_str());
+    assert!(note["original_bytes"].as_u64().unwrap() > 50_000, "{note}");
+    let stored: Json = sqlx::query_scalar("SELECT output FROM tasks WHERE task_id = $1").bind(&review).fetch_one(&pool).await.unwrap();
+    assert_eq!(stored["blob"].as_str().unwrap().len(), 50_000, "the full output stays in the tasks table");
+    let reason: Option<String> = sqlx::query_scalar("SELECT quarantine_reason FROM task_results WHERE task_id = $1")
+        .bind(format!("{run_id}/bogus/0"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(reason.is_some_and(|r| r.contains("missing field")), "the bogus row is quarantined with its reason");
+    assert_eq!(tf_testkit::scrape_metric(&metrics, "tf_worker_results_quarantined_total"), Some(1.0));
+    assert_eq!(tf_testkit::scrape_metric(&metrics, "tf_worker_results_truncated_total"), Some(1.0));
+}
