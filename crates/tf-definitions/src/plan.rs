@@ -22,6 +22,10 @@ pub struct PlannedTask {
     pub timeout: Duration,
 }
 
+/// The most tasks one run may spawn: each is a child workflow, and a `for_each` over a large
+/// list in an event would otherwise fan out without bound.
+pub const MAX_TASKS_PER_RUN: usize = 1000;
+
 impl Definition {
     /// Evaluates every template against `bindings` (`item` is set per `for_each` element and
     /// `when` is evaluated per element).
@@ -32,6 +36,14 @@ impl Definition {
                 Some(list) => list.eval_items(bindings)?,
                 None => vec![Json::Null],
             };
+            if out.len() + items.len() > MAX_TASKS_PER_RUN {
+                let path = format!("tasks[{}].for_each", self.tasks.iter().position(|x| x.name == t.name).unwrap_or(0));
+                return Err(EvalError {
+                    path,
+                    source_text: t.for_each.as_ref().map(|e| e.source().to_string()).unwrap_or_default(),
+                    reason: format!("would make the run spawn more than {MAX_TASKS_PER_RUN} tasks"),
+                });
+            }
             for (index, item) in items.into_iter().enumerate() {
                 let scope = Bindings { item, ..bindings.clone() };
                 if let Some(when) = &t.when {
@@ -112,6 +124,17 @@ tasks:
         let d = Definition::from_yaml("t", built).unwrap().remove(0);
         let keys: Vec<Json> = d.plan_tasks("run", &Bindings::default()).unwrap().into_iter().map(|t| t.params["r"].clone()).collect();
         assert_eq!(keys, [json!("a"), json!("b"), json!("c")]);
+    }
+
+    #[test]
+    fn fan_out_is_bounded() {
+        let yaml = "id: m\nname: M\ntrigger: {event: {topics: [t]}}\ntasks:\n  - {name: per, type: human, for_each: event.data.items}\n";
+        let d = Definition::from_yaml("t", yaml).unwrap().remove(0);
+        let b = |n: usize| Bindings { event: json!({"data": {"items": vec![1; n]}}), ..Bindings::default() };
+        assert_eq!(d.plan_tasks("r", &b(MAX_TASKS_PER_RUN)).unwrap().len(), MAX_TASKS_PER_RUN);
+        let err = d.plan_tasks("r", &b(MAX_TASKS_PER_RUN + 1)).unwrap_err();
+        assert_eq!(err.path, "tasks[0].for_each");
+        assert!(err.reason.contains("more than 1000 tasks"), "{err}");
     }
 
     #[test]

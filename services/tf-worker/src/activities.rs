@@ -22,7 +22,10 @@ use tf_temporal::{RunInput, TaskInput};
 pub struct RunActivities {
     pub pool: PgPool,
     pub producer: FutureProducer,
-    pub http: reqwest::Client,
+    pub http: crate::http::HttpClient,
+    /// For `sql` context sources only (see `TF_CONTEXT_DATABASE_URL`).
+    pub context_pool: PgPool,
+    pub sql_timeout: Duration,
 }
 
 fn permanent(msg: impl Into<String>) -> ActivityError {
@@ -182,7 +185,7 @@ impl RunActivities {
                 ContextSource::Sql { query, params } => {
                     let values: Vec<Json> =
                         params.iter().map(|p| p.eval(&b)).collect::<Result<_, _>>().map_err(|e| permanent(e.to_string()))?;
-                    runs::context_query(&self.pool, query, &values).await.map_err(|e| {
+                    runs::context_query(&self.context_pool, query, &values, self.sql_timeout).await.map_err(|e| {
                         let message = format!("context.{name}: {e}");
                         if e.is_transient() { transient(message) } else { permanent(message) }
                     })?
@@ -190,18 +193,7 @@ impl RunActivities {
                 ContextSource::Http { method, url, body } => {
                     let url = url.eval_string(&b).map_err(|e| permanent(e.to_string()))?;
                     let body = body.as_ref().map(|e| e.eval(&b)).transpose().map_err(|e| permanent(e.to_string()))?;
-                    let req = self.http.request(method.parse().unwrap_or(reqwest::Method::GET), &url);
-                    let req = if let Some(body) = body { req.json(&body) } else { req };
-                    let resp = req.send().await.map_err(|e| transient(format!("context.{name}: {url}: {e}")))?;
-                    let status = resp.status();
-                    let text = resp.text().await.map_err(transient)?;
-                    if status.is_server_error() {
-                        return Err(transient(format!("context.{name}: {url} answered {status}")));
-                    }
-                    if !status.is_success() {
-                        return Err(permanent(format!("context.{name}: {url} answered {status}: {text}")));
-                    }
-                    serde_json::from_str(&text).unwrap_or(Json::String(text))
+                    self.http.call(method, &url, body.as_ref(), &[]).await.map_err(|e| http_failure(&format!("context.{name}"), e))?.body
                 }
             };
             context.insert(name.clone(), value);
@@ -353,21 +345,13 @@ impl RunActivities {
             "http" => {
                 let url = p["url"].as_str().ok_or_else(|| permanent("http task: params.url must be a string"))?;
                 let method = p["method"].as_str().unwrap_or(if p["body"].is_null() { "GET" } else { "POST" });
-                let mut req = self.http.request(method.parse().map_err(permanent_display)?, url).header("x-taskfactory-task-id", &t.task_id);
+                let mut headers = vec![("x-taskfactory-task-id", t.task_id.as_str())];
                 if let Some(tp) = &t.traceparent {
-                    req = req.header("traceparent", tp);
+                    headers.push(("traceparent", tp.as_str()));
                 }
-                let req = if p["body"].is_null() { req } else { req.json(&p["body"]) };
-                let resp = req.send().await.map_err(|e| transient(format!("{method} {url}: {e}")))?;
-                let status = resp.status();
-                let text = resp.text().await.map_err(transient)?;
-                if status.is_server_error() || status.as_u16() == 429 {
-                    return Err(transient(format!("{method} {url} answered {status}")));
-                }
-                if !status.is_success() {
-                    return Err(permanent(format!("{method} {url} answered {status}: {text}")));
-                }
-                json!({"status": status.as_u16(), "body": serde_json::from_str::<Json>(&text).unwrap_or(Json::String(text))})
+                let body = (!p["body"].is_null()).then_some(&p["body"]);
+                let answer = self.http.call(method, url, body, &headers).await.map_err(|e| http_failure("http task", e))?;
+                json!({"status": answer.status, "body": answer.body})
             }
             other => return Err(permanent(format!("task type {other} is not executed by ExecuteTask"))),
         };
@@ -378,6 +362,13 @@ impl RunActivities {
 /// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`), for log spans.
 fn trace_id(traceparent: Option<&str>) -> &str {
     traceparent.and_then(|tp| tp.split('-').nth(1)).unwrap_or("")
+}
+
+fn http_failure(what: &str, e: crate::http::HttpError) -> ActivityError {
+    match e {
+        crate::http::HttpError::Transient(m) => transient(format!("{what}: {m}")),
+        crate::http::HttpError::Permanent(m) => permanent(format!("{what}: {m}")),
+    }
 }
 
 fn permanent_display(e: impl std::fmt::Display) -> ActivityError {

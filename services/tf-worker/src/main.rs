@@ -2,6 +2,7 @@
 //! `taskfactory` task queue, and runs the results relay.
 
 mod activities;
+mod http;
 mod metrics;
 mod relay;
 mod scheduler;
@@ -35,6 +36,21 @@ struct Cli {
     /// `max.message.bytes` and the producer's `message.max.bytes` (both about 1 MB by default).
     #[arg(long, env = "TF_RESULT_MAX_BYTES", default_value_t = 900_000)]
     result_max_bytes: usize,
+    /// Hosts `http` context sources and tasks may call (`api.example.com`, `*.corp.example`),
+    /// comma separated. Empty: any host except those resolving to loopback, private or
+    /// link-local addresses.
+    #[arg(long, env = "TF_HTTP_ALLOWED_HOSTS", value_delimiter = ',', default_value = "")]
+    http_allowed_hosts: Vec<String>,
+    /// Largest HTTP response body read from a context source or task.
+    #[arg(long, env = "TF_HTTP_MAX_BODY_BYTES", default_value_t = 1_048_576)]
+    http_max_body_bytes: usize,
+    /// Database of `sql` context sources (read-only transactions, 4 connections of their own);
+    /// point it at a role that can only read. Default: TF_DATABASE_URL.
+    #[arg(long, env = "TF_CONTEXT_DATABASE_URL")]
+    context_database_url: Option<String>,
+    /// Longest a `sql` context query may run, in milliseconds (PostgreSQL statement_timeout).
+    #[arg(long, env = "TF_SQL_STATEMENT_TIMEOUT_MS", default_value_t = 10_000)]
+    sql_statement_timeout_ms: u64,
     /// Do not run the results relay in this process.
     #[arg(long, env = "TF_NO_RELAY")]
     no_relay: bool,
@@ -60,11 +76,12 @@ async fn main() -> anyhow::Result<()> {
     let s = &cli.settings;
 
     let pool = tf_store::connect(&s.database_url).await?;
+    let context_pool = tf_store::connect_small(cli.context_database_url.as_deref().unwrap_or(&s.database_url), 4).await?;
     let producer: FutureProducer = tf_kafka::client_config(&s.kafka_brokers)
         .set("enable.idempotence", "true")
         .create()
         .context("Kafka producer")?;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+    let http = http::HttpClient::new(cli.http_allowed_hosts.clone(), cli.http_max_body_bytes)?;
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "tf-worker").await?;
     let codec = Arc::new(Codec::new(Arc::new(Registry::new(&s.schema_registry_url))));
 
@@ -102,7 +119,13 @@ async fn main() -> anyhow::Result<()> {
 
     let runtime = Runtime::from_current_tokio(RuntimeOptions::default())?;
     let options = WorkerOptions::new(s.task_queue.as_str())
-        .register_activities(activities::RunActivities { pool: pool.clone(), producer, http })
+        .register_activities(activities::RunActivities {
+            pool: pool.clone(),
+            producer,
+            http,
+            context_pool,
+            sql_timeout: Duration::from_millis(cli.sql_statement_timeout_ms),
+        })
         .register_workflow::<workflows::RunActivityWorkflow>()?
         .register_workflow::<workflows::RunTaskWorkflow>()?
         .build();

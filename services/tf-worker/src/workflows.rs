@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value as Json, json};
 use temporalio_common::data_converters::RawValue;
 use temporalio_common::protos::temporal::api::common::v1::Payload;
+use temporalio_common::protos::temporal::api::failure::v1::Failure;
 use temporalio_common::search_attributes::{SearchAttributeKey, Timestamp as SaTimestamp};
 use temporalio_common::{RetryPolicy, UntypedWorkflow};
 use temporalio_common::error::ApplicationFailure;
@@ -22,6 +23,16 @@ const SCHEDULED_START_TIME: SearchAttributeKey<SaTimestamp> = SearchAttributeKey
 
 fn millis(t: Option<SystemTime>) -> i64 {
     t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The innermost message of a failure chain: what the activity said, not "Activity task
+/// failed".
+fn root_cause(failure: Option<&Failure>) -> Option<String> {
+    let mut f = failure?;
+    while let Some(cause) = f.cause.as_deref() {
+        f = cause;
+    }
+    Some(f.message.clone())
 }
 
 fn patient_retries() -> RetryPolicy {
@@ -104,7 +115,7 @@ impl RunActivityWorkflow {
             Ok(c) => c,
             Err(e) => {
                 ctx.execute_local_activity(RunActivities::finish_run, finish("failed"), local_opts()).await?;
-                return Err(ApplicationFailure::non_retryable(format!("resolving the context: {e}")).into());
+                return Err(ApplicationFailure::non_retryable(format!("resolving the context: {}", root_cause(e.failure()).unwrap_or_else(|| e.to_string()))).into());
             }
         };
         let plan = PlanTasksInput {
@@ -121,7 +132,7 @@ impl RunActivityWorkflow {
             Ok(t) => t,
             Err(e) => {
                 ctx.execute_local_activity(RunActivities::finish_run, finish("failed"), local_opts()).await?;
-                return Err(ApplicationFailure::non_retryable(format!("planning the tasks: {e}")).into());
+                return Err(ApplicationFailure::non_retryable(format!("planning the tasks: {}", root_cause(e.failure()).unwrap_or_else(|| e.to_string()))).into());
             }
         };
 
@@ -214,7 +225,7 @@ impl RunTaskWorkflow {
                 .build();
             match ctx.execute_activity(RunActivities::execute_task, task.clone(), opts).await {
                 Ok(done) => ("SUCCEEDED", Some(done.output), None, done.attempt),
-                Err(e) => ("FAILED", None, Some(e.to_string()), task.max_attempts),
+                Err(e) => ("FAILED", None, Some(root_cause(e.failure()).unwrap_or_else(|| e.to_string())), task.max_attempts),
             }
         };
         let finished_at_ms = millis(ctx.workflow_time());

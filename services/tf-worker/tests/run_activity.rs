@@ -268,10 +268,11 @@ tasks:
 "#
     );
     let (def_id, version) = apply_definition(&pool, &yaml).await;
+    // The echo server is on loopback, which only an explicit allow-list reaches.
     let worker = Service::spawn(
         env!("CARGO_BIN_EXE_tf-worker"),
         &unique("tf-worker"),
-        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true")],
+        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true"), ("TF_HTTP_ALLOWED_HOSTS", "127.0.0.1")],
     );
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
     let event = json!({"id": "e1", "type": "order.created", "data": {"order_id": "h-1", "customer": "c-42"}});
@@ -519,4 +520,35 @@ async fn an_oversize_result_is_published_truncated_and_an_unpublishable_one_is_q
     assert!(reason.is_some_and(|r| r.contains("missing field")), "the bogus row is quarantined with its reason");
     assert_eq!(tf_testkit::scrape_metric(&metrics, "tf_worker_results_quarantined_total"), Some(1.0));
     assert_eq!(tf_testkit::scrape_metric(&metrics, "tf_worker_results_truncated_total"), Some(1.0));
+}
+
+#[tokio::test]
+async fn an_http_task_may_not_reach_internal_addresses_unless_allowed_and_errors_hide_tokens() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let (base, seen) = echo_server().await;
+    let queue = unique("it-queue");
+    let def_id = unique("it-ssrf").to_lowercase();
+    let yaml = format!(
+        "id: {def_id}\nname: SSRF\ntrigger: {{event: {{topics: [events.demo]}}}}\ntasks:\n  - {{name: call, type: http, retry: {{max_attempts: 1}}, params: {{url: \"'{base}/admin?token=s3cret'\"}}}}\n"
+    );
+    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let worker = Service::spawn(
+        env!("CARGO_BIN_EXE_tf-worker"),
+        &unique("tf-worker"),
+        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true")],
+    );
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    tf_temporal::start_run(&client, &queue, input(&def_id, version, "s-1", json!({"id": "e"}))).await.unwrap();
+    let error: String = eventually("the task to fail", Duration::from_secs(60), || async {
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT status, error FROM tasks").fetch_optional(&pool).await.unwrap();
+        row.filter(|r| r.0 == "failed").map(|r| r.1.unwrap_or_default())
+    })
+    .await;
+    assert!(error.contains("internal address 127.0.0.1") && error.contains("TF_HTTP_ALLOWED_HOSTS"), "{error}\n{}", worker.log());
+    assert!(!error.contains("s3cret"), "{error}");
+    assert!(seen.lock().unwrap().is_empty(), "no request reached the server");
+    let status: String = sqlx::query_scalar("SELECT status FROM activity_runs").fetch_one(&pool).await.unwrap();
+    assert_eq!(status, "failed");
 }
