@@ -67,6 +67,15 @@ struct Cli {
     /// How often to look for changed definitions, in milliseconds.
     #[arg(long, env = "TF_ROUTER_REFRESH_MS", default_value_t = 1000)]
     refresh_ms: u64,
+    /// Consumer group session timeout: how long a crashed router's partitions wait before the
+    /// group hands them to another member (Kafka's default is 45 s).
+    #[arg(long, env = "TF_ROUTER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    session_timeout_ms: u32,
+    /// A stable identity per router replica (e.g. the pod name of a StatefulSet) for Kafka's
+    /// static group membership: a restarted replica takes its partitions back at once, with no
+    /// rebalance. Two running routers must never share one.
+    #[arg(long, env = "TF_ROUTER_INSTANCE_ID")]
+    instance_id: Option<String>,
     /// Seconds to drain in-flight records after SIGTERM/SIGINT; past it the router exits
     /// non-zero naming the records it left (they are routed again by the next owner).
     #[arg(long, env = "TF_SHUTDOWN_TIMEOUT", default_value_t = 30)]
@@ -120,8 +129,14 @@ async fn main() -> anyhow::Result<()> {
         .set("message.max.bytes", cli.dlq_max_message_bytes.to_string())
         .create()?;
     let tracker = Arc::new(Mutex::new(Tracker::default()));
-    let consumer: RouterConsumer = tf_kafka::client_config(&s.kafka_brokers)
+    let mut consumer_config = tf_kafka::client_config(&s.kafka_brokers);
+    if let Some(id) = &cli.instance_id {
+        consumer_config.set("group.instance.id", id);
+    }
+    let consumer: RouterConsumer = consumer_config
         .set("group.id", &cli.group)
+        .set("session.timeout.ms", cli.session_timeout_ms.to_string())
+        .set("heartbeat.interval.ms", (cli.session_timeout_ms / 5).max(100).to_string())
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
