@@ -20,12 +20,15 @@ use tf_config::Settings;
 use tf_definitions::Definition;
 use tf_envelope::{Codec, Event, Registry};
 
-/// Load-test the event path (router + worker must be running).
+/// Load-test the event path (router + worker must be running), or prove it under faults
+/// (`tf-loadtest chaos`, which runs its own router and worker).
 #[derive(Parser)]
-#[command(name = "tf-loadtest", version)]
+#[command(name = "tf-loadtest", version, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(flatten)]
     settings: Settings,
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Events to produce.
     #[arg(long, default_value_t = 1000)]
     events: usize,
@@ -46,13 +49,32 @@ struct Cli {
     out: std::path::PathBuf,
 }
 
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Produce events while a fault schedule kills the router and the worker and restarts
+    /// Temporal, Kafka, PostgreSQL and the registry; then check that every key ran exactly
+    /// once and every task published exactly one result. Exits non-zero on any loss or
+    /// duplicate.
+    Chaos(chaos::ChaosArgs),
+}
+
+mod chaos;
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as i64
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
+    if let Some(Command::Chaos(args)) = &cli.command {
+        return chaos::run(&cli.settings, args).await;
+    }
+    burst(&cli).await?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn burst(cli: &Cli) -> anyhow::Result<()> {
     let s = &cli.settings;
     let nonce = now_ms() % 10_000_000;
     let topic = format!("events.loadtest-{nonce}");

@@ -28,6 +28,9 @@ pub struct RunActivities {
     pub sql_timeout: Duration,
 }
 
+/// How often a running task heartbeats; its heartbeat timeout is a few times this.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+
 fn permanent(msg: impl Into<String>) -> ActivityError {
     ActivityError::application(ApplicationFailure::non_retryable(msg.into()))
 }
@@ -255,7 +258,19 @@ impl RunActivities {
     pub async fn execute_task(self: Arc<Self>, ctx: ActivityContext, t: TaskInput) -> Result<TaskExecution, ActivityError> {
         let attempt = ctx.info().attempt;
         let span = tracing::info_span!("task", task_id = %t.task_id, attempt, trace_id = trace_id(t.traceparent.as_deref()));
-        let output = self.perform(&t).instrument(span).await?;
+        // Heartbeats let Temporal notice a dead worker within the heartbeat timeout and run the
+        // attempt elsewhere, instead of waiting for the task's whole timeout.
+        let work = self.perform(&t).instrument(span);
+        tokio::pin!(work);
+        let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+        let output = loop {
+            tokio::select! {
+                out = &mut work => break out?,
+                _ = beat.tick() => {
+                    let _ = ctx.record_heartbeat(attempt).await;
+                }
+            }
+        };
         Ok(TaskExecution { output, attempt })
     }
 

@@ -214,6 +214,7 @@ impl RunTaskWorkflow {
             }
         } else {
             let opts = ActivityOptions::with_start_to_close_timeout(Duration::from_millis(task.timeout_ms))
+                .heartbeat_timeout(crate::activities::HEARTBEAT_EVERY * 5)
                 .retry_policy(
                     RetryPolicy::builder()
                         .initial_interval(Duration::from_millis(task.initial_interval_ms))

@@ -1,0 +1,26 @@
+//! The short chaos run of CI: `tf-loadtest chaos` against the real stack, with every fault
+//! kind once (the router SIGKILLed, the worker SIGKILLed, Temporal, Kafka, PostgreSQL and the
+//! registry restarted), must end with exactly one run per key, one result per task and an
+//! empty DLQ. This test binary is the only one in its package, and cargo runs test binaries
+//! one after another, so the restarts do not disturb other tests.
+
+#[test]
+fn the_pipeline_loses_and_duplicates_nothing_under_every_kind_of_fault() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::env::temp_dir().join(format!("tf-chaos-{}", std::process::id()));
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_tf-loadtest"))
+        .current_dir(&root)
+        .args(["chaos", "--events", "360", "--rate", "4", "--duplicates", "0.3", "--kill-router-every", "30", "--kill-worker", "1"])
+        .args(["--restart", "temporal,kafka,postgres,registry", "--fault-gap", "5", "--timeout-secs", "600"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("running tf-loadtest chaos");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    println!("{stdout}");
+    assert!(run.status.success(), "chaos run failed (logs in {}):\n{stdout}\n{}", out.display(), String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains("runs per key           min 1 max 1; keys without a run 0"), "{stdout}");
+    assert!(stdout.contains("results per task       min 1 max 1"), "{stdout}");
+    assert!(stdout.contains("dead letters           0"), "{stdout}");
+    assert!(stdout.contains("OK: no loss, no duplicate"), "{stdout}");
+}
