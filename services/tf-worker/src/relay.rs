@@ -94,8 +94,17 @@ impl Relay {
                     // when everything up to the high watermark was read.
                     None => {
                         let pos = consumer.position()?.elements_for_topic(MARKER_TOPIC).first().map(|e| e.offset());
-                        if matches!(pos, Some(Offset::Offset(p)) if p >= high) || std::time::Instant::now() > deadline {
+                        if matches!(pos, Some(Offset::Offset(p)) if p >= high) {
                             break;
+                        }
+                        // Starting from a marker that is not the last one would publish results
+                        // twice: rather not start (the caller retries) than guess. An open
+                        // transaction of another producer on the marker topic holds the
+                        // read_committed position back like this.
+                        if std::time::Instant::now() > deadline {
+                            return Err(RelayError::Marker(format!(
+                                "could not read the marker topic up to offset {high} within 30 s (position {pos:?}); not starting from a possibly stale marker"
+                            )));
                         }
                     }
                 }
