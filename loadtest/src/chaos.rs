@@ -189,7 +189,14 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
     let (def_spec, sha) = (d.spec_json(), d.spec_sha256());
     tf_store::definitions::apply(
         &pool,
-        &tf_store::definitions::NewDefinition { id: &d.id, name: &d.name, enabled: true, trigger_kind: "event", spec: &def_spec, spec_sha256: &sha },
+        &tf_store::definitions::NewDefinition {
+            id: &d.id,
+            name: &d.name,
+            enabled: true,
+            trigger_kind: "event",
+            spec: &def_spec,
+            spec_sha256: &sha,
+        },
     )
     .await?;
 
@@ -342,13 +349,18 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
     let deadline = started + Duration::from_secs(args.timeout_secs);
     let drained = loop {
         let routed = samples.lock().expect("samples").last().map_or(0, |s| s.1);
-        let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM activity_runs WHERE status = 'completed'").fetch_one(&pool).await.unwrap_or(-1);
-        let results: i64 = sqlx::query_scalar("SELECT count(*) FROM task_results WHERE published_at IS NOT NULL").fetch_one(&pool).await.unwrap_or(-1);
+        let runs: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM activity_runs WHERE status = 'completed'").fetch_one(&pool).await.unwrap_or(-1);
+        let results: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM task_results WHERE published_at IS NOT NULL").fetch_one(&pool).await.unwrap_or(-1);
         if routed >= args.events as i64 && runs >= unique as i64 && results >= expected_tasks {
             break true;
         }
         if Instant::now() > deadline {
-            println!("  drain timed out: routed {routed}/{}, runs completed {runs}/{unique}, results {results}/{expected_tasks}", args.events);
+            println!(
+                "  drain timed out: routed {routed}/{}, runs completed {runs}/{unique}, results {results}/{expected_tasks}",
+                args.events
+            );
             break false;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -364,7 +376,8 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
         sqlx::query_as("SELECT dedupe_key, count(*) FROM activity_runs WHERE status <> 'deduplicated' GROUP BY 1").fetch_all(&pool).await?;
     let (runs_min, runs_max) = (per_key.iter().map(|r| r.1).min().unwrap_or(0), per_key.iter().map(|r| r.1).max().unwrap_or(0));
     let keys_missing = unique as i64 - per_key.len() as i64;
-    let not_completed: i64 = sqlx::query_scalar("SELECT count(*) FROM activity_runs WHERE status NOT IN ('completed', 'deduplicated')").fetch_one(&pool).await?;
+    let not_completed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM activity_runs WHERE status NOT IN ('completed', 'deduplicated')").fetch_one(&pool).await?;
     let tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks").fetch_one(&pool).await?;
     let results = tokio::task::spawn_blocking({
         let (brokers, prefix) = (settings.kafka_brokers.clone(), format!("run/{def_id}/"));
@@ -383,12 +396,20 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
     println!("events                 {} ({unique} distinct keys, {:.0}% repeats)", args.events, args.duplicates * 100.0);
     println!("runs per key           min {runs_min} max {runs_max}; keys without a run {keys_missing}; runs not completed {not_completed}");
     println!("tasks                  {tasks} (expected {expected_tasks})");
-    println!("results per task       min {res_min} max {res_max} on taskfactory.results (read_committed); tasks without a result {tasks_without_result}");
+    println!(
+        "results per task       min {res_min} max {res_max} on taskfactory.results (read_committed); tasks without a result {tasks_without_result}"
+    );
     println!("dead letters           {dead}");
     println!("drained after          {drained_after:.1} s");
     println!("faults (routing stall = from the fault until the committed offset moved again, while events were waiting):");
     for d in &done {
-        println!("  {:>6.1} s  {:<26} took {:>5.1} s  routing stalled {}", d.at, format!("{:?}", d.fault), d.took, stall(&samples, d.at, args.events as i64));
+        println!(
+            "  {:>6.1} s  {:<26} took {:>5.1} s  routing stalled {}",
+            d.at,
+            format!("{:?}", d.fault),
+            d.took,
+            stall(&samples, d.at, args.events as i64)
+        );
     }
     let ok = drained
         && keys_missing == 0

@@ -99,16 +99,21 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
     let (spec, sha) = (d.spec_json(), d.spec_sha256());
     tf_store::definitions::apply(
         &pool,
-        &tf_store::definitions::NewDefinition { id: &d.id, name: &d.name, enabled: true, trigger_kind: "event", spec: &spec, spec_sha256: &sha },
+        &tf_store::definitions::NewDefinition {
+            id: &d.id,
+            name: &d.name,
+            enabled: true,
+            trigger_kind: "event",
+            spec: &spec,
+            spec_sha256: &sha,
+        },
     )
     .await?;
     println!("definition {def_id} on {topic} ({} partitions); waiting for the router to subscribe", cli.partitions);
 
     let codec = Codec::new(Arc::new(Registry::new(&s.schema_registry_url)));
-    let producer: FutureProducer = tf_kafka::client_config(&s.kafka_brokers)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()?;
+    let producer: FutureProducer =
+        tf_kafka::client_config(&s.kafka_brokers).set("enable.idempotence", "true").set("linger.ms", "5").create()?;
     let unique_keys = ((cli.events as f64) * (1.0 - cli.duplicates)).round().max(1.0) as usize;
 
     // Warm-up: one event, so subscription and definition refresh are not in the figures.
@@ -137,7 +142,8 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
     println!("producing {} events ({unique_keys} unique keys)", cli.events);
     let started = Instant::now();
     let mut produced_at: HashMap<String, i64> = HashMap::with_capacity(cli.events);
-    let sends = payloads.iter().map(|(key, bytes, _)| producer.send(FutureRecord::to(&topic).key(key).payload(bytes), Duration::from_secs(30)));
+    let sends =
+        payloads.iter().map(|(key, bytes, _)| producer.send(FutureRecord::to(&topic).key(key).payload(bytes), Duration::from_secs(30)));
     for ((_, _, id), r) in payloads.iter().zip(join_all(sends).await) {
         r.map_err(|(e, _)| e).context("producing")?;
         produced_at.insert(id.clone(), now_ms());

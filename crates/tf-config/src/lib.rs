@@ -12,12 +12,7 @@ pub struct Settings {
     pub kafka_brokers: String,
 
     /// Base URL of the Confluent-compatible schema registry API.
-    #[arg(
-        long,
-        env = "TF_SCHEMA_REGISTRY_URL",
-        default_value = "http://127.0.0.1:18081/apis/ccompat/v7",
-        global = true
-    )]
+    #[arg(long, env = "TF_SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:18081/apis/ccompat/v7", global = true)]
     pub schema_registry_url: String,
 
     /// Temporal frontend gRPC endpoint.
@@ -66,11 +61,8 @@ mod tests {
     #[test]
     fn defaults_match_the_local_stack_ports() {
         let dotenv = include_str!("../../../.env");
-        let vars: HashMap<&str, &str> = dotenv
-            .lines()
-            .filter(|l| !l.trim_start().starts_with('#'))
-            .filter_map(|l| l.split_once('='))
-            .collect();
+        let vars: HashMap<&str, &str> =
+            dotenv.lines().filter(|l| !l.trim_start().starts_with('#')).filter_map(|l| l.split_once('=')).collect();
         let cmd = <Settings as clap::Args>::augment_args(clap::Command::new("t"));
         let default = |id: &str| {
             cmd.get_arguments()
@@ -85,4 +77,3 @@ mod tests {
         assert!(default("database_url").contains(&format!(":{}/", vars["TF_POSTGRES_PORT"])));
     }
 }
-

@@ -23,7 +23,10 @@ impl CronSchedule {
     pub fn parse(expression: &str, timezone: &str) -> Result<Self, (&'static str, String)> {
         let fields = expression.split_whitespace().count();
         if !(5..=6).contains(&fields) {
-            return Err(("expression", format!("{expression:?} has {fields} fields; expected 5 (minute hour day-of-month month day-of-week) or 6 (seconds first)")));
+            return Err((
+                "expression",
+                format!("{expression:?} has {fields} fields; expected 5 (minute hour day-of-month month day-of-week) or 6 (seconds first)"),
+            ));
         }
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)
@@ -32,8 +35,9 @@ impl CronSchedule {
             .build()
             .parse(expression)
             .map_err(|e| ("expression", format!("{expression:?}: {e}")))?;
-        let timezone: chrono_tz::Tz =
-            timezone.parse().map_err(|_| ("timezone", format!("{timezone:?} is not an IANA time zone name (like Europe/Berlin or UTC)")))?;
+        let timezone: chrono_tz::Tz = timezone
+            .parse()
+            .map_err(|_| ("timezone", format!("{timezone:?} is not an IANA time zone name (like Europe/Berlin or UTC)")))?;
         Ok(CronSchedule { expression: expression.to_string(), cron, timezone })
     }
 
@@ -43,7 +47,11 @@ impl CronSchedule {
 
     /// The expression as Temporal's `cron_strings` reads it.
     pub fn temporal_cron_string(&self) -> String {
-        if self.expression.split_whitespace().count() == 6 { format!("{} *", self.expression.trim()) } else { self.expression.trim().to_string() }
+        if self.expression.split_whitespace().count() == 6 {
+            format!("{} *", self.expression.trim())
+        } else {
+            self.expression.trim().to_string()
+        }
     }
 
     /// The next `n` fire times after `after`, in the schedule's time zone.

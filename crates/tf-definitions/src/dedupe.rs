@@ -61,14 +61,12 @@ impl DedupeKey {
     pub fn workflow_id(&self, definition_id: &str, generation: u32) -> String {
         const MAX_PLAIN: usize = 120;
         let key = self.as_str();
-        let plain = key.len() <= MAX_PLAIN
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'));
+        let plain = key.len() <= MAX_PLAIN && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'));
         if plain {
             format!("run/{definition_id}/{key}/{generation}")
         } else {
             let digest: String = Sha256::digest(key.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect();
-            let prefix: String =
-                key.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(48).collect();
+            let prefix: String = key.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(48).collect();
             format!("run/{definition_id}/{prefix}~{digest}/{generation}")
         }
     }

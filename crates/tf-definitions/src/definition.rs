@@ -119,12 +119,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 5,
-            initial_interval: Duration::from_secs(1),
-            max_interval: Duration::from_secs(60),
-            backoff: 2.0,
-        }
+        RetryPolicy { max_attempts: 5, initial_interval: Duration::from_secs(1), max_interval: Duration::from_secs(60), backoff: 2.0 }
     }
 }
 
@@ -300,11 +295,7 @@ impl Definition {
                     if !(lead.starts_with("select") || lead.starts_with("with")) {
                         c.fail(format!("{path}.sql.query"), "must be a read-only SELECT (or WITH ... SELECT)");
                     }
-                    let params = params
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, p)| c.expr(format!("{path}.sql.params[{i}]"), p))
-                        .collect();
+                    let params = params.iter().enumerate().filter_map(|(i, p)| c.expr(format!("{path}.sql.params[{i}]"), p)).collect();
                     ContextSource::Sql { query: query.clone(), params }
                 }
                 ContextSourceDoc { sql: None, http: Some(HttpSourceDoc { method, url, body }), constant: None } => {
@@ -395,11 +386,7 @@ fn check_task(c: &mut Checker, i: usize, t: &TaskDoc) -> Option<TaskTemplate> {
     }
     let when = t.when.as_deref().and_then(|w| c.expr(format!("{path}.when"), w));
     let for_each = t.for_each.as_deref().and_then(|f| c.expr(format!("{path}.for_each"), f));
-    let params = t
-        .params
-        .iter()
-        .filter_map(|(k, v)| c.expr(format!("{path}.params.{k}"), v).map(|e| (k.clone(), e)))
-        .collect();
+    let params = t.params.iter().filter_map(|(k, v)| c.expr(format!("{path}.params.{k}"), v).map(|e| (k.clone(), e))).collect();
     let mut retry = RetryPolicy::default();
     if let Some(r) = &t.retry {
         if let Some(n) = r.max_attempts {
@@ -408,7 +395,8 @@ fn check_task(c: &mut Checker, i: usize, t: &TaskDoc) -> Option<TaskTemplate> {
             }
             retry.max_attempts = n;
         }
-        retry.initial_interval = c.duration(&format!("{path}.retry.initial_interval"), r.initial_interval.as_deref(), retry.initial_interval);
+        retry.initial_interval =
+            c.duration(&format!("{path}.retry.initial_interval"), r.initial_interval.as_deref(), retry.initial_interval);
         retry.max_interval = c.duration(&format!("{path}.retry.max_interval"), r.max_interval.as_deref(), retry.max_interval);
         if let Some(b) = r.backoff {
             if b < 1.0 {
@@ -473,11 +461,7 @@ tasks:
             .replace("topic: \"'shipments'\"", "topics: \"'x'\"");
         let err = Definition::from_yaml("bad.yaml", &bad).unwrap_err();
         let paths: Vec<&str> = err.errors.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(
-            paths,
-            ["trigger.event.filter", "dedupe.key", "dedupe.window", "tasks[0].params.topic"],
-            "{err}"
-        );
+        assert_eq!(paths, ["trigger.event.filter", "dedupe.key", "dedupe.window", "tasks[0].params.topic"], "{err}");
         let text = err.to_string();
         assert!(text.starts_with("bad.yaml is not a valid activity definition:"), "{text}");
         assert!(text.contains("dedupe.key: line 1 column 1: unknown variable `evnt`"), "{text}");
@@ -527,7 +511,10 @@ tasks:
             }
             Trigger::Event(_) => panic!("cron expected"),
         }
-        let bad = good.replace("'30 2 * * *'", "'30 25 * * *'").replace("Europe/Berlin", "Europe/Atlantis").replace("overlap: buffer_one", "overlap: buffer_one, start: yesterday");
+        let bad = good
+            .replace("'30 2 * * *'", "'30 25 * * *'")
+            .replace("Europe/Berlin", "Europe/Atlantis")
+            .replace("overlap: buffer_one", "overlap: buffer_one, start: yesterday");
         let err = Definition::from_yaml("c", &bad).unwrap_err();
         let paths: Vec<&str> = err.errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["trigger.cron.expression", "trigger.cron.start"], "{err}");

@@ -96,12 +96,8 @@ impl Expr {
     /// Evaluates to JSON.
     pub fn eval(&self, bindings: &Bindings) -> Result<Json, EvalError> {
         let mut ctx = Context::with_env(env().clone());
-        for (name, value) in [
-            ("event", &bindings.event),
-            ("context", &bindings.context),
-            ("item", &bindings.item),
-            ("run", &bindings.run),
-        ] {
+        for (name, value) in [("event", &bindings.event), ("context", &bindings.context), ("item", &bindings.item), ("run", &bindings.run)]
+        {
             ctx.add_variable_from_value(name, to_cel(value));
         }
         let value = self.program.execute(&ctx).map_err(|e| self.error(format!("failed: {e}")))?;
@@ -224,7 +220,8 @@ mod tests {
 
     #[test]
     fn json_integers_are_cel_ints() {
-        let b = Bindings { event: json!({"data": {"total": 28, "neg": -3, "big": 18446744073709551615u64, "f": 1.5}}), ..Bindings::default() };
+        let b =
+            Bindings { event: json!({"data": {"total": 28, "neg": -3, "big": 18446744073709551615u64, "f": 1.5}}), ..Bindings::default() };
         let t = |src: &str| Expr::compile("f", src).unwrap().eval(&b).unwrap();
         assert_eq!(t("event.data.total % 2 == 0"), json!(true));
         assert_eq!(t("event.data.total * 2 + event.data.neg"), json!(53));

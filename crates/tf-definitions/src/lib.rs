@@ -2,20 +2,17 @@
 //! templates. A YAML [`Document`] is parsed into a [`Definition`] whose every CEL expression is
 //! already compiled, so holding a `Definition` means it is valid.
 
-pub mod definition;
-pub mod document;
 pub mod cron;
 pub mod dedupe;
+pub mod definition;
+pub mod document;
 pub mod duration;
 pub mod expr;
 pub mod plan;
 
-pub use definition::{
-    ContextSource, Dedupe, Definition, EventTrigger, FieldError, InvalidDefinition, TaskTemplate, Trigger,
-    TypePattern,
-};
 pub use dedupe::{DedupeKey, DedupeKeyError};
+pub use definition::RetryPolicy;
+pub use definition::{ContextSource, Dedupe, Definition, EventTrigger, FieldError, InvalidDefinition, TaskTemplate, Trigger, TypePattern};
 pub use document::{Document, Overlap, TaskType};
 pub use expr::{Bindings, EvalError, Expr};
 pub use plan::PlannedTask;
-pub use definition::RetryPolicy;

@@ -91,8 +91,7 @@ impl Codec {
     pub async fn encode(&self, subject: &str, schema: &str, value: Value) -> Result<Vec<u8>, EncodeError> {
         let id = self.schema_id(subject, schema).await?;
         let parsed = self.registry.schema(id).await?;
-        let body = to_avro_datum(&parsed, value)
-            .map_err(|e| EncodeError::Schema { subject: subject.into(), reason: e.to_string() })?;
+        let body = to_avro_datum(&parsed, value).map_err(|e| EncodeError::Schema { subject: subject.into(), reason: e.to_string() })?;
         Ok(wire::frame(id, &body))
     }
 
@@ -117,8 +116,7 @@ pub fn bound_decoding(max_record_bytes: usize) -> usize {
 /// Decodes an Avro body written with `schema` (registry id `schema_id`): an envelope when the
 /// schema is the envelope's, any other record as JSON.
 pub fn decode_body(schema_id: u32, schema: &Schema, mut body: &[u8]) -> Result<Decoded, DecodeError> {
-    let value =
-        from_avro_datum(schema, &mut body, None).map_err(|e| DecodeError::Body { schema_id, reason: e.to_string() })?;
+    let value = from_avro_datum(schema, &mut body, None).map_err(|e| DecodeError::Body { schema_id, reason: e.to_string() })?;
     if !body.is_empty() {
         // A body longer than its schema says is a framing or schema-id mix-up, not data.
         return Err(DecodeError::TrailingBytes { schema_id, extra: body.len() });

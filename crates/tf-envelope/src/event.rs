@@ -12,9 +12,7 @@ pub struct Timestamp(pub i64);
 
 impl Timestamp {
     pub fn now() -> Self {
-        let d = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Timestamp(d.as_millis() as i64)
     }
 
@@ -127,12 +125,7 @@ impl Event {
             ("datacontenttype".into(), Value::String(self.datacontenttype.clone())),
             ("data".into(), Value::String(data)),
             ("traceparent".into(), optional(&self.traceparent)),
-            (
-                "extensions".into(),
-                Value::Map(
-                    self.extensions.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect(),
-                ),
-            ),
+            ("extensions".into(), Value::Map(self.extensions.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())),
         ])
     }
 
@@ -169,14 +162,11 @@ impl Event {
                 return Err(EnvelopeError::WrongType { field: "time", expected: "timestamp-millis" });
             }
         };
-        let datacontenttype = optional("datacontenttype", take("datacontenttype"))?
-            .unwrap_or_else(|| "application/json".into());
+        let datacontenttype = optional("datacontenttype", take("datacontenttype"))?.unwrap_or_else(|| "application/json".into());
         let data_text = string("data", take("data"))?;
         let data = if is_json(&datacontenttype) {
-            serde_json::from_str(&data_text).map_err(|e| EnvelopeError::DataNotJson {
-                content_type: datacontenttype.clone(),
-                reason: e.to_string(),
-            })?
+            serde_json::from_str(&data_text)
+                .map_err(|e| EnvelopeError::DataNotJson { content_type: datacontenttype.clone(), reason: e.to_string() })?
         } else {
             serde_json::Value::String(data_text)
         };
@@ -194,18 +184,7 @@ impl Event {
                 return Err(EnvelopeError::WrongType { field: "extensions", expected: "map of strings" });
             }
         };
-        let event = Event {
-            id,
-            source,
-            event_type,
-            specversion,
-            subject,
-            time,
-            datacontenttype,
-            data,
-            traceparent,
-            extensions,
-        };
+        let event = Event { id, source, event_type, specversion, subject, time, datacontenttype, data, traceparent, extensions };
         event.check()?;
         Ok(event)
     }
@@ -250,10 +229,7 @@ mod tests {
             f.retain(|(k, _)| k != "source");
         }
         assert_eq!(Event::from_avro(v), Err(EnvelopeError::MissingField("source")));
-        assert_eq!(
-            Event::new("", "/s", "t", json!(null)).unwrap_err().to_string(),
-            "envelope field `id` is empty"
-        );
+        assert_eq!(Event::new("", "/s", "t", json!(null)).unwrap_err().to_string(), "envelope field `id` is empty");
     }
 
     #[test]

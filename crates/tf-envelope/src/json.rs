@@ -25,9 +25,7 @@ pub fn avro_to_json(value: Value) -> Json {
         Value::String(s) | Value::Enum(_, s) => Json::String(s),
         Value::Union(_, inner) => avro_to_json(*inner),
         Value::Array(items) => Json::Array(items.into_iter().map(avro_to_json).collect()),
-        Value::Map(entries) => {
-            Json::Object(entries.into_iter().map(|(k, v)| (k, avro_to_json(v))).collect())
-        }
+        Value::Map(entries) => Json::Object(entries.into_iter().map(|(k, v)| (k, avro_to_json(v))).collect()),
         Value::Record(fields) => {
             let mut obj = Map::with_capacity(fields.len());
             for (k, v) in fields {

@@ -25,7 +25,9 @@ pub enum RegistryError {
     InvalidSchema { what: String, reason: String },
     /// The registry refuses us, not the record: credentials refused, or a URL that is not a
     /// registry API root. Nothing can be decoded until the setting is fixed.
-    #[error("schema registry at {url} refused the request (HTTP {status}); check TF_SCHEMA_REGISTRY_URL and the registry credentials: {body}")]
+    #[error(
+        "schema registry at {url} refused the request (HTTP {status}); check TF_SCHEMA_REGISTRY_URL and the registry credentials: {body}"
+    )]
     Misconfigured { url: String, status: u16, body: String },
 }
 
@@ -153,8 +155,10 @@ impl Registry {
             status => return Err(self.failure(&url, format!("fetching schema id {id}"), status, resp).await),
         };
         let schema = check_avro(&format!("id {id}"), &text)?;
-        check_schema_shape(&schema)
-            .map_err(|reason| RegistryError::InvalidSchema { what: format!("id {id}"), reason: format!("refused as a writer schema: {reason}") })?;
+        check_schema_shape(&schema).map_err(|reason| RegistryError::InvalidSchema {
+            what: format!("id {id}"),
+            reason: format!("refused as a writer schema: {reason}"),
+        })?;
         let schema = Arc::new(schema);
         self.by_id.write().expect("cache lock").insert(id, schema.clone());
         Ok(schema)
@@ -170,15 +174,8 @@ impl Registry {
         req.send().await.map_err(|e| RegistryError::Unavailable { url: url.to_string(), reason: e.to_string() })
     }
 
-    async fn json<T: for<'de> Deserialize<'de>>(
-        &self,
-        url: &str,
-        resp: reqwest::Response,
-    ) -> Result<T, RegistryError> {
-        resp.json().await.map_err(|e| RegistryError::Unavailable {
-            url: url.to_string(),
-            reason: format!("unreadable response: {e}"),
-        })
+    async fn json<T: for<'de> Deserialize<'de>>(&self, url: &str, resp: reqwest::Response) -> Result<T, RegistryError> {
+        resp.json().await.map_err(|e| RegistryError::Unavailable { url: url.to_string(), reason: format!("unreadable response: {e}") })
     }
 
     async fn failure(&self, url: &str, what: String, status: u16, resp: reqwest::Response) -> RegistryError {
@@ -202,8 +199,7 @@ fn truncate(body: &str) -> String {
 }
 
 fn check_avro(what: &str, schema: &str) -> Result<Schema, RegistryError> {
-    Schema::parse_str(schema)
-        .map_err(|e| RegistryError::InvalidSchema { what: what.to_string(), reason: e.to_string() })
+    Schema::parse_str(schema).map_err(|e| RegistryError::InvalidSchema { what: what.to_string(), reason: e.to_string() })
 }
 
 #[cfg(test)]
@@ -212,7 +208,8 @@ mod tests {
 
     #[test]
     fn recursive_and_deep_schemas_are_refused_shared_types_are_not() {
-        let list = r#"{"type": "record", "name": "Node", "fields": [{"name": "v", "type": "int"}, {"name": "next", "type": ["null", "Node"]}]}"#;
+        let list =
+            r#"{"type": "record", "name": "Node", "fields": [{"name": "v", "type": "int"}, {"name": "next", "type": ["null", "Node"]}]}"#;
         let err = check_schema_shape(&Schema::parse_str(list).unwrap()).unwrap_err();
         assert!(err.contains("recursive: Node contains itself"), "{err}");
         let shared = r#"{"type": "record", "name": "Pair", "fields": [

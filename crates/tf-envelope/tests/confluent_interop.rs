@@ -75,11 +75,7 @@ async fn records_from_the_rust_encoder_decode_with_the_confluent_deserializer() 
         event.traceparent = Some(format!("00-{:032x}-{:016x}-01", i + 1, i + 1));
         event.extensions.insert("lang".into(), "rust".into());
         let bytes = codec.encode_event(&format!("{topic}-value"), &event).await.unwrap();
-        producer
-            .send(FutureRecord::to(&topic).key(&event.id).payload(&bytes), Duration::from_secs(10))
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
+        producer.send(FutureRecord::to(&topic).key(&event.id).payload(&bytes), Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
         sent.push(event);
     }
     let got = run_python(&["consume", "--topic", &topic, "--count", "3"]);

@@ -118,10 +118,7 @@ async fn an_envelope_missing_a_required_attribute_is_named() {
     ]);
     let bytes = codec.encode(&format!("{}-value", unique("it-missing")), schema, value).await.unwrap();
     let err = codec.decode(&bytes).await.unwrap_err();
-    assert!(
-        matches!(&err, DecodeError::Envelope { source: EnvelopeError::MissingField("source"), .. }),
-        "{err}"
-    );
+    assert!(matches!(&err, DecodeError::Envelope { source: EnvelopeError::MissingField("source"), .. }), "{err}");
     assert!(err.to_string().ends_with("envelope field `source` is missing"), "{err}");
 }
 

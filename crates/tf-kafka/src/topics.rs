@@ -52,10 +52,7 @@ impl TopicSpec {
             return Err(invalid(format!("partitions must be at least 1, got {}", self.partitions)));
         }
         if self.replication_factor < 1 {
-            return Err(invalid(format!(
-                "replication_factor must be at least 1, got {}",
-                self.replication_factor
-            )));
+            return Err(invalid(format!("replication_factor must be at least 1, got {}", self.replication_factor)));
         }
         Ok(())
     }
@@ -72,8 +69,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<TopicSpec>, TopicError> {
     paths.sort();
     let mut specs = Vec::with_capacity(paths.len());
     for path in paths {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| TopicError::Read { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| TopicError::Read { path: path.clone(), source })?;
         specs.push(parse(&path, &text)?);
     }
     Ok(specs)
@@ -81,8 +77,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<TopicSpec>, TopicError> {
 
 /// Parses one spec; `path` only names the source in errors.
 pub fn parse(path: &Path, text: &str) -> Result<TopicSpec, TopicError> {
-    let spec: TopicSpec = serde_yaml::from_str(text)
-        .map_err(|source| TopicError::Parse { path: path.to_owned(), source })?;
+    let spec: TopicSpec = serde_yaml::from_str(text).map_err(|source| TopicError::Parse { path: path.to_owned(), source })?;
     spec.check(path)?;
     Ok(spec)
 }
@@ -132,13 +127,8 @@ pub async fn apply(brokers: &str, specs: &[TopicSpec]) -> Result<Vec<Report>, To
         let kafka_err = |source| TopicError::Kafka { topic: spec.name.clone(), source };
         let outcome = match describe(&admin, &spec.name).await.map_err(kafka_err)? {
             None => {
-                let configs: Vec<(&str, &str)> =
-                    spec.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                let mut topic = NewTopic::new(
-                    &spec.name,
-                    spec.partitions,
-                    TopicReplication::Fixed(spec.replication_factor),
-                );
+                let configs: Vec<(&str, &str)> = spec.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let mut topic = NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(spec.replication_factor));
                 for (k, v) in &configs {
                     topic = topic.set(k, v);
                 }
@@ -172,10 +162,7 @@ pub struct Described {
 }
 
 /// The broker's view of one topic, or `None` when it does not exist.
-pub async fn describe(
-    admin: &AdminClient<DefaultClientContext>,
-    topic: &str,
-) -> Result<Option<Described>, rdkafka::error::KafkaError> {
+pub async fn describe(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Result<Option<Described>, rdkafka::error::KafkaError> {
     let metadata = admin.inner().fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let Some(md) = metadata.topics().iter().find(|t| t.name() == topic) else {
         return Ok(None);
@@ -206,10 +193,7 @@ pub fn compare(spec: &TopicSpec, have: &Described) -> Outcome {
         drift.push(Drift::Partitions { want: spec.partitions, have: have.partitions });
     }
     if spec.replication_factor != have.replication_factor {
-        drift.push(Drift::ReplicationFactor {
-            want: spec.replication_factor,
-            have: have.replication_factor,
-        });
+        drift.push(Drift::ReplicationFactor { want: spec.replication_factor, have: have.replication_factor });
     }
     for (key, want) in &spec.config {
         let actual = have.config.get(key);
@@ -230,7 +214,8 @@ mod tests {
 
     #[test]
     fn parses_a_full_spec() {
-        let s = spec("name: a.b\npartitions: 3\nreplication_factor: 1\nvalue_schema: envelope\nconfig:\n  retention.ms: \"1000\"\n").unwrap();
+        let s =
+            spec("name: a.b\npartitions: 3\nreplication_factor: 1\nvalue_schema: envelope\nconfig:\n  retention.ms: \"1000\"\n").unwrap();
         assert_eq!(s.name, "a.b");
         assert_eq!(s.value_schema.as_deref(), Some("envelope"));
         assert_eq!(s.config["retention.ms"], "1000");
@@ -248,16 +233,13 @@ mod tests {
 
     #[test]
     fn compare_reports_each_difference() {
-        let s = spec("name: a\npartitions: 3\nreplication_factor: 1\nconfig:\n  retention.ms: \"1000\"\n  cleanup.policy: delete\n").unwrap();
+        let s =
+            spec("name: a\npartitions: 3\nreplication_factor: 1\nconfig:\n  retention.ms: \"1000\"\n  cleanup.policy: delete\n").unwrap();
         let mut config = BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]);
         let have = Described { partitions: 3, replication_factor: 1, config: config.clone() };
         assert_eq!(
             compare(&s, &have),
-            Outcome::Drifted(vec![Drift::Config {
-                key: "cleanup.policy".into(),
-                want: "delete".into(),
-                have: None
-            }])
+            Outcome::Drifted(vec![Drift::Config { key: "cleanup.policy".into(), want: "delete".into(), have: None }])
         );
         config.insert("cleanup.policy".into(), "delete".into());
         let have = Described { partitions: 3, replication_factor: 1, config };

@@ -13,10 +13,7 @@ fn spec(name: &str, partitions: i32) -> TopicSpec {
         partitions,
         replication_factor: 1,
         value_schema: None,
-        config: BTreeMap::from([
-            ("cleanup.policy".into(), "delete".into()),
-            ("retention.ms".into(), "3600000".into()),
-        ]),
+        config: BTreeMap::from([("cleanup.policy".into(), "delete".into()), ("retention.ms".into(), "3600000".into())]),
     }
 }
 
@@ -57,11 +54,7 @@ async fn drift_is_reported_and_left_alone() {
         Outcome::Drifted(drift) => {
             assert!(drift.contains(&Drift::Partitions { want: 4, have: 2 }), "{drift:?}");
             assert!(
-                drift.contains(&Drift::Config {
-                    key: "retention.ms".into(),
-                    want: "3600000".into(),
-                    have: Some("60000".into())
-                }),
+                drift.contains(&Drift::Config { key: "retention.ms".into(), want: "3600000".into(), have: Some("60000".into()) }),
                 "{drift:?}"
             );
         }

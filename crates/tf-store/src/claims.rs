@@ -56,10 +56,7 @@ pub async fn resolve_generations(pool: &PgPool, requests: &[ClaimRequest<'_>]) -
 }
 
 /// [`resolve_generations`] on a connection (or inside a transaction).
-pub async fn resolve_generations_in(
-    conn: &mut sqlx::PgConnection,
-    requests: &[ClaimRequest<'_>],
-) -> Result<Vec<Generation>, StoreError> {
+pub async fn resolve_generations_in(conn: &mut sqlx::PgConnection, requests: &[ClaimRequest<'_>]) -> Result<Vec<Generation>, StoreError> {
     if requests.is_empty() {
         return Ok(Vec::new());
     }

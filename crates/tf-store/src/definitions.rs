@@ -25,13 +25,25 @@ pub struct StoredDefinition {
 /// What applying a document did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyOutcome {
-    Created { version: i32 },
-    NewVersion { version: i32, previous: i32 },
-    Unchanged { version: i32 },
+    Created {
+        version: i32,
+    },
+    NewVersion {
+        version: i32,
+        previous: i32,
+    },
+    Unchanged {
+        version: i32,
+    },
     /// Same content, `enabled` switched on the current version.
-    EnabledChanged { version: i32, enabled: bool },
+    EnabledChanged {
+        version: i32,
+        enabled: bool,
+    },
     /// A retired definition applied again with the same content.
-    Restored { version: i32 },
+    Restored {
+        version: i32,
+    },
 }
 
 /// The document to store.
@@ -44,17 +56,13 @@ pub struct NewDefinition<'a> {
     pub spec_sha256: &'a str,
 }
 
-const COLUMNS: &str =
-    "id, version, name, enabled, retired, trigger_kind, spec, spec_sha256, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at";
+const COLUMNS: &str = "id, version, name, enabled, retired, trigger_kind, spec, spec_sha256, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at";
 
 /// Stores a new version when the content changed, flips `enabled` when only that changed,
 /// and does nothing otherwise. Concurrent applies of one id are serialised by an advisory lock.
 pub async fn apply(pool: &PgPool, d: &NewDefinition<'_>) -> Result<ApplyOutcome, StoreError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('activity_definitions:' || $1))")
-        .bind(d.id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('activity_definitions:' || $1))").bind(d.id).execute(&mut *tx).await?;
     let latest: Option<(i32, bool, String, bool)> = sqlx::query_as(
         "SELECT version, enabled, spec_sha256, retired FROM activity_definitions WHERE id = $1 ORDER BY version DESC LIMIT 1",
     )
@@ -117,9 +125,7 @@ pub async fn apply(pool: &PgPool, d: &NewDefinition<'_>) -> Result<ApplyOutcome,
 
 /// The newest version of every definition.
 pub async fn latest(pool: &PgPool) -> Result<Vec<StoredDefinition>, StoreError> {
-    let sql = format!(
-        "SELECT DISTINCT ON (id) {COLUMNS} FROM activity_definitions ORDER BY id, version DESC"
-    );
+    let sql = format!("SELECT DISTINCT ON (id) {COLUMNS} FROM activity_definitions ORDER BY id, version DESC");
     Ok(sqlx::query_as(&sql).fetch_all(pool).await?)
 }
 

@@ -36,9 +36,7 @@ impl StoreError {
         match e {
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
             sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
-            sqlx::Error::Database(db) => {
-                db.code().is_some_and(|c| ["08", "57", "53", "40"].iter().any(|class| c.starts_with(class)))
-            }
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| ["08", "57", "53", "40"].iter().any(|class| c.starts_with(class))),
             _ => false,
         }
     }
@@ -88,14 +86,11 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<MigrationStatus>, StoreError> 
 }
 
 async fn applied_versions(pool: &PgPool) -> Result<HashSet<i64>, StoreError> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-        .fetch_one(pool)
-        .await?;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
     if !exists {
         return Ok(HashSet::new());
     }
-    let versions: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(pool).await?;
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(pool).await?;
     Ok(versions.into_iter().collect())
 }
 

@@ -194,11 +194,7 @@ pub async fn record_tasks(pool: &PgPool, run_id: &str, tasks: &[NewTask<'_>]) ->
 }
 
 pub async fn set_task_status(pool: &PgPool, task_id: &str, status: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE tasks SET status = $2 WHERE task_id = $1 AND finished_at IS NULL")
-        .bind(task_id)
-        .bind(status)
-        .execute(pool)
-        .await?;
+    sqlx::query("UPDATE tasks SET status = $2 WHERE task_id = $1 AND finished_at IS NULL").bind(task_id).bind(status).execute(pool).await?;
     Ok(())
 }
 
@@ -228,15 +224,13 @@ pub async fn record_result(pool: &PgPool, o: &FinishedTask<'_>) -> Result<bool, 
     .bind(o.attempts)
     .execute(&mut *tx)
     .await?;
-    let inserted = sqlx::query(
-        "INSERT INTO task_results (task_id, run_id, record) VALUES ($1, $2, $3) ON CONFLICT (task_id) DO NOTHING",
-    )
-    .bind(o.task_id)
-    .bind(o.run_id)
-    .bind(o.record)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    let inserted = sqlx::query("INSERT INTO task_results (task_id, run_id, record) VALUES ($1, $2, $3) ON CONFLICT (task_id) DO NOTHING")
+        .bind(o.task_id)
+        .bind(o.run_id)
+        .bind(o.record)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
     tx.commit().await?;
     Ok(inserted == 1)
 }

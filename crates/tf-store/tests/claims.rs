@@ -91,7 +91,8 @@ async fn concurrent_batches_agree_on_one_generation() {
 #[tokio::test]
 async fn a_run_recorded_for_a_generation_is_reported_with_its_status() {
     let (_db, pool) = FreshDatabase::migrated(&settings()).await;
-    let (def, version) = tf_testkit::apply_definition(&pool, "id: d\nname: D\ntrigger: {event: {topics: [t]}}\ntasks: [{name: t, type: human}]\n").await;
+    let (def, version) =
+        tf_testkit::apply_definition(&pool, "id: d\nname: D\ntrigger: {event: {topics: [t]}}\ntasks: [{name: t, type: human}]\n").await;
     assert_eq!(def, "d");
     let g = one(&pool, "k", 100).await;
     let source = tf_store::runs::RunSource { trigger_kind: "manual".into(), ..Default::default() };

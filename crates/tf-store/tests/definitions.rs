@@ -25,10 +25,7 @@ async fn versions_are_created_only_when_content_changes() {
     );
     assert_ne!(definitions::fingerprint(&pool).await.unwrap(), fp1, "toggling enabled is a change for pollers");
 
-    assert_eq!(
-        definitions::apply(&pool, &doc(&v2, "sha2", true)).await.unwrap(),
-        ApplyOutcome::NewVersion { version: 2, previous: 1 }
-    );
+    assert_eq!(definitions::apply(&pool, &doc(&v2, "sha2", true)).await.unwrap(), ApplyOutcome::NewVersion { version: 2, previous: 1 });
     let latest = definitions::latest(&pool).await.unwrap();
     assert_eq!(latest.len(), 1);
     assert_eq!((latest[0].version, latest[0].enabled, &latest[0].spec), (2, true, &v2));

@@ -12,12 +12,11 @@ async fn migrations_apply_once_and_then_are_a_no_op() {
     let second = tf_store::migrate(&pool).await.unwrap();
     assert!(second.iter().all(|m| !m.newly_applied), "{second:?}");
 
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     for t in ["activity_definitions", "activity_runs", "dedupe_claims", "tasks"] {
         assert!(tables.iter().any(|x| x == t), "missing table {t} in {tables:?}");
     }
@@ -36,10 +35,7 @@ async fn definition_versions_are_immutable_except_enabled() {
     .unwrap();
 
     sqlx::query("UPDATE activity_definitions SET enabled = false WHERE id = 'orders'").execute(&pool).await.unwrap();
-    let err = sqlx::query("UPDATE activity_definitions SET spec = '{\"x\":1}' WHERE id = 'orders'")
-        .execute(&pool)
-        .await
-        .unwrap_err();
+    let err = sqlx::query("UPDATE activity_definitions SET spec = '{\"x\":1}' WHERE id = 'orders'").execute(&pool).await.unwrap_err();
     assert!(err.to_string().contains("orders v1 may only change enabled"), "{err}");
     let err = sqlx::query("DELETE FROM activity_definitions").execute(&pool).await.unwrap_err();
     assert!(err.to_string().contains("cannot be deleted"), "{err}");

@@ -46,7 +46,10 @@ pub async fn serve_metrics(addr: String, render: Arc<dyn Fn() -> String + Send +
             let n = stream.read(&mut buf).await.unwrap_or(0);
             let response = if buf[..n].starts_with(b"GET /metrics") {
                 let body = render();
-                format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
             } else {
                 "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()
             };

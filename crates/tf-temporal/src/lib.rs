@@ -10,8 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use temporalio_client::errors::WorkflowStartError;
 use temporalio_client::{
-    Client, ClientOptions, Connection, ConnectionOptions, WorkflowIdConflictPolicy, WorkflowIdReusePolicy,
-    WorkflowStartOptions,
+    Client, ClientOptions, Connection, ConnectionOptions, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions,
 };
 use temporalio_common::search_attributes::{SearchAttributeKey, SearchAttributes};
 use temporalio_common::{HasWorkflowDefinition, WorkflowDefinition};
@@ -129,9 +128,7 @@ impl TemporalError {
                 WorkflowStartError::AlreadyStarted { .. } => FailureClass::Transient,
                 WorkflowStartError::Rpc(status) => match status.code() {
                     Code::InvalidArgument | Code::OutOfRange => FailureClass::Permanent,
-                    Code::Unauthenticated | Code::PermissionDenied | Code::NotFound | Code::Unimplemented => {
-                        FailureClass::Misconfigured
-                    }
+                    Code::Unauthenticated | Code::PermissionDenied | Code::NotFound | Code::Unimplemented => FailureClass::Misconfigured,
                     _ => FailureClass::Transient,
                 },
                 _ => FailureClass::Transient,
@@ -143,18 +140,21 @@ impl TemporalError {
 pub async fn connect(url: &str, namespace: &str, identity: &str) -> Result<Client, TemporalError> {
     let err = |reason: String| TemporalError::Connect { url: url.to_string(), reason };
     let parsed = url::Url::parse(url).map_err(|e| err(format!("not a URL: {e}")))?;
-    let conn = Connection::connect(ConnectionOptions::new(parsed).identity(identity.to_string()).build())
-        .await
-        .map_err(|e| err(e.to_string()))?;
+    let conn =
+        Connection::connect(ConnectionOptions::new(parsed).identity(identity.to_string()).build()).await.map_err(|e| err(e.to_string()))?;
     Client::new(conn, ClientOptions::new(namespace).build()).map_err(|e| err(e.to_string()))
 }
 
 /// Whether a start created a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartOutcome {
-    Started { run_id: String },
+    Started {
+        run_id: String,
+    },
     /// A run with this workflow id is open, or closed but still retained: layer-1 dedupe.
-    Duplicate { existing_run_id: Option<String> },
+    Duplicate {
+        existing_run_id: Option<String>,
+    },
 }
 
 /// Starts RunActivity with id = f(definition, dedupe key, generation), conflict policy Fail and

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use temporalio_client::schedules::{
-    CreateScheduleOptions, DeleteScheduleOptions, ListSchedulesOptions, ScheduleAction, ScheduleDescriptionAction,
-    ScheduleError, ScheduleOverlapPolicy, ScheduleSpec,
+    CreateScheduleOptions, DeleteScheduleOptions, ListSchedulesOptions, ScheduleAction, ScheduleDescriptionAction, ScheduleError,
+    ScheduleOverlapPolicy, ScheduleSpec,
 };
 use temporalio_client::{Client, RpcOptions};
 use tf_definitions::{Definition, Overlap, Trigger};
@@ -151,7 +151,14 @@ pub async fn reconcile_one(client: &Client, task_queue: &str, want: &DesiredSche
         }
         // Create has no catch-up window option; set it right after.
         if let Some(window) = want.catchup_window {
-            handle.update(move |u| { u.set_catchup_window(window); }, RpcOptions::default()).await?;
+            handle
+                .update(
+                    move |u| {
+                        u.set_catchup_window(window);
+                    },
+                    RpcOptions::default(),
+                )
+                .await?;
         }
         return Ok(vec![Change::Created]);
     };
@@ -225,8 +232,7 @@ pub async fn reconcile(
     if unreadable.iter().any(|u| u.definition_id.is_none()) {
         return Ok(out);
     }
-    let keep: std::collections::HashSet<String> =
-        unreadable.iter().filter_map(|u| u.definition_id.as_deref()).map(schedule_id).collect();
+    let keep: std::collections::HashSet<String> = unreadable.iter().filter_map(|u| u.definition_id.as_deref()).map(schedule_id).collect();
     for id in orphans.into_iter().filter(|id| !keep.contains(id)) {
         let handle = client.get_schedule_handle(id.clone());
         let ours = match handle.describe(RpcOptions::default()).await {

@@ -24,10 +24,7 @@ pub fn repo_root() -> PathBuf {
 /// A name no other test run uses, so tests share one stack without seeing each other's data.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_nanos();
     format!("{prefix}-{}-{:x}-{}", std::process::id(), nanos % 0xffff_ffff, N.fetch_add(1, Ordering::Relaxed))
 }
 
@@ -195,7 +192,8 @@ pub async fn apply_definition(pool: &sqlx::PgPool, yaml: &str) -> (String, i32) 
     use tf_store::definitions::{ApplyOutcome, NewDefinition, apply};
     let d = tf_definitions::Definition::from_yaml("test", yaml).unwrap_or_else(|e| panic!("{e}")).remove(0);
     let (spec, sha) = (d.spec_json(), d.spec_sha256());
-    let new = NewDefinition { id: &d.id, name: &d.name, enabled: d.enabled, trigger_kind: d.trigger.kind(), spec: &spec, spec_sha256: &sha };
+    let new =
+        NewDefinition { id: &d.id, name: &d.name, enabled: d.enabled, trigger_kind: d.trigger.kind(), spec: &spec, spec_sha256: &sha };
     let version = match apply(pool, &new).await.expect("storing the definition") {
         ApplyOutcome::Created { version } | ApplyOutcome::NewVersion { version, .. } | ApplyOutcome::Unchanged { version } => version,
         ApplyOutcome::EnabledChanged { version, .. } | ApplyOutcome::Restored { version } => version,
@@ -245,7 +243,6 @@ pub async fn results_for(prefix: &str) -> Vec<serde_json::Value> {
     }
     out
 }
-
 
 /// A loopback address with a port nobody listens on right now.
 pub fn free_local_addr() -> String {

@@ -7,10 +7,7 @@ use tf_testkit::{python, repo_root, settings};
 
 fn dotenv(key: &str) -> String {
     let text = std::fs::read_to_string(repo_root().join(".env")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("{key} not in .env"))
-        .to_string()
+    text.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).unwrap_or_else(|| panic!("{key} not in .env")).to_string()
 }
 
 #[test]
@@ -35,16 +32,16 @@ fn docker_compose_file_is_valid_and_uses_the_pinned_versions() {
         assert!(resolved.contains(&image), "docker-compose.yml does not use {image}");
     }
     for port in ["TF_KAFKA_PORT", "TF_REGISTRY_PORT", "TF_TEMPORAL_PORT", "TF_POSTGRES_PORT"] {
-        assert!(resolved.contains(&format!("published: {}", dotenv(port))) || resolved.contains(&format!(":{}:", dotenv(port))),
-            "docker-compose.yml does not publish {port}");
+        assert!(
+            resolved.contains(&format!("published: {}", dotenv(port))) || resolved.contains(&format!(":{}:", dotenv(port))),
+            "docker-compose.yml does not publish {port}"
+        );
     }
 }
 
 #[test]
 fn temporal_has_the_custom_search_attributes() {
-    let temporal = std::env::var("TF_TEMPORAL_CLI")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| python().with_file_name("temporal"));
+    let temporal = std::env::var("TF_TEMPORAL_CLI").map(std::path::PathBuf::from).unwrap_or_else(|_| python().with_file_name("temporal"));
     let address = settings().temporal_url.trim_start_matches("http://").to_string();
     let out = Command::new(&temporal)
         .args(["operator", "search-attribute", "list", "--address", &address])

@@ -61,8 +61,7 @@ pub fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
 pub fn test(files: &[PathBuf], event_file: &std::path::Path, topic: Option<&str>) -> anyhow::Result<ExitCode> {
     let defs = load(files)?;
     let text = std::fs::read_to_string(event_file).with_context(|| format!("reading {}", event_file.display()))?;
-    let event: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", event_file.display()))?;
+    let event: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", event_file.display()))?;
     let event_type = event["type"].as_str().unwrap_or_default();
     let bindings = Bindings { event: event.clone(), ..Bindings::default() };
     let mut failed = false;
@@ -139,14 +138,7 @@ pub async fn apply(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<Exi
         let sha = d.spec_sha256();
         let outcome = definitions::apply(
             &pool,
-            &NewDefinition {
-                id: &d.id,
-                name: &d.name,
-                enabled: d.enabled,
-                trigger_kind: d.trigger.kind(),
-                spec: &spec,
-                spec_sha256: &sha,
-            },
+            &NewDefinition { id: &d.id, name: &d.name, enabled: d.enabled, trigger_kind: d.trigger.kind(), spec: &spec, spec_sha256: &sha },
         )
         .await?;
         match outcome {
@@ -169,7 +161,13 @@ pub async fn list(settings: &Settings) -> anyhow::Result<ExitCode> {
     let rows = definitions::latest(&pool).await?;
     println!("{:<32} {:>7} {:<8} {:<6} {}", "ID", "VERSION", "STATE", "KIND", "NAME");
     for r in &rows {
-        let state = if r.retired { "retired" } else if r.enabled { "enabled" } else { "disabled" };
+        let state = if r.retired {
+            "retired"
+        } else if r.enabled {
+            "enabled"
+        } else {
+            "disabled"
+        };
         println!("{:<32} {:>7} {:<8} {:<6} {}", r.id, r.version, state, r.trigger_kind, r.name);
     }
     if rows.is_empty() {
@@ -181,12 +179,16 @@ pub async fn list(settings: &Settings) -> anyhow::Result<ExitCode> {
 pub async fn show(settings: &Settings, id: &str, version: Option<i32>) -> anyhow::Result<ExitCode> {
     let pool = tf_store::connect(&settings.database_url).await?;
     let Some(row) = definitions::get(&pool, id, version).await? else {
-        anyhow::bail!(
-            "no definition {id}{}",
-            version.map(|v| format!(" version {v}")).unwrap_or_default()
-        );
+        anyhow::bail!("no definition {id}{}", version.map(|v| format!(" version {v}")).unwrap_or_default());
     };
-    println!("# {} v{} ({}; created {}; sha256 {})", row.id, row.version, if row.enabled { "enabled" } else { "disabled" }, row.created_at, row.spec_sha256);
+    println!(
+        "# {} v{} ({}; created {}; sha256 {})",
+        row.id,
+        row.version,
+        if row.enabled { "enabled" } else { "disabled" },
+        row.created_at,
+        row.spec_sha256
+    );
     print!("{}", serde_yaml::to_string(&row.spec)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -26,9 +26,7 @@ pub async fn roundtrip(settings: &Settings, topic: &str) -> anyhow::Result<ExitC
     event.traceparent = Some(traceparent.clone());
 
     let value = codec.encode_event(&format!("{topic}-value"), &event).await?;
-    let producer: FutureProducer = tf_kafka::client_config(&settings.kafka_brokers)
-        .set("enable.idempotence", "true")
-        .create()?;
+    let producer: FutureProducer = tf_kafka::client_config(&settings.kafka_brokers).set("enable.idempotence", "true").create()?;
     let record = FutureRecord::to(topic)
         .key(event.id.as_str())
         .payload(&value)
@@ -64,11 +62,7 @@ pub async fn roundtrip(settings: &Settings, topic: &str) -> anyhow::Result<ExitC
             break m?.detach();
         }
     };
-    let header = msg
-        .headers()
-        .and_then(|h| h.iter().find(|h| h.key == "traceparent"))
-        .and_then(|h| h.value)
-        .map(String::from_utf8_lossy);
+    let header = msg.headers().and_then(|h| h.iter().find(|h| h.key == "traceparent")).and_then(|h| h.value).map(String::from_utf8_lossy);
     match codec.decode(msg.payload().unwrap_or_default()).await? {
         Decoded::Envelope { schema_id, event: back } => {
             println!(
@@ -91,10 +85,8 @@ pub async fn roundtrip(settings: &Settings, topic: &str) -> anyhow::Result<ExitC
 /// (one e-mail twice) and one record that is not Avro (to the DLQ).
 pub async fn events(settings: &Settings, topic: &str, orders: usize) -> anyhow::Result<ExitCode> {
     let codec = Codec::new(Arc::new(Registry::new(&settings.schema_registry_url)));
-    let producer: FutureProducer = tf_kafka::client_config(&settings.kafka_brokers)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "10")
-        .create()?;
+    let producer: FutureProducer =
+        tf_kafka::client_config(&settings.kafka_brokers).set("enable.idempotence", "true").set("linger.ms", "10").create()?;
     let batch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() % 100_000;
     let subject = format!("{topic}-value");
     let mut records: Vec<(String, Vec<u8>)> = Vec::new();
@@ -112,7 +104,12 @@ pub async fn events(settings: &Settings, topic: &str, orders: usize) -> anyhow::
     }
     for (i, email) in ["ada@example.com", "grace@example.com", "ada@example.com"].iter().enumerate() {
         let email = format!("{batch}.{email}");
-        let event = Event::new(format!("demo-{batch}-s{i}"), "/demo/signup", "com.example.user.signed_up", json!({"email": email, "name": "Demo"}))?;
+        let event = Event::new(
+            format!("demo-{batch}-s{i}"),
+            "/demo/signup",
+            "com.example.user.signed_up",
+            json!({"email": email, "name": "Demo"}),
+        )?;
         records.push((email, codec.encode_event(&subject, &event).await?));
     }
     records.push((format!("demo-{batch}-bad"), b"{\"this\": \"is JSON, not Avro\"}".to_vec()));

@@ -257,12 +257,8 @@ async fn main() -> std::process::ExitCode {
     tf_telemetry::init_logging("warn");
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Topics(TopicsCommand::Apply { dir, fail_on_drift }) => {
-            topics::apply(&cli.settings, &dir, fail_on_drift).await
-        }
-        Command::Schemas(SchemasCommand::Register { schemas, topics }) => {
-            schemas::register(&cli.settings, &schemas, &topics).await
-        }
+        Command::Topics(TopicsCommand::Apply { dir, fail_on_drift }) => topics::apply(&cli.settings, &dir, fail_on_drift).await,
+        Command::Schemas(SchemasCommand::Register { schemas, topics }) => schemas::register(&cli.settings, &schemas, &topics).await,
         Command::Db(DbCommand::Migrate) => db::migrate(&cli.settings).await,
         Command::Consumer(ConsumerCommand::Lag { group, topics }) => consumer::lag(&cli.settings, &group, &topics),
         Command::Consumer(ConsumerCommand::ResetOffsets { group, topics, to_earliest, to_latest, to_datetime, shift_by, execute }) => {
@@ -271,7 +267,9 @@ async fn main() -> std::process::ExitCode {
             } else if to_latest {
                 Ok(tf_kafka::groups::ResetTo::Latest)
             } else if let Some(t) = to_datetime {
-                tf_definitions::cron::parse_time(&t).map(|t| tf_kafka::groups::ResetTo::Datetime(t.timestamp_millis())).map_err(anyhow::Error::msg)
+                tf_definitions::cron::parse_time(&t)
+                    .map(|t| tf_kafka::groups::ResetTo::Datetime(t.timestamp_millis()))
+                    .map_err(anyhow::Error::msg)
             } else if let Some(n) = shift_by {
                 Ok(tf_kafka::groups::ResetTo::ShiftBy(n))
             } else {

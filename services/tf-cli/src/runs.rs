@@ -23,9 +23,18 @@ pub async fn list(settings: &Settings, limit: i64) -> anyhow::Result<ExitCode> {
     for r in &runs {
         println!(
             "{}  {}@v{}  key={} generation {}{}  {} {}  {}  tasks {}/{} done, results published {}",
-            r.fired_at, r.definition_id, r.definition_version, r.dedupe_key, r.generation,
+            r.fired_at,
+            r.definition_id,
+            r.definition_version,
+            r.dedupe_key,
+            r.generation,
             if r.attempt > 1 { format!(" attempt {}", r.attempt) } else { String::new() },
-            r.trigger_kind, r.source, r.status, r.tasks_done, r.tasks_spawned, r.results_published
+            r.trigger_kind,
+            r.source,
+            r.status,
+            r.tasks_done,
+            r.tasks_spawned,
+            r.results_published
         );
         println!("    {}  {}", r.run_id, ui_link(settings, &r.run_id));
     }

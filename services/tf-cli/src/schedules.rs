@@ -64,16 +64,29 @@ pub async fn describe(settings: &Settings, id: &str) -> anyhow::Result<ExitCode>
         println!("time zone     {}", if spec.timezone_name.is_empty() { "UTC" } else { &spec.timezone_name });
         for c in &spec.structured_calendar {
             let r = |v: &Vec<temporalio_common::protos::temporal::api::schedule::v1::Range>| {
-                v.iter().map(|r| if r.end > r.start { format!("{}-{}/{}", r.start, r.end, r.step.max(1)) } else { r.start.to_string() }).collect::<Vec<_>>().join(",")
+                v.iter()
+                    .map(|r| if r.end > r.start { format!("{}-{}/{}", r.start, r.end, r.step.max(1)) } else { r.start.to_string() })
+                    .collect::<Vec<_>>()
+                    .join(",")
             };
             println!(
                 "calendar      second {} minute {} hour {} day-of-month {} month {} day-of-week {}",
-                r(&c.second), r(&c.minute), r(&c.hour), r(&c.day_of_month), r(&c.month), r(&c.day_of_week)
+                r(&c.second),
+                r(&c.minute),
+                r(&c.hour),
+                r(&c.day_of_month),
+                r(&c.month),
+                r(&c.day_of_week)
             );
         }
     }
     println!("state         {}", if d.paused() { format!("PAUSED: {}", d.note().unwrap_or("")) } else { "active".to_string() });
-    println!("actions       {} taken, {} missed the catch-up window, {} skipped by overlap", d.action_count(), d.missed_catchup_window(), d.overlap_skipped());
+    println!(
+        "actions       {} taken, {} missed the catch-up window, {} skipped by overlap",
+        d.action_count(),
+        d.missed_catchup_window(),
+        d.overlap_skipped()
+    );
     for a in d.recent_actions() {
         println!(
             "  ran         nominal {}  started {}  {}",

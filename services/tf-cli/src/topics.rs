@@ -9,9 +9,8 @@ pub async fn apply(settings: &Settings, dir: &Path, fail_on_drift: bool) -> anyh
     let specs = topics::load_dir(dir)?;
     anyhow::ensure!(!specs.is_empty(), "no topic specs (*.yaml) in {}", dir.display());
     println!("applying {} topic spec(s) from {} to {}", specs.len(), dir.display(), settings.kafka_brokers);
-    let reports = topics::apply(&settings.kafka_brokers, &specs)
-        .await
-        .with_context(|| format!("applying topics to {}", settings.kafka_brokers))?;
+    let reports =
+        topics::apply(&settings.kafka_brokers, &specs).await.with_context(|| format!("applying topics to {}", settings.kafka_brokers))?;
     let mut drifted = 0;
     for r in &reports {
         match &r.outcome {

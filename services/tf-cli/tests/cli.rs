@@ -6,12 +6,8 @@ use std::process::{Command, Output};
 use tf_testkit::{FreshDatabase, create_topic, delete_topics, repo_root, settings, unique};
 
 fn tf(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_tf"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .current_dir(repo_root())
-        .output()
-        .expect("spawn tf");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_tf")).args(args).envs(envs.iter().copied()).current_dir(repo_root()).output().expect("spawn tf");
     eprintln!("tf {args:?}\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     out
 }
@@ -37,7 +33,22 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn every_command_has_help() {
-    for args in [vec!["--help"], vec!["topics", "apply", "--help"], vec!["schemas", "register", "--help"], vec!["db", "migrate", "--help"], vec!["demo", "roundtrip", "--help"], vec!["definitions", "validate", "--help"], vec!["definitions", "apply", "--help"], vec!["definitions", "list", "--help"], vec!["definitions", "show", "--help"], vec!["definitions", "delete", "--help"], vec!["schedules", "backfill", "--help"], vec!["schedules", "describe", "--help"], vec!["runs", "list", "--help"], vec!["tasks", "complete", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["topics", "apply", "--help"],
+        vec!["schemas", "register", "--help"],
+        vec!["db", "migrate", "--help"],
+        vec!["demo", "roundtrip", "--help"],
+        vec!["definitions", "validate", "--help"],
+        vec!["definitions", "apply", "--help"],
+        vec!["definitions", "list", "--help"],
+        vec!["definitions", "show", "--help"],
+        vec!["definitions", "delete", "--help"],
+        vec!["schedules", "backfill", "--help"],
+        vec!["schedules", "describe", "--help"],
+        vec!["runs", "list", "--help"],
+        vec!["tasks", "complete", "--help"],
+    ] {
         let out = tf(&args, &[]);
         assert!(out.status.success(), "{args:?}");
         assert!(stdout(&out).contains("Usage: tf"), "{args:?}");
@@ -144,7 +155,12 @@ async fn definitions_validate_apply_list_show() {
     let invalid = tf(&["definitions", "validate", "-f", bad.to_str().unwrap()], &[]);
     assert!(!invalid.status.success());
     let err = String::from_utf8_lossy(&invalid.stderr);
-    for needle in ["bad.yaml is not a valid activity definition", "id: \"Bad Id\"", "trigger.event.filter: line 1 column", "tasks[0].params.url: required for a http task"] {
+    for needle in [
+        "bad.yaml is not a valid activity definition",
+        "id: \"Bad Id\"",
+        "trigger.event.filter: line 1 column",
+        "tasks[0].params.url: required for a http task",
+    ] {
         assert!(err.contains(needle), "missing {needle:?} in\n{err}");
     }
 
@@ -176,12 +192,20 @@ fn cron_definitions_are_validated_and_previewed() {
 
     let dir = temp_dir(&unique("it-cli-cron"));
     let bad = dir.join("bad-cron.yaml");
-    std::fs::write(&bad, "id: bad\nname: b\ntrigger: {cron: {expression: '0 25 * * *', timezone: Mars/Base}}\ntasks: [{name: t, type: human}]\n").unwrap();
+    std::fs::write(
+        &bad,
+        "id: bad\nname: b\ntrigger: {cron: {expression: '0 25 * * *', timezone: Mars/Base}}\ntasks: [{name: t, type: human}]\n",
+    )
+    .unwrap();
     let out = tf(&["definitions", "validate", "-f", bad.to_str().unwrap()], &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("trigger.cron.expression:"), "{err}");
-    std::fs::write(&bad, "id: bad\nname: b\ntrigger: {cron: {expression: '0 2 * * *', timezone: Mars/Base}}\ntasks: [{name: t, type: human}]\n").unwrap();
+    std::fs::write(
+        &bad,
+        "id: bad\nname: b\ntrigger: {cron: {expression: '0 2 * * *', timezone: Mars/Base}}\ntasks: [{name: t, type: human}]\n",
+    )
+    .unwrap();
     let err = String::from_utf8_lossy(&tf(&["definitions", "validate", "-f", bad.to_str().unwrap()], &[]).stderr).into_owned();
     assert!(err.contains("trigger.cron.timezone: \"Mars/Base\" is not an IANA time zone name"), "{err}");
 }

@@ -89,7 +89,8 @@ async fn batcher(pool: PgPool, metrics: Arc<Metrics>, mut rx: mpsc::UnboundedRec
                 }
             }
             Err(e) if e.is_transient() || jobs.len() == 1 => {
-                let failure = if e.is_transient() { ClaimFailure::Transient(e.to_string()) } else { ClaimFailure::Permanent(e.to_string()) };
+                let failure =
+                    if e.is_transient() { ClaimFailure::Transient(e.to_string()) } else { ClaimFailure::Permanent(e.to_string()) };
                 drop(requests);
                 for job in jobs {
                     let _ = job.reply.send(Err(failure.clone()));

@@ -13,19 +13,19 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::FutureExt;
 use clap::Parser;
+use futures::FutureExt;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
-use tf_store::PgPool;
 use temporalio_client::Client;
 use tf_config::Settings;
 use tf_definitions::{Definition, Trigger};
 use tf_envelope::{Codec, DecodeError, Decoded, Registry};
+use tf_store::PgPool;
 use tf_temporal::{FailureClass, StartOutcome, start_run};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -289,9 +289,7 @@ async fn refresh(pool: &PgPool, shared: &Shared, known: &str) -> anyhow::Result<
             continue;
         }
         match Definition::from_spec_json(row.spec) {
-            Ok(definition) if matches!(definition.trigger, Trigger::Event(_)) => {
-                active.push(Active { definition, version: row.version })
-            }
+            Ok(definition) if matches!(definition.trigger, Trigger::Event(_)) => active.push(Active { definition, version: row.version }),
             Ok(_) => {}
             Err(e) => tracing::error!(definition = %row.id, version = row.version, error = %e, "stored definition does not parse; ignored"),
         }
@@ -344,14 +342,17 @@ async fn process(shared: &Shared, msg: &OwnedMessage) {
                 }
             }
         }
-        Ok(Decoded::Record { full_name, value, .. }) => (json!({
-            "id": format!("{}-{}-{}", at.topic, at.partition, at.offset),
-            "source": format!("kafka://{}", at.topic),
-            "type": full_name,
-            "specversion": "1.0",
-            "time": msg.timestamp().to_millis(),
-            "data": value,
-        }), kafka_time.unwrap_or_else(now_ms)),
+        Ok(Decoded::Record { full_name, value, .. }) => (
+            json!({
+                "id": format!("{}-{}-{}", at.topic, at.partition, at.offset),
+                "source": format!("kafka://{}", at.topic),
+                "type": full_name,
+                "specversion": "1.0",
+                "time": msg.timestamp().to_millis(),
+                "data": value,
+            }),
+            kafka_time.unwrap_or_else(now_ms),
+        ),
         Err(e) => {
             let class = match &e {
                 DecodeError::Wire(_) => "NotWireFormat",
@@ -414,9 +415,9 @@ async fn process(shared: &Shared, msg: &OwnedMessage) {
                 Err(e) => match e.class() {
                     FailureClass::Permanent => Ok(Err(e.to_string())),
                     FailureClass::Transient => Err(e.to_string()),
-                    FailureClass::Misconfigured => Err(format!(
-                        "{e} (check TF_TEMPORAL_URL, TF_TEMPORAL_NAMESPACE and the Temporal credentials)"
-                    )),
+                    FailureClass::Misconfigured => {
+                        Err(format!("{e} (check TF_TEMPORAL_URL, TF_TEMPORAL_NAMESPACE and the Temporal credentials)"))
+                    }
                 },
             }
         })
@@ -430,12 +431,20 @@ async fn process(shared: &Shared, msg: &OwnedMessage) {
                 shared.metrics.runs_deduplicated.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(definition = %def, key = %key, "deduplicated")
             }
-            Err(message) => errors.push(RouteError { definition_id: def.clone(), stage: "start", message: format!("Temporal refused the start: {message}") }),
+            Err(message) => errors.push(RouteError {
+                definition_id: def.clone(),
+                stage: "start",
+                message: format!("Temporal refused the start: {message}"),
+            }),
         }
     }
     if !errors.is_empty() {
         let stage = errors[0].stage;
-        let message = errors.iter().map(|RouteError { definition_id, stage, message }| format!("{definition_id} ({stage}): {message}")).collect::<Vec<_>>().join("; ");
+        let message = errors
+            .iter()
+            .map(|RouteError { definition_id, stage, message }| format!("{definition_id} ({stage}): {message}"))
+            .collect::<Vec<_>>()
+            .join("; ");
         let class = match stage {
             "filter" => "ExpressionError",
             "dedupe-key" => "InvalidDedupeKey",
@@ -575,4 +584,3 @@ fn dead_letter_headers(msg: &OwnedMessage, why: &DeadLetter, shape: &DeadLetterS
     }
     headers
 }
-

@@ -32,19 +32,73 @@ impl Metrics {
         use tf_telemetry::metric;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
         let mut out = String::new();
-        metric(&mut out, "tf_router_records_total", "counter", "Records consumed and finished (routed, filtered out or dead-lettered).", &[("", get(&self.records))]);
-        metric(&mut out, "tf_router_records_matched_total", "counter", "Records that matched at least one definition.", &[("", get(&self.records_matched))]);
+        metric(
+            &mut out,
+            "tf_router_records_total",
+            "counter",
+            "Records consumed and finished (routed, filtered out or dead-lettered).",
+            &[("", get(&self.records))],
+        );
+        metric(
+            &mut out,
+            "tf_router_records_matched_total",
+            "counter",
+            "Records that matched at least one definition.",
+            &[("", get(&self.records_matched))],
+        );
         metric(&mut out, "tf_router_runs_started_total", "counter", "RunActivity workflows started.", &[("", get(&self.runs_started))]);
-        metric(&mut out, "tf_router_runs_deduplicated_total", "counter", "Starts refused by Temporal because the dedupe key's run exists.", &[("", get(&self.runs_deduplicated))]);
-        metric(&mut out, "tf_router_runs_deduplicated_by_claim_total", "counter", "Matches skipped without a start because their dedupe generation already has a run.", &[("", get(&self.runs_deduplicated_fast))]);
-        metric(&mut out, "tf_router_generations_opened_total", "counter", "Dedupe generations (windows) opened by events.", &[("", get(&self.generations_opened))]);
-        metric(&mut out, "tf_router_claim_batches_total", "counter", "Claim resolution statements sent to PostgreSQL (each resolves a batch).", &[("", get(&self.claim_batches))]);
-        metric(&mut out, "tf_router_dependency_retries_total", "counter", "Retries after a dependency (registry, Temporal, Kafka) failed.", &[("", get(&self.dependency_retries))]);
+        metric(
+            &mut out,
+            "tf_router_runs_deduplicated_total",
+            "counter",
+            "Starts refused by Temporal because the dedupe key's run exists.",
+            &[("", get(&self.runs_deduplicated))],
+        );
+        metric(
+            &mut out,
+            "tf_router_runs_deduplicated_by_claim_total",
+            "counter",
+            "Matches skipped without a start because their dedupe generation already has a run.",
+            &[("", get(&self.runs_deduplicated_fast))],
+        );
+        metric(
+            &mut out,
+            "tf_router_generations_opened_total",
+            "counter",
+            "Dedupe generations (windows) opened by events.",
+            &[("", get(&self.generations_opened))],
+        );
+        metric(
+            &mut out,
+            "tf_router_claim_batches_total",
+            "counter",
+            "Claim resolution statements sent to PostgreSQL (each resolves a batch).",
+            &[("", get(&self.claim_batches))],
+        );
+        metric(
+            &mut out,
+            "tf_router_dependency_retries_total",
+            "counter",
+            "Retries after a dependency (registry, Temporal, Kafka) failed.",
+            &[("", get(&self.dependency_retries))],
+        );
         let labels: Vec<String> = STAGES.iter().map(|s| format!("{{stage=\"{s}\"}}")).collect();
         let samples: Vec<(&str, f64)> = labels.iter().zip(&self.dead_letters).map(|(l, c)| (l.as_str(), get(c))).collect();
         metric(&mut out, "tf_router_dead_letters_total", "counter", "Records written to the DLQ, by stage.", &samples);
-        metric(&mut out, "tf_router_in_flight", "gauge", "Records being routed now.", &[("", self.in_flight.load(Ordering::Relaxed) as f64)]);
-        metric(&mut out, "tf_router_definitions", "gauge", "Enabled event definitions loaded.", &[("", self.definitions.load(Ordering::Relaxed) as f64)]);
+        metric(
+            &mut out,
+            "tf_router_in_flight",
+            "gauge",
+            "Records being routed now.",
+            &[("", self.in_flight.load(Ordering::Relaxed) as f64)],
+        );
+        metric(
+            &mut out,
+            "tf_router_definitions",
+            "gauge",
+            "Enabled event definitions loaded.",
+            &[("", self.definitions.load(Ordering::Relaxed) as f64)],
+        );
         out
     }
 }

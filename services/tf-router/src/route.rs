@@ -60,7 +60,10 @@ pub fn route(
         let key = match d.dedupe.key.eval_string(&bindings).map(DedupeKey::parse) {
             Ok(Ok(k)) => k,
             Ok(Err(e)) => {
-                errors.push(fail("dedupe-key", format!("{}: `{}` gave a key no store accepts: {e}", d.dedupe.key.path(), d.dedupe.key.source())));
+                errors.push(fail(
+                    "dedupe-key",
+                    format!("{}: `{}` gave a key no store accepts: {e}", d.dedupe.key.path(), d.dedupe.key.source()),
+                ));
                 continue;
             }
             Err(e) => {
@@ -134,7 +137,9 @@ mod tests {
         let (_, errors) = route(&defs, &AT, &no_key, 1_000, None);
         assert_eq!(errors[0].stage, "dedupe-key");
         assert!(errors[0].message.starts_with("dedupe.key: `event.data.id` failed"), "{}", errors[0].message);
-        for (bad, why) in [(json!("a\u{0}b"), "control character U+0000"), (json!(""), "empty"), (json!("k".repeat(2000)), "over the 1024-byte limit")] {
+        for (bad, why) in
+            [(json!("a\u{0}b"), "control character U+0000"), (json!(""), "empty"), (json!("k".repeat(2000)), "over the 1024-byte limit")]
+        {
             let ev = json!({"id": "e", "type": "order.created", "data": {"amount": 99, "id": bad}});
             let (runs, errors) = route(&defs, &AT, &ev, 1_000, None);
             assert!(runs.is_empty());

@@ -75,7 +75,9 @@ async fn hostile_records_are_dead_lettered_and_the_partition_moves_past_them() {
     assert_eq!(keys, ["good-1"], "router log:\n{}", router.log());
 
     let dead = t.dead_letters(5);
-    let stage = |k: &str| dead.get(k).map(|d| d.0["__connect.errors.stage"].clone()).unwrap_or_else(|| panic!("{k} not in the DLQ: {:?}", dead.keys()));
+    let stage = |k: &str| {
+        dead.get(k).map(|d| d.0["__connect.errors.stage"].clone()).unwrap_or_else(|| panic!("{k} not in the DLQ: {:?}", dead.keys()))
+    };
     let reason = |k: &str| dead[k].0["__connect.errors.exception.message"].clone();
     assert_eq!(stage("count-prefix"), "decode");
     assert_eq!(stage("nul-key"), "dedupe-key");
@@ -119,10 +121,8 @@ async fn a_registry_url_that_is_no_api_root_pauses_routing_without_dead_letters_
     let metrics = tf_testkit::free_local_addr();
     let base = tf_testkit::settings().schema_registry_url;
     let wrong = format!("{}/wrong", base.split("/apis/").next().unwrap());
-    let mut router = t.router(
-        &group,
-        &[("TF_SCHEMA_REGISTRY_URL", &wrong), ("TF_ROUTER_METRICS_ADDR", &metrics), ("TF_SHUTDOWN_TIMEOUT", "2")],
-    );
+    let mut router =
+        t.router(&group, &[("TF_SCHEMA_REGISTRY_URL", &wrong), ("TF_ROUTER_METRICS_ADDR", &metrics), ("TF_SHUTDOWN_TIMEOUT", "2")]);
     t.send(0, "a", &t.envelope("e1", json!({})).await).await;
     let metric = |name: &str| tf_testkit::scrape_metric(&metrics, name);
     eventually("the router to retry the registry", Duration::from_secs(30), || async {

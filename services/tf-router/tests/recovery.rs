@@ -54,6 +54,7 @@ async fn a_killed_router_is_replaced_in_seconds_and_nothing_is_lost() {
         static_stall.as_secs_f64(),
         dynamic_stall.as_secs_f64()
     );
-    let keys: Vec<String> = sqlx::query_scalar("SELECT dedupe_key FROM activity_runs ORDER BY dedupe_key").fetch_all(&t.pool).await.unwrap();
+    let keys: Vec<String> =
+        sqlx::query_scalar("SELECT dedupe_key FROM activity_runs ORDER BY dedupe_key").fetch_all(&t.pool).await.unwrap();
     assert_eq!(keys, ["o-0", "o-1", "o-2", "o-3", "o-4", "o-5"], "no event lost");
 }

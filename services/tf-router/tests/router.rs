@@ -66,7 +66,8 @@ async fn bad_records_go_to_the_dlq_and_good_ones_behind_them_are_routed() {
         (keys.len() >= 2).then_some(keys)
     })
     .await;
-    let rows: Vec<(String, String, i32, String)> = sqlx::query_as("SELECT run_id, dedupe_key, generation, status FROM activity_runs").fetch_all(&t.pool).await.unwrap();
+    let rows: Vec<(String, String, i32, String)> =
+        sqlx::query_as("SELECT run_id, dedupe_key, generation, status FROM activity_runs").fetch_all(&t.pool).await.unwrap();
     assert_eq!(keys, ["o-1", "o-2"], "runs: {rows:?}\nrouter log:\n{}", router.log());
     let (topic, offset): (String, i64) =
         sqlx::query_as("SELECT source_topic, source_offset FROM activity_runs WHERE dedupe_key = 'o-2'").fetch_one(&t.pool).await.unwrap();
@@ -219,10 +220,9 @@ tasks:
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     t.producer
         .send(
-            FutureRecord::to(&t.topic)
-                .key("o-77")
-                .payload(&payload)
-                .headers(rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header { key: "traceparent", value: Some(traceparent) })),
+            FutureRecord::to(&t.topic).key("o-77").payload(&payload).headers(
+                rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header { key: "traceparent", value: Some(traceparent) }),
+            ),
             Duration::from_secs(10),
         )
         .await
@@ -243,7 +243,11 @@ tasks:
     })
     .await;
     assert_eq!(results.len(), 2);
-    assert!(results.iter().all(|r| r["status"] == "SUCCEEDED" && r["trigger"]["topic"] == t.topic.as_str() && r["trigger"]["event_id"] == "e-pipe"));
+    assert!(
+        results
+            .iter()
+            .all(|r| r["status"] == "SUCCEEDED" && r["trigger"]["topic"] == t.topic.as_str() && r["trigger"]["event_id"] == "e-pipe")
+    );
     let outputs: Vec<serde_json::Value> = results.iter().map(|r| serde_json::from_str(r["output"].as_str().unwrap()).unwrap()).collect();
     assert!(outputs.iter().all(|o| o["topic"] == sink.as_str()), "{outputs:?}");
     tf_testkit::delete_topics(&settings(), &[&sink]).await;
@@ -255,10 +259,8 @@ async fn an_unavailable_registry_pauses_the_record_instead_of_dead_lettering_it(
     let _worker = t.worker();
     let group = unique("it-group");
     let metrics_addr = tf_testkit::free_local_addr();
-    let mut router = t.router(
-        &group,
-        &[("TF_SCHEMA_REGISTRY_URL", "http://127.0.0.1:9/apis/ccompat/v7"), ("TF_ROUTER_METRICS_ADDR", &metrics_addr)],
-    );
+    let mut router =
+        t.router(&group, &[("TF_SCHEMA_REGISTRY_URL", "http://127.0.0.1:9/apis/ccompat/v7"), ("TF_ROUTER_METRICS_ADDR", &metrics_addr)]);
     t.send(0, "a", &t.envelope("e1", json!({"order_id": "o-1", "amount": 150})).await).await;
 
     let metric = |name: &str| tf_testkit::scrape_metric(&metrics_addr, name);

@@ -8,7 +8,6 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json, json};
-use tracing::Instrument;
 use sqlx::PgPool;
 use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
@@ -17,6 +16,7 @@ use tf_definitions::{Bindings, ContextSource, Definition};
 use tf_envelope::{ResultTrigger, TaskResult};
 use tf_store::runs::{self, BeginRun, Claim, FinishedTask, NewTask, RunSource};
 use tf_temporal::{RunInput, TaskInput};
+use tracing::Instrument;
 
 /// The activities' shared clients; one instance per worker.
 pub struct RunActivities {

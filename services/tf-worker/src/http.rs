@@ -92,7 +92,11 @@ impl HttpClient {
     async fn check_host(&self, url: &reqwest::Url, shown: &str) -> Result<(), HttpError> {
         let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
         if !self.allowed_hosts.is_empty() {
-            return if self.allowed_hosts.iter().any(|a| a == &host || a.strip_prefix("*.").is_some_and(|d| host.ends_with(&format!(".{d}")))) {
+            return if self
+                .allowed_hosts
+                .iter()
+                .any(|a| a == &host || a.strip_prefix("*.").is_some_and(|d| host.ends_with(&format!(".{d}"))))
+            {
                 Ok(())
             } else {
                 Err(HttpError::Permanent(format!("{shown}: host {host} is not in TF_HTTP_ALLOWED_HOSTS")))
@@ -172,7 +176,19 @@ mod tests {
 
     #[test]
     fn internal_ranges() {
-        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(internal(&ip.parse().unwrap()), "{ip}");
         }
         for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {

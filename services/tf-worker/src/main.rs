@@ -77,10 +77,8 @@ async fn main() -> anyhow::Result<()> {
 
     let pool = tf_store::connect(&s.database_url).await?;
     let context_pool = tf_store::connect_small(cli.context_database_url.as_deref().unwrap_or(&s.database_url), 4).await?;
-    let producer: FutureProducer = tf_kafka::client_config(&s.kafka_brokers)
-        .set("enable.idempotence", "true")
-        .create()
-        .context("Kafka producer")?;
+    let producer: FutureProducer =
+        tf_kafka::client_config(&s.kafka_brokers).set("enable.idempotence", "true").create().context("Kafka producer")?;
     let http = http::HttpClient::new(cli.http_allowed_hosts.clone(), cli.http_max_body_bytes)?;
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "tf-worker").await?;
     let codec = Arc::new(Codec::new(Arc::new(Registry::new(&s.schema_registry_url))));

@@ -24,14 +24,62 @@ impl Metrics {
         let c = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
         let g = |a: &AtomicI64| a.load(Ordering::Relaxed) as f64;
         let mut out = String::new();
-        metric(&mut out, "tf_worker_results_published_total", "counter", "Task results the relay published to taskfactory.results.", &[("", c(&self.results_published))]);
-        metric(&mut out, "tf_worker_relay_batches_failed_total", "counter", "Relay transactions aborted and retried.", &[("", c(&self.relay_batches_failed))]);
-        metric(&mut out, "tf_worker_results_truncated_total", "counter", "Results published with their output replaced by a note (over the size limit).", &[("", c(&self.results_truncated))]);
-        metric(&mut out, "tf_worker_results_quarantined_total", "counter", "Results that can never be published, marked in task_results and skipped.", &[("", c(&self.results_quarantined))]);
-        metric(&mut out, "tf_worker_relay_leader", "gauge", "1 when this worker runs the deployment's results relay.", &[("", g(&self.relay_leader))]);
-        metric(&mut out, "tf_worker_results_pending", "gauge", "Results in the outbox not yet published (seen by the relay).", &[("", g(&self.results_pending))]);
-        metric(&mut out, "tf_worker_schedule_changes_total", "counter", "Schedules created, updated, paused, resumed or deleted.", &[("", c(&self.schedule_changes))]);
-        metric(&mut out, "tf_worker_schedule_reconcile_failures_total", "counter", "Reconcile rounds that failed and were retried.", &[("", c(&self.reconcile_failures))]);
+        metric(
+            &mut out,
+            "tf_worker_results_published_total",
+            "counter",
+            "Task results the relay published to taskfactory.results.",
+            &[("", c(&self.results_published))],
+        );
+        metric(
+            &mut out,
+            "tf_worker_relay_batches_failed_total",
+            "counter",
+            "Relay transactions aborted and retried.",
+            &[("", c(&self.relay_batches_failed))],
+        );
+        metric(
+            &mut out,
+            "tf_worker_results_truncated_total",
+            "counter",
+            "Results published with their output replaced by a note (over the size limit).",
+            &[("", c(&self.results_truncated))],
+        );
+        metric(
+            &mut out,
+            "tf_worker_results_quarantined_total",
+            "counter",
+            "Results that can never be published, marked in task_results and skipped.",
+            &[("", c(&self.results_quarantined))],
+        );
+        metric(
+            &mut out,
+            "tf_worker_relay_leader",
+            "gauge",
+            "1 when this worker runs the deployment's results relay.",
+            &[("", g(&self.relay_leader))],
+        );
+        metric(
+            &mut out,
+            "tf_worker_results_pending",
+            "gauge",
+            "Results in the outbox not yet published (seen by the relay).",
+            &[("", g(&self.results_pending))],
+        );
+        metric(
+            &mut out,
+            "tf_worker_schedule_changes_total",
+            "counter",
+            "Schedules created, updated, paused, resumed or deleted.",
+            &[("", c(&self.schedule_changes))],
+        );
+        metric(
+            &mut out,
+            "tf_worker_schedule_reconcile_failures_total",
+            "counter",
+            "Reconcile rounds that failed and were retried.",
+            &[("", c(&self.reconcile_failures))],
+        );
         out
     }
 }

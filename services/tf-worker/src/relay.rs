@@ -11,8 +11,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use tf_store::PgPool;
 use tf_envelope::{Codec, TaskResult};
+use tf_store::PgPool;
 
 pub const RESULTS_TOPIC: &str = "taskfactory.results";
 pub const MARKER_TOPIC: &str = "taskfactory.results-relay";
@@ -55,7 +55,15 @@ impl Relay {
             .set("enable.idempotence", "true")
             .set("transaction.timeout.ms", "60000")
             .create()?;
-        Ok(Relay { pool, codec, producer, brokers: brokers.to_string(), transactional_id: transactional_id.to_string(), metrics, max_result_bytes })
+        Ok(Relay {
+            pool,
+            codec,
+            producer,
+            brokers: brokers.to_string(),
+            transactional_id: transactional_id.to_string(),
+            metrics,
+            max_result_bytes,
+        })
     }
 
     /// The last committed marker, read with `read_committed` so aborted markers do not count.
@@ -79,8 +87,7 @@ impl Relay {
                         if let (Some(payload), Some(key)) = (m.payload(), m.key())
                             && key == self.transactional_id.as_bytes()
                         {
-                            let v: serde_json::Value =
-                                serde_json::from_slice(payload).map_err(|e| RelayError::Marker(e.to_string()))?;
+                            let v: serde_json::Value = serde_json::from_slice(payload).map_err(|e| RelayError::Marker(e.to_string()))?;
                             marker = (
                                 v["txid"].as_i64().ok_or_else(|| RelayError::Marker(v.to_string()))?,
                                 v["seq"].as_i64().ok_or_else(|| RelayError::Marker(v.to_string()))?,
@@ -162,8 +169,11 @@ impl Relay {
             transient: matches!(&e, tf_envelope::EncodeError::Registry(r) if r.is_transient()),
             reason: e.to_string(),
         };
-        let result: TaskResult = serde_json::from_value(row.record.clone())
-            .map_err(|e| RelayError::Encode { task_id: row.task_id.clone(), reason: e.to_string(), transient: false })?;
+        let result: TaskResult = serde_json::from_value(row.record.clone()).map_err(|e| RelayError::Encode {
+            task_id: row.task_id.clone(),
+            reason: e.to_string(),
+            transient: false,
+        })?;
         let subject = format!("{RESULTS_TOPIC}-value");
         let bytes = self.codec.encode(&subject, tf_envelope::TASK_RESULT_SCHEMA, result.to_avro()).await.map_err(encode_err)?;
         if bytes.len() <= self.max_result_bytes {

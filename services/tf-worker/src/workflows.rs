@@ -6,17 +6,19 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value as Json, json};
 use temporalio_common::data_converters::RawValue;
+use temporalio_common::error::ApplicationFailure;
 use temporalio_common::protos::temporal::api::common::v1::Payload;
 use temporalio_common::protos::temporal::api::failure::v1::Failure;
 use temporalio_common::search_attributes::{SearchAttributeKey, Timestamp as SaTimestamp};
 use temporalio_common::{RetryPolicy, UntypedWorkflow};
-use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{ActivityOptions, ChildWorkflowOptions, LocalActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowResult};
 use tf_definitions::{ContextSource, Definition};
-use tf_temporal::{COMPLETE_TASK_SIGNAL, RUN_ACTIVITY, RUN_TASK, RunInput, RunSummary, TaskInput, TaskConclusion};
+use tf_temporal::{COMPLETE_TASK_SIGNAL, RUN_ACTIVITY, RUN_TASK, RunInput, RunSummary, TaskConclusion, TaskInput};
 
-use crate::activities::{BeginRunInput, FinishRunInput, MarkTaskInput, PlanTasksInput, RecordResultInput, ResolveContextInput, RunActivities};
+use crate::activities::{
+    BeginRunInput, FinishRunInput, MarkTaskInput, PlanTasksInput, RecordResultInput, ResolveContextInput, RunActivities,
+};
 
 /// Set by Temporal Schedules on every workflow they start: the action's nominal time.
 const SCHEDULED_START_TIME: SearchAttributeKey<SaTimestamp> = SearchAttributeKey::datetime("TemporalScheduledStartTime");
@@ -70,7 +72,9 @@ impl RunActivityWorkflow {
             input.trigger.scheduled_for_ms = Some(scheduled_ms);
             input.dedupe_key = tf_envelope::Timestamp(scheduled_ms).to_string();
         }
-        let begin = ctx.execute_local_activity(RunActivities::begin_run,
+        let begin = ctx
+            .execute_local_activity(
+                RunActivities::begin_run,
                 BeginRunInput {
                     run_id: run_id.clone(),
                     execution_id: ctx.info().run_id().to_string(),
@@ -115,7 +119,11 @@ impl RunActivityWorkflow {
             Ok(c) => c,
             Err(e) => {
                 ctx.execute_local_activity(RunActivities::finish_run, finish("failed"), local_opts()).await?;
-                return Err(ApplicationFailure::non_retryable(format!("resolving the context: {}", root_cause(e.failure()).unwrap_or_else(|| e.to_string()))).into());
+                return Err(ApplicationFailure::non_retryable(format!(
+                    "resolving the context: {}",
+                    root_cause(e.failure()).unwrap_or_else(|| e.to_string())
+                ))
+                .into());
             }
         };
         let plan = PlanTasksInput {
@@ -132,15 +140,18 @@ impl RunActivityWorkflow {
             Ok(t) => t,
             Err(e) => {
                 ctx.execute_local_activity(RunActivities::finish_run, finish("failed"), local_opts()).await?;
-                return Err(ApplicationFailure::non_retryable(format!("planning the tasks: {}", root_cause(e.failure()).unwrap_or_else(|| e.to_string()))).into());
+                return Err(ApplicationFailure::non_retryable(format!(
+                    "planning the tasks: {}",
+                    root_cause(e.failure()).unwrap_or_else(|| e.to_string())
+                ))
+                .into());
             }
         };
 
         let mut children = Vec::with_capacity(tasks.len());
         for t in &tasks {
-            let child = ctx
-                .start_child_workflow(RunTaskWorkflow::run, t.clone(), ChildWorkflowOptions::workflow_id(t.task_id.clone()))
-                .await?;
+            let child =
+                ctx.start_child_workflow(RunTaskWorkflow::run, t.clone(), ChildWorkflowOptions::workflow_id(t.task_id.clone())).await?;
             children.push(child);
         }
         let mut failed = 0;
@@ -199,7 +210,8 @@ impl RunTaskWorkflow {
     pub async fn run(ctx: &mut WorkflowContext<Self>, task: TaskInput) -> WorkflowResult<TaskConclusion> {
         let started_at_ms = millis(ctx.workflow_time());
         let (status, output, error, attempts) = if task.task_type == "human" {
-            ctx.execute_local_activity(RunActivities::mark_task,
+            ctx.execute_local_activity(
+                RunActivities::mark_task,
                 MarkTaskInput { task_id: task.task_id.clone(), status: "awaiting_human".into() },
                 local_opts(),
             )
@@ -230,16 +242,9 @@ impl RunTaskWorkflow {
             }
         };
         let finished_at_ms = millis(ctx.workflow_time());
-        ctx.execute_local_activity(RunActivities::record_result,
-            RecordResultInput {
-                task: task.clone(),
-                status: status.into(),
-                output,
-                error,
-                attempts,
-                started_at_ms,
-                finished_at_ms,
-            },
+        ctx.execute_local_activity(
+            RunActivities::record_result,
+            RecordResultInput { task: task.clone(), status: status.into(), output, error, attempts, started_at_ms, finished_at_ms },
             local_opts(),
         )
         .await?;

@@ -84,11 +84,8 @@ tasks:
     // The human task waits for its completion signal; complete it as `tf tasks complete` does.
     let review_id = format!("{run_id}/review/0");
     eventually(&format!("the review task to await a human; worker log:\n{}", worker.log()), Duration::from_secs(60), || async {
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM tasks WHERE task_id = $1")
-            .bind(&review_id)
-            .fetch_optional(&pool)
-            .await
-            .unwrap();
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM tasks WHERE task_id = $1").bind(&review_id).fetch_optional(&pool).await.unwrap();
         (status.as_deref() == Some("awaiting_human")).then_some(())
     })
     .await;
@@ -119,8 +116,11 @@ tasks:
     assert_eq!((status.as_str(), spawned), ("completed", 4), "worker log:\n{}", worker.log());
     assert_eq!(context, json!({"tier": [{"name": "ACME"}], "warehouse": {"dock": 7}}));
 
-    let tasks: Vec<(String, String, Json)> =
-        sqlx::query_as("SELECT task_id, status, params FROM tasks WHERE run_id = $1 ORDER BY task_id").bind(&run_id).fetch_all(&pool).await.unwrap();
+    let tasks: Vec<(String, String, Json)> = sqlx::query_as("SELECT task_id, status, params FROM tasks WHERE run_id = $1 ORDER BY task_id")
+        .bind(&run_id)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     let ids: Vec<String> = tasks.iter().map(|t| t.0.clone()).collect();
     assert_eq!(ids, [review_id.clone(), format!("{run_id}/ship/0"), format!("{run_id}/ship/1"), format!("{run_id}/ship/2")]);
     assert!(tasks.iter().all(|t| t.1 == "succeeded"), "{tasks:?}");
@@ -156,12 +156,17 @@ tasks:
         use rdkafka::message::Headers;
         shipped.headers().and_then(|h| h.iter().find(|h| h.key == k).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()))
     };
-    assert_eq!(header("traceparent").as_deref(), Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"), "the trace continues into the task's record");
+    assert_eq!(
+        header("traceparent").as_deref(),
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        "the trace continues into the task's record"
+    );
     assert!(header("taskfactory.task_id").unwrap().starts_with(&format!("{run_id}/ship/")));
 
     let third = tf_temporal::start_run(&client, &queue, input(&def_id, version, "o-1", event)).await.unwrap();
     assert!(matches!(third, StartOutcome::Duplicate { .. }));
-    let unpublished: i64 = sqlx::query_scalar("SELECT count(*) FROM task_results WHERE published_at IS NULL").fetch_one(&pool).await.unwrap();
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM task_results WHERE published_at IS NULL").fetch_one(&pool).await.unwrap();
     assert_eq!(unpublished, 0);
 }
 
@@ -169,7 +174,8 @@ tasks:
 async fn recording_a_result_twice_queues_it_once() {
     let s = settings();
     let (_db, pool) = FreshDatabase::migrated(&s).await;
-    let (def_id, version) = apply_definition(&pool, "id: once\nname: Once\ntrigger: {event: {topics: [t]}}\ntasks: [{name: t, type: human}]\n").await;
+    let (def_id, version) =
+        apply_definition(&pool, "id: once\nname: Once\ntrigger: {event: {topics: [t]}}\ntasks: [{name: t, type: human}]\n").await;
     let source = tf_store::runs::RunSource { trigger_kind: "manual".into(), ..Default::default() };
     let begin = tf_store::runs::BeginRun {
         run_id: "r1",
@@ -190,11 +196,23 @@ async fn recording_a_result_twice_queues_it_once() {
     let other = tf_store::runs::BeginRun { execution_id: "x2", ..begin };
     assert!(matches!(tf_store::runs::begin_run(&pool, &other).await.unwrap(), tf_store::runs::Claim::HeldBy { .. }));
     let params = json!({});
-    tf_store::runs::record_tasks(&pool, "r1", &[tf_store::runs::NewTask { task_id: "r1/t/0", run_attempt: 1, template: "t", index: 0, task_type: "human", params: &params }])
-        .await
-        .unwrap();
+    tf_store::runs::record_tasks(
+        &pool,
+        "r1",
+        &[tf_store::runs::NewTask { task_id: "r1/t/0", run_attempt: 1, template: "t", index: 0, task_type: "human", params: &params }],
+    )
+    .await
+    .unwrap();
     let record = json!({"any": "record"});
-    let outcome = tf_store::runs::FinishedTask { task_id: "r1/t/0", run_id: "r1", status: "succeeded", output: None, error: None, attempts: 1, record: &record };
+    let outcome = tf_store::runs::FinishedTask {
+        task_id: "r1/t/0",
+        run_id: "r1",
+        status: "succeeded",
+        output: None,
+        error: None,
+        attempts: 1,
+        record: &record,
+    };
     // The first attempt recorded the result, then died before reporting success; Temporal
     // runs the activity again.
     assert!(tf_store::runs::record_result(&pool, &outcome).await.unwrap());
@@ -221,12 +239,21 @@ async fn echo_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>
                 // Read headers and, when announced, the body.
                 loop {
                     let Ok(k) = stream.read(&mut buf[n..]).await else { return };
-                    if k == 0 { break; }
+                    if k == 0 {
+                        break;
+                    }
                     n += k;
                     let text = String::from_utf8_lossy(&buf[..n]).to_string();
                     if let Some(end) = text.find("\r\n\r\n") {
-                        let len = text.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))).unwrap_or(0);
-                        if n >= end + 4 + len { break; }
+                        let len = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if n >= end + 4 + len {
+                            break;
+                        }
                     }
                 }
                 let request = String::from_utf8_lossy(&buf[..n]).to_string();
@@ -234,7 +261,10 @@ async fn echo_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>
                 let body_in = request.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
                 log.lock().unwrap().push(request.clone());
                 let body = serde_json::json!({"request": first, "received": serde_json::from_str::<serde_json::Value>(&body_in).unwrap_or(serde_json::Value::Null), "tier": "gold"}).to_string();
-                let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 let _ = stream.write_all(resp.as_bytes()).await;
             });
         }
@@ -279,11 +309,8 @@ tasks:
     tf_temporal::start_run(&client, &queue, input(&def_id, version, "h-1", event)).await.unwrap();
     let run_id = tf_temporal::DedupeKey::parse("h-1").unwrap().workflow_id(&def_id, 1);
     let (status, output): (String, Option<Json>) = eventually("the http task to finish", Duration::from_secs(60), || async {
-        let row: Option<(String, Option<Json>)> = sqlx::query_as("SELECT status, output FROM tasks WHERE run_id = $1")
-            .bind(&run_id)
-            .fetch_optional(&pool)
-            .await
-            .unwrap();
+        let row: Option<(String, Option<Json>)> =
+            sqlx::query_as("SELECT status, output FROM tasks WHERE run_id = $1").bind(&run_id).fetch_optional(&pool).await.unwrap();
         row.filter(|r| r.0 != "pending" && r.0 != "running")
     })
     .await;
@@ -351,11 +378,8 @@ tasks:
         tf_temporal::start_run(&client, &queue, input(&def_id, version, "w-1", event)).await.unwrap();
         let run_id = tf_temporal::DedupeKey::parse("w-1").unwrap().workflow_id(&def_id, 1);
         let row = eventually("the workflow task to finish", Duration::from_secs(60), || async {
-            let row: Option<(String, Option<Json>)> = sqlx::query_as("SELECT status, output FROM tasks WHERE run_id = $1")
-                .bind(&run_id)
-                .fetch_optional(&pool)
-                .await
-                .unwrap();
+            let row: Option<(String, Option<Json>)> =
+                sqlx::query_as("SELECT status, output FROM tasks WHERE run_id = $1").bind(&run_id).fetch_optional(&pool).await.unwrap();
             row.filter(|r| r.0 == "succeeded" || r.0 == "failed")
         })
         .await;
@@ -475,7 +499,8 @@ async fn an_oversize_result_is_published_truncated_and_an_unpublishable_one_is_q
     let run_id = tf_temporal::DedupeKey::parse("big-1").unwrap().workflow_id(&def_id, 1);
     let review = format!("{run_id}/review/0");
     eventually(&format!("the review to await a human; log:\n{}", worker.log()), Duration::from_secs(60), || async {
-        let st: Option<String> = sqlx::query_scalar("SELECT status FROM tasks WHERE task_id = $1").bind(&review).fetch_optional(&pool).await.unwrap();
+        let st: Option<String> =
+            sqlx::query_scalar("SELECT status FROM tasks WHERE task_id = $1").bind(&review).fetch_optional(&pool).await.unwrap();
         (st.as_deref() == Some("awaiting_human")).then_some(())
     })
     .await;
@@ -541,8 +566,7 @@ async fn an_http_task_may_not_reach_internal_addresses_unless_allowed_and_errors
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
     tf_temporal::start_run(&client, &queue, input(&def_id, version, "s-1", json!({"id": "e"}))).await.unwrap();
     let error: String = eventually("the task to fail", Duration::from_secs(60), || async {
-        let row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT status, error FROM tasks").fetch_optional(&pool).await.unwrap();
+        let row: Option<(String, Option<String>)> = sqlx::query_as("SELECT status, error FROM tasks").fetch_optional(&pool).await.unwrap();
         row.filter(|r| r.0 == "failed").map(|r| r.1.unwrap_or_default())
     })
     .await;

@@ -74,7 +74,9 @@ impl Env {
 async fn a_cron_definition_is_scheduled_updated_paused_and_removed() {
     let e = env().await;
     let id = unique("it-cron").to_lowercase();
-    let yaml = format!("id: {id}\nname: Every 10 s\ntrigger: {{cron: {{expression: '*/10 * * * * *'}}}}\ntasks: [{{name: t, type: human, when: 'false'}}]\n");
+    let yaml = format!(
+        "id: {id}\nname: Every 10 s\ntrigger: {{cron: {{expression: '*/10 * * * * *'}}}}\ntasks: [{{name: t, type: human, when: 'false'}}]\n"
+    );
     apply_definition(&e.pool, &yaml).await;
     eventually("the schedule", Duration::from_secs(30), || async { e.schedule(&id).await.filter(|s| s.0 == 1) }).await;
 
@@ -173,11 +175,7 @@ async fn trigger_starts_one_run_and_a_repeated_backfill_spawns_no_second_set_of_
     let extra_id = format!("{}-{}", tf_temporal::DedupeKey::parse("again").unwrap().workflow_id(&id, 1), unique("x"));
     let handle = e
         .client
-        .start_workflow(
-            tf_temporal::RunActivity,
-            again,
-            temporalio_client::WorkflowStartOptions::new(e.queue.as_str(), extra_id).build(),
-        )
+        .start_workflow(tf_temporal::RunActivity, again, temporalio_client::WorkflowStartOptions::new(e.queue.as_str(), extra_id).build())
         .await
         .unwrap();
     let summary = handle.get_result(Default::default()).await.unwrap();
@@ -194,7 +192,9 @@ async fn trigger_starts_one_run_and_a_repeated_backfill_spawns_no_second_set_of_
 async fn a_daily_0230_schedule_across_the_dst_changes_in_new_york() {
     let e = env().await;
     let id = unique("it-dst").to_lowercase();
-    let yaml = format!("id: {id}\nname: DST\ntrigger: {{cron: {{expression: '30 2 * * *', timezone: America/New_York}}}}\ntasks: [{{name: t, type: human, when: 'false'}}]\n");
+    let yaml = format!(
+        "id: {id}\nname: DST\ntrigger: {{cron: {{expression: '30 2 * * *', timezone: America/New_York}}}}\ntasks: [{{name: t, type: human, when: 'false'}}]\n"
+    );
     apply_definition(&e.pool, &yaml).await;
     eventually("the schedule", Duration::from_secs(30), || async { e.schedule(&id).await }).await;
     let matching = |from: &str, to: &str| {
@@ -213,7 +213,12 @@ async fn a_daily_0230_schedule_across_the_dst_changes_in_new_york() {
             let resp = WorkflowService::list_schedule_matching_times(&mut client.clone(), req.into_request()).await.unwrap().into_inner();
             resp.start_time
                 .iter()
-                .map(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32).unwrap().with_timezone(&chrono_tz::America::New_York).to_rfc3339())
+                .map(|t| {
+                    chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32)
+                        .unwrap()
+                        .with_timezone(&chrono_tz::America::New_York)
+                        .to_rfc3339()
+                })
                 .collect::<Vec<_>>()
         }
     };

@@ -112,7 +112,6 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> i64 {
         .sum()
 }
 
-
 impl Setup {
     /// An envelope whose `time` attribute is `time_ms`: event time decides the dedupe window.
     pub async fn envelope_at(&self, id: &str, data: serde_json::Value, time_ms: i64) -> Vec<u8> {
@@ -147,7 +146,9 @@ impl Setup {
             let m = m.unwrap();
             let h: std::collections::HashMap<String, String> = m
                 .headers()
-                .map(|hs| hs.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                .map(|hs| {
+                    hs.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect()
+                })
                 .unwrap_or_default();
             let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
             dead.insert(key, (h, m.payload().unwrap_or_default().to_vec()));
