@@ -7,11 +7,14 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `TF_LOG` is the filter (`tracing` env-filter syntax, `default` when unset) and
-/// `TF_LOG_FORMAT=json` switches to one JSON object per line. Logs go to stderr.
+/// `TF_LOG_FORMAT=json` switches to one JSON object per line. Logs go to stderr, in colour only
+/// when stderr is a terminal and `NO_COLOR` is unset, so log files stay plain text.
 pub fn init_logging(default: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("TF_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     if std::env::var("TF_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
         builder.json().init();
     } else {

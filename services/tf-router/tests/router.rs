@@ -103,6 +103,7 @@ async fn bad_records_go_to_the_dlq_and_good_ones_behind_them_are_routed() {
     assert_eq!(dead["e"].0["__connect.errors.stage"], "dedupe-key");
     assert!(dead["e"].0["__connect.errors.exception.message"].contains("(dedupe-key): dedupe.key: `event.data.order_id` failed"));
     assert_eq!(dead["f"].0["__connect.errors.stage"], "size");
+    assert!(!router.log().contains('\u{1b}'), "a log file has no colour escapes");
 }
 
 #[tokio::test]
