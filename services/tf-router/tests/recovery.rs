@@ -10,7 +10,7 @@ use tf_testkit::{eventually, unique};
 
 mod common;
 
-use common::setup;
+use common::{committed, setup};
 
 const ORDERS: &str = r#"
 id: DEF_ID
@@ -57,4 +57,36 @@ async fn a_killed_router_is_replaced_in_seconds_and_nothing_is_lost() {
     let keys: Vec<String> =
         sqlx::query_scalar("SELECT dedupe_key FROM activity_runs ORDER BY dedupe_key").fetch_all(&t.pool).await.unwrap();
     assert_eq!(keys, ["o-0", "o-1", "o-2", "o-3", "o-4", "o-5"], "no event lost");
+}
+
+#[tokio::test]
+async fn two_routers_share_a_group_and_the_survivor_takes_every_partition_when_one_dies() {
+    let t = setup(3, ORDERS).await;
+    let _worker = t.worker();
+    let group = unique("it-group");
+    let mut first = t.router(&group, &[]);
+    let _second = t.router(&group, &[]);
+    // Keys 0..150 once, then 0..50 again, over the three partitions; one router dies midway.
+    for i in 0..200usize {
+        let k = if i < 150 { i } else { i - 150 };
+        t.send((i % 3) as i32, &format!("k{i}"), &t.envelope(&format!("e{i}"), json!({"order_id": format!("o-{k}")})).await).await;
+        if i == 100 {
+            first.kill();
+        }
+    }
+    // Events after the death, on every partition: only the survivor can route them.
+    for i in 0..30usize {
+        t.send((i % 3) as i32, &format!("late{i}"), &t.envelope(&format!("late-e{i}"), json!({"order_id": format!("late-{i}")})).await)
+            .await;
+    }
+    eventually("180 runs", Duration::from_secs(180), || async { (t.runs().await >= 180).then_some(()) }).await;
+    eventually("every record committed", Duration::from_secs(60), || async { (committed(&group, &t.topic, 3) == 230).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let per_key: Vec<(String, i64)> =
+        sqlx::query_as("SELECT dedupe_key, count(*) FROM activity_runs WHERE status <> 'deduplicated' GROUP BY 1")
+            .fetch_all(&t.pool)
+            .await
+            .unwrap();
+    assert_eq!(per_key.len(), 180, "150 keys before, 30 after");
+    assert!(per_key.iter().all(|(_, n)| *n == 1), "exactly one run per key");
 }
