@@ -232,3 +232,30 @@ async fn a_daily_0230_schedule_across_the_dst_changes_in_new_york() {
     assert_eq!(fall, ["2026-10-31T02:30:00-04:00", "2026-11-01T02:30:00-05:00", "2026-11-02T02:30:00-05:00"]);
     e.tf(&["definitions", "delete", &id]);
 }
+
+#[tokio::test]
+async fn a_definition_the_scheduler_cannot_read_keeps_its_schedule() {
+    let e = env().await;
+    let id = unique("it-future").to_lowercase();
+    let yaml = format!(
+        "id: {id}\nname: Future\ntrigger: {{cron: {{expression: '0 3 * * *'}}}}\ntasks: [{{name: t, type: human, when: 'false'}}]\n"
+    );
+    apply_definition(&e.pool, &yaml).await;
+    eventually("the schedule", Duration::from_secs(30), || async { e.schedule(&id).await }).await;
+    // Version 2 as a newer release might write it: a field this version does not know.
+    let spec = serde_json::json!({"id": id, "name": "Future", "trigger": {"cron": {"expression": "0 3 * * *"}}, "from_the_future": true, "tasks": []});
+    sqlx::query("INSERT INTO activity_definitions (id, version, name, enabled, trigger_kind, spec, spec_sha256) VALUES ($1, 2, 'Future', true, 'cron', $2, 'future')")
+        .bind(&id)
+        .bind(&spec)
+        .execute(&e.pool)
+        .await
+        .unwrap();
+    // Several reconcile rounds (every 300 ms here) later, the schedule is still there.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(e.schedule(&id).await.map(|s| s.0), Some(1), "the schedule of an unreadable definition is left alone");
+    assert!(e._worker.log().contains("does not parse; its schedule is left alone"), "{}", e._worker.log());
+    // A readable version 3 takes over again; then remove it.
+    apply_definition(&e.pool, &yaml.replace("0 3 * * *", "0 4 * * *")).await;
+    eventually("the schedule at v3", Duration::from_secs(30), || async { e.schedule(&id).await.filter(|s| s.0 == 3) }).await;
+    e.tf(&["definitions", "delete", &id]);
+}
