@@ -25,6 +25,9 @@ pub struct Definition {
     pub document: Document,
 }
 
+// One Trigger per loaded definition, a few hundred at most: boxing the cron variant would only
+// add an indirection to every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Trigger {
     Event(EventTrigger),
@@ -252,10 +255,10 @@ impl Definition {
                     text.as_deref().and_then(|t| crate::cron::parse_time(t).map_err(|e| c.fail(format!("trigger.cron.{field}"), e)).ok())
                 };
                 let (start, end) = (time("start", &cron.start), time("end", &cron.end));
-                if let (Some(s), Some(e)) = (start, end) {
-                    if e <= s {
-                        c.fail("trigger.cron.end", "must be after start");
-                    }
+                if let (Some(s), Some(e)) = (start, end)
+                    && e <= s
+                {
+                    c.fail("trigger.cron.end", "must be after start");
                 }
                 let jitter = c.duration("trigger.cron.jitter", cron.jitter.as_deref(), Duration::ZERO);
                 let catchup_window =

@@ -46,10 +46,10 @@ impl Definition {
             }
             for (index, item) in items.into_iter().enumerate() {
                 let scope = Bindings { item, ..bindings.clone() };
-                if let Some(when) = &t.when {
-                    if !when.eval_bool(&scope)? {
-                        continue;
-                    }
+                if let Some(when) = &t.when
+                    && !when.eval_bool(&scope)?
+                {
+                    continue;
                 }
                 let mut params = Map::new();
                 for (name, expr) in &t.params {

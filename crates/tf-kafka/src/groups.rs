@@ -148,10 +148,10 @@ pub fn plan_reset(brokers: &str, group: &str, topics: &[String], to: ResetTo) ->
 pub fn execute_reset(brokers: &str, group: &str, plan: &[PlannedReset]) -> Result<(), GroupError> {
     let c = consumer(brokers, group)?;
     let groups = c.fetch_group_list(Some(group), TIMEOUT)?;
-    if let Some(g) = groups.groups().iter().find(|g| g.name() == group) {
-        if !g.members().is_empty() {
-            return Err(GroupError::Active { group: group.to_string(), members: g.members().len() });
-        }
+    if let Some(g) = groups.groups().iter().find(|g| g.name() == group)
+        && !g.members().is_empty()
+    {
+        return Err(GroupError::Active { group: group.to_string(), members: g.members().len() });
     }
     let mut tpl = TopicPartitionList::new();
     for p in plan {

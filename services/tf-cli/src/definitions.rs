@@ -159,7 +159,7 @@ pub async fn apply(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<Exi
 pub async fn list(settings: &Settings) -> anyhow::Result<ExitCode> {
     let pool = tf_store::connect(&settings.database_url).await?;
     let rows = definitions::latest(&pool).await?;
-    println!("{:<32} {:>7} {:<8} {:<6} {}", "ID", "VERSION", "STATE", "KIND", "NAME");
+    println!("{:<32} {:>7} {:<8} {:<6} NAME", "ID", "VERSION", "STATE", "KIND");
     for r in &rows {
         let state = if r.retired {
             "retired"

@@ -268,12 +268,12 @@ fn finished(consumer: &RouterConsumer, tracker: &Mutex<Tracker>, ticket: &Ticket
     let Some(next) = tracker.lock().expect("tracker lock").finish(ticket) else { return };
     let (topic, partition) = (ticket.topic.as_str(), ticket.partition);
     let mut tpl = TopicPartitionList::new();
-    if tpl.add_partition_offset(topic, partition, Offset::Offset(next)).is_ok() {
-        if let Err(e) = consumer.store_offsets(&tpl) {
-            // Typically the partition was revoked meanwhile; its new owner re-delivers and the
-            // dedupe layers absorb the repeat.
-            tracing::debug!(topic, partition, next, error = %e, "offset not stored");
-        }
+    if tpl.add_partition_offset(topic, partition, Offset::Offset(next)).is_ok()
+        && let Err(e) = consumer.store_offsets(&tpl)
+    {
+        // Typically the partition was revoked meanwhile; its new owner re-delivers and the
+        // dedupe layers absorb the repeat.
+        tracing::debug!(topic, partition, next, error = %e, "offset not stored");
     }
 }
 
@@ -553,11 +553,11 @@ fn too_large(e: &rdkafka::error::KafkaError) -> bool {
 fn dead_letter_headers(msg: &OwnedMessage, why: &DeadLetter, shape: &DeadLetterShape, original_len: usize) -> OwnedHeaders {
     let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
     let mut headers = OwnedHeaders::new();
-    if shape.original_headers {
-        if let Some(original) = msg.headers() {
-            for h in original.iter() {
-                headers = headers.insert(Header { key: h.key, value: h.value });
-            }
+    if shape.original_headers
+        && let Some(original) = msg.headers()
+    {
+        for h in original.iter() {
+            headers = headers.insert(Header { key: h.key, value: h.value });
         }
     }
     // Reasons can quote the event; keep the header small.
