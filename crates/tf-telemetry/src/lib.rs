@@ -30,9 +30,11 @@ pub fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(
     }
 }
 
-/// Serves `render()` on `GET /metrics` at `addr` until the process ends. A port that cannot be
-/// bound is logged, not fatal: the service matters more than its metrics.
-pub async fn serve_metrics(addr: String, render: Arc<dyn Fn() -> String + Send + Sync>) {
+/// Serves `render()` on `GET /metrics` at `addr` until the process ends, with `GET /healthz`
+/// (200 while the process serves) and `GET /readyz` (200 when `ready()`, else 503) for
+/// orchestrators' probes. A port that cannot be bound is logged, not fatal: the service matters
+/// more than its metrics.
+pub async fn serve_metrics(addr: String, render: Arc<dyn Fn() -> String + Send + Sync>, ready: Arc<std::sync::atomic::AtomicBool>) {
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -43,7 +45,7 @@ pub async fn serve_metrics(addr: String, render: Arc<dyn Fn() -> String + Send +
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or(addr), "metrics on /metrics");
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
-        let render = render.clone();
+        let (render, ready) = (render.clone(), ready.clone());
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let n = stream.read(&mut buf).await.unwrap_or(0);
@@ -53,6 +55,14 @@ pub async fn serve_metrics(addr: String, render: Arc<dyn Fn() -> String + Send +
                     "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 )
+            } else if buf[..n].starts_with(b"GET /healthz") {
+                "HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n".to_string()
+            } else if buf[..n].starts_with(b"GET /readyz") {
+                if ready.load(std::sync::atomic::Ordering::Relaxed) {
+                    "HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nready\n".to_string()
+                } else {
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 10\r\nconnection: close\r\n\r\nnot ready\n".to_string()
+                }
             } else {
                 "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()
             };

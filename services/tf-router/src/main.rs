@@ -158,9 +158,12 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         cli: cli.clone(),
     });
+    // Ready once connected (PostgreSQL, Temporal, Kafka clients made above) and the
+    // definitions are loaded; not ready again while draining.
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if !cli.metrics_addr.is_empty() {
         let m = shared.metrics.clone();
-        tokio::spawn(tf_telemetry::serve_metrics(cli.metrics_addr.clone(), Arc::new(move || m.render())));
+        tokio::spawn(tf_telemetry::serve_metrics(cli.metrics_addr.clone(), Arc::new(move || m.render()), ready.clone()));
     }
     // Routing without definitions would drop matches: wait until they load.
     let mut fingerprint = loop {
@@ -185,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     tokio::pin!(sigterm);
+    ready.store(true, Ordering::Relaxed);
     tracing::info!(topics = ?cli.topics, group = %cli.group, "router running");
 
     // The record branch is enabled only while a permit is held, so completions keep being
@@ -238,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    ready.store(false, Ordering::Relaxed);
     let in_flight = || tracker.lock().expect("tracker lock").in_flight();
     tracing::info!(in_flight = in_flight(), "shutting down: draining in-flight records");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(cli.shutdown_timeout);

@@ -125,6 +125,11 @@ async fn a_registry_url_that_is_no_api_root_pauses_routing_without_dead_letters_
         t.router(&group, &[("TF_SCHEMA_REGISTRY_URL", &wrong), ("TF_ROUTER_METRICS_ADDR", &metrics), ("TF_SHUTDOWN_TIMEOUT", "2")]);
     t.send(0, "a", &t.envelope("e1", json!({})).await).await;
     let metric = |name: &str| tf_testkit::scrape_metric(&metrics, name);
+    eventually("the router to be ready", Duration::from_secs(30), || async {
+        (tf_testkit::http_status(&metrics, "/readyz") == Some(200)).then_some(())
+    })
+    .await;
+    assert_eq!(tf_testkit::http_status(&metrics, "/healthz"), Some(200));
     eventually("the router to retry the registry", Duration::from_secs(30), || async {
         metric("tf_router_dependency_retries_total").filter(|n| *n >= 2.0)
     })

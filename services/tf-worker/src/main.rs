@@ -86,9 +86,12 @@ async fn main() -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_deadline = stop_tx.subscribe();
     let metrics = Arc::new(metrics::Metrics::default());
+    // Ready once PostgreSQL, Kafka and Temporal are connected (above) and the worker polls;
+    // not ready while shutting down.
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if !cli.metrics_addr.is_empty() {
         let m = metrics.clone();
-        tokio::spawn(tf_telemetry::serve_metrics(cli.metrics_addr.clone(), Arc::new(move || m.render())));
+        tokio::spawn(tf_telemetry::serve_metrics(cli.metrics_addr.clone(), Arc::new(move || m.render()), ready.clone()));
     }
     let relay = if cli.no_relay {
         None
@@ -130,12 +133,15 @@ async fn main() -> anyhow::Result<()> {
     let mut worker = Worker::new(&runtime, client, options)?;
     let shutdown = worker.shutdown_handle();
     tokio::spawn(expire_generations(pool, stop_tx.subscribe()));
+    let ready_flag = ready.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
+        ready_flag.store(false, std::sync::atomic::Ordering::Relaxed);
         tracing::info!("shutting down: finishing in-flight tasks");
         let _ = stop_tx.send(true);
         shutdown();
     });
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(task_queue = %s.task_queue, "worker running");
     let grace = Duration::from_secs(cli.shutdown_timeout);
     let mut stopping = stop_rx_deadline;

@@ -458,12 +458,16 @@ async fn sigterm_stops_the_worker_cleanly() {
     let s = settings();
     let (db, _pool) = FreshDatabase::migrated(&s).await;
     let queue = unique("it-queue");
+    let addr = tf_testkit::free_local_addr();
     let mut worker = Service::spawn(
         env!("CARGO_BIN_EXE_tf-worker"),
         &unique("tf-worker"),
-        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true"), ("TF_WORKER_METRICS_ADDR", "")],
+        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true"), ("TF_WORKER_METRICS_ADDR", &addr)],
     );
     eventually("the worker to run", Duration::from_secs(60), || async { worker.log().contains("worker running").then_some(()) }).await;
+    assert_eq!(tf_testkit::http_status(&addr, "/healthz"), Some(200));
+    assert_eq!(tf_testkit::http_status(&addr, "/readyz"), Some(200), "connected and polling");
+    assert_eq!(tf_testkit::http_status(&addr, "/nope"), Some(404));
     let started = std::time::Instant::now();
     assert!(worker.terminate(), "exit status 0 on SIGTERM; log:\n{}", worker.log());
     assert!(worker.log().contains("worker stopped"), "{}", worker.log());
