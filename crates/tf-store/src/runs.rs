@@ -32,6 +32,8 @@ pub struct BeginRun<'a> {
     pub fired_at_ms: i64,
     pub traceparent: Option<&'a str>,
     pub source: &'a RunSource,
+    /// The workflow input, kept for `tf runs retry`.
+    pub input: Option<&'a Json>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,9 +85,9 @@ pub async fn begin_run(pool: &PgPool, r: &BeginRun<'_>) -> Result<Claim, StoreEr
     let inserted = sqlx::query(
         "INSERT INTO activity_runs (run_id, execution_id, definition_id, definition_version, dedupe_key, trigger_kind,
              source_topic, source_partition, source_offset, event_id, schedule_id, scheduled_for, fired_at,
-             traceparent, status, finished_at, generation, attempt)
+             traceparent, status, finished_at, generation, attempt, input)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, to_timestamp($12::double precision / 1000),
-             to_timestamp($13::double precision / 1000), $14, $15, CASE WHEN $15 = 'deduplicated' THEN now() END, $16, 1)
+             to_timestamp($13::double precision / 1000), $14, $15, CASE WHEN $15 = 'deduplicated' THEN now() END, $16, 1, $17)
          ON CONFLICT (run_id) DO NOTHING",
     )
     .bind(r.run_id)
@@ -104,6 +106,7 @@ pub async fn begin_run(pool: &PgPool, r: &BeginRun<'_>) -> Result<Claim, StoreEr
     .bind(r.traceparent)
     .bind(status)
     .bind(generation as i32)
+    .bind(r.input)
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -325,6 +328,11 @@ pub struct RunRow {
     pub tasks_done: i64,
     pub results_published: i64,
     pub fired_at: String,
+}
+
+/// A run's status and the input it was started with (`tf runs retry`).
+pub async fn run_input(pool: &PgPool, run_id: &str) -> Result<Option<(String, Option<Json>)>, StoreError> {
+    Ok(sqlx::query_as("SELECT status, input FROM activity_runs WHERE run_id = $1").bind(run_id).fetch_optional(pool).await?)
 }
 
 /// The most recent runs, newest first.

@@ -108,6 +108,7 @@ async fn a_run_recorded_for_a_generation_is_reported_with_its_status() {
         fired_at_ms: 0,
         traceparent: None,
         source: &source,
+        input: None,
     };
     tf_store::runs::begin_run(&pool, &begin).await.unwrap();
     let g = one(&pool, "k", 101).await;

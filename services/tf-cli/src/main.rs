@@ -178,8 +178,16 @@ enum DefinitionsCommand {
 enum RunsCommand {
     /// The most recent runs, newest first, with a Temporal UI link each.
     List {
+        /// How many runs to show.
         #[arg(long, default_value_t = 20)]
         limit: i64,
+    },
+    /// Start a failed (or cancelled) run again, as the next attempt of the same run id and
+    /// dedupe generation; tasks that succeeded before are not run again. Completed, running and
+    /// deduplicated runs are refused.
+    Retry {
+        /// The run id (its workflow id), as `tf runs list` shows it.
+        run_id: String,
     },
 }
 
@@ -289,6 +297,7 @@ async fn main() -> std::process::ExitCode {
             DefinitionsCommand::Show { id, at_version } => definitions::show(&cli.settings, &id, at_version).await,
         },
         Command::Runs(RunsCommand::List { limit }) => runs::list(&cli.settings, limit).await,
+        Command::Runs(RunsCommand::Retry { run_id }) => runs::retry(&cli.settings, &run_id).await,
         Command::Schedules(cmd) => match cmd {
             SchedulesCommand::List => schedules::list(&cli.settings).await,
             SchedulesCommand::Describe { id } => schedules::describe(&cli.settings, &id).await,

@@ -123,8 +123,8 @@ tasks:
 }
 
 #[tokio::test]
-async fn a_failed_run_is_run_again_by_the_next_event_of_its_window_and_a_completed_one_is_not() {
-    // The context query fails until the table exists: the run fails, the generation stays
+async fn a_failed_run_is_run_again_by_the_next_event_of_its_window_or_tf_runs_retry_and_a_completed_one_is_not() {
+    // The context query fails until the table exists: the runs fail, their generations stay
     // open for a retry.
     let table = unique("it_stock").replace('-', "_");
     let definition = format!(
@@ -145,23 +145,32 @@ tasks:
     let router = t.router(&group, &[]);
     let t0 = now_ms();
     t.send(0, "a", &t.envelope_at("e1", json!({"order_id": "F"}), t0).await).await;
-    eventually("the run to fail", Duration::from_secs(60), || async {
-        (t.run_rows().await == [("F".to_string(), 1, "failed".to_string(), 1)]).then_some(())
-    })
-    .await;
+    t.send(0, "b", &t.envelope_at("e2", json!({"order_id": "G"}), t0).await).await;
+    let failed = |k: &str| (k.to_string(), 1, "failed".to_string(), 1);
+    eventually("both runs to fail", Duration::from_secs(60), || async { (t.run_rows().await == [failed("F"), failed("G")]).then_some(()) })
+        .await;
 
     sqlx::query(&format!("CREATE TABLE {table} (sku text)")).execute(&t.pool).await.unwrap();
-    t.send(0, "b", &t.envelope_at("e2", json!({"order_id": "F"}), t0 + 10_000).await).await;
-    eventually("attempt 2 to complete", Duration::from_secs(60), || async {
-        (t.run_rows().await == [("F".to_string(), 1, "completed".to_string(), 2)]).then_some(())
+    // F: a new event of the same window runs it again.
+    t.send(0, "c", &t.envelope_at("e3", json!({"order_id": "F"}), t0 + 10_000).await).await;
+    // G: an operator retries it.
+    let g_run: String = sqlx::query_scalar("SELECT run_id FROM activity_runs WHERE dedupe_key = 'G'").fetch_one(&t.pool).await.unwrap();
+    let (ok, out, err) = t.tf(&["runs", "retry", &g_run]);
+    assert!(ok, "{out}{err}");
+    let done = |k: &str| (k.to_string(), 1, "completed".to_string(), 2);
+    eventually("attempt 2 of both to complete", Duration::from_secs(60), || async {
+        (t.run_rows().await == [done("F"), done("G")]).then_some(())
     })
     .await;
-    let context: serde_json::Value = sqlx::query_scalar("SELECT context FROM activity_runs").fetch_one(&t.pool).await.unwrap();
+    let context: serde_json::Value =
+        sqlx::query_scalar("SELECT context FROM activity_runs WHERE dedupe_key = 'F'").fetch_one(&t.pool).await.unwrap();
     assert_eq!(context, json!({"stock": [{"n": 0}]}));
 
-    // Completed: a third event of the window starts nothing.
-    t.send(0, "c", &t.envelope_at("e3", json!({"order_id": "F"}), t0 + 20_000).await).await;
-    eventually("3 records committed", Duration::from_secs(60), || async { (committed(&group, &t.topic, 1) == 3).then_some(()) }).await;
+    // Completed: a further event of the window starts nothing, and retry is refused.
+    t.send(0, "d", &t.envelope_at("e4", json!({"order_id": "F"}), t0 + 20_000).await).await;
+    eventually("4 records committed", Duration::from_secs(60), || async { (committed(&group, &t.topic, 1) == 4).then_some(()) }).await;
+    let (ok, _, err) = t.tf(&["runs", "retry", &g_run]);
+    assert!(!ok && err.contains("is completed; only failed or cancelled runs are retried"), "{err}");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(t.run_rows().await, [("F".to_string(), 1, "completed".to_string(), 2)], "router log:\n{}", router.log());
+    assert_eq!(t.run_rows().await, [done("F"), done("G")], "router log:\n{}", router.log());
 }

@@ -143,6 +143,7 @@ impl RunActivities {
             .map_err(store_failure)?
             .ok_or_else(|| permanent(format!("definition {} v{} does not exist", i.definition_id, i.definition_version)))?;
         let event_time_ms = i.event_time_ms.or(i.trigger.scheduled_for_ms).unwrap_or(b.fired_at_ms);
+        let input_json = serde_json::to_value(i).ok();
         let claim = runs::begin_run(
             &self.pool,
             &BeginRun {
@@ -157,6 +158,7 @@ impl RunActivities {
                 fired_at_ms: b.fired_at_ms,
                 traceparent: i.traceparent.as_deref(),
                 source: &source,
+                input: input_json.as_ref(),
             },
         )
         .await

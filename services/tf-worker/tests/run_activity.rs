@@ -189,6 +189,7 @@ async fn recording_a_result_twice_queues_it_once() {
         fired_at_ms: 0,
         traceparent: None,
         source: &source,
+        input: None,
     };
     let claimed = tf_store::runs::Claim::Claimed { generation: 1, attempt: 1, succeeded: vec![] };
     assert_eq!(tf_store::runs::begin_run(&pool, &begin).await.unwrap(), claimed);

@@ -164,9 +164,14 @@ impl Setup {
             .unwrap()
     }
 
-    /// `tf` with this setup's database: (success, stdout, stderr).
+    /// `tf` with this setup's database and task queue: (success, stdout, stderr).
     pub fn tf(&self, args: &[&str]) -> (bool, String, String) {
-        let out = std::process::Command::new(workspace_binary("tf")).args(args).env("TF_DATABASE_URL", &self.db.url).output().unwrap();
+        let out = std::process::Command::new(workspace_binary("tf"))
+            .args(args)
+            .env("TF_DATABASE_URL", &self.db.url)
+            .env("TF_TASK_QUEUE", &self.queue)
+            .output()
+            .unwrap();
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
