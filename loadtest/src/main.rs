@@ -142,11 +142,20 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
     println!("producing {} events ({unique_keys} unique keys)", cli.events);
     let started = Instant::now();
     let mut produced_at: HashMap<String, i64> = HashMap::with_capacity(cli.events);
-    let sends =
-        payloads.iter().map(|(key, bytes, _)| producer.send(FutureRecord::to(&topic).key(key).payload(bytes), Duration::from_secs(30)));
-    for ((_, _, id), r) in payloads.iter().zip(join_all(sends).await) {
+    // Each event's produce time is when its send is issued (and is its Kafka CreateTime), not
+    // when the whole burst is acknowledged: latency is measured from there.
+    let sends = payloads.iter().map(|(key, bytes, _)| {
+        let producer = &producer;
+        let topic = &topic;
+        async move {
+            let issued = now_ms();
+            let r = producer.send(FutureRecord::to(topic).key(key).payload(bytes).timestamp(issued), Duration::from_secs(30)).await;
+            (issued, r)
+        }
+    });
+    for ((_, _, id), (issued, r)) in payloads.iter().zip(join_all(sends).await) {
         r.map_err(|(e, _)| e).context("producing")?;
-        produced_at.insert(id.clone(), now_ms());
+        produced_at.insert(id.clone(), issued);
     }
     let produce_secs = started.elapsed().as_secs_f64();
     println!("produced in {produce_secs:.2} s ({:.0} events/s)", cli.events as f64 / produce_secs);

@@ -2,8 +2,11 @@
 //! time so a binary migrates the database it was built for).
 
 pub mod claims;
+pub mod context;
 pub mod definitions;
+pub mod outbox;
 pub mod runs;
+pub mod tasks;
 
 use std::collections::HashSet;
 

@@ -1,5 +1,6 @@
-//! Runs, tasks and the results outbox: the rows the worker writes as a run
-//! goes. Every write is idempotent, because Temporal retries activities.
+//! Runs (`activity_runs`): one per RunActivity execution of a claim generation, recorded by
+//! the run's first activity and finished by its last. Every write is idempotent, because
+//! Temporal retries activities.
 
 use serde_json::Value as Json;
 use sqlx::PgPool;
@@ -160,153 +161,10 @@ pub async fn set_context(pool: &PgPool, run_id: &str, context: &Json) -> Result<
     Ok(())
 }
 
-pub struct NewTask<'a> {
-    pub task_id: &'a str,
-    pub run_attempt: i32,
-    pub template: &'a str,
-    pub index: i32,
-    pub task_type: &'a str,
-    pub params: &'a Json,
-}
-
-/// Records the planned tasks of a run (idempotent) and how many were spawned.
-pub async fn record_tasks(pool: &PgPool, run_id: &str, tasks: &[NewTask<'_>]) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await?;
-    for t in tasks {
-        sqlx::query(
-            "INSERT INTO tasks (task_id, run_id, template, item_index, task_type, params, run_attempt)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (task_id) DO NOTHING",
-        )
-        .bind(t.task_id)
-        .bind(run_id)
-        .bind(t.template)
-        .bind(t.index)
-        .bind(t.task_type)
-        .bind(t.params)
-        .bind(t.run_attempt)
-        .execute(&mut *tx)
-        .await?;
-    }
-    sqlx::query("UPDATE activity_runs SET tasks_spawned = $2 WHERE run_id = $1")
-        .bind(run_id)
-        .bind(tasks.len() as i32)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-pub async fn set_task_status(pool: &PgPool, task_id: &str, status: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE tasks SET status = $2 WHERE task_id = $1 AND finished_at IS NULL").bind(task_id).bind(status).execute(pool).await?;
-    Ok(())
-}
-
-pub struct FinishedTask<'a> {
-    pub task_id: &'a str,
-    pub run_id: &'a str,
-    pub status: &'a str,
-    pub output: Option<&'a Json>,
-    pub error: Option<&'a str>,
-    pub attempts: i32,
-    /// The result record to publish, as JSON.
-    pub record: &'a Json,
-}
-
-/// Finishes a task and queues its result for the relay, once per task whatever the retries.
-/// Returns whether this call queued it.
-pub async fn record_result(pool: &PgPool, o: &FinishedTask<'_>) -> Result<bool, StoreError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "UPDATE tasks SET status = $2, output = $3, error = $4, attempts = $5, finished_at = coalesce(finished_at, now())
-         WHERE task_id = $1",
-    )
-    .bind(o.task_id)
-    .bind(o.status)
-    .bind(o.output)
-    .bind(o.error)
-    .bind(o.attempts)
-    .execute(&mut *tx)
-    .await?;
-    let inserted = sqlx::query("INSERT INTO task_results (task_id, run_id, record) VALUES ($1, $2, $3) ON CONFLICT (task_id) DO NOTHING")
-        .bind(o.task_id)
-        .bind(o.run_id)
-        .bind(o.record)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    tx.commit().await?;
-    Ok(inserted == 1)
-}
-
 pub async fn finish_run(pool: &PgPool, run_id: &str, status: &str) -> Result<(), StoreError> {
     sqlx::query("UPDATE activity_runs SET status = $2, finished_at = now() WHERE run_id = $1 AND status = 'running'")
         .bind(run_id)
         .bind(status)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
-/// Runs a read-only query of a `sql` context source with JSON parameters bound as text, and
-/// returns the rows as a JSON list of objects. The query may run for `timeout` at most.
-pub async fn context_query(pool: &PgPool, query: &str, params: &[Json], timeout: std::time::Duration) -> Result<Json, StoreError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await?;
-    sqlx::query(&format!("SET LOCAL statement_timeout = {}", timeout.as_millis().max(1))).execute(&mut *tx).await?;
-    let wrapped = format!("SELECT coalesce(json_agg(row_to_json(q)), '[]'::json) FROM ({query}) q");
-    let mut q = sqlx::query_scalar::<_, Json>(&wrapped);
-    for p in params {
-        q = q.bind(match p {
-            Json::String(s) => Some(s.clone()),
-            Json::Null => None,
-            other => Some(other.to_string()),
-        });
-    }
-    let rows = q.fetch_one(&mut *tx).await?;
-    tx.rollback().await?;
-    Ok(rows)
-}
-
-/// One result waiting for the relay.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct PendingResult {
-    pub txid: i64,
-    pub seq: i64,
-    pub task_id: String,
-    pub run_id: String,
-    pub record: Json,
-}
-
-/// Results after the marker `(txid, seq)` whose transactions are older than any still running,
-/// in marker order.
-pub async fn pending_results(pool: &PgPool, after: (i64, i64), limit: i64) -> Result<Vec<PendingResult>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT txid, seq, task_id, run_id, record FROM task_results
-         WHERE (txid, seq) > ($1, $2)
-           AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-         ORDER BY txid, seq LIMIT $3",
-    )
-    .bind(after.0)
-    .bind(after.1)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?)
-}
-
-/// Marks a result the relay skipped for good, with why.
-pub async fn quarantine_result(pool: &PgPool, task_id: &str, reason: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE task_results SET quarantined_at = coalesce(quarantined_at, now()), quarantine_reason = $2 WHERE task_id = $1")
-        .bind(task_id)
-        .bind(reason)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
-/// Informational: the Kafka transaction's marker is the source of truth.
-pub async fn mark_published(pool: &PgPool, task_ids: &[String]) -> Result<(), StoreError> {
-    sqlx::query("UPDATE task_results SET published_at = now() WHERE task_id = ANY($1) AND published_at IS NULL")
-        .bind(task_ids)
         .execute(pool)
         .await?;
     Ok(())
@@ -350,45 +208,4 @@ pub async fn recent_runs(pool: &PgPool, limit: i64) -> Result<Vec<RunRow>, Store
     .bind(limit)
     .fetch_all(pool)
     .await?)
-}
-
-/// A task as operators list it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct TaskRow {
-    pub task_id: String,
-    pub task_type: String,
-    pub status: String,
-    pub params: Json,
-    pub created_at: String,
-}
-
-/// Tasks in `status` (e.g. `awaiting_human`), oldest first.
-pub async fn tasks_by_status(pool: &PgPool, status: &str, limit: i64) -> Result<Vec<TaskRow>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT task_id, task_type, status, params,
-                to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at
-         FROM tasks WHERE status = $1 ORDER BY created_at, task_id LIMIT $2",
-    )
-    .bind(status)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?)
-}
-
-pub async fn task(pool: &PgPool, task_id: &str) -> Result<Option<TaskRow>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT task_id, task_type, status, params,
-                to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at
-         FROM tasks WHERE task_id = $1",
-    )
-    .bind(task_id)
-    .fetch_optional(pool)
-    .await?)
-}
-
-/// Results queued in the outbox and not yet published.
-pub async fn unpublished_results(pool: &PgPool) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM task_results WHERE published_at IS NULL AND quarantined_at IS NULL")
-        .fetch_one(pool)
-        .await?)
 }

@@ -72,7 +72,7 @@ pub async fn retry(settings: &Settings, run_id: &str) -> anyhow::Result<ExitCode
 
 pub async fn list_tasks(settings: &Settings, status: &str, limit: i64) -> anyhow::Result<ExitCode> {
     let pool = tf_store::connect(&settings.database_url).await?;
-    let tasks = tf_store::runs::tasks_by_status(&pool, status, limit).await?;
+    let tasks = tf_store::tasks::tasks_by_status(&pool, status, limit).await?;
     if tasks.is_empty() {
         println!("(no {status} tasks)");
     }
@@ -86,7 +86,7 @@ pub async fn list_tasks(settings: &Settings, status: &str, limit: i64) -> anyhow
 pub async fn complete(settings: &Settings, task_id: &str, output: &str) -> anyhow::Result<ExitCode> {
     let output: Json = serde_json::from_str(output).with_context(|| format!("--output is not JSON: {output}"))?;
     let pool = tf_store::connect(&settings.database_url).await?;
-    let task = tf_store::runs::task(&pool, task_id).await?.with_context(|| format!("no task {task_id}"))?;
+    let task = tf_store::tasks::task(&pool, task_id).await?.with_context(|| format!("no task {task_id}"))?;
     anyhow::ensure!(task.task_type == "human", "task {task_id} is a {} task; only human tasks are completed by hand", task.task_type);
     anyhow::ensure!(task.status == "awaiting_human", "task {task_id} is {}, not awaiting_human", task.status);
     let client = tf_temporal::connect(&settings.temporal_url, &settings.temporal_namespace, "tf-cli").await?;

@@ -4,6 +4,9 @@
 //! once a record's starts (or its DLQ write) are acknowledged.
 
 mod claims;
+mod consumer;
+mod dispatch;
+mod dlq;
 mod metrics;
 mod offsets;
 mod route;
@@ -15,23 +18,22 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use futures::FutureExt;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
-use serde_json::json;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
 use temporalio_client::Client;
 use tf_config::Settings;
 use tf_definitions::{Definition, Trigger};
-use tf_envelope::{Codec, DecodeError, Decoded, Registry};
+use tf_envelope::{Codec, Registry};
 use tf_store::PgPool;
-use tf_temporal::{FailureClass, StartOutcome, start_run};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::claims::{ClaimFailure, Claims};
+use crate::claims::Claims;
+use crate::consumer::{RouterConsumer, RouterContext, finished};
+use crate::dispatch::process;
+use crate::dlq::{DeadLetter, dead_letter};
 use crate::offsets::{Ticket, Tracker};
-use crate::route::{Active, Position, RouteError, route};
+use crate::route::Active;
 
 /// Route events from Kafka to deduplicated RunActivity workflows.
 ///
@@ -81,28 +83,6 @@ struct Cli {
     #[arg(long, env = "TF_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     shutdown_timeout: u64,
 }
-
-/// Tells the offset tracker about revoked partitions, so records of an old assignment cannot
-/// store offsets for a new one.
-struct RouterContext {
-    tracker: Arc<Mutex<Tracker>>,
-}
-
-impl ClientContext for RouterContext {}
-
-impl ConsumerContext for RouterContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut tracker = self.tracker.lock().expect("tracker lock");
-            for e in tpl.elements() {
-                tracing::info!(topic = e.topic(), partition = e.partition(), "partition revoked");
-                tracker.revoke(e.topic(), e.partition());
-            }
-        }
-    }
-}
-
-type RouterConsumer = StreamConsumer<RouterContext>;
 
 /// What the per-record tasks share.
 struct Shared {
@@ -268,20 +248,6 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stores the partition's safe offset after a record finished.
-fn finished(consumer: &RouterConsumer, tracker: &Mutex<Tracker>, ticket: &Ticket) {
-    let Some(next) = tracker.lock().expect("tracker lock").finish(ticket) else { return };
-    let (topic, partition) = (ticket.topic.as_str(), ticket.partition);
-    let mut tpl = TopicPartitionList::new();
-    if tpl.add_partition_offset(topic, partition, Offset::Offset(next)).is_ok()
-        && let Err(e) = consumer.store_offsets(&tpl)
-    {
-        // Typically the partition was revoked meanwhile; its new owner re-delivers and the
-        // dedupe layers absorb the repeat.
-        tracing::debug!(topic, partition, next, error = %e, "offset not stored");
-    }
-}
-
 /// Loads enabled event definitions when the table changed; returns the new fingerprint.
 async fn refresh(pool: &PgPool, shared: &Shared, known: &str) -> anyhow::Result<String> {
     let fp = tf_store::definitions::fingerprint(pool).await?;
@@ -303,289 +269,4 @@ async fn refresh(pool: &PgPool, shared: &Shared, known: &str) -> anyhow::Result<
     shared.metrics.definitions.store(active.len() as i64, Ordering::Relaxed);
     *shared.definitions.write().expect("lock") = Arc::new(active);
     Ok(fp)
-}
-
-/// Why a record goes to the DLQ.
-struct DeadLetter {
-    stage: &'static str,
-    class: &'static str,
-    message: String,
-}
-
-/// Routes one record to the end: starts acknowledged or a DLQ write acknowledged. Dependency
-/// failures are retried here, with backoff, for as long as it takes.
-async fn process(shared: &Shared, msg: &OwnedMessage) {
-    let at = Position { topic: msg.topic(), partition: msg.partition(), offset: msg.offset() };
-    let payload = msg.payload().unwrap_or_default();
-    if payload.len() > shared.cli.max_event_bytes {
-        let message = format!("record is {} bytes, over the {}-byte limit", payload.len(), shared.cli.max_event_bytes);
-        return dead_letter(shared, msg, DeadLetter { stage: "size", class: "OversizeRecord", message }).await;
-    }
-    let decoded = retry(shared, "decode", || async {
-        match shared.codec.decode(payload).await {
-            Err(e) if !e.is_bad_input() => Err(e.to_string()),
-            other => Ok(other),
-        }
-    })
-    .await;
-    // Event time places the event in its dedupe window: the envelope's `time`, or the Kafka
-    // timestamp for plain records (and, failing that, now).
-    let kafka_time = msg.timestamp().to_millis().filter(|t| tf_definitions::dedupe::valid_event_time(*t));
-    let now_ms = || tf_envelope::Timestamp::now().0;
-    let (event, event_time_ms) = match decoded {
-        Ok(Decoded::Envelope { event, .. }) => {
-            let t = event.time.0;
-            if !tf_definitions::dedupe::valid_event_time(t) {
-                let message = format!("event time {t} ms is outside 1970-01-01..9999-12-31");
-                return dead_letter(shared, msg, DeadLetter { stage: "event-time", class: "InvalidEventTime", message }).await;
-            }
-            match serde_json::to_value(&event) {
-                Ok(v) => (v, t),
-                Err(e) => {
-                    let message = format!("envelope does not convert to JSON: {e}");
-                    return dead_letter(shared, msg, DeadLetter { stage: "decode", class: "InvalidEnvelope", message }).await;
-                }
-            }
-        }
-        Ok(Decoded::Record { full_name, value, .. }) => (
-            json!({
-                "id": format!("{}-{}-{}", at.topic, at.partition, at.offset),
-                "source": format!("kafka://{}", at.topic),
-                "type": full_name,
-                "specversion": "1.0",
-                "time": msg.timestamp().to_millis(),
-                "data": value,
-            }),
-            kafka_time.unwrap_or_else(now_ms),
-        ),
-        Err(e) => {
-            let class = match &e {
-                DecodeError::Wire(_) => "NotWireFormat",
-                DecodeError::UnknownSchemaId(_) => "UnknownSchemaId",
-                DecodeError::Body { .. } | DecodeError::TrailingBytes { .. } => "AvroDecodeError",
-                DecodeError::Envelope { .. } => "InvalidEnvelope",
-                DecodeError::Registry(_) => "RegistryError",
-            };
-            return dead_letter(shared, msg, DeadLetter { stage: "decode", class, message: e.to_string() }).await;
-        }
-    };
-    let header_tp = msg
-        .headers()
-        .and_then(|h| h.iter().find(|h| h.key == "traceparent").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()));
-    let traceparent = header_tp.or_else(|| event["traceparent"].as_str().map(String::from));
-    if !tf_definitions::dedupe::valid_event_time(event_time_ms) {
-        let message = format!("event time {event_time_ms} ms is outside 1970-01-01..9999-12-31");
-        return dead_letter(shared, msg, DeadLetter { stage: "event-time", class: "InvalidEventTime", message }).await;
-    }
-    let definitions = shared.definitions.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    let (runs, mut errors) = route(&definitions, &at, &event, event_time_ms, traceparent.as_deref());
-    if !runs.is_empty() {
-        shared.metrics.records_matched.fetch_add(1, Ordering::Relaxed);
-    }
-
-    for mut run in runs {
-        let (def, key) = (run.definition_id.clone(), run.dedupe_key.clone());
-        let window = Duration::from_secs(run.dedupe_window_secs.max(1));
-        // Which window (generation) the event belongs to, opening the next one if none covers
-        // its time. A generation whose run exists needs no Temporal round trip.
-        let resolved = retry(shared, "claim", || async {
-            match shared.claims.resolve(&def, &key, event_time_ms, window).await {
-                Err(ClaimFailure::Transient(e)) => Err(e),
-                other => Ok(other),
-            }
-        })
-        .await;
-        let generation = match resolved {
-            Ok(g) => g,
-            Err(failure) => {
-                let message = match failure {
-                    ClaimFailure::Permanent(m) | ClaimFailure::Transient(m) => m,
-                };
-                errors.push(RouteError { definition_id: def.clone(), stage: "claim", message });
-                continue;
-            }
-        };
-        if generation.created {
-            shared.metrics.generations_opened.fetch_add(1, Ordering::Relaxed);
-        }
-        if generation.has_live_run() {
-            shared.metrics.runs_deduplicated_fast.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(definition = %def, key = %key, generation = generation.generation, "deduplicated by claim");
-            continue;
-        }
-        run.generation = generation.generation;
-        let outcome = retry(shared, "start", || async {
-            match start_run(&shared.temporal, &shared.cli.settings.task_queue, run.clone()).await {
-                Ok(outcome) => Ok(Ok(outcome)),
-                Err(e) => match e.class() {
-                    FailureClass::Permanent => Ok(Err(e.to_string())),
-                    FailureClass::Transient => Err(e.to_string()),
-                    FailureClass::Misconfigured => {
-                        Err(format!("{e} (check TF_TEMPORAL_URL, TF_TEMPORAL_NAMESPACE and the Temporal credentials)"))
-                    }
-                },
-            }
-        })
-        .await;
-        match outcome {
-            Ok(StartOutcome::Started { .. }) => {
-                shared.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(definition = %def, key = %key, generation = generation.generation, offset = at.offset, "run started")
-            }
-            Ok(StartOutcome::Duplicate { .. }) => {
-                shared.metrics.runs_deduplicated.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(definition = %def, key = %key, "deduplicated")
-            }
-            Err(message) => errors.push(RouteError {
-                definition_id: def.clone(),
-                stage: "start",
-                message: format!("Temporal refused the start: {message}"),
-            }),
-        }
-    }
-    if !errors.is_empty() {
-        let stage = errors[0].stage;
-        let message = errors
-            .iter()
-            .map(|RouteError { definition_id, stage, message }| format!("{definition_id} ({stage}): {message}"))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let class = match stage {
-            "filter" => "ExpressionError",
-            "dedupe-key" => "InvalidDedupeKey",
-            "claim" => "ClaimRefused",
-            _ => "StartRefused",
-        };
-        dead_letter(shared, msg, DeadLetter { stage, class, message }).await;
-    }
-}
-
-/// Retries `op` with exponential backoff (100 ms to 10 s) until it succeeds.
-async fn retry<T, F, Fut>(shared: &Shared, what: &str, mut op: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let mut backoff = Duration::from_millis(100);
-    let mut attempt = 0u32;
-    loop {
-        match op().await {
-            Ok(v) => return v,
-            Err(e) => {
-                attempt += 1;
-                shared.metrics.dependency_retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(what, attempt, error = %e, backoff_ms = backoff.as_millis() as u64, "dependency failed; pausing this record");
-                // Full jitter: records paused together do not retry in lockstep.
-                tokio::time::sleep(backoff.mul_f64(0.5 + 0.5 * jitter())).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-}
-
-/// A number in [0, 1) that differs between calls; good enough to spread retries.
-fn jitter() -> f64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    f64::from(nanos % 1000) / 1000.0
-}
-
-/// The original key, value and headers plus Kafka Connect's `__connect.errors.*` headers.
-async fn dead_letter(shared: &Shared, msg: &OwnedMessage, why: DeadLetter) {
-    tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), stage = why.stage, reason = %why.message, "dead-lettered");
-    shared.metrics.dead_letter(why.stage);
-    let payload = msg.payload().unwrap_or_default();
-    // A dead letter the DLQ cannot take (over the producer's or topic's message size) would be
-    // retried forever and hold its partition: degrade it instead, first to the head of the
-    // value, then without the original headers. Headers say what was cut.
-    let mut shape = DeadLetterShape { keep: payload.len(), original_headers: true };
-    loop {
-        let headers = dead_letter_headers(msg, &why, &shape, payload.len());
-        let sent = retry(shared, "dlq", || {
-            let mut record = FutureRecord::to(&shared.cli.dlq_topic).payload(&payload[..shape.keep]).headers(headers.clone());
-            if let Some(k) = msg.key() {
-                record = record.key(k);
-            }
-            async move {
-                match shared.dlq.send(record, Duration::from_secs(30)).await {
-                    Ok(_) => Ok(Ok(())),
-                    Err((e, _)) if too_large(&e) && shape.can_shrink() => Ok(Err(e.to_string())),
-                    Err((e, _)) => Err(e.to_string()),
-                }
-            }
-        })
-        .await;
-        match sent {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, kept = shape.keep, "dead letter too large for the DLQ; sending it truncated");
-                shape = shape.shrink();
-            }
-        }
-    }
-}
-
-/// How much of a record its dead letter carries.
-#[derive(Clone, Copy)]
-struct DeadLetterShape {
-    keep: usize,
-    original_headers: bool,
-}
-
-/// What a truncated dead letter keeps of the value: enough to recognise it.
-const DLQ_TRUNCATED_BYTES: usize = 16 * 1024;
-
-impl DeadLetterShape {
-    fn can_shrink(&self) -> bool {
-        self.keep > 0 || self.original_headers
-    }
-
-    fn shrink(self) -> Self {
-        if self.keep > DLQ_TRUNCATED_BYTES {
-            DeadLetterShape { keep: DLQ_TRUNCATED_BYTES, ..self }
-        } else if self.original_headers {
-            DeadLetterShape { original_headers: false, ..self }
-        } else {
-            DeadLetterShape { keep: 0, ..self }
-        }
-    }
-}
-
-fn too_large(e: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode::{MessageBatchTooLarge, MessageSizeTooLarge};
-    matches!(e.rdkafka_error_code(), Some(MessageSizeTooLarge | MessageBatchTooLarge))
-}
-
-fn dead_letter_headers(msg: &OwnedMessage, why: &DeadLetter, shape: &DeadLetterShape, original_len: usize) -> OwnedHeaders {
-    let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
-    let mut headers = OwnedHeaders::new();
-    if shape.original_headers
-        && let Some(original) = msg.headers()
-    {
-        for h in original.iter() {
-            headers = headers.insert(Header { key: h.key, value: h.value });
-        }
-    }
-    // Reasons can quote the event; keep the header small.
-    let message: String = why.message.chars().take(4000).collect();
-    for (key, value) in [
-        ("__connect.errors.topic", msg.topic()),
-        ("__connect.errors.partition", partition.as_str()),
-        ("__connect.errors.offset", offset.as_str()),
-        ("__connect.errors.connector.name", "taskfactory-router"),
-        ("__connect.errors.stage", why.stage),
-        ("__connect.errors.exception.class.name", why.class),
-        ("__connect.errors.exception.message", message.as_str()),
-    ] {
-        headers = headers.insert(Header { key, value: Some(value) });
-    }
-    if shape.keep < original_len || !shape.original_headers {
-        let note = format!(
-            "value truncated to {} of {} bytes{}",
-            shape.keep,
-            original_len,
-            if shape.original_headers { "" } else { "; original headers dropped" }
-        );
-        headers = headers.insert(Header { key: "__taskfactory.errors.truncated", value: Some(note.as_str()) });
-    }
-    headers
 }

@@ -14,7 +14,9 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use tf_definitions::{Bindings, ContextSource, Definition};
 use tf_envelope::{ResultTrigger, TaskResult};
-use tf_store::runs::{self, BeginRun, Claim, FinishedTask, NewTask, RunSource};
+use tf_store::outbox::{self, FinishedTask};
+use tf_store::runs::{self, BeginRun, Claim, RunSource};
+use tf_store::tasks::{self, NewTask};
 use tf_temporal::{RunInput, TaskInput};
 use tracing::Instrument;
 
@@ -190,7 +192,7 @@ impl RunActivities {
                 ContextSource::Sql { query, params } => {
                     let values: Vec<Json> =
                         params.iter().map(|p| p.eval(&b)).collect::<Result<_, _>>().map_err(|e| permanent(e.to_string()))?;
-                    runs::context_query(&self.context_pool, query, &values, self.sql_timeout).await.map_err(|e| {
+                    tf_store::context::context_query(&self.context_pool, query, &values, self.sql_timeout).await.map_err(|e| {
                         let message = format!("context.{name}: {e}");
                         if e.is_transient() { transient(message) } else { permanent(message) }
                     })?
@@ -251,7 +253,7 @@ impl RunActivities {
                 params: &t.params,
             })
             .collect();
-        runs::record_tasks(&self.pool, &p.run_id, &rows).await.map_err(store_failure)?;
+        tasks::record_tasks(&self.pool, &p.run_id, &rows).await.map_err(store_failure)?;
         Ok(tasks)
     }
 
@@ -278,7 +280,7 @@ impl RunActivities {
 
     #[activity(name = "MarkTask")]
     pub async fn mark_task(self: Arc<Self>, _ctx: ActivityContext, m: MarkTaskInput) -> Result<(), ActivityError> {
-        runs::set_task_status(&self.pool, &m.task_id, &m.status).await.map_err(store_failure)
+        tasks::set_task_status(&self.pool, &m.task_id, &m.status).await.map_err(store_failure)
     }
 
     /// Finishes the task and queues exactly one result record in the outbox.
@@ -310,7 +312,7 @@ impl RunActivities {
             truncated: false,
         };
         let record = serde_json::to_value(&record).map_err(permanent_display)?;
-        runs::record_result(
+        outbox::record_result(
             &self.pool,
             &FinishedTask {
                 task_id: &t.task_id,

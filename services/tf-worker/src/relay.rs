@@ -141,7 +141,7 @@ impl Relay {
                     continue;
                 }
                 Ok(None) => {
-                    if let Ok(n) = tf_store::runs::unpublished_results(&self.pool).await {
+                    if let Ok(n) = tf_store::outbox::unpublished_results(&self.pool).await {
                         self.metrics.results_pending.store(n, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
@@ -163,7 +163,7 @@ impl Relay {
 
     /// The result as it goes on the topic; over `max_result_bytes` its output is replaced by a
     /// note (`truncated`), so one huge output never blocks the relay.
-    async fn encode(&self, row: &tf_store::runs::PendingResult) -> Result<Vec<u8>, RelayError> {
+    async fn encode(&self, row: &tf_store::outbox::PendingResult) -> Result<Vec<u8>, RelayError> {
         let encode_err = |e: tf_envelope::EncodeError| RelayError::Encode {
             task_id: row.task_id.clone(),
             transient: matches!(&e, tf_envelope::EncodeError::Registry(r) if r.is_transient()),
@@ -186,7 +186,7 @@ impl Relay {
     }
 
     async fn publish_batch(&self, marker: (i64, i64)) -> Result<Option<(i64, i64)>, RelayError> {
-        let rows = tf_store::runs::pending_results(&self.pool, marker, BATCH).await?;
+        let rows = tf_store::outbox::pending_results(&self.pool, marker, BATCH).await?;
         let Some(last) = rows.last() else { return Ok(None) };
         let next = (last.txid, last.seq);
         let mut encoded = Vec::with_capacity(rows.len());
@@ -198,7 +198,7 @@ impl Relay {
                 Err(e) => {
                     // This row can never be published: quarantine it, let the rest flow.
                     tracing::error!(task_id = %row.task_id, error = %e, "result quarantined: it cannot be published");
-                    tf_store::runs::quarantine_result(&self.pool, &row.task_id, &e.to_string()).await?;
+                    tf_store::outbox::quarantine_result(&self.pool, &row.task_id, &e.to_string()).await?;
                     self.metrics.results_quarantined.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
@@ -240,7 +240,7 @@ impl Relay {
             return Err(e);
         }
         let ids: Vec<String> = rows.iter().map(|r| r.task_id.clone()).collect();
-        tf_store::runs::mark_published(&self.pool, &ids).await?;
+        tf_store::outbox::mark_published(&self.pool, &ids).await?;
         self.metrics.results_published.fetch_add(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(count = rows.len(), txid = next.0, seq = next.1, "published results");
         Ok(Some(next))
@@ -267,11 +267,7 @@ pub async fn run_as_leader(
             }
             match pool.acquire().await {
                 Ok(mut conn) => {
-                    let got: Result<bool, _> = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('taskfactory-relay:' || $1))")
-                        .bind(&transactional_id)
-                        .fetch_one(&mut *conn)
-                        .await;
-                    if got.unwrap_or(false) {
+                    if tf_store::outbox::try_relay_lock(&mut conn, &transactional_id).await.unwrap_or(false) {
                         break conn;
                     }
                 }
@@ -288,7 +284,7 @@ pub async fn run_as_leader(
         let result = relay.run(stop.clone()).await;
         metrics.relay_leader.store(0, std::sync::atomic::Ordering::Relaxed);
         // Release the lock with the session: close the connection rather than return it.
-        let _ = sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut *conn).await;
+        let _ = tf_store::outbox::release_relay_lock(&mut conn).await;
         drop(conn);
         match result {
             Ok(()) => return Ok(()),

@@ -197,15 +197,15 @@ async fn recording_a_result_twice_queues_it_once() {
     let other = tf_store::runs::BeginRun { execution_id: "x2", ..begin };
     assert!(matches!(tf_store::runs::begin_run(&pool, &other).await.unwrap(), tf_store::runs::Claim::HeldBy { .. }));
     let params = json!({});
-    tf_store::runs::record_tasks(
+    tf_store::tasks::record_tasks(
         &pool,
         "r1",
-        &[tf_store::runs::NewTask { task_id: "r1/t/0", run_attempt: 1, template: "t", index: 0, task_type: "human", params: &params }],
+        &[tf_store::tasks::NewTask { task_id: "r1/t/0", run_attempt: 1, template: "t", index: 0, task_type: "human", params: &params }],
     )
     .await
     .unwrap();
     let record = json!({"any": "record"});
-    let outcome = tf_store::runs::FinishedTask {
+    let outcome = tf_store::outbox::FinishedTask {
         task_id: "r1/t/0",
         run_id: "r1",
         status: "succeeded",
@@ -216,8 +216,8 @@ async fn recording_a_result_twice_queues_it_once() {
     };
     // The first attempt recorded the result, then died before reporting success; Temporal
     // runs the activity again.
-    assert!(tf_store::runs::record_result(&pool, &outcome).await.unwrap());
-    assert!(!tf_store::runs::record_result(&pool, &outcome).await.unwrap());
+    assert!(tf_store::outbox::record_result(&pool, &outcome).await.unwrap());
+    assert!(!tf_store::outbox::record_result(&pool, &outcome).await.unwrap());
     let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM task_results").fetch_one(&pool).await.unwrap();
     assert_eq!(queued, 1);
 }

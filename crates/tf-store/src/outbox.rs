@@ -1,0 +1,113 @@
+//! The results outbox (`task_results`, DESIGN.md dedupe layer 4): a finished task queues its
+//! result once, whatever the retries; the relay publishes the outbox in marker order inside
+//! Kafka transactions, and takes the deployment's relay lock here.
+
+use serde_json::Value as Json;
+use sqlx::PgPool;
+
+use crate::StoreError;
+
+pub struct FinishedTask<'a> {
+    pub task_id: &'a str,
+    pub run_id: &'a str,
+    pub status: &'a str,
+    pub output: Option<&'a Json>,
+    pub error: Option<&'a str>,
+    pub attempts: i32,
+    /// The result record to publish, as JSON.
+    pub record: &'a Json,
+}
+
+/// Finishes a task and queues its result for the relay, once per task whatever the retries.
+/// Returns whether this call queued it.
+pub async fn record_result(pool: &PgPool, o: &FinishedTask<'_>) -> Result<bool, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE tasks SET status = $2, output = $3, error = $4, attempts = $5, finished_at = coalesce(finished_at, now())
+         WHERE task_id = $1",
+    )
+    .bind(o.task_id)
+    .bind(o.status)
+    .bind(o.output)
+    .bind(o.error)
+    .bind(o.attempts)
+    .execute(&mut *tx)
+    .await?;
+    let inserted = sqlx::query("INSERT INTO task_results (task_id, run_id, record) VALUES ($1, $2, $3) ON CONFLICT (task_id) DO NOTHING")
+        .bind(o.task_id)
+        .bind(o.run_id)
+        .bind(o.record)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    Ok(inserted == 1)
+}
+
+/// One result waiting for the relay.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingResult {
+    pub txid: i64,
+    pub seq: i64,
+    pub task_id: String,
+    pub run_id: String,
+    pub record: Json,
+}
+
+/// Results after the marker `(txid, seq)` whose transactions are older than any still running,
+/// in marker order.
+pub async fn pending_results(pool: &PgPool, after: (i64, i64), limit: i64) -> Result<Vec<PendingResult>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT txid, seq, task_id, run_id, record FROM task_results
+         WHERE (txid, seq) > ($1, $2)
+           AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+         ORDER BY txid, seq LIMIT $3",
+    )
+    .bind(after.0)
+    .bind(after.1)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Marks a result the relay skipped for good, with why.
+pub async fn quarantine_result(pool: &PgPool, task_id: &str, reason: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE task_results SET quarantined_at = coalesce(quarantined_at, now()), quarantine_reason = $2 WHERE task_id = $1")
+        .bind(task_id)
+        .bind(reason)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Informational: the Kafka transaction's marker is the source of truth.
+pub async fn mark_published(pool: &PgPool, task_ids: &[String]) -> Result<(), StoreError> {
+    sqlx::query("UPDATE task_results SET published_at = now() WHERE task_id = ANY($1) AND published_at IS NULL")
+        .bind(task_ids)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Results queued in the outbox and not yet published.
+pub async fn unpublished_results(pool: &PgPool) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM task_results WHERE published_at IS NULL AND quarantined_at IS NULL")
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Takes the deployment's relay lock on this session (a PostgreSQL session-level advisory lock
+/// named after the relay's transactional id); false when another session holds it. The lock
+/// lives as long as the connection: when the holder dies, its session ends and the lock frees.
+pub async fn try_relay_lock(conn: &mut sqlx::PgConnection, transactional_id: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('taskfactory-relay:' || $1))")
+        .bind(transactional_id)
+        .fetch_one(conn)
+        .await?)
+}
+
+/// Releases every advisory lock this session holds.
+pub async fn release_relay_lock(conn: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_unlock_all()").execute(conn).await?;
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Routing one record to the end: decode, match, resolve the claim generation, start the run
+//! (or dead-letter the record). Dependency failures are retried here with backoff and jitter,
+//! for as long as it takes; the record's partition waits, nothing is skipped.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use serde_json::json;
+use tf_envelope::{DecodeError, Decoded};
+use tf_temporal::{FailureClass, StartOutcome, start_run};
+
+use crate::Shared;
+use crate::claims::ClaimFailure;
+use crate::dlq::{DeadLetter, dead_letter};
+use crate::route::{Position, RouteError, route};
+
+/// Routes one record to the end: starts acknowledged or a DLQ write acknowledged. Dependency
+/// failures are retried here, with backoff, for as long as it takes.
+pub async fn process(shared: &Shared, msg: &OwnedMessage) {
+    let at = Position { topic: msg.topic(), partition: msg.partition(), offset: msg.offset() };
+    let payload = msg.payload().unwrap_or_default();
+    if payload.len() > shared.cli.max_event_bytes {
+        let message = format!("record is {} bytes, over the {}-byte limit", payload.len(), shared.cli.max_event_bytes);
+        return dead_letter(shared, msg, DeadLetter { stage: "size", class: "OversizeRecord", message }).await;
+    }
+    let decoded = retry(shared, "decode", || async {
+        match shared.codec.decode(payload).await {
+            Err(e) if !e.is_bad_input() => Err(e.to_string()),
+            other => Ok(other),
+        }
+    })
+    .await;
+    // Event time places the event in its dedupe window: the envelope's `time`, or the Kafka
+    // timestamp for plain records (and, failing that, now).
+    let kafka_time = msg.timestamp().to_millis().filter(|t| tf_definitions::dedupe::valid_event_time(*t));
+    let now_ms = || tf_envelope::Timestamp::now().0;
+    let (event, event_time_ms) = match decoded {
+        Ok(Decoded::Envelope { event, .. }) => {
+            let t = event.time.0;
+            if !tf_definitions::dedupe::valid_event_time(t) {
+                let message = format!("event time {t} ms is outside 1970-01-01..9999-12-31");
+                return dead_letter(shared, msg, DeadLetter { stage: "event-time", class: "InvalidEventTime", message }).await;
+            }
+            match serde_json::to_value(&event) {
+                Ok(v) => (v, t),
+                Err(e) => {
+                    let message = format!("envelope does not convert to JSON: {e}");
+                    return dead_letter(shared, msg, DeadLetter { stage: "decode", class: "InvalidEnvelope", message }).await;
+                }
+            }
+        }
+        Ok(Decoded::Record { full_name, value, .. }) => (
+            json!({
+                "id": format!("{}-{}-{}", at.topic, at.partition, at.offset),
+                "source": format!("kafka://{}", at.topic),
+                "type": full_name,
+                "specversion": "1.0",
+                "time": msg.timestamp().to_millis(),
+                "data": value,
+            }),
+            kafka_time.unwrap_or_else(now_ms),
+        ),
+        Err(e) => {
+            let class = match &e {
+                DecodeError::Wire(_) => "NotWireFormat",
+                DecodeError::UnknownSchemaId(_) => "UnknownSchemaId",
+                DecodeError::Body { .. } | DecodeError::TrailingBytes { .. } => "AvroDecodeError",
+                DecodeError::Envelope { .. } => "InvalidEnvelope",
+                DecodeError::Registry(_) => "RegistryError",
+            };
+            return dead_letter(shared, msg, DeadLetter { stage: "decode", class, message: e.to_string() }).await;
+        }
+    };
+    let header_tp = msg
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == "traceparent").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()));
+    let traceparent = header_tp.or_else(|| event["traceparent"].as_str().map(String::from));
+    if !tf_definitions::dedupe::valid_event_time(event_time_ms) {
+        let message = format!("event time {event_time_ms} ms is outside 1970-01-01..9999-12-31");
+        return dead_letter(shared, msg, DeadLetter { stage: "event-time", class: "InvalidEventTime", message }).await;
+    }
+    let definitions = shared.definitions.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let (runs, mut errors) = route(&definitions, &at, &event, event_time_ms, traceparent.as_deref());
+    if !runs.is_empty() {
+        shared.metrics.records_matched.fetch_add(1, Ordering::Relaxed);
+    }
+
+    for mut run in runs {
+        let (def, key) = (run.definition_id.clone(), run.dedupe_key.clone());
+        let window = Duration::from_secs(run.dedupe_window_secs.max(1));
+        // Which window (generation) the event belongs to, opening the next one if none covers
+        // its time. A generation whose run exists needs no Temporal round trip.
+        let resolved = retry(shared, "claim", || async {
+            match shared.claims.resolve(&def, &key, event_time_ms, window).await {
+                Err(ClaimFailure::Transient(e)) => Err(e),
+                other => Ok(other),
+            }
+        })
+        .await;
+        let generation = match resolved {
+            Ok(g) => g,
+            Err(failure) => {
+                let message = match failure {
+                    ClaimFailure::Permanent(m) | ClaimFailure::Transient(m) => m,
+                };
+                errors.push(RouteError { definition_id: def.clone(), stage: "claim", message });
+                continue;
+            }
+        };
+        if generation.created {
+            shared.metrics.generations_opened.fetch_add(1, Ordering::Relaxed);
+        }
+        if generation.has_live_run() {
+            shared.metrics.runs_deduplicated_fast.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(definition = %def, key = %key, generation = generation.generation, "deduplicated by claim");
+            continue;
+        }
+        run.generation = generation.generation;
+        let outcome = retry(shared, "start", || async {
+            match start_run(&shared.temporal, &shared.cli.settings.task_queue, run.clone()).await {
+                Ok(outcome) => Ok(Ok(outcome)),
+                Err(e) => match e.class() {
+                    FailureClass::Permanent => Ok(Err(e.to_string())),
+                    FailureClass::Transient => Err(e.to_string()),
+                    FailureClass::Misconfigured => {
+                        Err(format!("{e} (check TF_TEMPORAL_URL, TF_TEMPORAL_NAMESPACE and the Temporal credentials)"))
+                    }
+                },
+            }
+        })
+        .await;
+        match outcome {
+            Ok(StartOutcome::Started { .. }) => {
+                shared.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(definition = %def, key = %key, generation = generation.generation, offset = at.offset, "run started")
+            }
+            Ok(StartOutcome::Duplicate { .. }) => {
+                shared.metrics.runs_deduplicated.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(definition = %def, key = %key, "deduplicated")
+            }
+            Err(message) => errors.push(RouteError {
+                definition_id: def.clone(),
+                stage: "start",
+                message: format!("Temporal refused the start: {message}"),
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        let stage = errors[0].stage;
+        let message = errors
+            .iter()
+            .map(|RouteError { definition_id, stage, message }| format!("{definition_id} ({stage}): {message}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let class = match stage {
+            "filter" => "ExpressionError",
+            "dedupe-key" => "InvalidDedupeKey",
+            "claim" => "ClaimRefused",
+            _ => "StartRefused",
+        };
+        dead_letter(shared, msg, DeadLetter { stage, class, message }).await;
+    }
+}
+
+/// Retries `op` with exponential backoff (100 ms to 10 s) until it succeeds.
+pub async fn retry<T, F, Fut>(shared: &Shared, what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    let mut attempt = 0u32;
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                attempt += 1;
+                shared.metrics.dependency_retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(what, attempt, error = %e, backoff_ms = backoff.as_millis() as u64, "dependency failed; pausing this record");
+                // Full jitter: records paused together do not retry in lockstep.
+                tokio::time::sleep(backoff.mul_f64(0.5 + 0.5 * jitter())).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// A number in [0, 1) that differs between calls; good enough to spread retries.
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    f64::from(nanos % 1000) / 1000.0
+}
