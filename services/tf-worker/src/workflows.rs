@@ -71,6 +71,13 @@ impl RunActivityWorkflow {
                 .unwrap_or_else(|| millis(ctx.workflow_time()));
             input.trigger.scheduled_for_ms = Some(scheduled_ms);
             input.dedupe_key = tf_envelope::Timestamp(scheduled_ms).to_string();
+            // A Schedule's action cannot carry our search attributes; set them here, so scheduled
+            // runs are found by `ActivityId = '<definition>'` like event runs.
+            ctx.upsert_search_attributes([
+                tf_temporal::ACTIVITY_ID.value_set(input.definition_id.clone()),
+                tf_temporal::DEDUPE_KEY.value_set(input.dedupe_key.clone()),
+                tf_temporal::TRIGGER_KIND.value_set(input.trigger.kind.clone()),
+            ]);
         }
         let begin = ctx
             .execute_local_activity(

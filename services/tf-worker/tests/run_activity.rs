@@ -114,6 +114,9 @@ tasks:
     })
     .await;
     assert_eq!((status.as_str(), spawned), ("completed", 4), "worker log:\n{}", worker.log());
+    let query = format!("ActivityId = '{def_id}' AND TriggerKind = 'event' AND DedupeKey = 'o-1'");
+    let by_attributes = client.count_workflows(query, Default::default()).await.unwrap().count();
+    assert_eq!(by_attributes, 1, "the run is found by its search attributes");
     assert_eq!(context, json!({"tier": [{"name": "ACME"}], "warehouse": {"dock": 7}}));
 
     let tasks: Vec<(String, String, Json)> = sqlx::query_as("SELECT task_id, status, params FROM tasks WHERE run_id = $1 ORDER BY task_id")

@@ -127,6 +127,14 @@ async fn trigger_starts_one_run_and_a_repeated_backfill_spawns_no_second_set_of_
 
     e.tf(&["schedules", "trigger", &id]);
     eventually("the triggered run", Duration::from_secs(40), || async { (e.cron_runs().await.len() == 1).then_some(()) }).await;
+    // Scheduled runs carry the same search attributes as event runs.
+    let query = format!("ActivityId = '{id}' AND TriggerKind = 'cron'");
+    let found = eventually("the run in a visibility query by ActivityId", Duration::from_secs(30), || async {
+        let n = e.client.count_workflows(query.clone(), Default::default()).await.unwrap().count();
+        (n >= 1).then_some(n)
+    })
+    .await;
+    assert_eq!(found, 1);
 
     let backfill = ["schedules", "backfill", id.as_str(), "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-04T00:00:00Z"];
     let out = e.tf(&backfill);
