@@ -101,6 +101,7 @@ enum DbCommand {
 enum ConsumerCommand {
     /// Records not yet routed, per partition (committed offset vs. end).
     Lag {
+        /// The router's consumer group.
         #[arg(long, env = "TF_ROUTER_GROUP", default_value = "taskfactory-router")]
         group: String,
         /// Topics: names, or a regex starting with `^`.
@@ -111,12 +112,16 @@ enum ConsumerCommand {
     /// printing current and new offsets unless --execute; refused while the group is active.
     /// Replayed events do not start second runs: the dedupe layers absorb them.
     ResetOffsets {
+        /// The router's consumer group (must have no active member).
         #[arg(long, env = "TF_ROUTER_GROUP", default_value = "taskfactory-router")]
         group: String,
+        /// Topics: names, or a regex starting with `^`.
         #[arg(long, env = "TF_ROUTER_TOPICS", default_value = "^events\\..*", value_delimiter = ',')]
         topics: Vec<String>,
+        /// To the first offset still in each partition (replay everything retained).
         #[arg(long, group = "to")]
         to_earliest: bool,
+        /// To the end of each partition (skip everything not yet routed).
         #[arg(long, group = "to")]
         to_latest: bool,
         /// RFC 3339: the first offset at or after this time.
@@ -144,6 +149,7 @@ enum DefinitionsCommand {
     /// dedupe key and window it gets, and which tasks would be spawned (context sources are
     /// not resolved: expressions see `context` as empty).
     Test {
+        /// Definition files or folders of *.yaml.
         #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
         /// A JSON file with the event as expressions see it: CloudEvents attributes (`id`,
@@ -157,6 +163,7 @@ enum DefinitionsCommand {
     /// Store definitions: a changed document becomes a new immutable version, an unchanged
     /// one is a no-op, a change of `enabled` alone switches the current version.
     Apply {
+        /// Definition files or folders of *.yaml (a file may hold several documents).
         #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
     },
@@ -164,9 +171,13 @@ enum DefinitionsCommand {
     List,
     /// Remove a definition: its versions are kept (runs are pinned to them) but retired, so it
     /// is neither routed nor scheduled; applying it again restores it.
-    Delete { id: String },
-    /// One definition as stored (the newest version unless --version).
+    Delete {
+        /// The definition id.
+        id: String,
+    },
+    /// One definition as stored (the newest version unless VERSION is given).
     Show {
+        /// The definition id.
         id: String,
         /// A version number; the newest when left out.
         #[arg(value_name = "VERSION")]
@@ -197,22 +208,36 @@ enum SchedulesCommand {
     List,
     /// One schedule: calendar, time zone, state and note, recent and next runs. ID is the
     /// schedule id or the definition id.
-    Describe { id: String },
+    Describe {
+        /// The schedule id or the definition id.
+        id: String,
+    },
     /// Pause a schedule; the note says why (the scheduler never resumes an operator's pause).
     Pause {
+        /// The schedule id or the definition id.
         id: String,
+        /// Why it is paused; shown by `describe` and the Temporal UI.
         #[arg(long)]
         note: String,
     },
     /// Resume a paused schedule.
-    Resume { id: String },
+    Resume {
+        /// The schedule id or the definition id.
+        id: String,
+    },
     /// Start one run now.
-    Trigger { id: String },
+    Trigger {
+        /// The schedule id or the definition id.
+        id: String,
+    },
     /// Run every scheduled time in [--from, --to) (RFC 3339), in one-day batches.
     Backfill {
+        /// The schedule id or the definition id.
         id: String,
+        /// Start of the range, RFC 3339 (included).
         #[arg(long)]
         from: String,
+        /// End of the range, RFC 3339 (excluded).
         #[arg(long)]
         to: String,
         /// skip, buffer_one, buffer_all, cancel_other, terminate_other or allow_all.
@@ -227,8 +252,10 @@ enum SchedulesCommand {
 enum TasksCommand {
     /// Tasks in a status (default: human tasks waiting for completion).
     List {
-        #[arg(long, default_value = "awaiting_human")]
+        /// pending, running, awaiting_human, succeeded, failed or cancelled.
+        #[arg(long, default_value = "awaiting_human", value_parser = ["pending", "running", "awaiting_human", "succeeded", "failed", "cancelled"])]
         status: String,
+        /// How many tasks to show, oldest first.
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
@@ -252,6 +279,7 @@ enum DemoCommand {
     },
     /// Produce a burst of example events for the definitions in examples/definitions.
     Events {
+        /// Topic to produce to; its value schema must be the envelope.
         #[arg(long, default_value = "events.demo")]
         topic: String,
         /// How many order events (signups and one bad record come on top).
@@ -326,5 +354,28 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    /// Every subcommand says what it does and every argument has help text.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id != "help" && id != "version" && a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} <{id}>"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_name() != "help" && sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(sub_path.clone());
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&<super::Cli as clap::CommandFactory>::command(), "tf", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
     }
 }
