@@ -245,10 +245,12 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
         payloads.push((format!("k-{k}"), codec.encode_event(&format!("{topic}-value"), &e).await?));
     }
     let expected_tasks: i64 = (0..unique).map(|k| 1 + (k % 3) as i64).sum();
+    // Like an upstream producer that retries: a send that fails or times out while Kafka
+    // restarts is sent again. A record may land twice; the pipeline must absorb that too.
     let producer: FutureProducer = tf_kafka::client_config(&settings.kafka_brokers)
-        .set("enable.idempotence", "true")
+        .set("acks", "all")
         .set("linger.ms", "5")
-        .set("message.timeout.ms", "600000")
+        .set("message.timeout.ms", "20000")
         .create()?;
     let produce_secs = args.events as f64 / args.rate.max(0.1);
     println!(
@@ -285,9 +287,17 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
                 tokio::time::sleep_until(due.into()).await;
                 let (producer, topic, produced) = (producer.clone(), topic.clone(), produced.clone());
                 inflight.push(tokio::spawn(async move {
-                    let r = producer.send(FutureRecord::to(&topic).key(&key).payload(&bytes), Duration::from_secs(600)).await;
+                    let mut attempts = 0;
+                    loop {
+                        attempts += 1;
+                        match producer.send(FutureRecord::to(&topic).key(&key).payload(&bytes), Duration::from_secs(20)).await {
+                            Ok(_) => break,
+                            Err(_) if attempts < 30 => tokio::time::sleep(Duration::from_secs(1)).await,
+                            Err((e, _)) => return Err(e),
+                        }
+                    }
                     produced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    r.map(|_| ()).map_err(|(e, _)| e)
+                    Ok(())
                 }));
             }
             for f in inflight {

@@ -38,6 +38,8 @@ pub enum DecodeError {
     TrailingBytes { schema_id: u32, extra: usize },
     #[error("schema id {schema_id}: {source}")]
     Envelope { schema_id: u32, source: EnvelopeError },
+    #[error("schema id {schema_id} is not registered under subject {subject}, the only one this topic accepts")]
+    WrongSubject { schema_id: u32, subject: String },
 }
 
 impl DecodeError {
@@ -71,7 +73,22 @@ impl Codec {
 
     /// Decodes one record value.
     pub async fn decode(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+        self.decode_checked(bytes, None).await
+    }
+
+    /// Decodes one record value whose writer schema must be registered under `subject` (the
+    /// topic's, by TopicNameStrategy), checked before the body is read.
+    pub async fn decode_checked(&self, bytes: &[u8], subject: Option<&str>) -> Result<Decoded, DecodeError> {
         let (schema_id, body) = wire::unframe(bytes)?;
+        if let Some(subject) = subject {
+            let has = self.registry.subject_has(subject, schema_id).await.map_err(|e| match e {
+                RegistryError::UnknownSchemaId(id) => DecodeError::UnknownSchemaId(id),
+                other => DecodeError::Registry(other),
+            })?;
+            if !has {
+                return Err(DecodeError::WrongSubject { schema_id, subject: subject.to_string() });
+            }
+        }
         let schema = self.registry.schema(schema_id).await.map_err(|e| match e {
             RegistryError::UnknownSchemaId(id) => DecodeError::UnknownSchemaId(id),
             other => DecodeError::Registry(other),

@@ -82,6 +82,14 @@ pub struct Registry {
     http: reqwest::Client,
     base: String,
     by_id: RwLock<HashMap<u32, Arc<Schema>>>,
+    /// (subject, id) pairs known to be registered; only positive answers are kept, since a
+    /// schema can be registered under another subject later.
+    subject_ids: RwLock<std::collections::HashSet<(String, u32)>>,
+}
+
+#[derive(Deserialize)]
+struct SubjectVersion {
+    subject: String,
 }
 
 #[derive(Deserialize)]
@@ -102,7 +110,7 @@ impl Registry {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("static reqwest configuration is valid");
-        Registry { http, base: base_url.trim_end_matches('/').to_string(), by_id: RwLock::default() }
+        Registry { http, base: base_url.trim_end_matches('/').to_string(), by_id: RwLock::default(), subject_ids: RwLock::default() }
     }
 
     pub fn base_url(&self) -> &str {
@@ -162,6 +170,27 @@ impl Registry {
         let schema = Arc::new(schema);
         self.by_id.write().expect("cache lock").insert(id, schema.clone());
         Ok(schema)
+    }
+
+    /// Whether schema `id` is registered under `subject` (Confluent API
+    /// `GET /schemas/ids/{id}/versions`).
+    pub async fn subject_has(&self, subject: &str, id: u32) -> Result<bool, RegistryError> {
+        let key = (subject.to_string(), id);
+        if self.subject_ids.read().expect("cache lock").contains(&key) {
+            return Ok(true);
+        }
+        let url = format!("{}/schemas/ids/{id}/versions", self.base);
+        let resp = self.send(self.http.get(&url).header("accept", CONTENT_TYPE), &url).await?;
+        let versions: Vec<SubjectVersion> = match resp.status().as_u16() {
+            200 => self.json(&url, resp).await?,
+            404 => return Err(RegistryError::UnknownSchemaId(id)),
+            status => return Err(self.failure(&url, format!("listing the subjects of schema id {id}"), status, resp).await),
+        };
+        let has = versions.iter().any(|v| v.subject == subject);
+        if has {
+            self.subject_ids.write().expect("cache lock").insert(key);
+        }
+        Ok(has)
     }
 
     async fn post(&self, url: &str, schema: &str) -> Result<reqwest::Response, RegistryError> {

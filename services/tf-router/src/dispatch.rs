@@ -24,8 +24,9 @@ pub async fn process(shared: &Shared, msg: &OwnedMessage) {
         let message = format!("record is {} bytes, over the {}-byte limit", payload.len(), shared.cli.max_event_bytes);
         return dead_letter(shared, msg, DeadLetter { stage: "size", class: "OversizeRecord", message }).await;
     }
+    let subject = shared.cli.subject_policy.subject_for(msg.topic());
     let decoded = retry(shared, "decode", || async {
-        match shared.codec.decode(payload).await {
+        match shared.codec.decode_checked(payload, subject.as_deref()).await {
             Err(e) if !e.is_bad_input() => Err(e.to_string()),
             other => Ok(other),
         }
@@ -68,6 +69,7 @@ pub async fn process(shared: &Shared, msg: &OwnedMessage) {
                 DecodeError::Body { .. } | DecodeError::TrailingBytes { .. } => "AvroDecodeError",
                 DecodeError::Envelope { .. } => "InvalidEnvelope",
                 DecodeError::Registry(_) => "RegistryError",
+                DecodeError::WrongSubject { .. } => "WrongSubject",
             };
             return dead_letter(shared, msg, DeadLetter { stage: "decode", class, message: e.to_string() }).await;
         }

@@ -58,6 +58,12 @@ struct Cli {
     /// Records larger than this many bytes go to the DLQ unread.
     #[arg(long, env = "TF_ROUTER_MAX_EVENT_BYTES", default_value_t = 1_048_576)]
     max_event_bytes: usize,
+    /// Which writer schemas a topic accepts: `any` schema id the registry knows, or only those
+    /// registered under the topic's own subject `<topic>-value` (`topic`, Confluent's
+    /// TopicNameStrategy). With `topic`, a producer cannot make the router decode a record with
+    /// an unrelated schema; a record that tries goes to the DLQ (`WrongSubject`).
+    #[arg(long, env = "TF_ROUTER_SUBJECT_POLICY", value_enum, default_value_t = SubjectPolicy::Any)]
+    subject_policy: SubjectPolicy,
     /// The largest dead letter to produce (Kafka `message.max.bytes` of the DLQ producer); a
     /// larger one is sent with its value truncated and a header saying so. Keep it at or under
     /// the DLQ topic's `max.message.bytes`.
@@ -82,6 +88,21 @@ struct Cli {
     /// non-zero naming the records it left (they are routed again by the next owner).
     #[arg(long, env = "TF_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     shutdown_timeout: u64,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum SubjectPolicy {
+    Any,
+    Topic,
+}
+
+impl SubjectPolicy {
+    fn subject_for(self, topic: &str) -> Option<String> {
+        match self {
+            SubjectPolicy::Any => None,
+            SubjectPolicy::Topic => Some(format!("{topic}-value")),
+        }
+    }
 }
 
 /// What the per-record tasks share.

@@ -149,3 +149,26 @@ async fn a_registry_url_that_is_no_api_root_pauses_routing_without_dead_letters_
     eventually("the paused record's run", Duration::from_secs(60), || async { (t.runs().await == 1).then_some(()) }).await;
     eventually("its offset committed", Duration::from_secs(30), || async { (committed(&group, &t.topic, 1) == 1).then_some(()) }).await;
 }
+
+#[tokio::test]
+async fn with_the_topic_subject_policy_a_record_of_another_subject_is_dead_lettered_unread() {
+    let t = setup(1, ANY).await;
+    let _worker = t.worker();
+    let group = unique("it-group");
+    let _router = t.router(&group, &[("TF_ROUTER_SUBJECT_POLICY", "topic")]);
+    // A schema registered for some other subject, used on this topic.
+    let foreign = t
+        .codec
+        .encode(&format!("{}-foreign-value", t.topic), BULK_SCHEMA, Value::Record(vec![("items".into(), Value::Array(vec![]))]))
+        .await
+        .unwrap();
+    t.send(0, "foreign", &foreign).await;
+    t.send(0, "good", &t.envelope("good-1", json!({})).await).await;
+    eventually("2 records committed", Duration::from_secs(60), || async { (committed(&group, &t.topic, 1) == 2).then_some(()) }).await;
+    let dead = t.dead_letters(1);
+    let headers = &dead["foreign"].0;
+    assert_eq!(headers["__connect.errors.stage"], "decode");
+    assert_eq!(headers["__connect.errors.exception.class.name"], "WrongSubject");
+    assert!(headers["__connect.errors.exception.message"].contains(&format!("not registered under subject {}-value", t.topic)));
+    eventually("the good record's run", Duration::from_secs(60), || async { (t.runs().await == 1).then_some(()) }).await;
+}
