@@ -584,3 +584,50 @@ async fn an_http_task_may_not_reach_internal_addresses_unless_allowed_and_errors
     let status: String = sqlx::query_scalar("SELECT status FROM activity_runs").fetch_one(&pool).await.unwrap();
     assert_eq!(status, "failed");
 }
+
+#[tokio::test]
+async fn a_fan_out_over_a_map_survives_a_worker_crash_with_the_same_tasks_in_key_order() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-queue");
+    let id = unique("it-map").to_lowercase();
+    let yaml = format!(
+        "id: {id}\nname: Map\ntrigger: {{event: {{topics: [t]}}}}\ntasks:\n  - {{name: per, type: human, for_each: event.data.regions, params: {{region: item.key, n: item.value}}}}\n"
+    );
+    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let spawn = || {
+        Service::spawn(
+            env!("CARGO_BIN_EXE_tf-worker"),
+            &unique("tf-worker"),
+            &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true"), ("TF_WORKER_METRICS_ADDR", "")],
+        )
+    };
+    let mut worker = spawn();
+    let regions: serde_json::Map<String, Json> = (0..40).rev().map(|i| (format!("r{i:02}"), json!(i))).collect();
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    tf_temporal::start_run(&client, &queue, input(&def_id, version, "m-1", json!({"data": {"regions": regions}}))).await.unwrap();
+    // Crash while the children are being started, then come back.
+    eventually("the fan-out to begin", Duration::from_secs(60), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks").fetch_one(&pool).await.unwrap();
+        (n > 0).then_some(())
+    })
+    .await;
+    worker.kill();
+    let _worker = spawn();
+    let tasks: Vec<(String, Json)> = eventually("40 tasks awaiting their human", Duration::from_secs(90), || async {
+        let rows: Vec<(String, Json)> =
+            sqlx::query_as("SELECT task_id, params FROM tasks WHERE status = 'awaiting_human' ORDER BY item_index")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        (rows.len() == 40).then_some(rows)
+    })
+    .await;
+    let run_id = tf_temporal::DedupeKey::parse("m-1").unwrap().workflow_id(&def_id, 1);
+    for (i, (task_id, params)) in tasks.iter().enumerate() {
+        assert_eq!(task_id, &format!("{run_id}/per/{i}"));
+        assert_eq!(params, &json!({"region": format!("r{i:02}"), "n": i}), "task {i} is the {i}-th key");
+    }
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks").fetch_one(&pool).await.unwrap();
+    assert_eq!(total, 40, "no task twice after the crash");
+}
