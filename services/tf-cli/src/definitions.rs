@@ -108,13 +108,23 @@ pub fn test(files: &[PathBuf], event_file: &std::path::Path, topic: Option<&str>
         };
         println!("{}: one run per window: dedupe key {:?}, window {:?}", d.id, key.as_str(), d.dedupe.window);
         println!("  workflow id (first window): {}", key.workflow_id(&d.id, 1));
-        if !d.context.is_empty() {
-            let names: Vec<&str> = d.context.iter().map(|(n, _)| n.as_str()).collect();
-            println!("  context sources not resolved here: {}", names.join(", "));
+        // Static sources are known here; sql and http ones need the services.
+        let mut context = serde_json::Map::new();
+        let mut unresolved = Vec::new();
+        for (name, source) in &d.context {
+            match source {
+                tf_definitions::ContextSource::Static(v) => {
+                    context.insert(name.clone(), v.clone());
+                }
+                _ => unresolved.push(name.as_str()),
+            }
+        }
+        if !unresolved.is_empty() {
+            println!("  context sources not resolved here (expressions see them as missing): {}", unresolved.join(", "));
         }
         let run_id = key.workflow_id(&d.id, 1);
         let run = serde_json::json!({"id": run_id, "definition_id": d.id, "dedupe_key": key.as_str(), "generation": 1, "attempt": 1});
-        match d.plan_tasks(&run_id, &Bindings { run, ..bindings.clone() }) {
+        match d.plan_tasks(&run_id, &Bindings { run, context: serde_json::Value::Object(context), ..bindings.clone() }) {
             Ok(tasks) => {
                 println!("  {} task(s):", tasks.len());
                 for t in tasks {

@@ -146,8 +146,8 @@ enum DefinitionsCommand {
         files: Vec<PathBuf>,
     },
     /// Try definitions on a sample event, without any service: does the trigger match, what
-    /// dedupe key and window it gets, and which tasks would be spawned (context sources are
-    /// not resolved: expressions see `context` as empty).
+    /// dedupe key and window it gets, and which tasks would be spawned (`static` context
+    /// sources are used; `sql` and `http` ones are not resolved).
     Test {
         /// Definition files or folders of *.yaml.
         #[arg(short = 'f', long = "file", required = true, num_args = 1..)]

@@ -209,3 +209,35 @@ fn cron_definitions_are_validated_and_previewed() {
     let err = String::from_utf8_lossy(&tf(&["definitions", "validate", "-f", bad.to_str().unwrap()], &[]).stderr).into_owned();
     assert!(err.contains("trigger.cron.timezone: \"Mars/Base\" is not an IANA time zone name"), "{err}");
 }
+
+#[test]
+fn definitions_test_shows_what_a_sample_event_would_run() {
+    let dir = std::env::temp_dir().join(unique("it-deftest"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let gold = dir.join("gold.json");
+    std::fs::write(
+        &gold,
+        r#"{"id": "e1", "type": "com.example.order.created", "source": "/shop", "data": {"order_id": "o-7", "amount": 250, "customer_tier": "gold", "items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": 2}]}}"#,
+    )
+    .unwrap();
+    let out = tf(&["definitions", "test", "-f", "examples/definitions/order-fulfilment.yaml", "--event", gold.to_str().unwrap()], &[]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("order-fulfilment: one run per window: dedupe key \"o-7\""), "{text}");
+    assert!(text.contains("workflow id (first window): run/order-fulfilment/o-7/1"), "{text}");
+    assert!(text.contains("3 task(s):"), "{text}");
+    assert!(text.contains("run/order-fulfilment/o-7/1/ship/1 (kafka)") && text.contains("\"dock\":7"), "static context is used: {text}");
+    assert!(text.contains("run/order-fulfilment/o-7/1/review/0 (human)"), "{text}");
+
+    let small = dir.join("small.json");
+    std::fs::write(&small, r#"{"id": "e2", "type": "com.example.order.created", "data": {"order_id": "o-8", "amount": 5}}"#).unwrap();
+    let text =
+        stdout(&tf(&["definitions", "test", "-f", "examples/definitions/order-fulfilment.yaml", "--event", small.to_str().unwrap()], &[]));
+    assert!(text.contains("no run: the filter `event.data.amount >= 100` is false"), "{text}");
+
+    let nul = dir.join("nul.json");
+    std::fs::write(&nul, r#"{"id": "e3", "type": "com.example.order.created", "data": {"order_id": "o\u0000", "amount": 500}}"#).unwrap();
+    let out = tf(&["definitions", "test", "-f", "examples/definitions/order-fulfilment.yaml", "--event", nul.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    assert!(stdout(&out).contains("DLQ (stage dedupe-key)"), "{}", stdout(&out));
+}
