@@ -185,20 +185,7 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
          tasks:\n  - name: ship\n    type: kafka\n    for_each: event.data.items\n    retry: {{max_attempts: 100, max_interval: 5s}}\n    \
          params: {{topic: \"'{sink}'\", value: \"{{'key': event.data.key, 'item': item}}\"}}\n"
     );
-    let d = tf_definitions::Definition::from_yaml("chaos", &yaml)?.remove(0);
-    let (def_spec, sha) = (d.spec_json(), d.spec_sha256());
-    tf_store::definitions::apply(
-        &pool,
-        &tf_store::definitions::NewDefinition {
-            id: &d.id,
-            name: &d.name,
-            enabled: true,
-            trigger_kind: "event",
-            spec: &def_spec,
-            spec_sha256: &sha,
-        },
-    )
-    .await?;
+    super::apply_event_definition(&pool, &yaml).await?;
 
     let env: Vec<(String, String)> = [
         ("TF_KAFKA_BROKERS", settings.kafka_brokers.clone()),

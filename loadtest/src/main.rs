@@ -60,6 +60,22 @@ enum Command {
 
 mod chaos;
 
+/// Stores an event definition from YAML, as `tf definitions apply` does.
+async fn apply_event_definition(pool: &tf_store::PgPool, yaml: &str) -> anyhow::Result<()> {
+    let d = Definition::from_yaml("loadtest", yaml)?.remove(0);
+    let (spec, sha) = (d.spec_json(), d.spec_sha256());
+    let new = tf_store::definitions::NewDefinition {
+        id: &d.id,
+        name: &d.name,
+        enabled: true,
+        trigger_kind: "event",
+        spec: &spec,
+        spec_sha256: &sha,
+    };
+    tf_store::definitions::apply(pool, &new).await?;
+    Ok(())
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as i64
 }
@@ -95,20 +111,7 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
     let yaml = format!(
         "id: {def_id}\nname: Load test\ntrigger: {{event: {{topics: [{topic}]}}}}\ndedupe: {{key: event.data.key}}\ntasks: [{{name: noop, type: human, when: 'false'}}]\n"
     );
-    let d = Definition::from_yaml("loadtest", &yaml)?.remove(0);
-    let (spec, sha) = (d.spec_json(), d.spec_sha256());
-    tf_store::definitions::apply(
-        &pool,
-        &tf_store::definitions::NewDefinition {
-            id: &d.id,
-            name: &d.name,
-            enabled: true,
-            trigger_kind: "event",
-            spec: &spec,
-            spec_sha256: &sha,
-        },
-    )
-    .await?;
+    apply_event_definition(&pool, &yaml).await?;
     println!("definition {def_id} on {topic} ({} partitions); waiting for the router to subscribe", cli.partitions);
 
     let codec = Codec::new(Arc::new(Registry::new(&s.schema_registry_url)));

@@ -78,10 +78,6 @@ pub async fn process(shared: &Shared, msg: &OwnedMessage) {
         .headers()
         .and_then(|h| h.iter().find(|h| h.key == "traceparent").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()));
     let traceparent = header_tp.or_else(|| event["traceparent"].as_str().map(String::from));
-    if !tf_definitions::dedupe::valid_event_time(event_time_ms) {
-        let message = format!("event time {event_time_ms} ms is outside 1970-01-01..9999-12-31");
-        return dead_letter(shared, msg, DeadLetter { stage: "event-time", class: "InvalidEventTime", message }).await;
-    }
     let definitions = shared.definitions.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let (runs, mut errors) = route(&definitions, &at, &event, event_time_ms, traceparent.as_deref());
     if !runs.is_empty() {
