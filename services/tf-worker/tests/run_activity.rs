@@ -581,8 +581,12 @@ async fn an_http_task_may_not_reach_internal_addresses_unless_allowed_and_errors
     assert!(error.contains("internal address 127.0.0.1") && error.contains("TF_HTTP_ALLOWED_HOSTS"), "{error}\n{}", worker.log());
     assert!(!error.contains("s3cret"), "{error}");
     assert!(seen.lock().unwrap().is_empty(), "no request reached the server");
-    let status: String = sqlx::query_scalar("SELECT status FROM activity_runs").fetch_one(&pool).await.unwrap();
-    assert_eq!(status, "failed");
+    // The run records its end right after the task's result: wait for it, do not race it.
+    eventually("the run to end as failed", Duration::from_secs(30), || async {
+        let status: String = sqlx::query_scalar("SELECT status FROM activity_runs").fetch_one(&pool).await.unwrap();
+        (status == "failed").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
