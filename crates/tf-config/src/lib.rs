@@ -2,6 +2,12 @@
 //! each setting is an environment variable with the `TF_` prefix, a `--flag`, a default that
 //! points at the local stack (`scripts/stack`, ports pinned in `.env`) and a line in `--help`.
 
+pub mod datasources;
+pub mod secrets;
+
+pub use datasources::{Datasource, Datasources, HttpDatasource, SqlDatasource};
+pub use secrets::Secrets;
+
 use clap::{Args, Parser};
 
 /// Where the task factory finds Kafka, the schema registry, Temporal and PostgreSQL.

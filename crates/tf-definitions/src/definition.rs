@@ -7,7 +7,7 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use crate::cron::CronSchedule;
-use crate::document::{ContextSourceDoc, Document, HttpSourceDoc, Overlap, SqlSourceDoc, TaskDoc, TaskType, TriggerDoc};
+use crate::document::{ContextSourceDoc, Document, HttpSourceDoc, Overlap, TaskDoc, TaskType, TriggerDoc};
 use crate::duration;
 use crate::expr::Expr;
 
@@ -94,11 +94,55 @@ pub struct Dedupe {
     pub window: Duration,
 }
 
+// A handful per definition: boxing the HTTP variant would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ContextSource {
-    Sql { query: String, params: Vec<Expr> },
-    Http { method: String, url: Expr, body: Option<Expr> },
+    Sql(SqlSource),
+    Http(HttpSource),
     Static(Json),
+}
+
+impl ContextSource {
+    /// Whether resolving it reaches outside the task factory (and may be slow or fail).
+    pub fn calls_out(&self) -> bool {
+        !matches!(self, ContextSource::Static(_))
+    }
+}
+
+/// A read-only query on a named `postgres` datasource.
+#[derive(Debug, Clone)]
+pub struct SqlSource {
+    pub datasource: String,
+    pub query: String,
+    pub params: Vec<Expr>,
+    pub cache: Option<Duration>,
+}
+
+/// An HTTP call, direct or through a named `http` datasource.
+#[derive(Debug, Clone)]
+pub struct HttpSource {
+    pub datasource: Option<String>,
+    pub method: String,
+    pub url: Expr,
+    pub body: Option<Expr>,
+    pub text: Option<Expr>,
+    /// The only expressions that may call `secret()`.
+    pub headers: Vec<(String, Expr)>,
+    pub timeout: Option<Duration>,
+    /// Empty: any 2xx.
+    pub expect: Vec<u16>,
+    pub cache: Option<Duration>,
+}
+
+/// Params an `http` task understands; anything else is a typo worth an error.
+pub const HTTP_TASK_PARAMS: [&str; 7] = ["url", "method", "body", "text", "headers", "expect", "datasource"];
+/// Params a `kafka` task understands.
+pub const KAFKA_TASK_PARAMS: [&str; 3] = ["topic", "key", "value"];
+
+/// An HTTP header name: RFC 9110 token characters.
+pub fn valid_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[derive(Debug, Clone)]
@@ -179,7 +223,20 @@ impl Checker {
         self.errors.push(FieldError { path: path.into(), message: message.into() });
     }
 
+    /// Compiles an expression that may not call `secret()`: its value is stored or published.
     fn expr(&mut self, path: String, source: &str) -> Option<Expr> {
+        let e = self.expr_with_secrets(path.clone(), source)?;
+        if e.uses_secret() {
+            self.fail(
+                path,
+                "secret() may only be used in `headers` of http sources and tasks (other values are stored in run history and results)",
+            );
+            return None;
+        }
+        Some(e)
+    }
+
+    fn expr_with_secrets(&mut self, path: String, source: &str) -> Option<Expr> {
         match Expr::compile(path.clone(), source) {
             Ok(e) => Some(e),
             Err(e) => {
@@ -293,26 +350,29 @@ impl Definition {
         for (name, source) in &d.context {
             let path = format!("context.{name}");
             let resolved = match source {
-                ContextSourceDoc { sql: Some(SqlSourceDoc { query, params }), http: None, constant: None } => {
-                    let lead = query.trim_start().to_ascii_lowercase();
+                ContextSourceDoc { sql: Some(sql), http: None, constant: None } => {
+                    let lead = sql.query.trim_start().to_ascii_lowercase();
                     if !(lead.starts_with("select") || lead.starts_with("with")) {
                         c.fail(format!("{path}.sql.query"), "must be a read-only SELECT (or WITH ... SELECT)");
                     }
-                    let params = params.iter().enumerate().filter_map(|(i, p)| c.expr(format!("{path}.sql.params[{i}]"), p)).collect();
-                    ContextSource::Sql { query: query.clone(), params }
-                }
-                ContextSourceDoc { sql: None, http: Some(HttpSourceDoc { method, url, body }), constant: None } => {
-                    let method = method.to_ascii_uppercase();
-                    if !matches!(method.as_str(), "GET" | "POST" | "PUT") {
-                        c.fail(format!("{path}.http.method"), format!("{method:?} is not GET, POST or PUT"));
+                    if sql.query.contains('\0') {
+                        c.fail(format!("{path}.sql.query"), "must not contain NUL characters");
                     }
-                    let url = c.expr(format!("{path}.http.url"), url);
-                    let body = body.as_deref().and_then(|b| c.expr(format!("{path}.http.body"), b));
-                    match url {
-                        Some(url) => ContextSource::Http { method, url, body },
-                        None => continue,
-                    }
+                    let datasource = match &sql.datasource {
+                        Some(d) if !d.trim().is_empty() => d.clone(),
+                        _ => {
+                            c.fail(format!("{path}.sql.datasource"), "required: the name of a postgres datasource the operator configured");
+                            String::new()
+                        }
+                    };
+                    let params = sql.params.iter().enumerate().filter_map(|(i, p)| c.expr(format!("{path}.sql.params[{i}]"), p)).collect();
+                    let cache = sql.cache.as_deref().map(|t| c.duration(&format!("{path}.sql.cache"), Some(t), Duration::ZERO));
+                    ContextSource::Sql(SqlSource { datasource, query: sql.query.clone(), params, cache })
                 }
+                ContextSourceDoc { sql: None, http: Some(http), constant: None } => match check_http_source(&mut c, &path, http) {
+                    Some(source) => ContextSource::Http(source),
+                    None => continue,
+                },
                 ContextSourceDoc { sql: None, http: None, constant: Some(v) } => ContextSource::Static(v.clone()),
                 _ => {
                     c.fail(path, "needs exactly one of `sql`, `http` or `static`");
@@ -351,6 +411,44 @@ impl Definition {
         }
     }
 
+    /// The datasources this definition names, with the field naming each and the kind it needs
+    /// (`postgres` or `http`). Task datasources count when they are constants.
+    pub fn datasource_refs(&self) -> Vec<(String, String, &'static str)> {
+        let mut refs = Vec::new();
+        for (name, source) in &self.context {
+            match source {
+                ContextSource::Sql(s) => refs.push((format!("context.{name}.sql.datasource"), s.datasource.clone(), "postgres")),
+                ContextSource::Http(HttpSource { datasource: Some(d), .. }) => {
+                    refs.push((format!("context.{name}.http.datasource"), d.clone(), "http"))
+                }
+                _ => {}
+            }
+        }
+        for (i, t) in self.tasks.iter().enumerate() {
+            if let Some((_, e)) = t.params.iter().find(|(k, _)| k == "datasource")
+                && let Ok(d) = e.eval_string(&crate::Bindings::default())
+            {
+                refs.push((format!("tasks[{i}].params.datasource"), d, "http"));
+            }
+        }
+        refs
+    }
+
+    /// Errors for every datasource named here that `kind_of` (the operator's configuration)
+    /// does not know or knows as another kind.
+    pub fn check_datasources(&self, kind_of: impl Fn(&str) -> Option<&'static str>, configured: &str) -> Vec<FieldError> {
+        self.datasource_refs()
+            .into_iter()
+            .filter_map(|(path, name, needs)| match kind_of(&name) {
+                Some(kind) if kind == needs => None,
+                Some(kind) => {
+                    Some(FieldError { path, message: format!("datasource {name:?} is a {kind} datasource; this needs a {needs} one") })
+                }
+                None => Some(FieldError { path, message: format!("no datasource named {name:?} is configured; configured: {configured}") }),
+            })
+            .collect()
+    }
+
     /// Identifies the content of a version. `enabled` is left out: switching a definition on or
     /// off is not a new version.
     pub fn spec_sha256(&self) -> String {
@@ -376,6 +474,37 @@ impl Definition {
     }
 }
 
+fn check_http_source(c: &mut Checker, path: &str, h: &HttpSourceDoc) -> Option<HttpSource> {
+    let path = format!("{path}.http");
+    let method = h.method.to_ascii_uppercase();
+    if !matches!(method.as_str(), "GET" | "POST" | "PUT") {
+        c.fail(format!("{path}.method"), format!("{method:?} is not GET, POST or PUT"));
+    }
+    let url = c.expr(format!("{path}.url"), &h.url);
+    if h.body.is_some() && h.text.is_some() {
+        c.fail(format!("{path}.text"), "give either `body` (JSON) or `text`, not both");
+    }
+    let body = h.body.as_deref().and_then(|b| c.expr(format!("{path}.body"), b));
+    let text = h.text.as_deref().and_then(|b| c.expr(format!("{path}.text"), b));
+    let mut headers = Vec::new();
+    for (name, source) in &h.headers {
+        if !valid_header_name(name) {
+            c.fail(format!("{path}.headers"), format!("{name:?} is not an HTTP header name"));
+        }
+        if let Some(e) = c.expr_with_secrets(format!("{path}.headers.{name}"), source) {
+            headers.push((name.clone(), e));
+        }
+    }
+    let timeout = h.timeout.as_deref().map(|t| c.duration(&format!("{path}.timeout"), Some(t), Duration::ZERO));
+    let expect = h.expect.clone().unwrap_or_default();
+    if let Some(bad) = expect.iter().find(|s| !(100..=599).contains(*s)) {
+        c.fail(format!("{path}.expect"), format!("{bad} is not an HTTP status code"));
+    }
+    let cache = h.cache.as_deref().map(|t| c.duration(&format!("{path}.cache"), Some(t), Duration::ZERO));
+    let datasource = h.datasource.clone().filter(|d| !d.trim().is_empty());
+    Some(HttpSource { datasource, method, url: url?, body, text, headers, timeout, expect, cache })
+}
+
 fn check_task(c: &mut Checker, i: usize, t: &TaskDoc) -> Option<TaskTemplate> {
     let path = format!("tasks[{i}]");
     let legal = |ch: char| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-');
@@ -389,7 +518,30 @@ fn check_task(c: &mut Checker, i: usize, t: &TaskDoc) -> Option<TaskTemplate> {
     }
     let when = t.when.as_deref().and_then(|w| c.expr(format!("{path}.when"), w));
     let for_each = t.for_each.as_deref().and_then(|f| c.expr(format!("{path}.for_each"), f));
-    let params = t.params.iter().filter_map(|(k, v)| c.expr(format!("{path}.params.{k}"), v).map(|e| (k.clone(), e))).collect();
+    let known: &[&str] = match t.task_type {
+        TaskType::Http => &HTTP_TASK_PARAMS,
+        TaskType::Kafka => &KAFKA_TASK_PARAMS,
+        TaskType::Human | TaskType::Workflow => &[],
+    };
+    if !known.is_empty()
+        && let Some(unknown) = t.params.keys().find(|k| !known.contains(&k.as_str()))
+    {
+        c.fail(
+            format!("{path}.params.{unknown}"),
+            format!("not a param of {} tasks (they take {})", t.task_type.as_str(), known.join(", ")),
+        );
+    }
+    let params = t
+        .params
+        .iter()
+        .filter_map(|(k, v)| {
+            let field = format!("{path}.params.{k}");
+            // An http task's headers are evaluated when planned but their secrets only resolved
+            // when sent, so they are the one param that may refer to secrets.
+            let e = if t.task_type == TaskType::Http && k == "headers" { c.expr_with_secrets(field, v) } else { c.expr(field, v) };
+            e.map(|e| (k.clone(), e))
+        })
+        .collect();
     let mut retry = RetryPolicy::default();
     if let Some(r) = &t.retry {
         if let Some(n) = r.max_attempts {
@@ -464,7 +616,11 @@ tasks:
             .replace("topic: \"'shipments'\"", "topics: \"'x'\"");
         let err = Definition::from_yaml("bad.yaml", &bad).unwrap_err();
         let paths: Vec<&str> = err.errors.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["trigger.event.filter", "dedupe.key", "dedupe.window", "tasks[0].params.topic"], "{err}");
+        assert_eq!(
+            paths,
+            ["trigger.event.filter", "dedupe.key", "dedupe.window", "tasks[0].params.topic", "tasks[0].params.topics"],
+            "{err}"
+        );
         let text = err.to_string();
         assert!(text.starts_with("bad.yaml is not a valid activity definition:"), "{text}");
         assert!(text.contains("dedupe.key: line 1 column 1: unknown variable `evnt`"), "{text}");
@@ -526,6 +682,75 @@ tasks:
         assert!(tz.to_string().contains("\"Europe/Atlantis\" is not an IANA time zone name"), "{tz}");
         let keyed = Definition::from_yaml("c", &good.replace("tasks:", "dedupe: {key: event.id}\ntasks:")).unwrap_err();
         assert_eq!(keyed.errors[0].path, "dedupe.key");
+    }
+
+    const SOURCES: &str = r#"
+id: joins
+name: Joins the user's systems
+trigger: {event: {topics: [events.demo]}}
+context:
+  orders:
+    sql: {datasource: orders, query: "SELECT * FROM orders WHERE customer_id = $1", params: [event.data.customer], cache: 30s}
+  customer:
+    http:
+      datasource: crm
+      url: "'/customers/' + event.data.customer"
+      headers: {Authorization: "'Bearer ' + secret('crm_token')"}
+      timeout: 2s
+      expect: [200, 404]
+tasks:
+  - name: notify
+    type: http
+    params:
+      datasource: "'crm'"
+      url: "'/notes'"
+      headers: "{'Authorization': 'Bearer ' + secret('crm_token')}"
+      body: "{'customer': event.data.customer}"
+"#;
+
+    #[test]
+    fn sources_name_datasources_and_only_headers_see_secrets() {
+        let d = Definition::from_yaml("s", SOURCES).unwrap().remove(0);
+        let ContextSource::Http(h) = &d.context[0].1 else { panic!("{:?}", d.context) };
+        assert_eq!(
+            (h.datasource.as_deref(), h.expect.as_slice(), h.timeout),
+            (Some("crm"), &[200u16, 404][..], Some(Duration::from_secs(2)))
+        );
+        assert!(h.headers[0].1.uses_secret());
+        let ContextSource::Sql(q) = &d.context[1].1 else { panic!() };
+        assert_eq!((q.datasource.as_str(), q.cache), ("orders", Some(Duration::from_secs(30))));
+        let refs: Vec<(String, String)> = d.datasource_refs().into_iter().map(|(p, n, _)| (p, n)).collect();
+        assert_eq!(
+            refs,
+            [
+                ("context.customer.http.datasource".to_string(), "crm".to_string()),
+                ("context.orders.sql.datasource".into(), "orders".into()),
+                ("tasks[0].params.datasource".into(), "crm".into())
+            ]
+        );
+        let known = |n: &str| match n {
+            "orders" => Some("http"),
+            _ => None,
+        };
+        let errors: Vec<String> = d.check_datasources(known, "orders (http)").iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors[1], "context.orders.sql.datasource: datasource \"orders\" is a http datasource; this needs a postgres one");
+        assert!(errors[0].starts_with("context.customer.http.datasource: no datasource named \"crm\" is configured"), "{errors:?}");
+
+        let leaky = SOURCES.replace("body: \"{'customer': event.data.customer}\"", "body: \"{'token': secret('crm_token')}\"");
+        let err = Definition::from_yaml("s", &leaky).unwrap_err();
+        assert_eq!(err.errors[0].path, "tasks[0].params.body");
+        assert!(err.errors[0].message.starts_with("secret() may only be used in `headers`"), "{err}");
+        let no_ds = SOURCES
+            .replace("datasource: orders, ", "")
+            .replace("timeout: 2s", "timeout: 2 s")
+            .replace("url: \"'/notes'\"", "uri: \"'/notes'\"");
+        let err = Definition::from_yaml("s", &no_ds).unwrap_err();
+        let paths: Vec<&str> = err.errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["context.customer.http.timeout", "context.orders.sql.datasource", "tasks[0].params.url", "tasks[0].params.uri"],
+            "{err}"
+        );
     }
 
     #[test]

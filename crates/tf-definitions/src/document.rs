@@ -110,26 +110,50 @@ pub struct ContextSourceDoc {
     pub constant: Option<serde_json::Value>,
 }
 
-/// A read-only query on the application database; `$1..$n` bound to the CEL `params`.
+/// A read-only query on a datasource the operator configured; `$1..$n` bound to the CEL
+/// `params`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqlSourceDoc {
+    /// Name of a `postgres` datasource (`TF_DATASOURCES`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datasource: Option<String>,
     pub query: String,
     #[serde(default)]
     pub params: Vec<String>,
+    /// Reuse an answer to the same query and params for this long (`30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
 }
 
-/// An HTTP call whose JSON response becomes the source's value.
+/// An HTTP call whose response (JSON, or text when it is not JSON) becomes the source's value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSourceDoc {
+    /// Name of an `http` datasource: `url` is then a path below its base URL, and its headers
+    /// and timeout apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datasource: Option<String>,
     #[serde(default = "get")]
     pub method: String,
-    /// CEL expression giving the URL.
+    /// CEL expression giving the URL (or the path, with a datasource).
     pub url: String,
     /// CEL expression giving the JSON body (POST/PUT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
+    /// CEL expression giving a text body, sent as it is (instead of `body`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Header name to CEL expression; the only place `secret('name')` may be used.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Status codes that count as success (default: any 2xx).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Vec<u16>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
 }
 
 fn get() -> String {

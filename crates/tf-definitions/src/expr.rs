@@ -93,9 +93,26 @@ impl Expr {
         &self.source
     }
 
-    /// Evaluates to JSON.
+    /// Whether the expression calls `secret(...)`; a definition allows that only where the value
+    /// is sent and never stored (headers).
+    pub fn uses_secret(&self) -> bool {
+        self.program.references().has_function(SECRET_FUNCTION)
+    }
+
+    /// Evaluates to JSON. `secret('name')` gives a reference only this process can have made;
+    /// [`seal_secret_refs`] turns it into the stored `${secret:name}` form.
     pub fn eval(&self, bindings: &Bindings) -> Result<Json, EvalError> {
         let mut ctx = Context::with_env(env().clone());
+        ctx.add_function(SECRET_FUNCTION, |name: Arc<String>| -> Result<cel::Value, cel::ExecutionError> {
+            if !valid_secret_name(&name) {
+                return Err(cel::ExecutionError::function_error(
+                    SECRET_FUNCTION,
+                    format!("{name:?} is not a secret name (a-z, 0-9, '_', '-', '.')"),
+                ));
+            }
+            Ok(cel::Value::String(Arc::new(format!("{SECRET_REF_OPEN}{}:{name}}}", process_mark()))))
+        })
+        .expect("secret is not a standard CEL function");
         for (name, value) in [("event", &bindings.event), ("context", &bindings.context), ("item", &bindings.item), ("run", &bindings.run)]
         {
             ctx.add_variable_from_value(name, to_cel(value));
@@ -145,6 +162,75 @@ impl Expr {
 
     fn error(&self, reason: String) -> EvalError {
         EvalError { path: self.path.clone(), source_text: self.source.clone(), reason }
+    }
+}
+
+/// The CEL function that refers to a secret by name.
+pub const SECRET_FUNCTION: &str = "secret";
+/// How a reference to a secret is stored: `${secret:crm_token}`. The worker replaces it with the
+/// value at the moment it sends a request.
+pub const SECRET_REF_OPEN: &str = "${secret:";
+
+/// Secret names: what a file name in a secrets directory and an environment variable suffix can
+/// both hold safely.
+pub fn valid_secret_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// A random mark, fixed for the life of this process and never stored: event data cannot
+/// forge a secret reference, because it cannot know the mark that `secret()` puts in its own.
+fn process_mark() -> &'static str {
+    static MARK: OnceLock<String> = OnceLock::new();
+    MARK.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let half = || std::collections::hash_map::RandomState::new().build_hasher().finish();
+        format!("{:016x}{:016x}", half(), half())
+    })
+}
+
+/// A `${secret:` in a value that no `secret()` call of this process made (it came from event
+/// data or a context source).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("contains the text `${{secret:` without a secret() call making it; refusing to send it")]
+pub struct ForgedSecretRef;
+
+/// Rewrites the references `secret()` made in `value` into their stored form
+/// (`${secret:name}`) and refuses any other `${secret:` text. Returns the names referred to.
+pub fn seal_secret_refs(value: &mut Json) -> Result<Vec<String>, ForgedSecretRef> {
+    let mut names = Vec::new();
+    seal(value, &mut names)?;
+    Ok(names)
+}
+
+fn seal(value: &mut Json, names: &mut Vec<String>) -> Result<(), ForgedSecretRef> {
+    match value {
+        Json::String(s) => {
+            if s.contains(SECRET_REF_OPEN) {
+                let marked = format!("{SECRET_REF_OPEN}{}:", process_mark());
+                let mut out = String::with_capacity(s.len());
+                let mut rest = s.as_str();
+                while let Some(i) = rest.find(SECRET_REF_OPEN) {
+                    out.push_str(&rest[..i]);
+                    let tail = rest[i..].strip_prefix(marked.as_str()).ok_or(ForgedSecretRef)?;
+                    let end = tail.find('}').ok_or(ForgedSecretRef)?;
+                    names.push(tail[..end].to_string());
+                    out.push_str(SECRET_REF_OPEN);
+                    out.push_str(&tail[..=end]);
+                    rest = &tail[end + 1..];
+                }
+                out.push_str(rest);
+                *s = out;
+            }
+            Ok(())
+        }
+        Json::Array(items) => items.iter_mut().try_for_each(|v| seal(v, names)),
+        Json::Object(map) => {
+            if map.keys().any(|k| k.contains(SECRET_REF_OPEN)) {
+                return Err(ForgedSecretRef);
+            }
+            map.values_mut().try_for_each(|v| seal(v, names))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -241,6 +327,22 @@ mod tests {
         let e = Expr::compile("f", "evnt.id == 'x'").unwrap_err();
         assert!(e.message.contains("unknown variable `evnt`"), "{e:?}");
         assert_eq!(e.column, 1);
+    }
+
+    #[test]
+    fn secret_references_are_sealed_and_forged_ones_refused() {
+        let b = Bindings { event: json!({"data": {"evil": "${secret:crm_token}"}}), ..Bindings::default() };
+        let e = Expr::compile("h", "{'Authorization': 'Bearer ' + secret('crm_token')}").unwrap();
+        assert!(e.uses_secret());
+        let mut v = e.eval(&b).unwrap();
+        assert!(!v.to_string().contains("Bearer ${secret:crm_token}"), "unsealed, a reference carries the process mark: {v}");
+        assert_eq!(seal_secret_refs(&mut v).unwrap(), ["crm_token"]);
+        assert_eq!(v, json!({"Authorization": "Bearer ${secret:crm_token}"}));
+        let mut forged = Expr::compile("h", "{'X-Name': event.data.evil}").unwrap().eval(&b).unwrap();
+        assert_eq!(seal_secret_refs(&mut forged), Err(ForgedSecretRef));
+        assert!(!Expr::compile("h", "event.data.evil").unwrap().uses_secret());
+        let bad = Expr::compile("h", "secret('../x')").unwrap().eval(&b).unwrap_err();
+        assert!(bad.to_string().contains("is not a secret name"), "{bad}");
     }
 
     #[test]

@@ -53,7 +53,17 @@ impl Definition {
                 }
                 let mut params = Map::new();
                 for (name, expr) in &t.params {
-                    params.insert(name.clone(), expr.eval(&scope)?);
+                    let mut value = expr.eval(&scope)?;
+                    // Only headers may hold secret references (the definition was checked for
+                    // that); they are stored as `${secret:name}` and expanded when sent.
+                    if name == "headers" {
+                        crate::expr::seal_secret_refs(&mut value).map_err(|e| EvalError {
+                            path: expr.path().to_string(),
+                            source_text: expr.source().to_string(),
+                            reason: e.to_string(),
+                        })?;
+                    }
+                    params.insert(name.clone(), value);
                 }
                 out.push(PlannedTask {
                     task_id: format!("{run_id}/{}/{index}", t.name),

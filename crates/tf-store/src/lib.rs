@@ -45,17 +45,6 @@ impl StoreError {
     }
 }
 
-/// A small pool for queries written by definition authors (`sql` context sources), so a slow
-/// one cannot starve the bookkeeping pool.
-pub async fn connect_small(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect(url)
-        .await
-        .map_err(|source| StoreError::Connect { url: redact(url), source })
-}
-
 /// Opens a pool. The URL's password is not echoed in errors.
 pub async fn connect(url: &str) -> Result<PgPool, StoreError> {
     PgPoolOptions::new()

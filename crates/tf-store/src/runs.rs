@@ -156,8 +156,14 @@ async fn succeeded_tasks(tx: &mut sqlx::PgConnection, run_id: &str, attempt: i32
     Ok(rows.into_iter().map(|(t, i)| (t, i as u32)).collect())
 }
 
-pub async fn set_context(pool: &PgPool, run_id: &str, context: &Json) -> Result<(), StoreError> {
-    sqlx::query("UPDATE activity_runs SET context = $2 WHERE run_id = $1").bind(run_id).bind(context).execute(pool).await?;
+/// Stores the run's context snapshot and how each source was obtained.
+pub async fn set_context(pool: &PgPool, run_id: &str, context: &Json, sources: Option<&Json>) -> Result<(), StoreError> {
+    sqlx::query("UPDATE activity_runs SET context = $2, context_sources = $3 WHERE run_id = $1")
+        .bind(run_id)
+        .bind(context)
+        .bind(sources)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 

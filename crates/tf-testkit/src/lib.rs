@@ -28,6 +28,14 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{:x}-{}", std::process::id(), nanos % 0xffff_ffff, N.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The demo's "user database" (`stack/orders-demo.sql`) on the stack's PostgreSQL, as its
+/// read-only role `orders_reader` reaches it.
+pub fn orders_db_url(settings: &Settings) -> String {
+    let after_at = settings.database_url.rsplit_once('@').map_or(settings.database_url.as_str(), |(_, h)| h);
+    let host = after_at.split_once('/').map_or(after_at, |(h, _)| h);
+    format!("postgres://orders_reader:orders-reader-demo@{host}/orders")
+}
+
 /// The tool directory of `scripts/stack` (its Python virtualenv), unless TF_PYTHON says otherwise.
 pub fn python() -> PathBuf {
     if let Ok(p) = std::env::var("TF_PYTHON") {

@@ -22,12 +22,27 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Definition)>> {
             paths.push(f.clone());
         }
     }
+    // Datasource names are checked when this process sees the operator's configuration;
+    // otherwise the worker refuses runs that name one it does not have.
+    let datasources = if tf_config::Datasources::configured_in_env() { Some(tf_config::Datasources::from_env()?) } else { None };
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        match Definition::from_yaml(&path.display().to_string(), &text) {
-            Ok(defs) => out.extend(defs.into_iter().map(|d| (path.clone(), d))),
+        let origin = path.display().to_string();
+        match Definition::from_yaml(&origin, &text) {
+            Ok(defs) => {
+                for d in defs {
+                    if let Some(ds) = &datasources {
+                        let unknown = d.check_datasources(|n| ds.get(n).map(tf_config::Datasource::kind), &ds.describe());
+                        if !unknown.is_empty() {
+                            errors.push(tf_definitions::InvalidDefinition { origin: origin.clone(), errors: unknown }.to_string());
+                            continue;
+                        }
+                    }
+                    out.push((path.clone(), d));
+                }
+            }
             Err(e) => errors.push(e.to_string()),
         }
     }

@@ -97,6 +97,8 @@ pub async fn events(settings: &Settings, topic: &str, orders: usize) -> anyhow::
             "order_id": order_id,
             "amount": amount,
             "customer_tier": if i % 4 == 0 { "gold" } else { "silver" },
+            // Customers of the stack's orders database (stack/orders-demo.sql).
+            "customer_id": if i % 2 == 0 { "c-1001" } else { "c-1002" },
             "items": [{"sku": format!("sku-{}", i % 7), "qty": 1 + i % 3}, {"sku": "sku-gift", "qty": 1}],
         });
         let event = Event::new(format!("demo-{batch}-e{i}"), "/demo/shop", "com.example.order.created", data)?;

@@ -147,7 +147,18 @@ async fn definitions_validate_apply_list_show() {
 
     let ok = tf(&["definitions", "validate", "-f", "examples/definitions"], &[]);
     assert!(ok.status.success());
-    assert!(stdout(&ok).contains("3 definition(s) valid"));
+    assert!(stdout(&ok).contains("4 definition(s) valid"));
+    // With the operator's datasources in sight, the names definitions use are checked too.
+    let followup = "examples/definitions/order-followup.yaml";
+    let known = tf(&["definitions", "validate", "-f", followup], &[("TF_DATASOURCE__ORDERS__URL", "postgres://r@db.internal/orders")]);
+    assert!(known.status.success());
+    let wrong = tf(&["definitions", "validate", "-f", followup], &[("TF_DATASOURCE__ORDERS__URL", "https://orders.example.com")]);
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success());
+    assert!(
+        err.contains("context.customer.sql.datasource: datasource \"orders\" is a http datasource; this needs a postgres one"),
+        "{err}"
+    );
 
     let dir = temp_dir(&unique("it-cli-defs"));
     let bad = dir.join("bad.yaml");

@@ -134,7 +134,7 @@ name: Flaky context
 trigger: {{event: {{topics: [TOPIC], type: com.example.order.*}}}}
 dedupe: {{key: event.data.order_id, window: 1h}}
 context:
-  stock: {{sql: {{query: "SELECT count(*) AS n FROM {table}"}}}}
+  stock: {{sql: {{datasource: own, query: "SELECT count(*) AS n FROM {table}"}}}}
 tasks:
   - {{name: noop, type: human, when: "false"}}
 "#

@@ -7,12 +7,12 @@ use std::time::Duration;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value as Json, json};
+use serde_json::{Value as Json, json};
 use sqlx::PgPool;
 use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
-use tf_definitions::{Bindings, ContextSource, Definition};
+use tf_definitions::{Bindings, Definition};
 use tf_envelope::{ResultTrigger, TaskResult};
 use tf_store::outbox::{self, FinishedTask};
 use tf_store::runs::{self, BeginRun, Claim, RunSource};
@@ -20,14 +20,15 @@ use tf_store::tasks::{self, NewTask};
 use tf_temporal::{RunInput, TaskInput};
 use tracing::Instrument;
 
+use crate::http::Body;
+use crate::sources::{HttpCall, SourceError, Sources, header_text};
+
 /// The activities' shared clients; one instance per worker.
 pub struct RunActivities {
     pub pool: PgPool,
     pub producer: FutureProducer,
-    pub http: crate::http::HttpClient,
-    /// For `sql` context sources only (see `TF_CONTEXT_DATABASE_URL`).
-    pub context_pool: PgPool,
-    pub sql_timeout: Duration,
+    /// The user's systems: datasources, secrets, outbound HTTP.
+    pub sources: Sources,
 }
 
 /// How often a running task heartbeats; its heartbeat timeout is a few times this.
@@ -39,6 +40,15 @@ fn permanent(msg: impl Into<String>) -> ActivityError {
 
 fn transient(e: impl std::fmt::Display) -> ActivityError {
     ActivityError::application(ApplicationFailure::new(e.to_string()))
+}
+
+/// A failed call to the user's systems: retried (after the server's `Retry-After` when it gave
+/// one) unless retrying cannot help.
+fn source_failure(e: SourceError) -> ActivityError {
+    if !e.transient {
+        return permanent(e.message);
+    }
+    ActivityError::application(ApplicationFailure::builder(e.message).maybe_next_retry_delay(e.retry_after).build())
 }
 
 /// Bookkeeping errors: retried when PostgreSQL is unavailable, final when it refuses the
@@ -82,6 +92,14 @@ pub struct ResolveContextInput {
     pub run: Json,
 }
 
+/// The context and how each source was obtained (cache hits, time taken).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResolvedContext {
+    pub values: Json,
+    #[serde(default)]
+    pub sources: Json,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlanTasksInput {
     pub run_id: String,
@@ -89,6 +107,9 @@ pub struct PlanTasksInput {
     pub spec: Json,
     pub event: Json,
     pub context: Json,
+    /// Stored beside the context snapshot.
+    #[serde(default)]
+    pub context_sources: Json,
     pub run: Json,
     pub input: RunInput,
     /// `(template, index)` not to run again.
@@ -180,34 +201,13 @@ impl RunActivities {
     }
 
     /// Resolves the definition's context sources in name order (later sources see earlier
-    /// ones) and stores the snapshot on the run.
+    /// ones). It touches only the user's systems, so its retries are bounded separately from
+    /// the bookkeeping's; the snapshot is stored by PlanTasks.
     #[activity(name = "ResolveContext")]
-    pub async fn resolve_context(self: Arc<Self>, _ctx: ActivityContext, r: ResolveContextInput) -> Result<Json, ActivityError> {
+    pub async fn resolve_context(self: Arc<Self>, _ctx: ActivityContext, r: ResolveContextInput) -> Result<ResolvedContext, ActivityError> {
         let definition = Definition::from_spec_json(r.spec).map_err(|e| permanent(e.to_string()))?;
-        let mut context = Map::new();
-        for (name, source) in &definition.context {
-            let b = Bindings { event: r.event.clone(), context: Json::Object(context.clone()), item: Json::Null, run: r.run.clone() };
-            let value = match source {
-                ContextSource::Static(v) => v.clone(),
-                ContextSource::Sql { query, params } => {
-                    let values: Vec<Json> =
-                        params.iter().map(|p| p.eval(&b)).collect::<Result<_, _>>().map_err(|e| permanent(e.to_string()))?;
-                    tf_store::context::context_query(&self.context_pool, query, &values, self.sql_timeout).await.map_err(|e| {
-                        let message = format!("context.{name}: {e}");
-                        if e.is_transient() { transient(message) } else { permanent(message) }
-                    })?
-                }
-                ContextSource::Http { method, url, body } => {
-                    let url = url.eval_string(&b).map_err(|e| permanent(e.to_string()))?;
-                    let body = body.as_ref().map(|e| e.eval(&b)).transpose().map_err(|e| permanent(e.to_string()))?;
-                    self.http.call(method, &url, body.as_ref(), &[]).await.map_err(|e| http_failure(&format!("context.{name}"), e))?.body
-                }
-            };
-            context.insert(name.clone(), value);
-        }
-        let context = Json::Object(context);
-        runs::set_context(&self.pool, &r.run_id, &context).await.map_err(store_failure)?;
-        Ok(context)
+        let resolved = self.sources.resolve(&definition, &r.event, &r.run).await.map_err(source_failure)?;
+        Ok(ResolvedContext { values: resolved.values, sources: resolved.sources })
     }
 
     /// Evaluates the task templates and records the tasks. Planning runs here, not in workflow
@@ -216,10 +216,12 @@ impl RunActivities {
     #[activity(name = "PlanTasks")]
     pub async fn plan_tasks(self: Arc<Self>, _ctx: ActivityContext, p: PlanTasksInput) -> Result<Vec<TaskInput>, ActivityError> {
         let definition = Definition::from_spec_json(p.spec).map_err(|e| permanent(e.to_string()))?;
+        let sources = (!p.context_sources.is_null()).then_some(&p.context_sources);
+        runs::set_context(&self.pool, &p.run_id, &p.context, sources).await.map_err(store_failure)?;
         let bindings = Bindings { event: p.event, context: p.context, item: Json::Null, run: p.run };
         // A retried run's tasks get their own ids, so each attempt has its own results.
         let prefix = if p.attempt > 1 { format!("{}/attempt-{}", p.run_id, p.attempt) } else { p.run_id.clone() };
-        let planned = definition.plan_tasks(&prefix, &bindings).map_err(|e| permanent(e.to_string()))?;
+        let planned = definition.plan_tasks(&prefix, &bindings).map_err(|e| permanent(self.sources.secrets().redact(&e.to_string())))?;
         let i = &p.input;
         let tasks: Vec<TaskInput> = planned
             .into_iter()
@@ -363,13 +365,43 @@ impl RunActivities {
             }
             "http" => {
                 let url = p["url"].as_str().ok_or_else(|| permanent("http task: params.url must be a string"))?;
-                let method = p["method"].as_str().unwrap_or(if p["body"].is_null() { "GET" } else { "POST" });
-                let mut headers = vec![("x-taskfactory-task-id", t.task_id.as_str())];
+                let method = p["method"].as_str().unwrap_or(if p["body"].is_null() && p["text"].is_null() { "GET" } else { "POST" });
+                let mut headers = vec![("x-taskfactory-task-id".to_string(), t.task_id.clone())];
                 if let Some(tp) = &t.traceparent {
-                    headers.push(("traceparent", tp.as_str()));
+                    headers.push(("traceparent".into(), tp.clone()));
                 }
-                let body = (!p["body"].is_null()).then_some(&p["body"]);
-                let answer = self.http.call(method, url, body, &headers).await.map_err(|e| http_failure("http task", e))?;
+                match &p["headers"] {
+                    Json::Null => {}
+                    Json::Object(map) => headers.extend(map.iter().map(|(k, v)| (k.clone(), header_text(v.clone())))),
+                    _ => return Err(permanent("http task: params.headers must be a map of header name to value")),
+                }
+                let expect: Vec<u16> = match &p["expect"] {
+                    Json::Null => Vec::new(),
+                    Json::Array(codes) => codes
+                        .iter()
+                        .map(|c| c.as_u64().and_then(|c| u16::try_from(c).ok()))
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| permanent("http task: params.expect must be a list of status codes"))?,
+                    _ => return Err(permanent("http task: params.expect must be a list of status codes")),
+                };
+                let body = match (&p["body"], &p["text"]) {
+                    (Json::Null, Json::Null) => None,
+                    (Json::Null, Json::String(text)) => Some(Body::Text(text.clone())),
+                    (Json::Null, _) => return Err(permanent("http task: params.text must be a string")),
+                    (body, _) => Some(Body::Json(body.clone())),
+                };
+                let call = HttpCall {
+                    what: "http task",
+                    datasource: p["datasource"].as_str(),
+                    method,
+                    url,
+                    headers,
+                    body,
+                    // The request gets the task's own timeout, less a moment to report back.
+                    timeout: Some(Duration::from_millis(t.timeout_ms.saturating_sub(500).max(100))),
+                    expect: &expect,
+                };
+                let answer = self.sources.call(call).await.map_err(source_failure)?;
                 json!({"status": answer.status, "body": answer.body})
             }
             other => return Err(permanent(format!("task type {other} is not executed by ExecuteTask"))),
@@ -381,13 +413,6 @@ impl RunActivities {
 /// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`), for log spans.
 fn trace_id(traceparent: Option<&str>) -> &str {
     traceparent.and_then(|tp| tp.split('-').nth(1)).unwrap_or("")
-}
-
-fn http_failure(what: &str, e: crate::http::HttpError) -> ActivityError {
-    match e {
-        crate::http::HttpError::Transient(m) => transient(format!("{what}: {m}")),
-        crate::http::HttpError::Permanent(m) => permanent(format!("{what}: {m}")),
-    }
 }
 
 fn permanent_display(e: impl std::fmt::Display) -> ActivityError {

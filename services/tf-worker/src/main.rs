@@ -6,6 +6,7 @@ mod http;
 mod metrics;
 mod relay;
 mod scheduler;
+mod sources;
 mod workflows;
 
 use std::sync::Arc;
@@ -44,13 +45,14 @@ struct Cli {
     /// Largest HTTP response body read from a context source or task.
     #[arg(long, env = "TF_HTTP_MAX_BODY_BYTES", default_value_t = 1_048_576)]
     http_max_body_bytes: usize,
-    /// Database of `sql` context sources (read-only transactions, 4 connections of their own);
-    /// point it at a role that can only read. Default: TF_DATABASE_URL.
-    #[arg(long, env = "TF_CONTEXT_DATABASE_URL")]
-    context_database_url: Option<String>,
-    /// Longest a `sql` context query may run, in milliseconds (PostgreSQL statement_timeout).
-    #[arg(long, env = "TF_SQL_STATEMENT_TIMEOUT_MS", default_value_t = 10_000)]
-    sql_statement_timeout_ms: u64,
+    /// YAML file of named datasources (`postgres`, `http`) that context sources and http tasks
+    /// reach; `TF_DATASOURCE__<NAME>__URL` and friends add to it. See docs/datasources.md.
+    #[arg(long = "datasources", env = "TF_DATASOURCES")]
+    datasources_file: Option<std::path::PathBuf>,
+    /// Directory of one file per secret (a Kubernetes secret mount); `TF_SECRET_<NAME>`
+    /// variables hold secrets too.
+    #[arg(long, env = "TF_SECRETS_DIR")]
+    secrets_dir: Option<std::path::PathBuf>,
     /// Do not run the results relay in this process.
     #[arg(long, env = "TF_NO_RELAY")]
     no_relay: bool,
@@ -76,10 +78,13 @@ async fn main() -> anyhow::Result<()> {
     let s = &cli.settings;
 
     let pool = tf_store::connect(&s.database_url).await?;
-    let context_pool = tf_store::connect_small(cli.context_database_url.as_deref().unwrap_or(&s.database_url), 4).await?;
+    let datasources = tf_config::Datasources::load(cli.datasources_file.as_deref(), std::env::vars())?;
+    let secrets = Arc::new(tf_config::Secrets::new(std::env::vars(), cli.secrets_dir.clone()));
     let producer: FutureProducer =
         tf_kafka::client_config(&s.kafka_brokers).set("enable.idempotence", "true").create().context("Kafka producer")?;
     let http = http::HttpClient::new(cli.http_allowed_hosts.clone(), cli.http_max_body_bytes)?;
+    let sources = sources::Sources::new(&datasources, http, secrets)?;
+    tracing::info!(datasources = %datasources.describe(), "datasources configured");
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "tf-worker").await?;
     let codec = Arc::new(Codec::new(Arc::new(Registry::new(&s.schema_registry_url))));
 
@@ -120,13 +125,7 @@ async fn main() -> anyhow::Result<()> {
 
     let runtime = Runtime::from_current_tokio(RuntimeOptions::default())?;
     let options = WorkerOptions::new(s.task_queue.as_str())
-        .register_activities(activities::RunActivities {
-            pool: pool.clone(),
-            producer,
-            http,
-            context_pool,
-            sql_timeout: Duration::from_millis(cli.sql_statement_timeout_ms),
-        })
+        .register_activities(activities::RunActivities { pool: pool.clone(), producer, sources })
         .register_workflow::<workflows::RunActivityWorkflow>()?
         .register_workflow::<workflows::RunTaskWorkflow>()?
         .build();

@@ -13,7 +13,7 @@ use temporalio_common::search_attributes::{SearchAttributeKey, Timestamp as SaTi
 use temporalio_common::{RetryPolicy, UntypedWorkflow};
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{ActivityOptions, ChildWorkflowOptions, LocalActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowResult};
-use tf_definitions::{ContextSource, Definition};
+use tf_definitions::Definition;
 use tf_temporal::{COMPLETE_TASK_SIGNAL, RUN_ACTIVITY, RUN_TASK, RunInput, RunSummary, TaskConclusion, TaskInput};
 
 use crate::activities::{
@@ -41,9 +41,21 @@ fn patient_retries() -> RetryPolicy {
     RetryPolicy::builder().initial_interval(Duration::from_millis(200)).maximum_interval(Duration::from_secs(10)).build()
 }
 
-/// Activities that may call out (HTTP context sources): regular activities, retried patiently.
-fn remote_opts() -> ActivityOptions {
-    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30)).retry_policy(patient_retries()).build()
+/// How often resolving a context that reaches the user's systems is tried before the run fails
+/// (a slow or broken source must fail the run, which a retry or the next event can run again,
+/// not hold it forever).
+pub const CONTEXT_ATTEMPTS: u32 = 5;
+
+/// Context sources that call out (`sql`, `http`): regular activities with bounded retries,
+/// about 15 s of backoff in all unless a server asks for longer with `Retry-After`.
+fn context_opts() -> ActivityOptions {
+    let retries = RetryPolicy::builder()
+        .initial_interval(Duration::from_secs(1))
+        .backoff_coefficient(2.0)
+        .maximum_interval(Duration::from_secs(30))
+        .maximum_attempts(CONTEXT_ATTEMPTS)
+        .build();
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(60)).retry_policy(retries).build()
 }
 
 /// Bookkeeping that touches only PostgreSQL runs as local activities: no task-queue round trip
@@ -114,11 +126,11 @@ impl RunActivityWorkflow {
         });
         let event = input.event.clone().unwrap_or(Json::Null);
         let resolve = ResolveContextInput { run_id: run_id.clone(), spec: spec.clone(), event: event.clone(), run: run.clone() };
-        // HTTP sources may be slow: those run as a regular activity. The choice depends only on
-        // the pinned definition, so replays make it the same way.
-        let calls_out = definition.context.iter().any(|(_, s)| matches!(s, ContextSource::Http { .. }));
+        // Sources that call out may be slow: those run as a regular activity. The choice depends
+        // only on the pinned definition, so replays make it the same way.
+        let calls_out = definition.context.iter().any(|(_, s)| s.calls_out());
         let context = if calls_out {
-            ctx.execute_activity(RunActivities::resolve_context, resolve, remote_opts()).await
+            ctx.execute_activity(RunActivities::resolve_context, resolve, context_opts()).await
         } else {
             ctx.execute_local_activity(RunActivities::resolve_context, resolve, local_opts()).await
         };
@@ -138,7 +150,8 @@ impl RunActivityWorkflow {
             attempt: begin.attempt,
             spec,
             event,
-            context,
+            context: context.values,
+            context_sources: context.sources,
             run,
             input: input.clone(),
             skip: begin.succeeded.clone(),

@@ -49,6 +49,7 @@ context:
   warehouse: {{static: {{dock: 7}}}}
   tier:
     sql:
+      datasource: own
       query: "SELECT upper($1) AS name"
       params: [event.data.customer]
 tasks:
@@ -70,7 +71,13 @@ tasks:
     let worker = Service::spawn(
         env!("CARGO_BIN_EXE_tf-worker"),
         &unique("tf-worker"),
-        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_RELAY_TRANSACTIONAL_ID", &relay_id), ("TF_LOG", "info")],
+        &[
+            ("TF_DATABASE_URL", &db.url),
+            ("TF_TASK_QUEUE", &queue),
+            ("TF_RELAY_TRANSACTIONAL_ID", &relay_id),
+            ("TF_LOG", "info"),
+            ("TF_DATASOURCE__OWN__URL", &db.url),
+        ],
     );
 
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();

@@ -58,7 +58,13 @@ impl Setup {
         Service::spawn(
             &workspace_binary("tf-worker"),
             &unique("tf-worker"),
-            &[("TF_DATABASE_URL", &self.db.url), ("TF_TASK_QUEUE", &self.queue), ("TF_NO_RELAY", "true")],
+            // `own`: the test's database as a datasource, for definitions whose context queries it.
+            &[
+                ("TF_DATABASE_URL", &self.db.url),
+                ("TF_TASK_QUEUE", &self.queue),
+                ("TF_NO_RELAY", "true"),
+                ("TF_DATASOURCE__OWN__URL", &self.db.url),
+            ],
         )
     }
 

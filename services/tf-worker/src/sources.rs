@@ -1,0 +1,372 @@
+//! Reaching the user's systems: the datasources this worker was configured with, the secrets
+//! their calls carry, and the cache of context answers. Both `sql`/`http` context sources and
+//! `http` tasks go through [`Sources`], so allow-lists, secret expansion and redaction apply to
+//! every outbound call alike.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value as Json, json};
+use sqlx::PgPool;
+use tf_config::{Datasource, Datasources, HttpDatasource, Secrets};
+use tf_definitions::{Bindings, ContextSource, Definition};
+
+use crate::http::{Answer, Body, HttpClient, HttpError, Request};
+
+/// Why a source or call gave no value; the message is already redacted and names the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceError {
+    pub message: String,
+    /// Retrying may help (a timeout, a refused connection, a 5xx).
+    pub transient: bool,
+    /// How long the server asked us to wait.
+    pub retry_after: Option<Duration>,
+}
+
+impl SourceError {
+    fn permanent(message: String) -> SourceError {
+        SourceError { message, transient: false, retry_after: None }
+    }
+}
+
+enum Runtime {
+    Postgres { pool: PgPool, statement_timeout: Duration },
+    Http(HttpDatasource),
+}
+
+/// One outbound HTTP call, as a context source or a task describes it.
+pub struct HttpCall<'a> {
+    pub what: &'a str,
+    pub datasource: Option<&'a str>,
+    pub method: &'a str,
+    pub url: &'a str,
+    /// Values may hold `${secret:name}` references, expanded only here.
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Body>,
+    pub timeout: Option<Duration>,
+    pub expect: &'a [u16],
+}
+
+/// The context and, per source, how it was obtained (for the run's snapshot).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub values: Json,
+    pub sources: Json,
+}
+
+pub struct Sources {
+    datasources: BTreeMap<String, Runtime>,
+    configured: String,
+    http: HttpClient,
+    secrets: Arc<Secrets>,
+    cache: Cache,
+}
+
+impl Sources {
+    pub fn new(datasources: &Datasources, http: HttpClient, secrets: Arc<Secrets>) -> anyhow::Result<Sources> {
+        let mut runtime = BTreeMap::new();
+        for (name, d) in datasources.iter() {
+            let r = match d {
+                Datasource::Postgres(p) => {
+                    let url = secrets.expand(&p.url).map_err(|e| anyhow::anyhow!("datasource {name}: {e}"))?;
+                    if let Ok(parsed) = reqwest::Url::parse(&url)
+                        && let Some(pw) = parsed.password()
+                    {
+                        secrets.remember(pw);
+                    }
+                    let pool = tf_store::context::datasource_pool(&url, p.statement_timeout, p.connect_timeout, p.max_connections)
+                        .map_err(|e| anyhow::anyhow!("datasource {name}: {e}"))?;
+                    Runtime::Postgres { pool, statement_timeout: p.statement_timeout }
+                }
+                Datasource::Http(h) => Runtime::Http(h.clone()),
+            };
+            runtime.insert(name.to_string(), r);
+        }
+        Ok(Sources { datasources: runtime, configured: datasources.describe(), http, secrets, cache: Cache::default() })
+    }
+
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    /// Resolves the definition's context sources in name order (later sources see earlier ones).
+    pub async fn resolve(&self, definition: &Definition, event: &Json, run: &Json) -> Result<Resolved, SourceError> {
+        let mut values = Map::new();
+        let mut sources = Map::new();
+        for (name, source) in &definition.context {
+            let field = format!("context.{name}");
+            let b = Bindings { event: event.clone(), context: Json::Object(values.clone()), item: Json::Null, run: run.clone() };
+            let eval = |e: &tf_definitions::Expr| e.eval(&b).map_err(|e| SourceError::permanent(self.secrets.redact(&e.to_string())));
+            let started = Instant::now();
+            let (value, meta) = match source {
+                ContextSource::Static(v) => (v.clone(), json!({"kind": "static"})),
+                ContextSource::Sql(sql) => {
+                    let params: Vec<Json> = sql.params.iter().map(&eval).collect::<Result<_, _>>()?;
+                    let key = format!("sql\0{}\0{}\0{}", sql.datasource, sql.query, Json::Array(params.clone()));
+                    let (value, cache) = self
+                        .cached(&key, sql.cache, || async {
+                            let (pool, timeout) = match self.datasources.get(&sql.datasource) {
+                                Some(Runtime::Postgres { pool, statement_timeout }) => (pool, *statement_timeout),
+                                _ => return Err(self.unknown(&format!("{field}.sql"), &sql.datasource, "postgres")),
+                            };
+                            tf_store::context::context_query(pool, &sql.query, &params, timeout).await.map_err(|e| {
+                                let transient = e.is_transient();
+                                let hint = if is_statement_timeout(&e) {
+                                    format!(" (cut by the datasource's statement_timeout of {})", humanize(timeout))
+                                } else {
+                                    String::new()
+                                };
+                                SourceError {
+                                    message: self.secrets.redact(&format!("{field}.sql on datasource {}: {e}{hint}", sql.datasource)),
+                                    transient,
+                                    retry_after: None,
+                                }
+                            })
+                        })
+                        .await?;
+                    (value, json!({"kind": "sql", "datasource": sql.datasource, "cache": cache.label(), "age_ms": cache.age_ms()}))
+                }
+                ContextSource::Http(h) => {
+                    let url = h.url.eval_string(&b).map_err(|e| SourceError::permanent(self.secrets.redact(&e.to_string())))?;
+                    let body = match (&h.body, &h.text) {
+                        (Some(e), _) => Some(Body::Json(eval(e)?)),
+                        (None, Some(e)) => Some(Body::Text(e.eval_string(&b).map_err(|e| SourceError::permanent(e.to_string()))?)),
+                        (None, None) => None,
+                    };
+                    let mut headers = Vec::new();
+                    for (k, e) in &h.headers {
+                        let mut v = eval(e)?;
+                        tf_definitions::expr::seal_secret_refs(&mut v)
+                            .map_err(|err| SourceError::permanent(format!("{field}.http.headers.{k}: {err}")))?;
+                        headers.push((k.clone(), header_text(v)));
+                    }
+                    let key = format!(
+                        "http\0{}\0{}\0{url}\0{headers:?}\0{}",
+                        h.datasource.as_deref().unwrap_or(""),
+                        h.method,
+                        body.as_ref().map(|b| format!("{b:?}")).unwrap_or_default()
+                    );
+                    let what = format!("{field}.http");
+                    let (value, cache) = self
+                        .cached(&key, h.cache, || async {
+                            let call = HttpCall {
+                                what: &what,
+                                datasource: h.datasource.as_deref(),
+                                method: &h.method,
+                                url: &url,
+                                headers,
+                                body,
+                                timeout: h.timeout,
+                                expect: &h.expect,
+                            };
+                            self.call(call).await.map(|a| a.body)
+                        })
+                        .await?;
+                    let mut meta = json!({"kind": "http", "cache": cache.label(), "age_ms": cache.age_ms()});
+                    if let Some(d) = &h.datasource {
+                        meta["datasource"] = json!(d);
+                    }
+                    (value, meta)
+                }
+            };
+            let mut meta = meta;
+            meta["ms"] = json!(started.elapsed().as_millis() as u64);
+            sources.insert(name.clone(), meta);
+            values.insert(name.clone(), value);
+        }
+        Ok(Resolved { values: Json::Object(values), sources: Json::Object(sources) })
+    }
+
+    /// Sends one call: through its datasource (base URL, default headers, timeout, hosts) when
+    /// it names one, with secrets expanded at the last moment and masked in what comes back.
+    pub async fn call(&self, call: HttpCall<'_>) -> Result<Answer, SourceError> {
+        let what = call.what;
+        let (url, mut headers, timeout, hosts) = match call.datasource {
+            None => (call.url.to_string(), Vec::new(), call.timeout, Vec::new()),
+            Some(name) => {
+                let Some(Runtime::Http(d)) = self.datasources.get(name) else { return Err(self.unknown(what, name, "http")) };
+                if call.url.contains("://") || call.url.starts_with("//") {
+                    return Err(SourceError::permanent(format!(
+                        "{what}: with datasource {name} the URL must be a path below its base URL, not {:?}",
+                        crate::http::redact(call.url)
+                    )));
+                }
+                let url = if call.url.is_empty() {
+                    d.base_url.clone()
+                } else {
+                    format!("{}/{}", d.base_url.trim_end_matches('/'), call.url.trim_start_matches('/'))
+                };
+                let defaults: Vec<(String, String)> = d.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                (url, defaults, call.timeout.or(Some(d.timeout)), d.allowed_hosts.clone())
+            }
+        };
+        // The call's own headers win over the datasource's defaults.
+        headers.retain(|(k, _)| !call.headers.iter().any(|(c, _)| c.eq_ignore_ascii_case(k)));
+        headers.extend(call.headers);
+        let mut expanded = Vec::with_capacity(headers.len());
+        for (k, v) in headers {
+            let v = self.secrets.expand(&v).map_err(|e| SourceError::permanent(format!("{what}: header {k}: {e}")))?;
+            expanded.push((k, v));
+        }
+        let request = Request {
+            method: call.method,
+            url: &url,
+            headers: expanded,
+            body: call.body,
+            timeout,
+            expect: call.expect,
+            datasource_hosts: &hosts,
+        };
+        match self.http.send(request).await {
+            Ok(mut answer) => {
+                self.secrets.redact_json(&mut answer.body);
+                Ok(answer)
+            }
+            Err(HttpError::Transient { message, retry_after }) => {
+                Err(SourceError { message: self.secrets.redact(&format!("{what}: {message}")), transient: true, retry_after })
+            }
+            Err(HttpError::Permanent(message)) => Err(SourceError::permanent(self.secrets.redact(&format!("{what}: {message}")))),
+        }
+    }
+
+    fn unknown(&self, what: &str, name: &str, kind: &str) -> SourceError {
+        SourceError::permanent(format!(
+            "{what}: no {kind} datasource named {name:?} on this worker; configured: {} (TF_DATASOURCES)",
+            self.configured
+        ))
+    }
+
+    async fn cached<F, Fut>(&self, key: &str, ttl: Option<Duration>, fetch: F) -> Result<(Json, CacheUse), SourceError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Json, SourceError>>,
+    {
+        let Some(ttl) = ttl.filter(|t| !t.is_zero()) else { return Ok((fetch().await?, CacheUse::Off)) };
+        if let Some((value, age)) = self.cache.get(key) {
+            return Ok((value, CacheUse::Hit(age)));
+        }
+        let value = fetch().await?;
+        self.cache.put(key, value.clone(), ttl);
+        Ok((value, CacheUse::Miss))
+    }
+}
+
+/// A header's value as text: strings as they are, anything else as JSON.
+pub fn header_text(v: Json) -> String {
+    match v {
+        Json::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+fn is_statement_timeout(e: &tf_store::StoreError) -> bool {
+    matches!(e, tf_store::StoreError::Query(sqlx::Error::Database(db)) if db.code().as_deref() == Some("57014"))
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
+}
+
+enum CacheUse {
+    Off,
+    Miss,
+    Hit(Duration),
+}
+
+impl CacheUse {
+    fn label(&self) -> &'static str {
+        match self {
+            CacheUse::Off => "off",
+            CacheUse::Miss => "miss",
+            CacheUse::Hit(_) => "hit",
+        }
+    }
+
+    fn age_ms(&self) -> Json {
+        match self {
+            CacheUse::Hit(age) => json!(age.as_millis() as u64),
+            _ => Json::Null,
+        }
+    }
+}
+
+/// Answers of context sources with a `cache:` duration, per worker process.
+#[derive(Default)]
+struct Cache {
+    entries: Mutex<HashMap<String, CacheEntry>>,
+}
+
+struct CacheEntry {
+    stored: Instant,
+    expires: Instant,
+    value: Json,
+}
+
+/// Enough for a burst of distinct customers; past it, expired entries go, then everything.
+const CACHE_MAX_ENTRIES: usize = 10_000;
+
+impl Cache {
+    fn get(&self, key: &str) -> Option<(Json, Duration)> {
+        let entries = self.entries.lock().expect("cache lock");
+        let e = entries.get(key)?;
+        let now = Instant::now();
+        (now < e.expires).then(|| (e.value.clone(), now - e.stored))
+    }
+
+    fn put(&self, key: &str, value: Json, ttl: Duration) {
+        let mut entries = self.entries.lock().expect("cache lock");
+        let now = Instant::now();
+        if entries.len() >= CACHE_MAX_ENTRIES {
+            entries.retain(|_, e| e.expires > now);
+            if entries.len() >= CACHE_MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(key.to_string(), CacheEntry { stored: now, expires: now + ttl, value });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_expires_and_reports_age() {
+        let c = Cache::default();
+        c.put("k", json!(1), Duration::from_millis(50));
+        let (v, age) = c.get("k").unwrap();
+        assert_eq!(v, json!(1));
+        assert!(age < Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(c.get("k").is_none());
+        assert!(c.get("other").is_none());
+    }
+
+    #[tokio::test]
+    async fn datasource_calls_stay_below_their_base_and_name_what_is_missing() {
+        let ds = Datasources::load(None, [("TF_DATASOURCE__CRM__URL".to_string(), "http://crm.local:9/api/".to_string())]).unwrap();
+        let sources = Sources::new(&ds, HttpClient::new(vec![], 1024).unwrap(), Arc::new(Secrets::new([], None))).unwrap();
+        let call = |url: &'static str, datasource: &'static str| HttpCall {
+            what: "context.c.http",
+            datasource: Some(datasource),
+            method: "GET",
+            url,
+            headers: vec![("authorization".into(), "Bearer ${secret:crm_token}".into())],
+            body: None,
+            timeout: None,
+            expect: &[],
+        };
+        let e = sources.call(call("http://evil.example/x", "crm")).await.unwrap_err();
+        assert!(e.message.contains("must be a path below its base URL"), "{e}");
+        let e = sources.call(call("/x", "billing")).await.unwrap_err();
+        assert_eq!(
+            e.message,
+            "context.c.http: no http datasource named \"billing\" on this worker; configured: crm (http) (TF_DATASOURCES)"
+        );
+        let e = sources.call(call("/x", "crm")).await.unwrap_err();
+        assert!(e.message.contains("secret \"crm_token\" is not set"), "{e}");
+        assert!(!e.transient);
+    }
+}
