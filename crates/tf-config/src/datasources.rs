@@ -5,7 +5,7 @@
 //!
 //! ```yaml
 //! orders:
-//!   postgres:
+//!   postgres:            # or mysql: (MySQL and MariaDB), with the same fields
 //!     url: postgres://orders_reader:${secret:orders_db_password}@db.internal:5432/orders
 //!     statement_timeout: 5s
 //! crm:
@@ -29,6 +29,8 @@ pub const VAR_PREFIX: &str = "TF_DATASOURCE__";
 #[derive(Debug, Clone, PartialEq)]
 pub enum Datasource {
     Postgres(SqlDatasource),
+    /// MySQL or MariaDB.
+    Mysql(SqlDatasource),
     Http(HttpDatasource),
 }
 
@@ -36,6 +38,7 @@ impl Datasource {
     pub fn kind(&self) -> &'static str {
         match self {
             Datasource::Postgres(_) => "postgres",
+            Datasource::Mysql(_) => "mysql",
             Datasource::Http(_) => "http",
         }
     }
@@ -86,7 +89,7 @@ pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 #[serde(deny_unknown_fields)]
 struct EntryDoc {
     postgres: Option<SqlDoc>,
-    mysql: Option<serde_yaml::Value>,
+    mysql: Option<SqlDoc>,
     http: Option<HttpDoc>,
 }
 
@@ -107,6 +110,16 @@ struct HttpDoc {
     headers: BTreeMap<String, String>,
     timeout: Option<String>,
     allowed_hosts: Option<Vec<String>>,
+}
+
+impl EntryDoc {
+    /// The SQL entry a timeout variable refers to: the MySQL one when the entry is MySQL.
+    fn sql(&mut self) -> &mut SqlDoc {
+        match &mut self.mysql {
+            Some(mysql) => mysql,
+            None => self.postgres.get_or_insert_with(Default::default),
+        }
+    }
 }
 
 impl Datasources {
@@ -135,6 +148,9 @@ impl Datasources {
                 }
             }
         };
+        // URLs first: they decide an entry's kind, which the other fields then follow.
+        let mut vars: Vec<(String, String)> = vars.into_iter().filter(|(k, _)| k.starts_with(VAR_PREFIX)).collect();
+        vars.sort_by_key(|(k, _)| !k.ends_with("__URL"));
         for (key, value) in vars {
             let Some(rest) = key.strip_prefix(VAR_PREFIX) else { continue };
             let invalid = |message: String| DatasourceError::Invalid { origin: key.clone(), message };
@@ -149,15 +165,14 @@ impl Datasources {
                     match scheme.as_str() {
                         "postgres" | "postgresql" => entry.postgres.get_or_insert_with(Default::default).url = Some(value),
                         "http" | "https" => entry.http.get_or_insert_with(Default::default).base_url = Some(value),
-                        "mysql" => entry.mysql = Some(serde_yaml::Value::Null),
-                        _ => return Err(invalid("the URL must start with postgres://, http:// or https://".into())),
+                        "mysql" | "mariadb" => entry.mysql.get_or_insert_with(Default::default).url = Some(value),
+                        _ => return Err(invalid("the URL must start with postgres://, mysql://, http:// or https://".into())),
                     }
                 }
-                "STATEMENT_TIMEOUT" => entry.postgres.get_or_insert_with(Default::default).statement_timeout = Some(value),
-                "CONNECT_TIMEOUT" => entry.postgres.get_or_insert_with(Default::default).connect_timeout = Some(value),
+                "STATEMENT_TIMEOUT" => entry.sql().statement_timeout = Some(value),
+                "CONNECT_TIMEOUT" => entry.sql().connect_timeout = Some(value),
                 "MAX_CONNECTIONS" => {
-                    entry.postgres.get_or_insert_with(Default::default).max_connections =
-                        Some(value.parse().map_err(|_| invalid(format!("{value:?} is not a number")))?)
+                    entry.sql().max_connections = Some(value.parse().map_err(|_| invalid(format!("{value:?} is not a number")))?)
                 }
                 "TIMEOUT" => entry.http.get_or_insert_with(Default::default).timeout = Some(value),
                 "ALLOWED_HOSTS" => {
@@ -187,17 +202,18 @@ impl Datasources {
                 None => Ok(default),
                 Some(t) => tf_definitions::duration::parse(&t).map_err(|e| invalid(format!("{field}: {e}"))),
             };
-            let source = match doc {
-                EntryDoc { mysql: Some(_), .. } => {
-                    return Err(invalid("MySQL datasources are not supported by this build yet; use postgres or http".into()));
-                }
-                EntryDoc { postgres: Some(p), http: None, .. } => Datasource::Postgres(SqlDatasource {
-                    url: p.url.ok_or_else(|| invalid("postgres.url is required".into()))?,
+            let sql = |kind: &str, p: SqlDoc| -> Result<SqlDatasource, DatasourceError> {
+                Ok(SqlDatasource {
+                    url: p.url.ok_or_else(|| invalid(format!("{kind}.url is required")))?,
                     statement_timeout: duration("statement_timeout", p.statement_timeout, DEFAULT_STATEMENT_TIMEOUT)?,
                     connect_timeout: duration("connect_timeout", p.connect_timeout, DEFAULT_CONNECT_TIMEOUT)?,
                     max_connections: p.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1),
-                }),
-                EntryDoc { postgres: None, http: Some(h), .. } => {
+                })
+            };
+            let source = match doc {
+                EntryDoc { postgres: Some(p), mysql: None, http: None } => Datasource::Postgres(sql("postgres", p)?),
+                EntryDoc { postgres: None, mysql: Some(m), http: None } => Datasource::Mysql(sql("mysql", m)?),
+                EntryDoc { postgres: None, mysql: None, http: Some(h) } => {
                     let base_url = h.base_url.ok_or_else(|| invalid("http.base_url is required".into()))?;
                     let parsed = url::Url::parse(&base_url).map_err(|e| invalid(format!("http.base_url: {e}")))?;
                     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
@@ -211,7 +227,7 @@ impl Datasources {
                         allowed_hosts: h.allowed_hosts.unwrap_or_else(|| vec![host]),
                     })
                 }
-                _ => return Err(invalid("needs exactly one of postgres or http".into())),
+                _ => return Err(invalid("needs exactly one of postgres, mysql or http".into())),
             };
             by_name.insert(name, source);
         }
@@ -267,11 +283,15 @@ mod tests {
                 ("TF_DATASOURCE__ORDERS__MAX_CONNECTIONS", "2"),
                 ("TF_DATASOURCE__BILLING__URL", "https://billing.example.com"),
                 ("TF_DATASOURCE__BILLING__HEADER__X_API_KEY", "${secret:billing}"),
+                ("TF_DATASOURCE__SHOP__STATEMENT_TIMEOUT", "3s"),
+                ("TF_DATASOURCE__SHOP__URL", "mysql://reader@h/shop"),
                 ("PATH", "/bin"),
             ]),
         )
         .unwrap();
-        assert_eq!(ds.names().collect::<Vec<_>>(), ["billing", "crm", "orders"]);
+        assert_eq!(ds.names().collect::<Vec<_>>(), ["billing", "crm", "orders", "shop"]);
+        let Some(Datasource::Mysql(shop)) = ds.get("shop") else { panic!("{ds:?}") };
+        assert_eq!(shop.statement_timeout, Duration::from_secs(3));
         let Some(Datasource::Postgres(orders)) = ds.get("orders") else { panic!("{ds:?}") };
         assert_eq!((orders.statement_timeout, orders.max_connections), (Duration::from_secs(2), 2));
         let Some(Datasource::Http(crm)) = ds.get("crm") else { panic!() };
@@ -279,14 +299,19 @@ mod tests {
         assert_eq!(crm.headers["Authorization"], "Bearer ${secret:crm_token}");
         let Some(Datasource::Http(billing)) = ds.get("billing") else { panic!() };
         assert_eq!(billing.headers["x-api-key"], "${secret:billing}");
-        assert_eq!(ds.describe(), "billing (http), crm (http), orders (postgres)");
+        assert_eq!(ds.describe(), "billing (http), crm (http), orders (postgres), shop (mysql)");
     }
 
     #[test]
     fn mistakes_are_named() {
         let err = |pairs: &[(&str, &str)]| Datasources::load(None, vars(pairs)).unwrap_err().to_string();
         assert!(err(&[("TF_DATASOURCE__X__URL", "ftp://h")]).contains("TF_DATASOURCE__X__URL: the URL must start"));
-        assert!(err(&[("TF_DATASOURCE__X__URL", "mysql://h/db")]).contains("MySQL datasources are not supported"));
+        let both = "x:\n  postgres: {url: 'postgres://h/db'}\n  mysql: {url: 'mysql://h/db'}\n";
+        let dir = std::env::temp_dir().join(format!("tf-ds-both-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("both.yaml"), both).unwrap();
+        let e = Datasources::load(Some(&dir.join("both.yaml")), vars(&[])).unwrap_err().to_string();
+        assert!(e.contains("datasource x: needs exactly one of postgres, mysql or http"), "{e}");
         assert!(err(&[("TF_DATASOURCE__X__COLOUR", "red")]).contains("unknown field COLOUR"));
         assert!(err(&[("TF_DATASOURCE__X__STATEMENT_TIMEOUT", "1s")]).contains("datasource x: postgres.url is required"));
         let bad = err(&[("TF_DATASOURCE__X__URL", "postgres://h/db"), ("TF_DATASOURCE__X__STATEMENT_TIMEOUT", "soon")]);

@@ -110,7 +110,7 @@ impl ContextSource {
     }
 }
 
-/// A read-only query on a named `postgres` datasource.
+/// A read-only query on a named `postgres` or `mysql` datasource.
 #[derive(Debug, Clone)]
 pub struct SqlSource {
     pub datasource: String,
@@ -361,7 +361,10 @@ impl Definition {
                     let datasource = match &sql.datasource {
                         Some(d) if !d.trim().is_empty() => d.clone(),
                         _ => {
-                            c.fail(format!("{path}.sql.datasource"), "required: the name of a postgres datasource the operator configured");
+                            c.fail(
+                                format!("{path}.sql.datasource"),
+                                "required: the name of a postgres or mysql datasource the operator configured",
+                            );
                             String::new()
                         }
                     };
@@ -412,12 +415,12 @@ impl Definition {
     }
 
     /// The datasources this definition names, with the field naming each and the kind it needs
-    /// (`postgres` or `http`). Task datasources count when they are constants.
+    /// (`sql`: postgres or mysql; `http`). Task datasources count when they are constants.
     pub fn datasource_refs(&self) -> Vec<(String, String, &'static str)> {
         let mut refs = Vec::new();
         for (name, source) in &self.context {
             match source {
-                ContextSource::Sql(s) => refs.push((format!("context.{name}.sql.datasource"), s.datasource.clone(), "postgres")),
+                ContextSource::Sql(s) => refs.push((format!("context.{name}.sql.datasource"), s.datasource.clone(), "sql")),
                 ContextSource::Http(HttpSource { datasource: Some(d), .. }) => {
                     refs.push((format!("context.{name}.http.datasource"), d.clone(), "http"))
                 }
@@ -733,7 +736,10 @@ tasks:
             _ => None,
         };
         let errors: Vec<String> = d.check_datasources(known, "orders (http)").iter().map(|e| e.to_string()).collect();
-        assert_eq!(errors[1], "context.orders.sql.datasource: datasource \"orders\" is a http datasource; this needs a postgres one");
+        assert_eq!(
+            errors[1],
+            "context.orders.sql.datasource: datasource \"orders\" is a http datasource; this needs a postgres or mysql one"
+        );
         assert!(errors[0].starts_with("context.customer.http.datasource: no datasource named \"crm\" is configured"), "{errors:?}");
 
         let leaky = SOURCES.replace("body: \"{'customer': event.data.customer}\"", "body: \"{'token': secret('crm_token')}\"");

@@ -36,6 +36,17 @@ pub fn orders_db_url(settings: &Settings) -> String {
     format!("postgres://orders_reader:orders-reader-demo@{host}/orders")
 }
 
+/// The demo's MySQL-compatible "shop database" (`stack/shop-demo.sql`) on the stack's
+/// MariaDB, as its read-only user `shop_reader` reaches it; the port is `TF_MARIADB_PORT`
+/// (from the environment, else the committed `.env`).
+pub fn shop_db_url() -> String {
+    let port = std::env::var("TF_MARIADB_PORT").ok().or_else(|| {
+        let dotenv = std::fs::read_to_string(repo_root().join(".env")).ok()?;
+        dotenv.lines().find_map(|l| l.strip_prefix("TF_MARIADB_PORT=").map(|p| p.trim().to_string()))
+    });
+    format!("mysql://shop_reader:shop-reader-demo@127.0.0.1:{}/shop", port.expect("TF_MARIADB_PORT in the environment or .env"))
+}
+
 /// The tool directory of `scripts/stack` (its Python virtualenv), unless TF_PYTHON says otherwise.
 pub fn python() -> PathBuf {
     if let Ok(p) = std::env::var("TF_PYTHON") {

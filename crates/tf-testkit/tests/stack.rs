@@ -28,10 +28,11 @@ fn docker_compose_file_is_valid_and_uses_the_pinned_versions() {
         format!("apicurio/apicurio-registry:{}", dotenv("APICURIO_VERSION")),
         format!("temporalio/temporal:{}", dotenv("TEMPORAL_CLI_VERSION")),
         format!("postgres:{}", dotenv("POSTGRES_MAJOR")),
+        format!("mariadb:{}", dotenv("MARIADB_VERSION")),
     ] {
         assert!(resolved.contains(&image), "docker-compose.yml does not use {image}");
     }
-    for port in ["TF_KAFKA_PORT", "TF_REGISTRY_PORT", "TF_TEMPORAL_PORT", "TF_POSTGRES_PORT"] {
+    for port in ["TF_KAFKA_PORT", "TF_REGISTRY_PORT", "TF_TEMPORAL_PORT", "TF_POSTGRES_PORT", "TF_MARIADB_PORT"] {
         assert!(
             resolved.contains(&format!("published: {}", dotenv(port))) || resolved.contains(&format!(":{}:", dotenv(port))),
             "docker-compose.yml does not publish {port}"

@@ -156,7 +156,7 @@ async fn definitions_validate_apply_list_show() {
     let err = String::from_utf8_lossy(&wrong.stderr);
     assert!(!wrong.status.success());
     assert!(
-        err.contains("context.customer.sql.datasource: datasource \"orders\" is a http datasource; this needs a postgres one"),
+        err.contains("context.customer.sql.datasource: datasource \"orders\" is a http datasource; this needs a postgres or mysql one"),
         "{err}"
     );
 

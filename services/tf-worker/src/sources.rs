@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value as Json, json};
-use sqlx::PgPool;
 use tf_config::{Datasource, Datasources, HttpDatasource, Secrets};
 use tf_definitions::{Bindings, ContextSource, Definition};
+use tf_store::context::ContextPool;
 
 use crate::http::{Answer, Body, HttpClient, HttpError, Request};
 
@@ -32,7 +32,13 @@ impl SourceError {
 }
 
 enum Runtime {
-    Postgres { pool: PgPool, statement_timeout: Duration },
+    Sql {
+        pool: ContextPool,
+        statement_timeout: Duration,
+    },
+    /// Configured but not usable (a secret of its URL is missing): runs that name it fail
+    /// with this reason; the others are not held up by it.
+    Broken(String),
     Http(HttpDatasource),
 }
 
@@ -69,16 +75,31 @@ impl Sources {
         let mut runtime = BTreeMap::new();
         for (name, d) in datasources.iter() {
             let r = match d {
-                Datasource::Postgres(p) => {
-                    let url = secrets.expand(&p.url).map_err(|e| anyhow::anyhow!("datasource {name}: {e}"))?;
+                Datasource::Postgres(p) | Datasource::Mysql(p) => {
+                    let url = match secrets.expand(&p.url) {
+                        Ok(url) => url,
+                        Err(e) => {
+                            tracing::warn!(datasource = name, error = %e, "datasource not usable; runs that use it fail");
+                            runtime.insert(name.to_string(), Runtime::Broken(e.to_string()));
+                            continue;
+                        }
+                    };
                     if let Ok(parsed) = reqwest::Url::parse(&url)
                         && let Some(pw) = parsed.password()
                     {
                         secrets.remember(pw);
+                        // The URL form too: a driver error may quote it percent-encoded.
+                        if let Some(decoded) = percent_decode(pw) {
+                            secrets.remember(&decoded);
+                        }
                     }
-                    let pool = tf_store::context::datasource_pool(&url, p.statement_timeout, p.connect_timeout, p.max_connections)
-                        .map_err(|e| anyhow::anyhow!("datasource {name}: {e}"))?;
-                    Runtime::Postgres { pool, statement_timeout: p.statement_timeout }
+                    let (timeout, connect, max) = (p.statement_timeout, p.connect_timeout, p.max_connections);
+                    let pool = match d {
+                        Datasource::Mysql(_) => ContextPool::mysql(&url, timeout, connect, max),
+                        _ => ContextPool::postgres(&url, timeout, connect, max),
+                    }
+                    .map_err(|e| anyhow::anyhow!("datasource {name}: {e}"))?;
+                    Runtime::Sql { pool, statement_timeout: timeout }
                 }
                 Datasource::Http(h) => Runtime::Http(h.clone()),
             };
@@ -108,12 +129,18 @@ impl Sources {
                     let (value, cache) = self
                         .cached(&key, sql.cache, || async {
                             let (pool, timeout) = match self.datasources.get(&sql.datasource) {
-                                Some(Runtime::Postgres { pool, statement_timeout }) => (pool, *statement_timeout),
-                                _ => return Err(self.unknown(&format!("{field}.sql"), &sql.datasource, "postgres")),
+                                Some(Runtime::Sql { pool, statement_timeout }) => (pool, *statement_timeout),
+                                Some(Runtime::Broken(why)) => {
+                                    return Err(SourceError::permanent(format!(
+                                        "{field}.sql: datasource {} is not usable: {why}",
+                                        sql.datasource
+                                    )));
+                                }
+                                _ => return Err(self.unknown(&format!("{field}.sql"), &sql.datasource, "sql")),
                             };
-                            tf_store::context::context_query(pool, &sql.query, &params, timeout).await.map_err(|e| {
-                                let transient = e.is_transient();
-                                let hint = if is_statement_timeout(&e) {
+                            pool.query(&sql.query, &params, timeout).await.map_err(|e| {
+                                let transient = e.transient;
+                                let hint = if e.timed_out {
                                     format!(" (cut by the datasource's statement_timeout of {})", humanize(timeout))
                                 } else {
                                     String::new()
@@ -261,8 +288,26 @@ pub fn header_text(v: Json) -> String {
     }
 }
 
-fn is_statement_timeout(e: &tf_store::StoreError) -> bool {
-    matches!(e, tf_store::StoreError::Query(sqlx::Error::Database(db)) if db.code().as_deref() == Some("57014"))
+/// `%40` → `@`: a password as it is, when its URL form differs.
+fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return None;
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(b) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 fn humanize(d: Duration) -> String {
@@ -346,7 +391,14 @@ mod tests {
 
     #[tokio::test]
     async fn datasource_calls_stay_below_their_base_and_name_what_is_missing() {
-        let ds = Datasources::load(None, [("TF_DATASOURCE__CRM__URL".to_string(), "http://crm.local:9/api/".to_string())]).unwrap();
+        let ds = Datasources::load(
+            None,
+            [
+                ("TF_DATASOURCE__CRM__URL".to_string(), "http://crm.local:9/api/".to_string()),
+                ("TF_DATASOURCE__ORDERS__URL".to_string(), "postgres://r:${secret:missing}@127.0.0.1:9/orders".to_string()),
+            ],
+        )
+        .unwrap();
         let sources = Sources::new(&ds, HttpClient::new(vec![], 1024).unwrap(), Arc::new(Secrets::new([], None))).unwrap();
         let call = |url: &'static str, datasource: &'static str| HttpCall {
             what: "context.c.http",
@@ -363,10 +415,22 @@ mod tests {
         let e = sources.call(call("/x", "billing")).await.unwrap_err();
         assert_eq!(
             e.message,
-            "context.c.http: no http datasource named \"billing\" on this worker; configured: crm (http) (TF_DATASOURCES)"
+            "context.c.http: no http datasource named \"billing\" on this worker; configured: crm (http), orders (postgres) (TF_DATASOURCES)"
         );
         let e = sources.call(call("/x", "crm")).await.unwrap_err();
         assert!(e.message.contains("secret \"crm_token\" is not set"), "{e}");
+        // A datasource whose secret is missing fails the runs that use it, not the worker.
+        let d = Definition::from_yaml(
+            "d",
+            "id: d\nname: d\ntrigger: {event: {topics: [t]}}\ncontext:\n  o: {sql: {datasource: orders, query: SELECT 1}}\ntasks: [{name: t, type: human}]\n",
+        )
+        .unwrap()
+        .remove(0);
+        let e = sources.resolve(&d, &Json::Null, &Json::Null).await.unwrap_err();
+        assert_eq!(
+            e.message,
+            "context.o.sql: datasource orders is not usable: secret \"missing\" is not set (TF_SECRET_MISSING or a file missing in TF_SECRETS_DIR)"
+        );
         assert!(!e.transient);
     }
 }

@@ -1,5 +1,6 @@
-//! Context from the user's own systems, on the real stack: the stack's `orders` database (its
-//! own read-only role) and a loopback "CRM" that wants a bearer token. The token is a secret:
+//! Context from the user's own systems, on the real stack: the stack's PostgreSQL `orders`
+//! database and MariaDB `shop` database (each with its own read-only role) and a loopback "CRM"
+//! that wants a bearer token. The token is a secret:
 //! after runs that used it, it is nowhere in Temporal history, the database, the results topic
 //! or the worker's log.
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value as Json, json};
 use temporalio_client::{UntypedWorkflow, WorkflowFetchHistoryOptions};
 use tf_temporal::{RunInput, TriggerInfo};
-use tf_testkit::{FreshDatabase, Service, apply_definition, eventually, orders_db_url, results_for, settings, unique};
+use tf_testkit::{FreshDatabase, Service, apply_definition, eventually, orders_db_url, results_for, settings, shop_db_url, unique};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn input(definition_id: &str, version: i32, key: &str, event: Json) -> RunInput {
@@ -142,7 +143,8 @@ async fn context_joins_the_users_database_and_crm_and_the_token_leaks_nowhere() 
     let (base, seen) = crm(token.clone()).await;
     let queue = unique("it-queue");
 
-    // The operator's configuration: a datasources file, one secret as a variable and one as a
+    // The operator's configuration: a datasources file (names of its own: `scripts/stack env`
+    // may have set TF_DATASOURCE__ORDERS__*, and a variable wins over the file), one secret as a variable and one as a
     // file in a secrets directory (as a Kubernetes mount gives it).
     let dir = std::env::temp_dir().join(unique("tf-ds"));
     std::fs::create_dir_all(dir.join("secrets")).unwrap();
@@ -151,7 +153,7 @@ async fn context_joins_the_users_database_and_crm_and_the_token_leaks_nowhere() 
     std::fs::write(
         dir.join("datasources.yaml"),
         format!(
-            "orders:\n  postgres:\n    url: \"{orders_url}\"\n    statement_timeout: 1s\ncrm:\n  http:\n    base_url: {base}/api/\n    headers: {{Authorization: \"Bearer ${{secret:crm_token}}\"}}\n    timeout: 5s\n"
+            "it_orders:\n  postgres:\n    url: \"{orders_url}\"\n    statement_timeout: 1s\nit_crm:\n  http:\n    base_url: {base}/api/\n    headers: {{Authorization: \"Bearer ${{secret:crm_token}}\"}}\n    timeout: 5s\n"
         ),
     )
     .unwrap();
@@ -165,18 +167,23 @@ trigger: {{event: {{topics: [events.demo]}}}}
 dedupe: {{key: event.data.order_id}}
 context:
   customer:
-    http: {{datasource: crm, url: "'/customers/' + event.data.customer", cache: 5m}}
+    http: {{datasource: it_crm, url: "'/customers/' + event.data.customer", cache: 5m}}
   orders:
     sql:
-      datasource: orders
+      datasource: it_orders
       query: "SELECT id, amount::text AS amount FROM orders WHERE customer_id = $1 ORDER BY id"
       params: [event.data.customer]
       cache: 5m
+  loyalty:
+    sql:
+      datasource: it_shop
+      query: "SELECT points, CAST(member_since AS CHAR) AS member_since, balance, vip FROM loyalty WHERE customer_id = ?"
+      params: [event.data.customer]
 tasks:
   - name: note
     type: http
     params:
-      datasource: "'crm'"
+      datasource: "'it_crm'"
       url: "'/notes'"
       headers: "{{'Authorization': 'Bearer ' + secret('crm_token')}}"
       body: "{{'customer': context.customer.name, 'orders': size(context.orders), 'first': context.orders[0].amount}}"
@@ -186,16 +193,23 @@ tasks:
     when: "event.data.order_id == 'o-1'"
     retry: {{max_attempts: 3, initial_interval: 100ms}}
     params:
-      datasource: "'crm'"
+      datasource: "'it_crm'"
       url: "'/busy'"
 "#
     );
     let (def_id, version) = apply_definition(&pool, &yaml).await;
     let slow_id = unique("it-slow").to_lowercase();
     let slow = format!(
-        "id: {slow_id}\nname: Slow\ntrigger: {{event: {{topics: [events.demo]}}}}\ncontext:\n  slow: {{sql: {{datasource: orders, query: \"SELECT pg_sleep(5) AS slept\"}}}}\ntasks:\n  - {{name: t, type: human}}\n"
+        "id: {slow_id}\nname: Slow\ntrigger: {{event: {{topics: [events.demo]}}}}\ncontext:\n  slow: {{sql: {{datasource: it_orders, query: \"SELECT pg_sleep(5) AS slept\"}}}}\ntasks:\n  - {{name: t, type: human}}\n"
     );
     let (slow_id, slow_version) = apply_definition(&pool, &slow).await;
+    let slow_my_id = unique("it-slow-my").to_lowercase();
+    let slow_my =
+        slow.replace(&slow_id, &slow_my_id).replace("datasource: it_orders", "datasource: it_shop").replace("pg_sleep(5)", "SLEEP(5)");
+    let (slow_my_id, slow_my_version) = apply_definition(&pool, &slow_my).await;
+    // The MySQL datasource by variables alone, its password a secret too.
+    let shop_url = shop_db_url().replace(":shop-reader-demo@", ":${secret:shop_pw}@");
+    std::fs::write(dir.join("secrets/shop_pw"), "shop-reader-demo").unwrap();
 
     let datasources = dir.join("datasources.yaml").display().to_string();
     let secrets_dir = dir.join("secrets").display().to_string();
@@ -210,6 +224,8 @@ tasks:
             ("TF_DATASOURCES", &datasources),
             ("TF_SECRETS_DIR", &secrets_dir),
             ("TF_SECRET_CRM_TOKEN", &token),
+            ("TF_DATASOURCE__IT_SHOP__URL", &shop_url),
+            ("TF_DATASOURCE__IT_SHOP__STATEMENT_TIMEOUT", "1s"),
             ("TF_LOG", "debug,h2=info,hyper=info,tonic=info,tower=info,rdkafka=info,sqlx=info"),
         ],
     );
@@ -227,6 +243,7 @@ tasks:
     let order = |id: &str, customer: &str| json!({"id": format!("e-{id}"), "type": "order.created", "data": {"order_id": id, "customer": customer}});
     tf_temporal::start_run(&client, &queue, input(&def_id, version, "o-1", order("o-1", "c-1001"))).await.unwrap();
     tf_temporal::start_run(&client, &queue, input(&slow_id, slow_version, "s-1", json!({"id": "s-1"}))).await.unwrap();
+    tf_temporal::start_run(&client, &queue, input(&slow_my_id, slow_my_version, "s-1", json!({"id": "s-1"}))).await.unwrap();
     let run1 = run_of("o-1", &def_id);
     let status = eventually("run o-1 to end", Duration::from_secs(90), || run_status(run1.clone())).await;
     assert_eq!(status, "completed", "worker log:\n{}", worker.log());
@@ -245,6 +262,7 @@ tasks:
     assert_eq!(context["orders"], json!([{"id": "o-1", "amount": "120.50"}, {"id": "o-2", "amount": "80.00"}]));
     assert_eq!(context["customer"]["name"], "Acme Corp");
     assert_eq!(context["customer"]["you_sent"], "Bearer ***", "what the CRM echoed is masked");
+    assert_eq!(context["loyalty"], json!([{"points": 420, "member_since": "2021-03-04", "balance": "12.50", "vip": true}]));
     assert_eq!((sources["customer"]["cache"].as_str(), sources["orders"]["cache"].as_str()), (Some("miss"), Some("miss")));
     let sources2: Json =
         sqlx::query_scalar("SELECT context_sources FROM activity_runs WHERE run_id = $1").bind(&run2).fetch_one(&pool).await.unwrap();
@@ -271,6 +289,11 @@ tasks:
     assert!(slow_history.contains("cut by the datasource's statement_timeout of 1s"), "{slow_history}");
     assert!(slow_history.contains("canceling statement due to statement timeout"), "{slow_history}");
     assert!(slow_history.contains("attempt: 5"), "retried to the context's attempt limit: {slow_history}");
+    let slow_my_run = run_of("s-1", &slow_my_id);
+    assert_eq!(eventually("the slow MySQL run to fail", Duration::from_secs(120), || run_status(slow_my_run.clone())).await, "failed");
+    let (_, slow_my_history) = history_bytes(&client, &slow_my_run).await;
+    assert!(slow_my_history.contains("max_statement_time exceeded"), "{slow_my_history}");
+    assert!(slow_my_history.contains("cut by the datasource's statement_timeout of 1s"), "{slow_my_history}");
 
     // The token is nowhere it must not be: ...
     let results = eventually("3 results of the completed runs", Duration::from_secs(60), || async {
@@ -304,5 +327,7 @@ tasks:
     // ... and not in the worker's log.
     let log = worker.log();
     assert!(log.contains("datasources configured"), "{log}");
-    assert!(!log.contains(&token) && !log.contains("orders-reader-demo"), "worker log:\n{log}");
+    for secret in [token.as_str(), "orders-reader-demo", "shop-reader-demo"] {
+        assert!(!log.contains(secret), "worker log:\n{log}");
+    }
 }
