@@ -443,9 +443,10 @@ impl Definition {
         self.datasource_refs()
             .into_iter()
             .filter_map(|(path, name, needs)| match kind_of(&name) {
-                Some(kind) if kind == needs => None,
+                Some(kind) if kind == needs || (needs == "sql" && matches!(kind, "postgres" | "mysql")) => None,
                 Some(kind) => {
-                    Some(FieldError { path, message: format!("datasource {name:?} is a {kind} datasource; this needs a {needs} one") })
+                    let wanted = if needs == "sql" { "postgres or mysql" } else { needs };
+                    Some(FieldError { path, message: format!("datasource {name:?} is a {kind} datasource; this needs a {wanted} one") })
                 }
                 None => Some(FieldError { path, message: format!("no datasource named {name:?} is configured; configured: {configured}") }),
             })
