@@ -10,8 +10,10 @@ pub use secrets::Secrets;
 
 use clap::{Args, Parser};
 
-/// Where the task factory finds Kafka, the schema registry, Temporal and PostgreSQL.
+/// Where the task factory finds Kafka, the schema registry, Temporal and PostgreSQL. In every
+/// `--help` they stand under their own heading, apart from each command's options.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connections (every command; TF_* variables)")]
 pub struct Settings {
     /// Kafka bootstrap servers (comma separated).
     #[arg(long, env = "TF_KAFKA_BROKERS", default_value = "127.0.0.1:19092", global = true)]

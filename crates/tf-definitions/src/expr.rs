@@ -59,6 +59,25 @@ pub struct EvalError {
 impl Expr {
     /// Compiles `source`; `path` names the field (e.g. `tasks[0].params.url`) in every error.
     pub fn compile(path: impl Into<String>, source: &str) -> Result<Expr, CompileError> {
+        // CEL here has no evaluation budget, so what an expression may cost is bounded before it
+        // runs: by its length, and by forbidding a comprehension inside another (its cost would
+        // be the square of a list's length, and an event may carry a list of 100 000 items).
+        if source.len() > MAX_SOURCE_BYTES {
+            return Err(CompileError {
+                line: 1,
+                column: 1,
+                message: format!("is {} bytes long; expressions are limited to {MAX_SOURCE_BYTES}", source.len()),
+            });
+        }
+        if let Some(column) = nested_comprehension(source) {
+            return Err(CompileError {
+                line: 1,
+                column,
+                message: "a comprehension (all, exists, exists_one, map, filter) inside another one is not allowed: its cost \
+                          grows with the product of both lists' lengths; use for_each for the outer list"
+                    .into(),
+            });
+        }
         let program = env().compile(source).map_err(|errs| {
             let first = errs.errors.first();
             CompileError {
@@ -255,6 +274,61 @@ fn to_cel(v: &Json) -> cel::Value {
     }
 }
 
+/// The longest expression a definition may hold.
+pub const MAX_SOURCE_BYTES: usize = 4096;
+
+const COMPREHENSIONS: [&str; 5] = ["all(", "exists(", "exists_one(", "map(", "filter("];
+
+/// The column of a comprehension macro that sits inside another one's parentheses, if any.
+/// Text inside string literals is skipped.
+fn nested_comprehension(source: &str) -> Option<usize> {
+    let bytes = source.as_bytes();
+    // Paren depths at which an enclosing comprehension's arguments are open.
+    let mut open: Vec<usize> = Vec::new();
+    let mut depth = 0usize;
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if let Some(q) = quote {
+            if b == b'\\' {
+                i += 2;
+                continue;
+            }
+            if b == q {
+                quote = None;
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b'\'' | b'"' => quote = Some(b),
+            b'(' => depth += 1,
+            b')' => {
+                if open.last() == Some(&depth) {
+                    open.pop();
+                }
+                depth = depth.saturating_sub(1);
+            }
+            b'.' => {
+                let rest = &source[i + 1..];
+                if let Some(m) = COMPREHENSIONS.iter().find(|m| rest.starts_with(**m)) {
+                    if !open.is_empty() {
+                        return Some(i + 2);
+                    }
+                    depth += 1;
+                    open.push(depth);
+                    i += 1 + m.len();
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 /// `list.all(x, ...)`, `map(x, ...)` and friends bind their own variable; CEL's parser reports
 /// it as a reference, so the name right after the macro's opening parenthesis is allowed.
 fn is_comprehension_variable(source: &str, name: &str) -> bool {
@@ -327,6 +401,19 @@ mod tests {
         let e = Expr::compile("f", "evnt.id == 'x'").unwrap_err();
         assert!(e.message.contains("unknown variable `evnt`"), "{e:?}");
         assert_eq!(e.column, 1);
+    }
+
+    #[test]
+    fn what_an_expression_may_cost_is_bounded_before_it_runs() {
+        let nested = Expr::compile("f", "event.data.items.all(i, event.data.items.exists(j, j == i))").unwrap_err();
+        assert!(nested.message.starts_with("a comprehension (all, exists, exists_one, map, filter) inside another"), "{nested:?}");
+        assert_eq!(nested.column, 42, "the inner macro's name");
+        // Side by side is fine, and so is the text in a string.
+        assert!(Expr::compile("f", "event.data.items.all(i, i.qty > 0) && event.data.items.exists(i, i.sku == 'a')").is_ok());
+        assert!(Expr::compile("f", "event.data.items.map(i, i.sku + '.map(x, x)')").is_ok());
+        assert!(Expr::compile("f", "event.data.items.filter(i, size(i.tags) > 0).map(i, i.sku)").is_ok());
+        let long = format!("'{}'", "x".repeat(MAX_SOURCE_BYTES));
+        assert!(Expr::compile("f", &long).unwrap_err().message.contains("expressions are limited to 4096"));
     }
 
     #[test]

@@ -240,8 +240,12 @@ enum SchedulesCommand {
         /// End of the range, RFC 3339 (excluded).
         #[arg(long)]
         to: String,
-        /// skip, buffer_one, buffer_all, cancel_other, terminate_other or allow_all.
-        #[arg(long, default_value = "allow_all", value_parser = schedules::parse_overlap)]
+        /// What to do with a backfilled run while an earlier one still runs.
+        #[arg(
+            long,
+            default_value = "allow_all",
+            value_parser = schedules::overlap_parser()
+        )]
         overlap: temporalio_client::schedules::ScheduleOverlapPolicy,
     },
     /// Bring the schedules in line with the definitions now (the worker does this continuously).
@@ -252,7 +256,7 @@ enum SchedulesCommand {
 enum TasksCommand {
     /// Tasks in a status (default: human tasks waiting for completion).
     List {
-        /// pending, running, awaiting_human, succeeded, failed or cancelled.
+        /// Only tasks in this status.
         #[arg(long, default_value = "awaiting_human", value_parser = ["pending", "running", "awaiting_human", "succeeded", "failed", "cancelled"])]
         status: String,
         /// How many tasks to show, oldest first.
@@ -377,5 +381,26 @@ mod tests {
         let mut missing = Vec::new();
         walk(&<super::Cli as clap::CommandFactory>::command(), "tf", &mut missing);
         assert!(missing.is_empty(), "without help text: {missing:#?}");
+    }
+
+    /// Connection flags stand apart from a command's own options, and closed sets of values are
+    /// listed.
+    #[test]
+    fn help_groups_connections_and_lists_values() {
+        let help = |path: &[&str]| {
+            let mut cmd = <super::Cli as clap::CommandFactory>::command();
+            cmd.build();
+            let mut sub = &mut cmd;
+            for p in path {
+                sub = sub.find_subcommand_mut(p).unwrap_or_else(|| panic!("no subcommand {p}"));
+            }
+            sub.render_long_help().to_string()
+        };
+        let tasks = help(&["tasks", "list"]);
+        let heading = tasks.find("Connections (every command; TF_* variables):").expect(&tasks);
+        assert!(tasks.find("--status").unwrap() < heading && tasks.find("--kafka-brokers").unwrap() > heading, "{tasks}");
+        assert!(tasks.contains("[possible values: pending, running, awaiting_human, succeeded, failed, cancelled]"), "{tasks}");
+        let backfill = help(&["schedules", "backfill"]);
+        assert!(backfill.contains("buffer_one") && backfill.contains("terminate_other"), "{backfill}");
     }
 }

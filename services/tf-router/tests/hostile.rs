@@ -151,6 +151,30 @@ async fn a_registry_url_that_is_no_api_root_pauses_routing_without_dead_letters_
 }
 
 #[tokio::test]
+async fn a_temporal_namespace_that_does_not_exist_pauses_routing_without_dead_letters_until_fixed() {
+    let t = setup(1, ANY).await;
+    let _worker = t.worker();
+    let group = unique("it-group");
+    let metrics = tf_testkit::free_local_addr();
+    let mut router = t.router(&group, &[("TF_TEMPORAL_NAMESPACE", "no-such-namespace"), ("TF_ROUTER_METRICS_ADDR", &metrics)]);
+    t.send(0, "a", &t.envelope("e1", json!({})).await).await;
+    let metric = |name: &str| tf_testkit::scrape_metric(&metrics, name);
+    eventually("the router to retry the start", Duration::from_secs(60), || async {
+        metric("tf_router_dependency_retries_total").filter(|n| *n >= 3.0)
+    })
+    .await;
+    assert_eq!(metric("tf_router_dead_letters_total{stage=\"start\"}"), Some(0.0), "a misconfiguration is not bad input");
+    assert_eq!(committed(&group, &t.topic, 1), 0);
+    assert!(router.log().contains("check TF_TEMPORAL_URL, TF_TEMPORAL_NAMESPACE"), "{}", router.log());
+    router.terminate();
+
+    // Fixed setting: the record is routed, once.
+    let _router = t.router(&group, &[]);
+    eventually("the paused record's run", Duration::from_secs(60), || async { (t.runs().await == 1).then_some(()) }).await;
+    eventually("its offset committed", Duration::from_secs(30), || async { (committed(&group, &t.topic, 1) == 1).then_some(()) }).await;
+}
+
+#[tokio::test]
 async fn with_the_topic_subject_policy_a_record_of_another_subject_is_dead_lettered_unread() {
     let t = setup(1, ANY).await;
     let _worker = t.worker();
