@@ -47,6 +47,17 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The Temporal UI page of a workflow (`TF_TEMPORAL_UI_URL`; the dev server's UI port is
+    /// pinned in `.env`).
+    pub fn temporal_ui_link(&self, workflow_id: &str) -> String {
+        let ui = std::env::var("TF_TEMPORAL_UI_URL").unwrap_or_else(|_| "http://127.0.0.1:18233".into());
+        let id: String = workflow_id
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        format!("{}/namespaces/{}/workflows/{id}", ui.trim_end_matches('/'), self.temporal_namespace)
+    }
+
     /// Settings from the environment alone (defaults for what is unset); for tests and tools
     /// that have no command line of their own.
     pub fn from_env() -> Self {

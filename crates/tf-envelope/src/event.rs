@@ -198,7 +198,8 @@ fn unwrap_union(v: Value) -> Value {
 }
 
 /// `application/json`, `text/json` and any `+json` suffix, parameters ignored.
-fn is_json(content_type: &str) -> bool {
+/// Whether a content type carries JSON (`application/json`, `text/json`, `...+json`).
+pub fn is_json(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
 }

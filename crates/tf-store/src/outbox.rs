@@ -80,12 +80,23 @@ pub async fn quarantine_result(pool: &PgPool, task_id: &str, reason: &str) -> Re
     Ok(())
 }
 
-/// Informational: the Kafka transaction's marker is the source of truth.
-pub async fn mark_published(pool: &PgPool, task_ids: &[String]) -> Result<(), StoreError> {
-    sqlx::query("UPDATE task_results SET published_at = now() WHERE task_id = ANY($1) AND published_at IS NULL")
-        .bind(task_ids)
-        .execute(pool)
-        .await?;
+/// Records where committed results landed on the results topic: `(task id, partition,
+/// offset)`. Informational (the Kafka transaction's marker is the source of truth), first
+/// placement wins.
+pub async fn mark_published(pool: &PgPool, placed: &[(String, i32, i64)]) -> Result<(), StoreError> {
+    let ids: Vec<&str> = placed.iter().map(|p| p.0.as_str()).collect();
+    let partitions: Vec<i32> = placed.iter().map(|p| p.1).collect();
+    let offsets: Vec<i64> = placed.iter().map(|p| p.2).collect();
+    sqlx::query(
+        "UPDATE task_results r SET published_at = now(), published_partition = p.partition, published_offset = p.off
+         FROM unnest($1::text[], $2::int[], $3::bigint[]) AS p(task_id, partition, off)
+         WHERE r.task_id = p.task_id AND r.published_at IS NULL",
+    )
+    .bind(&ids)
+    .bind(&partitions)
+    .bind(&offsets)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

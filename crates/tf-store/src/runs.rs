@@ -215,3 +215,92 @@ pub async fn recent_runs(pool: &PgPool, limit: i64) -> Result<Vec<RunRow>, Store
     .fetch_all(pool)
     .await?)
 }
+
+/// Which runs to list; all conditions hold together.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub definition: Option<String>,
+    pub status: Option<String>,
+    pub dedupe_key: Option<String>,
+    pub trigger_kind: Option<String>,
+    /// Fired at or after (RFC 3339).
+    pub since: Option<String>,
+    /// Fired before (RFC 3339).
+    pub until: Option<String>,
+}
+
+/// Where a page of runs ends: the last run's fire time (microseconds) and id. Pages go newest
+/// first, so the next page holds runs strictly before it.
+pub type RunCursor = (i64, String);
+
+/// One page of runs as JSON objects, newest first, with the cursor of the next page (`None`
+/// on the last).
+pub async fn list_runs(
+    pool: &PgPool,
+    f: &RunFilter,
+    after: Option<&RunCursor>,
+    limit: i64,
+) -> Result<(Vec<Json>, Option<RunCursor>), StoreError> {
+    let rows: Vec<(Json, i64, String)> = sqlx::query_as(
+        "SELECT json_build_object(
+                    'run_id', r.run_id, 'definition_id', r.definition_id, 'definition_version', r.definition_version,
+                    'dedupe_key', r.dedupe_key, 'generation', r.generation, 'attempt', r.attempt, 'status', r.status,
+                    'trigger_kind', r.trigger_kind, 'source_topic', r.source_topic, 'source_partition', r.source_partition,
+                    'source_offset', r.source_offset, 'event_id', r.event_id, 'schedule_id', r.schedule_id,
+                    'scheduled_for', r.scheduled_for, 'fired_at', r.fired_at, 'finished_at', r.finished_at,
+                    'tasks_spawned', r.tasks_spawned),
+                (extract(epoch FROM r.fired_at) * 1000000)::bigint, r.run_id
+         FROM activity_runs r
+         WHERE ($1::text IS NULL OR r.definition_id = $1) AND ($2::text IS NULL OR r.status = $2)
+           AND ($3::text IS NULL OR r.dedupe_key = $3) AND ($4::text IS NULL OR r.trigger_kind = $4)
+           AND ($5::timestamptz IS NULL OR r.fired_at >= $5::timestamptz) AND ($6::timestamptz IS NULL OR r.fired_at < $6::timestamptz)
+           AND ($7::bigint IS NULL OR ((extract(epoch FROM r.fired_at) * 1000000)::bigint, r.run_id) < ($7, $8))
+         ORDER BY r.fired_at DESC, r.run_id DESC LIMIT $9",
+    )
+    .bind(&f.definition)
+    .bind(&f.status)
+    .bind(&f.dedupe_key)
+    .bind(&f.trigger_kind)
+    .bind(&f.since)
+    .bind(&f.until)
+    .bind(after.map(|c| c.0))
+    .bind(after.map(|c| c.1.clone()).unwrap_or_default())
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    let more = rows.len() as i64 > limit;
+    let page: Vec<(Json, i64, String)> = rows.into_iter().take(limit as usize).collect();
+    let next = if more { page.last().map(|(_, ts, id)| (*ts, id.clone())) } else { None };
+    Ok((page.into_iter().map(|(j, _, _)| j).collect(), next))
+}
+
+/// Everything about one run in one object: where it came from (source topic, partition, offset
+/// and event id, or schedule and slot), the definition version, the context snapshot and how it
+/// was obtained, its tasks, and where their results landed on `taskfactory.results`.
+pub async fn lineage(pool: &PgPool, run_id: &str) -> Result<Option<Json>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT json_build_object(
+            'run_id', r.run_id,
+            'definition', json_build_object('id', r.definition_id, 'version', r.definition_version),
+            'dedupe_key', r.dedupe_key, 'generation', r.generation, 'attempt', r.attempt, 'status', r.status,
+            'source', json_build_object('kind', r.trigger_kind, 'topic', r.source_topic, 'partition', r.source_partition,
+                                        'offset', r.source_offset, 'event_id', r.event_id, 'schedule_id', r.schedule_id,
+                                        'scheduled_for', r.scheduled_for),
+            'fired_at', r.fired_at, 'finished_at', r.finished_at, 'traceparent', r.traceparent,
+            'context', r.context, 'context_sources', r.context_sources,
+            'tasks', coalesce((SELECT json_agg(json_build_object(
+                    'task_id', t.task_id, 'template', t.template, 'index', t.item_index, 'type', t.task_type, 'status', t.status,
+                    'run_attempt', t.run_attempt, 'attempts', t.attempts, 'params', t.params, 'output', t.output, 'error', t.error,
+                    'created_at', t.created_at, 'finished_at', t.finished_at) ORDER BY t.task_id)
+                FROM tasks t WHERE t.run_id = r.run_id), '[]'::json),
+            'results', coalesce((SELECT json_agg(json_build_object(
+                    'task_id', x.task_id, 'status', x.record->>'status', 'topic', 'taskfactory.results',
+                    'partition', x.published_partition, 'offset', x.published_offset, 'published_at', x.published_at,
+                    'quarantined', x.quarantined_at IS NOT NULL, 'quarantine_reason', x.quarantine_reason) ORDER BY x.task_id)
+                FROM task_results x WHERE x.run_id = r.run_id), '[]'::json))
+         FROM activity_runs r WHERE r.run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_optional(pool)
+    .await?)
+}

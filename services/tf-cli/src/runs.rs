@@ -4,14 +4,8 @@ use anyhow::Context;
 use serde_json::Value as Json;
 use tf_config::Settings;
 
-/// Temporal UI link of a workflow (the dev server's UI port is pinned in `.env`).
 fn ui_link(settings: &Settings, workflow_id: &str) -> String {
-    let ui = std::env::var("TF_TEMPORAL_UI_URL").unwrap_or_else(|_| "http://127.0.0.1:18233".into());
-    let id: String = workflow_id
-        .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect();
-    format!("{ui}/namespaces/{}/workflows/{id}", settings.temporal_namespace)
+    settings.temporal_ui_link(workflow_id)
 }
 
 pub async fn list(settings: &Settings, limit: i64) -> anyhow::Result<ExitCode> {

@@ -204,6 +204,9 @@ impl Relay {
             }
         }
         self.producer.begin_transaction()?;
+        // Where each result landed (partition, offset), recorded once the transaction commits:
+        // a run's lineage ends at its results' offsets.
+        let mut placed: Vec<(String, i32, i64)> = Vec::with_capacity(encoded.len());
         let sent: Result<(), RelayError> = async {
             let mut deliveries = Vec::with_capacity(encoded.len() + 1);
             for (row, bytes) in &encoded {
@@ -211,14 +214,18 @@ impl Relay {
                     .key(&row.run_id)
                     .payload(bytes)
                     .headers(OwnedHeaders::new().insert(Header { key: "taskfactory.task_id", value: Some(&row.task_id) }));
-                deliveries.push(self.producer.send_result(record).map_err(|(e, _)| e)?);
+                deliveries.push((Some(row.task_id.clone()), self.producer.send_result(record).map_err(|(e, _)| e)?));
             }
             let marker_json = serde_json::json!({"txid": next.0, "seq": next.1}).to_string();
             let marker_record = FutureRecord::to(MARKER_TOPIC).key(&self.transactional_id).payload(&marker_json);
-            deliveries.push(self.producer.send_result(marker_record).map_err(|(e, _)| e)?);
-            for d in deliveries {
+            deliveries.push((None, self.producer.send_result(marker_record).map_err(|(e, _)| e)?));
+            for (task_id, d) in deliveries {
                 match d.await {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(delivery)) => {
+                        if let Some(task_id) = task_id {
+                            placed.push((task_id, delivery.partition, delivery.offset));
+                        }
+                    }
                     Ok(Err((e, _))) => return Err(e.into()),
                     Err(_) => return Err(rdkafka::error::KafkaError::Canceled.into()),
                 }
@@ -239,8 +246,7 @@ impl Relay {
             let _ = tokio::task::spawn_blocking(move || producer.abort_transaction(Duration::from_secs(30))).await;
             return Err(e);
         }
-        let ids: Vec<String> = rows.iter().map(|r| r.task_id.clone()).collect();
-        tf_store::outbox::mark_published(&self.pool, &ids).await?;
+        tf_store::outbox::mark_published(&self.pool, &placed).await?;
         self.metrics.results_published.fetch_add(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(count = rows.len(), txid = next.0, seq = next.1, "published results");
         Ok(Some(next))

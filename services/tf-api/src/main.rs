@@ -1,0 +1,170 @@
+//! `tf-api`: the task factory over HTTP, for operators and for services that do not speak Kafka
+//! or hold database credentials. Definitions (list, get, validate, apply, retire), runs (list,
+//! lineage) and CloudEvents ingress; every endpoint but `/healthz` and `/readyz` needs a bearer
+//! token with the endpoint's scope.
+
+mod auth;
+mod definitions;
+mod error;
+mod ingress;
+mod runs;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use clap::{Parser, Subcommand};
+use rdkafka::producer::FutureProducer;
+use tf_config::Settings;
+use tf_envelope::{Codec, Registry};
+
+use crate::error::ApiError;
+
+/// Serve the task factory's HTTP API.
+///
+/// Every setting is also an environment variable with the TF_ prefix.
+#[derive(Parser)]
+#[command(name = "tf-api", version)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Address to listen on.
+    #[arg(long, env = "TF_API_ADDR", default_value = "127.0.0.1:18088")]
+    addr: String,
+    /// YAML file of API tokens: a list of {name, sha256, scopes: [read|write|ingest|tasks]}.
+    /// `TF_API_TOKEN__<NAME>=<scope>,<scope>:<sha256 hex>` variables add to it.
+    #[arg(long, env = "TF_API_TOKENS")]
+    tokens: Option<std::path::PathBuf>,
+    /// Largest request body in bytes (413 above it).
+    #[arg(long, env = "TF_API_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Largest encoded event in bytes; keep it under the topics' `max.message.bytes`.
+    #[arg(long, env = "TF_API_MAX_EVENT_BYTES", default_value_t = 900_000)]
+    max_event_bytes: usize,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the SHA-256 of a token, the form the API is configured with (reads the token from
+    /// stdin when not given, so it stays out of the shell history).
+    HashToken {
+        /// The token; prefer stdin.
+        token: Option<String>,
+    },
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: tf_store::PgPool,
+    pub tokens: Arc<auth::Tokens>,
+    pub codec: Arc<Codec>,
+    pub registry: Arc<Registry>,
+    pub producer: FutureProducer,
+    pub settings: Arc<Settings>,
+    /// The operator's datasources when this process sees them (definitions are then checked).
+    pub datasources: Option<Arc<tf_config::Datasources>>,
+    pub max_event_bytes: usize,
+    /// Topics known to take envelopes (their subject has the envelope schema).
+    envelope_topics: Arc<Mutex<HashSet<String>>>,
+}
+
+impl AppState {
+    /// Whether `topic`'s subject has the envelope schema registered.
+    pub async fn envelope_topic(&self, topic: &str) -> Result<bool, ApiError> {
+        if self.envelope_topics.lock().expect("lock").contains(topic) {
+            return Ok(true);
+        }
+        let found = self.registry.lookup(&format!("{topic}-value"), tf_envelope::ENVELOPE_SCHEMA).await.map_err(|e| {
+            tracing::warn!(error = %e, "schema registry lookup");
+            ApiError::unavailable(format!("the schema registry is unavailable: {e}"))
+        })?;
+        if found.is_some() {
+            self.envelope_topics.lock().expect("lock").insert(topic.to_string());
+        }
+        Ok(found.is_some())
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/definitions", get(definitions::list).post(definitions::apply))
+        .route("/definitions/validate", post(definitions::validate))
+        .route("/definitions/{id}", get(definitions::get).delete(definitions::retire))
+        .route("/runs", get(runs::list))
+        .route("/runs/{*run_id}", get(runs::describe))
+        .route("/events/{topic}", post(ingress::ingest))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::HashToken { token }) = &cli.command {
+        let token = match token {
+            Some(t) => t.clone(),
+            None => {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).context("reading the token from stdin")?;
+                line.trim_end_matches(['\n', '\r']).to_string()
+            }
+        };
+        anyhow::ensure!(!token.is_empty(), "an empty token");
+        println!("{}", auth::hash(&token));
+        return Ok(());
+    }
+    tf_telemetry::init_logging("info");
+    let tokens = auth::Tokens::load(cli.tokens.as_deref(), std::env::vars())?;
+    anyhow::ensure!(
+        !tokens.is_empty(),
+        "no API tokens are configured (TF_API_TOKENS or TF_API_TOKEN__<NAME>=<scopes>:<sha256>); `tf-api hash-token` makes the hash"
+    );
+    let s = &cli.settings;
+    let pool = tf_store::connect(&s.database_url).await?;
+    let registry = Arc::new(Registry::new(&s.schema_registry_url));
+    let producer: FutureProducer = tf_kafka::client_config(&s.kafka_brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .create()
+        .context("Kafka producer")?;
+    let datasources = if tf_config::Datasources::configured_in_env() { Some(Arc::new(tf_config::Datasources::from_env()?)) } else { None };
+    let state = AppState {
+        pool,
+        tokens: Arc::new(tokens),
+        codec: Arc::new(Codec::new(registry.clone())),
+        registry,
+        producer,
+        settings: Arc::new(s.clone()),
+        datasources,
+        max_event_bytes: cli.max_event_bytes,
+        envelope_topics: Arc::default(),
+    };
+    let token_count = state.tokens.len();
+    let listener = tokio::net::TcpListener::bind(&cli.addr).await.with_context(|| format!("listening on {}", cli.addr))?;
+    tracing::info!(addr = %listener.local_addr()?, tokens = token_count, "api running");
+    axum::serve(listener, router(state, cli.max_body_bytes))
+        .with_graceful_shutdown(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+            tracing::info!("shutting down");
+        })
+        .await?;
+    Ok(())
+}

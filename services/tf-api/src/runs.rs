@@ -1,0 +1,89 @@
+//! `/runs`: list with filters and cursor pagination; one run's lineage.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tf_store::runs::{RunCursor, RunFilter};
+
+use crate::AppState;
+use crate::auth::Scope;
+use crate::error::ApiError;
+
+const STATUSES: [&str; 5] = ["running", "completed", "failed", "cancelled", "deduplicated"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    definition: Option<String>,
+    status: Option<String>,
+    key: Option<String>,
+    trigger: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+fn time(field: &str, v: Option<String>) -> Result<Option<String>, ApiError> {
+    match v {
+        None => Ok(None),
+        Some(t) => chrono::DateTime::parse_from_rfc3339(&t)
+            .map(|_| Some(t.clone()))
+            .map_err(|e| ApiError::bad_request(field, format!("{t:?} is not an RFC 3339 time: {e}"))),
+    }
+}
+
+fn cursor(v: &str) -> Result<RunCursor, ApiError> {
+    let bad = || ApiError::bad_request("cursor", "not a cursor this API gave out (next_cursor)");
+    let (ts, id) = v.split_once(':').ok_or_else(bad)?;
+    Ok((ts.parse().map_err(|_| bad())?, id.to_string()))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    state.tokens.require(&headers, Scope::Read)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request("limit", "must be between 1 and 500"));
+    }
+    if let Some(s) = &q.status
+        && !STATUSES.contains(&s.as_str())
+    {
+        return Err(ApiError::bad_request("status", format!("{s:?} is not one of {}", STATUSES.join(", "))));
+    }
+    if let Some(t) = &q.trigger
+        && !["event", "cron"].contains(&t.as_str())
+    {
+        return Err(ApiError::bad_request("trigger", format!("{t:?} is not event or cron")));
+    }
+    let filter = RunFilter {
+        definition: q.definition,
+        status: q.status,
+        dedupe_key: q.key,
+        trigger_kind: q.trigger,
+        since: time("since", q.since)?,
+        until: time("until", q.until)?,
+    };
+    let after = q.cursor.as_deref().map(cursor).transpose()?;
+    let (mut runs, next) = tf_store::runs::list_runs(&state.pool, &filter, after.as_ref(), limit).await?;
+    for r in &mut runs {
+        let id = r["run_id"].as_str().unwrap_or_default().to_string();
+        r["temporal_ui"] = json!(state.settings.temporal_ui_link(&id));
+    }
+    Ok(Json(json!({"runs": runs, "next_cursor": next.map(|(ts, id)| format!("{ts}:{id}"))})))
+}
+
+pub async fn describe(State(state): State<AppState>, headers: HeaderMap, Path(run_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    state.tokens.require(&headers, Scope::Read)?;
+    let Some(mut run) = tf_store::runs::lineage(&state.pool, &run_id).await? else {
+        return Err(ApiError::not_found(format!("no run {run_id}")));
+    };
+    run["temporal_ui"] = json!(state.settings.temporal_ui_link(&run_id));
+    Ok(Json(run))
+}

@@ -1,0 +1,301 @@
+//! tf-api through real HTTP on the real stack: tokens and scopes, definitions applied over HTTP
+//! reaching their Temporal Schedule, CloudEvents in all three modes becoming exactly the expected
+//! runs, and one run's lineage from its ingress offset to its result's offset.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tf_testkit::{FreshDatabase, Service, create_topic, eventually, settings, unique, workspace_binary};
+
+const ADMIN: &str = "it-admin-token";
+const READER: &str = "it-reader-token";
+
+fn sha256(token: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tf-api")).args(["hash-token", token]).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    service: Service,
+}
+
+impl Api {
+    fn spawn(db_url: &str, queue: &str) -> Api {
+        let addr = tf_testkit::free_local_addr();
+        let admin = format!("read,write,ingest:{}", sha256(ADMIN));
+        let reader = format!("read:{}", sha256(READER));
+        let service = Service::spawn(
+            env!("CARGO_BIN_EXE_tf-api"),
+            &unique("tf-api"),
+            &[
+                ("TF_DATABASE_URL", db_url),
+                ("TF_TASK_QUEUE", queue),
+                ("TF_API_ADDR", &addr),
+                ("TF_API_TOKEN__ADMIN", &admin),
+                ("TF_API_TOKEN__READER", &reader),
+            ],
+        );
+        Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service }
+    }
+
+    async fn ready(&self) {
+        eventually(&format!("tf-api to answer; log:\n{}", self.service.log()), Duration::from_secs(30), || async {
+            self.http.get(format!("{}/healthz", self.base)).send().await.ok().filter(|r| r.status() == 200).map(|_| ())
+        })
+        .await;
+    }
+
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, content_type: Option<&str>, body: Option<String>) -> (u16, Value) {
+        let mut req = self.http.request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}
+
+fn tf(args: &[&str], db_url: &str) -> std::process::Output {
+    std::process::Command::new(workspace_binary("tf")).args(args).env("TF_DATABASE_URL", db_url).output().unwrap()
+}
+
+#[tokio::test]
+async fn tokens_scopes_and_definitions_over_http_reach_their_schedule() {
+    let s = settings();
+    let (db, _pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-api-queue");
+    let api = Api::spawn(&db.url, &queue);
+    api.ready().await;
+    let _worker = Service::spawn(
+        &workspace_binary("tf-worker"),
+        &unique("tf-worker"),
+        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true"), ("TF_SCHEDULER_REFRESH_MS", "500")],
+    );
+
+    // Auth: 401 without or with an unknown token, 403 without the scope; health is open.
+    assert_eq!(api.call("GET", "/definitions", None, None, None).await.0, 401);
+    assert_eq!(api.call("GET", "/definitions", Some("guess"), None, None).await.0, 401);
+    let (status, body) = api.call("POST", "/definitions", Some(READER), None, Some("id: x".into())).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("lacks the write scope"));
+    assert_eq!(api.call("GET", "/healthz", None, None, None).await.0, 200);
+    assert_eq!(api.call("GET", "/no/such/thing", Some(ADMIN), None, None).await.0, 404);
+
+    // Validation names every field at fault.
+    let bad =
+        "id: Bad Id\nname: x\ntrigger: {event: {topics: [t], filter: 'event.data.x >'}}\ntasks: [{name: t, type: http, params: {}}]\n";
+    let (status, body) = api.call("POST", "/definitions/validate", Some(READER), None, Some(bad.into())).await;
+    assert_eq!(status, 422, "{body}");
+    let fields: Vec<&str> = body["error"]["details"].as_array().unwrap().iter().map(|d| d["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["id", "trigger.event.filter", "tasks[0].params.url"], "{body}");
+
+    // Apply a cron definition: created, then unchanged, then a new version; its schedule appears.
+    let id = unique("it-api-cron").to_lowercase();
+    let cron = format!(
+        "id: {id}\nname: Nightly\ntrigger: {{cron: {{expression: '0 3 * * *', timezone: UTC}}}}\ntasks: [{{name: t, type: human}}]\n"
+    );
+    let (status, body) = api.call("POST", "/definitions/validate", Some(READER), None, Some(cron.clone())).await;
+    assert_eq!((status, body["definitions"][0]["next_fire_times"].as_array().map(Vec::len)), (200, Some(5)), "{body}");
+    let (status, body) = api.call("POST", "/definitions", Some(ADMIN), Some("application/yaml"), Some(cron.clone())).await;
+    assert_eq!((status, body["applied"][0]["outcome"].as_str(), body["applied"][0]["version"].as_i64()), (200, Some("created"), Some(1)));
+    let (_, body) = api.call("POST", "/definitions", Some(ADMIN), None, Some(cron.clone())).await;
+    assert_eq!(body["applied"][0]["outcome"], "unchanged");
+    let (_, body) = api.call("POST", "/definitions", Some(ADMIN), None, Some(cron.replace("'0 3 * * *'", "'0 4 * * *'"))).await;
+    assert_eq!((body["applied"][0]["outcome"].as_str(), body["applied"][0]["previous_version"].as_i64()), (Some("new_version"), Some(1)));
+    let (status, body) = api.call("GET", &format!("/definitions/{id}?version=1"), Some(READER), None, None).await;
+    assert_eq!((status, body["spec"]["trigger"]["cron"]["expression"].as_str()), (200, Some("0 3 * * *")), "{body}");
+    let (_, list) = api.call("GET", "/definitions", Some(READER), None, None).await;
+    assert!(list["definitions"].as_array().unwrap().iter().any(|d| d["id"] == id.as_str() && d["version"] == 2), "{list}");
+    // The worker reconciles the schedule to version 2 (04:00).
+    eventually("the worker to create the definition's schedule at v2", Duration::from_secs(60), || async {
+        let out = tf(&["schedules", "describe", &id], &db.url);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (out.status.success() && text.contains("minute 0 hour 4 ")).then_some(())
+    })
+    .await;
+
+    // Retire: gone from routing and scheduling; 404 for what does not exist.
+    let (status, _) = api.call("DELETE", &format!("/definitions/{id}"), Some(ADMIN), None, None).await;
+    assert_eq!(status, 200);
+    eventually("the schedule to be deleted", Duration::from_secs(60), || async {
+        (!tf(&["schedules", "describe", &id], &db.url).status.success()).then_some(())
+    })
+    .await;
+    assert_eq!(api.call("DELETE", "/definitions/nope", Some(ADMIN), None, None).await.0, 404);
+    assert!(api.service.log().contains("token=admin"), "changes are logged with the token's name:\n{}", api.service.log());
+}
+
+#[tokio::test]
+async fn a_hundred_cloudevents_in_three_modes_become_the_expected_runs_with_lineage() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-api-queue");
+    let topic = unique("events.it-api");
+    let (dlq, sink) = (unique("it-api-dlq"), unique("it-api-sink"));
+    for t in [&topic, &dlq, &sink] {
+        create_topic(&s, t, 2).await;
+    }
+    let api = Api::spawn(&db.url, &queue);
+    api.ready().await;
+
+    // A topic without the envelope's subject takes no events.
+    let one = |id: &str, order: &str| json!({"specversion": "1.0", "id": id, "source": "/it/api", "type": "com.example.order.created", "data": {"order_id": order}});
+    let (status, body) = api
+        .call("POST", &format!("/events/{topic}"), Some(ADMIN), Some("application/cloudevents+json"), Some(one("x", "x").to_string()))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("no envelope schema is registered"), "{body}");
+    let codec = tf_envelope::Codec::new(std::sync::Arc::new(tf_envelope::Registry::new(&s.schema_registry_url)));
+    let probe = tf_envelope::Event::new("probe", "/it", "probe", json!({})).unwrap();
+    codec.encode_event(&format!("{topic}-value"), &probe).await.unwrap();
+
+    let def = format!(
+        "id: {}\nname: Orders over HTTP\ntrigger: {{event: {{topics: [{topic}], type: com.example.order.*}}}}\ndedupe: {{key: event.data.order_id}}\ntasks:\n  - {{name: ship, type: kafka, params: {{topic: \"'{sink}'\", key: event.data.order_id, value: 'event.data'}}}}\n",
+        unique("it-api-orders").to_lowercase()
+    );
+    let (status, body) = api.call("POST", "/definitions", Some(ADMIN), None, Some(def)).await;
+    assert_eq!(status, 200, "{body}");
+    let def_id = body["applied"][0]["id"].as_str().unwrap().to_string();
+    let group = unique("it-api-group");
+    let _router = Service::spawn(
+        &workspace_binary("tf-router"),
+        &unique("tf-router"),
+        &[
+            ("TF_DATABASE_URL", &db.url),
+            ("TF_TASK_QUEUE", &queue),
+            ("TF_ROUTER_TOPICS", &topic),
+            ("TF_ROUTER_GROUP", &group),
+            ("TF_DLQ_TOPIC", &dlq),
+            ("TF_ROUTER_METRICS_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    let _worker = Service::spawn(
+        &workspace_binary("tf-worker"),
+        &unique("tf-worker"),
+        &[
+            ("TF_DATABASE_URL", &db.url),
+            ("TF_TASK_QUEUE", &queue),
+            ("TF_RELAY_TRANSACTIONAL_ID", &unique("it-relay")),
+            ("TF_NO_SCHEDULER", "true"),
+        ],
+    );
+
+    // Malformed requests: 400 naming the field, nothing produced.
+    let path = format!("/events/{topic}");
+    let ce = Some("application/cloudevents+json");
+    let (status, body) = api.call("POST", &path, Some(ADMIN), ce, Some("{not json".into())).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("body")));
+    let mut no_type = one("e", "o");
+    no_type.as_object_mut().unwrap().remove("type");
+    let (status, body) = api.call("POST", &path, Some(ADMIN), ce, Some(no_type.to_string())).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("type")), "{body}");
+    let batch_bad = json!([one("b1", "o"), {"specversion": "1.0", "id": "b2", "source": "/s", "type": "t", "time": "soon"}]);
+    let (status, body) =
+        api.call("POST", &path, Some(ADMIN), Some("application/cloudevents-batch+json"), Some(batch_bad.to_string())).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("[1].time")), "{body}");
+    let (status, body) = api.call("POST", &path, Some(READER), ce, Some(one("r", "r").to_string())).await;
+    assert_eq!(status, 403, "{body}");
+
+    // 100 events, 90 distinct orders: 40 structured, 30 binary (10 of them repeat an order
+    // already sent, under a new event id), 30 in one batch.
+    let mut offsets = std::collections::HashMap::new();
+    for i in 0..40 {
+        let (status, body) =
+            api.call("POST", &path, Some(ADMIN), ce, Some(one(&format!("s-{i}"), &format!("order-{i}")).to_string())).await;
+        assert_eq!(status, 202, "{body}");
+        let a = &body["accepted"][0];
+        offsets.insert(format!("order-{i}"), (a["partition"].as_i64().unwrap(), a["offset"].as_i64().unwrap()));
+    }
+    for i in 0..30 {
+        let order = if i < 10 { format!("order-{i}") } else { format!("order-{}", 30 + i) };
+        let resp = api
+            .http
+            .post(format!("{}{path}", api.base))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .header("ce-specversion", "1.0")
+            .header("ce-source", "/it/api/binary")
+            .header("ce-type", "com.example.order.created")
+            .header("idempotency-key", format!("b-{i}"))
+            .body(json!({"order_id": order}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 202, "{}", resp.text().await.unwrap());
+    }
+    let batch: Vec<Value> = (0..30).map(|i| one(&format!("batch-{i}"), &format!("order-{}", 60 + i))).collect();
+    let (status, body) =
+        api.call("POST", &path, Some(ADMIN), Some("application/cloudevents-batch+json"), Some(Value::Array(batch).to_string())).await;
+    assert_eq!((status, body["accepted"].as_array().map(Vec::len)), (202, Some(30)), "{body}");
+
+    let count = || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM activity_runs WHERE definition_id = $1 AND status = 'completed'")
+            .bind(&def_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        n
+    };
+    eventually("90 completed runs", Duration::from_secs(180), || async { (count().await >= 90).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(count().await, 90, "exactly one run per order");
+
+    // The API lists them, 40 a page, newest first, each with a Temporal UI link.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
+        let (status, page) = api.call("GET", &format!("/runs?definition={def_id}&limit=40{q}"), Some(READER), None, None).await;
+        assert_eq!(status, 200, "{page}");
+        for r in page["runs"].as_array().unwrap() {
+            assert!(r["temporal_ui"].as_str().unwrap().contains("/workflows/run%2F"), "{r}");
+            seen.push(r["run_id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let distinct: std::collections::HashSet<&String> = seen.iter().collect();
+    assert_eq!((seen.len(), distinct.len()), (90, 90));
+    let (status, body) = api.call("GET", "/runs?limit=0", Some(READER), None, None).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("limit")));
+    let (status, body) = api.call("GET", "/runs?since=yesterday", Some(READER), None, None).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("since")));
+
+    // Lineage of order-7's run: from the offset its 202 named to its result's offset.
+    let run_id = tf_definitions::DedupeKey::parse("order-7").unwrap().workflow_id(&def_id, 1);
+    let lineage = eventually("order-7's result to be placed", Duration::from_secs(60), || async {
+        let (status, l) = api.call("GET", &format!("/runs/{run_id}"), Some(READER), None, None).await;
+        assert_eq!(status, 200, "{l}");
+        l["results"][0]["offset"].is_i64().then_some(l)
+    })
+    .await;
+    let (partition, offset) = offsets["order-7"];
+    assert_eq!(lineage["source"]["topic"], topic.as_str());
+    assert_eq!(
+        (lineage["source"]["partition"].as_i64(), lineage["source"]["offset"].as_i64()),
+        (Some(partition), Some(offset)),
+        "{lineage}"
+    );
+    assert_eq!(lineage["source"]["event_id"], "s-7");
+    assert_eq!(lineage["definition"]["id"], def_id.as_str());
+    assert_eq!(lineage["tasks"][0]["status"], "succeeded");
+    assert_eq!(lineage["tasks"][0]["output"]["topic"], sink.as_str());
+    assert_eq!(lineage["results"][0]["topic"], "taskfactory.results");
+    assert_eq!(lineage["results"][0]["status"], "SUCCEEDED");
+    assert!(lineage["temporal_ui"].as_str().unwrap().ends_with(&format!("/workflows/{}", run_id.replace('/', "%2F"))), "{lineage}");
+    let (status, _) = api.call("GET", "/runs/run/none/x/1", Some(READER), None, None).await;
+    assert_eq!(status, 404);
+}
