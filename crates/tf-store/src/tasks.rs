@@ -80,3 +80,63 @@ pub async fn task(pool: &PgPool, task_id: &str) -> Result<Option<TaskRow>, Store
     .fetch_optional(pool)
     .await?)
 }
+
+/// Human tasks in `status` (default `awaiting_human`), oldest first, as JSON objects with their
+/// definition and who claimed them.
+pub async fn human_inbox(pool: &PgPool, definition: Option<&str>, status: &str, limit: i64) -> Result<Vec<Json>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT json_build_object('task_id', t.task_id, 'run_id', t.run_id, 'definition_id', r.definition_id,
+                                  'definition_version', r.definition_version, 'template', t.template, 'index', t.item_index,
+                                  'status', t.status, 'params', t.params, 'claimed_by', t.claimed_by, 'claimed_at', t.claimed_at,
+                                  'created_at', t.created_at, 'output', t.output, 'error', t.error)
+         FROM tasks t JOIN activity_runs r ON r.run_id = t.run_id
+         WHERE t.task_type = 'human' AND t.status = $1 AND ($2::text IS NULL OR r.definition_id = $2)
+         ORDER BY t.created_at, t.task_id LIMIT $3",
+    )
+    .bind(status)
+    .bind(definition)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// What claiming a human task did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    Claimed,
+    /// Someone else holds it.
+    HeldBy(String),
+    /// It is not a human task waiting for a person (or does not exist: `None` from [`task`]).
+    NotAwaiting(String),
+}
+
+/// Claims an awaiting human task for `by`; claiming one's own claim again is fine.
+pub async fn claim_human_task(pool: &PgPool, task_id: &str, by: &str) -> Result<ClaimOutcome, StoreError> {
+    let row: Option<(String, String, Option<String>)> = sqlx::query_as(
+        "UPDATE tasks SET claimed_by = coalesce(claimed_by, $2), claimed_at = coalesce(claimed_at, now())
+         WHERE task_id = $1 AND task_type = 'human' AND status = 'awaiting_human'
+         RETURNING task_type, status, claimed_by",
+    )
+    .bind(task_id)
+    .bind(by)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match row {
+        Some((_, _, Some(holder))) if holder != by => ClaimOutcome::HeldBy(holder),
+        Some(_) => ClaimOutcome::Claimed,
+        None => {
+            let status: Option<(String, String)> =
+                sqlx::query_as("SELECT task_type, status FROM tasks WHERE task_id = $1").bind(task_id).fetch_optional(pool).await?;
+            ClaimOutcome::NotAwaiting(status.map(|(t, s)| format!("a {t} task, {s}")).unwrap_or_default())
+        }
+    })
+}
+
+/// Who claimed a task, if anyone.
+pub async fn claimed_by(pool: &PgPool, task_id: &str) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar::<_, Option<String>>("SELECT claimed_by FROM tasks WHERE task_id = $1")
+        .bind(task_id)
+        .fetch_optional(pool)
+        .await?
+        .flatten())
+}

@@ -228,7 +228,36 @@ impl HasWorkflowDefinition for RunTask {
     type Run = Self;
 }
 
-/// The signal that completes a human task; its input is the task's output.
+/// What a person decided on a human task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "decision")]
+pub enum HumanDecision {
+    /// Done; `output` becomes the task's output.
+    Complete { output: Json, by: String },
+    /// Refused; the task fails with the reason.
+    Reject { reason: String, by: String },
+}
+
+/// The update that decides a human task. Temporal answers it only once the workflow accepted
+/// the decision, and the workflow's validator refuses a second one (its error then contains
+/// [`ALREADY_DECIDED`]) or one for a task that is not waiting for a person ([`NOT_AWAITING`]).
+pub struct DecideTask;
+
+pub const DECIDE_TASK_UPDATE: &str = "decide";
+pub const ALREADY_DECIDED: &str = "the task was already decided";
+pub const NOT_AWAITING: &str = "the task is not waiting for a person";
+
+impl temporalio_common::UpdateDefinition for DecideTask {
+    type Workflow = RunTask;
+    type Input = HumanDecision;
+    type Output = String;
+    fn name(&self) -> &str {
+        DECIDE_TASK_UPDATE
+    }
+}
+
+/// The signal that completes a human task; its input is the task's output. Kept for tasks that
+/// started before the `decide` update existed; new callers use [`DecideTask`].
 pub struct CompleteTask;
 
 pub const COMPLETE_TASK_SIGNAL: &str = "complete";

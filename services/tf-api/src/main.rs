@@ -8,6 +8,7 @@ mod definitions;
 mod error;
 mod ingress;
 mod runs;
+mod tasks;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -70,6 +71,7 @@ pub struct AppState {
     /// The operator's datasources when this process sees them (definitions are then checked).
     pub datasources: Option<Arc<tf_config::Datasources>>,
     pub max_event_bytes: usize,
+    pub temporal: temporalio_client::Client,
     /// Topics known to take envelopes (their subject has the envelope schema).
     envelope_topics: Arc<Mutex<HashSet<String>>>,
 }
@@ -105,6 +107,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/runs", get(runs::list))
         .route("/runs/{*run_id}", get(runs::describe))
         .route("/events/{topic}", post(ingress::ingest))
+        .route("/tasks", get(tasks::inbox))
+        .route("/tasks/{*path}", post(tasks::act))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
@@ -141,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
         .set("linger.ms", "2")
         .create()
         .context("Kafka producer")?;
+    let temporal = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "tf-api").await?;
     let datasources = if tf_config::Datasources::configured_in_env() { Some(Arc::new(tf_config::Datasources::from_env()?)) } else { None };
     let state = AppState {
         pool,
@@ -151,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
         settings: Arc::new(s.clone()),
         datasources,
         max_event_bytes: cli.max_event_bytes,
+        temporal,
         envelope_topics: Arc::default(),
     };
     let token_count = state.tokens.len();

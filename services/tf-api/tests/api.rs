@@ -9,6 +9,7 @@ use tf_testkit::{FreshDatabase, Service, create_topic, eventually, settings, uni
 
 const ADMIN: &str = "it-admin-token";
 const READER: &str = "it-reader-token";
+const CLERK: &str = "it-clerk-token";
 
 fn sha256(token: &str) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tf-api")).args(["hash-token", token]).output().unwrap();
@@ -25,8 +26,9 @@ struct Api {
 impl Api {
     fn spawn(db_url: &str, queue: &str) -> Api {
         let addr = tf_testkit::free_local_addr();
-        let admin = format!("read,write,ingest:{}", sha256(ADMIN));
+        let admin = format!("read,write,ingest,tasks:{}", sha256(ADMIN));
         let reader = format!("read:{}", sha256(READER));
+        let clerk = format!("tasks:{}", sha256(CLERK));
         let service = Service::spawn(
             env!("CARGO_BIN_EXE_tf-api"),
             &unique("tf-api"),
@@ -36,6 +38,7 @@ impl Api {
                 ("TF_API_ADDR", &addr),
                 ("TF_API_TOKEN__ADMIN", &admin),
                 ("TF_API_TOKEN__READER", &reader),
+                ("TF_API_TOKEN__CLERK", &clerk),
             ],
         );
         Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service }
@@ -215,7 +218,7 @@ async fn a_hundred_cloudevents_in_three_modes_become_the_expected_runs_with_line
             api.call("POST", &path, Some(ADMIN), ce, Some(one(&format!("s-{i}"), &format!("order-{i}")).to_string())).await;
         assert_eq!(status, 202, "{body}");
         let a = &body["accepted"][0];
-        offsets.insert(format!("order-{i}"), (a["partition"].as_i64().unwrap(), a["offset"].as_i64().unwrap()));
+        offsets.insert(format!("s-{i}"), (a["partition"].as_i64().unwrap(), a["offset"].as_i64().unwrap()));
     }
     for i in 0..30 {
         let order = if i < 10 { format!("order-{i}") } else { format!("order-{}", 30 + i) };
@@ -232,7 +235,11 @@ async fn a_hundred_cloudevents_in_three_modes_become_the_expected_runs_with_line
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status().as_u16(), 202, "{}", resp.text().await.unwrap());
+        assert_eq!(resp.status().as_u16(), 202);
+        let body: Value = resp.json().await.unwrap();
+        let a = &body["accepted"][0];
+        assert_eq!(a["id"], format!("b-{i}").as_str(), "the Idempotency-Key is the event id");
+        offsets.insert(format!("b-{i}"), (a["partition"].as_i64().unwrap(), a["offset"].as_i64().unwrap()));
     }
     let batch: Vec<Value> = (0..30).map(|i| one(&format!("batch-{i}"), &format!("order-{}", 60 + i))).collect();
     let (status, body) =
@@ -274,7 +281,8 @@ async fn a_hundred_cloudevents_in_three_modes_become_the_expected_runs_with_line
     let (status, body) = api.call("GET", "/runs?since=yesterday", Some(READER), None, None).await;
     assert_eq!((status, body["error"]["field"].as_str()), (400, Some("since")));
 
-    // Lineage of order-7's run: from the offset its 202 named to its result's offset.
+    // Lineage of order-7's run: from the offset its event's 202 named (s-7 or its repeat b-7,
+    // whichever the router met first) to its result's offset.
     let run_id = tf_definitions::DedupeKey::parse("order-7").unwrap().workflow_id(&def_id, 1);
     let lineage = eventually("order-7's result to be placed", Duration::from_secs(60), || async {
         let (status, l) = api.call("GET", &format!("/runs/{run_id}"), Some(READER), None, None).await;
@@ -282,14 +290,15 @@ async fn a_hundred_cloudevents_in_three_modes_become_the_expected_runs_with_line
         l["results"][0]["offset"].is_i64().then_some(l)
     })
     .await;
-    let (partition, offset) = offsets["order-7"];
+    let event_id = lineage["source"]["event_id"].as_str().unwrap();
+    assert!(["s-7", "b-7"].contains(&event_id), "{lineage}");
+    let (partition, offset) = offsets[event_id];
     assert_eq!(lineage["source"]["topic"], topic.as_str());
     assert_eq!(
         (lineage["source"]["partition"].as_i64(), lineage["source"]["offset"].as_i64()),
         (Some(partition), Some(offset)),
         "{lineage}"
     );
-    assert_eq!(lineage["source"]["event_id"], "s-7");
     assert_eq!(lineage["definition"]["id"], def_id.as_str());
     assert_eq!(lineage["tasks"][0]["status"], "succeeded");
     assert_eq!(lineage["tasks"][0]["output"]["topic"], sink.as_str());
@@ -297,5 +306,105 @@ async fn a_hundred_cloudevents_in_three_modes_become_the_expected_runs_with_line
     assert_eq!(lineage["results"][0]["status"], "SUCCEEDED");
     assert!(lineage["temporal_ui"].as_str().unwrap().ends_with(&format!("/workflows/{}", run_id.replace('/', "%2F"))), "{lineage}");
     let (status, _) = api.call("GET", "/runs/run/none/x/1", Some(READER), None, None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn human_tasks_are_claimed_completed_once_and_rejected_over_http() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-api-queue");
+    let api = Api::spawn(&db.url, &queue);
+    api.ready().await;
+    let _worker = Service::spawn(
+        &workspace_binary("tf-worker"),
+        &unique("tf-worker"),
+        &[
+            ("TF_DATABASE_URL", &db.url),
+            ("TF_TASK_QUEUE", &queue),
+            ("TF_RELAY_TRANSACTIONAL_ID", &unique("it-relay")),
+            ("TF_NO_SCHEDULER", "true"),
+        ],
+    );
+    let id = unique("it-api-human").to_lowercase();
+    let def = format!(
+        "id: {id}\nname: Approvals\ntrigger: {{event: {{topics: [events.demo]}}}}\ndedupe: {{key: event.data.order_id}}\ntasks:\n  - {{name: approve, type: human, for_each: event.data.items, params: {{title: \"'Approve ' + item\"}}}}\n"
+    );
+    let (status, body) = api.call("POST", "/definitions", Some(ADMIN), None, Some(def)).await;
+    assert_eq!(status, 200, "{body}");
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    let input = tf_temporal::RunInput {
+        definition_id: id.clone(),
+        definition_version: 1,
+        dedupe_key: "h-1".into(),
+        dedupe_window_secs: 3600,
+        generation: 0,
+        event_time_ms: None,
+        trigger: tf_temporal::TriggerInfo {
+            kind: "event".into(),
+            topic: Some("events.demo".into()),
+            partition: Some(0),
+            offset: Some(1),
+            event_id: Some("e-h-1".into()),
+            schedule_id: None,
+            scheduled_for_ms: None,
+        },
+        event: Some(json!({"id": "e-h-1", "type": "approval.requested", "data": {"order_id": "h-1", "items": ["a", "b"]}})),
+        traceparent: None,
+    };
+    tf_temporal::start_run(&client, &queue, input).await.unwrap();
+
+    let inbox = eventually("two tasks in the inbox", Duration::from_secs(60), || async {
+        let (status, body) = api.call("GET", &format!("/tasks?definition={id}"), Some(ADMIN), None, None).await;
+        assert_eq!(status, 200, "{body}");
+        (body["tasks"].as_array().unwrap().len() == 2).then_some(body)
+    })
+    .await;
+    assert_eq!(inbox["tasks"][0]["params"]["title"], "Approve a");
+    assert_eq!(api.call("GET", "/tasks", Some(READER), None, None).await.0, 403, "the inbox needs the tasks scope");
+    let (t0, t1) = (inbox["tasks"][0]["task_id"].as_str().unwrap().to_string(), inbox["tasks"][1]["task_id"].as_str().unwrap().to_string());
+
+    // Claim: the holder may act, another token may not.
+    let (status, body) = api.call("POST", &format!("/tasks/{t0}/claim"), Some(ADMIN), None, None).await;
+    assert_eq!((status, body["claimed_by"].as_str()), (200, Some("admin")), "{body}");
+    let (status, body) =
+        api.call("POST", &format!("/tasks/{t0}/complete"), Some(CLERK), None, Some(json!({"output": {}}).to_string())).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("claimed by admin"), "{body}");
+
+    // Complete: 200 once the workflow accepted it, 409 the second time.
+    let (status, body) = api.call("POST", &format!("/tasks/{t0}/complete"), Some(ADMIN), None, Some(json!({}).to_string())).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("output")));
+    let done = json!({"output": {"approved": true}}).to_string();
+    let (status, body) = api.call("POST", &format!("/tasks/{t0}/complete"), Some(ADMIN), None, Some(done.clone())).await;
+    assert_eq!((status, body["decision"].as_str()), (200, Some("complete")), "{body}");
+    let (status, body) = api.call("POST", &format!("/tasks/{t0}/complete"), Some(ADMIN), None, Some(done)).await;
+    assert_eq!(status, 409, "{body}");
+
+    // Reject: the reason is required; the task fails with it, and so does the run.
+    let (status, body) = api.call("POST", &format!("/tasks/{t1}/reject"), Some(CLERK), None, Some("{}".into())).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("reason")));
+    let (status, body) =
+        api.call("POST", &format!("/tasks/{t1}/reject"), Some(CLERK), None, Some(json!({"reason": "not in stock"}).to_string())).await;
+    assert_eq!(status, 200, "{body}");
+    let rows = eventually("both tasks to finish", Duration::from_secs(60), || async {
+        let rows: Vec<(String, String, Option<Value>, Option<String>)> =
+            sqlx::query_as("SELECT task_id, status, output, error FROM tasks WHERE finished_at IS NOT NULL ORDER BY task_id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        (rows.len() == 2).then_some(rows)
+    })
+    .await;
+    assert_eq!((rows[0].1.as_str(), rows[0].2.clone()), ("succeeded", Some(json!({"approved": true}))));
+    assert_eq!((rows[1].1.as_str(), rows[1].3.as_deref()), ("failed", Some("rejected by clerk: not in stock")));
+    eventually("the run to fail", Duration::from_secs(30), || async {
+        let status: String = sqlx::query_scalar("SELECT status FROM activity_runs").fetch_one(&pool).await.unwrap();
+        (status == "failed").then_some(())
+    })
+    .await;
+    let (status, _) = api.call("POST", &format!("/tasks/{t1}/complete"), Some(CLERK), None, Some(json!({"output": 1}).to_string())).await;
+    assert_eq!(status, 409, "a decided task takes no second decision");
+    let (status, _) = api.call("POST", "/tasks/no/such/task/complete", Some(CLERK), None, Some(json!({"output": 1}).to_string())).await;
     assert_eq!(status, 404);
 }

@@ -84,11 +84,14 @@ pub async fn complete(settings: &Settings, task_id: &str, output: &str) -> anyho
     anyhow::ensure!(task.task_type == "human", "task {task_id} is a {} task; only human tasks are completed by hand", task.task_type);
     anyhow::ensure!(task.status == "awaiting_human", "task {task_id} is {}, not awaiting_human", task.status);
     let client = tf_temporal::connect(&settings.temporal_url, &settings.temporal_namespace, "tf-cli").await?;
+    // An update, not a signal: it returns once the workflow accepted the completion, and the
+    // workflow refuses a second decision.
+    let by = std::env::var("USER").map(|u| format!("tf-cli:{u}")).unwrap_or_else(|_| "tf-cli".into());
     client
         .get_workflow_handle::<tf_temporal::RunTask>(task_id)
-        .signal(tf_temporal::CompleteTask, output, Default::default())
+        .execute_update(tf_temporal::DecideTask, tf_temporal::HumanDecision::Complete { output, by }, Default::default())
         .await
-        .with_context(|| format!("signalling task {task_id}"))?;
+        .with_context(|| format!("completing task {task_id}"))?;
     println!("completed {task_id}; its result is published when the workflow records it");
     Ok(ExitCode::SUCCESS)
 }

@@ -12,9 +12,11 @@ use temporalio_common::protos::temporal::api::failure::v1::Failure;
 use temporalio_common::search_attributes::{SearchAttributeKey, Timestamp as SaTimestamp};
 use temporalio_common::{RetryPolicy, UntypedWorkflow};
 use temporalio_macros::{workflow, workflow_methods};
-use temporalio_sdk::{ActivityOptions, ChildWorkflowOptions, LocalActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowResult};
+use temporalio_sdk::{
+    ActivityOptions, ChildWorkflowOptions, LocalActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
+};
 use tf_definitions::Definition;
-use tf_temporal::{COMPLETE_TASK_SIGNAL, RUN_ACTIVITY, RUN_TASK, RunInput, RunSummary, TaskConclusion, TaskInput};
+use tf_temporal::{COMPLETE_TASK_SIGNAL, DECIDE_TASK_UPDATE, RUN_ACTIVITY, RUN_TASK, RunInput, RunSummary, TaskConclusion, TaskInput};
 
 use crate::activities::{
     BeginRunInput, FinishRunInput, MarkTaskInput, PlanTasksInput, RecordResultInput, ResolveContextInput, RunActivities,
@@ -222,6 +224,8 @@ async fn run_foreign_workflow(ctx: &mut WorkflowContext<RunTaskWorkflow>, task: 
 #[derive(Default)]
 pub struct RunTaskWorkflow {
     completion: Option<Json>,
+    decision: Option<tf_temporal::HumanDecision>,
+    awaiting_human: bool,
 }
 
 #[workflow_methods]
@@ -236,9 +240,17 @@ impl RunTaskWorkflow {
                 local_opts(),
             )
             .await?;
-            ctx.wait_condition(|s| s.completion.is_some()).await?;
-            let output = ctx.state(|s| s.completion.clone());
-            ("SUCCEEDED", output, None, 1)
+            ctx.state_mut(|s| s.awaiting_human = true);
+            ctx.wait_condition(|s| s.completion.is_some() || s.decision.is_some()).await?;
+            match ctx.state(|s| (s.decision.clone(), s.completion.clone())) {
+                (Some(tf_temporal::HumanDecision::Complete { output, .. }), _) | (None, Some(output)) => {
+                    ("SUCCEEDED", Some(output), None, 1)
+                }
+                (Some(tf_temporal::HumanDecision::Reject { reason, by }), _) => {
+                    ("FAILED", None, Some(format!("rejected by {by}: {reason}")), 1)
+                }
+                (None, None) => unreachable!("the wait ends on a decision or a completion"),
+            }
         } else if task.task_type == "workflow" {
             match run_foreign_workflow(ctx, &task).await {
                 Ok(output) => ("SUCCEEDED", Some(output), None, 1),
@@ -273,8 +285,29 @@ impl RunTaskWorkflow {
 
     #[signal(name = COMPLETE_TASK_SIGNAL)]
     pub fn complete(&mut self, _ctx: &mut SyncWorkflowContext<Self>, output: Json) {
-        if self.completion.is_none() {
+        if self.completion.is_none() && self.decision.is_none() {
             self.completion = Some(output);
         }
+    }
+
+    #[update_validator(decide)]
+    fn validate_decide(
+        &self,
+        _ctx: &WorkflowContextView,
+        _decision: &tf_temporal::HumanDecision,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if self.completion.is_some() || self.decision.is_some() {
+            return Err(tf_temporal::ALREADY_DECIDED.into());
+        }
+        if !self.awaiting_human {
+            return Err(tf_temporal::NOT_AWAITING.into());
+        }
+        Ok(())
+    }
+
+    #[update(name = DECIDE_TASK_UPDATE)]
+    pub fn decide(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: tf_temporal::HumanDecision) -> String {
+        self.decision = Some(decision);
+        "accepted".into()
     }
 }

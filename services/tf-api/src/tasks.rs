@@ -1,0 +1,121 @@
+//! `/tasks`: the human-task inbox. A decision goes to the task's workflow as a Temporal update,
+//! so `200` means the workflow accepted it; a second decision is `409`.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use temporalio_client::{WorkflowExecuteUpdateOptions, errors::WorkflowUpdateError};
+use tf_store::tasks::ClaimOutcome;
+use tf_temporal::{DecideTask, HumanDecision, RunTask};
+
+use crate::AppState;
+use crate::auth::Scope;
+use crate::error::ApiError;
+
+const STATUSES: [&str; 6] = ["pending", "running", "awaiting_human", "succeeded", "failed", "cancelled"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxQuery {
+    definition: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn inbox(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<InboxQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    state.tokens.require(&headers, Scope::Tasks)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+    let status = q.status.unwrap_or_else(|| "awaiting_human".into());
+    if !STATUSES.contains(&status.as_str()) {
+        return Err(ApiError::bad_request("status", format!("{status:?} is not one of {}", STATUSES.join(", "))));
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request("limit", "must be between 1 and 500"));
+    }
+    let tasks = tf_store::tasks::human_inbox(&state.pool, q.definition.as_deref(), &status, limit).await?;
+    Ok(Json(json!({ "tasks": tasks })))
+}
+
+fn conflict(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "conflict", message)
+}
+
+/// `POST /tasks/{task id}/claim|complete|reject` (task ids hold slashes, so the action is the
+/// path's last segment).
+pub async fn act(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let caller = state.tokens.require(&headers, Scope::Tasks)?;
+    let Some((task_id, action)) = path.rsplit_once('/') else {
+        return Err(ApiError::not_found("POST /tasks/{task id}/claim, /complete or /reject"));
+    };
+    let body: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("body", format!("not JSON: {e}")))?
+    };
+    let Some(task) = tf_store::tasks::task(&state.pool, task_id).await? else {
+        return Err(ApiError::not_found(format!("no task {task_id}")));
+    };
+    if task.task_type != "human" {
+        return Err(conflict(format!("task {task_id} is a {} task; only human tasks are decided by people", task.task_type)));
+    }
+    match action {
+        "claim" => match tf_store::tasks::claim_human_task(&state.pool, task_id, &caller.token).await? {
+            ClaimOutcome::Claimed => {
+                tracing::info!(token = %caller.token, task = %task_id, "task claimed");
+                Ok(Json(json!({"task_id": task_id, "claimed_by": caller.token})))
+            }
+            ClaimOutcome::HeldBy(holder) => Err(conflict(format!("task {task_id} is claimed by {holder}"))),
+            ClaimOutcome::NotAwaiting(what) => Err(conflict(format!("task {task_id} is not waiting for a person ({what})"))),
+        },
+        "complete" | "reject" => {
+            let decision = if action == "complete" {
+                let output = body.get("output").cloned().ok_or_else(|| ApiError::bad_request("output", "is required (any JSON)"))?;
+                HumanDecision::Complete { output, by: caller.token.clone() }
+            } else {
+                let reason = match body.get("reason") {
+                    Some(Value::String(r)) if !r.trim().is_empty() => r.clone(),
+                    _ => return Err(ApiError::bad_request("reason", "is required: a non-empty string")),
+                };
+                HumanDecision::Reject { reason, by: caller.token.clone() }
+            };
+            if let Some(holder) = tf_store::tasks::claimed_by(&state.pool, task_id).await?
+                && holder != caller.token
+            {
+                return Err(conflict(format!("task {task_id} is claimed by {holder}")));
+            }
+            let handle = state.temporal.get_workflow_handle::<RunTask>(task_id.to_string());
+            match handle.execute_update(DecideTask, decision, WorkflowExecuteUpdateOptions::default()).await {
+                Ok(_) => {
+                    tracing::info!(token = %caller.token, task = %task_id, decision = action, "task decided");
+                    Ok(Json(json!({"task_id": task_id, "decision": action, "by": caller.token})))
+                }
+                Err(WorkflowUpdateError::Failed(failure)) => {
+                    let message = failure.message.clone();
+                    if message.contains(tf_temporal::ALREADY_DECIDED) || message.contains(tf_temporal::NOT_AWAITING) {
+                        Err(conflict(format!("task {task_id}: {message}")))
+                    } else {
+                        Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("task {task_id}: {message}")))
+                    }
+                }
+                Err(WorkflowUpdateError::NotFound(_)) => Err(conflict(format!("task {task_id} has ended"))),
+                Err(e) => {
+                    tracing::warn!(error = %e, task = %task_id, "deciding a task");
+                    Err(ApiError::unavailable(format!("Temporal did not take the decision: {e}")))
+                }
+            }
+        }
+        other => Err(ApiError::not_found(format!("no action {other:?} on tasks; use claim, complete or reject"))),
+    }
+}
