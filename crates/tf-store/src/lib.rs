@@ -5,6 +5,7 @@ pub mod claims;
 pub mod context;
 pub mod definitions;
 pub mod outbox;
+pub mod redrives;
 pub mod runs;
 pub mod tasks;
 

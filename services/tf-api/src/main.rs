@@ -5,6 +5,7 @@
 
 mod auth;
 mod definitions;
+mod dlq;
 mod error;
 mod ingress;
 mod runs;
@@ -41,6 +42,9 @@ struct Cli {
     /// `TF_API_TOKEN__<NAME>=<scope>,<scope>:<sha256 hex>` variables add to it.
     #[arg(long, env = "TF_API_TOKENS")]
     tokens: Option<std::path::PathBuf>,
+    /// The router's dead-letter topic, browsed and redriven by `/dead-letters`.
+    #[arg(long, env = "TF_DLQ_TOPIC", default_value = "taskfactory.dlq")]
+    dlq_topic: String,
     /// Largest request body in bytes (413 above it).
     #[arg(long, env = "TF_API_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -72,6 +76,7 @@ pub struct AppState {
     pub datasources: Option<Arc<tf_config::Datasources>>,
     pub max_event_bytes: usize,
     pub temporal: temporalio_client::Client,
+    pub dlq_topic: String,
     /// Topics known to take envelopes (their subject has the envelope schema).
     envelope_topics: Arc<Mutex<HashSet<String>>>,
 }
@@ -107,6 +112,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/runs", get(runs::list))
         .route("/runs/{*run_id}", get(runs::describe))
         .route("/events/{topic}", post(ingress::ingest))
+        .route("/dead-letters", get(dlq::browse))
+        .route("/dead-letters/redrive", post(dlq::redrive))
         .route("/tasks", get(tasks::inbox))
         .route("/tasks/{*path}", post(tasks::act))
         .fallback(not_found)
@@ -157,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
         datasources,
         max_event_bytes: cli.max_event_bytes,
         temporal,
+        dlq_topic: cli.dlq_topic.clone(),
         envelope_topics: Arc::default(),
     };
     let token_count = state.tokens.len();

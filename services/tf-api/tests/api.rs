@@ -408,3 +408,105 @@ async fn human_tasks_are_claimed_completed_once_and_rejected_over_http() {
     let (status, _) = api.call("POST", "/tasks/no/such/task/complete", Some(CLERK), None, Some(json!({"output": 1}).to_string())).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn a_dead_letter_is_browsed_and_redriven_once_after_its_definition_is_fixed() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-api-queue");
+    let topic = unique("events.it-dlq");
+    let dlq = unique("it-api-dlq");
+    for t in [&topic, &dlq] {
+        create_topic(&s, t, 1).await;
+    }
+    let codec = tf_envelope::Codec::new(std::sync::Arc::new(tf_envelope::Registry::new(&s.schema_registry_url)));
+    let probe = tf_envelope::Event::new("probe", "/it", "probe", json!({})).unwrap();
+    codec.encode_event(&format!("{topic}-value"), &probe).await.unwrap();
+    let addr = tf_testkit::free_local_addr();
+    let service = Service::spawn(
+        env!("CARGO_BIN_EXE_tf-api"),
+        &unique("tf-api"),
+        &[
+            ("TF_DATABASE_URL", &db.url),
+            ("TF_TASK_QUEUE", &queue),
+            ("TF_API_ADDR", &addr),
+            ("TF_DLQ_TOPIC", &dlq),
+            ("TF_API_TOKEN__ADMIN", &format!("read,write,ingest,tasks:{}", sha256(ADMIN))),
+        ],
+    );
+    let api = Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service };
+    api.ready().await;
+    let id = unique("it-api-dlq-def").to_lowercase();
+    let strict = format!(
+        "id: {id}\nname: Big orders\ntrigger: {{event: {{topics: [{topic}], filter: 'event.data.amount > 100'}}}}\ndedupe: {{key: event.data.order_id}}\ntasks: [{{name: t, type: human}}]\n"
+    );
+    assert_eq!(api.call("POST", "/definitions", Some(ADMIN), None, Some(strict.clone())).await.0, 200);
+    let _router = Service::spawn(
+        &workspace_binary("tf-router"),
+        &unique("tf-router"),
+        &[
+            ("TF_DATABASE_URL", &db.url),
+            ("TF_TASK_QUEUE", &queue),
+            ("TF_ROUTER_TOPICS", &topic),
+            ("TF_ROUTER_GROUP", &unique("it-api-group")),
+            ("TF_DLQ_TOPIC", &dlq),
+            ("TF_ROUTER_METRICS_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    let _worker = Service::spawn(
+        &workspace_binary("tf-worker"),
+        &unique("tf-worker"),
+        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true"), ("TF_NO_SCHEDULER", "true")],
+    );
+    let ce = Some("application/cloudevents+json");
+    let event =
+        |id: &str, data: Value| json!({"specversion": "1.0", "id": id, "source": "/it", "type": "order.created", "data": data}).to_string();
+    // No amount: the filter fails on it, so the router dead-letters it; a good one is routed.
+    let (status, body) =
+        api.call("POST", &format!("/events/{topic}"), Some(ADMIN), ce, Some(event("e-bad", json!({"order_id": "o-bad"})))).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, _) = api
+        .call("POST", &format!("/events/{topic}"), Some(ADMIN), ce, Some(event("e-ok", json!({"order_id": "o-ok", "amount": 500}))))
+        .await;
+    assert_eq!(status, 202);
+
+    let runs = || async {
+        let keys: Vec<String> =
+            sqlx::query_scalar("SELECT dedupe_key FROM activity_runs ORDER BY dedupe_key").fetch_all(&pool).await.unwrap();
+        keys
+    };
+    let listed = eventually("the dead letter to be browsable", Duration::from_secs(60), || async {
+        let (status, body) = api.call("GET", "/dead-letters?stage=filter", Some(ADMIN), None, None).await;
+        assert_eq!(status, 200, "{body}");
+        (body["dead_letters"].as_array().unwrap().len() == 1).then_some(body)
+    })
+    .await;
+    let d = &listed["dead_letters"][0];
+    assert_eq!((d["source"]["topic"].as_str(), d["event"]["id"].as_str()), (Some(topic.as_str()), Some("e-bad")), "{d}");
+    assert!(d["reason"].as_str().unwrap().contains("event.data.amount"), "{d}");
+    assert!(d["redrive"].is_null());
+    eventually("the good event's run", Duration::from_secs(60), || async { (runs().await == ["o-ok"]).then_some(()) }).await;
+
+    // Fix the definition, then redrive: the event runs; a second redrive does nothing.
+    let lenient = strict.replace("'event.data.amount > 100'", "'!has(event.data.amount) || event.data.amount > 100'");
+    let (_, body) = api.call("POST", "/definitions", Some(ADMIN), None, Some(lenient)).await;
+    assert_eq!(body["applied"][0]["outcome"], "new_version", "{body}");
+    tokio::time::sleep(Duration::from_secs(3)).await; // the router picks new versions up within its refresh interval
+    let coordinates = json!({"records": [{"partition": d["partition"], "offset": d["offset"]}]}).to_string();
+    let (status, body) = api.call("POST", "/dead-letters/redrive", Some(ADMIN), None, Some(coordinates.clone())).await;
+    assert_eq!((status, body["redriven"].as_array().map(Vec::len)), (200, Some(1)), "{body}");
+    assert_eq!(body["redriven"][0]["topic"], topic.as_str());
+    eventually("the redriven event's run", Duration::from_secs(60), || async { (runs().await == ["o-bad", "o-ok"]).then_some(()) }).await;
+    let (_, again) = api.call("POST", "/dead-letters/redrive", Some(ADMIN), None, Some(coordinates)).await;
+    assert_eq!(
+        (again["redriven"].as_array().map(Vec::len), again["skipped"][0]["reason"].as_str()),
+        (Some(0), Some("already redriven")),
+        "{again}"
+    );
+    let (_, listed) = api.call("GET", "/dead-letters", Some(ADMIN), None, None).await;
+    assert_eq!(listed["dead_letters"][0]["redrive"]["by"], "admin", "{listed}");
+    let (status, body) = api.call("POST", "/dead-letters/redrive", Some(ADMIN), None, Some("{}".into())).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("records")));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(runs().await, ["o-bad", "o-ok"], "one run per order, however often it was redriven");
+}
