@@ -47,6 +47,19 @@ struct Cli {
     /// Where the timeline CSV goes.
     #[arg(long, default_value = "loadtest/out")]
     out: std::path::PathBuf,
+    /// How events enter: produced to Kafka directly, or POSTed to tf-api's CloudEvents ingress
+    /// (structured mode, one event a request), which also reports latency to `202`.
+    #[arg(long, value_parser = ["kafka", "http"], default_value = "kafka")]
+    via: String,
+    /// tf-api's base URL, for `--via http`.
+    #[arg(long, env = "TF_API_URL", default_value = "http://127.0.0.1:18088")]
+    api_url: String,
+    /// A token with the ingest scope, for `--via http` (the local stack's is demo-token).
+    #[arg(long, env = "TF_API_TOKEN", default_value = "demo-token")]
+    api_token: String,
+    /// Requests in flight at once, for `--via http`.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
 }
 
 #[derive(clap::Subcommand)]
@@ -136,6 +149,10 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    if cli.via == "http" {
+        let (produced_at, started, produce_secs) = post_all(cli, &topic, unique_keys).await?;
+        return follow(cli, &pool, &topic, &def_id, unique_keys, produced_at, started, produce_secs).await;
+    }
     let mut payloads = Vec::with_capacity(cli.events);
     for i in 0..cli.events {
         let key = if i < unique_keys { i } else { i % unique_keys };
@@ -162,7 +179,89 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
     }
     let produce_secs = started.elapsed().as_secs_f64();
     println!("produced in {produce_secs:.2} s ({:.0} events/s)", cli.events as f64 / produce_secs);
+    follow(cli, &pool, &topic, &def_id, unique_keys, produced_at, started, produce_secs).await
+}
 
+/// `--via http`: POSTs every event to tf-api with `concurrency` requests in flight; returns each
+/// event's issue time, and reports throughput and latency to `202`.
+async fn post_all(cli: &Cli, topic: &str, unique_keys: usize) -> anyhow::Result<(HashMap<String, i64>, Instant, f64)> {
+    use futures::StreamExt;
+    let http = reqwest::Client::new();
+    let url = format!("{}/events/{topic}", cli.api_url.trim_end_matches('/'));
+    let bodies: Vec<(String, String)> = (0..cli.events)
+        .map(|i| {
+            let key = if i < unique_keys { i } else { i % unique_keys };
+            let id = format!("lt-{i}");
+            let body = json!({"specversion": "1.0", "id": id, "source": "/loadtest", "type": "loadtest",
+                              "partitionkey": format!("k-{key}"), "data": {"key": format!("k-{key}")}});
+            (id, body.to_string())
+        })
+        .collect();
+    println!("posting {} events to {url} ({unique_keys} unique keys, {} in flight)", cli.events, cli.concurrency);
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<(String, i64, u128)>> = futures::stream::iter(bodies.into_iter().map(|(id, body)| {
+        let (http, url, token) = (http.clone(), url.clone(), cli.api_token.clone());
+        async move {
+            let issued = now_ms();
+            let t0 = Instant::now();
+            let resp = http
+                .post(&url)
+                .bearer_auth(token)
+                .header("content-type", "application/cloudevents+json")
+                .body(body)
+                .send()
+                .await
+                .context("posting an event")?;
+            let status = resp.status();
+            anyhow::ensure!(status.as_u16() == 202, "tf-api answered {status}: {}", resp.text().await.unwrap_or_default());
+            Ok((id, issued, t0.elapsed().as_micros()))
+        }
+    }))
+    .buffer_unordered(cli.concurrency.max(1))
+    .collect()
+    .await;
+    let produce_secs = started.elapsed().as_secs_f64();
+    let mut produced_at = HashMap::with_capacity(cli.events);
+    let mut latencies = Vec::with_capacity(cli.events);
+    for r in results {
+        let (id, issued, micros) = r?;
+        produced_at.insert(id, issued);
+        latencies.push(micros);
+    }
+    latencies.sort_unstable();
+    let pct = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0) as f64 / 1000.0;
+    println!(
+        "ingress                {:.0} events/s over HTTP; latency to 202: p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        cli.events as f64 / produce_secs,
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        latencies.last().copied().unwrap_or(0) as f64 / 1000.0
+    );
+    Ok((produced_at, started, produce_secs))
+}
+
+/// Follows the router's committed offsets and the runs until every event is routed and every
+/// key ran, then prints the report, the CSV and the plot.
+#[allow(clippy::too_many_arguments)]
+async fn follow(
+    cli: &Cli,
+    pool: &tf_store::PgPool,
+    topic: &str,
+    def_id: &str,
+    unique_keys: usize,
+    produced_at: HashMap<String, i64>,
+    started: Instant,
+    produce_secs: f64,
+) -> anyhow::Result<()> {
+    let s = &cli.settings;
+    let runs_of = |pool: tf_store::PgPool, def_id: String| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM activity_runs WHERE definition_id = $1 AND status <> 'deduplicated'")
+            .bind(def_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0)
+    };
     let consumer: BaseConsumer = tf_kafka::client_config(&s.kafka_brokers).set("group.id", &cli.group).create()?;
     let total_expected = (cli.events + 1) as i64; // + warm-up
     let mut timeline = Vec::new();
@@ -171,7 +270,7 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
     while Instant::now() < deadline {
         let mut tpl = TopicPartitionList::new();
         for p in 0..cli.partitions {
-            tpl.add_partition(&topic, p);
+            tpl.add_partition(topic, p);
         }
         routed = consumer
             .committed_offsets(tpl, Duration::from_secs(10))?
@@ -179,7 +278,7 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
             .iter()
             .map(|e| if let Offset::Offset(o) = e.offset() { o } else { 0 })
             .sum::<i64>();
-        runs = runs_of(pool.clone(), def_id.clone()).await - 1;
+        runs = runs_of(pool.clone(), def_id.to_string()).await - 1;
         let t = started.elapsed().as_secs_f64();
         timeline.push((t, routed, runs));
         println!("  t={t:6.1}s  routed {routed:>6}/{total_expected}  runs {runs:>6}/{unique_keys}");
@@ -194,8 +293,8 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
     let fired: Vec<(String, i64)> = sqlx::query_as(
         "SELECT event_id, (extract(epoch from fired_at) * 1000)::bigint FROM activity_runs WHERE definition_id = $1 AND event_id LIKE 'lt-%'",
     )
-    .bind(&def_id)
-    .fetch_all(&pool)
+    .bind(def_id)
+    .fetch_all(pool)
     .await?;
     let mut latencies: Vec<i64> = fired.iter().filter_map(|(id, f)| produced_at.get(id).map(|p| (f - p).max(0))).collect();
     latencies.sort_unstable();
@@ -203,6 +302,7 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
 
     println!("\n=== tf-loadtest report ===");
     println!("events produced        {}  ({} unique keys, {:.0}% duplicates)", cli.events, unique_keys, cli.duplicates * 100.0);
+    println!("sent via {:<14} {:.0} events/s  ({produce_secs:.1} s)", cli.via, cli.events as f64 / produce_secs);
     println!("runs started           {runs}  (expected {unique_keys})");
     println!("routed (committed)     {:.0} events/s  (all {} committed after {routed_at:.1} s)", cli.events as f64 / routed_at, cli.events);
     println!("runs                   {:.0} runs/s  (all after {elapsed:.1} s)", runs as f64 / elapsed);

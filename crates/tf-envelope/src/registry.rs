@@ -252,4 +252,38 @@ mod tests {
         assert!(check_schema_shape(&Schema::parse_str(&deep).unwrap()).unwrap_err().contains("deeper than 32"));
         assert_eq!(check_schema_shape(&Schema::parse_str(crate::ENVELOPE_SCHEMA).unwrap()), Ok(()));
     }
+
+    /// A registry behind an authenticating proxy, or a base URL that is not the API root. Apicurio
+    /// with authentication needs an OIDC server, which does not install here; this loopback
+    /// server answers the way such a registry does, to pin the classification.
+    async fn answering(status: &'static str, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let resp = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        base
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_and_foreign_404s_are_misconfiguration_not_bad_input() {
+        for (status, body) in [("401 Unauthorized", "{}"), ("403 Forbidden", "{}"), ("404 Not Found", "<html>no such path</html>")] {
+            let registry = Registry::new(&answering(status, body).await);
+            let err = registry.schema(7).await.unwrap_err();
+            assert!(err.is_misconfiguration() && err.is_transient(), "{status}: {err:?}");
+        }
+        let registry = Registry::new(&answering("404 Not Found", r#"{"error_code": 40403, "message": "Schema not found"}"#).await);
+        let err = registry.schema(7).await.unwrap_err();
+        assert!(!err.is_misconfiguration() && !err.is_transient(), "the registry's own 40403 speaks about the record: {err:?}");
+        let registry = Registry::new(&answering("503 Service Unavailable", "{}").await);
+        let err = registry.schema(7).await.unwrap_err();
+        assert!(!err.is_misconfiguration() && err.is_transient(), "{err:?}");
+    }
 }

@@ -8,6 +8,7 @@ mod definitions;
 mod dlq;
 mod error;
 mod ingress;
+mod openapi;
 mod runs;
 mod tasks;
 
@@ -17,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use clap::{Parser, Subcommand};
 use rdkafka::producer::FutureProducer;
 use tf_config::Settings;
@@ -102,20 +102,20 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
+/// The router, built from the table of operations the OpenAPI document is made of.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
-        .route("/definitions", get(definitions::list).post(definitions::apply))
-        .route("/definitions/validate", post(definitions::validate))
-        .route("/definitions/{id}", get(definitions::get).delete(definitions::retire))
-        .route("/runs", get(runs::list))
-        .route("/runs/{*run_id}", get(runs::describe))
-        .route("/events/{topic}", post(ingress::ingest))
-        .route("/dead-letters", get(dlq::browse))
-        .route("/dead-letters/redrive", post(dlq::redrive))
-        .route("/tasks", get(tasks::inbox))
-        .route("/tasks/{*path}", post(tasks::act))
+    let mut by_path: std::collections::BTreeMap<&str, axum::routing::MethodRouter<AppState>> = Default::default();
+    for o in openapi::operations() {
+        let handler = (o.handler)();
+        let merged = match by_path.remove(o.path) {
+            Some(existing) => existing.merge(handler),
+            None => handler,
+        };
+        by_path.insert(o.path, merged);
+    }
+    by_path
+        .into_iter()
+        .fold(Router::new(), |r, (path, handler)| r.route(path, handler))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)

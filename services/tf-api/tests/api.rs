@@ -93,6 +93,21 @@ async fn tokens_scopes_and_definitions_over_http_reach_their_schedule() {
     assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("lacks the write scope"));
     assert_eq!(api.call("GET", "/healthz", None, None, None).await.0, 200);
+    // The OpenAPI document is open, and every operation it lists is served: without a token a
+    // secured one answers 401 (not the 404 of an unknown path), an open one 200.
+    let (status, doc) = api.call("GET", "/openapi.json", None, None, None).await;
+    assert_eq!((status, doc["openapi"].as_str()), (200, Some("3.1.0")));
+    let mut operations = 0;
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        let concrete = path.replace("{id}", "x").replace("{run_id}", "run/x/y/1").replace("{topic}", "t").replace("{path}", "a/b/claim");
+        for (method, op) in methods.as_object().unwrap() {
+            operations += 1;
+            let (status, body) = api.call(&method.to_uppercase(), &concrete, None, None, None).await;
+            let open = op["security"].as_array().is_some_and(|s| s.is_empty());
+            assert_eq!(status, if open { 200 } else { 401 }, "{method} {path}: {body}");
+        }
+    }
+    assert!(operations >= 15, "{doc}");
     assert_eq!(api.call("GET", "/no/such/thing", Some(ADMIN), None, None).await.0, 404);
 
     // Validation names every field at fault.
