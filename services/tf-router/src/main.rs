@@ -79,6 +79,11 @@ struct Cli {
     /// group hands them to another member (Kafka's default is 45 s).
     #[arg(long, env = "TF_ROUTER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     session_timeout_ms: u32,
+    /// Consumer group protocol: `classic` (cooperative-sticky assignment, the session timeout
+    /// above) or `consumer` (KIP-848: the broker assigns, its `group.consumer.session.timeout.ms`
+    /// applies; see loadtest/README.md for the measured difference).
+    #[arg(long, env = "TF_ROUTER_GROUP_PROTOCOL", default_value = "classic", value_parser = ["classic", "consumer"])]
+    group_protocol: String,
     /// A stable identity per router replica (e.g. the pod name of a StatefulSet) for Kafka's
     /// static group membership: a restarted replica takes its partitions back at once, with no
     /// rebalance. Two running routers must never share one.
@@ -134,11 +139,17 @@ async fn main() -> anyhow::Result<()> {
     if let Some(id) = &cli.instance_id {
         consumer_config.set("group.instance.id", id);
     }
+    if cli.group_protocol == "consumer" {
+        // KIP-848: timeouts and assignment belong to the broker; the client refuses them.
+        consumer_config.set("group.protocol", "consumer");
+    } else {
+        consumer_config
+            .set("session.timeout.ms", cli.session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", (cli.session_timeout_ms / 5).max(100).to_string())
+            .set("partition.assignment.strategy", "cooperative-sticky");
+    }
     let consumer: RouterConsumer = consumer_config
         .set("group.id", &cli.group)
-        .set("session.timeout.ms", cli.session_timeout_ms.to_string())
-        .set("heartbeat.interval.ms", (cli.session_timeout_ms / 5).max(100).to_string())
-        .set("partition.assignment.strategy", "cooperative-sticky")
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
@@ -211,6 +222,20 @@ async fn main() -> anyhow::Result<()> {
             received = consumer.recv(), if permit.is_some() => {
                 let msg = match received {
                     Ok(m) => m.detach(),
+                    Err(rdkafka::error::KafkaError::MessageConsumptionFatal(code)) => {
+                        // The consumer is unusable from here on (a fenced static member, say):
+                        // routing nothing while looking alive would wedge every partition, so
+                        // exit and let the supervisor start a fresh one. Records in flight are
+                        // not committed and are routed again (dedupe keeps one run per key).
+                        anyhow::bail!(
+                            "the Kafka consumer failed for good ({code}); exiting so this router is restarted{}",
+                            if code == rdkafka::types::RDKafkaErrorCode::UnreleasedInstanceId {
+                                " (the previous member with this TF_ROUTER_INSTANCE_ID is still in the group until its session times out)"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
                     Err(e) => {
                         // Broker unreachable and the like: librdkafka reconnects by itself;
                         // do not spin on the error meanwhile.

@@ -21,6 +21,29 @@ tasks:
   - {name: noop, type: human, when: "false"}
 "#;
 
+/// KIP-848 (`TF_ROUTER_GROUP_PROTOCOL=consumer`, Kafka 4.1, librdkafka 2.12) keeps a killed
+/// static member in the group until the broker's session timeout (45 s): its restart is
+/// refused with a fatal UnreleasedInstanceId. The router exits on that instead of idling
+/// while looking alive, so its supervisor restarts it; and that measurement is why the
+/// classic protocol with static membership is the default.
+#[tokio::test]
+async fn under_kip_848_a_fenced_restart_exits_instead_of_idling() {
+    let t = setup(1, ORDERS).await;
+    let _worker = t.worker();
+    let group = unique("it-group");
+    let instance = unique("router");
+    let env = [("TF_ROUTER_INSTANCE_ID", instance.as_str()), ("TF_ROUTER_GROUP_PROTOCOL", "consumer")];
+    let mut router = t.router(&group, &env);
+    t.send(0, "a", &t.envelope("e0", json!({"order_id": "o-0"})).await).await;
+    eventually("a run under the consumer protocol", Duration::from_secs(60), || async { (t.runs().await == 1).then_some(()) }).await;
+    router.kill();
+    let restarted = t.router(&group, &env);
+    eventually("the restarted router to exit naming the reason", Duration::from_secs(60), || async {
+        restarted.log().contains("the previous member with this TF_ROUTER_INSTANCE_ID is still in the group").then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_killed_router_is_replaced_in_seconds_and_nothing_is_lost() {
     let t = setup(2, ORDERS).await;
