@@ -7,7 +7,7 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use crate::cron::CronSchedule;
-use crate::document::{ContextSourceDoc, Document, HttpSourceDoc, Overlap, TaskDoc, TaskType, TriggerDoc};
+use crate::document::{ContextSourceDoc, Document, HttpSourceDoc, OnTimeout, Overlap, TaskDoc, TaskType, TriggerDoc};
 use crate::duration;
 use crate::expr::Expr;
 
@@ -154,6 +154,11 @@ pub struct TaskTemplate {
     pub params: Vec<(String, Expr)>,
     pub retry: RetryPolicy,
     pub timeout: Duration,
+    /// Human tasks: how long to wait for a person, when the template says so.
+    pub human_timeout: Option<Duration>,
+    pub on_timeout: OnTimeout,
+    /// Human tasks with `on_timeout: complete`: the output.
+    pub timeout_output: Option<Expr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -565,7 +570,31 @@ fn check_task(c: &mut Checker, i: usize, t: &TaskDoc) -> Option<TaskTemplate> {
         }
     }
     let timeout = c.duration(&format!("{path}.timeout"), t.timeout.as_deref(), DEFAULT_TASK_TIMEOUT);
-    Some(TaskTemplate { name: t.name.clone(), task_type: t.task_type, when, for_each, params, retry, timeout })
+    let human = t.task_type == TaskType::Human;
+    let human_timeout = (human && t.timeout.is_some()).then_some(timeout);
+    let on_timeout = t.on_timeout.unwrap_or(OnTimeout::Fail);
+    if !human && (t.on_timeout.is_some() || t.timeout_output.is_some()) {
+        c.fail(format!("{path}.on_timeout"), "only human tasks have on_timeout and timeout_output (other tasks retry, then fail)");
+    } else if t.on_timeout.is_some() && t.timeout.is_none() {
+        c.fail(format!("{path}.on_timeout"), "needs a timeout: how long the task waits for a person");
+    } else if on_timeout == OnTimeout::Complete && t.timeout_output.is_none() {
+        c.fail(format!("{path}.timeout_output"), "required with on_timeout: complete (CEL giving the output)");
+    } else if on_timeout == OnTimeout::Fail && t.timeout_output.is_some() {
+        c.fail(format!("{path}.timeout_output"), "only used with on_timeout: complete");
+    }
+    let timeout_output = t.timeout_output.as_deref().and_then(|o| c.expr(format!("{path}.timeout_output"), o));
+    Some(TaskTemplate {
+        name: t.name.clone(),
+        task_type: t.task_type,
+        when,
+        for_each,
+        params,
+        retry,
+        timeout,
+        human_timeout,
+        on_timeout,
+        timeout_output,
+    })
 }
 
 #[cfg(test)]
@@ -758,6 +787,22 @@ tasks:
             ["context.customer.http.timeout", "context.orders.sql.datasource", "tasks[0].params.url", "tasks[0].params.uri"],
             "{err}"
         );
+    }
+
+    #[test]
+    fn human_tasks_may_time_out_and_complete_or_fail() {
+        let base = "id: h\nname: h\ntrigger: {event: {topics: [t]}}\ntasks:\n  - {name: a, type: human, TIMEOUT}\n";
+        let parse = |extra: &str| Definition::from_yaml("h", &base.replace("TIMEOUT", extra));
+        let d = parse("timeout: 2s, on_timeout: complete, timeout_output: \"{'ok': false}\"").unwrap().remove(0);
+        assert_eq!((d.tasks[0].human_timeout, d.tasks[0].on_timeout), (Some(Duration::from_secs(2)), OnTimeout::Complete));
+        let plain = parse("when: 'true'").unwrap().remove(0);
+        assert_eq!(plain.tasks[0].human_timeout, None, "a human task without timeout waits until decided");
+        let path = |extra: &str| parse(extra).unwrap_err().errors[0].path.clone();
+        assert_eq!(path("on_timeout: complete, timeout: 2s"), "tasks[0].timeout_output");
+        assert_eq!(path("on_timeout: fail"), "tasks[0].on_timeout");
+        assert_eq!(path("timeout: 2s, timeout_output: '1'"), "tasks[0].timeout_output");
+        let kafka = "id: k\nname: k\ntrigger: {event: {topics: [t]}}\ntasks:\n  - {name: a, type: kafka, timeout: 2s, on_timeout: fail, params: {topic: \"'t'\", value: '1'}}\n";
+        assert_eq!(Definition::from_yaml("k", kafka).unwrap_err().errors[0].path, "tasks[0].on_timeout");
     }
 
     #[test]

@@ -197,8 +197,25 @@ pub struct TaskDoc {
     pub params: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryDoc>,
+    /// Per attempt; for a human task, how long it waits for a person (it waits forever without).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Human tasks: what a timeout does (default `fail`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<OnTimeout>,
+    /// Human tasks with `on_timeout: complete`: CEL giving the output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_output: Option<String>,
+}
+
+/// What a human task does when nobody decided within its `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    /// The task fails (and so does its run).
+    Fail,
+    /// The task succeeds with `timeout_output`.
+    Complete,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,6 +13,6 @@ pub mod plan;
 pub use dedupe::{DedupeKey, DedupeKeyError};
 pub use definition::RetryPolicy;
 pub use definition::{ContextSource, Dedupe, Definition, EventTrigger, FieldError, InvalidDefinition, TaskTemplate, Trigger, TypePattern};
-pub use document::{Document, Overlap, TaskType};
+pub use document::{Document, OnTimeout, Overlap, TaskType};
 pub use expr::{Bindings, EvalError, Expr};
 pub use plan::PlannedTask;

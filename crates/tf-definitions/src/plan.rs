@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Map, Value as Json};
 
 use crate::definition::{Definition, RetryPolicy};
-use crate::document::TaskType;
+use crate::document::{OnTimeout, TaskType};
 use crate::expr::{Bindings, EvalError};
 
 /// One task to spawn; `task_id` is `<run id>/<template>/<index>`.
@@ -20,6 +20,10 @@ pub struct PlannedTask {
     pub params: Json,
     pub retry: RetryPolicy,
     pub timeout: Duration,
+    /// Human tasks: how long to wait for a person, and what then.
+    pub human_timeout: Option<Duration>,
+    pub on_timeout: OnTimeout,
+    pub timeout_output: Option<Json>,
 }
 
 /// The most tasks one run may spawn: each is a child workflow, and a `for_each` over a large
@@ -65,6 +69,7 @@ impl Definition {
                     }
                     params.insert(name.clone(), value);
                 }
+                let timeout_output = t.timeout_output.as_ref().map(|e| e.eval(&scope)).transpose()?;
                 out.push(PlannedTask {
                     task_id: format!("{run_id}/{}/{index}", t.name),
                     template: t.name.clone(),
@@ -73,6 +78,9 @@ impl Definition {
                     params: Json::Object(params),
                     retry: t.retry.clone(),
                     timeout: t.timeout,
+                    human_timeout: t.human_timeout,
+                    on_timeout: t.on_timeout,
+                    timeout_output,
                 });
             }
         }

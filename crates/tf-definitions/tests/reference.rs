@@ -69,6 +69,8 @@ fn the_reference_names_every_field_task_type_and_param() {
         "initial_interval",
         "max_interval",
         "backoff",
+        "on_timeout",
+        "timeout_output",
     ];
     for f in fields {
         assert!(REFERENCE.contains(&format!("`{f}`")), "docs/definitions.md does not describe `{f}`");

@@ -203,6 +203,14 @@ pub struct TaskInput {
     /// The run's W3C trace context, passed on to what the task calls (Kafka and HTTP headers).
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// Human tasks: how long to wait for a person; `None` waits until decided.
+    #[serde(default)]
+    pub human_timeout_ms: Option<u64>,
+    /// Human tasks: after the timeout, complete with `timeout_output` (else fail).
+    #[serde(default)]
+    pub complete_on_timeout: bool,
+    #[serde(default)]
+    pub timeout_output: Option<Json>,
 }
 
 /// Output of RunTask.

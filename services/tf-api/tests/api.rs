@@ -525,3 +525,63 @@ async fn a_dead_letter_is_browsed_and_redriven_once_after_its_definition_is_fixe
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(runs().await, ["o-bad", "o-ok"], "one run per order, however often it was redriven");
 }
+
+#[tokio::test]
+async fn a_human_task_that_nobody_decides_times_out_into_its_default_or_a_failure() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-api-queue");
+    let api = Api::spawn(&db.url, &queue);
+    api.ready().await;
+    let _worker = Service::spawn(
+        &workspace_binary("tf-worker"),
+        &unique("tf-worker"),
+        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true"), ("TF_NO_SCHEDULER", "true")],
+    );
+    let id = unique("it-api-timeout").to_lowercase();
+    let def = format!(
+        "id: {id}\nname: Timeouts\ntrigger: {{event: {{topics: [events.demo]}}}}\ntasks:\n  - {{name: lenient, type: human, timeout: 2s, on_timeout: complete, timeout_output: \"{{'approved': false, 'order': event.data.order_id}}\"}}\n  - {{name: strict, type: human, timeout: 2s}}\n"
+    );
+    let (status, body) = api.call("POST", "/definitions", Some(ADMIN), None, Some(def)).await;
+    assert_eq!(status, 200, "{body}");
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    let input = tf_temporal::RunInput {
+        definition_id: id.clone(),
+        definition_version: 1,
+        dedupe_key: "t-1".into(),
+        dedupe_window_secs: 3600,
+        generation: 0,
+        event_time_ms: None,
+        trigger: tf_temporal::TriggerInfo {
+            kind: "event".into(),
+            topic: Some("events.demo".into()),
+            partition: Some(0),
+            offset: Some(1),
+            event_id: Some("e-t-1".into()),
+            schedule_id: None,
+            scheduled_for_ms: None,
+        },
+        event: Some(json!({"id": "e-t-1", "type": "t", "data": {"order_id": "t-1"}})),
+        traceparent: None,
+    };
+    tf_temporal::start_run(&client, &queue, input).await.unwrap();
+    let rows = eventually("both human tasks to time out", Duration::from_secs(60), || async {
+        let rows: Vec<(String, String, Option<Value>, Option<String>)> =
+            sqlx::query_as("SELECT template, status, output, error FROM tasks WHERE finished_at IS NOT NULL ORDER BY template")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        (rows.len() == 2).then_some(rows)
+    })
+    .await;
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1.as_str(), rows[0].2.clone()),
+        ("lenient", "succeeded", Some(json!({"approved": false, "order": "t-1"})))
+    );
+    assert_eq!((rows[1].0.as_str(), rows[1].1.as_str()), ("strict", "failed"));
+    assert_eq!(rows[1].3.as_deref(), Some("nobody decided within 2 s (on_timeout: fail)"));
+    let task = tf_temporal::DedupeKey::parse("t-1").unwrap().workflow_id(&id, 1) + "/strict/0";
+    let (status, body) =
+        api.call("POST", &format!("/tasks/{task}/complete"), Some(ADMIN), None, Some(json!({"output": 1}).to_string())).await;
+    assert_eq!(status, 409, "a decision after the timeout is refused: {body}");
+}

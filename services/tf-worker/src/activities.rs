@@ -242,6 +242,9 @@ impl RunActivities {
                 timeout_ms: t.timeout.as_millis() as u64,
                 trigger: i.trigger.clone(),
                 traceparent: i.traceparent.clone(),
+                human_timeout_ms: t.human_timeout.map(|d| d.as_millis() as u64),
+                complete_on_timeout: t.on_timeout == tf_definitions::OnTimeout::Complete,
+                timeout_output: t.timeout_output,
             })
             .collect();
         let rows: Vec<NewTask<'_>> = tasks

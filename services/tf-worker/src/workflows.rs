@@ -226,6 +226,7 @@ pub struct RunTaskWorkflow {
     completion: Option<Json>,
     decision: Option<tf_temporal::HumanDecision>,
     awaiting_human: bool,
+    timed_out: bool,
 }
 
 #[workflow_methods]
@@ -241,8 +242,28 @@ impl RunTaskWorkflow {
             )
             .await?;
             ctx.state_mut(|s| s.awaiting_human = true);
-            ctx.wait_condition(|s| s.completion.is_some() || s.decision.is_some()).await?;
+            let decided = match task.human_timeout_ms {
+                None => {
+                    ctx.wait_condition(|s| s.completion.is_some() || s.decision.is_some()).await?;
+                    true
+                }
+                Some(ms) => temporalio_sdk::workflows::select! {
+                    waited = ctx.wait_condition(|s| s.completion.is_some() || s.decision.is_some()) => { waited?; true }
+                    _ = ctx.timer(Duration::from_millis(ms)) => false,
+                },
+            };
+            if !decided {
+                // From here on the validator refuses decisions: the timeout decided.
+                ctx.state_mut(|s| s.timed_out = true);
+            }
             match ctx.state(|s| (s.decision.clone(), s.completion.clone())) {
+                _ if !decided && task.complete_on_timeout => {
+                    ("SUCCEEDED", Some(task.timeout_output.clone().unwrap_or(Json::Null)), None, 1)
+                }
+                _ if !decided => {
+                    let waited = Duration::from_millis(task.human_timeout_ms.unwrap_or_default());
+                    ("FAILED", None, Some(format!("nobody decided within {} s (on_timeout: fail)", waited.as_secs())), 1)
+                }
                 (Some(tf_temporal::HumanDecision::Complete { output, .. }), _) | (None, Some(output)) => {
                     ("SUCCEEDED", Some(output), None, 1)
                 }
@@ -296,7 +317,7 @@ impl RunTaskWorkflow {
         _ctx: &WorkflowContextView,
         _decision: &tf_temporal::HumanDecision,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        if self.completion.is_some() || self.decision.is_some() {
+        if self.completion.is_some() || self.decision.is_some() || self.timed_out {
             return Err(tf_temporal::ALREADY_DECIDED.into());
         }
         if !self.awaiting_human {
