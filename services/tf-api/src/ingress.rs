@@ -119,6 +119,7 @@ pub async fn ingest(
             }
         }
     }
+    crate::metrics::add(&state.metrics.events_accepted, accepted.len());
     tracing::info!(token = %caller.token, %topic, events = accepted.len(), "events accepted");
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))))
 }

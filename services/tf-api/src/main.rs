@@ -8,6 +8,7 @@ mod definitions;
 mod dlq;
 mod error;
 mod ingress;
+mod metrics;
 mod openapi;
 mod runs;
 mod tasks;
@@ -42,6 +43,9 @@ struct Cli {
     /// `TF_API_TOKEN__<NAME>=<scope>,<scope>:<sha256 hex>` variables add to it.
     #[arg(long, env = "TF_API_TOKENS")]
     tokens: Option<std::path::PathBuf>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); empty to disable.
+    #[arg(long, env = "TF_API_METRICS_ADDR", default_value = "127.0.0.1:9466")]
+    metrics_addr: String,
     /// The router's dead-letter topic, browsed and redriven by `/dead-letters`.
     #[arg(long, env = "TF_DLQ_TOPIC", default_value = "taskfactory.dlq")]
     dlq_topic: String,
@@ -77,6 +81,7 @@ pub struct AppState {
     pub max_event_bytes: usize,
     pub temporal: temporalio_client::Client,
     pub dlq_topic: String,
+    pub metrics: Arc<metrics::Metrics>,
     /// Topics known to take envelopes (their subject has the envelope schema).
     envelope_topics: Arc<Mutex<HashSet<String>>>,
 }
@@ -117,6 +122,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .into_iter()
         .fold(Router::new(), |r, (path, handler)| r.route(path, handler))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::count))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -165,9 +171,15 @@ async fn main() -> anyhow::Result<()> {
         max_event_bytes: cli.max_event_bytes,
         temporal,
         dlq_topic: cli.dlq_topic.clone(),
+        metrics: Arc::default(),
         envelope_topics: Arc::default(),
     };
     let token_count = state.tokens.len();
+    if !cli.metrics_addr.is_empty() {
+        let m = state.metrics.clone();
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        tokio::spawn(tf_telemetry::serve_metrics(cli.metrics_addr.clone(), Arc::new(move || m.render()), ready));
+    }
     let listener = tokio::net::TcpListener::bind(&cli.addr).await.with_context(|| format!("listening on {}", cli.addr))?;
     tracing::info!(addr = %listener.local_addr()?, tokens = token_count, "api running");
     axum::serve(listener, router(state, cli.max_body_bytes))

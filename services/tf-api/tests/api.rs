@@ -21,11 +21,14 @@ struct Api {
     base: String,
     http: reqwest::Client,
     service: Service,
+    /// Where its Prometheus metrics are served.
+    metrics: String,
 }
 
 impl Api {
     fn spawn(db_url: &str, queue: &str) -> Api {
         let addr = tf_testkit::free_local_addr();
+        let metrics = tf_testkit::free_local_addr();
         let admin = format!("read,write,ingest,tasks:{}", sha256(ADMIN));
         let reader = format!("read:{}", sha256(READER));
         let clerk = format!("tasks:{}", sha256(CLERK));
@@ -36,12 +39,13 @@ impl Api {
                 ("TF_DATABASE_URL", db_url),
                 ("TF_TASK_QUEUE", queue),
                 ("TF_API_ADDR", &addr),
+                ("TF_API_METRICS_ADDR", &metrics),
                 ("TF_API_TOKEN__ADMIN", &admin),
                 ("TF_API_TOKEN__READER", &reader),
                 ("TF_API_TOKEN__CLERK", &clerk),
             ],
         );
-        Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service }
+        Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service, metrics }
     }
 
     async fn ready(&self) {
@@ -291,6 +295,9 @@ async fn a_hundred_cloudevents_in_three_modes_become_the_expected_runs_with_line
     }
     let distinct: std::collections::HashSet<&String> = seen.iter().collect();
     assert_eq!((seen.len(), distinct.len()), (90, 90));
+    let metric = |name: &str| tf_testkit::scrape_metric(&api.metrics, name);
+    assert_eq!(metric("tf_api_events_accepted_total"), Some(100.0), "the 100 events, and none of the refused ones");
+    assert!(metric("tf_api_responses_total{class=\"403\"}").unwrap_or(0.0) >= 1.0);
     let (status, body) = api.call("GET", "/runs?limit=0", Some(READER), None, None).await;
     assert_eq!((status, body["error"]["field"].as_str()), (400, Some("limit")));
     let (status, body) = api.call("GET", "/runs?since=yesterday", Some(READER), None, None).await;
@@ -445,11 +452,12 @@ async fn a_dead_letter_is_browsed_and_redriven_once_after_its_definition_is_fixe
             ("TF_DATABASE_URL", &db.url),
             ("TF_TASK_QUEUE", &queue),
             ("TF_API_ADDR", &addr),
+            ("TF_API_METRICS_ADDR", ""),
             ("TF_DLQ_TOPIC", &dlq),
             ("TF_API_TOKEN__ADMIN", &format!("read,write,ingest,tasks:{}", sha256(ADMIN))),
         ],
     );
-    let api = Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service };
+    let api = Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service, metrics: String::new() };
     api.ready().await;
     let id = unique("it-api-dlq-def").to_lowercase();
     let strict = format!(
