@@ -89,6 +89,15 @@ async fn apply_event_definition(pool: &tf_store::PgPool, yaml: &str) -> anyhow::
     Ok(())
 }
 
+/// Runs of the load test's definition that were not deduplicated (0 while PostgreSQL is away).
+async fn runs_of(pool: &tf_store::PgPool, def_id: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM activity_runs WHERE definition_id = $1 AND status <> 'deduplicated'")
+        .bind(def_id)
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as i64
 }
@@ -136,15 +145,8 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
     let warm = Event::new("warmup", "/loadtest", "loadtest", json!({"key": "warmup"}))?;
     let bytes = codec.encode_event(&format!("{topic}-value"), &warm).await?;
     producer.send(FutureRecord::to(&topic).key("warmup").payload(&bytes), Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
-    let runs_of = |pool: tf_store::PgPool, def_id: String| async move {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM activity_runs WHERE definition_id = $1 AND status <> 'deduplicated'")
-            .bind(def_id)
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(0)
-    };
     let warm_deadline = Instant::now() + Duration::from_secs(60);
-    while runs_of(pool.clone(), def_id.clone()).await < 1 {
+    while runs_of(&pool, &def_id).await < 1 {
         anyhow::ensure!(Instant::now() < warm_deadline, "no run for the warm-up event within 60 s: are tf-router and tf-worker running?");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -255,13 +257,6 @@ async fn follow(
     produce_secs: f64,
 ) -> anyhow::Result<()> {
     let s = &cli.settings;
-    let runs_of = |pool: tf_store::PgPool, def_id: String| async move {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM activity_runs WHERE definition_id = $1 AND status <> 'deduplicated'")
-            .bind(def_id)
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(0)
-    };
     let consumer: BaseConsumer = tf_kafka::client_config(&s.kafka_brokers).set("group.id", &cli.group).create()?;
     let total_expected = (cli.events + 1) as i64; // + warm-up
     let mut timeline = Vec::new();
@@ -278,7 +273,7 @@ async fn follow(
             .iter()
             .map(|e| if let Offset::Offset(o) = e.offset() { o } else { 0 })
             .sum::<i64>();
-        runs = runs_of(pool.clone(), def_id.to_string()).await - 1;
+        runs = runs_of(pool, def_id).await - 1;
         let t = started.elapsed().as_secs_f64();
         timeline.push((t, routed, runs));
         println!("  t={t:6.1}s  routed {routed:>6}/{total_expected}  runs {runs:>6}/{unique_keys}");

@@ -47,6 +47,30 @@ pub fn shop_db_url() -> String {
     format!("mysql://shop_reader:shop-reader-demo@127.0.0.1:{}/shop", port.expect("TF_MARIADB_PORT in the environment or .env"))
 }
 
+/// A RunActivity input as the router builds it for an event on `events.demo`: dedupe `key`,
+/// a one-hour window, the first generation; for tests that start runs without a router.
+pub fn run_input(definition_id: &str, version: i32, key: &str, event: serde_json::Value) -> tf_temporal::RunInput {
+    tf_temporal::RunInput {
+        definition_id: definition_id.into(),
+        definition_version: version,
+        dedupe_key: key.into(),
+        dedupe_window_secs: 3600,
+        generation: 0,
+        event_time_ms: None,
+        trigger: tf_temporal::TriggerInfo {
+            kind: "event".into(),
+            topic: Some("events.demo".into()),
+            partition: Some(0),
+            offset: Some(7),
+            event_id: Some(format!("evt-{key}")),
+            schedule_id: None,
+            scheduled_for_ms: None,
+        },
+        event: Some(event),
+        traceparent: None,
+    }
+}
+
 /// The tool directory of `scripts/stack` (its Python virtualenv), unless TF_PYTHON says otherwise.
 pub fn python() -> PathBuf {
     if let Ok(p) = std::env::var("TF_PYTHON") {

@@ -57,7 +57,7 @@ pub struct Filter {
     /// Read this DLQ partition only, from `offset` on.
     partition: Option<i32>,
     offset: Option<i64>,
-    limit: Option<usize>,
+    limit: Option<i64>,
 }
 
 /// Reads the DLQ from the start (or `partition`/`offset`) to its end, at most [`SCAN_MAX`]
@@ -150,10 +150,7 @@ pub async fn browse(
 ) -> Result<Json<Value>, ApiError> {
     state.tokens.require(&headers, Scope::Read)?;
     let Query(f) = q.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
-    let limit = f.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request("limit", "must be between 1 and 500"));
-    }
+    let limit = crate::error::page_limit(f.limit, 50)? as usize;
     let mut out = Vec::new();
     for d in read(&state, &f).await?.iter().filter(|d| d.matches(&f)).take(limit) {
         out.push(describe(&state, d).await?);

@@ -39,6 +39,12 @@ impl ApiError {
     }
 }
 
+/// A list endpoint's `limit`: `default` when absent, else 1 to 500.
+pub fn page_limit(limit: Option<i64>, default: i64) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=500).contains(&limit) { Ok(limit) } else { Err(ApiError::bad_request("limit", "must be between 1 and 500")) }
+}
+
 impl From<tf_store::StoreError> for ApiError {
     fn from(e: tf_store::StoreError) -> ApiError {
         tracing::error!(error = %e, "database");

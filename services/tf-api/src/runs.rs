@@ -48,10 +48,7 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     state.tokens.require(&headers, Scope::Read)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request("limit", "must be between 1 and 500"));
-    }
+    let limit = crate::error::page_limit(q.limit, 50)?;
     if let Some(s) = &q.status
         && !STATUSES.contains(&s.as_str())
     {

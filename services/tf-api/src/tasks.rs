@@ -35,10 +35,7 @@ pub async fn inbox(
     if !STATUSES.contains(&status.as_str()) {
         return Err(ApiError::bad_request("status", format!("{status:?} is not one of {}", STATUSES.join(", "))));
     }
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request("limit", "must be between 1 and 500"));
-    }
+    let limit = crate::error::page_limit(q.limit, 50)?;
     let tasks = tf_store::tasks::human_inbox(&state.pool, q.definition.as_deref(), &status, limit).await?;
     Ok(Json(json!({ "tasks": tasks })))
 }

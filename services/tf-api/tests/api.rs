@@ -355,25 +355,12 @@ async fn human_tasks_are_claimed_completed_once_and_rejected_over_http() {
     let (status, body) = api.call("POST", "/definitions", Some(ADMIN), None, Some(def)).await;
     assert_eq!(status, 200, "{body}");
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
-    let input = tf_temporal::RunInput {
-        definition_id: id.clone(),
-        definition_version: 1,
-        dedupe_key: "h-1".into(),
-        dedupe_window_secs: 3600,
-        generation: 0,
-        event_time_ms: None,
-        trigger: tf_temporal::TriggerInfo {
-            kind: "event".into(),
-            topic: Some("events.demo".into()),
-            partition: Some(0),
-            offset: Some(1),
-            event_id: Some("e-h-1".into()),
-            schedule_id: None,
-            scheduled_for_ms: None,
-        },
-        event: Some(json!({"id": "e-h-1", "type": "approval.requested", "data": {"order_id": "h-1", "items": ["a", "b"]}})),
-        traceparent: None,
-    };
+    let input = tf_testkit::run_input(
+        &id,
+        1,
+        "h-1",
+        json!({"id": "e-h-1", "type": "approval.requested", "data": {"order_id": "h-1", "items": ["a", "b"]}}),
+    );
     tf_temporal::start_run(&client, &queue, input).await.unwrap();
 
     let inbox = eventually("two tasks in the inbox", Duration::from_secs(60), || async {
@@ -553,25 +540,7 @@ async fn a_human_task_that_nobody_decides_times_out_into_its_default_or_a_failur
     let (status, body) = api.call("POST", "/definitions", Some(ADMIN), None, Some(def)).await;
     assert_eq!(status, 200, "{body}");
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
-    let input = tf_temporal::RunInput {
-        definition_id: id.clone(),
-        definition_version: 1,
-        dedupe_key: "t-1".into(),
-        dedupe_window_secs: 3600,
-        generation: 0,
-        event_time_ms: None,
-        trigger: tf_temporal::TriggerInfo {
-            kind: "event".into(),
-            topic: Some("events.demo".into()),
-            partition: Some(0),
-            offset: Some(1),
-            event_id: Some("e-t-1".into()),
-            schedule_id: None,
-            scheduled_for_ms: None,
-        },
-        event: Some(json!({"id": "e-t-1", "type": "t", "data": {"order_id": "t-1"}})),
-        traceparent: None,
-    };
+    let input = tf_testkit::run_input(&id, 1, "t-1", json!({"id": "e-t-1", "type": "t", "data": {"order_id": "t-1"}}));
     tf_temporal::start_run(&client, &queue, input).await.unwrap();
     let rows = eventually("both human tasks to time out", Duration::from_secs(60), || async {
         let rows: Vec<(String, String, Option<Value>, Option<String>)> =

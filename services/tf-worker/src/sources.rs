@@ -89,7 +89,7 @@ impl Sources {
                     {
                         secrets.remember(pw);
                         // The URL form too: a driver error may quote it percent-encoded.
-                        if let Some(decoded) = percent_decode(pw) {
+                        if let Ok(decoded) = percent_encoding::percent_decode_str(pw).decode_utf8() {
                             secrets.remember(&decoded);
                         }
                     }
@@ -286,28 +286,6 @@ pub fn header_text(v: Json) -> String {
         Json::String(s) => s,
         other => other.to_string(),
     }
-}
-
-/// `%40` → `@`: a password as it is, when its URL form differs.
-fn percent_decode(s: &str) -> Option<String> {
-    if !s.contains('%') {
-        return None;
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(b) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).ok()
 }
 
 fn humanize(d: Duration) -> String {

@@ -9,31 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
 use temporalio_client::{UntypedWorkflow, WorkflowFetchHistoryOptions};
-use tf_temporal::{RunInput, TriggerInfo};
 use tf_testkit::{FreshDatabase, Service, apply_definition, eventually, orders_db_url, results_for, settings, shop_db_url, unique};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn input(definition_id: &str, version: i32, key: &str, event: Json) -> RunInput {
-    RunInput {
-        definition_id: definition_id.into(),
-        definition_version: version,
-        dedupe_key: key.into(),
-        dedupe_window_secs: 3600,
-        generation: 0,
-        event_time_ms: None,
-        trigger: TriggerInfo {
-            kind: "event".into(),
-            topic: Some("events.demo".into()),
-            partition: Some(0),
-            offset: Some(1),
-            event_id: Some(format!("evt-{key}")),
-            schedule_id: None,
-            scheduled_for_ms: None,
-        },
-        event: Some(event),
-        traceparent: None,
-    }
-}
 
 /// One request as the CRM saw it.
 #[derive(Debug, Clone)]
@@ -241,19 +218,21 @@ tasks:
     };
 
     let order = |id: &str, customer: &str| json!({"id": format!("e-{id}"), "type": "order.created", "data": {"order_id": id, "customer": customer}});
-    tf_temporal::start_run(&client, &queue, input(&def_id, version, "o-1", order("o-1", "c-1001"))).await.unwrap();
-    tf_temporal::start_run(&client, &queue, input(&slow_id, slow_version, "s-1", json!({"id": "s-1"}))).await.unwrap();
-    tf_temporal::start_run(&client, &queue, input(&slow_my_id, slow_my_version, "s-1", json!({"id": "s-1"}))).await.unwrap();
+    tf_temporal::start_run(&client, &queue, tf_testkit::run_input(&def_id, version, "o-1", order("o-1", "c-1001"))).await.unwrap();
+    tf_temporal::start_run(&client, &queue, tf_testkit::run_input(&slow_id, slow_version, "s-1", json!({"id": "s-1"}))).await.unwrap();
+    tf_temporal::start_run(&client, &queue, tf_testkit::run_input(&slow_my_id, slow_my_version, "s-1", json!({"id": "s-1"})))
+        .await
+        .unwrap();
     let run1 = run_of("o-1", &def_id);
     let status = eventually("run o-1 to end", Duration::from_secs(90), || run_status(run1.clone())).await;
     assert_eq!(status, "completed", "worker log:\n{}", worker.log());
 
     // The second run for the same customer is answered from the cache: no second call.
-    tf_temporal::start_run(&client, &queue, input(&def_id, version, "o-2", order("o-2", "c-1001"))).await.unwrap();
+    tf_temporal::start_run(&client, &queue, tf_testkit::run_input(&def_id, version, "o-2", order("o-2", "c-1001"))).await.unwrap();
     let run2 = run_of("o-2", &def_id);
     assert_eq!(eventually("run o-2 to end", Duration::from_secs(60), || run_status(run2.clone())).await, "completed");
     // An unknown customer: the CRM's 404 (which quotes the token) fails the run for good.
-    tf_temporal::start_run(&client, &queue, input(&def_id, version, "o-3", order("o-3", "c-404"))).await.unwrap();
+    tf_temporal::start_run(&client, &queue, tf_testkit::run_input(&def_id, version, "o-3", order("o-3", "c-404"))).await.unwrap();
     let run3 = run_of("o-3", &def_id);
     assert_eq!(eventually("run o-3 to end", Duration::from_secs(60), || run_status(run3.clone())).await, "failed");
 

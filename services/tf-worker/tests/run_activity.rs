@@ -6,28 +6,14 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{Value as Json, json};
-use tf_temporal::{RunInput, StartOutcome, TriggerInfo};
+use tf_temporal::{RunInput, StartOutcome};
 use tf_testkit::{FreshDatabase, Service, apply_definition, create_topic, eventually, results_for, settings, unique, workspace_binary};
 
+/// An event run's input, with a trace context the tasks must pass on.
 fn input(definition_id: &str, version: i32, key: &str, event: Json) -> RunInput {
     RunInput {
-        definition_id: definition_id.into(),
-        definition_version: version,
-        dedupe_key: key.into(),
-        dedupe_window_secs: 3600,
-        generation: 0,
-        event_time_ms: None,
-        trigger: TriggerInfo {
-            kind: "event".into(),
-            topic: Some("events.demo".into()),
-            partition: Some(0),
-            offset: Some(7),
-            event_id: Some(format!("evt-{key}")),
-            schedule_id: None,
-            scheduled_for_ms: None,
-        },
-        event: Some(event),
         traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        ..tf_testkit::run_input(definition_id, version, key, event)
     }
 }
 
