@@ -87,6 +87,9 @@ struct Services {
     router: Option<Child>,
     worker: Option<Child>,
     spawned: u32,
+    /// Services that exited on their own (say, a router fenced after a broker restart) and
+    /// were started again, as a supervisor (systemd, Kubernetes) would: `(name, status)`.
+    revived: Vec<(&'static str, String)>,
 }
 
 impl Services {
@@ -119,6 +122,20 @@ impl Services {
             let _ = c.wait();
         }
         self.worker = Some(self.spawn("tf-worker")?);
+        Ok(())
+    }
+
+    /// Starts again whatever exited on its own.
+    fn revive(&mut self) -> anyhow::Result<()> {
+        for name in ["tf-router", "tf-worker"] {
+            let slot = if name == "tf-router" { &mut self.router } else { &mut self.worker };
+            let Some(status) = slot.as_mut().and_then(|c| c.try_wait().ok().flatten()) else { continue };
+            *slot = None;
+            println!("  {name} exited on its own ({status}); restarting it as a supervisor would");
+            self.revived.push((name, status.to_string()));
+            let child = self.spawn(name)?;
+            if name == "tf-router" { self.router = Some(child) } else { self.worker = Some(child) }
+        }
         Ok(())
     }
 
@@ -202,7 +219,9 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
         ("TF_ROUTER_METRICS_ADDR", String::new()),
         ("TF_WORKER_METRICS_ADDR", String::new()),
         ("TF_NO_SCHEDULER", "true".into()),
-        ("TF_LOG", "info".into()),
+        // The relay logs each committed batch (txid, seq, count) at debug: what a duplicate
+        // result would be traced back to.
+        ("TF_LOG", "info,tf_worker::relay=debug".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -214,6 +233,7 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
         router: None,
         worker: None,
         spawned: 0,
+        revived: Vec::new(),
     }));
     {
         let mut s = services.lock().expect("services");
@@ -298,8 +318,15 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
     let samples: Arc<Mutex<Vec<(f64, i64)>>> = Arc::default();
     let stop_sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampling = {
-        let (samples, brokers, group, topic, partitions, stop) =
-            (samples.clone(), settings.kafka_brokers.clone(), group.clone(), topic.clone(), args.partitions, stop_sampling.clone());
+        let (samples, brokers, group, topic, partitions, stop, services) = (
+            samples.clone(),
+            settings.kafka_brokers.clone(),
+            group.clone(),
+            topic.clone(),
+            args.partitions,
+            stop_sampling.clone(),
+            services.clone(),
+        );
         tokio::task::spawn_blocking(move || {
             let consumer: BaseConsumer = tf_kafka::client_config(&brokers).set("group.id", &group).create().expect("consumer");
             loop {
@@ -312,6 +339,9 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
                 drop(s);
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
                     return;
+                }
+                if let Err(e) = services.lock().expect("services").revive() {
+                    println!("  could not restart a service: {e:#}");
                 }
                 std::thread::sleep(Duration::from_millis(250));
             }
@@ -363,9 +393,13 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     let drained_after = started.elapsed().as_secs_f64();
-    services.lock().expect("services").stop();
     stop_sampling.store(true, std::sync::atomic::Ordering::Relaxed);
     sampling.await.expect("sampler");
+    let revived = {
+        let mut s = services.lock().expect("services");
+        s.stop();
+        s.revived.clone()
+    };
     let samples = samples.lock().expect("samples").clone();
 
     // Invariant checks.
@@ -381,7 +415,8 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
         move || results_per_task(&brokers, &prefix)
     })
     .await??;
-    let (res_min, res_max) = (results.values().min().copied().unwrap_or(0), results.values().max().copied().unwrap_or(0));
+    let (res_min, res_max) =
+        (results.values().map(Vec::len).min().unwrap_or(0) as i64, results.values().map(Vec::len).max().unwrap_or(0) as i64);
     let tasks_without_result = expected_tasks - results.len() as i64;
     let dead = {
         let c: BaseConsumer = tf_kafka::client_config(&settings.kafka_brokers).create()?;
@@ -396,7 +431,17 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
     println!(
         "results per task       min {res_min} max {res_max} on taskfactory.results (read_committed); tasks without a result {tasks_without_result}"
     );
+    let mut duplicated: Vec<(&String, &Vec<(i32, i64)>)> = results.iter().filter(|r| r.1.len() > 1).collect();
+    duplicated.sort();
+    for (task, copies) in duplicated.iter().take(10) {
+        println!("  duplicate result: task {task} at (partition, offset) {copies:?}");
+    }
     println!("dead letters           {dead}");
+    println!(
+        "exited on their own    {} (restarted like a supervisor would){}",
+        revived.len(),
+        revived.iter().map(|(n, s)| format!("; {n}: {s}")).collect::<String>()
+    );
     println!("drained after          {drained_after:.1} s");
     println!("faults (routing stall = from the fault until the committed offset moved again, while events were waiting):");
     for d in &done {
@@ -440,8 +485,9 @@ fn stall(samples: &[(f64, i64)], at: f64, total: i64) -> String {
     }
 }
 
-/// How many committed results each task of the run-id prefix has on `taskfactory.results`.
-fn results_per_task(brokers: &str, prefix: &str) -> anyhow::Result<HashMap<String, i64>> {
+/// Where each task of the run-id prefix has committed results on `taskfactory.results`:
+/// `(partition, offset)` per copy.
+fn results_per_task(brokers: &str, prefix: &str) -> anyhow::Result<HashMap<String, Vec<(i32, i64)>>> {
     const TOPIC: &str = "taskfactory.results";
     let consumer: BaseConsumer = tf_kafka::client_config(brokers)
         .set("group.id", format!("chaos-check-{}", super::now_ms()))
@@ -476,7 +522,7 @@ fn results_per_task(brokers: &str, prefix: &str) -> anyhow::Result<HashMap<Strin
             .and_then(|h| h.iter().find(|h| h.key == "taskfactory.task_id").and_then(|h| h.value))
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default();
-        *counts.entry(task_id).or_insert(0) += 1;
+        counts.entry(task_id).or_insert_with(Vec::new).push((m.partition(), m.offset()));
     }
     Ok(counts)
 }

@@ -18,6 +18,9 @@ pub const RESULTS_TOPIC: &str = "taskfactory.results";
 pub const MARKER_TOPIC: &str = "taskfactory.results-relay";
 const BATCH: i64 = 500;
 
+/// Where a committed result landed: task id, partition, offset.
+type Placement = (String, i32, i64);
+
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("Kafka: {0}")]
@@ -28,6 +31,26 @@ pub enum RelayError {
     Encode { task_id: String, reason: String, transient: bool },
     #[error("marker record is not (txid, seq) JSON: {0}")]
     Marker(String),
+    /// A transaction failed after it began: it may or may not have committed.
+    #[error("transaction: {0}")]
+    Transaction(rdkafka::error::KafkaError),
+    /// The producer cannot go on (fenced by a newer relay, or a fatal error): the caller makes
+    /// a new one, whose `init_transactions` settles whatever this one left open.
+    #[error("producer unusable: {0}")]
+    Producer(rdkafka::error::KafkaError),
+}
+
+impl RelayError {
+    fn leaves_marker_unknown(&self) -> bool {
+        matches!(self, RelayError::Transaction(_))
+    }
+}
+
+/// Sorts a Kafka error raised inside a transaction.
+fn in_transaction(e: rdkafka::error::KafkaError) -> RelayError {
+    let fatal = e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fenced)
+        || matches!(&e, rdkafka::error::KafkaError::Transaction(t) if t.is_fatal());
+    if fatal { RelayError::Producer(e) } else { RelayError::Transaction(e) }
 }
 
 pub struct Relay {
@@ -53,7 +76,10 @@ impl Relay {
         let producer: FutureProducer = tf_kafka::client_config(brokers)
             .set("transactional.id", transactional_id)
             .set("enable.idempotence", "true")
-            .set("transaction.timeout.ms", "60000")
+            // Bounds how long a relay killed mid-batch blocks every relay sharing the marker
+            // topic (its open transaction holds their read_committed reads back); a batch
+            // normally commits in well under a second, and a broker restart in about ten.
+            .set("transaction.timeout.ms", "20000")
             .create()?;
         Ok(Relay {
             pool,
@@ -73,7 +99,13 @@ impl Relay {
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .create()?;
-        let (low, high) = consumer.fetch_watermarks(MARKER_TOPIC, 0, Duration::from_secs(10))?;
+        // The end to read up to is the high watermark, which only a read_uncommitted client
+        // gets: asked through a read_committed one, Kafka answers the last stable offset, which
+        // an open transaction of another relay (say, one killed mid-batch, open until
+        // transaction.timeout.ms) holds *before* our own newest markers. Reading only that far
+        // once returned a stale marker, and every result after it was published twice.
+        let probe: BaseConsumer = tf_kafka::client_config(&self.brokers).set("isolation.level", "read_uncommitted").create()?;
+        let (low, high) = probe.fetch_watermarks(MARKER_TOPIC, 0, Duration::from_secs(10))?;
         let mut marker = (0, 0);
         if high > low {
             let mut tpl = TopicPartitionList::new();
@@ -107,7 +139,7 @@ impl Relay {
                         // Starting from a marker that is not the last one would publish results
                         // twice: rather not start (the caller retries) than guess. An open
                         // transaction of another producer on the marker topic holds the
-                        // read_committed position back like this.
+                        // read_committed position back like this until it ends.
                         if std::time::Instant::now() > deadline {
                             return Err(RelayError::Marker(format!(
                                 "could not read the marker topic up to offset {high} within 30 s (position {pos:?}); not starting from a possibly stale marker"
@@ -130,27 +162,50 @@ impl Relay {
         let mut marker = tokio::task::block_in_place(|| self.read_marker())?;
         tracing::info!(txid = marker.0, seq = marker.1, "results relay started");
         let mut backoff = Duration::from_millis(200);
+        // After a transaction failed, whether it committed is unknown (a commit can time out
+        // on the client and still complete on the coordinator): only the marker topic knows
+        // where to resume. Resuming from the marker in memory would publish the batch twice.
+        let mut marker_stale = false;
+        // Placements of committed results not yet recorded in the database (PostgreSQL was
+        // away): recorded later, never a reason to publish a committed batch again.
+        let mut unrecorded: Vec<Placement> = Vec::new();
         loop {
             if *stop.borrow() {
                 return Ok(());
             }
-            match self.publish_batch(marker).await {
-                Ok(Some(next)) => {
+            if marker_stale {
+                match tokio::task::block_in_place(|| self.read_marker()) {
+                    Ok(m) => {
+                        if m != marker {
+                            tracing::info!(txid = m.0, seq = m.1, "the failed transaction had committed; resuming after it");
+                        }
+                        marker = m;
+                        marker_stale = false;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "results relay: re-reading the marker failed; retrying"),
+                }
+            }
+            let outcome = if marker_stale { Err(None) } else { self.publish_batch(marker).await.map_err(Some) };
+            match outcome {
+                Ok(Some((next, placed))) => {
                     marker = next;
+                    unrecorded.extend(placed);
+                    self.record_placements(&mut unrecorded).await;
                     backoff = Duration::from_millis(200);
                     continue;
                 }
                 Ok(None) => {
+                    self.record_placements(&mut unrecorded).await;
                     if let Ok(n) = tf_store::outbox::unpublished_results(&self.pool).await {
                         self.metrics.results_pending.store(n, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
-                Err(RelayError::Kafka(e)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fenced) => {
-                    return Err(RelayError::Kafka(e));
-                }
-                Err(e) => {
+                Err(None) => backoff = (backoff * 2).min(Duration::from_secs(10)),
+                Err(Some(e @ RelayError::Producer(_))) => return Err(e),
+                Err(Some(e)) => {
                     self.metrics.relay_batches_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(error = %e, "results relay batch failed; retrying");
+                    marker_stale = e.leaves_marker_unknown();
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
@@ -185,7 +240,37 @@ impl Relay {
         self.codec.encode(&subject, tf_envelope::TASK_RESULT_SCHEMA, small.to_avro()).await.map_err(encode_err)
     }
 
-    async fn publish_batch(&self, marker: (i64, i64)) -> Result<Option<(i64, i64)>, RelayError> {
+    /// Commits, retrying as librdkafka asks for errors it calls retriable (the commit's
+    /// outcome is then still open and a retry settles it).
+    async fn commit(&self) -> Result<(), RelayError> {
+        let mut attempt = 0;
+        loop {
+            let producer = self.producer.clone();
+            let r = tokio::task::spawn_blocking(move || producer.commit_transaction(Duration::from_secs(30))).await.expect("commit thread");
+            match r {
+                Ok(()) => return Ok(()),
+                Err(rdkafka::error::KafkaError::Transaction(t)) if t.is_retriable() && attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(error = %t, attempt, "commit not settled yet; retrying the commit");
+                }
+                Err(e) => return Err(in_transaction(e)),
+            }
+        }
+    }
+
+    async fn record_placements(&self, unrecorded: &mut Vec<Placement>) {
+        if unrecorded.is_empty() {
+            return;
+        }
+        match tf_store::outbox::mark_published(&self.pool, unrecorded).await {
+            Ok(()) => unrecorded.clear(),
+            Err(e) => tracing::warn!(error = %e, count = unrecorded.len(), "recording where results landed failed; retrying later"),
+        }
+    }
+
+    /// Publishes the next batch after `marker` in one transaction; returns the new marker and
+    /// where each result landed.
+    async fn publish_batch(&self, marker: (i64, i64)) -> Result<Option<((i64, i64), Vec<Placement>)>, RelayError> {
         let rows = tf_store::outbox::pending_results(&self.pool, marker, BATCH).await?;
         let Some(last) = rows.last() else { return Ok(None) };
         let next = (last.txid, last.seq);
@@ -203,10 +288,10 @@ impl Relay {
                 }
             }
         }
-        self.producer.begin_transaction()?;
+        self.producer.begin_transaction().map_err(in_transaction)?;
         // Where each result landed (partition, offset), recorded once the transaction commits:
         // a run's lineage ends at its results' offsets.
-        let mut placed: Vec<(String, i32, i64)> = Vec::with_capacity(encoded.len());
+        let mut placed: Vec<Placement> = Vec::with_capacity(encoded.len());
         let sent: Result<(), RelayError> = async {
             let mut deliveries = Vec::with_capacity(encoded.len() + 1);
             for (row, bytes) in &encoded {
@@ -214,11 +299,11 @@ impl Relay {
                     .key(&row.run_id)
                     .payload(bytes)
                     .headers(OwnedHeaders::new().insert(Header { key: "taskfactory.task_id", value: Some(&row.task_id) }));
-                deliveries.push((Some(row.task_id.clone()), self.producer.send_result(record).map_err(|(e, _)| e)?));
+                deliveries.push((Some(row.task_id.clone()), self.producer.send_result(record).map_err(|(e, _)| in_transaction(e))?));
             }
             let marker_json = serde_json::json!({"txid": next.0, "seq": next.1}).to_string();
             let marker_record = FutureRecord::to(MARKER_TOPIC).key(&self.transactional_id).payload(&marker_json);
-            deliveries.push((None, self.producer.send_result(marker_record).map_err(|(e, _)| e)?));
+            deliveries.push((None, self.producer.send_result(marker_record).map_err(|(e, _)| in_transaction(e))?));
             for (task_id, d) in deliveries {
                 match d.await {
                     Ok(Ok(delivery)) => {
@@ -226,30 +311,39 @@ impl Relay {
                             placed.push((task_id, delivery.partition, delivery.offset));
                         }
                     }
-                    Ok(Err((e, _))) => return Err(e.into()),
-                    Err(_) => return Err(rdkafka::error::KafkaError::Canceled.into()),
+                    Ok(Err((e, _))) => return Err(in_transaction(e)),
+                    Err(_) => return Err(RelayError::Transaction(rdkafka::error::KafkaError::Canceled)),
                 }
             }
             Ok(())
         }
         .await;
-        let producer = self.producer.clone();
         let committed = match sent {
-            Ok(()) => tokio::task::spawn_blocking(move || producer.commit_transaction(Duration::from_secs(30)))
-                .await
-                .expect("commit thread")
-                .map_err(RelayError::from),
+            Ok(()) => self.commit().await,
             Err(e) => Err(e),
         };
         if let Err(e) = committed {
             let producer = self.producer.clone();
-            let _ = tokio::task::spawn_blocking(move || producer.abort_transaction(Duration::from_secs(30))).await;
+            let aborted = tokio::task::spawn_blocking(move || producer.abort_transaction(Duration::from_secs(30))).await;
+            // An abort that fails leaves the producer in a state only a new one can clear.
+            if let Ok(Err(abort)) = aborted
+                && !matches!(e, RelayError::Producer(_))
+            {
+                tracing::warn!(error = %abort, "aborting the failed transaction failed too");
+                return Err(RelayError::Producer(abort));
+            }
             return Err(e);
         }
-        tf_store::outbox::mark_published(&self.pool, &placed).await?;
         self.metrics.results_published.fetch_add(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(count = rows.len(), txid = next.0, seq = next.1, "published results");
-        Ok(Some(next))
+        tracing::debug!(
+            count = rows.len(),
+            from_txid = rows[0].txid,
+            from_seq = rows[0].seq,
+            txid = next.0,
+            seq = next.1,
+            "published results"
+        );
+        Ok(Some((next, placed)))
     }
 }
 

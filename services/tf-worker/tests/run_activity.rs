@@ -450,6 +450,85 @@ async fn the_results_relay_fails_over_to_another_worker() {
     tf_testkit::delete_topics(&s, &[&sink]).await;
 }
 
+/// A relay that takes over while another relay's transaction is open on the shared marker
+/// topic (a relay killed mid-batch leaves one open until transaction.timeout.ms) must wait for
+/// it, not resume from the last marker before it: that marker is stale when the old leader
+/// committed more after the open transaction began, and every result since would be published
+/// twice (seen once in CI's chaos run).
+#[tokio::test]
+async fn a_relay_taking_over_behind_another_relays_open_transaction_publishes_nothing_twice() {
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-queue");
+    let sink = unique("it-zombie-sink");
+    create_topic(&s, &sink, 1).await;
+    let yaml = format!(
+        "id: {}\nname: Z\ntrigger: {{event: {{topics: [events.demo]}}}}\ndedupe: {{key: event.data.order_id}}\ntasks:\n  - {{name: t, type: kafka, params: {{topic: \"'{sink}'\", value: 'event.data'}}}}\n",
+        unique("it-zombie").to_lowercase()
+    );
+    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let relay_id = unique("it-relay");
+    let spawn_worker = || {
+        let envs =
+            [("TF_DATABASE_URL", db.url.as_str()), ("TF_TASK_QUEUE", queue.as_str()), ("TF_RELAY_TRANSACTIONAL_ID", relay_id.as_str())];
+        Service::spawn(env!("CARGO_BIN_EXE_tf-worker"), &unique("tf-worker"), &envs)
+    };
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    let run_id = |key: &str| tf_temporal::DedupeKey::parse(key).unwrap().workflow_id(&def_id, 1);
+    let run = |key: &'static str| {
+        let (client, queue, pool, run_id) = (client.clone(), queue.clone(), pool.clone(), run_id(key));
+        let input = input(&def_id, version, key, json!({"data": {"order_id": key}}));
+        async move {
+            tf_temporal::start_run(&client, &queue, input).await.unwrap();
+            eventually(&format!("{key}'s result published"), Duration::from_secs(120), || async {
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM task_results WHERE run_id = $1 AND published_at IS NOT NULL")
+                    .bind(&run_id)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                (n == 1).then_some(())
+            })
+            .await;
+        }
+    };
+
+    let mut first = spawn_worker();
+    run("z-1").await;
+    // Another deployment's relay opens a transaction on the marker topic and stays in it.
+    let zombie: FutureProducer = tf_kafka::client_config(&s.kafka_brokers)
+        .set("transactional.id", unique("it-zombie-relay"))
+        .set("transaction.timeout.ms", "30000")
+        .create()
+        .unwrap();
+    let z = zombie.clone();
+    tokio::task::spawn_blocking(move || z.init_transactions(Duration::from_secs(30))).await.unwrap().unwrap();
+    zombie.begin_transaction().unwrap();
+    zombie.send(FutureRecord::to("taskfactory.results-relay").key("it-zombie").payload("{}"), Duration::from_secs(10)).await.unwrap();
+    // The first relay commits z-2 behind it, then dies; the second takes over.
+    run("z-2").await;
+    first.kill();
+    let second = spawn_worker();
+    eventually("the second worker to lead the relay", Duration::from_secs(60), || async {
+        second.log().contains("this worker runs the results relay").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!second.log().contains("results relay started"), "the relay must not start behind an open transaction:\n{}", second.log());
+    let z = zombie.clone();
+    tokio::task::spawn_blocking(move || z.abort_transaction(Duration::from_secs(30))).await.unwrap().unwrap();
+    run("z-3").await;
+    for key in ["z-1", "z-2", "z-3"] {
+        let results = eventually("the result on the topic", Duration::from_secs(30), || async {
+            let r = results_for(&run_id(key)).await;
+            (!r.is_empty()).then_some(r)
+        })
+        .await;
+        assert_eq!(results.len(), 1, "exactly one result for {key}; second worker's log:\n{}", second.log());
+    }
+    tf_testkit::delete_topics(&s, &[&sink]).await;
+}
+
 #[tokio::test]
 async fn sigterm_stops_the_worker_cleanly() {
     let s = settings();
