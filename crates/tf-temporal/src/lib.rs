@@ -2,6 +2,7 @@
 //! workflow's name, input and output, how its workflow id derives from the dedupe key, the
 //! search attributes, and starting it with the dedupe policies of DESIGN.md (layer 1).
 
+pub mod run_control;
 pub mod schedules;
 
 use std::time::Duration;

@@ -11,6 +11,7 @@ mod ingress;
 mod metrics;
 mod openapi;
 mod runs;
+mod schemas;
 mod tasks;
 
 use std::collections::HashSet;
@@ -107,6 +108,29 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
+/// axum's own rejections (a body over the limit, a wrong content type) come as plain text;
+/// clients get the same JSON error shape as from every handler.
+fn json_rejection(r: axum::response::Response, max_body_bytes: usize) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let is_json = r.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE if !is_json => ApiError {
+            field: Some("body".into()),
+            ..ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the request body is over {max_body_bytes} bytes (TF_API_MAX_BODY_BYTES)"),
+            )
+        }
+        .into_response(),
+        s @ (StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::METHOD_NOT_ALLOWED) if !is_json => {
+            ApiError::new(s, "invalid", s.canonical_reason().unwrap_or("refused").to_string()).into_response()
+        }
+        _ => r,
+    }
+}
+
 /// The router, built from the table of operations the OpenAPI document is made of.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let mut by_path: std::collections::BTreeMap<&str, axum::routing::MethodRouter<AppState>> = Default::default();
@@ -123,6 +147,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fold(Router::new(), |r, (path, handler)| r.route(path, handler))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::count))
+        .layer(axum::middleware::map_response(move |r: axum::response::Response| async move { json_rejection(r, max_body_bytes) }))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }

@@ -50,6 +50,15 @@ pub fn operations() -> Vec<Operation> {
         ),
         op(
             "post",
+            "/runs/{*run_id}",
+            Some(Write),
+            "`<run id>/retry` (a failed or cancelled run, next attempt) or `<run id>/cancel` ({reason}); 202 once Temporal took it.",
+            JSON,
+            202,
+            || post(runs::act),
+        ),
+        op(
+            "post",
             "/events/{topic}",
             Some(Ingest),
             "CloudEvents ingress: structured, binary (ce-* headers) or batch; 202 after the broker's ack.",
@@ -109,9 +118,10 @@ pub fn document() -> Value {
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
         let mut responses = Map::new();
+        let media = if o.path.ends_with("healthz") || o.path.ends_with("readyz") { "text/plain" } else { "application/json" };
         responses.insert(
             o.success.to_string(),
-            json!({"description": "success", "content": {"application/json": {"schema": {"type": "object"}}}}),
+            json!({"description": "success", "content": {media: {"schema": crate::schemas::response(o.method, o.path)}}}),
         );
         for code in ["400", "404", "409", "413", "422", "503"] {
             responses.insert(code.into(), error.clone());
@@ -131,7 +141,9 @@ pub fn document() -> Value {
             }
         }
         if !o.body.is_empty() {
-            let content: Map<String, Value> = o.body.iter().map(|m| (m.to_string(), json!({"schema": {}}))).collect();
+            let schemas = crate::schemas::request(o.method, o.path).unwrap_or_else(|| json!({}));
+            let content: Map<String, Value> =
+                o.body.iter().map(|m| (m.to_string(), schemas.get(*m).cloned().unwrap_or_else(|| json!({"schema": {}})))).collect();
             operation["requestBody"] = json!({"required": true, "content": content});
         }
         paths.entry(path).or_insert_with(|| json!({}))[o.method] = operation;
@@ -172,6 +184,12 @@ mod tests {
             }
             if o.scope.is_some() {
                 assert!(op["responses"]["401"].is_object() && op["responses"]["403"].is_object());
+            }
+            // Every body has a real schema, not the catch-all.
+            let success = op["responses"][o.success.to_string()]["content"].as_object().unwrap().values().next().unwrap();
+            assert_ne!(success["schema"], json!({"type": "object"}), "{} {} has no response schema", o.method, o.path);
+            for (media, body) in op["requestBody"]["content"].as_object().into_iter().flatten() {
+                assert!(body["schema"].as_object().is_some_and(|s| !s.is_empty()), "{} {} {media} has no request schema", o.method, o.path);
             }
         }
         let methods: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();

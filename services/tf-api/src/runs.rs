@@ -1,11 +1,12 @@
-//! `/runs`: list with filters and cursor pagination; one run's lineage.
+//! `/runs`: list with filters and cursor pagination; one run's lineage; retry and cancel.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tf_store::runs::{RunCursor, RunFilter};
+use tf_temporal::run_control::{RetryOutcome, RunControlError, cancel_run, retry_run};
 
 use crate::AppState;
 use crate::auth::Scope;
@@ -83,4 +84,53 @@ pub async fn describe(State(state): State<AppState>, headers: HeaderMap, Path(ru
     };
     run["temporal_ui"] = json!(state.settings.temporal_ui_link(&run_id));
     Ok(Json(run))
+}
+
+/// `POST /runs/{run id}/retry` or `/cancel` (`{"reason": "..."}` optional): run ids hold
+/// slashes, so the action is the path's last segment. `202`: Temporal accepted it; the run's
+/// status changes when the workflow acts on it.
+pub async fn act(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let caller = state.tokens.require(&headers, Scope::Write)?;
+    let Some((run_id, action)) = path.rsplit_once('/').filter(|(_, a)| matches!(*a, "retry" | "cancel")) else {
+        return Err(ApiError::not_found("POST /runs/{run id}/retry or /runs/{run id}/cancel"));
+    };
+    let body: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("body", format!("not JSON: {e}")))?
+    };
+    let reason = match body.get("reason") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(r)) if r.len() <= 1024 => r.clone(),
+        Some(_) => return Err(ApiError::bad_request("reason", "must be a string of at most 1024 bytes")),
+    };
+    let Some((status, input)) = tf_store::runs::run_input(&state.pool, run_id).await? else {
+        return Err(ApiError::not_found(format!("no run {run_id}")));
+    };
+    let outcome = if action == "retry" {
+        retry_run(&state.temporal, &state.settings.task_queue, run_id, &status, input).await.and_then(|o| match o {
+            RetryOutcome::Started => Ok("retry started"),
+            RetryOutcome::StillOpen => Err(RunControlError::Refused(format!(
+                "{run_id} has an open execution in Temporal (it may be finishing its failure); try again in a moment"
+            ))),
+        })
+    } else {
+        cancel_run(&state.temporal, run_id, &status, &format!("{reason} (by {})", caller.token)).await.map(|()| "cancel requested")
+    };
+    match outcome {
+        Ok(what) => {
+            tracing::info!(token = %caller.token, run = %run_id, action, "run {what}");
+            Ok((StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "action": action, "outcome": what}))))
+        }
+        Err(RunControlError::Refused(message)) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", message)),
+        Err(e) => {
+            tracing::warn!(error = %e, run = %run_id, action, "run control failed");
+            Err(ApiError::unavailable(format!("Temporal did not take the request: {e}")))
+        }
+    }
 }

@@ -23,6 +23,8 @@ struct Api {
     service: Service,
     /// Where its Prometheus metrics are served.
     metrics: String,
+    /// Its OpenAPI document: every answer a test gets is checked against it.
+    doc: tokio::sync::OnceCell<Value>,
 }
 
 impl Api {
@@ -45,7 +47,7 @@ impl Api {
                 ("TF_API_TOKEN__CLERK", &clerk),
             ],
         );
-        Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service, metrics }
+        Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service, metrics, doc: Default::default() }
     }
 
     async fn ready(&self) {
@@ -69,8 +71,94 @@ impl Api {
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let doc = self
+            .doc
+            .get_or_init(|| async { self.http.get(format!("{}/openapi.json", self.base)).send().await.unwrap().json().await.unwrap() })
+            .await;
+        if let Some(schema) = documented_schema(doc, method, path, status)
+            && let Err(e) = conforms(doc, schema, &body, "body")
+        {
+            panic!("{method} {path} answered {status} with a body its OpenAPI document does not describe: {e}\n{body}");
+        }
+        (status, body)
     }
+}
+
+/// The document's schema for an answer, when the path is one of its routes and the status one
+/// of its responses. A parameter that ends a route may span segments (run and task ids).
+fn documented_schema<'a>(doc: &'a Value, method: &str, path: &str, status: u16) -> Option<&'a Value> {
+    let path = path.split('?').next().unwrap();
+    let segments: Vec<&str> = path.split('/').collect();
+    let matches = |template: &str| {
+        let t: Vec<&str> = template.split('/').collect();
+        t.iter().enumerate().all(|(i, seg)| {
+            let last = i + 1 == t.len();
+            match segments.get(i) {
+                Some(s) if seg.starts_with('{') => !s.is_empty() && (!last || segments.len() >= t.len()),
+                Some(s) => s == seg && (!last || segments.len() == t.len()),
+                None => false,
+            }
+        })
+    };
+    let paths = doc["paths"].as_object()?;
+    let method = method.to_lowercase();
+    let op = paths
+        .get(path)
+        .and_then(|p| p.get(&method))
+        .or_else(|| paths.iter().filter(|(t, _)| t.contains('{') && matches(t)).find_map(|(_, p)| p.get(&method)))?;
+    let response = op["responses"].get(status.to_string())?;
+    response["content"].as_object()?.values().next().map(|c| &c["schema"])
+}
+
+/// Whether `v` fits `schema`, for the parts of JSON Schema the document uses: `$ref`, `type`
+/// (one or a list), `required`, `properties`, `items`, `enum`, `const`.
+fn conforms(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
+    if let Some(r) = schema["$ref"].as_str() {
+        let target = r.trim_start_matches("#/").split('/').fold(doc, |node, key| &node[key]);
+        return conforms(doc, target, v, at);
+    }
+    let kind = |k: &str| match k {
+        "object" => v.is_object(),
+        "array" => v.is_array(),
+        "string" => v.is_string(),
+        "integer" => v.is_i64() || v.is_u64(),
+        "number" => v.is_number(),
+        "boolean" => v.is_boolean(),
+        "null" => v.is_null(),
+        _ => true,
+    };
+    match &schema["type"] {
+        Value::String(k) if !kind(k) => return Err(format!("{at} is not {k}")),
+        Value::Array(ks) if !ks.iter().any(|k| kind(k.as_str().unwrap_or(""))) => return Err(format!("{at} is none of {ks:?}")),
+        _ => {}
+    }
+    if let Some(options) = schema["enum"].as_array()
+        && !options.contains(v)
+    {
+        return Err(format!("{at} = {v} is not one of {options:?}"));
+    }
+    if let Some(c) = schema.get("const")
+        && c != v
+    {
+        return Err(format!("{at} = {v}, not {c}"));
+    }
+    for key in schema["required"].as_array().into_iter().flatten() {
+        if v.get(key.as_str().unwrap()).is_none() {
+            return Err(format!("{at}.{key} is missing"));
+        }
+    }
+    for (key, sub) in schema["properties"].as_object().into_iter().flatten() {
+        if let Some(value) = v.get(key) {
+            conforms(doc, sub, value, &format!("{at}.{key}"))?;
+        }
+    }
+    if let (Some(items), Some(values)) = (schema.get("items"), v.as_array()) {
+        for (i, value) in values.iter().enumerate() {
+            conforms(doc, items, value, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
 }
 
 fn tf(args: &[&str], db_url: &str) -> std::process::Output {
@@ -147,6 +235,43 @@ async fn tokens_scopes_and_definitions_over_http_reach_their_schedule() {
     })
     .await;
 
+    // The CLI through the API (`--api-url`): the same commands and output, with a database URL
+    // that leads nowhere to prove it is not used.
+    let remote = |token: Option<&str>, args: &[&str]| {
+        let mut cmd = std::process::Command::new(workspace_binary("tf"));
+        cmd.args(["--api-url", &api.base]).env("TF_DATABASE_URL", "postgres://nobody@127.0.0.1:9/nowhere").env_remove("TF_API_TOKEN");
+        if let Some(t) = token {
+            cmd.args(["--api-token", t]);
+        }
+        let out = cmd.args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, text) = remote(Some(READER), &["definitions", "list"]);
+    assert!(
+        ok && text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == [id.as_str(), "2", "enabled", "cron", "Nightly"]),
+        "{text}"
+    );
+    let (ok, text) = remote(Some(READER), &["definitions", "show", &id, "1"]);
+    assert!(ok && text.contains(&format!("# {id} v1 (")) && text.contains("0 3 * * *"), "{text}");
+    let file = std::env::temp_dir().join(format!("{id}.yaml"));
+    std::fs::write(&file, cron.replace("'0 3 * * *'", "'0 4 * * *'").replace("name: Nightly", "name: Nightly\nenabled: false")).unwrap();
+    let (ok, text) = remote(Some(READER), &["definitions", "apply", "-f", file.to_str().unwrap()]);
+    assert!(!ok && text.contains("403") && text.contains("lacks the write scope"), "{text}");
+    let (ok, text) = remote(Some(ADMIN), &["definitions", "apply", "-f", file.to_str().unwrap()]);
+    assert!(ok && text.contains(&format!("disabled   {id} v2")), "{text}");
+    let (ok, text) =
+        remote(Some(ADMIN), &["definitions", "apply", "-f", file.to_str().unwrap().replace(".yaml", "-enabled.yaml").as_str()]);
+    assert!(!ok && text.contains("No such file"), "{text}");
+    std::fs::write(&file, cron.replace("'0 3 * * *'", "'0 4 * * *'")).unwrap();
+    let (ok, text) = remote(Some(ADMIN), &["definitions", "apply", "-f", file.to_str().unwrap()]);
+    assert!(ok && text.contains(&format!("enabled    {id} v2")), "{text}");
+    let (ok, text) = remote(Some(ADMIN), &["runs", "list"]);
+    assert!(ok && text.contains("(no runs yet)"), "{text}");
+    let (ok, text) = remote(Some(ADMIN), &["runs", "cancel", "run/nope/x/1"]);
+    assert!(!ok && text.contains("404") && text.contains("no run run/nope/x/1"), "{text}");
+    let (ok, text) = remote(None, &["runs", "list"]);
+    assert!(!ok && text.contains("--api-url needs a token"), "{text}");
+
     // Retire: gone from routing and scheduling; 404 for what does not exist.
     let (status, _) = api.call("DELETE", &format!("/definitions/{id}"), Some(ADMIN), None, None).await;
     assert_eq!(status, 200);
@@ -181,6 +306,28 @@ async fn a_hundred_cloudevents_in_three_modes_become_the_expected_runs_with_line
     let codec = tf_envelope::Codec::new(std::sync::Arc::new(tf_envelope::Registry::new(&s.schema_registry_url)));
     let probe = tf_envelope::Event::new("probe", "/it", "probe", json!({})).unwrap();
     codec.encode_event(&format!("{topic}-value"), &probe).await.unwrap();
+
+    // Size limits answer 413 with the JSON error shape: a body over TF_API_MAX_BODY_BYTES (4 MiB)
+    // before anything is read into an event, an event over TF_API_MAX_EVENT_BYTES (900 000,
+    // under Kafka's message.max.bytes) naming its data; nothing of either is produced.
+    let huge = json!({"specversion": "1.0", "id": "huge", "source": "/it", "type": "com.example.order.created", "data": {"blob": "x".repeat(5 << 20)}});
+    let (status, body) =
+        api.call("POST", &format!("/events/{topic}"), Some(ADMIN), Some("application/cloudevents+json"), Some(huge.to_string())).await;
+    assert_eq!((status, body["error"]["code"].as_str(), body["error"]["field"].as_str()), (413, Some("too_large"), Some("body")), "{body}");
+    let big = json!({"specversion": "1.0", "id": "big", "source": "/it", "type": "com.example.order.created", "data": {"blob": "x".repeat(1 << 20)}});
+    let batch = json!([one("small", "small"), big]).to_string();
+    let (status, body) =
+        api.call("POST", &format!("/events/{topic}"), Some(ADMIN), Some("application/cloudevents-batch+json"), Some(batch)).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (413, Some("[1].data")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("TF_API_MAX_EVENT_BYTES"), "{body}");
+    let (status, body) = api.call("POST", &format!("/events/{topic}"), Some(ADMIN), Some("text/csv"), Some("a,b".into())).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("with no ce-* headers"), "{body}");
+    let consumer: rdkafka::consumer::BaseConsumer = tf_kafka::client_config(&s.kafka_brokers).create().unwrap();
+    use rdkafka::consumer::Consumer;
+    let (low, high) = consumer.fetch_watermarks(&topic, 0, Duration::from_secs(10)).unwrap();
+    let (low1, high1) = consumer.fetch_watermarks(&topic, 1, Duration::from_secs(10)).unwrap();
+    assert_eq!((high - low) + (high1 - low1), 0, "a refused batch produces none of its events");
 
     let def = format!(
         "id: {}\nname: Orders over HTTP\ntrigger: {{event: {{topics: [{topic}], type: com.example.order.*}}}}\ndedupe: {{key: event.data.order_id}}\ntasks:\n  - {{name: ship, type: kafka, params: {{topic: \"'{sink}'\", key: event.data.order_id, value: 'event.data'}}}}\n",
@@ -416,6 +563,64 @@ async fn human_tasks_are_claimed_completed_once_and_rejected_over_http() {
     assert_eq!(status, 409, "a decided task takes no second decision");
     let (status, _) = api.call("POST", "/tasks/no/such/task/complete", Some(CLERK), None, Some(json!({"output": 1}).to_string())).await;
     assert_eq!(status, 404);
+
+    // Retry and cancel (write scope). The failed run's next attempt asks again only for the
+    // rejected task, under its own id; cancelling ends that task and the run `cancelled`, with
+    // a CANCELLED result; the cancelled run is retried once more and completed.
+    let run_id: String = sqlx::query_scalar("SELECT run_id FROM activity_runs").fetch_one(&pool).await.unwrap();
+    assert_eq!(api.call("POST", &format!("/runs/{run_id}/retry"), Some(CLERK), None, None).await.0, 403);
+    let (status, body) = api.call("POST", &format!("/runs/{run_id}/cancel"), Some(ADMIN), None, None).await;
+    assert_eq!(status, 409, "a failed run is not cancelled: {body}");
+    assert_eq!(api.call("POST", &format!("/runs/{run_id}/rerun"), Some(ADMIN), None, None).await.0, 404);
+    let (status, body) = api.call("POST", &format!("/runs/{run_id}/retry"), Some(ADMIN), None, None).await;
+    assert_eq!((status, body["outcome"].as_str()), (202, Some("retry started")), "{body}");
+    let waiting = |attempt: u32| {
+        let (api, id) = (&api, &id);
+        async move {
+            eventually(&format!("attempt {attempt}'s task in the inbox"), Duration::from_secs(60), || async {
+                let (_, body) = api.call("GET", &format!("/tasks?definition={id}"), Some(ADMIN), None, None).await;
+                let tasks = body["tasks"].as_array().unwrap().clone();
+                (tasks.len() == 1 && tasks[0]["task_id"].as_str().unwrap().contains(&format!("/attempt-{attempt}/")))
+                    .then(|| tasks[0]["task_id"].as_str().unwrap().to_string())
+            })
+            .await
+        }
+    };
+    let t2 = waiting(2).await;
+    assert!(t2.ends_with(&t1[run_id.len()..]), "the rejected task ({t1}) is asked again: {t2}");
+    let (status, body) = api.call("POST", &format!("/runs/{run_id}/retry"), Some(ADMIN), None, None).await;
+    assert_eq!(status, 409, "a running run is not retried: {body}");
+    let why = json!({"reason": "order withdrawn"}).to_string();
+    let (status, body) = api.call("POST", &format!("/runs/{run_id}/cancel"), Some(ADMIN), None, Some(why)).await;
+    assert_eq!((status, body["outcome"].as_str()), (202, Some("cancel requested")), "{body}");
+    let (task_status, error, result) = eventually("the task and the run to be cancelled", Duration::from_secs(60), || async {
+        let run: String = sqlx::query_scalar("SELECT status FROM activity_runs").fetch_one(&pool).await.unwrap();
+        let task: (String, Option<String>, Option<Value>) =
+            sqlx::query_as("SELECT t.status, t.error, r.record FROM tasks t LEFT JOIN task_results r USING (task_id) WHERE t.task_id = $1")
+                .bind(&t2)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        (run == "cancelled").then_some(task)
+    })
+    .await;
+    assert_eq!(task_status, "cancelled");
+    assert_eq!(error.as_deref(), Some("cancelled: order withdrawn (by admin)"));
+    assert_eq!(result.expect("a result is queued for the cancelled task")["status"], "CANCELLED");
+    let (status, body) =
+        api.call("POST", &format!("/tasks/{t2}/complete"), Some(ADMIN), None, Some(json!({"output": 1}).to_string())).await;
+    assert_eq!(status, 409, "a cancelled task takes no decision: {body}");
+    let (status, body) = api.call("POST", &format!("/runs/{run_id}/retry"), Some(ADMIN), None, None).await;
+    assert_eq!(status, 202, "a cancelled run is retried: {body}");
+    let t3 = waiting(3).await;
+    let (status, body) =
+        api.call("POST", &format!("/tasks/{t3}/complete"), Some(ADMIN), None, Some(json!({"output": 3}).to_string())).await;
+    assert_eq!(status, 200, "{body}");
+    eventually("the third attempt to complete the run", Duration::from_secs(60), || async {
+        let status: String = sqlx::query_scalar("SELECT status FROM activity_runs").fetch_one(&pool).await.unwrap();
+        (status == "completed").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -431,6 +636,7 @@ async fn a_dead_letter_is_browsed_and_redriven_once_after_its_definition_is_fixe
     let codec = tf_envelope::Codec::new(std::sync::Arc::new(tf_envelope::Registry::new(&s.schema_registry_url)));
     let probe = tf_envelope::Event::new("probe", "/it", "probe", json!({})).unwrap();
     codec.encode_event(&format!("{topic}-value"), &probe).await.unwrap();
+
     let addr = tf_testkit::free_local_addr();
     let service = Service::spawn(
         env!("CARGO_BIN_EXE_tf-api"),
@@ -444,7 +650,8 @@ async fn a_dead_letter_is_browsed_and_redriven_once_after_its_definition_is_fixe
             ("TF_API_TOKEN__ADMIN", &format!("read,write,ingest,tasks:{}", sha256(ADMIN))),
         ],
     );
-    let api = Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service, metrics: String::new() };
+    let api =
+        Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service, metrics: String::new(), doc: Default::default() };
     api.ready().await;
     let id = unique("it-api-dlq-def").to_lowercase();
     let strict = format!(

@@ -7,7 +7,7 @@ use tf_definitions::{Bindings, DedupeKey, Definition, Trigger};
 use tf_store::definitions::{self, ApplyOutcome, NewDefinition};
 
 /// Reads every definition in `files` (files or folders of *.yaml); all problems are reported.
-fn load(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Definition)>> {
+pub(crate) fn load(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Definition)>> {
     let mut paths = Vec::new();
     for f in files {
         if f.is_dir() {
@@ -186,19 +186,22 @@ pub async fn list(settings: &Settings) -> anyhow::Result<ExitCode> {
     let rows = definitions::latest(&pool).await?;
     println!("{:<32} {:>7} {:<8} {:<6} NAME", "ID", "VERSION", "STATE", "KIND");
     for r in &rows {
-        let state = if r.retired {
-            "retired"
-        } else if r.enabled {
-            "enabled"
-        } else {
-            "disabled"
-        };
-        println!("{:<32} {:>7} {:<8} {:<6} {}", r.id, r.version, state, r.trigger_kind, r.name);
+        println!("{:<32} {:>7} {:<8} {:<6} {}", r.id, r.version, state(r.retired, r.enabled), r.trigger_kind, r.name);
     }
     if rows.is_empty() {
         println!("(no definitions; apply some with `tf definitions apply -f examples/definitions`)");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn state(retired: bool, enabled: bool) -> &'static str {
+    if retired {
+        "retired"
+    } else if enabled {
+        "enabled"
+    } else {
+        "disabled"
+    }
 }
 
 pub async fn show(settings: &Settings, id: &str, version: Option<i32>) -> anyhow::Result<ExitCode> {

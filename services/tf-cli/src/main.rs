@@ -4,6 +4,7 @@ mod consumer;
 mod db;
 mod definitions;
 mod demo;
+mod remote;
 mod runs;
 mod schedules;
 mod schemas;
@@ -23,6 +24,14 @@ use tf_config::Settings;
 struct Cli {
     #[command(flatten)]
     settings: Settings,
+    /// Go through tf-api for the commands it serves (definitions apply/list/show/delete, runs
+    /// list/retry/cancel, tasks list/complete) instead of reaching PostgreSQL and Temporal;
+    /// every other command still connects directly.
+    #[arg(long, env = "TF_API_URL", global = true, help_heading = "Connections (every command; TF_* variables)")]
+    api_url: Option<String>,
+    /// The bearer token for --api-url.
+    #[arg(long, env = "TF_API_TOKEN", hide_env_values = true, global = true, help_heading = "Connections (every command; TF_* variables)")]
+    api_token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -200,6 +209,15 @@ enum RunsCommand {
         /// The run id (its workflow id), as `tf runs list` shows it.
         run_id: String,
     },
+    /// Cancel a running run: its tasks are cancelled (each publishes a CANCELLED result) and
+    /// the run ends `cancelled`; `tf runs retry` can start it again.
+    Cancel {
+        /// The run id (its workflow id), as `tf runs list` shows it.
+        run_id: String,
+        /// Why; recorded with the cancellation in Temporal and in the tasks' errors.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -296,7 +314,43 @@ enum DemoCommand {
 async fn main() -> std::process::ExitCode {
     tf_telemetry::init_logging("warn");
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = match &cli.api_url {
+        Some(url) => match remote::Remote::new(url, cli.api_token.as_deref()) {
+            Ok(api) => match served_remotely(&api, &cli.command).await {
+                Some(result) => result,
+                None => direct(cli).await,
+            },
+            Err(e) => Err(e),
+        },
+        None => direct(cli).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The commands tf-api serves, through it; `None` for the others.
+async fn served_remotely(api: &remote::Remote, command: &Command) -> Option<anyhow::Result<std::process::ExitCode>> {
+    Some(match command {
+        Command::Definitions(DefinitionsCommand::Apply { files }) => api.apply(files).await,
+        Command::Definitions(DefinitionsCommand::List) => api.list_definitions().await,
+        Command::Definitions(DefinitionsCommand::Show { id, at_version }) => api.show(id, *at_version).await,
+        Command::Definitions(DefinitionsCommand::Delete { id }) => api.delete(id).await,
+        Command::Runs(RunsCommand::List { limit }) => api.list_runs(*limit).await,
+        Command::Runs(RunsCommand::Retry { run_id }) => api.control_run(run_id, "retry", "").await,
+        Command::Runs(RunsCommand::Cancel { run_id, reason }) => api.control_run(run_id, "cancel", reason).await,
+        Command::Tasks(TasksCommand::List { status, limit }) => api.list_tasks(status, *limit).await,
+        Command::Tasks(TasksCommand::Complete { task_id, output }) => api.complete(task_id, output).await,
+        _ => return None,
+    })
+}
+
+async fn direct(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    match cli.command {
         Command::Topics(TopicsCommand::Apply { dir, fail_on_drift }) => topics::apply(&cli.settings, &dir, fail_on_drift).await,
         Command::Schemas(SchemasCommand::Register { schemas, topics }) => schemas::register(&cli.settings, &schemas, &topics).await,
         Command::Db(DbCommand::Migrate) => db::migrate(&cli.settings).await,
@@ -330,6 +384,7 @@ async fn main() -> std::process::ExitCode {
         },
         Command::Runs(RunsCommand::List { limit }) => runs::list(&cli.settings, limit).await,
         Command::Runs(RunsCommand::Retry { run_id }) => runs::retry(&cli.settings, &run_id).await,
+        Command::Runs(RunsCommand::Cancel { run_id, reason }) => runs::cancel(&cli.settings, &run_id, &reason).await,
         Command::Schedules(cmd) => match cmd {
             SchedulesCommand::List => schedules::list(&cli.settings).await,
             SchedulesCommand::Describe { id } => schedules::describe(&cli.settings, &id).await,
@@ -343,13 +398,6 @@ async fn main() -> std::process::ExitCode {
         Command::Tasks(TasksCommand::Complete { task_id, output }) => runs::complete(&cli.settings, &task_id, &output).await,
         Command::Demo(DemoCommand::Roundtrip { topic }) => demo::roundtrip(&cli.settings, &topic).await,
         Command::Demo(DemoCommand::Events { topic, orders }) => demo::events(&cli.settings, &topic, orders).await,
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
     }
 }
 

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::Value as Json;
 use tf_config::Settings;
+use tf_temporal::run_control::RetryOutcome;
 
 fn ui_link(settings: &Settings, workflow_id: &str) -> String {
     settings.temporal_ui_link(workflow_id)
@@ -35,33 +36,32 @@ pub async fn list(settings: &Settings, limit: i64) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `tf runs retry`: starts a failed run again with the input it first had. Temporal's reuse
-/// policy (AllowDuplicateFailedOnly) admits the new execution; the worker takes the run over as
-/// its next attempt.
+/// `tf runs retry`: starts a failed run again with the input it first had; the worker takes the
+/// run over as its next attempt.
 pub async fn retry(settings: &Settings, run_id: &str) -> anyhow::Result<ExitCode> {
     let pool = tf_store::connect(&settings.database_url).await?;
     let (status, input) = tf_store::runs::run_input(&pool, run_id).await?.with_context(|| format!("no run {run_id}"))?;
-    anyhow::ensure!(
-        matches!(status.as_str(), "failed" | "cancelled"),
-        "run {run_id} is {status}; only failed or cancelled runs are retried"
-    );
-    let input = input.with_context(|| format!("run {run_id} was started before its input was recorded; send its event again instead"))?;
-    let input: tf_temporal::RunInput = serde_json::from_value(input).context("the recorded input does not read as a RunActivity input")?;
-    anyhow::ensure!(
-        input.trigger.kind != "cron",
-        "run {run_id} was started by a schedule; retry it with `tf schedules backfill` over its scheduled time"
-    );
     let client = tf_temporal::connect(&settings.temporal_url, &settings.temporal_namespace, "tf-cli").await?;
-    match tf_temporal::start_run(&client, &settings.task_queue, input).await? {
-        tf_temporal::StartOutcome::Started { .. } => {
+    match tf_temporal::run_control::retry_run(&client, &settings.task_queue, run_id, &status, input).await? {
+        RetryOutcome::Started => {
             println!("retrying {run_id}: a new execution started; `tf runs list` shows its attempt");
             Ok(ExitCode::SUCCESS)
         }
-        tf_temporal::StartOutcome::Duplicate { .. } => {
+        RetryOutcome::StillOpen => {
             println!("{run_id} has an open execution in Temporal (it may be finishing its failure); try again in a moment");
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `tf runs cancel`: asks Temporal to cancel a running run; its tasks end `cancelled`.
+pub async fn cancel(settings: &Settings, run_id: &str, reason: &str) -> anyhow::Result<ExitCode> {
+    let pool = tf_store::connect(&settings.database_url).await?;
+    let (status, _) = tf_store::runs::run_input(&pool, run_id).await?.with_context(|| format!("no run {run_id}"))?;
+    let client = tf_temporal::connect(&settings.temporal_url, &settings.temporal_namespace, "tf-cli").await?;
+    tf_temporal::run_control::cancel_run(&client, run_id, &status, reason).await?;
+    println!("cancel requested for {run_id}; its tasks and the run are recorded as cancelled once the workflow has stopped them");
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn list_tasks(settings: &Settings, status: &str, limit: i64) -> anyhow::Result<ExitCode> {

@@ -13,7 +13,8 @@ use temporalio_common::search_attributes::{SearchAttributeKey, Timestamp as SaTi
 use temporalio_common::{RetryPolicy, UntypedWorkflow};
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
-    ActivityOptions, ChildWorkflowOptions, LocalActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
+    ActivityOptions, ChildWorkflowOptions, LocalActivityOptions, SyncWorkflowContext, WorkflowCancellationToken, WorkflowContext,
+    WorkflowContextView, WorkflowResult, WorkflowTermination,
 };
 use tf_definitions::Definition;
 use tf_temporal::{COMPLETE_TASK_SIGNAL, DECIDE_TASK_UPDATE, RUN_ACTIVITY, RUN_TASK, RunInput, RunSummary, TaskConclusion, TaskInput};
@@ -66,6 +67,24 @@ fn local_opts() -> LocalActivityOptions {
     LocalActivityOptions::builder().start_to_close_timeout(Duration::from_secs(30)).retry_policy(patient_retries()).build()
 }
 
+/// For the bookkeeping that must still happen once the run or task is cancelled (recording
+/// that it was): detached from the workflow's cancellation, which would cancel it at once.
+fn closing_opts() -> LocalActivityOptions {
+    LocalActivityOptions::builder()
+        .start_to_close_timeout(Duration::from_secs(30))
+        .retry_policy(patient_retries())
+        .cancellation_token(WorkflowCancellationToken::new())
+        .build()
+}
+
+/// Why the workflow was cancelled, for the task's error and the run's record.
+fn cancelled_because(reason: Option<String>) -> String {
+    match reason.filter(|r| !r.is_empty()) {
+        Some(r) => format!("cancelled: {r}"),
+        None => "cancelled".into(),
+    }
+}
+
 #[workflow]
 #[derive(Default)]
 pub struct RunActivityWorkflow;
@@ -109,6 +128,17 @@ impl RunActivityWorkflow {
             return Ok(RunSummary { status: "deduplicated".into(), tasks_spawned: 0, tasks_failed: 0 });
         };
         let finish = |status: &str| FinishRunInput { run_id: run_id.clone(), status: status.into() };
+        // A cancel request (`POST /runs/{id}/cancel`, the Temporal UI) cancels whatever the run
+        // is waiting for, children included; each step that then fails records the run as
+        // cancelled rather than failed, and the execution ends cancelled.
+        macro_rules! stop_if_cancelled {
+            () => {
+                if ctx.cancellation_token().is_cancelled() {
+                    ctx.execute_local_activity(RunActivities::finish_run, finish("cancelled"), closing_opts()).await?;
+                    return Err(WorkflowTermination::cancelled());
+                }
+            };
+        }
 
         let definition = match Definition::from_spec_json(spec.clone()) {
             Ok(d) => d,
@@ -139,6 +169,7 @@ impl RunActivityWorkflow {
         let context = match context {
             Ok(c) => c,
             Err(e) => {
+                stop_if_cancelled!();
                 ctx.execute_local_activity(RunActivities::finish_run, finish("failed"), local_opts()).await?;
                 return Err(ApplicationFailure::non_retryable(format!(
                     "resolving the context: {}",
@@ -161,6 +192,7 @@ impl RunActivityWorkflow {
         let tasks = match ctx.execute_local_activity(RunActivities::plan_tasks, plan, local_opts()).await {
             Ok(t) => t,
             Err(e) => {
+                stop_if_cancelled!();
                 ctx.execute_local_activity(RunActivities::finish_run, finish("failed"), local_opts()).await?;
                 return Err(ApplicationFailure::non_retryable(format!(
                     "planning the tasks: {}",
@@ -172,6 +204,9 @@ impl RunActivityWorkflow {
 
         let mut children = Vec::with_capacity(tasks.len());
         for t in &tasks {
+            stop_if_cancelled!();
+            // Cancelling the run cancels each child and waits until it recorded its cancellation
+            // (the default WaitCancellationCompleted), so the run closes after its tasks.
             let child =
                 ctx.start_child_workflow(RunTaskWorkflow::run, t.clone(), ChildWorkflowOptions::workflow_id(t.task_id.clone())).await?;
             children.push(child);
@@ -184,6 +219,7 @@ impl RunActivityWorkflow {
             }
         }
         let spawned = tasks.len() as u32;
+        stop_if_cancelled!();
         if failed > 0 {
             ctx.execute_local_activity(RunActivities::finish_run, finish("failed"), local_opts()).await?;
             // The execution fails too, so Temporal's reuse policy (AllowDuplicateFailedOnly) lets a
@@ -226,7 +262,8 @@ pub struct RunTaskWorkflow {
     completion: Option<Json>,
     decision: Option<tf_temporal::HumanDecision>,
     awaiting_human: bool,
-    timed_out: bool,
+    /// Decided without a decision: timed out or cancelled.
+    closed: bool,
 }
 
 #[workflow_methods]
@@ -242,21 +279,26 @@ impl RunTaskWorkflow {
             )
             .await?;
             ctx.state_mut(|s| s.awaiting_human = true);
-            let decided = match task.human_timeout_ms {
+            // The wait ends on a decision, the timeout or a cancel request (which also ends the
+            // timer, so cancellation is checked before the timeout).
+            match task.human_timeout_ms {
                 None => {
-                    ctx.wait_condition(|s| s.completion.is_some() || s.decision.is_some()).await?;
-                    true
+                    let _ = ctx.wait_condition(|s| s.completion.is_some() || s.decision.is_some()).await;
                 }
                 Some(ms) => temporalio_sdk::workflows::select! {
-                    waited = ctx.wait_condition(|s| s.completion.is_some() || s.decision.is_some()) => { waited?; true }
-                    _ = ctx.timer(Duration::from_millis(ms)) => false,
+                    _ = ctx.wait_condition(|s| s.completion.is_some() || s.decision.is_some()) => {}
+                    _ = ctx.timer(Duration::from_millis(ms)) => {}
                 },
-            };
+            }
+            let decided = ctx.state(|s| s.completion.is_some() || s.decision.is_some());
             if !decided {
-                // From here on the validator refuses decisions: the timeout decided.
-                ctx.state_mut(|s| s.timed_out = true);
+                // From here on the validator refuses decisions: the timeout or the cancel decided.
+                ctx.state_mut(|s| s.closed = true);
             }
             match ctx.state(|s| (s.decision.clone(), s.completion.clone())) {
+                _ if !decided && ctx.cancellation_token().is_cancelled() => {
+                    ("CANCELLED", None, Some(cancelled_because(ctx.cancellation_token().reason())), 1)
+                }
                 _ if !decided && task.complete_on_timeout => {
                     ("SUCCEEDED", Some(task.timeout_output.clone().unwrap_or(Json::Null)), None, 1)
                 }
@@ -294,13 +336,20 @@ impl RunTaskWorkflow {
                 Err(e) => ("FAILED", None, Some(root_cause(e.failure()).unwrap_or_else(|| e.to_string())), task.max_attempts),
             }
         };
+        // Whatever failed because of a cancel request counts as cancelled.
+        let cancelled = ctx.cancellation_token().is_cancelled() && status != "SUCCEEDED";
+        let (status, error) =
+            if cancelled { ("CANCELLED", Some(cancelled_because(ctx.cancellation_token().reason()))) } else { (status, error) };
         let finished_at_ms = millis(ctx.workflow_time());
         ctx.execute_local_activity(
             RunActivities::record_result,
             RecordResultInput { task: task.clone(), status: status.into(), output, error, attempts, started_at_ms, finished_at_ms },
-            local_opts(),
+            closing_opts(),
         )
         .await?;
+        if cancelled {
+            return Err(WorkflowTermination::cancelled());
+        }
         Ok(TaskConclusion { status: status.into(), attempts })
     }
 
@@ -317,7 +366,7 @@ impl RunTaskWorkflow {
         _ctx: &WorkflowContextView,
         _decision: &tf_temporal::HumanDecision,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        if self.completion.is_some() || self.decision.is_some() || self.timed_out {
+        if self.completion.is_some() || self.decision.is_some() || self.closed {
             return Err(tf_temporal::ALREADY_DECIDED.into());
         }
         if !self.awaiting_human {

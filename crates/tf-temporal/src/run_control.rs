@@ -1,0 +1,71 @@
+//! What an operator does to a run after it started: retry a failed one, cancel a running one.
+//! Shared by `tf runs` and `tf-api`; the run's status and recorded input come from the store,
+//! which this crate does not reach, so callers pass them in.
+
+use serde_json::Value as Json;
+use temporalio_client::{Client, WorkflowCancelOptions};
+
+use crate::{RunActivity, RunInput, StartOutcome, TemporalError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunControlError {
+    /// The run is in a state the operation does not apply to (the API answers 409).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Temporal(#[from] TemporalError),
+    #[error("cancelling {run_id}: {reason}")]
+    Cancel { run_id: String, reason: String },
+}
+
+/// How a retry went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// A new execution of the same run id and generation started; the worker makes it the
+    /// run's next attempt, skipping tasks that succeeded before.
+    Started,
+    /// Temporal still has an open execution under the run id (it may be finishing its failure).
+    StillOpen,
+}
+
+/// Starts a failed or cancelled run again with the input it first had. Temporal's reuse policy
+/// (AllowDuplicateFailedOnly) admits the new execution.
+pub async fn retry_run(
+    client: &Client,
+    task_queue: &str,
+    run_id: &str,
+    status: &str,
+    input: Option<Json>,
+) -> Result<RetryOutcome, RunControlError> {
+    if !matches!(status, "failed" | "cancelled") {
+        return Err(RunControlError::Refused(format!("run {run_id} is {status}; only failed or cancelled runs are retried")));
+    }
+    let input = input.ok_or_else(|| {
+        RunControlError::Refused(format!("run {run_id} was started before its input was recorded; send its event again instead"))
+    })?;
+    let input: RunInput = serde_json::from_value(input)
+        .map_err(|e| RunControlError::Refused(format!("run {run_id}: the recorded input does not read as a RunActivity input: {e}")))?;
+    if input.trigger.kind == "cron" {
+        return Err(RunControlError::Refused(format!(
+            "run {run_id} was started by a schedule; retry it with `tf schedules backfill` over its scheduled time"
+        )));
+    }
+    Ok(match crate::start_run(client, task_queue, input).await? {
+        StartOutcome::Started { .. } => RetryOutcome::Started,
+        StartOutcome::Duplicate { .. } => RetryOutcome::StillOpen,
+    })
+}
+
+/// Asks Temporal to cancel a running run. The workflow cancels its tasks (each records a
+/// `CANCELLED` result) and records the run as `cancelled`; this returns once Temporal accepted
+/// the request, before that happened.
+pub async fn cancel_run(client: &Client, run_id: &str, status: &str, reason: &str) -> Result<(), RunControlError> {
+    if status != "running" {
+        return Err(RunControlError::Refused(format!("run {run_id} is {status}; only running runs are cancelled")));
+    }
+    client
+        .get_workflow_handle::<RunActivity>(run_id.to_string())
+        .cancel(WorkflowCancelOptions::builder().reason(reason.to_string()).build())
+        .await
+        .map_err(|e| RunControlError::Cancel { run_id: run_id.to_string(), reason: e.to_string() })
+}
