@@ -165,9 +165,15 @@ impl Service {
     /// Spawns `binary` with the test's environment plus `envs`; its log goes to
     /// `$TMPDIR/<name>.log` so a failing test can point at it.
     pub fn spawn(binary: &str, name: &str, envs: &[(&str, &str)]) -> Service {
+        Service::spawn_with_args(binary, &[], name, envs)
+    }
+
+    /// [`Service::spawn`] with command-line arguments.
+    pub fn spawn_with_args(binary: &str, args: &[&str], name: &str, envs: &[(&str, &str)]) -> Service {
         let log = std::env::temp_dir().join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("service log file");
         let child = std::process::Command::new(binary)
+            .args(args)
             .envs(envs.iter().copied())
             .stdout(file.try_clone().expect("log"))
             .stderr(file)

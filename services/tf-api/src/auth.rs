@@ -138,6 +138,20 @@ impl Tokens {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .ok_or_else(|| unauthorized("an Authorization: Bearer <token> header is required"))?;
+        let token = self.find(presented).ok_or_else(|| unauthorized("unknown token"))?;
+        if !token.scopes.contains(&scope) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("token {} lacks the {} scope", token.name, scope.as_str()),
+            ));
+        }
+        Ok(Caller { token: token.name.clone() })
+    }
+}
+
+impl Tokens {
+    fn find(&self, presented: &str) -> Option<&Token> {
         let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
         // Compare with every token, without stopping early, so timing says nothing about which
         // (or how much of one) matched.
@@ -147,15 +161,12 @@ impl Tokens {
                 found = Some(t);
             }
         }
-        let token = found.ok_or_else(|| unauthorized("unknown token"))?;
-        if !token.scopes.contains(&scope) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("token {} lacks the {} scope", token.name, scope.as_str()),
-            ));
-        }
-        Ok(Caller { token: token.name.clone() })
+        found
+    }
+
+    /// The name of a known token (the console's sign-in).
+    pub fn name_of(&self, presented: &str) -> Option<String> {
+        self.find(presented).map(|t| t.name.clone())
     }
 }
 

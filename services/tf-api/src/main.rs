@@ -13,6 +13,7 @@ mod openapi;
 mod runs;
 mod schemas;
 mod tasks;
+mod ui;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,15 @@ struct Cli {
     /// Largest request body in bytes (413 above it).
     #[arg(long, env = "TF_API_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// The router's consumer group, whose lag the console shows.
+    #[arg(long, env = "TF_ROUTER_GROUP", default_value = "taskfactory-router")]
+    router_group: String,
+    /// The router's topics (names or ^regexes), as the router is configured.
+    #[arg(long, env = "TF_ROUTER_TOPICS", default_value = "^events\\..*", value_delimiter = ',')]
+    router_topics: Vec<String>,
+    /// How often the console samples the router group's lag, in milliseconds.
+    #[arg(long, env = "TF_API_LAG_SAMPLE_MS", default_value_t = 10_000)]
+    lag_sample_ms: u64,
     /// Largest encoded event in bytes; keep it under the topics' `max.message.bytes`.
     #[arg(long, env = "TF_API_MAX_EVENT_BYTES", default_value_t = 900_000)]
     max_event_bytes: usize,
@@ -83,6 +93,10 @@ pub struct AppState {
     pub temporal: temporalio_client::Client,
     pub dlq_topic: String,
     pub metrics: Arc<metrics::Metrics>,
+    /// The router group's lag over the last hour, for the console.
+    pub lag: Arc<ui::lag::LagHistory>,
+    pub router_group: String,
+    pub lag_every: std::time::Duration,
     /// Topics known to take envelopes (their subject has the envelope schema).
     envelope_topics: Arc<Mutex<HashSet<String>>>,
 }
@@ -145,6 +159,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     by_path
         .into_iter()
         .fold(Router::new(), |r, (path, handler)| r.route(path, handler))
+        .merge(ui::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::count))
         .layer(axum::middleware::map_response(move |r: axum::response::Response| async move { json_rejection(r, max_body_bytes) }))
@@ -198,7 +213,17 @@ async fn main() -> anyhow::Result<()> {
         dlq_topic: cli.dlq_topic.clone(),
         metrics: Arc::default(),
         envelope_topics: Arc::default(),
+        lag: Arc::default(),
+        router_group: cli.router_group.clone(),
+        lag_every: std::time::Duration::from_millis(cli.lag_sample_ms.max(100)),
     };
+    tokio::spawn(ui::lag::sample(
+        state.lag.clone(),
+        s.kafka_brokers.clone(),
+        cli.router_group.clone(),
+        cli.router_topics.clone(),
+        state.lag_every,
+    ));
     let token_count = state.tokens.len();
     if !cli.metrics_addr.is_empty() {
         let m = state.metrics.clone();
