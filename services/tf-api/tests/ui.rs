@@ -323,6 +323,13 @@ async fn the_console_signs_in_traces_a_run_decides_a_task_redrives_and_shows_lag
     b.wait_url("the dead letters after the redrive", |u| u.contains("flash=")).await;
     assert!(b.text("[role=status]").await.contains("redriven to"), "{}", b.text("main").await);
     b.screenshot("dead-letters").await;
+    // The definition's history: v2 shown against v1, the changed dedupe key as a diff.
+    b.goto(&format!("{base}/ui/definitions")).await;
+    b.click(&format!("a[href='/ui/definitions/{def_id}']")).await;
+    b.wait_url("the definition page", |u| u.ends_with(&def_id)).await;
+    assert_eq!(b.count("nav[aria-label=Versions] li").await, 2);
+    let diff = b.text(".diff").await;
+    assert!(diff.contains("-   key: event.data.order_id\n+   key: 'has(event.data.order_id)"), "{diff}");
     let redriven_run = tf_temporal::DedupeKey::parse("ui-e-bad").unwrap().workflow_id(&def_id, 1);
     b.wait_for_text(&format!("{base}/ui/runs?definition={def_id}"), &redriven_run, Duration::from_secs(60)).await;
 

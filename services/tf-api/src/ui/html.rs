@@ -154,12 +154,13 @@ pub fn diff(old: &str, new: &str) -> String {
             let _ = writeln!(out, "  {}", esc(a[i]));
             i += 1;
             j += 1;
-        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            let _ = writeln!(out, r#"<ins>+ {}</ins>"#, esc(b[j]));
-            j += 1;
-        } else {
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            // Removals before additions, as unified diffs print them.
             let _ = writeln!(out, r#"<del>- {}</del>"#, esc(a[i]));
             i += 1;
+        } else {
+            let _ = writeln!(out, r#"<ins>+ {}</ins>"#, esc(b[j]));
+            j += 1;
         }
     }
     out.push_str("</pre>");
@@ -180,7 +181,7 @@ mod tests {
     #[test]
     fn diff_marks_changed_lines() {
         let d = diff("a\nb\nc\n", "a\nx\nc\n");
-        assert!(d.contains("<del>- b</del>") && d.contains("<ins>+ x</ins>") && d.contains("  a\n") && d.contains("  c\n"), "{d}");
+        assert!(d.contains("<del>- b</del>\n<ins>+ x</ins>") && d.contains("  a\n") && d.contains("  c\n"), "{d}");
         assert!(!diff("same\n", "same\n").contains("<ins>"));
     }
 
