@@ -11,10 +11,12 @@ ensure_build_tools() {
   command -v cargo >/dev/null || { echo "cargo not found: install Rust 1.92+ with rustup (https://rustup.rs)" >&2; exit 1; }
   local missing=()
   for tool in cc make perl pkg-config; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  # librdkafka is built with TLS (and so SASL/SCRAM) against the system's OpenSSL.
+  command -v pkg-config >/dev/null && pkg-config --exists openssl || missing+=(libssl-dev)
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing build tools (missing: ${missing[*]})"
     local sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
-    $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential perl pkg-config >/dev/null
+    $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential perl pkg-config libssl-dev >/dev/null
   fi
 }
 

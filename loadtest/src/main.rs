@@ -105,6 +105,7 @@ fn now_ms() -> i64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
+    tf_kafka::properties().context("extra Kafka properties (TF_KAFKA_PROPERTIES, TF_KAFKA__*)")?;
     if let Some(Command::Chaos(args)) = &cli.command {
         return chaos::run(&cli.settings, args).await;
     }

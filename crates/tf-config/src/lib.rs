@@ -3,6 +3,7 @@
 //! points at the local stack (`scripts/stack`, ports pinned in `.env`) and a line in `--help`.
 
 pub mod datasources;
+pub mod kafka;
 pub mod secrets;
 
 pub use datasources::{Datasource, Datasources, HttpDatasource, SqlDatasource};

@@ -22,6 +22,52 @@ pub fn init_logging(default: &str) {
     }
 }
 
+/// `tf_build_info{service, version} 1`, so dashboards can tell which build answers.
+pub fn build_info(out: &mut String, service: &str, version: &str) {
+    metric(out, "tf_build_info", "gauge", "The running build.", &[(&format!("{{service=\"{service}\",version=\"{version}\"}}"), 1.0)]);
+}
+
+/// A Prometheus histogram with fixed bucket bounds (seconds, say), safe to observe from any
+/// thread.
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Per bucket, not cumulative; the last one is +Inf.
+    counts: Vec<std::sync::atomic::AtomicU64>,
+    sum_micros: std::sync::atomic::AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+            sum_micros: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let value = value.max(0.0);
+        let i = self.bounds.iter().position(|b| value <= *b).unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add((value * 1e6) as u64, Relaxed);
+    }
+
+    /// Appends `<name>_bucket{le=...}`, `<name>_sum` and `<name>_count`.
+    pub fn render(&self, out: &mut String, name: &str, help: &str) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut total = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            total += c.load(Relaxed);
+            let le = self.bounds.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {total}");
+        }
+        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {total}");
+    }
+}
+
 /// Appends one metric in Prometheus text format.
 pub fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, f64)]) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -78,5 +124,23 @@ mod tests {
         let mut out = String::new();
         super::metric(&mut out, "x_total", "counter", "Things.", &[("", 3.0), ("{stage=\"a\"}", 1.0)]);
         assert_eq!(out, "# HELP x_total Things.\n# TYPE x_total counter\nx_total 3\nx_total{stage=\"a\"} 1\n");
+    }
+}
+
+#[cfg(test)]
+mod histogram_tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_cumulative_with_sum_and_count() {
+        let h = Histogram::new(&[0.1, 1.0]);
+        for v in [0.05, 0.5, 0.7, 3.0] {
+            h.observe(v);
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x_seconds", "X.");
+        assert!(out.contains("# TYPE x_seconds histogram"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"0.1\"} 1\nx_seconds_bucket{le=\"1\"} 3\nx_seconds_bucket{le=\"+Inf\"} 4"), "{out}");
+        assert!(out.contains("x_seconds_sum 4.25\nx_seconds_count 4"), "{out}");
     }
 }

@@ -184,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     tf_telemetry::init_logging("info");
+    tf_kafka::properties().context("extra Kafka properties (TF_KAFKA_PROPERTIES, TF_KAFKA__*)")?;
     let tokens = auth::Tokens::load(cli.tokens.as_deref(), std::env::vars())?;
     anyhow::ensure!(
         !tokens.is_empty(),

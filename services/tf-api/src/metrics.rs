@@ -68,6 +68,7 @@ impl Metrics {
             "Dead letters sent back to their topic.",
             &[("", get(&self.dead_letters_redriven))],
         );
+        tf_telemetry::build_info(&mut out, "tf-api", env!("CARGO_PKG_VERSION"));
         out
     }
 }

@@ -314,6 +314,10 @@ enum DemoCommand {
 async fn main() -> std::process::ExitCode {
     tf_telemetry::init_logging("warn");
     let cli = Cli::parse();
+    if let Err(e) = tf_kafka::properties() {
+        eprintln!("error: extra Kafka properties (TF_KAFKA_PROPERTIES, TF_KAFKA__*): {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let result = match &cli.api_url {
         Some(url) => match remote::Remote::new(url, cli.api_token.as_deref()) {
             Ok(api) => match served_remotely(&api, &cli.command).await {

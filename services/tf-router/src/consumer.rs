@@ -13,9 +13,23 @@ use crate::offsets::{Ticket, Tracker};
 /// store offsets for a new one.
 pub struct RouterContext {
     pub tracker: Arc<Mutex<Tracker>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
-impl ClientContext for RouterContext {}
+impl ClientContext for RouterContext {
+    /// librdkafka's statistics (`statistics.interval.ms`): the lag of each assigned partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lag: Vec<(String, i32, i64)> = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values().map(move |p| (t, p)))
+            .filter(|(_, p)| p.partition >= 0 && p.desired && p.consumer_lag_stored >= 0)
+            .map(|(t, p)| (t.topic.clone(), p.partition, p.consumer_lag_stored))
+            .collect();
+        lag.sort();
+        *self.metrics.consumer_lag.lock().expect("lag") = lag;
+    }
+}
 
 impl ConsumerContext for RouterContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

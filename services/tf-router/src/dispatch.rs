@@ -36,6 +36,9 @@ pub async fn process(shared: &Shared, msg: &OwnedMessage) {
     // timestamp for plain records (and, failing that, now).
     let kafka_time = msg.timestamp().to_millis().filter(|t| tf_definitions::dedupe::valid_event_time(*t));
     let now_ms = || tf_envelope::Timestamp::now().0;
+    if let Some(t) = kafka_time {
+        shared.metrics.event_age.observe((now_ms() - t) as f64 / 1000.0);
+    }
     let (event, event_time_ms) = match decoded {
         Ok(Decoded::Envelope { event, .. }) => {
             let t = event.time.0;

@@ -126,10 +126,12 @@ async fn main() -> anyhow::Result<()> {
     tf_telemetry::init_logging("info");
     let cli = Cli::parse();
     let s = &cli.settings;
+    tf_kafka::properties().context("extra Kafka properties (TF_KAFKA_PROPERTIES, TF_KAFKA__*)")?;
     // Before anything decodes: no length prefix may make the decoder allocate beyond a record.
     tf_envelope::bound_decoding(cli.max_event_bytes);
     let pool = tf_store::connect(&s.database_url).await?;
     let temporal = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "tf-router").await?;
+    let metrics = Arc::new(metrics::Metrics::default());
     let dlq: FutureProducer = tf_kafka::client_config(&s.kafka_brokers)
         .set("enable.idempotence", "true")
         .set("message.max.bytes", cli.dlq_max_message_bytes.to_string())
@@ -155,12 +157,13 @@ async fn main() -> anyhow::Result<()> {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("topic.metadata.refresh.interval.ms", "5000")
-        .create_with_context(RouterContext { tracker: tracker.clone() })
+        // Feeds tf_router_consumer_lag.
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(RouterContext { tracker: tracker.clone(), metrics: metrics.clone() })
         .context("Kafka consumer")?;
     let topics: Vec<&str> = cli.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).context("subscribing")?;
 
-    let metrics = Arc::new(metrics::Metrics::default());
     let shared = Arc::new(Shared {
         codec: Codec::new(Arc::new(Registry::new(&s.schema_registry_url))),
         temporal,
@@ -239,7 +242,16 @@ async fn main() -> anyhow::Result<()> {
                     Err(e) => {
                         // Broker unreachable and the like: librdkafka reconnects by itself;
                         // do not spin on the error meanwhile.
-                        tracing::warn!(error = %e, "consumer error");
+                        if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Authentication) {
+                            // Misconfigured, not down: nothing is consumed until the settings
+                            // change; say which ones.
+                            tracing::error!(
+                                error = %e,
+                                "Kafka refused this router's credentials: check TF_KAFKA__SASL_MECHANISMS, TF_KAFKA__SASL_USERNAME and TF_KAFKA__SASL_PASSWORD (or TF_KAFKA_PROPERTIES); routing is paused"
+                            );
+                        } else {
+                            tracing::warn!(error = %e, "consumer error");
+                        }
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         continue;
                     }

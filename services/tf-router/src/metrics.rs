@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 const STAGES: [&str; 8] = ["size", "decode", "filter", "dedupe-key", "event-time", "claim", "start", "panic"];
 
-#[derive(Default)]
+/// Bounds of `tf_router_event_age_seconds`: from a busy-but-healthy router to a stopped one.
+const AGE_BOUNDS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+
 pub struct Metrics {
     pub records: AtomicU64,
     pub records_matched: AtomicU64,
@@ -18,6 +20,30 @@ pub struct Metrics {
     pub dependency_retries: AtomicU64,
     pub in_flight: AtomicI64,
     pub definitions: AtomicI64,
+    /// Per assigned partition: records after the stored offset (librdkafka's statistics).
+    pub consumer_lag: std::sync::Mutex<Vec<(String, i32, i64)>>,
+    /// From the record's Kafka timestamp to its routing.
+    pub event_age: tf_telemetry::Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            records: Default::default(),
+            records_matched: Default::default(),
+            runs_started: Default::default(),
+            runs_deduplicated: Default::default(),
+            runs_deduplicated_fast: Default::default(),
+            generations_opened: Default::default(),
+            claim_batches: Default::default(),
+            dead_letters: Default::default(),
+            dependency_retries: Default::default(),
+            in_flight: Default::default(),
+            definitions: Default::default(),
+            consumer_lag: Default::default(),
+            event_age: tf_telemetry::Histogram::new(AGE_BOUNDS),
+        }
+    }
 }
 
 impl Metrics {
@@ -99,6 +125,18 @@ impl Metrics {
             "Enabled event definitions loaded.",
             &[("", self.definitions.load(Ordering::Relaxed) as f64)],
         );
+        let lag = self.consumer_lag.lock().expect("lag").clone();
+        let labels: Vec<String> = lag.iter().map(|(t, p, _)| format!("{{topic=\"{t}\",partition=\"{p}\"}}")).collect();
+        let samples: Vec<(&str, f64)> = labels.iter().zip(&lag).map(|(l, (_, _, n))| (l.as_str(), *n as f64)).collect();
+        metric(
+            &mut out,
+            "tf_router_consumer_lag",
+            "gauge",
+            "Records after this router's stored offset, per assigned partition (librdkafka statistics, every 5 s).",
+            &samples,
+        );
+        self.event_age.render(&mut out, "tf_router_event_age_seconds", "From a record's Kafka timestamp to its routing.");
+        tf_telemetry::build_info(&mut out, "tf-router", env!("CARGO_PKG_VERSION"));
         out
     }
 }
@@ -116,5 +154,11 @@ mod tests {
         assert!(text.contains("tf_router_records_total 3"));
         assert!(text.contains("tf_router_dead_letters_total{stage=\"decode\"} 1"));
         assert!(text.contains("# TYPE tf_router_in_flight gauge"));
+        *m.consumer_lag.lock().unwrap() = vec![("events.a".into(), 2, 7)];
+        m.event_age.observe(0.3);
+        let text = m.render();
+        assert!(text.contains("tf_router_consumer_lag{topic=\"events.a\",partition=\"2\"} 7"), "{text}");
+        assert!(text.contains("tf_router_event_age_seconds_bucket{le=\"0.5\"} 1"), "{text}");
+        assert!(text.contains("tf_build_info{service=\"tf-router\""), "{text}");
     }
 }

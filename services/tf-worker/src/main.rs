@@ -76,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
     tf_telemetry::init_logging("info");
     let cli = Cli::parse();
     let s = &cli.settings;
+    tf_kafka::properties().context("extra Kafka properties (TF_KAFKA_PROPERTIES, TF_KAFKA__*)")?;
 
     let pool = tf_store::connect(&s.database_url).await?;
     let datasources = tf_config::Datasources::load(cli.datasources_file.as_deref(), std::env::vars())?;

@@ -80,6 +80,7 @@ impl Metrics {
             "Reconcile rounds that failed and were retried.",
             &[("", c(&self.reconcile_failures))],
         );
+        tf_telemetry::build_info(&mut out, "tf-worker", env!("CARGO_PKG_VERSION"));
         out
     }
 }
