@@ -5,6 +5,7 @@
 pub mod datasources;
 pub mod kafka;
 pub mod secrets;
+pub mod temporal;
 
 pub use datasources::{Datasource, Datasources, HttpDatasource, SqlDatasource};
 pub use secrets::Secrets;

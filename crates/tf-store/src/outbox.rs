@@ -100,6 +100,32 @@ pub async fn mark_published(pool: &PgPool, placed: &[(String, i32, i64)]) -> Res
     Ok(())
 }
 
+/// Marks as published every result up to the relay's marker that is not marked yet: a relay
+/// killed between its Kafka commit and [`mark_published`] leaves such rows, which are on the
+/// topic (the marker committed with them) but would count as pending for ever. Their placement
+/// stays unknown.
+pub async fn mark_published_through(pool: &PgPool, marker: (i64, i64)) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE task_results SET published_at = now()
+         WHERE (txid, seq) <= ($1, $2) AND published_at IS NULL AND quarantined_at IS NULL",
+    )
+    .bind(marker.0)
+    .bind(marker.1)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// Seconds since the oldest result still waiting for the relay was queued (0 when none waits).
+pub async fn oldest_unpublished_age_secs(pool: &PgPool) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::bigint FROM task_results
+         WHERE published_at IS NULL AND quarantined_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
 /// Results queued in the outbox and not yet published.
 pub async fn unpublished_results(pool: &PgPool) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar("SELECT count(*) FROM task_results WHERE published_at IS NULL AND quarantined_at IS NULL")

@@ -55,16 +55,48 @@ impl Histogram {
 
     /// Appends `<name>_bucket{le=...}`, `<name>_sum` and `<name>_count`.
     pub fn render(&self, out: &mut String, name: &str, help: &str) {
-        use std::sync::atomic::Ordering::Relaxed;
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.samples(out, name, "");
+    }
+
+    /// The sample lines, with `labels` (`a="b"`, without braces) on each.
+    fn samples(&self, out: &mut String, name: &str, labels: &str) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (sep, braced) = if labels.is_empty() { ("", String::new()) } else { (",", format!("{{{labels}}}")) };
         let mut total = 0;
         for (i, c) in self.counts.iter().enumerate() {
             total += c.load(Relaxed);
             let le = self.bounds.get(i).map_or("+Inf".to_string(), |b| b.to_string());
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {total}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {total}");
         }
-        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {total}");
+        let _ = writeln!(out, "{name}_sum{braced} {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count{braced} {total}");
+    }
+}
+
+/// One [`Histogram`] per value of a label (a definition id, say), made on first use.
+pub struct LabeledHistograms {
+    label: &'static str,
+    bounds: &'static [f64],
+    by_value: std::sync::Mutex<std::collections::BTreeMap<String, Histogram>>,
+}
+
+impl LabeledHistograms {
+    pub fn new(label: &'static str, bounds: &'static [f64]) -> LabeledHistograms {
+        LabeledHistograms { label, bounds, by_value: Default::default() }
+    }
+
+    pub fn observe(&self, value_of_label: &str, value: f64) {
+        let mut m = self.by_value.lock().expect("histograms");
+        m.entry(value_of_label.to_string()).or_insert_with(|| Histogram::new(self.bounds)).observe(value);
+    }
+
+    pub fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (v, h) in self.by_value.lock().expect("histograms").iter() {
+            let v = v.replace('\\', "\\\\").replace('"', "\\\"");
+            h.samples(out, name, &format!("{}=\"{v}\"", self.label));
+        }
     }
 }
 
@@ -142,5 +174,15 @@ mod histogram_tests {
         assert!(out.contains("# TYPE x_seconds histogram"), "{out}");
         assert!(out.contains("x_seconds_bucket{le=\"0.1\"} 1\nx_seconds_bucket{le=\"1\"} 3\nx_seconds_bucket{le=\"+Inf\"} 4"), "{out}");
         assert!(out.contains("x_seconds_sum 4.25\nx_seconds_count 4"), "{out}");
+        let l = LabeledHistograms::new("definition", &[1.0]);
+        l.observe("orders", 0.5);
+        l.observe("orders", 2.0);
+        let mut out = String::new();
+        l.render(&mut out, "t_seconds", "T.");
+        assert!(
+            out.contains("t_seconds_bucket{definition=\"orders\",le=\"1\"} 1\nt_seconds_bucket{definition=\"orders\",le=\"+Inf\"} 2"),
+            "{out}"
+        );
+        assert!(out.contains("t_seconds_count{definition=\"orders\"} 2"), "{out}");
     }
 }

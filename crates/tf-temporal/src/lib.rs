@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use temporalio_client::errors::WorkflowStartError;
 use temporalio_client::{
-    Client, ClientOptions, Connection, ConnectionOptions, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions,
+    Client, ClientOptions, ClientTlsOptions, Connection, ConnectionOptions, TlsOptions, WorkflowIdConflictPolicy, WorkflowIdReusePolicy,
+    WorkflowStartOptions,
 };
 use temporalio_common::search_attributes::{SearchAttributeKey, SearchAttributes};
 use temporalio_common::{HasWorkflowDefinition, WorkflowDefinition};
@@ -138,11 +139,32 @@ impl TemporalError {
     }
 }
 
+/// TLS, mTLS and the API key from `TF_TEMPORAL_*` (`tf_config::temporal`), read once. Binaries
+/// call this at startup so a bad setting stops them with its name.
+pub fn access() -> Result<tf_config::temporal::TemporalAccess, tf_config::temporal::TemporalAccessError> {
+    static ACCESS: std::sync::OnceLock<Result<tf_config::temporal::TemporalAccess, tf_config::temporal::TemporalAccessError>> =
+        std::sync::OnceLock::new();
+    ACCESS.get_or_init(tf_config::temporal::from_env).clone()
+}
+
+/// Connects to Temporal at `url`, with the TLS, mTLS and API key of [`access`].
 pub async fn connect(url: &str, namespace: &str, identity: &str) -> Result<Client, TemporalError> {
     let err = |reason: String| TemporalError::Connect { url: url.to_string(), reason };
     let parsed = url::Url::parse(url).map_err(|e| err(format!("not a URL: {e}")))?;
-    let conn =
-        Connection::connect(ConnectionOptions::new(parsed).identity(identity.to_string()).build()).await.map_err(|e| err(e.to_string()))?;
+    let access = access().map_err(|e| err(e.to_string()))?;
+    let tls = access.tls.map(|t| {
+        let client = t.client_cert_and_key.map(|(cert, key)| ClientTlsOptions::builder().client_cert(cert).client_private_key(key).build());
+        TlsOptions::builder().maybe_server_root_ca_cert(t.server_ca).maybe_domain(t.domain).maybe_client_tls_options(client).build()
+    });
+    let options = ConnectionOptions::new(parsed)
+        .identity(identity.to_string())
+        .maybe_tls_options(tls)
+        .maybe_api_key(access.api_key)
+        // A handshake that never completes (a TLS port spoken to in plaintext, a proxy that
+        // swallows the connection) is an error to report, not a hang.
+        .connect_timeout(Duration::from_secs(15))
+        .build();
+    let conn = Connection::connect(options).await.map_err(|e| err(e.to_string()))?;
     Client::new(conn, ClientOptions::new(namespace).build()).map_err(|e| err(e.to_string()))
 }
 

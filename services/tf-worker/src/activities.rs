@@ -26,6 +26,7 @@ use crate::sources::{HttpCall, SourceError, Sources, header_text};
 /// The activities' shared clients; one instance per worker.
 pub struct RunActivities {
     pub pool: PgPool,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub producer: FutureProducer,
     /// The user's systems: datasources, secrets, outbound HTTP.
     pub sources: Sources,
@@ -317,7 +318,7 @@ impl RunActivities {
             truncated: false,
         };
         let record = serde_json::to_value(&record).map_err(permanent_display)?;
-        outbox::record_result(
+        let queued = outbox::record_result(
             &self.pool,
             &FinishedTask {
                 task_id: &t.task_id,
@@ -330,7 +331,11 @@ impl RunActivities {
             },
         )
         .await
-        .map_err(store_failure)
+        .map_err(store_failure)?;
+        if queued {
+            self.metrics.task_duration.observe(&t.definition_id, (r.finished_at_ms - r.started_at_ms).max(0) as f64 / 1000.0);
+        }
+        Ok(queued)
     }
 
     #[activity(name = "FinishRun")]

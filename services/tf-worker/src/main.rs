@@ -126,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
 
     let runtime = Runtime::from_current_tokio(RuntimeOptions::default())?;
     let options = WorkerOptions::new(s.task_queue.as_str())
-        .register_activities(activities::RunActivities { pool: pool.clone(), producer, sources })
+        .register_activities(activities::RunActivities { pool: pool.clone(), metrics: metrics.clone(), producer, sources })
         .register_workflow::<workflows::RunActivityWorkflow>()?
         .register_workflow::<workflows::RunTaskWorkflow>()?
         .build();

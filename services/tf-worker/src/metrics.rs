@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use tf_telemetry::metric;
 
-#[derive(Default)]
+/// Bounds of `tf_worker_task_duration_seconds`: from a quick HTTP call to a human decision.
+const TASK_BOUNDS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0];
+
 pub struct Metrics {
     pub results_published: AtomicU64,
     pub relay_batches_failed: AtomicU64,
@@ -17,6 +19,27 @@ pub struct Metrics {
     pub results_pending: AtomicI64,
     pub schedule_changes: AtomicU64,
     pub reconcile_failures: AtomicU64,
+    /// Age of the oldest result waiting for the relay, in seconds (0 when none waits).
+    pub results_oldest_pending_seconds: AtomicI64,
+    /// From a task's start to its result, by definition.
+    pub task_duration: tf_telemetry::LabeledHistograms,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            results_published: Default::default(),
+            relay_batches_failed: Default::default(),
+            results_truncated: Default::default(),
+            results_quarantined: Default::default(),
+            relay_leader: Default::default(),
+            results_pending: Default::default(),
+            schedule_changes: Default::default(),
+            reconcile_failures: Default::default(),
+            results_oldest_pending_seconds: Default::default(),
+            task_duration: tf_telemetry::LabeledHistograms::new("definition", TASK_BOUNDS),
+        }
+    }
 }
 
 impl Metrics {
@@ -80,6 +103,14 @@ impl Metrics {
             "Reconcile rounds that failed and were retried.",
             &[("", c(&self.reconcile_failures))],
         );
+        metric(
+            &mut out,
+            "tf_worker_results_oldest_pending_seconds",
+            "gauge",
+            "Age of the oldest result waiting for the relay (relay lag), as the relay last saw it.",
+            &[("", g(&self.results_oldest_pending_seconds))],
+        );
+        self.task_duration.render(&mut out, "tf_worker_task_duration_seconds", "From a task's start to its result, by definition.");
         tf_telemetry::build_info(&mut out, "tf-worker", env!("CARGO_PKG_VERSION"));
         out
     }

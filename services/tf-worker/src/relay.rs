@@ -169,9 +169,22 @@ impl Relay {
         // Placements of committed results not yet recorded in the database (PostgreSQL was
         // away): recorded later, never a reason to publish a committed batch again.
         let mut unrecorded: Vec<Placement> = Vec::new();
+        // Rows up to a marker read from Kafka are published whatever the database says.
+        let mut settle_through = Some(marker);
         loop {
             if *stop.borrow() {
                 return Ok(());
+            }
+            if let Some(through) = settle_through {
+                match tf_store::outbox::mark_published_through(&self.pool, through).await {
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::info!(count = n, "results committed by an earlier relay marked as published");
+                        }
+                        settle_through = None;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "marking results up to the marker as published failed; retrying"),
+                }
             }
             if marker_stale {
                 match tokio::task::block_in_place(|| self.read_marker()) {
@@ -181,6 +194,7 @@ impl Relay {
                         }
                         marker = m;
                         marker_stale = false;
+                        settle_through = Some(m);
                     }
                     Err(e) => tracing::warn!(error = %e, "results relay: re-reading the marker failed; retrying"),
                 }
@@ -199,12 +213,19 @@ impl Relay {
                     if let Ok(n) = tf_store::outbox::unpublished_results(&self.pool).await {
                         self.metrics.results_pending.store(n, std::sync::atomic::Ordering::Relaxed);
                     }
+                    if let Ok(age) = tf_store::outbox::oldest_unpublished_age_secs(&self.pool).await {
+                        self.metrics.results_oldest_pending_seconds.store(age, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
                 Err(None) => backoff = (backoff * 2).min(Duration::from_secs(10)),
                 Err(Some(e @ RelayError::Producer(_))) => return Err(e),
                 Err(Some(e)) => {
                     self.metrics.relay_batches_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(error = %e, "results relay batch failed; retrying");
+                    // Relay lag keeps growing while batches fail: let the gauge show it.
+                    if let Ok(age) = tf_store::outbox::oldest_unpublished_age_secs(&self.pool).await {
+                        self.metrics.results_oldest_pending_seconds.store(age, std::sync::atomic::Ordering::Relaxed);
+                    }
                     marker_stale = e.leaves_marker_unknown();
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }

@@ -508,6 +508,13 @@ async fn a_relay_taking_over_behind_another_relays_open_transaction_publishes_no
     // The first relay commits z-2 behind it, then dies; the second takes over.
     run("z-2").await;
     first.kill();
+    // As if the first relay died between its Kafka commit and recording it: z-2 is on the
+    // topic but the database does not know. The next relay must mark it, not republish it.
+    sqlx::query("UPDATE task_results SET published_at = NULL, published_partition = NULL, published_offset = NULL WHERE run_id = $1")
+        .bind(run_id("z-2"))
+        .execute(&pool)
+        .await
+        .unwrap();
     let second = spawn_worker();
     eventually("the second worker to lead the relay", Duration::from_secs(60), || async {
         second.log().contains("this worker runs the results relay").then_some(())
@@ -518,6 +525,9 @@ async fn a_relay_taking_over_behind_another_relays_open_transaction_publishes_no
     let z = zombie.clone();
     tokio::task::spawn_blocking(move || z.abort_transaction(Duration::from_secs(30))).await.unwrap().unwrap();
     run("z-3").await;
+    let unmarked: i64 = sqlx::query_scalar("SELECT count(*) FROM task_results WHERE published_at IS NULL").fetch_one(&pool).await.unwrap();
+    assert_eq!(unmarked, 0, "z-2, committed by the first relay, is marked published by the second");
+    assert!(second.log().contains("results committed by an earlier relay marked as published"), "{}", second.log());
     for key in ["z-1", "z-2", "z-3"] {
         let results = eventually("the result on the topic", Duration::from_secs(30), || async {
             let r = results_for(&run_id(key)).await;

@@ -264,6 +264,7 @@ async fn run(State(state): State<AppState>, headers: HeaderMap, Path(run_id): Pa
         .flatten()
         .map(|x| match x["offset"].as_i64() {
             Some(o) => format!("{} → partition {} offset {o}", esc(&text(&x["status"])), x["partition"]),
+            None if !x["published_at"].is_null() => format!("{} (published; offset not recorded)", esc(&text(&x["status"]))),
             None => format!("{} (not published yet)", esc(&text(&x["status"]))),
         })
         .collect();

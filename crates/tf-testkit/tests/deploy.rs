@@ -1,0 +1,65 @@
+//! The committed alert rules (`deploy/prometheus/alerts.yml`) and Grafana dashboard
+//! (`deploy/grafana/taskfactory.json`) are well formed and name only metrics the services
+//! export: each `tf_*` name in their expressions (less a histogram's `_bucket`/`_sum`/`_count`)
+//! must be a metric name in a service's metrics code.
+
+use std::collections::BTreeSet;
+
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|t| t.starts_with("tf_")).map(str::to_string).collect()
+}
+
+fn exported() -> BTreeSet<String> {
+    let root = tf_testkit::repo_root();
+    let mut names = BTreeSet::new();
+    for file in [
+        "services/tf-router/src/metrics.rs",
+        "services/tf-worker/src/metrics.rs",
+        "services/tf-api/src/metrics.rs",
+        "crates/tf-telemetry/src/lib.rs",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        for part in text.split('"').skip(1).step_by(2) {
+            if part.starts_with("tf_") && part.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                names.insert(part.to_string());
+            }
+        }
+    }
+    names
+}
+
+fn known(name: &str, exported: &BTreeSet<String>) -> bool {
+    exported.contains(name) || ["_bucket", "_sum", "_count"].iter().any(|s| name.strip_suffix(s).is_some_and(|n| exported.contains(n)))
+}
+
+#[test]
+fn alert_rules_and_the_dashboard_use_exported_metrics() {
+    let root = tf_testkit::repo_root();
+    let exported = exported();
+    assert!(exported.contains("tf_router_consumer_lag") && exported.contains("tf_build_info"), "{exported:?}");
+
+    let rules: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            assert!(rule["alert"].as_str().is_some_and(|a| a.starts_with("TaskFactory")), "{rule:?}");
+            assert!(rule["annotations"]["summary"].is_string(), "{rule:?}");
+            exprs.push(rule["expr"].as_str().unwrap().to_string());
+        }
+    }
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("deploy/grafana/taskfactory.json")).unwrap()).unwrap();
+    assert_eq!(dashboard["uid"], "taskfactory");
+    let mut ids = BTreeSet::new();
+    for p in dashboard["panels"].as_array().unwrap() {
+        assert!(ids.insert(p["id"].as_i64().unwrap()), "panel ids are unique");
+        for t in p["targets"].as_array().unwrap() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    let mut unknown: Vec<String> = exprs.iter().flat_map(|e| metric_names(e)).filter(|n| !known(n, &exported)).collect();
+    unknown.dedup();
+    assert!(unknown.is_empty(), "not exported by any service: {unknown:?}");
+    assert_eq!(metric_names("sum(rate(tf_a_total[1m])) / tf_b"), ["tf_a_total", "tf_b"]);
+}
