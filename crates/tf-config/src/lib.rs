@@ -4,6 +4,7 @@
 
 pub mod datasources;
 pub mod kafka;
+pub mod registry;
 pub mod secrets;
 pub mod temporal;
 

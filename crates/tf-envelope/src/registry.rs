@@ -103,11 +103,29 @@ struct SchemaResponse {
 }
 
 impl Registry {
-    /// `base_url` is the API root, e.g. `http://127.0.0.1:18081/apis/ccompat/v7`.
+    /// `base_url` is the API root, e.g. `http://127.0.0.1:18081/apis/ccompat/v7`. Credentials
+    /// come from `TF_SCHEMA_REGISTRY_*` ([`auth`]); a bad setting there was reported at start,
+    /// and a client made anyway has none (the registry then answers 401: misconfigured).
     pub fn new(base_url: &str) -> Self {
+        Registry::with_auth(base_url, &auth().unwrap_or_default())
+    }
+
+    pub fn with_auth(base_url: &str, auth: &tf_config::registry::RegistryAuth) -> Self {
+        use tf_config::registry::RegistryAuth;
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = match auth {
+            RegistryAuth::None => None,
+            RegistryAuth::Basic { user, password } => Some(format!("Basic {}", base64(&format!("{user}:{password}")))),
+            RegistryAuth::Bearer(token) => Some(format!("Bearer {token}")),
+        };
+        if let Some(mut v) = value.and_then(|v| reqwest::header::HeaderValue::from_str(&v).ok()) {
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))
+            .default_headers(headers)
             .build()
             .expect("static reqwest configuration is valid");
         Registry { http, base: base_url.trim_end_matches('/').to_string(), by_id: RwLock::default(), subject_ids: RwLock::default() }
@@ -219,6 +237,31 @@ impl Registry {
     }
 }
 
+/// The registry credentials of this process (`TF_SCHEMA_REGISTRY_USER`/`_PASSWORD` or
+/// `_TOKEN`), read once. Binaries call this at startup so a bad setting stops them.
+pub fn auth() -> Result<tf_config::registry::RegistryAuth, tf_config::registry::RegistryAuthError> {
+    static AUTH: std::sync::OnceLock<Result<tf_config::registry::RegistryAuth, tf_config::registry::RegistryAuthError>> =
+        std::sync::OnceLock::new();
+    AUTH.get_or_init(tf_config::registry::from_env).clone()
+}
+
+/// Standard base64 with padding, for the basic-auth header.
+fn base64(text: &str) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in text.as_bytes().chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Error bodies end up in logs and DLQ headers: keep them short.
 fn truncate(body: &str) -> String {
     match body.char_indices().nth(300) {
@@ -233,6 +276,13 @@ fn check_avro(what: &str, schema: &str) -> Result<Schema, RegistryError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn basic_auth_is_standard_base64() {
+        assert_eq!(super::base64("Aladdin:open sesame"), "QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        assert_eq!(super::base64("ab"), "YWI=");
+        assert_eq!(super::base64("abc"), "YWJj");
+    }
+
     use super::*;
 
     #[test]

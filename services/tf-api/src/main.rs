@@ -185,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
     }
     tf_telemetry::init_logging("info");
     tf_kafka::properties().context("extra Kafka properties (TF_KAFKA_PROPERTIES, TF_KAFKA__*)")?;
+    tf_envelope::registry::auth().context("schema registry credentials (TF_SCHEMA_REGISTRY_*)")?;
     let tokens = auth::Tokens::load(cli.tokens.as_deref(), std::env::vars())?;
     anyhow::ensure!(
         !tokens.is_empty(),

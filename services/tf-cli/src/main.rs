@@ -318,6 +318,10 @@ async fn main() -> std::process::ExitCode {
         eprintln!("error: extra Kafka properties (TF_KAFKA_PROPERTIES, TF_KAFKA__*): {e}");
         return std::process::ExitCode::FAILURE;
     }
+    if let Err(e) = tf_envelope::registry::auth() {
+        eprintln!("error: schema registry credentials (TF_SCHEMA_REGISTRY_*): {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let result = match &cli.api_url {
         Some(url) => match remote::Remote::new(url, cli.api_token.as_deref()) {
             Ok(api) => match served_remotely(&api, &cli.command).await {

@@ -118,6 +118,7 @@ pub async fn process(shared: &Shared, msg: &OwnedMessage) {
             continue;
         }
         run.generation = generation.generation;
+        let asked = std::time::Instant::now();
         let outcome = retry(shared, "start", || async {
             match start_run(&shared.temporal, &shared.cli.settings.task_queue, run.clone()).await {
                 Ok(outcome) => Ok(Ok(outcome)),
@@ -134,6 +135,7 @@ pub async fn process(shared: &Shared, msg: &OwnedMessage) {
         match outcome {
             Ok(StartOutcome::Started { .. }) => {
                 shared.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.start_latency.observe(asked.elapsed().as_secs_f64());
                 tracing::debug!(definition = %def, key = %key, generation = generation.generation, offset = at.offset, "run started")
             }
             Ok(StartOutcome::Duplicate { .. }) => {

@@ -5,6 +5,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 const STAGES: [&str; 8] = ["size", "decode", "filter", "dedupe-key", "event-time", "claim", "start", "panic"];
 
+/// Bounds of `tf_router_start_seconds`: a healthy start takes milliseconds.
+const START_BOUNDS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
 /// Bounds of `tf_router_event_age_seconds`: from a busy-but-healthy router to a stopped one.
 const AGE_BOUNDS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
 
@@ -24,6 +27,8 @@ pub struct Metrics {
     pub consumer_lag: std::sync::Mutex<Vec<(String, i32, i64)>>,
     /// From the record's Kafka timestamp to its routing.
     pub event_age: tf_telemetry::Histogram,
+    /// From asking Temporal to start a run to its acknowledgement (retries included).
+    pub start_latency: tf_telemetry::Histogram,
 }
 
 impl Default for Metrics {
@@ -42,6 +47,7 @@ impl Default for Metrics {
             definitions: Default::default(),
             consumer_lag: Default::default(),
             event_age: tf_telemetry::Histogram::new(AGE_BOUNDS),
+            start_latency: tf_telemetry::Histogram::new(START_BOUNDS),
         }
     }
 }
@@ -136,6 +142,11 @@ impl Metrics {
             &samples,
         );
         self.event_age.render(&mut out, "tf_router_event_age_seconds", "From a record's Kafka timestamp to its routing.");
+        self.start_latency.render(
+            &mut out,
+            "tf_router_start_seconds",
+            "From asking Temporal to start a run to the acknowledgement (retries included).",
+        );
         tf_telemetry::build_info(&mut out, "tf-router", env!("CARGO_PKG_VERSION"));
         out
     }

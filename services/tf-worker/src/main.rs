@@ -77,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let s = &cli.settings;
     tf_kafka::properties().context("extra Kafka properties (TF_KAFKA_PROPERTIES, TF_KAFKA__*)")?;
+    tf_envelope::registry::auth().context("schema registry credentials (TF_SCHEMA_REGISTRY_*)")?;
 
     let pool = tf_store::connect(&s.database_url).await?;
     let datasources = tf_config::Datasources::load(cli.datasources_file.as_deref(), std::env::vars())?;
