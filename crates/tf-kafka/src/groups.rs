@@ -48,7 +48,7 @@ pub fn resolve_topics(brokers: &str, patterns: &[String]) -> Result<Vec<String>,
     Ok(out)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PartitionLag {
     pub topic: String,
     pub partition: i32,

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use crate::StoreError;
 
 /// One stored version.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
 pub struct StoredDefinition {
     pub id: String,
     pub version: i32,

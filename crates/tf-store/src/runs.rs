@@ -177,7 +177,7 @@ pub async fn finish_run(pool: &PgPool, run_id: &str, status: &str) -> Result<(),
 }
 
 /// A run as operators list it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct RunRow {
     pub run_id: String,
     pub definition_id: String,

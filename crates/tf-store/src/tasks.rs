@@ -48,7 +48,7 @@ pub async fn set_task_status(pool: &PgPool, task_id: &str, status: &str) -> Resu
 }
 
 /// A task as operators list it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct TaskRow {
     pub task_id: String,
     pub task_type: String,

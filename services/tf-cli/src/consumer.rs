@@ -7,9 +7,17 @@ fn topics(settings: &Settings, patterns: &[String]) -> anyhow::Result<Vec<String
     Ok(groups::resolve_topics(&settings.kafka_brokers, patterns)?)
 }
 
-pub fn lag(settings: &Settings, group: &str, patterns: &[String]) -> anyhow::Result<ExitCode> {
+pub fn lag(settings: &Settings, group: &str, patterns: &[String], format: crate::Format) -> anyhow::Result<ExitCode> {
     let topics = topics(settings, patterns)?;
     let rows = groups::lag(&settings.kafka_brokers, group, &topics)?;
+    if format == crate::Format::Json {
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| serde_json::json!({"topic": r.topic, "partition": r.partition, "committed": r.committed, "end": r.high, "lag": r.lag()}))
+            .collect();
+        crate::print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("{:<40} {:>9} {:>12} {:>12} {:>10}", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG");
     let mut total = 0;
     for r in &rows {

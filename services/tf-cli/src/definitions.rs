@@ -181,9 +181,13 @@ pub async fn apply(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn list(settings: &Settings) -> anyhow::Result<ExitCode> {
+pub async fn list(settings: &Settings, format: crate::Format) -> anyhow::Result<ExitCode> {
     let pool = tf_store::connect(&settings.database_url).await?;
     let rows = definitions::latest(&pool).await?;
+    if format == crate::Format::Json {
+        crate::print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("{:<32} {:>7} {:<8} {:<6} NAME", "ID", "VERSION", "STATE", "KIND");
     for r in &rows {
         println!("{:<32} {:>7} {:<8} {:<6} {}", r.id, r.version, state(r.retired, r.enabled), r.trigger_kind, r.name);

@@ -29,11 +29,21 @@ struct Cli {
     /// every other command still connects directly.
     #[arg(long, env = "TF_API_URL", global = true, help_heading = "Connections (every command; TF_* variables)")]
     api_url: Option<String>,
+    /// How list commands print: a table for people or JSON for scripts.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table, global = true)]
+    output: Format,
     /// The bearer token for --api-url.
     #[arg(long, env = "TF_API_TOKEN", hide_env_values = true, global = true, help_heading = "Connections (every command; TF_* variables)")]
     api_token: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The output of list commands.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -285,9 +295,9 @@ enum TasksCommand {
     Complete {
         /// The task id, `<run id>/<template>/<index>`.
         task_id: String,
-        /// The task's output, as JSON.
+        /// The task's result, as JSON (the output its result record carries).
         #[arg(long)]
-        output: String,
+        result: String,
     },
 }
 
@@ -324,7 +334,7 @@ async fn main() -> std::process::ExitCode {
     }
     let result = match &cli.api_url {
         Some(url) => match remote::Remote::new(url, cli.api_token.as_deref()) {
-            Ok(api) => match served_remotely(&api, &cli.command).await {
+            Ok(api) => match served_remotely(&api, &cli.command, cli.output).await {
                 Some(result) => result,
                 None => direct(cli).await,
             },
@@ -341,18 +351,24 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// Prints `rows` as pretty JSON (for `-o json`).
+pub fn print_json<T: serde::Serialize>(rows: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(rows)?);
+    Ok(())
+}
+
 /// The commands tf-api serves, through it; `None` for the others.
-async fn served_remotely(api: &remote::Remote, command: &Command) -> Option<anyhow::Result<std::process::ExitCode>> {
+async fn served_remotely(api: &remote::Remote, command: &Command, cli_format: Format) -> Option<anyhow::Result<std::process::ExitCode>> {
     Some(match command {
         Command::Definitions(DefinitionsCommand::Apply { files }) => api.apply(files).await,
-        Command::Definitions(DefinitionsCommand::List) => api.list_definitions().await,
+        Command::Definitions(DefinitionsCommand::List) => api.list_definitions(cli_format).await,
         Command::Definitions(DefinitionsCommand::Show { id, at_version }) => api.show(id, *at_version).await,
         Command::Definitions(DefinitionsCommand::Delete { id }) => api.delete(id).await,
-        Command::Runs(RunsCommand::List { limit }) => api.list_runs(*limit).await,
+        Command::Runs(RunsCommand::List { limit }) => api.list_runs(*limit, cli_format).await,
         Command::Runs(RunsCommand::Retry { run_id }) => api.control_run(run_id, "retry", "").await,
         Command::Runs(RunsCommand::Cancel { run_id, reason }) => api.control_run(run_id, "cancel", reason).await,
-        Command::Tasks(TasksCommand::List { status, limit }) => api.list_tasks(status, *limit).await,
-        Command::Tasks(TasksCommand::Complete { task_id, output }) => api.complete(task_id, output).await,
+        Command::Tasks(TasksCommand::List { status, limit }) => api.list_tasks(status, *limit, cli_format).await,
+        Command::Tasks(TasksCommand::Complete { task_id, result }) => api.complete(task_id, result).await,
         _ => return None,
     })
 }
@@ -362,7 +378,7 @@ async fn direct(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Topics(TopicsCommand::Apply { dir, fail_on_drift }) => topics::apply(&cli.settings, &dir, fail_on_drift).await,
         Command::Schemas(SchemasCommand::Register { schemas, topics }) => schemas::register(&cli.settings, &schemas, &topics).await,
         Command::Db(DbCommand::Migrate) => db::migrate(&cli.settings).await,
-        Command::Consumer(ConsumerCommand::Lag { group, topics }) => consumer::lag(&cli.settings, &group, &topics),
+        Command::Consumer(ConsumerCommand::Lag { group, topics }) => consumer::lag(&cli.settings, &group, &topics, cli.output),
         Command::Consumer(ConsumerCommand::ResetOffsets { group, topics, to_earliest, to_latest, to_datetime, shift_by, execute }) => {
             let to = if to_earliest {
                 Ok(tf_kafka::groups::ResetTo::Earliest)
@@ -386,15 +402,15 @@ async fn direct(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             DefinitionsCommand::Validate { files } => definitions::validate(&files),
             DefinitionsCommand::Test { files, event, topic } => definitions::test(&files, &event, topic.as_deref()),
             DefinitionsCommand::Apply { files } => definitions::apply(&cli.settings, &files).await,
-            DefinitionsCommand::List => definitions::list(&cli.settings).await,
+            DefinitionsCommand::List => definitions::list(&cli.settings, cli.output).await,
             DefinitionsCommand::Delete { id } => definitions::delete(&cli.settings, &id).await,
             DefinitionsCommand::Show { id, at_version } => definitions::show(&cli.settings, &id, at_version).await,
         },
-        Command::Runs(RunsCommand::List { limit }) => runs::list(&cli.settings, limit).await,
+        Command::Runs(RunsCommand::List { limit }) => runs::list(&cli.settings, limit, cli.output).await,
         Command::Runs(RunsCommand::Retry { run_id }) => runs::retry(&cli.settings, &run_id).await,
         Command::Runs(RunsCommand::Cancel { run_id, reason }) => runs::cancel(&cli.settings, &run_id, &reason).await,
         Command::Schedules(cmd) => match cmd {
-            SchedulesCommand::List => schedules::list(&cli.settings).await,
+            SchedulesCommand::List => schedules::list(&cli.settings, cli.output).await,
             SchedulesCommand::Describe { id } => schedules::describe(&cli.settings, &id).await,
             SchedulesCommand::Pause { id, note } => schedules::pause(&cli.settings, &id, &note).await,
             SchedulesCommand::Resume { id } => schedules::resume(&cli.settings, &id).await,
@@ -402,8 +418,8 @@ async fn direct(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             SchedulesCommand::Backfill { id, from, to, overlap } => schedules::backfill(&cli.settings, &id, &from, &to, overlap).await,
             SchedulesCommand::Reconcile => schedules::reconcile(&cli.settings).await,
         },
-        Command::Tasks(TasksCommand::List { status, limit }) => runs::list_tasks(&cli.settings, &status, limit).await,
-        Command::Tasks(TasksCommand::Complete { task_id, output }) => runs::complete(&cli.settings, &task_id, &output).await,
+        Command::Tasks(TasksCommand::List { status, limit }) => runs::list_tasks(&cli.settings, &status, limit, cli.output).await,
+        Command::Tasks(TasksCommand::Complete { task_id, result }) => runs::complete(&cli.settings, &task_id, &result).await,
         Command::Demo(DemoCommand::Roundtrip { topic }) => demo::roundtrip(&cli.settings, &topic).await,
         Command::Demo(DemoCommand::Events { topic, orders }) => demo::events(&cli.settings, &topic, orders).await,
     }

@@ -69,8 +69,12 @@ impl Remote {
         Ok(ExitCode::SUCCESS)
     }
 
-    pub async fn list_definitions(&self) -> anyhow::Result<ExitCode> {
+    pub async fn list_definitions(&self, format: crate::Format) -> anyhow::Result<ExitCode> {
         let out = self.call(reqwest::Method::GET, "/definitions", None).await?;
+        if format == crate::Format::Json {
+            crate::print_json(&out["definitions"])?;
+            return Ok(ExitCode::SUCCESS);
+        }
         let rows = out["definitions"].as_array().cloned().unwrap_or_default();
         println!("{:<32} {:>7} {:<8} {:<6} NAME", "ID", "VERSION", "STATE", "KIND");
         for r in &rows {
@@ -113,8 +117,12 @@ impl Remote {
         Ok(ExitCode::SUCCESS)
     }
 
-    pub async fn list_runs(&self, limit: i64) -> anyhow::Result<ExitCode> {
+    pub async fn list_runs(&self, limit: i64, format: crate::Format) -> anyhow::Result<ExitCode> {
         let out = self.call(reqwest::Method::GET, &format!("/runs?limit={}", limit.clamp(1, 500)), None).await?;
+        if format == crate::Format::Json {
+            crate::print_json(&out["runs"])?;
+            return Ok(ExitCode::SUCCESS);
+        }
         let runs = out["runs"].as_array().cloned().unwrap_or_default();
         if runs.is_empty() {
             println!("(no runs yet)");
@@ -153,8 +161,12 @@ impl Remote {
     }
 
     /// The API's inbox holds human tasks only.
-    pub async fn list_tasks(&self, status: &str, limit: i64) -> anyhow::Result<ExitCode> {
+    pub async fn list_tasks(&self, status: &str, limit: i64, format: crate::Format) -> anyhow::Result<ExitCode> {
         let out = self.call(reqwest::Method::GET, &format!("/tasks?status={status}&limit={}", limit.clamp(1, 500)), None).await?;
+        if format == crate::Format::Json {
+            crate::print_json(&out["tasks"])?;
+            return Ok(ExitCode::SUCCESS);
+        }
         let tasks = out["tasks"].as_array().cloned().unwrap_or_default();
         if tasks.is_empty() {
             println!("(no {status} human tasks)");
@@ -172,8 +184,8 @@ impl Remote {
         Ok(ExitCode::SUCCESS)
     }
 
-    pub async fn complete(&self, task_id: &str, output: &str) -> anyhow::Result<ExitCode> {
-        let output: Json = serde_json::from_str(output).with_context(|| format!("--output is not JSON: {output}"))?;
+    pub async fn complete(&self, task_id: &str, result: &str) -> anyhow::Result<ExitCode> {
+        let output: Json = serde_json::from_str(result).with_context(|| format!("--result is not JSON: {result}"))?;
         let body = json!({ "output": output }).to_string();
         self.call(reqwest::Method::POST, &format!("/tasks/{task_id}/complete"), Some(("application/json", body))).await?;
         println!("completed {task_id}; its result is published when the workflow records it");

@@ -9,9 +9,13 @@ fn ui_link(settings: &Settings, workflow_id: &str) -> String {
     settings.temporal_ui_link(workflow_id)
 }
 
-pub async fn list(settings: &Settings, limit: i64) -> anyhow::Result<ExitCode> {
+pub async fn list(settings: &Settings, limit: i64, format: crate::Format) -> anyhow::Result<ExitCode> {
     let pool = tf_store::connect(&settings.database_url).await?;
     let runs = tf_store::runs::recent_runs(&pool, limit).await?;
+    if format == crate::Format::Json {
+        crate::print_json(&runs)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if runs.is_empty() {
         println!("(no runs yet)");
     }
@@ -64,9 +68,13 @@ pub async fn cancel(settings: &Settings, run_id: &str, reason: &str) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn list_tasks(settings: &Settings, status: &str, limit: i64) -> anyhow::Result<ExitCode> {
+pub async fn list_tasks(settings: &Settings, status: &str, limit: i64, format: crate::Format) -> anyhow::Result<ExitCode> {
     let pool = tf_store::connect(&settings.database_url).await?;
     let tasks = tf_store::tasks::tasks_by_status(&pool, status, limit).await?;
+    if format == crate::Format::Json {
+        crate::print_json(&tasks)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if tasks.is_empty() {
         println!("(no {status} tasks)");
     }
@@ -77,8 +85,8 @@ pub async fn list_tasks(settings: &Settings, status: &str, limit: i64) -> anyhow
 }
 
 /// Completes a human task: signals its RunTask workflow, which records and publishes the result.
-pub async fn complete(settings: &Settings, task_id: &str, output: &str) -> anyhow::Result<ExitCode> {
-    let output: Json = serde_json::from_str(output).with_context(|| format!("--output is not JSON: {output}"))?;
+pub async fn complete(settings: &Settings, task_id: &str, result: &str) -> anyhow::Result<ExitCode> {
+    let output: Json = serde_json::from_str(result).with_context(|| format!("--result is not JSON: {result}"))?;
     let pool = tf_store::connect(&settings.database_url).await?;
     let task = tf_store::tasks::task(&pool, task_id).await?.with_context(|| format!("no task {task_id}"))?;
     anyhow::ensure!(task.task_type == "human", "task {task_id} is a {} task; only human tasks are completed by hand", task.task_type);

@@ -43,10 +43,11 @@ async fn client(settings: &Settings) -> anyhow::Result<temporalio_client::Client
     Ok(tf_temporal::connect(&settings.temporal_url, &settings.temporal_namespace, "tf-cli").await?)
 }
 
-pub async fn list(settings: &Settings) -> anyhow::Result<ExitCode> {
+pub async fn list(settings: &Settings, format: crate::Format) -> anyhow::Result<ExitCode> {
     let client = client(settings).await?;
     let mut stream = client.list_schedules(ListSchedulesOptions::default());
     let mut n = 0;
+    let mut rows = Vec::new();
     while let Some(s) = stream.next().await {
         let s = s?;
         if !s.schedule_id().starts_with(SCHEDULE_PREFIX) {
@@ -54,8 +55,16 @@ pub async fn list(settings: &Settings) -> anyhow::Result<ExitCode> {
         }
         n += 1;
         let next: Vec<String> = s.future_action_times().into_iter().take(3).map(fmt).collect();
+        if format == crate::Format::Json {
+            rows.push(serde_json::json!({"schedule_id": s.schedule_id(), "paused": s.paused(), "note": s.note(), "next": next}));
+            continue;
+        }
         let state = if s.paused() { format!("PAUSED ({})", s.note().unwrap_or("")) } else { "active".into() };
         println!("{}  {state}  next: {}", s.schedule_id(), next.join(", "));
+    }
+    if format == crate::Format::Json {
+        crate::print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
     }
     if n == 0 {
         println!("(no schedules; cron definitions get one from the worker's scheduler, or `tf schedules reconcile`)");

@@ -83,13 +83,13 @@ tasks:
     })
     .await;
     let completed = std::process::Command::new(workspace_binary("tf"))
-        .args(["tasks", "complete", &review_id, "--output", r#"{"approved": true, "by": "alice"}"#])
+        .args(["tasks", "complete", &review_id, "--result", r#"{"approved": true, "by": "alice"}"#])
         .env("TF_DATABASE_URL", &db.url)
         .output()
         .unwrap();
     assert!(completed.status.success(), "{}", String::from_utf8_lossy(&completed.stderr));
     let again = std::process::Command::new(workspace_binary("tf"))
-        .args(["tasks", "complete", &format!("{run_id}/ship/0"), "--output", "{}"])
+        .args(["tasks", "complete", &format!("{run_id}/ship/0"), "--result", "{}"])
         .env("TF_DATABASE_URL", &db.url)
         .output()
         .unwrap();
@@ -609,7 +609,7 @@ async fn an_oversize_result_is_published_truncated_and_an_unpublishable_one_is_q
         .unwrap();
     let big = json!({"blob": "y".repeat(50_000)}).to_string();
     let done = std::process::Command::new(workspace_binary("tf"))
-        .args(["tasks", "complete", &review, "--output", &big])
+        .args(["tasks", "complete", &review, "--result", &big])
         .env("TF_DATABASE_URL", &db.url)
         .output()
         .unwrap();
