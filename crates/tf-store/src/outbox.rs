@@ -16,6 +16,8 @@ pub struct FinishedTask<'a> {
     pub attempts: i32,
     /// The result record to publish, as JSON.
     pub record: &'a Json,
+    /// Sent as the record's `traceparent` header.
+    pub traceparent: Option<&'a str>,
 }
 
 /// Finishes a task and queues its result for the relay, once per task whatever the retries.
@@ -33,13 +35,16 @@ pub async fn record_result(pool: &PgPool, o: &FinishedTask<'_>) -> Result<bool, 
     .bind(o.attempts)
     .execute(&mut *tx)
     .await?;
-    let inserted = sqlx::query("INSERT INTO task_results (task_id, run_id, record) VALUES ($1, $2, $3) ON CONFLICT (task_id) DO NOTHING")
-        .bind(o.task_id)
-        .bind(o.run_id)
-        .bind(o.record)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    let inserted = sqlx::query(
+        "INSERT INTO task_results (task_id, run_id, record, traceparent) VALUES ($1, $2, $3, $4) ON CONFLICT (task_id) DO NOTHING",
+    )
+    .bind(o.task_id)
+    .bind(o.run_id)
+    .bind(o.record)
+    .bind(o.traceparent)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     tx.commit().await?;
     Ok(inserted == 1)
 }
@@ -52,13 +57,14 @@ pub struct PendingResult {
     pub task_id: String,
     pub run_id: String,
     pub record: Json,
+    pub traceparent: Option<String>,
 }
 
 /// Results after the marker `(txid, seq)` whose transactions are older than any still running,
 /// in marker order.
 pub async fn pending_results(pool: &PgPool, after: (i64, i64), limit: i64) -> Result<Vec<PendingResult>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT txid, seq, task_id, run_id, record FROM task_results
+        "SELECT txid, seq, task_id, run_id, record, traceparent FROM task_results
          WHERE (txid, seq) > ($1, $2)
            AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
          ORDER BY txid, seq LIMIT $3",

@@ -167,13 +167,17 @@ pub async fn set_context(pool: &PgPool, run_id: &str, context: &Json, sources: O
     Ok(())
 }
 
-pub async fn finish_run(pool: &PgPool, run_id: &str, status: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE activity_runs SET status = $2, finished_at = now() WHERE run_id = $1 AND status = 'running'")
-        .bind(run_id)
-        .bind(status)
-        .execute(pool)
-        .await?;
-    Ok(())
+/// Returns the definition and the run's duration in seconds (from its trigger firing) when this
+/// call finished it, `None` when it was already finished (a retried activity).
+pub async fn finish_run(pool: &PgPool, run_id: &str, status: &str) -> Result<Option<(String, f64)>, StoreError> {
+    Ok(sqlx::query_as(
+        "UPDATE activity_runs SET status = $2, finished_at = now() WHERE run_id = $1 AND status = 'running'
+         RETURNING definition_id, greatest(extract(epoch FROM finished_at - fired_at), 0)::float8",
+    )
+    .bind(run_id)
+    .bind(status)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// A run as operators list it.

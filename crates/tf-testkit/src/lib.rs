@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests. They talk to the real services of `scripts/stack`
 //! (or whatever the TF_* variables point at); nothing here stands in for a service.
 
+pub mod otlp;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -252,6 +254,12 @@ pub async fn apply_definition(pool: &sqlx::PgPool, yaml: &str) -> (String, i32) 
 
 /// Every committed result on taskfactory.results for runs whose id starts with `prefix`.
 pub async fn results_for(prefix: &str) -> Vec<serde_json::Value> {
+    result_records(prefix).await.into_iter().map(|(_, value)| value).collect()
+}
+
+/// Like [`results_for`], with each record's headers.
+pub async fn result_records(prefix: &str) -> Vec<(std::collections::HashMap<String, String>, serde_json::Value)> {
+    use rdkafka::message::Headers;
     let s = settings();
     let consumer: rdkafka::consumer::BaseConsumer = tf_kafka::client_config(&s.kafka_brokers)
         .set("group.id", unique("it-results"))
@@ -285,7 +293,13 @@ pub async fn results_for(prefix: &str) -> Vec<serde_json::Value> {
         match codec.decode(m.payload().unwrap()).await.unwrap() {
             tf_envelope::Decoded::Record { full_name, value, .. } => {
                 assert_eq!(full_name, "io.taskfactory.TaskResult");
-                out.push(value);
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect()
+                    })
+                    .unwrap_or_default();
+                out.push((headers, value));
             }
             other => panic!("{other:?}"),
         }

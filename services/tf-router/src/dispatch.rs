@@ -8,7 +8,9 @@ use std::time::Duration;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use serde_json::json;
 use tf_envelope::{DecodeError, Decoded};
+use tf_telemetry::trace::{continue_trace, traceparent};
 use tf_temporal::{FailureClass, StartOutcome, start_run};
+use tracing::Instrument;
 
 use crate::Shared;
 use crate::claims::ClaimFailure;
@@ -17,12 +19,38 @@ use crate::route::{Position, RouteError, route};
 
 /// Routes one record to the end: starts acknowledged or a DLQ write acknowledged. Dependency
 /// failures are retried here, with backoff, for as long as it takes.
+///
+/// Traces: a `decode` span and a `route` span (with `match` and one `start` per run inside)
+/// continue the producer's `traceparent`, and each run carries its `start` span's context on to
+/// the worker. A `traceparent` only in the envelope is known after decoding, so then only the
+/// `route` span joins the producer's trace.
 pub async fn process(shared: &Shared, msg: &OwnedMessage) {
     let at = Position { topic: msg.topic(), partition: msg.partition(), offset: msg.offset() };
+    let header_tp = msg
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == "traceparent").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()));
+    let decode_span = if header_tp.is_some() {
+        let span = tracing::info_span!("decode", topic = at.topic, partition = at.partition, offset = at.offset);
+        continue_trace(&span, header_tp.as_deref());
+        span
+    } else {
+        // Without the producer's context this would be a trace of its own, one per record.
+        tracing::Span::none()
+    };
+    let Some((event, event_time_ms)) = decode(shared, msg, &at).instrument(decode_span).await else { return };
+    let traceparent_in = header_tp.or_else(|| event["traceparent"].as_str().map(String::from));
+    let route_span = tracing::info_span!("route", topic = at.topic, partition = at.partition, offset = at.offset);
+    continue_trace(&route_span, traceparent_in.as_deref());
+    dispatch(shared, msg, &at, event, event_time_ms, traceparent_in).instrument(route_span).await
+}
+
+/// Decodes the record into an event and its event time, or dead-letters it (`None`).
+async fn decode(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>) -> Option<(serde_json::Value, i64)> {
     let payload = msg.payload().unwrap_or_default();
     if payload.len() > shared.cli.max_event_bytes {
         let message = format!("record is {} bytes, over the {}-byte limit", payload.len(), shared.cli.max_event_bytes);
-        return dead_letter(shared, msg, DeadLetter { stage: "size", class: "OversizeRecord", message }).await;
+        dead_letter(shared, msg, DeadLetter { stage: "size", class: "OversizeRecord", message }).await;
+        return None;
     }
     let subject = shared.cli.subject_policy.subject_for(msg.topic());
     let decoded = retry(shared, "decode", || async {
@@ -39,18 +67,20 @@ pub async fn process(shared: &Shared, msg: &OwnedMessage) {
     if let Some(t) = kafka_time {
         shared.metrics.event_age.observe((now_ms() - t) as f64 / 1000.0);
     }
-    let (event, event_time_ms) = match decoded {
+    let decoded = match decoded {
         Ok(Decoded::Envelope { event, .. }) => {
             let t = event.time.0;
             if !tf_definitions::dedupe::valid_event_time(t) {
                 let message = format!("event time {t} ms is outside 1970-01-01..9999-12-31");
-                return dead_letter(shared, msg, DeadLetter { stage: "event-time", class: "InvalidEventTime", message }).await;
+                dead_letter(shared, msg, DeadLetter { stage: "event-time", class: "InvalidEventTime", message }).await;
+                return None;
             }
             match serde_json::to_value(&event) {
                 Ok(v) => (v, t),
                 Err(e) => {
                     let message = format!("envelope does not convert to JSON: {e}");
-                    return dead_letter(shared, msg, DeadLetter { stage: "decode", class: "InvalidEnvelope", message }).await;
+                    dead_letter(shared, msg, DeadLetter { stage: "decode", class: "InvalidEnvelope", message }).await;
+                    return None;
                 }
             }
         }
@@ -74,80 +104,33 @@ pub async fn process(shared: &Shared, msg: &OwnedMessage) {
                 DecodeError::Registry(_) => "RegistryError",
                 DecodeError::WrongSubject { .. } => "WrongSubject",
             };
-            return dead_letter(shared, msg, DeadLetter { stage: "decode", class, message: e.to_string() }).await;
+            dead_letter(shared, msg, DeadLetter { stage: "decode", class, message: e.to_string() }).await;
+            return None;
         }
     };
-    let header_tp = msg
-        .headers()
-        .and_then(|h| h.iter().find(|h| h.key == "traceparent").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()));
-    let traceparent = header_tp.or_else(|| event["traceparent"].as_str().map(String::from));
+    Some(decoded)
+}
+
+/// Matches the event against the definitions and starts each run (or dead-letters the record).
+async fn dispatch(
+    shared: &Shared,
+    msg: &OwnedMessage,
+    at: &Position<'_>,
+    event: serde_json::Value,
+    event_time_ms: i64,
+    traceparent_in: Option<String>,
+) {
     let definitions = shared.definitions.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    let (runs, mut errors) = route(&definitions, &at, &event, event_time_ms, traceparent.as_deref());
+    let (runs, mut errors) =
+        tracing::info_span!("match").in_scope(|| route(&definitions, at, &event, event_time_ms, traceparent_in.as_deref()));
     if !runs.is_empty() {
         shared.metrics.records_matched.fetch_add(1, Ordering::Relaxed);
     }
 
     for mut run in runs {
-        let (def, key) = (run.definition_id.clone(), run.dedupe_key.clone());
-        let window = Duration::from_secs(run.dedupe_window_secs.max(1));
-        // Which window (generation) the event belongs to, opening the next one if none covers
-        // its time. A generation whose run exists needs no Temporal round trip.
-        let resolved = retry(shared, "claim", || async {
-            match shared.claims.resolve(&def, &key, event_time_ms, window).await {
-                Err(ClaimFailure::Transient(e)) => Err(e),
-                other => Ok(other),
-            }
-        })
-        .await;
-        let generation = match resolved {
-            Ok(g) => g,
-            Err(failure) => {
-                let message = match failure {
-                    ClaimFailure::Permanent(m) | ClaimFailure::Transient(m) => m,
-                };
-                errors.push(RouteError { definition_id: def.clone(), stage: "claim", message });
-                continue;
-            }
-        };
-        if generation.created {
-            shared.metrics.generations_opened.fetch_add(1, Ordering::Relaxed);
-        }
-        if generation.has_live_run() {
-            shared.metrics.runs_deduplicated_fast.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(definition = %def, key = %key, generation = generation.generation, "deduplicated by claim");
-            continue;
-        }
-        run.generation = generation.generation;
-        let asked = std::time::Instant::now();
-        let outcome = retry(shared, "start", || async {
-            match start_run(&shared.temporal, &shared.cli.settings.task_queue, run.clone()).await {
-                Ok(outcome) => Ok(Ok(outcome)),
-                Err(e) => match e.class() {
-                    FailureClass::Permanent => Ok(Err(e.to_string())),
-                    FailureClass::Transient => Err(e.to_string()),
-                    FailureClass::Misconfigured => {
-                        Err(format!("{e} (check TF_TEMPORAL_URL, TF_TEMPORAL_NAMESPACE and the Temporal credentials)"))
-                    }
-                },
-            }
-        })
-        .await;
-        match outcome {
-            Ok(StartOutcome::Started { .. }) => {
-                shared.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
-                shared.metrics.start_latency.observe(asked.elapsed().as_secs_f64());
-                tracing::debug!(definition = %def, key = %key, generation = generation.generation, offset = at.offset, "run started")
-            }
-            Ok(StartOutcome::Duplicate { .. }) => {
-                shared.metrics.runs_deduplicated.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(definition = %def, key = %key, "deduplicated")
-            }
-            Err(message) => errors.push(RouteError {
-                definition_id: def.clone(),
-                stage: "start",
-                message: format!("Temporal refused the start: {message}"),
-            }),
-        }
+        let span = tracing::info_span!("start", definition = %run.definition_id);
+        run.traceparent = traceparent(&span, traceparent_in.as_deref());
+        start(shared, &mut errors, run, event_time_ms, at).instrument(span).await;
     }
     if !errors.is_empty() {
         let stage = errors[0].stage;
@@ -163,6 +146,70 @@ pub async fn process(shared: &Shared, msg: &OwnedMessage) {
             _ => "StartRefused",
         };
         dead_letter(shared, msg, DeadLetter { stage, class, message }).await;
+    }
+}
+
+/// Resolves the run's claim generation and starts it; a refusal joins `errors`.
+async fn start(shared: &Shared, errors: &mut Vec<RouteError>, mut run: tf_temporal::RunInput, event_time_ms: i64, at: &Position<'_>) {
+    let (def, key) = (run.definition_id.clone(), run.dedupe_key.clone());
+    let window = Duration::from_secs(run.dedupe_window_secs.max(1));
+    // Which window (generation) the event belongs to, opening the next one if none covers
+    // its time. A generation whose run exists needs no Temporal round trip.
+    let resolved = retry(shared, "claim", || async {
+        match shared.claims.resolve(&def, &key, event_time_ms, window).await {
+            Err(ClaimFailure::Transient(e)) => Err(e),
+            other => Ok(other),
+        }
+    })
+    .await;
+    let generation = match resolved {
+        Ok(g) => g,
+        Err(failure) => {
+            let message = match failure {
+                ClaimFailure::Permanent(m) | ClaimFailure::Transient(m) => m,
+            };
+            errors.push(RouteError { definition_id: def.clone(), stage: "claim", message });
+            return;
+        }
+    };
+    if generation.created {
+        shared.metrics.generations_opened.fetch_add(1, Ordering::Relaxed);
+    }
+    if generation.has_live_run() {
+        shared.metrics.runs_deduplicated_fast.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(definition = %def, key = %key, generation = generation.generation, "deduplicated by claim");
+        return;
+    }
+    run.generation = generation.generation;
+    let asked = std::time::Instant::now();
+    let outcome = retry(shared, "start", || async {
+        match start_run(&shared.temporal, &shared.cli.settings.task_queue, run.clone()).await {
+            Ok(outcome) => Ok(Ok(outcome)),
+            Err(e) => match e.class() {
+                FailureClass::Permanent => Ok(Err(e.to_string())),
+                FailureClass::Transient => Err(e.to_string()),
+                FailureClass::Misconfigured => {
+                    Err(format!("{e} (check TF_TEMPORAL_URL, TF_TEMPORAL_NAMESPACE and the Temporal credentials)"))
+                }
+            },
+        }
+    })
+    .await;
+    match outcome {
+        Ok(StartOutcome::Started { .. }) => {
+            shared.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.start_latency.observe(asked.elapsed().as_secs_f64());
+            tracing::debug!(definition = %def, key = %key, generation = generation.generation, offset = at.offset, "run started")
+        }
+        Ok(StartOutcome::Duplicate { .. }) => {
+            shared.metrics.runs_deduplicated.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(definition = %def, key = %key, "deduplicated")
+        }
+        Err(message) => errors.push(RouteError {
+            definition_id: def.clone(),
+            stage: "start",
+            message: format!("Temporal refused the start: {message}"),
+        }),
     }
 }
 

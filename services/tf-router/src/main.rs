@@ -123,7 +123,7 @@ struct Shared {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tf_telemetry::init_logging("info");
+    let _telemetry = tf_telemetry::init_service("tf-router", "info").context("trace export (OTEL_EXPORTER_OTLP_*)")?;
     let cli = Cli::parse();
     let s = &cli.settings;
     tf_kafka::properties().context("extra Kafka properties (TF_KAFKA_PROPERTIES, TF_KAFKA__*)")?;

@@ -91,6 +91,9 @@ pub struct ResolveContextInput {
     pub spec: Json,
     pub event: Json,
     pub run: Json,
+    /// The run's trace (the router's start span), so the context lookup joins it.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// The context and how each source was obtained (cache hits, time taken).
@@ -152,6 +155,136 @@ impl RunActivities {
     /// definition at the version pinned by the router.
     #[activity(name = "BeginRun")]
     pub async fn begin_run(self: Arc<Self>, _ctx: ActivityContext, b: BeginRunInput) -> Result<BeginRunOutput, ActivityError> {
+        let span = activity_span("BeginRun", &b.run_id, b.input.traceparent.as_deref());
+        async move { self.begin(&b).await }.instrument(span).await
+    }
+
+    /// Resolves the definition's context sources in name order (later sources see earlier
+    /// ones). It touches only the user's systems, so its retries are bounded separately from
+    /// the bookkeeping's; the snapshot is stored by PlanTasks.
+    #[activity(name = "ResolveContext")]
+    pub async fn resolve_context(self: Arc<Self>, _ctx: ActivityContext, r: ResolveContextInput) -> Result<ResolvedContext, ActivityError> {
+        let span = activity_span("ResolveContext", &r.run_id, r.traceparent.as_deref());
+        async move {
+            let definition = Definition::from_spec_json(r.spec).map_err(|e| permanent(e.to_string()))?;
+            let resolved = self.sources.resolve(&definition, &r.event, &r.run).await.map_err(source_failure)?;
+            Ok(ResolvedContext { values: resolved.values, sources: resolved.sources })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Evaluates the task templates and records the tasks. Planning runs here, not in workflow
+    /// code, so its result is in the history: a replay on another worker never re-evaluates CEL
+    /// (whose map comprehensions iterate in hash order).
+    #[activity(name = "PlanTasks")]
+    pub async fn plan_tasks(self: Arc<Self>, _ctx: ActivityContext, p: PlanTasksInput) -> Result<Vec<TaskInput>, ActivityError> {
+        let span = activity_span("PlanTasks", &p.run_id, p.input.traceparent.as_deref());
+        async move { self.plan(p).await }.instrument(span).await
+    }
+
+    /// Does the work of an `http` or `kafka` task. Its output becomes the result's output.
+    #[activity(name = "ExecuteTask")]
+    pub async fn execute_task(self: Arc<Self>, ctx: ActivityContext, t: TaskInput) -> Result<TaskExecution, ActivityError> {
+        let attempt = ctx.info().attempt;
+        let span = tracing::info_span!(
+            "task",
+            otel.name = format!("task {}", t.template),
+            task_id = %t.task_id,
+            task_type = %t.task_type,
+            attempt,
+            trace_id = trace_id(t.traceparent.as_deref())
+        );
+        tf_telemetry::trace::continue_trace(&span, t.traceparent.as_deref());
+        // Heartbeats let Temporal notice a dead worker within the heartbeat timeout and run the
+        // attempt elsewhere, instead of waiting for the task's whole timeout.
+        let work = self.perform(&t).instrument(span);
+        tokio::pin!(work);
+        let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+        let output = loop {
+            tokio::select! {
+                out = &mut work => break out?,
+                _ = beat.tick() => {
+                    let _ = ctx.record_heartbeat(attempt).await;
+                }
+            }
+        };
+        Ok(TaskExecution { output, attempt })
+    }
+
+    #[activity(name = "MarkTask")]
+    pub async fn mark_task(self: Arc<Self>, _ctx: ActivityContext, m: MarkTaskInput) -> Result<(), ActivityError> {
+        tasks::set_task_status(&self.pool, &m.task_id, &m.status).await.map_err(store_failure)
+    }
+
+    /// Finishes the task and queues exactly one result record in the outbox.
+    #[activity(name = "RecordResult")]
+    pub async fn record_result(self: Arc<Self>, _ctx: ActivityContext, r: RecordResultInput) -> Result<bool, ActivityError> {
+        let span = activity_span("RecordResult", &r.task.run_id, r.task.traceparent.as_deref());
+        async move { self.record(&r).await }.instrument(span).await
+    }
+
+    #[activity(name = "FinishRun")]
+    pub async fn finish_run(self: Arc<Self>, _ctx: ActivityContext, f: FinishRunInput) -> Result<(), ActivityError> {
+        let finished = runs::finish_run(&self.pool, &f.run_id, &f.status).await.map_err(store_failure)?;
+        if let Some((definition_id, seconds)) = finished {
+            self.metrics.run_duration.observe(&definition_id, seconds);
+        }
+        Ok(())
+    }
+}
+
+impl RunActivities {
+    async fn record(&self, r: &RecordResultInput) -> Result<bool, ActivityError> {
+        let t = &r.task;
+        let record = TaskResult {
+            task_id: t.task_id.clone(),
+            run_id: t.run_id.clone(),
+            definition_id: t.definition_id.clone(),
+            definition_version: t.definition_version,
+            template: t.template.clone(),
+            task_type: t.task_type.clone(),
+            status: r.status.clone(),
+            output: r.output.as_ref().map(|o| o.to_string()),
+            error: r.error.clone(),
+            attempts: r.attempts as i32,
+            started_at_ms: r.started_at_ms,
+            finished_at_ms: r.finished_at_ms,
+            trigger: ResultTrigger {
+                kind: t.trigger.kind.to_uppercase(),
+                event_id: t.trigger.event_id.clone(),
+                topic: t.trigger.topic.clone(),
+                partition: t.trigger.partition,
+                offset: t.trigger.offset,
+                schedule_id: t.trigger.schedule_id.clone(),
+                scheduled_for_ms: t.trigger.scheduled_for_ms,
+            },
+            truncated: false,
+        };
+        let record = serde_json::to_value(&record).map_err(permanent_display)?;
+        let queued = outbox::record_result(
+            &self.pool,
+            &FinishedTask {
+                task_id: &t.task_id,
+                run_id: &t.run_id,
+                status: &r.status.to_lowercase(),
+                output: r.output.as_ref(),
+                error: r.error.as_deref(),
+                attempts: r.attempts as i32,
+                record: &record,
+                // The result record continues the trace: its consumers can join it.
+                traceparent: tf_telemetry::trace::traceparent(&tracing::Span::current(), t.traceparent.as_deref()).as_deref(),
+            },
+        )
+        .await
+        .map_err(store_failure)?;
+        if queued {
+            self.metrics.task_duration.observe(&t.definition_id, (r.finished_at_ms - r.started_at_ms).max(0) as f64 / 1000.0);
+        }
+        Ok(queued)
+    }
+
+    async fn begin(&self, b: &BeginRunInput) -> Result<BeginRunOutput, ActivityError> {
         let i = &b.input;
         let source = RunSource {
             trigger_kind: i.trigger.kind.clone(),
@@ -201,21 +334,7 @@ impl RunActivities {
         })
     }
 
-    /// Resolves the definition's context sources in name order (later sources see earlier
-    /// ones). It touches only the user's systems, so its retries are bounded separately from
-    /// the bookkeeping's; the snapshot is stored by PlanTasks.
-    #[activity(name = "ResolveContext")]
-    pub async fn resolve_context(self: Arc<Self>, _ctx: ActivityContext, r: ResolveContextInput) -> Result<ResolvedContext, ActivityError> {
-        let definition = Definition::from_spec_json(r.spec).map_err(|e| permanent(e.to_string()))?;
-        let resolved = self.sources.resolve(&definition, &r.event, &r.run).await.map_err(source_failure)?;
-        Ok(ResolvedContext { values: resolved.values, sources: resolved.sources })
-    }
-
-    /// Evaluates the task templates and records the tasks. Planning runs here, not in workflow
-    /// code, so its result is in the history: a replay on another worker never re-evaluates CEL
-    /// (whose map comprehensions iterate in hash order).
-    #[activity(name = "PlanTasks")]
-    pub async fn plan_tasks(self: Arc<Self>, _ctx: ActivityContext, p: PlanTasksInput) -> Result<Vec<TaskInput>, ActivityError> {
+    async fn plan(&self, p: PlanTasksInput) -> Result<Vec<TaskInput>, ActivityError> {
         let definition = Definition::from_spec_json(p.spec).map_err(|e| permanent(e.to_string()))?;
         let sources = (!p.context_sources.is_null()).then_some(&p.context_sources);
         runs::set_context(&self.pool, &p.run_id, &p.context, sources).await.map_err(store_failure)?;
@@ -263,90 +382,10 @@ impl RunActivities {
         Ok(tasks)
     }
 
-    /// Does the work of an `http` or `kafka` task. Its output becomes the result's output.
-    #[activity(name = "ExecuteTask")]
-    pub async fn execute_task(self: Arc<Self>, ctx: ActivityContext, t: TaskInput) -> Result<TaskExecution, ActivityError> {
-        let attempt = ctx.info().attempt;
-        let span = tracing::info_span!("task", task_id = %t.task_id, attempt, trace_id = trace_id(t.traceparent.as_deref()));
-        // Heartbeats let Temporal notice a dead worker within the heartbeat timeout and run the
-        // attempt elsewhere, instead of waiting for the task's whole timeout.
-        let work = self.perform(&t).instrument(span);
-        tokio::pin!(work);
-        let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
-        let output = loop {
-            tokio::select! {
-                out = &mut work => break out?,
-                _ = beat.tick() => {
-                    let _ = ctx.record_heartbeat(attempt).await;
-                }
-            }
-        };
-        Ok(TaskExecution { output, attempt })
-    }
-
-    #[activity(name = "MarkTask")]
-    pub async fn mark_task(self: Arc<Self>, _ctx: ActivityContext, m: MarkTaskInput) -> Result<(), ActivityError> {
-        tasks::set_task_status(&self.pool, &m.task_id, &m.status).await.map_err(store_failure)
-    }
-
-    /// Finishes the task and queues exactly one result record in the outbox.
-    #[activity(name = "RecordResult")]
-    pub async fn record_result(self: Arc<Self>, _ctx: ActivityContext, r: RecordResultInput) -> Result<bool, ActivityError> {
-        let t = &r.task;
-        let record = TaskResult {
-            task_id: t.task_id.clone(),
-            run_id: t.run_id.clone(),
-            definition_id: t.definition_id.clone(),
-            definition_version: t.definition_version,
-            template: t.template.clone(),
-            task_type: t.task_type.clone(),
-            status: r.status.clone(),
-            output: r.output.as_ref().map(|o| o.to_string()),
-            error: r.error.clone(),
-            attempts: r.attempts as i32,
-            started_at_ms: r.started_at_ms,
-            finished_at_ms: r.finished_at_ms,
-            trigger: ResultTrigger {
-                kind: t.trigger.kind.to_uppercase(),
-                event_id: t.trigger.event_id.clone(),
-                topic: t.trigger.topic.clone(),
-                partition: t.trigger.partition,
-                offset: t.trigger.offset,
-                schedule_id: t.trigger.schedule_id.clone(),
-                scheduled_for_ms: t.trigger.scheduled_for_ms,
-            },
-            truncated: false,
-        };
-        let record = serde_json::to_value(&record).map_err(permanent_display)?;
-        let queued = outbox::record_result(
-            &self.pool,
-            &FinishedTask {
-                task_id: &t.task_id,
-                run_id: &t.run_id,
-                status: &r.status.to_lowercase(),
-                output: r.output.as_ref(),
-                error: r.error.as_deref(),
-                attempts: r.attempts as i32,
-                record: &record,
-            },
-        )
-        .await
-        .map_err(store_failure)?;
-        if queued {
-            self.metrics.task_duration.observe(&t.definition_id, (r.finished_at_ms - r.started_at_ms).max(0) as f64 / 1000.0);
-        }
-        Ok(queued)
-    }
-
-    #[activity(name = "FinishRun")]
-    pub async fn finish_run(self: Arc<Self>, _ctx: ActivityContext, f: FinishRunInput) -> Result<(), ActivityError> {
-        runs::finish_run(&self.pool, &f.run_id, &f.status).await.map_err(store_failure)
-    }
-}
-
-impl RunActivities {
     async fn perform(&self, t: &TaskInput) -> Result<Json, ActivityError> {
         let p = &t.params;
+        // What the task hands on is its own span, so the receiving system continues the trace.
+        let traceparent = tf_telemetry::trace::traceparent(&tracing::Span::current(), t.traceparent.as_deref());
         let output = match t.task_type.as_str() {
             "kafka" => {
                 let topic = p["topic"].as_str().ok_or_else(|| permanent("kafka task: params.topic must be a string"))?;
@@ -357,7 +396,7 @@ impl RunActivities {
                 };
                 let value = serde_json::to_vec(&p["value"]).map_err(permanent_display)?;
                 let mut headers = OwnedHeaders::new().insert(Header { key: "taskfactory.task_id", value: Some(&t.task_id) });
-                if let Some(tp) = &t.traceparent {
+                if let Some(tp) = &traceparent {
                     headers = headers.insert(Header { key: "traceparent", value: Some(tp) });
                 }
                 let mut record = FutureRecord::to(topic).payload(&value).headers(headers);
@@ -375,7 +414,7 @@ impl RunActivities {
                 let url = p["url"].as_str().ok_or_else(|| permanent("http task: params.url must be a string"))?;
                 let method = p["method"].as_str().unwrap_or(if p["body"].is_null() && p["text"].is_null() { "GET" } else { "POST" });
                 let mut headers = vec![("x-taskfactory-task-id".to_string(), t.task_id.clone())];
-                if let Some(tp) = &t.traceparent {
+                if let Some(tp) = &traceparent {
                     headers.push(("traceparent".into(), tp.clone()));
                 }
                 match &p["headers"] {
@@ -416,6 +455,13 @@ impl RunActivities {
         };
         Ok(output)
     }
+}
+
+/// The span of one activity attempt, a child of the run's trace.
+fn activity_span(name: &'static str, run_id: &str, traceparent: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!("activity", otel.name = name, run_id = %run_id, trace_id = trace_id(traceparent));
+    tf_telemetry::trace::continue_trace(&span, traceparent);
+    span
 }
 
 /// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`), for log spans.

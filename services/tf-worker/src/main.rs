@@ -6,6 +6,7 @@ mod http;
 mod metrics;
 mod relay;
 mod scheduler;
+mod sdk_metrics;
 mod sources;
 mod workflows;
 
@@ -73,7 +74,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tf_telemetry::init_logging("info");
+    let _telemetry = tf_telemetry::init_service("tf-worker", "info").context("trace export (OTEL_EXPORTER_OTLP_*)")?;
     let cli = Cli::parse();
     let s = &cli.settings;
     tf_kafka::properties().context("extra Kafka properties (TF_KAFKA_PROPERTIES, TF_KAFKA__*)")?;
@@ -125,7 +126,9 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
-    let runtime = Runtime::from_current_tokio(RuntimeOptions::default())?;
+    let meter: Arc<dyn temporalio_common::telemetry::metrics::CoreMeter> = Arc::new(metrics.sdk.clone());
+    let telemetry = temporalio_common::telemetry::TelemetryOptions::builder().metrics(meter).build();
+    let runtime = Runtime::from_current_tokio(RuntimeOptions::builder().telemetry_options(telemetry).build().map_err(anyhow::Error::msg)?)?;
     let options = WorkerOptions::new(s.task_queue.as_str())
         .register_activities(activities::RunActivities { pool: pool.clone(), metrics: metrics.clone(), producer, sources })
         .register_workflow::<workflows::RunActivityWorkflow>()?

@@ -1,5 +1,5 @@
-//! The worker's Prometheus metrics: the results relay and the schedule reconciler. Workflow and
-//! activity metrics are Temporal's own (server side, and the UI).
+//! The worker's Prometheus metrics: the results relay, the schedule reconciler, task and run
+//! durations, and the Temporal SDK's own worker metrics (`temporal_*`, see `sdk_metrics`).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -23,6 +23,10 @@ pub struct Metrics {
     pub results_oldest_pending_seconds: AtomicI64,
     /// From a task's start to its result, by definition.
     pub task_duration: tf_telemetry::LabeledHistograms,
+    /// From a run's trigger firing to its end, by definition.
+    pub run_duration: tf_telemetry::LabeledHistograms,
+    /// What the Temporal SDK reports about this worker.
+    pub sdk: crate::sdk_metrics::SdkMetrics,
 }
 
 impl Default for Metrics {
@@ -38,6 +42,8 @@ impl Default for Metrics {
             reconcile_failures: Default::default(),
             results_oldest_pending_seconds: Default::default(),
             task_duration: tf_telemetry::LabeledHistograms::new("definition", TASK_BOUNDS),
+            run_duration: tf_telemetry::LabeledHistograms::new("definition", TASK_BOUNDS),
+            sdk: Default::default(),
         }
     }
 }
@@ -111,6 +117,12 @@ impl Metrics {
             &[("", g(&self.results_oldest_pending_seconds))],
         );
         self.task_duration.render(&mut out, "tf_worker_task_duration_seconds", "From a task's start to its result, by definition.");
+        self.run_duration.render(
+            &mut out,
+            "tf_worker_run_duration_seconds",
+            "From a run's trigger firing to the run's end, by definition.",
+        );
+        self.sdk.render(&mut out);
         tf_telemetry::build_info(&mut out, "tf-worker", env!("CARGO_PKG_VERSION"));
         out
     }

@@ -316,10 +316,11 @@ impl Relay {
         let sent: Result<(), RelayError> = async {
             let mut deliveries = Vec::with_capacity(encoded.len() + 1);
             for (row, bytes) in &encoded {
-                let record = FutureRecord::to(RESULTS_TOPIC)
-                    .key(&row.run_id)
-                    .payload(bytes)
-                    .headers(OwnedHeaders::new().insert(Header { key: "taskfactory.task_id", value: Some(&row.task_id) }));
+                let mut headers = OwnedHeaders::new().insert(Header { key: "taskfactory.task_id", value: Some(&row.task_id) });
+                if let Some(tp) = &row.traceparent {
+                    headers = headers.insert(Header { key: "traceparent", value: Some(tp) });
+                }
+                let record = FutureRecord::to(RESULTS_TOPIC).key(&row.run_id).payload(bytes).headers(headers);
                 deliveries.push((Some(row.task_id.clone()), self.producer.send_result(record).map_err(|(e, _)| in_transaction(e))?));
             }
             let marker_json = serde_json::json!({"txid": next.0, "seq": next.1}).to_string();

@@ -157,7 +157,13 @@ impl RunActivityWorkflow {
             "trigger": input.trigger,
         });
         let event = input.event.clone().unwrap_or(Json::Null);
-        let resolve = ResolveContextInput { run_id: run_id.clone(), spec: spec.clone(), event: event.clone(), run: run.clone() };
+        let resolve = ResolveContextInput {
+            run_id: run_id.clone(),
+            spec: spec.clone(),
+            event: event.clone(),
+            run: run.clone(),
+            traceparent: input.traceparent.clone(),
+        };
         // Sources that call out may be slow: those run as a regular activity. The choice depends
         // only on the pinned definition, so replays make it the same way.
         let calls_out = definition.context.iter().any(|(_, s)| s.calls_out());

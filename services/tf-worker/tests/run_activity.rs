@@ -209,6 +209,7 @@ async fn recording_a_result_twice_queues_it_once() {
         error: None,
         attempts: 1,
         record: &record,
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
     };
     // The first attempt recorded the result, then died before reporting success; Temporal
     // runs the activity again.
