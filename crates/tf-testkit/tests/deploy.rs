@@ -63,3 +63,31 @@ fn alert_rules_and_the_dashboard_use_exported_metrics() {
     assert!(unknown.is_empty(), "not exported by any service: {unknown:?}");
     assert_eq!(metric_names("sum(rate(tf_a_total[1m])) / tf_b"), ["tf_a_total", "tf_b"]);
 }
+
+/// Every setting the Kubernetes manifests pass a service is one the README documents, so a
+/// renamed variable cannot leave the manifests silently configuring nothing.
+#[test]
+fn kubernetes_manifests_set_only_documented_variables() {
+    let root = tf_testkit::repo_root();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut seen = BTreeSet::new();
+    for entry in std::fs::read_dir(root.join("deploy/kubernetes")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+            for token in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if token.starts_with("TF_") || token.starts_with("OTEL_") {
+                    seen.insert(token.to_string());
+                }
+            }
+        }
+    }
+    assert!(seen.contains("TF_ROUTER_INSTANCE_ID") && seen.contains("TF_DATABASE_URL"), "{seen:?}");
+    // `TF_API_TOKEN__OPS` is an instance of the documented `TF_API_TOKEN__<NAME>`.
+    let documented = |v: &str| readme.contains(&format!("`{v}`")) || v.strip_prefix("TF_API_TOKEN__").is_some();
+    let undocumented: Vec<_> = seen.iter().filter(|v| !documented(v)).collect();
+    assert!(undocumented.is_empty(), "set in deploy/kubernetes but not documented in the README: {undocumented:?}");
+}
