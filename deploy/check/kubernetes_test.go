@@ -11,7 +11,7 @@ import (
 func copyManifests(t *testing.T, file string, edit func(string) string) string {
 	t.Helper()
 	dir := t.TempDir()
-	files, _ := filepath.Glob("../*.yaml")
+	files, _ := filepath.Glob("../kubernetes/*.yaml")
 	for _, f := range files {
 		raw, err := os.ReadFile(f)
 		if err != nil {
@@ -33,7 +33,7 @@ func copyManifests(t *testing.T, file string, edit func(string) string) string {
 }
 
 func TestTheCommittedManifestsAreValid(t *testing.T) {
-	objects, problems := Check("..")
+	objects, problems := CheckKubernetes("../kubernetes")
 	if len(problems) > 0 {
 		t.Fatalf("problems: %v", problems)
 	}
@@ -60,7 +60,7 @@ func TestBrokenManifestsAreNamed(t *testing.T) {
 	}
 	for _, c := range cases {
 		dir := copyManifests(t, c.file, func(s string) string { return strings.Replace(s, c.old, c.new, 1) })
-		_, problems := Check(dir)
+		_, problems := CheckKubernetes(dir)
 		joined := strings.Join(problems, "\n")
 		if !strings.Contains(joined, c.want) {
 			t.Errorf("%s: %q -> %q: want a problem containing %q, got:\n%s", c.file, c.old, c.new, c.want, joined)

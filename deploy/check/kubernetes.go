@@ -1,12 +1,9 @@
-// Command check validates the Kubernetes manifests in deploy/kubernetes offline: every object
-// decodes strictly into the Kubernetes API types (an unknown field, a wrong type or a
-// duplicate key is an error, as the API server's strict field validation would say), names and
-// labels are valid, and the objects agree with each other: selectors select their pods,
-// probes and Services name ports that exist, every ConfigMap, Secret and key a pod refers to is
-// in the set, kustomization.yaml lists every file, and the router is a static group member
-// under its pod name.
-//
-// Usage: go run . [dir]   (dir defaults to "..")
+// The Kubernetes manifests (deploy/kubernetes): every object decodes strictly into the
+// Kubernetes API types (an unknown field, a wrong type or a duplicate key is an error, as the
+// API server's strict field validation would say), names and labels are valid, and the objects
+// agree with each other: selectors select their pods, probes and Services name ports that
+// exist, every ConfigMap, Secret and key a pod refers to is in the set, kustomization.yaml
+// lists every file, and the router is a static group member under its pod name.
 package main
 
 import (
@@ -30,28 +27,6 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-func main() {
-	dir := ".."
-	if len(os.Args) > 1 {
-		if os.Args[1] == "-h" || os.Args[1] == "--help" {
-			fmt.Println("usage: check [dir]  validates the Kubernetes manifests in dir (default ..) offline")
-			return
-		}
-		dir = os.Args[1]
-	}
-	objects, problems := Check(dir)
-	for _, o := range objects {
-		fmt.Printf("ok   %s\n", o)
-	}
-	for _, p := range problems {
-		fmt.Fprintf(os.Stderr, "FAIL %s\n", p)
-	}
-	if len(problems) > 0 {
-		os.Exit(1)
-	}
-	fmt.Printf("%d objects in %s are valid\n", len(objects), dir)
-}
-
 type set struct {
 	configMaps  map[string]map[string]string
 	secrets     map[string]map[string]bool
@@ -73,8 +48,9 @@ func (s *set) fail(format string, args ...any) {
 	s.problems = append(s.problems, fmt.Sprintf(format, args...))
 }
 
-// Check validates every manifest in dir and returns the objects it read and the problems found.
-func Check(dir string) ([]string, []string) {
+// CheckKubernetes validates every manifest in dir and returns the objects it read and the
+// problems found.
+func CheckKubernetes(dir string) ([]string, []string) {
 	scheme := runtime.NewScheme()
 	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme, batchv1.AddToScheme, policyv1.AddToScheme} {
 		if err := add(scheme); err != nil {
