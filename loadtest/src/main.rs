@@ -105,8 +105,7 @@ fn now_ms() -> i64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
-    tf_kafka::properties().context("extra Kafka properties (TF_KAFKA_PROPERTIES, TF_KAFKA__*)")?;
-    tf_envelope::registry::auth().context("schema registry credentials (TF_SCHEMA_REGISTRY_*)")?;
+    tf_config::check_connection_settings()?;
     if let Some(Command::Chaos(args)) = &cli.command {
         return chaos::run(&cli.settings, args).await;
     }

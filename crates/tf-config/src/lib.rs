@@ -13,6 +13,28 @@ pub use secrets::Secrets;
 
 use clap::{Args, Parser};
 
+/// A connection setting beyond [`Settings`] that cannot be used, named by its variables.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionSettingsError {
+    #[error("extra Kafka properties (TF_KAFKA_PROPERTIES, TF_KAFKA__*): {0}")]
+    Kafka(#[from] kafka::KafkaPropertiesError),
+    #[error("schema registry credentials (TF_SCHEMA_REGISTRY_*): {0}")]
+    Registry(#[from] registry::RegistryAuthError),
+    #[error("Temporal TLS and API key (TF_TEMPORAL_TLS*, TF_TEMPORAL_API_KEY): {0}")]
+    Temporal(#[from] temporal::TemporalAccessError),
+}
+
+/// Reads the Kafka properties, registry credentials and Temporal access settings once, so a
+/// binary stops at start with the bad setting's name instead of failing at its first use.
+/// The clients read them again through their own caches (`tf_kafka::properties`,
+/// `tf_envelope::registry::auth`, `tf_temporal::access`).
+pub fn check_connection_settings() -> Result<(), ConnectionSettingsError> {
+    kafka::from_env()?;
+    registry::from_env()?;
+    temporal::from_env()?;
+    Ok(())
+}
+
 /// Where the task factory finds Kafka, the schema registry, Temporal and PostgreSQL. In every
 /// `--help` they stand under their own heading, apart from each command's options.
 #[derive(Debug, Clone, Args)]

@@ -122,21 +122,21 @@ pub async fn mark_published_through(pool: &PgPool, marker: (i64, i64)) -> Result
     .rows_affected())
 }
 
-/// Seconds since the oldest result still waiting for the relay was queued (0 when none waits).
-pub async fn oldest_unpublished_age_secs(pool: &PgPool) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::bigint FROM task_results
-         WHERE published_at IS NULL AND quarantined_at IS NULL",
+/// What waits for the relay: results queued and not yet published, and the seconds since the
+/// oldest of them was queued (0 when none waits), the relay's lag.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct Backlog {
+    pub pending: i64,
+    pub oldest_age_secs: i64,
+}
+
+pub async fn backlog(pool: &PgPool) -> Result<Backlog, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT count(*) AS pending, coalesce(extract(epoch FROM now() - min(created_at)), 0)::bigint AS oldest_age_secs
+         FROM task_results WHERE published_at IS NULL AND quarantined_at IS NULL",
     )
     .fetch_one(pool)
     .await?)
-}
-
-/// Results queued in the outbox and not yet published.
-pub async fn unpublished_results(pool: &PgPool) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM task_results WHERE published_at IS NULL AND quarantined_at IS NULL")
-        .fetch_one(pool)
-        .await?)
 }
 
 /// Takes the deployment's relay lock on this session (a PostgreSQL session-level advisory lock

@@ -184,8 +184,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let _telemetry = tf_telemetry::init_service("tf-api", "info").context("trace export (OTEL_EXPORTER_OTLP_*)")?;
-    tf_kafka::properties().context("extra Kafka properties (TF_KAFKA_PROPERTIES, TF_KAFKA__*)")?;
-    tf_envelope::registry::auth().context("schema registry credentials (TF_SCHEMA_REGISTRY_*)")?;
+    tf_config::check_connection_settings()?;
     let tokens = auth::Tokens::load(cli.tokens.as_deref(), std::env::vars())?;
     anyhow::ensure!(
         !tokens.is_empty(),

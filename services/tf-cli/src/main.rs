@@ -324,12 +324,8 @@ enum DemoCommand {
 async fn main() -> std::process::ExitCode {
     tf_telemetry::init_logging("warn");
     let cli = Cli::parse();
-    if let Err(e) = tf_kafka::properties() {
-        eprintln!("error: extra Kafka properties (TF_KAFKA_PROPERTIES, TF_KAFKA__*): {e}");
-        return std::process::ExitCode::FAILURE;
-    }
-    if let Err(e) = tf_envelope::registry::auth() {
-        eprintln!("error: schema registry credentials (TF_SCHEMA_REGISTRY_*): {e}");
+    if let Err(e) = tf_config::check_connection_settings() {
+        eprintln!("error: {e}");
         return std::process::ExitCode::FAILURE;
     }
     let result = match &cli.api_url {

@@ -71,11 +71,7 @@ impl Remote {
 
     pub async fn list_definitions(&self, format: crate::Format) -> anyhow::Result<ExitCode> {
         let out = self.call(reqwest::Method::GET, "/definitions", None).await?;
-        if format == crate::Format::Json {
-            crate::print_json(&out["definitions"])?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        let rows = out["definitions"].as_array().cloned().unwrap_or_default();
+        let Some(rows) = listed(&out, "definitions", format)? else { return Ok(ExitCode::SUCCESS) };
         println!("{:<32} {:>7} {:<8} {:<6} NAME", "ID", "VERSION", "STATE", "KIND");
         for r in &rows {
             println!(
@@ -119,11 +115,7 @@ impl Remote {
 
     pub async fn list_runs(&self, limit: i64, format: crate::Format) -> anyhow::Result<ExitCode> {
         let out = self.call(reqwest::Method::GET, &format!("/runs?limit={}", limit.clamp(1, 500)), None).await?;
-        if format == crate::Format::Json {
-            crate::print_json(&out["runs"])?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        let runs = out["runs"].as_array().cloned().unwrap_or_default();
+        let Some(runs) = listed(&out, "runs", format)? else { return Ok(ExitCode::SUCCESS) };
         if runs.is_empty() {
             println!("(no runs yet)");
         }
@@ -163,11 +155,7 @@ impl Remote {
     /// The API's inbox holds human tasks only.
     pub async fn list_tasks(&self, status: &str, limit: i64, format: crate::Format) -> anyhow::Result<ExitCode> {
         let out = self.call(reqwest::Method::GET, &format!("/tasks?status={status}&limit={}", limit.clamp(1, 500)), None).await?;
-        if format == crate::Format::Json {
-            crate::print_json(&out["tasks"])?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        let tasks = out["tasks"].as_array().cloned().unwrap_or_default();
+        let Some(tasks) = listed(&out, "tasks", format)? else { return Ok(ExitCode::SUCCESS) };
         if tasks.is_empty() {
             println!("(no {status} human tasks)");
         }
@@ -196,4 +184,14 @@ impl Remote {
 /// A definition id as one path segment (ids are `[a-z0-9._-]`, so this only guards typos).
 fn segment(id: &str) -> String {
     id.replace('%', "%25").replace('/', "%2F").replace('?', "%3F").replace('#', "%23")
+}
+
+/// The list under `field` of an API answer to show as a table, or `None` once it has been
+/// printed as JSON (`-o json`).
+fn listed(out: &Json, field: &str, format: crate::Format) -> anyhow::Result<Option<Vec<Json>>> {
+    if format == crate::Format::Json {
+        crate::print_json(&out[field])?;
+        return Ok(None);
+    }
+    Ok(Some(out[field].as_array().cloned().unwrap_or_default()))
 }

@@ -126,8 +126,7 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = tf_telemetry::init_service("tf-router", "info").context("trace export (OTEL_EXPORTER_OTLP_*)")?;
     let cli = Cli::parse();
     let s = &cli.settings;
-    tf_kafka::properties().context("extra Kafka properties (TF_KAFKA_PROPERTIES, TF_KAFKA__*)")?;
-    tf_envelope::registry::auth().context("schema registry credentials (TF_SCHEMA_REGISTRY_*)")?;
+    tf_config::check_connection_settings()?;
     // Before anything decodes: no length prefix may make the decoder allocate beyond a record.
     tf_envelope::bound_decoding(cli.max_event_bytes);
     let pool = tf_store::connect(&s.database_url).await?;

@@ -77,8 +77,7 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = tf_telemetry::init_service("tf-worker", "info").context("trace export (OTEL_EXPORTER_OTLP_*)")?;
     let cli = Cli::parse();
     let s = &cli.settings;
-    tf_kafka::properties().context("extra Kafka properties (TF_KAFKA_PROPERTIES, TF_KAFKA__*)")?;
-    tf_envelope::registry::auth().context("schema registry credentials (TF_SCHEMA_REGISTRY_*)")?;
+    tf_config::check_connection_settings()?;
 
     let pool = tf_store::connect(&s.database_url).await?;
     let datasources = tf_config::Datasources::load(cli.datasources_file.as_deref(), std::env::vars())?;

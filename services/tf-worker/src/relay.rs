@@ -210,12 +210,7 @@ impl Relay {
                 }
                 Ok(None) => {
                     self.record_placements(&mut unrecorded).await;
-                    if let Ok(n) = tf_store::outbox::unpublished_results(&self.pool).await {
-                        self.metrics.results_pending.store(n, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    if let Ok(age) = tf_store::outbox::oldest_unpublished_age_secs(&self.pool).await {
-                        self.metrics.results_oldest_pending_seconds.store(age, std::sync::atomic::Ordering::Relaxed);
-                    }
+                    self.observe_backlog().await;
                 }
                 Err(None) => backoff = (backoff * 2).min(Duration::from_secs(10)),
                 Err(Some(e @ RelayError::Producer(_))) => return Err(e),
@@ -223,9 +218,7 @@ impl Relay {
                     self.metrics.relay_batches_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(error = %e, "results relay batch failed; retrying");
                     // Relay lag keeps growing while batches fail: let the gauge show it.
-                    if let Ok(age) = tf_store::outbox::oldest_unpublished_age_secs(&self.pool).await {
-                        self.metrics.results_oldest_pending_seconds.store(age, std::sync::atomic::Ordering::Relaxed);
-                    }
+                    self.observe_backlog().await;
                     marker_stale = e.leaves_marker_unknown();
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
@@ -276,6 +269,14 @@ impl Relay {
                 }
                 Err(e) => return Err(in_transaction(e)),
             }
+        }
+    }
+
+    /// Updates the pending and relay-lag gauges; a failed look is skipped, the next one counts.
+    async fn observe_backlog(&self) {
+        if let Ok(b) = tf_store::outbox::backlog(&self.pool).await {
+            self.metrics.results_pending.store(b.pending, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.results_oldest_pending_seconds.store(b.oldest_age_secs, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

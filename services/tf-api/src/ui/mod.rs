@@ -138,6 +138,18 @@ struct PageQuery {
     error: Option<String>,
 }
 
+impl PageQuery {
+    /// The console's own parameters of a page's query (an unreadable query has none).
+    fn of(raw: &Option<String>) -> PageQuery {
+        query::<PageQuery>(raw).map(|q| q.0).unwrap_or_default()
+    }
+
+    /// The message a redirect left for the page (`flash`, or `error` shown as one).
+    fn flash(&self) -> String {
+        html::flash(self.flash.as_deref().or(self.error.as_deref()), self.error.is_some())
+    }
+}
+
 /// The query without the console's own parameters, for the API handler.
 fn api_query(raw: &Option<String>) -> Option<String> {
     raw.as_ref().map(|q| {
@@ -157,7 +169,7 @@ fn run_link(run_id: &str) -> String {
 
 async fn runs(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let (auth, who) = signed_in!(state, headers);
-    let own: PageQuery = query::<PageQuery>(&raw).map(|q| q.0).unwrap_or_default();
+    let own = PageQuery::of(&raw);
     let filters: Value = query::<Value>(&raw).map(|q| q.0).unwrap_or(json!({}));
     let out = match crate::runs::list(State(state.clone()), auth, query(&api_query(&raw))).await {
         Ok(axum::Json(v)) => v,
@@ -217,14 +229,14 @@ async fn runs(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): 
 <div id="runs" data-refresh="5000" aria-live="polite">{listing}</div>"#,
         field("definition"),
         field("key"),
-        flash = html::flash(own.flash.as_deref().or(own.error.as_deref()), own.error.is_some()),
+        flash = own.flash(),
     );
     Html(page("Runs", "/ui/runs", Some(&who), &body)).into_response()
 }
 
 async fn run(State(state): State<AppState>, headers: HeaderMap, Path(run_id): Path<String>, RawQuery(raw): RawQuery) -> Response {
     let (auth, who) = signed_in!(state, headers);
-    let own: PageQuery = query::<PageQuery>(&raw).map(|q| q.0).unwrap_or_default();
+    let own = PageQuery::of(&raw);
     let r = match crate::runs::describe(State(state.clone()), auth, Path(run_id.clone())).await {
         Ok(axum::Json(v)) => v,
         Err(e) => return failure(e, &who, "/ui/runs"),
@@ -310,7 +322,7 @@ async fn run(State(state): State<AppState>, headers: HeaderMap, Path(run_id): Pa
 <section aria-labelledby="tasks-h"><h2 id="tasks-h">Tasks</h2>{tasks}</section>
 <section aria-labelledby="ctx"><h2 id="ctx">Context snapshot</h2><pre>{context}</pre>
 <h3>How each source was obtained</h3><pre>{sources}</pre></section>"#,
-        flash = html::flash(own.flash.as_deref().or(own.error.as_deref()), own.error.is_some()),
+        flash = own.flash(),
         ui = esc(r["temporal_ui"].as_str().unwrap_or("#")),
         tasks = table("Tasks of the run", &["Task", "Type", "Status", "Output", "Error"], &task_rows, "No tasks."),
         context = esc(&serde_json::to_string_pretty(&r["context"]).unwrap_or_default()),
@@ -450,7 +462,7 @@ async fn definition(State(state): State<AppState>, headers: HeaderMap, Path(id):
 
 async fn tasks(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let (auth, who) = signed_in!(state, headers);
-    let own: PageQuery = query::<PageQuery>(&raw).map(|q| q.0).unwrap_or_default();
+    let own = PageQuery::of(&raw);
     let out = match crate::tasks::inbox(State(state.clone()), auth, query(&api_query(&raw))).await {
         Ok(axum::Json(v)) => v,
         Err(e) => return failure(e, &who, "/ui/tasks"),
@@ -479,16 +491,13 @@ async fn tasks(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw):
     if own.fragment.is_some() {
         return Html(listing).into_response();
     }
-    let body = format!(
-        r#"{}<div id="inbox" data-refresh="5000" aria-live="polite">{listing}</div>"#,
-        html::flash(own.flash.as_deref().or(own.error.as_deref()), own.error.is_some())
-    );
+    let body = format!(r#"{}<div id="inbox" data-refresh="5000" aria-live="polite">{listing}</div>"#, own.flash());
     Html(page("Human tasks", "/ui/tasks", Some(&who), &body)).into_response()
 }
 
 async fn task(State(state): State<AppState>, headers: HeaderMap, Path(task_id): Path<String>, RawQuery(raw): RawQuery) -> Response {
     let (auth, who) = signed_in!(state, headers);
-    let own: PageQuery = query::<PageQuery>(&raw).map(|q| q.0).unwrap_or_default();
+    let own = PageQuery::of(&raw);
     if let Err(e) = state.tokens.require(&auth, Scope::Tasks) {
         return failure(e, &who, "/ui/tasks");
     }
@@ -516,7 +525,7 @@ async fn task(State(state): State<AppState>, headers: HeaderMap, Path(task_id): 
     let body = format!(
         r#"{flash}<p>Status {st} · {kind} task · created {created} · run {run}</p>
 <h2>Parameters</h2><pre>{params}</pre>{forms}"#,
-        flash = html::flash(own.flash.as_deref().or(own.error.as_deref()), own.error.is_some()),
+        flash = own.flash(),
         st = status(&t.status),
         kind = esc(&t.task_type),
         created = esc(&t.created_at),
@@ -566,7 +575,7 @@ async fn task_action(State(state): State<AppState>, headers: HeaderMap, Path(pat
 
 async fn dead_letters(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let (auth, who) = signed_in!(state, headers);
-    let own: PageQuery = query::<PageQuery>(&raw).map(|q| q.0).unwrap_or_default();
+    let own = PageQuery::of(&raw);
     let filters: Value = query::<Value>(&raw).map(|q| q.0).unwrap_or(json!({}));
     let out = match crate::dlq::browse(State(state.clone()), auth, query(&api_query(&raw))).await {
         Ok(axum::Json(v)) => v,
@@ -616,7 +625,7 @@ async fn dead_letters(State(state): State<AppState>, headers: HeaderMap, RawQuer
             &rows,
             "No dead letters match."
         ),
-        flash = html::flash(own.flash.as_deref().or(own.error.as_deref()), own.error.is_some()),
+        flash = own.flash(),
     );
     Html(page("Dead letters", "/ui/dead-letters", Some(&who), &body)).into_response()
 }
@@ -653,7 +662,7 @@ async fn lag_page(State(state): State<AppState>, headers: HeaderMap, RawQuery(ra
     if let Err(e) = state.tokens.require(&auth, Scope::Read) {
         return failure(e, &who, "/ui/lag");
     }
-    let own: PageQuery = query::<PageQuery>(&raw).map(|q| q.0).unwrap_or_default();
+    let own = PageQuery::of(&raw);
     let samples = state.lag.samples();
     let mut out = String::new();
     if let Some(e) = state.lag.last_error() {
