@@ -60,6 +60,11 @@ struct Cli {
     /// Requests in flight at once, for `--via http`.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Measure routing only: wait for the router's commits, not for runs, so it also works with
+    /// no worker running (the fair comparison with `tf-loadtest bare`, whose workflows nobody
+    /// runs either).
+    #[arg(long)]
+    routing_only: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -69,9 +74,17 @@ enum Command {
     /// once and every task published exactly one result. Exits non-zero on any loss or
     /// duplicate.
     Chaos(chaos::ChaosArgs),
+    /// Send at a constant rate for a while (open loop), then report latency per stage of each
+    /// run: produce → started → run began → planned → first task done → result visible.
+    Steady(steady::SteadyArgs),
+    /// Start RunActivity workflows straight from here, as the router would, on a task queue
+    /// nobody polls: the start rate Temporal gives any client, the router's baseline.
+    Bare(bare::BareArgs),
 }
 
+mod bare;
 mod chaos;
+mod steady;
 
 /// Stores an event definition from YAML, as `tf definitions apply` does.
 async fn apply_event_definition(pool: &tf_store::PgPool, yaml: &str) -> anyhow::Result<()> {
@@ -98,6 +111,21 @@ async fn runs_of(pool: &tf_store::PgPool, def_id: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// The group's committed offsets on `topic`, summed over its partitions.
+fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = tf_kafka::client_config(brokers).set("group.id", group).create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    Ok(consumer
+        .committed_offsets(tpl, Duration::from_secs(10))?
+        .elements()
+        .iter()
+        .map(|e| if let Offset::Offset(o) = e.offset() { o } else { 0 })
+        .sum())
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as i64
 }
@@ -106,8 +134,11 @@ fn now_ms() -> i64 {
 async fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     tf_config::check_connection_settings()?;
-    if let Some(Command::Chaos(args)) = &cli.command {
-        return chaos::run(&cli.settings, args).await;
+    match &cli.command {
+        Some(Command::Chaos(args)) => return chaos::run(&cli.settings, args).await,
+        Some(Command::Steady(args)) => return steady::run(&cli.settings, args).await,
+        Some(Command::Bare(args)) => return bare::run(&cli.settings, args).await,
+        None => {}
     }
     burst(&cli).await?;
     Ok(std::process::ExitCode::SUCCESS)
@@ -147,8 +178,18 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
     let bytes = codec.encode_event(&format!("{topic}-value"), &warm).await?;
     producer.send(FutureRecord::to(&topic).key("warmup").payload(&bytes), Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
     let warm_deadline = Instant::now() + Duration::from_secs(60);
-    while runs_of(&pool, &def_id).await < 1 {
-        anyhow::ensure!(Instant::now() < warm_deadline, "no run for the warm-up event within 60 s: are tf-router and tf-worker running?");
+    let warmed_up = || async {
+        if cli.routing_only {
+            committed(&s.kafka_brokers, &cli.group, &topic, cli.partitions).unwrap_or(0) >= 1
+        } else {
+            runs_of(&pool, &def_id).await >= 1
+        }
+    };
+    while !warmed_up().await {
+        anyhow::ensure!(
+            Instant::now() < warm_deadline,
+            "the warm-up event was not routed (and run) within 60 s: are tf-router and tf-worker running?"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -258,27 +299,17 @@ async fn follow(
     produce_secs: f64,
 ) -> anyhow::Result<()> {
     let s = &cli.settings;
-    let consumer: BaseConsumer = tf_kafka::client_config(&s.kafka_brokers).set("group.id", &cli.group).create()?;
     let total_expected = (cli.events + 1) as i64; // + warm-up
     let mut timeline = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(cli.timeout_secs);
     let (mut routed, mut runs) = (0, 0);
     while Instant::now() < deadline {
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..cli.partitions {
-            tpl.add_partition(topic, p);
-        }
-        routed = consumer
-            .committed_offsets(tpl, Duration::from_secs(10))?
-            .elements()
-            .iter()
-            .map(|e| if let Offset::Offset(o) = e.offset() { o } else { 0 })
-            .sum::<i64>();
+        routed = committed(&s.kafka_brokers, &cli.group, topic, cli.partitions)?;
         runs = runs_of(pool, def_id).await - 1;
         let t = started.elapsed().as_secs_f64();
         timeline.push((t, routed, runs));
         println!("  t={t:6.1}s  routed {routed:>6}/{total_expected}  runs {runs:>6}/{unique_keys}");
-        if routed >= total_expected && runs >= unique_keys as i64 {
+        if routed >= total_expected && (cli.routing_only || runs >= unique_keys as i64) {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -321,7 +352,7 @@ async fn follow(
     let svg = cli.out.join(format!("{def_id}.svg"));
     std::fs::write(&svg, plot(&timeline, total_expected, unique_keys as i64))?;
     println!("plot                   {}", svg.display());
-    if routed < total_expected || runs < unique_keys as i64 {
+    if routed < total_expected || (!cli.routing_only && runs < unique_keys as i64) {
         println!("INCOMPLETE after {} s: routed {routed}/{total_expected}, runs {runs}/{unique_keys}", cli.timeout_secs);
     }
     Ok(())

@@ -184,6 +184,27 @@ pub enum StartOutcome {
 /// reuse policy AllowDuplicateFailedOnly: a retry or redelivery of the same generation is refused
 /// by Temporal itself while its run is open or completed, and re-runs it when it failed.
 pub async fn start_run(client: &Client, task_queue: &str, input: RunInput) -> Result<StartOutcome, TemporalError> {
+    start(client, task_queue, input, None).await
+}
+
+/// Starts a run exactly as [`start_run`] does (same id, policies and search attributes), but it
+/// closes by itself after `expire_after`: for a task queue nobody polls, where it measures what
+/// a start costs Temporal alone (`tf-loadtest bare`, the router's baseline).
+pub async fn start_run_expiring(
+    client: &Client,
+    task_queue: &str,
+    input: RunInput,
+    expire_after: Duration,
+) -> Result<StartOutcome, TemporalError> {
+    start(client, task_queue, input, Some(expire_after)).await
+}
+
+async fn start(
+    client: &Client,
+    task_queue: &str,
+    input: RunInput,
+    execution_timeout: Option<Duration>,
+) -> Result<StartOutcome, TemporalError> {
     let key = DedupeKey::parse(input.dedupe_key.clone())?;
     let workflow_id = workflow_id(&input.definition_id, &key, input.generation.max(1));
     let attrs = SearchAttributes::new([
@@ -196,6 +217,7 @@ pub async fn start_run(client: &Client, task_queue: &str, input: RunInput) -> Re
         .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicateFailedOnly)
         .search_attributes(attrs)
         .task_timeout(Duration::from_secs(10))
+        .maybe_execution_timeout(execution_timeout)
         .build();
     match client.start_workflow(RunActivity, input, opts).await {
         Ok(handle) => Ok(StartOutcome::Started { run_id: handle.run_id().unwrap_or_default().to_string() }),

@@ -1,0 +1,274 @@
+//! `tf-loadtest steady`: open-loop load at a constant arrival rate (each event is sent at its
+//! scheduled moment, whatever the pipeline does), then latency per stage of every run, from
+//! timestamps the pipeline records itself:
+//!
+//! - produce → started: the client's send → the workflow's start time at Temporal (the router
+//!   decoded, matched, claimed and asked; `activity_runs.fired_at`);
+//! - started → run began: → BeginRun recorded the run (`activity_runs.began_at`);
+//! - run began → planned: context resolved (the `sql` source) and tasks recorded;
+//! - planned → first task done;
+//! - first task done → first result visible on `taskfactory.results` to a `read_committed`
+//!   consumer in this process;
+//!
+//! and end to end event → run began and event → first result visible. Histograms are
+//! HdrHistogram (1 ms to 1 h, 3 significant figures). The stack, `tf-router` and `tf-worker`
+//! must be running (`scripts/run`, or `scripts/stack app-up` with release binaries).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use tf_config::Settings;
+use tf_envelope::{Codec, Event, Registry};
+
+use crate::{apply_event_definition, now_ms, runs_of};
+
+#[derive(clap::Args)]
+pub struct SteadyArgs {
+    /// Events per second, sent at evenly spaced moments (open loop: a slow pipeline does not
+    /// slow the sender down).
+    #[arg(long)]
+    rate: f64,
+    /// Seconds to send for.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// `tasks`: each run resolves one `sql` context source (the `orders` datasource) and spawns
+    /// two kafka tasks; `bare`: runs spawn nothing (the router and RunActivity's bookkeeping).
+    #[arg(long, value_parser = ["tasks", "bare"], default_value = "tasks")]
+    profile: String,
+    /// Partitions of the load topic.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// Give up waiting for the pipeline to drain this many seconds after the last send.
+    #[arg(long, default_value_t = 600)]
+    drain_secs: u64,
+    /// Where the per-second timeline (sent, started, results) goes, as CSV and SVG.
+    #[arg(long, default_value = "loadtest/out")]
+    out: std::path::PathBuf,
+}
+
+const STAGES: [&str; 7] = [
+    "produce -> started",
+    "started -> run began",
+    "run began -> planned",
+    "planned -> first task done",
+    "task done -> result visible",
+    "event -> run began",
+    "event -> result visible",
+];
+
+/// One run's milestones, ms since the epoch (`None` where the run has not reached it).
+#[derive(sqlx::FromRow)]
+struct RunTimes {
+    run_id: String,
+    event_id: String,
+    fired: i64,
+    began: Option<i64>,
+    planned: Option<i64>,
+    first_done: Option<i64>,
+}
+
+pub async fn run(s: &Settings, a: &SteadyArgs) -> anyhow::Result<std::process::ExitCode> {
+    anyhow::ensure!(a.rate > 0.0 && a.rate <= 10_000.0, "--rate must be in (0, 10000] events/s");
+    let nonce = now_ms() % 10_000_000;
+    let (topic, sink, def_id) = (format!("events.loadtest-{nonce}"), format!("loadtest-sink-{nonce}"), format!("loadtest-{nonce}"));
+    let pool = tf_store::connect(&s.database_url).await?;
+    let spec = |name: &str, partitions| tf_kafka::topics::TopicSpec {
+        name: name.to_string(),
+        partitions,
+        replication_factor: 1,
+        value_schema: None,
+        config: [("retention.ms".to_string(), "3600000".to_string())].into(),
+    };
+    tf_kafka::topics::apply(&s.kafka_brokers, &[spec(&topic, a.partitions), spec(&sink, 1)]).await?;
+    let yaml = match a.profile.as_str() {
+        "bare" => format!(
+            "id: {def_id}\nname: Load test (bare)\ntrigger: {{event: {{topics: [{topic}]}}}}\ndedupe: {{key: event.data.key}}\ntasks: [{{name: noop, type: human, when: 'false'}}]\n"
+        ),
+        _ => format!(
+            r#"id: {def_id}
+name: Load test (sql context, two kafka tasks)
+trigger: {{event: {{topics: [{topic}]}}}}
+dedupe: {{key: event.data.key}}
+context:
+  customer:
+    sql:
+      datasource: orders
+      query: SELECT id, name, tier FROM customers WHERE id = $1
+      params: [event.data.customer]
+tasks:
+  - {{name: ship, type: kafka, params: {{topic: "'{sink}'", key: event.data.key, value: event.data}}}}
+  - {{name: notify, type: kafka, params: {{topic: "'{sink}'", key: event.data.key, value: context.customer}}}}
+"#
+        ),
+    };
+    apply_event_definition(&pool, &yaml).await?;
+    let expected_results: i64 = if a.profile == "bare" { 0 } else { 2 };
+    println!("definition {def_id} ({} profile) on {topic}; waiting for the router to subscribe", a.profile);
+
+    let codec = Codec::new(Arc::new(Registry::new(&s.schema_registry_url)));
+    let producer: FutureProducer =
+        tf_kafka::client_config(&s.kafka_brokers).set("enable.idempotence", "true").set("linger.ms", "1").create()?;
+    let subject = format!("{topic}-value");
+    let envelope = |id: &str, key: &str| Event::new(id, "/loadtest", "loadtest", json!({"key": key, "customer": "c-1001"}));
+
+    // The results consumer starts before anything is sent, so no result is missed.
+    let visible: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
+    let consumer: StreamConsumer = tf_kafka::client_config(&s.kafka_brokers)
+        .set("group.id", format!("tf-loadtest-{nonce}"))
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "latest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&["taskfactory.results"])?;
+    let run_prefix = format!("run/{def_id}/");
+    let watch = {
+        let visible = visible.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(m) = consumer.recv().await else { continue };
+                let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+                // The warm-up's result is not one of the measured runs.
+                if key.starts_with(&run_prefix) && !key.contains("/warmup/") {
+                    visible.lock().expect("visible").entry(key).or_insert_with(now_ms);
+                }
+            }
+        })
+    };
+
+    // Warm-up: subscription, definition refresh and the first registry lookups stay out of the
+    // figures.
+    let warm = codec.encode_event(&subject, &envelope("warmup", "warmup")?).await?;
+    producer.send(FutureRecord::to(&topic).key("warmup").payload(&warm), Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
+    let warm_deadline = Instant::now() + Duration::from_secs(60);
+    while runs_of(&pool, &def_id).await < 1 {
+        anyhow::ensure!(Instant::now() < warm_deadline, "no run for the warm-up event within 60 s: are tf-router and tf-worker running?");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let total = (a.rate * a.duration as f64).round() as usize;
+    let mut payloads = Vec::with_capacity(total);
+    for i in 0..total {
+        let key = format!("k-{i}");
+        payloads.push((key.clone(), codec.encode_event(&subject, &envelope(&format!("lt-{i}"), &key)?).await?));
+    }
+    println!("sending {total} events at {} events/s for {} s", a.rate, a.duration);
+    let produced: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / a.rate);
+    let mut sends = Vec::with_capacity(total);
+    let mut behind_ms = 0u128;
+    for (i, (key, bytes)) in payloads.into_iter().enumerate() {
+        let due = started + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        behind_ms = behind_ms.max(Instant::now().saturating_duration_since(due).as_millis());
+        let (producer, topic, produced) = (producer.clone(), topic.clone(), produced.clone());
+        sends.push(tokio::spawn(async move {
+            let issued = now_ms();
+            let record = FutureRecord::to(&topic).key(&key).payload(&bytes).timestamp(issued);
+            let r = producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e);
+            produced.lock().expect("produced").insert(format!("lt-{i}"), issued);
+            r.map(|_| ())
+        }));
+    }
+    for s in sends {
+        s.await?.context("producing")?;
+    }
+    let send_secs = started.elapsed().as_secs_f64();
+    println!("sent in {send_secs:.1} s ({:.1} events/s; the sender was at most {behind_ms} ms behind schedule)", total as f64 / send_secs);
+
+    // Drain: every event has its run, every run its results.
+    let deadline = Instant::now() + Duration::from_secs(a.drain_secs);
+    let mut timeline = Vec::new();
+    loop {
+        let runs = runs_of(&pool, &def_id).await - 1;
+        let results = visible.lock().expect("visible").len() as i64;
+        let t = started.elapsed().as_secs_f64();
+        timeline.push((t, runs, results));
+        println!("  t={t:6.1}s  runs {runs:>6}/{total}  runs with a visible result {results:>6}");
+        let done = runs >= total as i64 && (expected_results == 0 || results >= total as i64);
+        if done || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    watch.abort();
+
+    let rows: Vec<RunTimes> = sqlx::query_as(
+        "SELECT r.run_id, r.event_id,
+                (extract(epoch FROM r.fired_at) * 1000)::bigint AS fired,
+                (extract(epoch FROM r.began_at) * 1000)::bigint AS began,
+                (SELECT (extract(epoch FROM min(t.created_at)) * 1000)::bigint FROM tasks t WHERE t.run_id = r.run_id) AS planned,
+                (SELECT (extract(epoch FROM min(t.finished_at)) * 1000)::bigint FROM tasks t WHERE t.run_id = r.run_id) AS first_done
+         FROM activity_runs r WHERE r.definition_id = $1 AND r.event_id LIKE 'lt-%'",
+    )
+    .bind(&def_id)
+    .fetch_all(&pool)
+    .await?;
+    let produced = produced.lock().expect("produced").clone();
+    let visible = visible.lock().expect("visible").clone();
+    let mut hist: Vec<Histogram<u64>> = (0..STAGES.len()).map(|_| Histogram::new_with_bounds(1, 3_600_000, 3).expect("bounds")).collect();
+    let mut record = |stage: usize, from: Option<i64>, to: Option<i64>| {
+        if let (Some(f), Some(t)) = (from, to) {
+            let _ = hist[stage].record((t - f).clamp(1, 3_600_000) as u64);
+        }
+    };
+    for r in &rows {
+        let sent = produced.get(&r.event_id).copied();
+        let seen = visible.get(&r.run_id).copied();
+        record(0, sent, Some(r.fired));
+        record(1, Some(r.fired), r.began);
+        if expected_results > 0 {
+            record(2, r.began, r.planned);
+            record(3, r.planned, r.first_done);
+            record(4, r.first_done, seen);
+            record(6, sent, seen);
+        }
+        record(5, sent, r.began);
+    }
+
+    println!("\n=== tf-loadtest steady report ===");
+    println!("profile                {} ({})", a.profile, if a.profile == "bare" { "no tasks" } else { "sql context + 2 kafka tasks" });
+    println!("offered                {} events/s for {} s ({total} events, distinct keys)", a.rate, a.duration);
+    println!("runs                   {} of {total}; {:.1} runs/s over {elapsed:.1} s", rows.len(), rows.len() as f64 / elapsed);
+    if expected_results > 0 {
+        println!("runs with a result     {} of {total}", visible.len());
+    }
+    println!("{:<30} {:>8} {:>8} {:>8} {:>8} {:>6}", "stage (ms)", "p50", "p90", "p99", "max", "n");
+    for (i, h) in hist.iter().enumerate() {
+        if h.is_empty() {
+            continue;
+        }
+        println!(
+            "{:<30} {:>8} {:>8} {:>8} {:>8} {:>6}",
+            STAGES[i],
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.9),
+            h.value_at_quantile(0.99),
+            h.max(),
+            h.len()
+        );
+    }
+    std::fs::create_dir_all(&a.out)?;
+    let csv = a.out.join(format!("{def_id}-steady.csv"));
+    let mut text = String::from("seconds,runs,runs_with_result\n");
+    for (t, r, v) in &timeline {
+        text.push_str(&format!("{t:.1},{r},{v}\n"));
+    }
+    std::fs::write(&csv, text)?;
+    println!("timeline               {}", csv.display());
+    let complete = rows.len() >= total && (expected_results == 0 || visible.len() >= total);
+    if !complete {
+        println!("INCOMPLETE after draining {} s: {} runs, {} with a result, of {total}", a.drain_secs, rows.len(), visible.len());
+        return Ok(std::process::ExitCode::FAILURE);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
