@@ -17,6 +17,33 @@ fn env() -> &'static Arc<Env> {
     ENV.get_or_init(|| Arc::new(Env::stdlib()))
 }
 
+/// Bindings made a CEL context once. Converting an event to CEL values costs more than most
+/// expressions do, so everything evaluated against one event shares one scope.
+pub struct Scope {
+    ctx: Context<'static, 'static>,
+}
+
+impl Scope {
+    pub fn new(bindings: &Bindings) -> Scope {
+        let mut ctx = Context::with_env(env().clone());
+        ctx.add_function(SECRET_FUNCTION, |name: Arc<String>| -> Result<cel::Value, cel::ExecutionError> {
+            if !valid_secret_name(&name) {
+                return Err(cel::ExecutionError::function_error(
+                    SECRET_FUNCTION,
+                    format!("{name:?} is not a secret name (a-z, 0-9, '_', '-', '.')"),
+                ));
+            }
+            Ok(cel::Value::String(Arc::new(format!("{SECRET_REF_OPEN}{}:{name}}}", process_mark()))))
+        })
+        .expect("secret is not a standard CEL function");
+        for (name, value) in [("event", &bindings.event), ("context", &bindings.context), ("item", &bindings.item), ("run", &bindings.run)]
+        {
+            ctx.add_variable_from_value(name, to_cel(value));
+        }
+        Scope { ctx }
+    }
+}
+
 /// A compiled expression, with the field path and source it came from for error messages.
 #[derive(Clone)]
 pub struct Expr {
@@ -121,27 +148,22 @@ impl Expr {
     /// Evaluates to JSON. `secret('name')` gives a reference only this process can have made;
     /// [`seal_secret_refs`] turns it into the stored `${secret:name}` form.
     pub fn eval(&self, bindings: &Bindings) -> Result<Json, EvalError> {
-        let mut ctx = Context::with_env(env().clone());
-        ctx.add_function(SECRET_FUNCTION, |name: Arc<String>| -> Result<cel::Value, cel::ExecutionError> {
-            if !valid_secret_name(&name) {
-                return Err(cel::ExecutionError::function_error(
-                    SECRET_FUNCTION,
-                    format!("{name:?} is not a secret name (a-z, 0-9, '_', '-', '.')"),
-                ));
-            }
-            Ok(cel::Value::String(Arc::new(format!("{SECRET_REF_OPEN}{}:{name}}}", process_mark()))))
-        })
-        .expect("secret is not a standard CEL function");
-        for (name, value) in [("event", &bindings.event), ("context", &bindings.context), ("item", &bindings.item), ("run", &bindings.run)]
-        {
-            ctx.add_variable_from_value(name, to_cel(value));
-        }
-        let value = self.program.execute(&ctx).map_err(|e| self.error(format!("failed: {e}")))?;
+        self.eval_in(&Scope::new(bindings))
+    }
+
+    /// Evaluates against bindings already made a [`Scope`]: the router evaluates every
+    /// definition's filter and key against one scope per event.
+    pub fn eval_in(&self, scope: &Scope) -> Result<Json, EvalError> {
+        let value = self.program.execute(&scope.ctx).map_err(|e| self.error(format!("failed: {e}")))?;
         value.json().map_err(|e| self.error(format!("gave a value JSON cannot hold: {e}")))
     }
 
     pub fn eval_bool(&self, bindings: &Bindings) -> Result<bool, EvalError> {
-        match self.eval(bindings)? {
+        self.eval_bool_in(&Scope::new(bindings))
+    }
+
+    pub fn eval_bool_in(&self, scope: &Scope) -> Result<bool, EvalError> {
+        match self.eval_in(scope)? {
             Json::Bool(b) => Ok(b),
             other => Err(self.error(format!("gave {} where a bool is needed", kind(&other)))),
         }
@@ -150,7 +172,11 @@ impl Expr {
     /// Strings as they are; numbers and bools in their JSON text (`42`, `true`), so a numeric
     /// id works as a dedupe key. Anything else is an error.
     pub fn eval_string(&self, bindings: &Bindings) -> Result<String, EvalError> {
-        match self.eval(bindings)? {
+        self.eval_string_in(&Scope::new(bindings))
+    }
+
+    pub fn eval_string_in(&self, scope: &Scope) -> Result<String, EvalError> {
+        match self.eval_in(scope)? {
             Json::String(s) => Ok(s),
             v @ (Json::Number(_) | Json::Bool(_)) => Ok(v.to_string()),
             other => Err(self.error(format!("gave {} where a string is needed", kind(&other)))),

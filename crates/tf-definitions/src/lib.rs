@@ -14,5 +14,5 @@ pub use dedupe::{DedupeKey, DedupeKeyError};
 pub use definition::RetryPolicy;
 pub use definition::{ContextSource, Dedupe, Definition, EventTrigger, FieldError, InvalidDefinition, TaskTemplate, Trigger, TypePattern};
 pub use document::{Document, OnTimeout, Overlap, TaskType};
-pub use expr::{Bindings, EvalError, Expr};
+pub use expr::{Bindings, EvalError, Expr, Scope};
 pub use plan::PlannedTask;

@@ -1,7 +1,7 @@
 //! Matching one event against the enabled definitions: pure, so every rule is unit-tested.
 
 use serde_json::Value as Json;
-use tf_definitions::{Bindings, DedupeKey, Definition, Trigger};
+use tf_definitions::{Bindings, DedupeKey, Definition, Scope, Trigger};
 use tf_temporal::{RunInput, TriggerInfo};
 
 /// An enabled event definition at the version runs will be pinned to.
@@ -37,7 +37,8 @@ pub fn route(
     traceparent: Option<&str>,
 ) -> (Vec<RunInput>, Vec<RouteError>) {
     let event_type = event["type"].as_str().unwrap_or_default();
-    let bindings = Bindings { event: event.clone(), ..Bindings::default() };
+    // Made once: every definition's filter and key are evaluated against the same scope.
+    let scope = Scope::new(&Bindings { event: event.clone(), ..Bindings::default() });
     let mut runs = Vec::new();
     let mut errors = Vec::new();
     for a in active {
@@ -48,7 +49,7 @@ pub fn route(
         }
         let fail = |stage, message: String| RouteError { definition_id: d.id.clone(), stage, message };
         if let Some(filter) = &trigger.filter {
-            match filter.eval_bool(&bindings) {
+            match filter.eval_bool_in(&scope) {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
@@ -57,7 +58,7 @@ pub fn route(
                 }
             }
         }
-        let key = match d.dedupe.key.eval_string(&bindings).map(DedupeKey::parse) {
+        let key = match d.dedupe.key.eval_string_in(&scope).map(DedupeKey::parse) {
             Ok(Ok(k)) => k,
             Ok(Err(e)) => {
                 errors.push(fail(
