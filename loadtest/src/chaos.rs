@@ -161,17 +161,6 @@ fn default_bin_dir() -> PathBuf {
     if dir.ends_with("deps") { dir.parent().map(PathBuf::from).unwrap_or(dir) } else { dir }
 }
 
-fn committed(consumer: &BaseConsumer, topic: &str, partitions: i32) -> i64 {
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    consumer
-        .committed_offsets(tpl, Duration::from_secs(5))
-        .map(|t| t.elements().iter().map(|e| if let Offset::Offset(o) = e.offset() { o } else { 0 }).sum())
-        .unwrap_or(-1)
-}
-
 pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCode> {
     let nonce = super::now_ms() % 10_000_000;
     let (topic, sink, dlq) = (format!("chaos-{nonce}"), format!("chaos-{nonce}-sink"), format!("chaos-{nonce}-dlq"));
@@ -330,7 +319,7 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
         tokio::task::spawn_blocking(move || {
             let consumer: BaseConsumer = tf_kafka::client_config(&brokers).set("group.id", &group).create().expect("consumer");
             loop {
-                let c = committed(&consumer, &topic, partitions);
+                let c = super::committed(&consumer, &topic, partitions, Duration::from_secs(5)).unwrap_or(-1);
                 let mut s = samples.lock().expect("samples");
                 s.push((started.elapsed().as_secs_f64(), c));
                 if s.len() > 1 && s.len() % 40 == 0 {

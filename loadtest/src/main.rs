@@ -111,19 +111,29 @@ async fn runs_of(pool: &tf_store::PgPool, def_id: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// The group's committed offsets on `topic`, summed over its partitions.
-fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> anyhow::Result<i64> {
-    let consumer: BaseConsumer = tf_kafka::client_config(brokers).set("group.id", group).create()?;
+/// The committed offsets of `consumer`'s group on `topic`, summed over its partitions.
+fn committed(consumer: &BaseConsumer, topic: &str, partitions: i32, timeout: Duration) -> anyhow::Result<i64> {
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    Ok(consumer
-        .committed_offsets(tpl, Duration::from_secs(10))?
-        .elements()
-        .iter()
-        .map(|e| if let Offset::Offset(o) = e.offset() { o } else { 0 })
-        .sum())
+    Ok(consumer.committed_offsets(tpl, timeout)?.elements().iter().map(|e| if let Offset::Offset(o) = e.offset() { o } else { 0 }).sum())
+}
+
+/// A client that only reads `group`'s committed offsets.
+fn group_reader(brokers: &str, group: &str) -> anyhow::Result<BaseConsumer> {
+    Ok(tf_kafka::client_config(brokers).set("group.id", group).create()?)
+}
+
+/// Writes the per-second timeline as CSV (`header`, then one line a sample) and says where.
+fn write_timeline(path: &std::path::Path, header: &str, timeline: &[(f64, i64, i64)]) -> anyhow::Result<()> {
+    let mut text = format!("{header}\n");
+    for (t, a, b) in timeline {
+        text.push_str(&format!("{t:.1},{a},{b}\n"));
+    }
+    std::fs::write(path, text)?;
+    println!("timeline               {}", path.display());
+    Ok(())
 }
 
 fn now_ms() -> i64 {
@@ -178,9 +188,10 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
     let bytes = codec.encode_event(&format!("{topic}-value"), &warm).await?;
     producer.send(FutureRecord::to(&topic).key("warmup").payload(&bytes), Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
     let warm_deadline = Instant::now() + Duration::from_secs(60);
+    let offsets = group_reader(&s.kafka_brokers, &cli.group)?;
     let warmed_up = || async {
         if cli.routing_only {
-            committed(&s.kafka_brokers, &cli.group, &topic, cli.partitions).unwrap_or(0) >= 1
+            committed(&offsets, &topic, cli.partitions, Duration::from_secs(10)).unwrap_or(0) >= 1
         } else {
             runs_of(&pool, &def_id).await >= 1
         }
@@ -303,8 +314,9 @@ async fn follow(
     let mut timeline = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(cli.timeout_secs);
     let (mut routed, mut runs) = (0, 0);
+    let offsets = group_reader(&s.kafka_brokers, &cli.group)?;
     while Instant::now() < deadline {
-        routed = committed(&s.kafka_brokers, &cli.group, topic, cli.partitions)?;
+        routed = committed(&offsets, topic, cli.partitions, Duration::from_secs(10))?;
         runs = runs_of(pool, def_id).await - 1;
         let t = started.elapsed().as_secs_f64();
         timeline.push((t, routed, runs));
@@ -342,13 +354,7 @@ async fn follow(
         latencies.len()
     );
     std::fs::create_dir_all(&cli.out)?;
-    let csv = cli.out.join(format!("{def_id}.csv"));
-    let mut text = String::from("seconds,routed,runs\n");
-    for (t, r, n) in &timeline {
-        text.push_str(&format!("{t:.1},{r},{n}\n"));
-    }
-    std::fs::write(&csv, text)?;
-    println!("timeline               {}", csv.display());
+    write_timeline(&cli.out.join(format!("{def_id}.csv")), "seconds,routed,runs", &timeline)?;
     let svg = cli.out.join(format!("{def_id}.svg"));
     std::fs::write(&svg, plot(&timeline, total_expected, unique_keys as i64))?;
     println!("plot                   {}", svg.display());

@@ -27,7 +27,7 @@ use serde_json::json;
 use tf_config::Settings;
 use tf_envelope::{Codec, Event, Registry};
 
-use crate::{apply_event_definition, now_ms, runs_of};
+use crate::{apply_event_definition, now_ms, runs_of, write_timeline};
 
 #[derive(clap::Args)]
 pub struct SteadyArgs {
@@ -48,7 +48,7 @@ pub struct SteadyArgs {
     /// Give up waiting for the pipeline to drain this many seconds after the last send.
     #[arg(long, default_value_t = 600)]
     drain_secs: u64,
-    /// Where the per-second timeline (sent, started, results) goes, as CSV and SVG.
+    /// Where the per-second timeline (runs, runs with a visible result) goes, as CSV.
     #[arg(long, default_value = "loadtest/out")]
     out: std::path::PathBuf,
 }
@@ -258,13 +258,7 @@ tasks:
         );
     }
     std::fs::create_dir_all(&a.out)?;
-    let csv = a.out.join(format!("{def_id}-steady.csv"));
-    let mut text = String::from("seconds,runs,runs_with_result\n");
-    for (t, r, v) in &timeline {
-        text.push_str(&format!("{t:.1},{r},{v}\n"));
-    }
-    std::fs::write(&csv, text)?;
-    println!("timeline               {}", csv.display());
+    write_timeline(&a.out.join(format!("{def_id}-steady.csv")), "seconds,runs,runs_with_result", &timeline)?;
     let complete = rows.len() >= total && (expected_results == 0 || visible.len() >= total);
     if !complete {
         println!("INCOMPLETE after draining {} s: {} runs, {} with a result, of {total}", a.drain_secs, rows.len(), visible.len());
