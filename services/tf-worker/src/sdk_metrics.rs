@@ -137,12 +137,16 @@ impl Bound {
     fn update(&self, f: impl FnOnce(&mut Value)) {
         let mut families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(family) = families.get_mut(&self.name) else { return };
-        let initial = || match family.kind {
+        // The SDK records on every poll and task: copy the label set only for a new series.
+        if let Some(value) = family.series.get_mut(&self.labels) {
+            return f(value);
+        }
+        let mut value = match family.kind {
             Kind::Histogram => Value::Histogram { counts: vec![0; BOUNDS.len() + 1], sum: 0.0 },
             Kind::Counter | Kind::Gauge => Value::Scalar(0.0),
         };
-        let value = family.series.entry(self.labels.clone()).or_insert_with(initial);
-        f(value);
+        f(&mut value);
+        family.series.insert(self.labels.clone(), value);
     }
 
     fn add(&self, delta: f64) {
