@@ -262,10 +262,7 @@ impl Datasources {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
+    use crate::test_vars as vars;
 
     #[test]
     fn a_file_and_variables_combine_and_variables_win() {

@@ -70,10 +70,7 @@ pub fn load(vars: impl IntoIterator<Item = (String, String)>, secrets: &Secrets)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
+    use crate::test_vars as vars;
 
     #[test]
     fn variables_name_properties_and_win_over_the_file() {

@@ -13,6 +13,12 @@ pub use secrets::Secrets;
 
 use clap::{Args, Parser};
 
+/// `(name, value)` pairs as the `load` functions take their variables, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
 /// A connection setting beyond [`Settings`] that cannot be used, named by its variables.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionSettingsError {

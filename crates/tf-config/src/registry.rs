@@ -39,7 +39,6 @@ pub fn load(vars: impl IntoIterator<Item = (String, String)>, secrets: &Secrets)
         (None, None, None) => Ok(RegistryAuth::None),
         (None, None, Some(t)) => Ok(RegistryAuth::Bearer(t)),
         (Some(user), Some(password), None) => Ok(RegistryAuth::Basic { user, password }),
-        (Some(_), Some(_), Some(_)) => Err(RegistryAuthError::Both),
         (_, _, Some(_)) => Err(RegistryAuthError::Both),
         _ => Err(RegistryAuthError::HalfBasic),
     }
@@ -48,10 +47,7 @@ pub fn load(vars: impl IntoIterator<Item = (String, String)>, secrets: &Secrets)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
+    use crate::test_vars as vars;
 
     #[test]
     fn basic_bearer_or_none_and_mistakes_are_named() {

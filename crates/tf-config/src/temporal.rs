@@ -65,10 +65,7 @@ pub fn load(vars: impl IntoIterator<Item = (String, String)>, secrets: &Secrets)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
+    use crate::test_vars as vars;
 
     #[test]
     fn plaintext_unless_tls_is_configured() {
