@@ -259,7 +259,6 @@ pub async fn results_for(prefix: &str) -> Vec<serde_json::Value> {
 
 /// Like [`results_for`], with each record's headers.
 pub async fn result_records(prefix: &str) -> Vec<(std::collections::HashMap<String, String>, serde_json::Value)> {
-    use rdkafka::message::Headers;
     let s = settings();
     let consumer: rdkafka::consumer::BaseConsumer = tf_kafka::client_config(&s.kafka_brokers)
         .set("group.id", unique("it-results"))
@@ -293,18 +292,20 @@ pub async fn result_records(prefix: &str) -> Vec<(std::collections::HashMap<Stri
         match codec.decode(m.payload().unwrap()).await.unwrap() {
             tf_envelope::Decoded::Record { full_name, value, .. } => {
                 assert_eq!(full_name, "io.taskfactory.TaskResult");
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect()
-                    })
-                    .unwrap_or_default();
-                out.push((headers, value));
+                out.push((headers(&m), value));
             }
             other => panic!("{other:?}"),
         }
     }
     out
+}
+
+/// A record's headers as text, by key (none: empty).
+pub fn headers(m: &impl Message) -> std::collections::HashMap<String, String> {
+    use rdkafka::message::Headers;
+    m.headers()
+        .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+        .unwrap_or_default()
 }
 
 /// A loopback address with a port nobody listens on right now.

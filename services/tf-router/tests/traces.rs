@@ -8,9 +8,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use serde_json::json;
 use tf_testkit::otlp::{OtlpReceiver, ReceivedSpan};
@@ -135,11 +134,7 @@ fn first_record_headers(topic: &str) -> HashMap<String, String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::time::Instant::now() < deadline {
         if let Some(m) = c.poll(Duration::from_millis(500)) {
-            let m = m.unwrap();
-            return m
-                .headers()
-                .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
-                .unwrap_or_default();
+            return tf_testkit::headers(&m.unwrap());
         }
     }
     panic!("no record on {topic}");

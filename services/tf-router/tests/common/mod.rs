@@ -139,7 +139,6 @@ impl Setup {
     /// Every record on the DLQ topic so far, by record key: (headers, value).
     pub fn dead_letters(&self, expected: usize) -> std::collections::HashMap<String, (std::collections::HashMap<String, String>, Vec<u8>)> {
         use rdkafka::Message;
-        use rdkafka::message::Headers;
         let s = settings();
         let c: BaseConsumer = tf_kafka::client_config(&s.kafka_brokers).set("group.id", unique("it-dlq-reader")).create().unwrap();
         let mut tpl = TopicPartitionList::new();
@@ -150,12 +149,7 @@ impl Setup {
         while dead.len() < expected && std::time::Instant::now() < deadline {
             let Some(m) = c.poll(Duration::from_millis(200)) else { continue };
             let m = m.unwrap();
-            let h: std::collections::HashMap<String, String> = m
-                .headers()
-                .map(|hs| {
-                    hs.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect()
-                })
-                .unwrap_or_default();
+            let h = tf_testkit::headers(&m);
             let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
             dead.insert(key, (h, m.payload().unwrap_or_default().to_vec()));
         }
