@@ -44,25 +44,43 @@ pub(crate) fn provider(service: &'static str) -> Result<Option<SdkTracerProvider
 /// Makes `span` a child of the W3C `traceparent` it continues (the producer's, or the router's
 /// start span carried in a run's input). A missing or malformed one leaves `span` a root.
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
-    let Some(tp) = traceparent else { return };
-    let carrier = HashMap::from([("traceparent".to_string(), tp.to_string())]);
-    let parent = TraceContextPropagator::new().extract(&carrier);
-    if parent.span().span_context().is_valid() {
+    if let Some(parent) = traceparent.and_then(parse) {
         // Fails only when no OpenTelemetry layer is installed: then there is nothing to link.
         let _ = span.set_parent(parent);
     }
 }
 
 /// The `traceparent` to hand downstream from inside `span`: its own context when traces are
-/// exported, else `fallback` (the one it received), so correlation survives either way.
+/// exported, else `fallback` (the one it received), so correlation survives either way. A
+/// fallback that is not a W3C `traceparent` is dropped, not carried: it is a producer's bytes,
+/// and they end up in run rows, result headers and the user's systems (a NUL, say, is text
+/// PostgreSQL refuses).
 pub fn traceparent(span: &tracing::Span, fallback: Option<&str>) -> Option<String> {
     let cx = span.context();
+    let fallback = || fallback.and_then(|tp| parse(tp).map(|_| tp.to_string()));
     if !cx.span().span_context().is_valid() {
-        return fallback.map(String::from);
+        return fallback();
     }
     let mut carrier = HashMap::new();
     TraceContextPropagator::new().inject_context(&cx, &mut carrier);
-    carrier.remove("traceparent").or_else(|| fallback.map(String::from))
+    carrier.remove("traceparent").or_else(fallback)
+}
+
+/// The context a W3C `traceparent` names, if it is one. The propagator alone accepts short
+/// ids (`00-aa-bb-01`), so the field lengths are checked here: `00-<32 hex>-<16 hex>-<2 hex>`.
+fn parse(traceparent: &str) -> Option<opentelemetry::Context> {
+    let fields: Vec<&str> = traceparent.split('-').collect();
+    let shaped = fields.len() == 4
+        && fields
+            .iter()
+            .zip([2, 32, 16, 2])
+            .all(|(f, n)| f.len() == n && f.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    if !shaped {
+        return None;
+    }
+    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    cx.span().span_context().is_valid().then_some(cx)
 }
 
 #[cfg(test)]
@@ -71,10 +89,15 @@ mod tests {
 
     #[test]
     fn without_an_exporter_traceparents_pass_through() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         let span = tracing::info_span!("x");
-        continue_trace(&span, Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
-        assert_eq!(traceparent(&span, Some("00-aa-bb-01")).as_deref(), Some("00-aa-bb-01"));
+        continue_trace(&span, Some(tp));
+        assert_eq!(traceparent(&span, Some(tp)).as_deref(), Some(tp));
         assert_eq!(traceparent(&span, None), None);
+        // A producer's garbage is not handed on.
+        for bad in ["00-aa-bb-01", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\0", ""] {
+            assert_eq!(traceparent(&span, Some(bad)), None, "{bad:?}");
+        }
     }
 
     #[test]
