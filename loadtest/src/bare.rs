@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::json;
 use tf_config::Settings;
-use tf_temporal::{RunInput, StartOutcome, TriggerInfo};
+use tf_temporal::{RunInput, RunSource, StartOutcome};
 
 use crate::now_ms;
 
@@ -36,15 +36,7 @@ pub async fn run(s: &Settings, a: &BareArgs) -> anyhow::Result<std::process::Exi
         dedupe_window_secs: 3600,
         generation: 1,
         event_time_ms: Some(now_ms()),
-        trigger: TriggerInfo {
-            kind: "event".into(),
-            topic: Some(format!("events.loadtest-bare-{nonce}")),
-            partition: Some((i % 6) as i32),
-            offset: Some(i as i64),
-            event_id: Some(format!("lt-{i}")),
-            schedule_id: None,
-            scheduled_for_ms: None,
-        },
+        trigger: RunSource::event(&format!("events.loadtest-bare-{nonce}"), (i % 6) as i32, i as i64, Some(format!("lt-{i}"))),
         event: Some(json!({"id": format!("lt-{i}"), "source": "/loadtest", "type": "loadtest", "specversion": "1.0",
                            "time": now_ms(), "data": {"key": format!("k-{i}"), "customer": "c-1001"}})),
         traceparent: None,

@@ -42,6 +42,10 @@ pub struct SteadyArgs {
     /// two kafka tasks; `bare`: runs spawn nothing (the router and RunActivity's bookkeeping).
     #[arg(long, value_parser = ["tasks", "bare"], default_value = "tasks")]
     profile: String,
+    /// How the `tasks` profile's kafka tasks run: `child` workflows or `activity` of the run
+    /// (the template's `execution`).
+    #[arg(long, value_parser = ["child", "activity"], default_value = "child")]
+    execution: String,
     /// Partitions of the load topic.
     #[arg(long, default_value_t = 6)]
     partitions: i32,
@@ -103,9 +107,10 @@ context:
       query: SELECT id, name, tier FROM customers WHERE id = $1
       params: [event.data.customer]
 tasks:
-  - {{name: ship, type: kafka, params: {{topic: "'{sink}'", key: event.data.key, value: event.data}}}}
-  - {{name: notify, type: kafka, params: {{topic: "'{sink}'", key: event.data.key, value: context.customer}}}}
-"#
+  - {{name: ship, type: kafka, execution: {execution}, params: {{topic: "'{sink}'", key: event.data.key, value: event.data}}}}
+  - {{name: notify, type: kafka, execution: {execution}, params: {{topic: "'{sink}'", key: event.data.key, value: context.customer}}}}
+"#,
+            execution = a.execution
         ),
     };
     apply_event_definition(&pool, &yaml).await?;
@@ -236,7 +241,11 @@ tasks:
     }
 
     println!("\n=== tf-loadtest steady report ===");
-    println!("profile                {} ({})", a.profile, if a.profile == "bare" { "no tasks" } else { "sql context + 2 kafka tasks" });
+    println!(
+        "profile                {} ({})",
+        a.profile,
+        if a.profile == "bare" { "no tasks".to_string() } else { format!("sql context + 2 kafka tasks, execution: {}", a.execution) }
+    );
     println!("offered                {} events/s for {} s ({total} events, distinct keys)", a.rate, a.duration);
     println!("runs                   {} of {total}; {:.1} runs/s over {elapsed:.1} s", rows.len(), rows.len() as f64 / elapsed);
     if expected_results > 0 {

@@ -172,12 +172,12 @@ impl Datasources {
                 "STATEMENT_TIMEOUT" => entry.sql().statement_timeout = Some(value),
                 "CONNECT_TIMEOUT" => entry.sql().connect_timeout = Some(value),
                 "MAX_CONNECTIONS" => {
-                    entry.sql().max_connections = Some(value.parse().map_err(|_| invalid(format!("{value:?} is not a number")))?)
+                    entry.sql().max_connections = Some(value.parse().map_err(|_| invalid(format!("{value:?} is not a number")))?);
                 }
                 "TIMEOUT" => entry.http.get_or_insert_with(Default::default).timeout = Some(value),
                 "ALLOWED_HOSTS" => {
                     entry.http.get_or_insert_with(Default::default).allowed_hosts =
-                        Some(value.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect())
+                        Some(value.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect());
                 }
                 other => {
                     if let Some(header) = other.strip_prefix("HEADER__") {

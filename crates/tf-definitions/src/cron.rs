@@ -98,11 +98,11 @@ mod tests {
     fn daily_0230_across_dst_in_new_york() {
         let daily = CronSchedule::parse("30 2 * * *", "America/New_York").unwrap();
         // 2026-03-08: clocks jump 02:00 -> 03:00, so 02:30 does not exist that day.
-        let spring: Vec<String> = daily.next_fire_times(at("2026-03-07T00:00:00Z"), 3).iter().map(|t| t.to_rfc3339()).collect();
+        let spring: Vec<String> = daily.next_fire_times(at("2026-03-07T00:00:00Z"), 3).iter().map(chrono::DateTime::to_rfc3339).collect();
         assert_eq!(spring[0], "2026-03-07T02:30:00-05:00");
         assert!(!spring.iter().any(|t| t.starts_with("2026-03-08T02:30")), "{spring:?}");
         // 2026-11-01: 01:00-02:00 repeats; 02:30 happens once.
-        let fall: Vec<String> = daily.next_fire_times(at("2026-10-31T12:00:00Z"), 2).iter().map(|t| t.to_rfc3339()).collect();
+        let fall: Vec<String> = daily.next_fire_times(at("2026-10-31T12:00:00Z"), 2).iter().map(chrono::DateTime::to_rfc3339).collect();
         assert_eq!(fall, ["2026-11-01T02:30:00-05:00", "2026-11-02T02:30:00-05:00"]);
     }
 }

@@ -55,19 +55,19 @@ impl DedupeKey {
         &self.0
     }
 
-    /// The workflow id of this key's run in `generation`: `run/<definition>/<key>/<generation>`,
+    /// The id (and workflow id) of this key's run in `generation`: `run/<definition>/<key>/<generation>`,
     /// readable for short plain keys; long or unusual keys are hashed (with a readable prefix)
     /// so the id stays short and free of characters that confuse visibility queries.
-    pub fn workflow_id(&self, definition_id: &str, generation: u32) -> String {
+    pub fn run_id(&self, definition_id: &str, generation: u32) -> crate::RunId {
         const MAX_PLAIN: usize = 120;
         let key = self.as_str();
         let plain = key.len() <= MAX_PLAIN && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'));
         if plain {
-            format!("run/{definition_id}/{key}/{generation}")
+            crate::RunId::from_workflow_id(format!("run/{definition_id}/{key}/{generation}"))
         } else {
             let digest: String = Sha256::digest(key.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect();
             let prefix: String = key.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(48).collect();
-            format!("run/{definition_id}/{prefix}~{digest}/{generation}")
+            crate::RunId::from_workflow_id(format!("run/{definition_id}/{prefix}~{digest}/{generation}"))
         }
     }
 }
@@ -116,25 +116,25 @@ mod tests {
     #[test]
     fn workflow_ids_carry_the_generation() {
         let k = DedupeKey::parse("o-42").unwrap();
-        assert_eq!(k.workflow_id("orders", 1), "run/orders/o-42/1");
-        assert_eq!(k.workflow_id("orders", 2), "run/orders/o-42/2");
+        assert_eq!(k.run_id("orders", 1).to_string(), "run/orders/o-42/1");
+        assert_eq!(k.run_id("orders", 2).to_string(), "run/orders/o-42/2");
         let at = DedupeKey::parse("a@b.example").unwrap();
-        assert_eq!(at.workflow_id("welcome", 3), "run/welcome/a@b.example/3");
+        assert_eq!(at.run_id("welcome", 3).to_string(), "run/welcome/a@b.example/3");
     }
 
     #[test]
     fn long_or_odd_keys_are_hashed_with_a_readable_prefix() {
         let long = DedupeKey::parse("x".repeat(500)).unwrap();
-        let id = long.workflow_id("orders", 1);
+        let id = long.run_id("orders", 1).to_string();
         assert!(id.starts_with("run/orders/xxxxxxxx") && id.ends_with("/1") && id.len() < 130, "{id}");
-        let odd = DedupeKey::parse("Zoë's order #1").unwrap().workflow_id("orders", 1);
+        let odd = DedupeKey::parse("Zoë's order #1").unwrap().run_id("orders", 1).to_string();
         assert!(odd.starts_with("run/orders/Zos") && odd.contains('~'), "{odd}");
         // A slash in a key would make `a/1` at generation 2 look like `a` at generation `1/2`.
-        let slash = DedupeKey::parse("a/1").unwrap().workflow_id("orders", 2);
+        let slash = DedupeKey::parse("a/1").unwrap().run_id("orders", 2).to_string();
         assert!(slash.contains('~'), "{slash}");
         let (a, b) = (DedupeKey::parse("a b").unwrap(), DedupeKey::parse("a_b").unwrap());
-        assert_ne!(a.workflow_id("orders", 1), b.workflow_id("orders", 1), "distinct keys, distinct ids");
-        assert_eq!(a.workflow_id("orders", 1), a.workflow_id("orders", 1), "deterministic");
+        assert_ne!(a.run_id("orders", 1).to_string(), b.run_id("orders", 1).to_string(), "distinct keys, distinct ids");
+        assert_eq!(a.run_id("orders", 1).to_string(), a.run_id("orders", 1).to_string(), "deterministic");
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! A checked, compiled activity definition. [`Definition::parse`] reports every problem of a
 //! document at once, each with its field path (and, for CEL, the position in the expression).
+//!
+//! Longer than most modules on purpose: the model and every rule that checks it sit together,
+//! so a new field is added, validated and documented in one place (its tests follow).
 
 use std::time::Duration;
 
@@ -7,7 +10,7 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use crate::cron::CronSchedule;
-use crate::document::{ContextSourceDoc, Document, HttpSourceDoc, OnTimeout, Overlap, TaskDoc, TaskType, TriggerDoc};
+use crate::document::{ContextSourceDoc, Document, Execution, HttpSourceDoc, OnTimeout, Overlap, TaskDoc, TaskType, TriggerDoc};
 use crate::duration;
 use crate::expr::Expr;
 
@@ -159,6 +162,7 @@ pub struct TaskTemplate {
     pub on_timeout: OnTimeout,
     /// Human tasks with `on_timeout: complete`: the output.
     pub timeout_output: Option<Expr>,
+    pub execution: Execution,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -427,7 +431,7 @@ impl Definition {
             match source {
                 ContextSource::Sql(s) => refs.push((format!("context.{name}.sql.datasource"), s.datasource.clone(), "sql")),
                 ContextSource::Http(HttpSource { datasource: Some(d), .. }) => {
-                    refs.push((format!("context.{name}.http.datasource"), d.clone(), "http"))
+                    refs.push((format!("context.{name}.http.datasource"), d.clone(), "http"));
                 }
                 _ => {}
             }
@@ -583,6 +587,10 @@ fn check_task(c: &mut Checker, i: usize, t: &TaskDoc) -> Option<TaskTemplate> {
         c.fail(format!("{path}.timeout_output"), "only used with on_timeout: complete");
     }
     let timeout_output = t.timeout_output.as_deref().and_then(|o| c.expr(format!("{path}.timeout_output"), o));
+    let execution = t.execution.unwrap_or_default();
+    if execution == Execution::Activity && !matches!(t.task_type, TaskType::Http | TaskType::Kafka) {
+        c.fail(format!("{path}.execution"), "only http and kafka tasks run as activities; human and workflow tasks are child workflows");
+    }
     Some(TaskTemplate {
         name: t.name.clone(),
         task_type: t.task_type,
@@ -594,6 +602,7 @@ fn check_task(c: &mut Checker, i: usize, t: &TaskDoc) -> Option<TaskTemplate> {
         human_timeout,
         on_timeout,
         timeout_output,
+        execution,
     })
 }
 
@@ -765,7 +774,7 @@ tasks:
             "orders" => Some("http"),
             _ => None,
         };
-        let errors: Vec<String> = d.check_datasources(known, "orders (http)").iter().map(|e| e.to_string()).collect();
+        let errors: Vec<String> = d.check_datasources(known, "orders (http)").iter().map(std::string::ToString::to_string).collect();
         assert_eq!(
             errors[1],
             "context.orders.sql.datasource: datasource \"orders\" is a http datasource; this needs a postgres or mysql one"
@@ -803,6 +812,19 @@ tasks:
         assert_eq!(path("timeout: 2s, timeout_output: '1'"), "tasks[0].timeout_output");
         let kafka = "id: k\nname: k\ntrigger: {event: {topics: [t]}}\ntasks:\n  - {name: a, type: kafka, timeout: 2s, on_timeout: fail, params: {topic: \"'t'\", value: '1'}}\n";
         assert_eq!(Definition::from_yaml("k", kafka).unwrap_err().errors[0].path, "tasks[0].on_timeout");
+    }
+
+    #[test]
+    fn only_http_and_kafka_tasks_run_as_activities() {
+        let doc = |task: &str| format!("id: x\nname: x\ntrigger: {{event: {{topics: [t]}}}}\ntasks:\n  - {task}\n");
+        let kafka = doc("{name: a, type: kafka, execution: activity, params: {topic: \"'t'\", value: '1'}}");
+        assert_eq!(Definition::from_yaml("k", &kafka).unwrap().remove(0).tasks[0].execution, Execution::Activity);
+        let plain = doc("{name: a, type: kafka, params: {topic: \"'t'\", value: '1'}}");
+        assert_eq!(Definition::from_yaml("k", &plain).unwrap().remove(0).tasks[0].execution, Execution::Child, "the default");
+        let human = Definition::from_yaml("h", &doc("{name: a, type: human, execution: activity}")).unwrap_err();
+        assert_eq!(human.errors[0].path, "tasks[0].execution");
+        assert!(human.errors[0].message.contains("child workflows"), "{human}");
+        assert!(Definition::from_yaml("u", &doc("{name: a, type: http, execution: inline, params: {url: \"'u'\"}}")).is_err());
     }
 
     #[test]

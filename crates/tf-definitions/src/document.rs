@@ -160,25 +160,7 @@ fn get() -> String {
     "GET".into()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskType {
-    Http,
-    Kafka,
-    Human,
-    Workflow,
-}
-
-impl TaskType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskType::Http => "http",
-            TaskType::Kafka => "kafka",
-            TaskType::Human => "human",
-            TaskType::Workflow => "workflow",
-        }
-    }
-}
+pub use crate::run::TaskType;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,6 +188,21 @@ pub struct TaskDoc {
     /// Human tasks with `on_timeout: complete`: CEL giving the output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_output: Option<String>,
+    /// `http` and `kafka` tasks: `child` (a RunTask child workflow, the default) or `activity`
+    /// (an activity of the run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<Execution>,
+}
+
+/// How the run executes an `http` or `kafka` task. A child workflow has its own history (and
+/// workflow id, the task id) in Temporal; an activity of the run costs a fraction of that and
+/// keeps the same retries, result and task row. Human and `workflow` tasks are always children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Execution {
+    #[default]
+    Child,
+    Activity,
 }
 
 /// What a human task does when nobody decided within its `timeout`.

@@ -9,10 +9,12 @@ pub mod document;
 pub mod duration;
 pub mod expr;
 pub mod plan;
+pub mod run;
 
 pub use dedupe::{DedupeKey, DedupeKeyError};
 pub use definition::RetryPolicy;
 pub use definition::{ContextSource, Dedupe, Definition, EventTrigger, FieldError, InvalidDefinition, TaskTemplate, Trigger, TypePattern};
-pub use document::{Document, OnTimeout, Overlap, TaskType};
+pub use document::{Document, Execution, OnTimeout, Overlap};
 pub use expr::{Bindings, EvalError, Expr, Scope};
 pub use plan::PlannedTask;
+pub use run::{RunId, RunSource, RunStatus, TaskId, TaskStatus, TaskType, TriggerKind};

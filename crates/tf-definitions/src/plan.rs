@@ -6,13 +6,14 @@ use std::time::Duration;
 use serde_json::{Map, Value as Json};
 
 use crate::definition::{Definition, RetryPolicy};
-use crate::document::{OnTimeout, TaskType};
+use crate::document::{Execution, OnTimeout};
 use crate::expr::{Bindings, EvalError};
+use crate::run::{RunId, TaskId, TaskType};
 
 /// One task to spawn; `task_id` is `<run id>/<template>/<index>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedTask {
-    pub task_id: String,
+    pub task_id: TaskId,
     pub template: String,
     /// Position in the `for_each` list (0 without `for_each`); stable when `when` skips items.
     pub index: u32,
@@ -24,6 +25,7 @@ pub struct PlannedTask {
     pub human_timeout: Option<Duration>,
     pub on_timeout: OnTimeout,
     pub timeout_output: Option<Json>,
+    pub execution: Execution,
 }
 
 /// The most tasks one run may spawn: each is a child workflow, and a `for_each` over a large
@@ -33,7 +35,7 @@ pub const MAX_TASKS_PER_RUN: usize = 1000;
 impl Definition {
     /// Evaluates every template against `bindings` (`item` is set per `for_each` element and
     /// `when` is evaluated per element).
-    pub fn plan_tasks(&self, run_id: &str, bindings: &Bindings) -> Result<Vec<PlannedTask>, EvalError> {
+    pub fn plan_tasks(&self, run_id: &RunId, bindings: &Bindings) -> Result<Vec<PlannedTask>, EvalError> {
         let mut out = Vec::new();
         for t in &self.tasks {
             let items = match &t.for_each {
@@ -71,7 +73,7 @@ impl Definition {
                 }
                 let timeout_output = t.timeout_output.as_ref().map(|e| e.eval(&scope)).transpose()?;
                 out.push(PlannedTask {
-                    task_id: format!("{run_id}/{}/{index}", t.name),
+                    task_id: run_id.task(&t.name, index as u32),
                     template: t.name.clone(),
                     index: index as u32,
                     task_type: t.task_type,
@@ -81,6 +83,7 @@ impl Definition {
                     human_timeout: t.human_timeout,
                     on_timeout: t.on_timeout,
                     timeout_output,
+                    execution: t.execution,
                 });
             }
         }
@@ -118,12 +121,12 @@ tasks:
             run: json!({"id": "run/orders/o1"}),
             ..Bindings::default()
         };
-        let tasks = d.plan_tasks("run/orders/o1", &b).unwrap();
+        let tasks = d.plan_tasks(&RunId::from_workflow_id("run/orders/o1"), &b).unwrap();
         let ids: Vec<&str> = tasks.iter().map(|t| t.task_id.as_str()).collect();
         assert_eq!(ids, ["run/orders/o1/ship/0", "run/orders/o1/ship/2", "run/orders/o1/review/0"]);
         assert_eq!(tasks[1].params, json!({"topic": "s", "value": {"sku": "c", "region": "eu"}}));
         assert_eq!(tasks[2].params["title"], "Review run/orders/o1");
-        assert_eq!(d.plan_tasks("run/orders/o1", &b).unwrap(), tasks, "deterministic");
+        assert_eq!(d.plan_tasks(&RunId::from_workflow_id("run/orders/o1"), &b).unwrap(), tasks, "deterministic");
     }
 
     #[test]
@@ -132,7 +135,7 @@ tasks:
         let d = Definition::from_yaml("t", yaml).unwrap().remove(0);
         let regions: serde_json::Map<String, Json> = (0..50).map(|i| (format!("r{i:02}"), json!(i))).collect();
         let b = Bindings { event: json!({"data": {"regions": regions}}), ..Bindings::default() };
-        let tasks = d.plan_tasks("run", &b).unwrap();
+        let tasks = d.plan_tasks(&RunId::from_workflow_id("run"), &b).unwrap();
         assert_eq!(tasks.len(), 50);
         for (i, t) in tasks.iter().enumerate() {
             assert_eq!(t.params, json!({"r": format!("r{i:02}"), "n": i}), "index {i} is the i-th key");
@@ -140,7 +143,12 @@ tasks:
         // A map built inside CEL iterates in hash order there; for_each still sorts it.
         let built = "id: m\nname: M\ntrigger: {event: {topics: [t]}}\ntasks:\n  - {name: per, type: human, for_each: \"{'b': 2, 'a': 1, 'c': 3}\", params: {r: item.key}}\n";
         let d = Definition::from_yaml("t", built).unwrap().remove(0);
-        let keys: Vec<Json> = d.plan_tasks("run", &Bindings::default()).unwrap().into_iter().map(|t| t.params["r"].clone()).collect();
+        let keys: Vec<Json> = d
+            .plan_tasks(&RunId::from_workflow_id("run"), &Bindings::default())
+            .unwrap()
+            .into_iter()
+            .map(|t| t.params["r"].clone())
+            .collect();
         assert_eq!(keys, [json!("a"), json!("b"), json!("c")]);
     }
 
@@ -149,8 +157,8 @@ tasks:
         let yaml = "id: m\nname: M\ntrigger: {event: {topics: [t]}}\ntasks:\n  - {name: per, type: human, for_each: event.data.items}\n";
         let d = Definition::from_yaml("t", yaml).unwrap().remove(0);
         let b = |n: usize| Bindings { event: json!({"data": {"items": vec![1; n]}}), ..Bindings::default() };
-        assert_eq!(d.plan_tasks("r", &b(MAX_TASKS_PER_RUN)).unwrap().len(), MAX_TASKS_PER_RUN);
-        let err = d.plan_tasks("r", &b(MAX_TASKS_PER_RUN + 1)).unwrap_err();
+        assert_eq!(d.plan_tasks(&RunId::from_workflow_id("r"), &b(MAX_TASKS_PER_RUN)).unwrap().len(), MAX_TASKS_PER_RUN);
+        let err = d.plan_tasks(&RunId::from_workflow_id("r"), &b(MAX_TASKS_PER_RUN + 1)).unwrap_err();
         assert_eq!(err.path, "tasks[0].for_each");
         assert!(err.reason.contains("more than 1000 tasks"), "{err}");
     }
@@ -159,7 +167,7 @@ tasks:
     fn a_failing_expression_names_its_field() {
         let d = Definition::from_yaml("t", DEF).unwrap().remove(0);
         let b = Bindings { event: json!({"data": {"gold": false}}), ..Bindings::default() };
-        let err = d.plan_tasks("r", &b).unwrap_err();
+        let err = d.plan_tasks(&RunId::from_workflow_id("r"), &b).unwrap_err();
         assert_eq!(err.path, "tasks[0].for_each");
     }
 }

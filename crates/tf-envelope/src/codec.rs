@@ -47,6 +47,43 @@ impl DecodeError {
     pub fn is_bad_input(&self) -> bool {
         !matches!(self, DecodeError::Registry(e) if e.is_transient())
     }
+
+    /// The error class a dead letter names (its `__connect.errors.exception.class.name`).
+    pub fn class(&self) -> &'static str {
+        match self {
+            DecodeError::Wire(_) => "NotWireFormat",
+            DecodeError::UnknownSchemaId(_) => "UnknownSchemaId",
+            DecodeError::Body { .. } | DecodeError::TrailingBytes { .. } => "AvroDecodeError",
+            DecodeError::Envelope { .. } => "InvalidEnvelope",
+            DecodeError::Registry(_) => "RegistryError",
+            DecodeError::WrongSubject { .. } => "WrongSubject",
+        }
+    }
+}
+
+impl Decoded {
+    /// The event a record stands for, as expressions see it. An envelope is itself; a plain
+    /// Avro record becomes `event.data`, with `event.type` its full name, an id made of its
+    /// coordinates (stable across replays) and `time` the Kafka timestamp.
+    pub fn into_event_json(
+        self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        kafka_time_ms: Option<i64>,
+    ) -> Result<serde_json::Value, serde_json::Error> {
+        match self {
+            Decoded::Envelope { event, .. } => serde_json::to_value(&event),
+            Decoded::Record { full_name, value, .. } => Ok(serde_json::json!({
+                "id": format!("{topic}-{partition}-{offset}"),
+                "source": format!("kafka://{topic}"),
+                "type": full_name,
+                "specversion": "1.0",
+                "time": kafka_time_ms,
+                "data": value,
+            })),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

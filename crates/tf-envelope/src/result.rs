@@ -2,39 +2,28 @@
 
 use apache_avro::types::Value;
 use serde::{Deserialize, Serialize};
+use tf_definitions::{RunId, RunSource, TaskId, TaskStatus, TaskType};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskResult {
-    pub task_id: String,
-    pub run_id: String,
+    pub task_id: TaskId,
+    pub run_id: RunId,
     pub definition_id: String,
     pub definition_version: i32,
     pub template: String,
-    pub task_type: String,
-    /// SUCCEEDED, FAILED or CANCELLED.
-    pub status: String,
+    pub task_type: TaskType,
+    /// Final: succeeded, failed or cancelled (the Avro symbols SUCCEEDED, FAILED, CANCELLED).
+    pub status: TaskStatus,
     /// JSON text.
     pub output: Option<String>,
     pub error: Option<String>,
     pub attempts: i32,
     pub started_at_ms: i64,
     pub finished_at_ms: i64,
-    pub trigger: ResultTrigger,
+    pub trigger: RunSource,
     /// Output and error were replaced by a note because the record was too large.
     #[serde(default)]
     pub truncated: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ResultTrigger {
-    /// EVENT, CRON or MANUAL.
-    pub kind: String,
-    pub event_id: Option<String>,
-    pub topic: Option<String>,
-    pub partition: Option<i32>,
-    pub offset: Option<i64>,
-    pub schedule_id: Option<String>,
-    pub scheduled_for_ms: Option<i64>,
 }
 
 const STATUSES: [&str; 3] = ["SUCCEEDED", "FAILED", "CANCELLED"];
@@ -74,13 +63,13 @@ impl TaskResult {
     pub fn to_avro(&self) -> Value {
         let t = &self.trigger;
         Value::Record(vec![
-            ("task_id".into(), Value::String(self.task_id.clone())),
-            ("run_id".into(), Value::String(self.run_id.clone())),
+            ("task_id".into(), Value::String(self.task_id.to_string())),
+            ("run_id".into(), Value::String(self.run_id.to_string())),
             ("definition_id".into(), Value::String(self.definition_id.clone())),
             ("definition_version".into(), Value::Int(self.definition_version)),
             ("template".into(), Value::String(self.template.clone())),
-            ("task_type".into(), Value::String(self.task_type.clone())),
-            ("status".into(), symbol(&STATUSES, &self.status)),
+            ("task_type".into(), Value::String(self.task_type.as_str().to_string())),
+            ("status".into(), symbol(&STATUSES, &self.status.symbol())),
             ("output".into(), opt(self.output.clone(), Value::String)),
             ("error".into(), opt(self.error.clone(), Value::String)),
             ("attempts".into(), Value::Int(self.attempts)),
@@ -89,7 +78,7 @@ impl TaskResult {
             (
                 "trigger".into(),
                 Value::Record(vec![
-                    ("kind".into(), symbol(&KINDS, &t.kind)),
+                    ("kind".into(), symbol(&KINDS, &t.kind.symbol())),
                     ("event_id".into(), opt(t.event_id.clone(), Value::String)),
                     ("topic".into(), opt(t.topic.clone(), Value::String)),
                     ("partition".into(), opt(t.partition, Value::Int)),
@@ -112,27 +101,19 @@ mod tests {
     fn encodes_with_the_committed_schema() {
         let schema = Schema::parse_str(crate::TASK_RESULT_SCHEMA).unwrap();
         let r = TaskResult {
-            task_id: "run/d/k/ship/0".into(),
-            run_id: "run/d/k".into(),
+            task_id: RunId::from_workflow_id("run/d/k").task("ship", 0),
+            run_id: RunId::from_workflow_id("run/d/k"),
             definition_id: "d".into(),
             definition_version: 3,
             template: "ship".into(),
-            task_type: "kafka".into(),
-            status: "SUCCEEDED".into(),
+            task_type: TaskType::Kafka,
+            status: TaskStatus::Succeeded,
             output: Some("{\"ok\":true}".into()),
             error: None,
             attempts: 1,
             started_at_ms: 1,
             finished_at_ms: 2,
-            trigger: ResultTrigger {
-                kind: "EVENT".into(),
-                event_id: Some("e".into()),
-                topic: Some("events.demo".into()),
-                partition: Some(2),
-                offset: Some(40),
-                schedule_id: None,
-                scheduled_for_ms: None,
-            },
+            trigger: RunSource::event("events.demo", 2, 40, Some("e".into())),
             truncated: false,
         };
         let bytes = to_avro_datum(&schema, r.to_avro()).unwrap();

@@ -1,6 +1,8 @@
 //! Interop with a client nobody here wrote: the Confluent Python client's AvroSerializer and
 //! AvroDeserializer (PyPI `confluent-kafka`), through the same Kafka broker and registry.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,6 +4,8 @@
 //! prefix bites. `TF_FUZZ_CASES=1000000 cargo test --release -p tf-envelope --test fuzz_decode`
 //! runs the long version.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use apache_avro::Schema;
 use tf_envelope::{DecodeError, Decoded, ENVELOPE_SCHEMA, Event, bound_decoding, decode_body};
 

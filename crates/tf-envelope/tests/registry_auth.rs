@@ -3,6 +3,8 @@
 //! plays a secured registry: it answers 401 to any connection whose first request lacks the
 //! expected `Authorization`, and passes the others on.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use tf_config::registry::RegistryAuth;
 use tf_envelope::{ENVELOPE_SCHEMA, Registry, RegistryError};
 use tf_testkit::{settings, unique};

@@ -69,7 +69,7 @@ fn partitions(c: &BaseConsumer, topics: &[String]) -> Result<TopicPartitionList,
     let mut tpl = TopicPartitionList::new();
     for t in topics {
         let md = c.fetch_metadata(Some(t), TIMEOUT)?;
-        for p in md.topics().iter().flat_map(|t| t.partitions()) {
+        for p in md.topics().iter().flat_map(rdkafka::metadata::MetadataTopic::partitions) {
             tpl.add_partition(t, p.id());
         }
     }

@@ -1,5 +1,7 @@
 //! Topic apply against the real Kafka broker.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

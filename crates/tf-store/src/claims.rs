@@ -38,14 +38,14 @@ pub struct Generation {
     pub created: bool,
     /// Status of the generation's run as recorded by the worker (`running`, `completed`,
     /// `failed`, ...), `None` while no run has begun.
-    pub run_status: Option<String>,
+    pub run_status: Option<tf_definitions::RunStatus>,
 }
 
 impl Generation {
     /// Whether a run already exists for the generation and must not be started again. A failed
     /// run may be: a redelivered event or a new event of the same window retries it.
     pub fn has_live_run(&self) -> bool {
-        self.run_status.as_deref().is_some_and(|s| !matches!(s, "failed" | "cancelled"))
+        self.run_status.is_some_and(|s| !s.retryable())
     }
 }
 
@@ -64,7 +64,7 @@ pub async fn resolve_generations_in(conn: &mut sqlx::PgConnection, requests: &[C
     let keys: Vec<&str> = requests.iter().map(|r| r.dedupe_key).collect();
     let times: Vec<i64> = requests.iter().map(|r| r.event_time_ms).collect();
     let windows: Vec<f64> = requests.iter().map(|r| r.window.as_secs_f64()).collect();
-    let rows: Vec<(i32, i32, i64, i64, bool, Option<String>)> = sqlx::query_as(
+    let rows: Vec<(i32, i32, i64, i64, bool, Option<tf_definitions::RunStatus>)> = sqlx::query_as(
         "SELECT ord, generation,
                 (extract(epoch FROM window_start) * 1000)::bigint,
                 (extract(epoch FROM window_end) * 1000)::bigint,

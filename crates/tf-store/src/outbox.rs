@@ -8,9 +8,9 @@ use sqlx::PgPool;
 use crate::StoreError;
 
 pub struct FinishedTask<'a> {
-    pub task_id: &'a str,
-    pub run_id: &'a str,
-    pub status: &'a str,
+    pub task_id: &'a tf_definitions::TaskId,
+    pub run_id: &'a tf_definitions::RunId,
+    pub status: tf_definitions::TaskStatus,
     pub output: Option<&'a Json>,
     pub error: Option<&'a str>,
     pub attempts: i32,

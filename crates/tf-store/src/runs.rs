@@ -4,23 +4,12 @@
 
 use serde_json::Value as Json;
 use sqlx::PgPool;
+pub use tf_definitions::{RunId, RunSource, RunStatus, TriggerKind};
 
 use crate::StoreError;
 
-/// Where a run came from, as stored in `activity_runs`.
-#[derive(Debug, Clone, Default)]
-pub struct RunSource {
-    pub trigger_kind: String,
-    pub topic: Option<String>,
-    pub partition: Option<i32>,
-    pub offset: Option<i64>,
-    pub event_id: Option<String>,
-    pub schedule_id: Option<String>,
-    pub scheduled_for_ms: Option<i64>,
-}
-
 pub struct BeginRun<'a> {
-    pub run_id: &'a str,
+    pub run_id: &'a RunId,
     pub execution_id: &'a str,
     pub definition_id: &'a str,
     pub definition_version: i32,
@@ -82,7 +71,7 @@ pub async fn begin_run(pool: &PgPool, r: &BeginRun<'_>) -> Result<Claim, StoreEr
     .fetch_optional(&mut *tx)
     .await?;
     let s = r.source;
-    let status = if other.is_some() { "deduplicated" } else { "running" };
+    let status = if other.is_some() { RunStatus::Deduplicated } else { RunStatus::Running };
     let inserted = sqlx::query(
         "INSERT INTO activity_runs (run_id, execution_id, definition_id, definition_version, dedupe_key, trigger_kind,
              source_topic, source_partition, source_offset, event_id, schedule_id, scheduled_for, fired_at,
@@ -96,7 +85,7 @@ pub async fn begin_run(pool: &PgPool, r: &BeginRun<'_>) -> Result<Claim, StoreEr
     .bind(r.definition_id)
     .bind(r.definition_version)
     .bind(r.dedupe_key)
-    .bind(&s.trigger_kind)
+    .bind(s.kind)
     .bind(&s.topic)
     .bind(s.partition)
     .bind(s.offset)
@@ -117,14 +106,14 @@ pub async fn begin_run(pool: &PgPool, r: &BeginRun<'_>) -> Result<Claim, StoreEr
     } else if inserted {
         Claim::Claimed { generation, attempt: 1, succeeded: Vec::new() }
     } else {
-        let (execution_id, status, attempt): (String, String, i32) =
+        let (execution_id, status, attempt): (String, RunStatus, i32) =
             sqlx::query_as("SELECT execution_id, status, attempt FROM activity_runs WHERE run_id = $1 FOR UPDATE")
                 .bind(r.run_id)
                 .fetch_one(&mut *tx)
                 .await?;
         if execution_id == r.execution_id {
             Claim::Claimed { generation, attempt: attempt as u32, succeeded: succeeded_tasks(&mut tx, r.run_id, attempt).await? }
-        } else if matches!(status.as_str(), "failed" | "cancelled") {
+        } else if status.retryable() {
             sqlx::query(
                 "UPDATE activity_runs SET execution_id = $2, status = 'running', finished_at = NULL, attempt = attempt + 1
                  WHERE run_id = $1",
@@ -144,7 +133,7 @@ pub async fn begin_run(pool: &PgPool, r: &BeginRun<'_>) -> Result<Claim, StoreEr
 }
 
 /// Tasks that succeeded in attempts before `attempt`.
-async fn succeeded_tasks(tx: &mut sqlx::PgConnection, run_id: &str, attempt: i32) -> Result<Vec<(String, u32)>, StoreError> {
+async fn succeeded_tasks(tx: &mut sqlx::PgConnection, run_id: &RunId, attempt: i32) -> Result<Vec<(String, u32)>, StoreError> {
     let rows: Vec<(String, i32)> = sqlx::query_as(
         "SELECT DISTINCT template, item_index FROM tasks WHERE run_id = $1 AND run_attempt < $2 AND status = 'succeeded'
          ORDER BY template, item_index",
@@ -157,7 +146,7 @@ async fn succeeded_tasks(tx: &mut sqlx::PgConnection, run_id: &str, attempt: i32
 }
 
 /// Stores the run's context snapshot and how each source was obtained.
-pub async fn set_context(pool: &PgPool, run_id: &str, context: &Json, sources: Option<&Json>) -> Result<(), StoreError> {
+pub async fn set_context(pool: &PgPool, run_id: &RunId, context: &Json, sources: Option<&Json>) -> Result<(), StoreError> {
     sqlx::query("UPDATE activity_runs SET context = $2, context_sources = $3 WHERE run_id = $1")
         .bind(run_id)
         .bind(context)
@@ -169,7 +158,7 @@ pub async fn set_context(pool: &PgPool, run_id: &str, context: &Json, sources: O
 
 /// Returns the definition and the run's duration in seconds (from its trigger firing) when this
 /// call finished it, `None` when it was already finished (a retried activity).
-pub async fn finish_run(pool: &PgPool, run_id: &str, status: &str) -> Result<Option<(String, f64)>, StoreError> {
+pub async fn finish_run(pool: &PgPool, run_id: &RunId, status: RunStatus) -> Result<Option<(String, f64)>, StoreError> {
     Ok(sqlx::query_as(
         "UPDATE activity_runs SET status = $2, finished_at = now() WHERE run_id = $1 AND status = 'running'
          RETURNING definition_id, greatest(extract(epoch FROM finished_at - fired_at), 0)::float8",
@@ -183,15 +172,15 @@ pub async fn finish_run(pool: &PgPool, run_id: &str, status: &str) -> Result<Opt
 /// A run as operators list it.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct RunRow {
-    pub run_id: String,
+    pub run_id: RunId,
     pub definition_id: String,
     pub definition_version: i32,
     pub dedupe_key: String,
     pub generation: i32,
     pub attempt: i32,
-    pub trigger_kind: String,
+    pub trigger_kind: TriggerKind,
     pub source: String,
-    pub status: String,
+    pub status: RunStatus,
     pub tasks_spawned: i32,
     pub tasks_done: i64,
     pub results_published: i64,
@@ -199,7 +188,7 @@ pub struct RunRow {
 }
 
 /// A run's status and the input it was started with (`tf runs retry`).
-pub async fn run_input(pool: &PgPool, run_id: &str) -> Result<Option<(String, Option<Json>)>, StoreError> {
+pub async fn run_input(pool: &PgPool, run_id: &str) -> Result<Option<(RunStatus, Option<Json>)>, StoreError> {
     Ok(sqlx::query_as("SELECT status, input FROM activity_runs WHERE run_id = $1").bind(run_id).fetch_optional(pool).await?)
 }
 
@@ -224,9 +213,9 @@ pub async fn recent_runs(pool: &PgPool, limit: i64) -> Result<Vec<RunRow>, Store
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
     pub definition: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<RunStatus>,
     pub dedupe_key: Option<String>,
-    pub trigger_kind: Option<String>,
+    pub trigger_kind: Option<TriggerKind>,
     /// Fired at or after (RFC 3339).
     pub since: Option<String>,
     /// Fired before (RFC 3339).
@@ -262,9 +251,9 @@ pub async fn list_runs(
          ORDER BY r.fired_at DESC, r.run_id DESC LIMIT $9",
     )
     .bind(&f.definition)
-    .bind(&f.status)
+    .bind(f.status)
     .bind(&f.dedupe_key)
-    .bind(&f.trigger_kind)
+    .bind(f.trigger_kind)
     .bind(&f.since)
     .bind(&f.until)
     .bind(after.map(|c| c.0))
@@ -298,7 +287,7 @@ pub async fn lineage(pool: &PgPool, run_id: &str) -> Result<Option<Json>, StoreE
                     'created_at', t.created_at, 'finished_at', t.finished_at) ORDER BY t.task_id)
                 FROM tasks t WHERE t.run_id = r.run_id), '[]'::json),
             'results', coalesce((SELECT json_agg(json_build_object(
-                    'task_id', x.task_id, 'status', x.record->>'status', 'topic', 'taskfactory.results',
+                    'task_id', x.task_id, 'status', upper(x.record->>'status'), 'topic', 'taskfactory.results',
                     'partition', x.published_partition, 'offset', x.published_offset, 'published_at', x.published_at,
                     'quarantined', x.quarantined_at IS NOT NULL, 'quarantine_reason', x.quarantine_reason) ORDER BY x.task_id)
                 FROM task_results x WHERE x.run_id = r.run_id), '[]'::json))

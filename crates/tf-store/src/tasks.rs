@@ -3,20 +3,21 @@
 
 use serde_json::Value as Json;
 use sqlx::PgPool;
+use tf_definitions::{RunId, TaskId, TaskStatus, TaskType};
 
 use crate::StoreError;
 
 pub struct NewTask<'a> {
-    pub task_id: &'a str,
+    pub task_id: &'a TaskId,
     pub run_attempt: i32,
     pub template: &'a str,
     pub index: i32,
-    pub task_type: &'a str,
+    pub task_type: TaskType,
     pub params: &'a Json,
 }
 
 /// Records the planned tasks of a run (idempotent) and how many were spawned.
-pub async fn record_tasks(pool: &PgPool, run_id: &str, tasks: &[NewTask<'_>]) -> Result<(), StoreError> {
+pub async fn record_tasks(pool: &PgPool, run_id: &RunId, tasks: &[NewTask<'_>]) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     for t in tasks {
         sqlx::query(
@@ -42,7 +43,7 @@ pub async fn record_tasks(pool: &PgPool, run_id: &str, tasks: &[NewTask<'_>]) ->
     Ok(())
 }
 
-pub async fn set_task_status(pool: &PgPool, task_id: &str, status: &str) -> Result<(), StoreError> {
+pub async fn set_task_status(pool: &PgPool, task_id: &TaskId, status: TaskStatus) -> Result<(), StoreError> {
     sqlx::query("UPDATE tasks SET status = $2 WHERE task_id = $1 AND finished_at IS NULL").bind(task_id).bind(status).execute(pool).await?;
     Ok(())
 }
@@ -50,15 +51,15 @@ pub async fn set_task_status(pool: &PgPool, task_id: &str, status: &str) -> Resu
 /// A task as operators list it.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct TaskRow {
-    pub task_id: String,
-    pub task_type: String,
-    pub status: String,
+    pub task_id: TaskId,
+    pub task_type: TaskType,
+    pub status: TaskStatus,
     pub params: Json,
     pub created_at: String,
 }
 
 /// Tasks in `status` (e.g. `awaiting_human`), oldest first.
-pub async fn tasks_by_status(pool: &PgPool, status: &str, limit: i64) -> Result<Vec<TaskRow>, StoreError> {
+pub async fn tasks_by_status(pool: &PgPool, status: TaskStatus, limit: i64) -> Result<Vec<TaskRow>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT task_id, task_type, status, params,
                 to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at
@@ -83,7 +84,7 @@ pub async fn task(pool: &PgPool, task_id: &str) -> Result<Option<TaskRow>, Store
 
 /// Human tasks in `status` (default `awaiting_human`), oldest first, as JSON objects with their
 /// definition and who claimed them.
-pub async fn human_inbox(pool: &PgPool, definition: Option<&str>, status: &str, limit: i64) -> Result<Vec<Json>, StoreError> {
+pub async fn human_inbox(pool: &PgPool, definition: Option<&str>, status: TaskStatus, limit: i64) -> Result<Vec<Json>, StoreError> {
     Ok(sqlx::query_scalar(
         "SELECT json_build_object('task_id', t.task_id, 'run_id', t.run_id, 'definition_id', r.definition_id,
                                   'definition_version', r.definition_version, 'template', t.template, 'index', t.item_index,

@@ -1,6 +1,8 @@
 //! Claim resolution (`tf_resolve_generations`) on the real PostgreSQL: window boundaries,
 //! out-of-order event times, batches, concurrency and keys the store refuses.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use std::time::Duration;
 
 use tf_store::claims::{ClaimRequest, Generation, resolve_generations};
@@ -95,9 +97,10 @@ async fn a_run_recorded_for_a_generation_is_reported_with_its_status() {
         tf_testkit::apply_definition(&pool, "id: d\nname: D\ntrigger: {event: {topics: [t]}}\ntasks: [{name: t, type: human}]\n").await;
     assert_eq!(def, "d");
     let g = one(&pool, "k", 100).await;
-    let source = tf_store::runs::RunSource { trigger_kind: "manual".into(), ..Default::default() };
+    let run_id = tf_store::runs::RunId::from_workflow_id("run/d/k/1");
+    let source = tf_store::runs::RunSource::of(tf_store::runs::TriggerKind::Manual);
     let begin = tf_store::runs::BeginRun {
-        run_id: "run/d/k/1",
+        run_id: &run_id,
         execution_id: "x1",
         definition_id: "d",
         definition_version: version,
@@ -112,9 +115,9 @@ async fn a_run_recorded_for_a_generation_is_reported_with_its_status() {
     };
     tf_store::runs::begin_run(&pool, &begin).await.unwrap();
     let g = one(&pool, "k", 101).await;
-    assert_eq!(g.run_status.as_deref(), Some("running"));
+    assert_eq!(g.run_status, Some(tf_store::runs::RunStatus::Running));
     assert!(g.has_live_run());
-    tf_store::runs::finish_run(&pool, "run/d/k/1", "failed").await.unwrap();
+    tf_store::runs::finish_run(&pool, &run_id, tf_store::runs::RunStatus::Failed).await.unwrap();
     let g = one(&pool, "k", 102).await;
     assert!(!g.has_live_run(), "a failed generation may be run again");
     // A new execution of the failed run takes it over as attempt 2.
@@ -123,7 +126,7 @@ async fn a_run_recorded_for_a_generation_is_reported_with_its_status() {
         tf_store::runs::begin_run(&pool, &retry).await.unwrap(),
         tf_store::runs::Claim::Claimed { generation: 1, attempt: 2, succeeded: vec![] }
     );
-    tf_store::runs::finish_run(&pool, "run/d/k/1", "completed").await.unwrap();
+    tf_store::runs::finish_run(&pool, &run_id, tf_store::runs::RunStatus::Completed).await.unwrap();
     let again = tf_store::runs::BeginRun { execution_id: "x3", ..begin };
     assert!(matches!(tf_store::runs::begin_run(&pool, &again).await.unwrap(), tf_store::runs::Claim::HeldBy { .. }));
 }

@@ -1,5 +1,7 @@
 //! Definition versions against the real PostgreSQL.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use serde_json::json;
 use tf_store::definitions::{self, ApplyOutcome, NewDefinition};
 use tf_testkit::{FreshDatabase, settings};

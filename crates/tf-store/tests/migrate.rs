@@ -1,5 +1,7 @@
 //! Migrations against the real PostgreSQL of the stack, on a fresh database per test.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use tf_testkit::{FreshDatabase, settings};
 
 #[tokio::test]

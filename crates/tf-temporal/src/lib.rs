@@ -16,7 +16,7 @@ use temporalio_client::{
 };
 use temporalio_common::search_attributes::{SearchAttributeKey, SearchAttributes};
 use temporalio_common::{HasWorkflowDefinition, WorkflowDefinition};
-pub use tf_definitions::DedupeKey;
+pub use tf_definitions::{DedupeKey, RunId, RunSource, TaskId, TaskType, TriggerKind};
 
 pub const RUN_ACTIVITY: &str = "RunActivity";
 pub const RUN_TASK: &str = "RunTask";
@@ -24,26 +24,6 @@ pub const RUN_TASK: &str = "RunTask";
 pub const ACTIVITY_ID: SearchAttributeKey<String> = SearchAttributeKey::keyword("ActivityId");
 pub const DEDUPE_KEY: SearchAttributeKey<String> = SearchAttributeKey::keyword("DedupeKey");
 pub const TRIGGER_KIND: SearchAttributeKey<String> = SearchAttributeKey::keyword("TriggerKind");
-
-/// What started a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TriggerInfo {
-    /// `event`, `cron` or `manual`.
-    pub kind: String,
-    #[serde(default)]
-    pub topic: Option<String>,
-    #[serde(default)]
-    pub partition: Option<i32>,
-    #[serde(default)]
-    pub offset: Option<i64>,
-    #[serde(default)]
-    pub event_id: Option<String>,
-    #[serde(default)]
-    pub schedule_id: Option<String>,
-    /// The nominal time of a scheduled run, ms since the epoch.
-    #[serde(default)]
-    pub scheduled_for_ms: Option<i64>,
-}
 
 /// Input of RunActivity. The definition version is pinned here, at start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,7 +39,7 @@ pub struct RunInput {
     /// The event time that placed the run in its generation, ms since the epoch.
     #[serde(default)]
     pub event_time_ms: Option<i64>,
-    pub trigger: TriggerInfo,
+    pub trigger: RunSource,
     /// The event as expressions see it (`event`), for event triggers.
     #[serde(default)]
     pub event: Option<Json>,
@@ -71,8 +51,8 @@ pub struct RunInput {
 /// Output of RunActivity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
-    /// `completed`, `failed` or `deduplicated`.
-    pub status: String,
+    /// `completed` or `deduplicated` (a failed run fails its workflow).
+    pub status: tf_definitions::RunStatus,
     pub tasks_spawned: u32,
     pub tasks_failed: u32,
 }
@@ -90,11 +70,6 @@ impl WorkflowDefinition for RunActivity {
 
 impl HasWorkflowDefinition for RunActivity {
     type Run = Self;
-}
-
-/// The workflow id of a run: see [`DedupeKey::workflow_id`].
-pub fn workflow_id(definition_id: &str, dedupe_key: &DedupeKey, generation: u32) -> String {
-    dedupe_key.workflow_id(definition_id, generation)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,11 +181,11 @@ async fn start(
     execution_timeout: Option<Duration>,
 ) -> Result<StartOutcome, TemporalError> {
     let key = DedupeKey::parse(input.dedupe_key.clone())?;
-    let workflow_id = workflow_id(&input.definition_id, &key, input.generation.max(1));
+    let workflow_id = key.run_id(&input.definition_id, input.generation.max(1)).to_string();
     let attrs = SearchAttributes::new([
         ACTIVITY_ID.value_set(input.definition_id.clone()),
         DEDUPE_KEY.value_set(input.dedupe_key.clone()),
-        TRIGGER_KIND.value_set(input.trigger.kind.clone()),
+        TRIGGER_KIND.value_set(input.trigger.kind.as_str().to_string()),
     ]);
     let opts = WorkflowStartOptions::new(task_queue, workflow_id.clone())
         .id_conflict_policy(WorkflowIdConflictPolicy::Fail)
@@ -230,21 +205,20 @@ async fn start(
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskInput {
     /// `<run id>/<template>/<index>`; also the child workflow id.
-    pub task_id: String,
-    pub run_id: String,
+    pub task_id: TaskId,
+    pub run_id: RunId,
     pub definition_id: String,
     pub definition_version: i32,
     pub template: String,
     pub index: u32,
-    /// `http`, `kafka`, `human` or `workflow`.
-    pub task_type: String,
+    pub task_type: TaskType,
     pub params: Json,
     pub max_attempts: u32,
     pub initial_interval_ms: u64,
     pub max_interval_ms: u64,
     pub backoff: f64,
     pub timeout_ms: u64,
-    pub trigger: TriggerInfo,
+    pub trigger: RunSource,
     /// The run's W3C trace context, passed on to what the task calls (Kafka and HTTP headers).
     #[serde(default)]
     pub traceparent: Option<String>,
@@ -256,13 +230,16 @@ pub struct TaskInput {
     pub complete_on_timeout: bool,
     #[serde(default)]
     pub timeout_output: Option<Json>,
+    /// A child workflow (its own RunTask) or an activity of the run.
+    #[serde(default)]
+    pub execution: tf_definitions::Execution,
 }
 
 /// Output of RunTask.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskConclusion {
-    /// SUCCEEDED, FAILED or CANCELLED.
-    pub status: String,
+    /// Final: succeeded, failed or cancelled.
+    pub status: tf_definitions::TaskStatus,
     pub attempts: u32,
 }
 

@@ -6,6 +6,7 @@ use serde_json::Value as Json;
 use temporalio_client::{Client, WorkflowCancelOptions};
 
 use crate::{RunActivity, RunInput, StartOutcome, TemporalError};
+use tf_definitions::{RunStatus, TriggerKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunControlError {
@@ -34,10 +35,10 @@ pub async fn retry_run(
     client: &Client,
     task_queue: &str,
     run_id: &str,
-    status: &str,
+    status: RunStatus,
     input: Option<Json>,
 ) -> Result<RetryOutcome, RunControlError> {
-    if !matches!(status, "failed" | "cancelled") {
+    if !status.retryable() {
         return Err(RunControlError::Refused(format!("run {run_id} is {status}; only failed or cancelled runs are retried")));
     }
     let input = input.ok_or_else(|| {
@@ -45,7 +46,7 @@ pub async fn retry_run(
     })?;
     let input: RunInput = serde_json::from_value(input)
         .map_err(|e| RunControlError::Refused(format!("run {run_id}: the recorded input does not read as a RunActivity input: {e}")))?;
-    if input.trigger.kind == "cron" {
+    if input.trigger.kind == TriggerKind::Cron {
         return Err(RunControlError::Refused(format!(
             "run {run_id} was started by a schedule; retry it with `tf schedules backfill` over its scheduled time"
         )));
@@ -59,8 +60,8 @@ pub async fn retry_run(
 /// Asks Temporal to cancel a running run. The workflow cancels its tasks (each records a
 /// `CANCELLED` result) and records the run as `cancelled`; this returns once Temporal accepted
 /// the request, before that happened.
-pub async fn cancel_run(client: &Client, run_id: &str, status: &str, reason: &str) -> Result<(), RunControlError> {
-    if status != "running" {
+pub async fn cancel_run(client: &Client, run_id: &str, status: RunStatus, reason: &str) -> Result<(), RunControlError> {
+    if status != RunStatus::Running {
         return Err(RunControlError::Refused(format!("run {run_id} is {status}; only running runs are cancelled")));
     }
     client

@@ -13,7 +13,7 @@ use temporalio_client::schedules::{
 use temporalio_client::{Client, RpcOptions};
 use tf_definitions::{Definition, Overlap, Trigger};
 
-use crate::{RunActivity, RunInput, TriggerInfo};
+use crate::{RunActivity, RunInput, RunSource};
 
 pub const SCHEDULE_PREFIX: &str = "activity-schedule-";
 /// The note of a schedule the reconciler paused because its definition is disabled; a schedule
@@ -75,15 +75,7 @@ impl DesiredSchedule {
             dedupe_window_secs: self.dedupe_window_secs,
             generation: 0,
             event_time_ms: None,
-            trigger: TriggerInfo {
-                kind: "cron".into(),
-                topic: None,
-                partition: None,
-                offset: None,
-                event_id: None,
-                schedule_id: Some(schedule_id(&self.definition_id)),
-                scheduled_for_ms: None,
-            },
+            trigger: RunSource::cron(schedule_id(&self.definition_id)),
             event: None,
             traceparent: None,
         }

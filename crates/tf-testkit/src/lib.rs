@@ -1,6 +1,9 @@
 //! Shared helpers for integration tests. They talk to the real services of `scripts/stack`
 //! (or whatever the TF_* variables point at); nothing here stands in for a service.
 
+// Test support: a helper that cannot do its job panics, which is how a test reports failure.
+#![allow(clippy::unwrap_used)]
+
 pub mod otlp;
 
 use std::path::PathBuf;
@@ -59,15 +62,7 @@ pub fn run_input(definition_id: &str, version: i32, key: &str, event: serde_json
         dedupe_window_secs: 3600,
         generation: 0,
         event_time_ms: None,
-        trigger: tf_temporal::TriggerInfo {
-            kind: "event".into(),
-            topic: Some("events.demo".into()),
-            partition: Some(0),
-            offset: Some(7),
-            event_id: Some(format!("evt-{key}")),
-            schedule_id: None,
-            scheduled_for_ms: None,
-        },
+        trigger: tf_temporal::RunSource::event("events.demo", 0, 7, Some(format!("evt-{key}"))),
         event: Some(event),
         traceparent: None,
     }

@@ -1,6 +1,8 @@
 //! The stack itself: what scripts/stack promises, checked on the running services, and the
 //! docker-compose file kept valid and in step with the pinned versions.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use std::process::Command;
 
 use tf_testkit::{python, repo_root, settings};
@@ -53,5 +55,23 @@ fn temporal_has_the_custom_search_attributes() {
     for name in ["ActivityId", "DedupeKey", "TriggerKind"] {
         let line = listing.lines().find(|l| l.split_whitespace().next() == Some(name));
         assert!(line.is_some_and(|l| l.contains("Keyword")), "{name} is not a Keyword search attribute:\n{listing}");
+    }
+}
+
+/// A fresh machine gets every component only if `install_all` calls every installer
+/// (it once skipped PostgreSQL, and `initdb` failed on machines without it).
+#[test]
+fn install_all_calls_every_installer() {
+    let script = std::fs::read_to_string(repo_root().join("scripts/stack")).unwrap();
+    let installers: Vec<&str> = script
+        .lines()
+        .filter_map(|l| l.strip_prefix("install_").and_then(|rest| rest.split_once("()")).map(|(name, _)| name))
+        .filter(|name| *name != "all")
+        .collect();
+    assert!(installers.len() >= 6, "found the installers: {installers:?}");
+    let body = script.split("install_all() {").nth(1).and_then(|rest| rest.split('}').next()).expect("install_all is defined");
+    let called: Vec<&str> = body.split([';', '\n', ' ']).filter_map(|w| w.trim().strip_prefix("install_")).collect();
+    for name in &installers {
+        assert!(called.contains(name), "install_all does not call install_{name}: {body}");
     }
 }

@@ -39,7 +39,7 @@ fn parse(state: &AppState, body: &str) -> Result<Vec<Definition>, ApiError> {
 fn summary(d: &Definition) -> Value {
     let mut v = json!({"id": d.id, "name": d.name, "enabled": d.enabled, "trigger": d.trigger.kind(), "tasks": d.tasks.len()});
     if let Trigger::Cron(c) = &d.trigger {
-        let next: Vec<String> = c.schedule.next_fire_times(chrono::Utc::now(), 5).iter().map(|t| t.to_rfc3339()).collect();
+        let next: Vec<String> = c.schedule.next_fire_times(chrono::Utc::now(), 5).iter().map(chrono::DateTime::to_rfc3339).collect();
         v["next_fire_times"] = json!(next);
     }
     v

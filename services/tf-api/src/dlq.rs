@@ -76,7 +76,7 @@ async fn read(state: &AppState, f: &Filter) -> Result<Vec<DeadLetter>, ApiError>
         let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).map_err(|e| e.to_string())?;
         let mut tpl = TopicPartitionList::new();
         let mut highs = std::collections::HashMap::new();
-        for p in md.topics().first().map(|t| t.partitions()).unwrap_or_default() {
+        for p in md.topics().first().map(rdkafka::metadata::MetadataTopic::partitions).unwrap_or_default() {
             if only.is_some_and(|o| o != p.id()) {
                 continue;
             }

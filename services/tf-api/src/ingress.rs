@@ -102,7 +102,7 @@ pub async fn ingest(
     for (out, d) in events.iter().zip(delivered) {
         match d {
             Ok(delivery) => {
-                accepted.push(json!({"id": out.event.id, "topic": topic, "partition": delivery.partition, "offset": delivery.offset}))
+                accepted.push(json!({"id": out.event.id, "topic": topic, "partition": delivery.partition, "offset": delivery.offset}));
             }
             Err((e, _)) => {
                 tracing::warn!(error = %e, %topic, "producing an event");

@@ -185,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let _telemetry = tf_telemetry::init_service("tf-api", "info").context("trace export (OTEL_EXPORTER_OTLP_*)")?;
     tf_config::check_connection_settings()?;
+    let recorder = tf_runtime::Metrics::install("tf-api", env!("CARGO_PKG_VERSION"), &[])?;
     let tokens = auth::Tokens::load(cli.tokens.as_deref(), std::env::vars())?;
     anyhow::ensure!(
         !tokens.is_empty(),
@@ -212,7 +213,7 @@ async fn main() -> anyhow::Result<()> {
         max_event_bytes: cli.max_event_bytes,
         temporal,
         dlq_topic: cli.dlq_topic.clone(),
-        metrics: Arc::default(),
+        metrics: Arc::new(metrics::Metrics::new()),
         envelope_topics: Arc::default(),
         lag: Arc::default(),
         router_group: cli.router_group.clone(),
@@ -226,20 +227,15 @@ async fn main() -> anyhow::Result<()> {
         state.lag_every,
     ));
     let token_count = state.tokens.len();
-    if !cli.metrics_addr.is_empty() {
-        let m = state.metrics.clone();
-        let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        tokio::spawn(tf_telemetry::serve_metrics(cli.metrics_addr.clone(), Arc::new(move || m.render()), ready));
-    }
+    // Connected above; the API's own /readyz answers on its port too.
+    let ready = tf_runtime::Ready::default();
+    ready.set(true);
+    tf_runtime::serve(&cli.metrics_addr, recorder, ready);
     let listener = tokio::net::TcpListener::bind(&cli.addr).await.with_context(|| format!("listening on {}", cli.addr))?;
     tracing::info!(addr = %listener.local_addr()?, tokens = token_count, "api running");
     axum::serve(listener, router(state, cli.max_body_bytes))
         .with_graceful_shutdown(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-            }
+            tf_runtime::shutdown_signal().await;
             tracing::info!("shutting down");
         })
         .await?;

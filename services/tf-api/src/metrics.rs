@@ -1,27 +1,42 @@
-//! tf-api's Prometheus metrics, served on `TF_API_METRICS_ADDR` like the router's and the
-//! worker's (not on the API port, which is for token holders).
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! tf-api's metrics, through the `metrics` facade and served by `tf-runtime` on
+//! `TF_API_METRICS_ADDR` like the router's and the worker's (not on the API port, which is for
+//! token holders).
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use metrics::{Counter, counter, describe_counter};
 
 use crate::AppState;
 
 /// Response classes counted per request.
 const CLASSES: [&str; 5] = ["2xx", "401", "403", "4xx", "5xx"];
 
-#[derive(Default)]
+/// Handles to the API's series, made once (after the recorder is installed).
 pub struct Metrics {
-    responses: [AtomicU64; 5],
-    pub events_accepted: AtomicU64,
-    pub definitions_applied: AtomicU64,
-    pub tasks_decided: AtomicU64,
-    pub dead_letters_redriven: AtomicU64,
+    responses: [Counter; 5],
+    pub events_accepted: Counter,
+    pub definitions_applied: Counter,
+    pub tasks_decided: Counter,
+    pub dead_letters_redriven: Counter,
 }
 
 impl Metrics {
+    pub fn new() -> Metrics {
+        describe_counter!("tf_api_responses_total", "Responses by class (401 and 403 apart).");
+        describe_counter!("tf_api_events_accepted_total", "Events acknowledged by Kafka through the ingress.");
+        describe_counter!("tf_api_definitions_applied_total", "Definitions applied (any outcome).");
+        describe_counter!("tf_api_tasks_decided_total", "Human-task decisions the workflow accepted.");
+        describe_counter!("tf_api_dead_letters_redriven_total", "Dead letters sent back to their topic.");
+        Metrics {
+            responses: CLASSES.map(|class| counter!("tf_api_responses_total", "class" => class)),
+            events_accepted: counter!("tf_api_events_accepted_total"),
+            definitions_applied: counter!("tf_api_definitions_applied_total"),
+            tasks_decided: counter!("tf_api_tasks_decided_total"),
+            dead_letters_redriven: counter!("tf_api_dead_letters_redriven_total"),
+        }
+    }
+
     fn count(&self, status: u16) {
         let class = match status {
             200..=299 => 0,
@@ -30,46 +45,7 @@ impl Metrics {
             400..=499 => 3,
             _ => 4,
         };
-        self.responses[class].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn render(&self) -> String {
-        use tf_telemetry::metric;
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
-        let mut out = String::new();
-        let labels: Vec<String> = CLASSES.iter().map(|c| format!("{{class=\"{c}\"}}")).collect();
-        let samples: Vec<(&str, f64)> = labels.iter().zip(&self.responses).map(|(l, c)| (l.as_str(), get(c))).collect();
-        metric(&mut out, "tf_api_responses_total", "counter", "Responses by class (401 and 403 apart).", &samples);
-        metric(
-            &mut out,
-            "tf_api_events_accepted_total",
-            "counter",
-            "Events acknowledged by Kafka through the ingress.",
-            &[("", get(&self.events_accepted))],
-        );
-        metric(
-            &mut out,
-            "tf_api_definitions_applied_total",
-            "counter",
-            "Definitions applied (any outcome).",
-            &[("", get(&self.definitions_applied))],
-        );
-        metric(
-            &mut out,
-            "tf_api_tasks_decided_total",
-            "counter",
-            "Human-task decisions the workflow accepted.",
-            &[("", get(&self.tasks_decided))],
-        );
-        metric(
-            &mut out,
-            "tf_api_dead_letters_redriven_total",
-            "counter",
-            "Dead letters sent back to their topic.",
-            &[("", get(&self.dead_letters_redriven))],
-        );
-        tf_telemetry::build_info(&mut out, "tf-api", env!("CARGO_PKG_VERSION"));
-        out
+        self.responses[class].increment(1);
     }
 }
 
@@ -80,6 +56,6 @@ pub async fn count(State(state): State<AppState>, request: Request, next: Next) 
     response
 }
 
-pub fn add(counter: &AtomicU64, n: usize) {
-    counter.fetch_add(n as u64, Ordering::Relaxed);
+pub fn add(counter: &Counter, n: usize) {
+    counter.increment(n as u64);
 }

@@ -5,14 +5,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tf_definitions::{RunStatus, TriggerKind};
 use tf_store::runs::{RunCursor, RunFilter};
 use tf_temporal::run_control::{RetryOutcome, RunControlError, cancel_run, retry_run};
 
 use crate::AppState;
 use crate::auth::Scope;
 use crate::error::ApiError;
-
-const STATUSES: [&str; 5] = ["running", "completed", "failed", "cancelled", "deduplicated"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,21 +49,13 @@ pub async fn list(
     state.tokens.require(&headers, Scope::Read)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
     let limit = crate::error::page_limit(q.limit, 50)?;
-    if let Some(s) = &q.status
-        && !STATUSES.contains(&s.as_str())
-    {
-        return Err(ApiError::bad_request("status", format!("{s:?} is not one of {}", STATUSES.join(", "))));
-    }
-    if let Some(t) = &q.trigger
-        && !["event", "cron"].contains(&t.as_str())
-    {
-        return Err(ApiError::bad_request("trigger", format!("{t:?} is not event or cron")));
-    }
+    let status = q.status.map(|s| s.parse::<RunStatus>()).transpose().map_err(|e| ApiError::bad_request("status", e.to_string()))?;
+    let trigger = q.trigger.map(|t| t.parse::<TriggerKind>()).transpose().map_err(|e| ApiError::bad_request("trigger", e.to_string()))?;
     let filter = RunFilter {
         definition: q.definition,
-        status: q.status,
+        status,
         dedupe_key: q.key,
-        trigger_kind: q.trigger,
+        trigger_kind: trigger,
         since: time("since", q.since)?,
         until: time("until", q.until)?,
     };
@@ -113,14 +104,14 @@ pub async fn act(
         return Err(ApiError::not_found(format!("no run {run_id}")));
     };
     let outcome = if action == "retry" {
-        retry_run(&state.temporal, &state.settings.task_queue, run_id, &status, input).await.and_then(|o| match o {
+        retry_run(&state.temporal, &state.settings.task_queue, run_id, status, input).await.and_then(|o| match o {
             RetryOutcome::Started => Ok("retry started"),
             RetryOutcome::StillOpen => Err(RunControlError::Refused(format!(
                 "{run_id} has an open execution in Temporal (it may be finishing its failure); try again in a moment"
             ))),
         })
     } else {
-        cancel_run(&state.temporal, run_id, &status, &format!("{reason} (by {})", caller.token)).await.map(|()| "cancel requested")
+        cancel_run(&state.temporal, run_id, status, &format!("{reason} (by {})", caller.token)).await.map(|()| "cancel requested")
     };
     match outcome {
         Ok(what) => {

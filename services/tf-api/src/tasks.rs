@@ -7,14 +7,13 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use temporalio_client::{WorkflowExecuteUpdateOptions, errors::WorkflowUpdateError};
+use tf_definitions::TaskStatus;
 use tf_store::tasks::ClaimOutcome;
 use tf_temporal::{DecideTask, HumanDecision, RunTask};
 
 use crate::AppState;
 use crate::auth::Scope;
 use crate::error::ApiError;
-
-const STATUSES: [&str; 6] = ["pending", "running", "awaiting_human", "succeeded", "failed", "cancelled"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,12 +30,12 @@ pub async fn inbox(
 ) -> Result<Json<Value>, ApiError> {
     state.tokens.require(&headers, Scope::Tasks)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
-    let status = q.status.unwrap_or_else(|| "awaiting_human".into());
-    if !STATUSES.contains(&status.as_str()) {
-        return Err(ApiError::bad_request("status", format!("{status:?} is not one of {}", STATUSES.join(", "))));
-    }
+    let status = match q.status {
+        None => TaskStatus::AwaitingHuman,
+        Some(s) => s.parse::<TaskStatus>().map_err(|e| ApiError::bad_request("status", e.to_string()))?,
+    };
     let limit = crate::error::page_limit(q.limit, 50)?;
-    let tasks = tf_store::tasks::human_inbox(&state.pool, q.definition.as_deref(), &status, limit).await?;
+    let tasks = tf_store::tasks::human_inbox(&state.pool, q.definition.as_deref(), status, limit).await?;
     Ok(Json(json!({ "tasks": tasks })))
 }
 
@@ -64,7 +63,7 @@ pub async fn act(
     let Some(task) = tf_store::tasks::task(&state.pool, task_id).await? else {
         return Err(ApiError::not_found(format!("no task {task_id}")));
     };
-    if task.task_type != "human" {
+    if task.task_type != tf_definitions::TaskType::Human {
         return Err(conflict(format!("task {task_id} is a {} task; only human tasks are decided by people", task.task_type)));
     }
     match action {

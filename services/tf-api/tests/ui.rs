@@ -5,6 +5,8 @@
 //! while the router is stopped and fall after it restarts. Screenshots go to
 //! `target/ui-screenshots/`.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -52,7 +54,7 @@ impl Browser {
             "--disable-sync",
             "--window-size=1280,900",
         ];
-        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut args: Vec<String> = args.iter().map(std::string::ToString::to_string).collect();
         args.push(format!("--user-data-dir={}", profile.display()));
         let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome",
             "goog:chromeOptions": {"binary": chromium, "args": args}}}});
@@ -252,7 +254,7 @@ async fn the_console_signs_in_traces_a_run_decides_a_task_redrives_and_shows_lag
     assert!(b.text("header").await.contains("operator"), "the page names who is signed in");
 
     // Find the run by its key and open its lineage.
-    let run_id = tf_temporal::DedupeKey::parse("ui-1").unwrap().workflow_id(&def_id, 1);
+    let run_id = tf_temporal::DedupeKey::parse("ui-1").unwrap().run_id(&def_id, 1).to_string();
     b.wait_for_text(&format!("{base}/ui/runs"), &run_id, Duration::from_secs(60)).await;
     b.clear_and_type("input[name=key]", "ui-1").await;
     b.click("form.filters button").await;
@@ -308,7 +310,7 @@ async fn the_console_signs_in_traces_a_run_decides_a_task_redrives_and_shows_lag
     assert_eq!(b.count("nav[aria-label=Versions] li").await, 2);
     let diff = b.text(".diff").await;
     assert!(diff.contains("-   key: event.data.order_id\n+   key: 'has(event.data.order_id)"), "{diff}");
-    let redriven_run = tf_temporal::DedupeKey::parse("ui-e-bad").unwrap().workflow_id(&def_id, 1);
+    let redriven_run = tf_temporal::DedupeKey::parse("ui-e-bad").unwrap().run_id(&def_id, 1).to_string();
     b.wait_for_text(&format!("{base}/ui/runs?definition={def_id}"), &redriven_run, Duration::from_secs(60)).await;
 
     // Lag: with the router stopped, new events wait; after it restarts they are routed.

@@ -64,7 +64,7 @@ pub fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     for (path, d) in &defs {
         println!("  valid  {} ({}; {} task template(s)) in {}", d.id, describe_trigger(d), d.tasks.len(), path.display());
         if let Trigger::Cron(c) = &d.trigger {
-            let next: Vec<String> = c.schedule.next_fire_times(chrono::Utc::now(), 5).iter().map(|t| t.to_rfc3339()).collect();
+            let next: Vec<String> = c.schedule.next_fire_times(chrono::Utc::now(), 5).iter().map(chrono::DateTime::to_rfc3339).collect();
             println!("         next fire times: {}", next.join(", "));
         }
     }
@@ -122,7 +122,7 @@ pub fn test(files: &[PathBuf], event_file: &std::path::Path, topic: Option<&str>
             }
         };
         println!("{}: one run per window: dedupe key {:?}, window {:?}", d.id, key.as_str(), d.dedupe.window);
-        println!("  workflow id (first window): {}", key.workflow_id(&d.id, 1));
+        println!("  workflow id (first window): {}", key.run_id(&d.id, 1));
         // Static sources are known here; sql and http ones need the services.
         let mut context = serde_json::Map::new();
         let mut unresolved = Vec::new();
@@ -137,7 +137,7 @@ pub fn test(files: &[PathBuf], event_file: &std::path::Path, topic: Option<&str>
         if !unresolved.is_empty() {
             println!("  context sources not resolved here (expressions see them as missing): {}", unresolved.join(", "));
         }
-        let run_id = key.workflow_id(&d.id, 1);
+        let run_id = key.run_id(&d.id, 1);
         let run = serde_json::json!({"id": run_id, "definition_id": d.id, "dedupe_key": key.as_str(), "generation": 1, "attempt": 1});
         match d.plan_tasks(&run_id, &Bindings { run, context: serde_json::Value::Object(context), ..bindings.clone() }) {
             Ok(tasks) => {
@@ -169,12 +169,12 @@ pub async fn apply(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<Exi
         match outcome {
             ApplyOutcome::Created { version } => println!("  created    {} v{version}", d.id),
             ApplyOutcome::NewVersion { version, previous } => {
-                println!("  new version {} v{version} (was v{previous}; runs pinned to v{previous} keep it)", d.id)
+                println!("  new version {} v{version} (was v{previous}; runs pinned to v{previous} keep it)", d.id);
             }
             ApplyOutcome::Unchanged { version } => println!("  unchanged  {} v{version}", d.id),
             ApplyOutcome::Restored { version } => println!("  restored   {} v{version}", d.id),
             ApplyOutcome::EnabledChanged { version, enabled } => {
-                println!("  {}    {} v{version}", if enabled { "enabled " } else { "disabled" }, d.id)
+                println!("  {}    {} v{version}", if enabled { "enabled " } else { "disabled" }, d.id);
             }
         }
     }

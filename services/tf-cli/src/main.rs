@@ -285,7 +285,7 @@ enum TasksCommand {
     /// Tasks in a status (default: human tasks waiting for completion).
     List {
         /// Only tasks in this status.
-        #[arg(long, default_value = "awaiting_human", value_parser = ["pending", "running", "awaiting_human", "succeeded", "failed", "cancelled"])]
+        #[arg(long, default_value = "awaiting_human", value_parser = clap::builder::PossibleValuesParser::new(tf_definitions::TaskStatus::ALL.iter().map(|s| s.as_str())))]
         status: String,
         /// How many tasks to show, oldest first.
         #[arg(long, default_value_t = 50)]

@@ -61,9 +61,9 @@ impl Remote {
             match a["outcome"].as_str().unwrap_or("?") {
                 "new_version" => {
                     let previous = a["previous_version"].as_i64().unwrap_or(0);
-                    println!("  new version {id} v{version} (was v{previous}; runs pinned to v{previous} keep it)")
+                    println!("  new version {id} v{version} (was v{previous}; runs pinned to v{previous} keep it)");
                 }
-                other => println!("  {:<10} {id} v{version}", other),
+                other => println!("  {other:<10} {id} v{version}"),
             }
         }
         Ok(ExitCode::SUCCESS)

@@ -35,7 +35,7 @@ pub async fn list(settings: &Settings, limit: i64, format: crate::Format) -> any
             r.tasks_spawned,
             r.results_published
         );
-        println!("    {}  {}", r.run_id, ui_link(settings, &r.run_id));
+        println!("    {}  {}", r.run_id, ui_link(settings, r.run_id.as_str()));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -46,7 +46,7 @@ pub async fn retry(settings: &Settings, run_id: &str) -> anyhow::Result<ExitCode
     let pool = tf_store::connect(&settings.database_url).await?;
     let (status, input) = tf_store::runs::run_input(&pool, run_id).await?.with_context(|| format!("no run {run_id}"))?;
     let client = tf_temporal::connect(&settings.temporal_url, &settings.temporal_namespace, "tf-cli").await?;
-    match tf_temporal::run_control::retry_run(&client, &settings.task_queue, run_id, &status, input).await? {
+    match tf_temporal::run_control::retry_run(&client, &settings.task_queue, run_id, status, input).await? {
         RetryOutcome::Started => {
             println!("retrying {run_id}: a new execution started; `tf runs list` shows its attempt");
             Ok(ExitCode::SUCCESS)
@@ -63,14 +63,14 @@ pub async fn cancel(settings: &Settings, run_id: &str, reason: &str) -> anyhow::
     let pool = tf_store::connect(&settings.database_url).await?;
     let (status, _) = tf_store::runs::run_input(&pool, run_id).await?.with_context(|| format!("no run {run_id}"))?;
     let client = tf_temporal::connect(&settings.temporal_url, &settings.temporal_namespace, "tf-cli").await?;
-    tf_temporal::run_control::cancel_run(&client, run_id, &status, reason).await?;
+    tf_temporal::run_control::cancel_run(&client, run_id, status, reason).await?;
     println!("cancel requested for {run_id}; its tasks and the run are recorded as cancelled once the workflow has stopped them");
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn list_tasks(settings: &Settings, status: &str, limit: i64, format: crate::Format) -> anyhow::Result<ExitCode> {
     let pool = tf_store::connect(&settings.database_url).await?;
-    let tasks = tf_store::tasks::tasks_by_status(&pool, status, limit).await?;
+    let tasks = tf_store::tasks::tasks_by_status(&pool, status.parse()?, limit).await?;
     if format == crate::Format::Json {
         crate::print_json(&tasks)?;
         return Ok(ExitCode::SUCCESS);
@@ -89,8 +89,12 @@ pub async fn complete(settings: &Settings, task_id: &str, result: &str) -> anyho
     let output: Json = serde_json::from_str(result).with_context(|| format!("--result is not JSON: {result}"))?;
     let pool = tf_store::connect(&settings.database_url).await?;
     let task = tf_store::tasks::task(&pool, task_id).await?.with_context(|| format!("no task {task_id}"))?;
-    anyhow::ensure!(task.task_type == "human", "task {task_id} is a {} task; only human tasks are completed by hand", task.task_type);
-    anyhow::ensure!(task.status == "awaiting_human", "task {task_id} is {}, not awaiting_human", task.status);
+    anyhow::ensure!(
+        task.task_type == tf_definitions::TaskType::Human,
+        "task {task_id} is a {} task; only human tasks are completed by hand",
+        task.task_type
+    );
+    anyhow::ensure!(task.status == tf_definitions::TaskStatus::AwaitingHuman, "task {task_id} is {}, not awaiting_human", task.status);
     let client = tf_temporal::connect(&settings.temporal_url, &settings.temporal_namespace, "tf-cli").await?;
     // An update, not a signal: it returns once the workflow accepted the completion, and the
     // workflow refuses a second decision.

@@ -1,5 +1,7 @@
 //! The `tf` binary itself, spawned as an operator would run it, against the real stack.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -6,6 +6,8 @@
 //!
 //! `cargo bench -p tf-router --bench route` (release profile, one thread).
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 // The router is a binary: the bench compiles its matching module in (with its unit tests'
 // imports, unused here).
 #[path = "../src/route.rs"]

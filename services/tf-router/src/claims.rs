@@ -4,7 +4,6 @@
 //! already-routed ranges costs a few queries rather than a Temporal start per event.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tf_store::PgPool;
@@ -79,7 +78,7 @@ async fn batcher(pool: PgPool, metrics: Arc<Metrics>, mut rx: mpsc::UnboundedRec
                 Err(_) => break,
             }
         }
-        metrics.claim_batches.fetch_add(1, Ordering::Relaxed);
+        metrics.claim_batches.increment(1);
         let requests: Vec<ClaimRequest<'_>> = jobs.iter().map(Job::request).collect();
         match resolve_generations(&pool, &requests).await {
             Ok(generations) => {

@@ -27,7 +27,7 @@ impl ClientContext for RouterContext {
             .map(|(t, p)| (t.topic.clone(), p.partition, p.consumer_lag_stored))
             .collect();
         lag.sort();
-        *self.metrics.consumer_lag.lock().expect("lag") = lag;
+        self.metrics.set_consumer_lag(lag);
     }
 }
 

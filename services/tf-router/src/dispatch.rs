@@ -2,12 +2,10 @@
 //! (or dead-letter the record). Dependency failures are retried here with backoff and jitter,
 //! for as long as it takes; the record's partition waits, nothing is skipped.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use serde_json::json;
-use tf_envelope::{DecodeError, Decoded};
+use tf_envelope::Decoded;
 use tf_telemetry::trace::{continue_trace, traceparent};
 use tf_temporal::{FailureClass, StartOutcome, start_run};
 use tracing::Instrument;
@@ -41,7 +39,7 @@ pub async fn process(shared: &Shared, msg: &OwnedMessage) {
     let traceparent_in = header_tp.or_else(|| event["traceparent"].as_str().map(String::from));
     let route_span = tracing::info_span!("route", topic = at.topic, partition = at.partition, offset = at.offset);
     continue_trace(&route_span, traceparent_in.as_deref());
-    dispatch(shared, msg, &at, event, event_time_ms, traceparent_in).instrument(route_span).await
+    dispatch(shared, msg, &at, event, event_time_ms, traceparent_in).instrument(route_span).await;
 }
 
 /// Decodes the record into an event and its event time, or dead-letters it (`None`).
@@ -65,50 +63,35 @@ async fn decode(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>) -> Optio
     let kafka_time = msg.timestamp().to_millis().filter(|t| tf_definitions::dedupe::valid_event_time(*t));
     let now_ms = || tf_envelope::Timestamp::now().0;
     if let Some(t) = kafka_time {
-        shared.metrics.event_age.observe((now_ms() - t) as f64 / 1000.0);
+        shared.metrics.event_age.record((now_ms() - t) as f64 / 1000.0);
     }
     let decoded = match decoded {
-        Ok(Decoded::Envelope { event, .. }) => {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            dead_letter(shared, msg, DeadLetter { stage: "decode", class: e.class(), message: e.to_string() }).await;
+            return None;
+        }
+    };
+    let event_time_ms = match &decoded {
+        Decoded::Envelope { event, .. } => {
             let t = event.time.0;
             if !tf_definitions::dedupe::valid_event_time(t) {
                 let message = format!("event time {t} ms is outside 1970-01-01..9999-12-31");
                 dead_letter(shared, msg, DeadLetter { stage: "event-time", class: "InvalidEventTime", message }).await;
                 return None;
             }
-            match serde_json::to_value(&event) {
-                Ok(v) => (v, t),
-                Err(e) => {
-                    let message = format!("envelope does not convert to JSON: {e}");
-                    dead_letter(shared, msg, DeadLetter { stage: "decode", class: "InvalidEnvelope", message }).await;
-                    return None;
-                }
-            }
+            t
         }
-        Ok(Decoded::Record { full_name, value, .. }) => (
-            json!({
-                "id": format!("{}-{}-{}", at.topic, at.partition, at.offset),
-                "source": format!("kafka://{}", at.topic),
-                "type": full_name,
-                "specversion": "1.0",
-                "time": msg.timestamp().to_millis(),
-                "data": value,
-            }),
-            kafka_time.unwrap_or_else(now_ms),
-        ),
-        Err(e) => {
-            let class = match &e {
-                DecodeError::Wire(_) => "NotWireFormat",
-                DecodeError::UnknownSchemaId(_) => "UnknownSchemaId",
-                DecodeError::Body { .. } | DecodeError::TrailingBytes { .. } => "AvroDecodeError",
-                DecodeError::Envelope { .. } => "InvalidEnvelope",
-                DecodeError::Registry(_) => "RegistryError",
-                DecodeError::WrongSubject { .. } => "WrongSubject",
-            };
-            dead_letter(shared, msg, DeadLetter { stage: "decode", class, message: e.to_string() }).await;
-            return None;
-        }
+        Decoded::Record { .. } => kafka_time.unwrap_or_else(now_ms),
     };
-    Some(decoded)
+    match decoded.into_event_json(at.topic, at.partition, at.offset, msg.timestamp().to_millis()) {
+        Ok(event) => Some((event, event_time_ms)),
+        Err(e) => {
+            let message = format!("envelope does not convert to JSON: {e}");
+            dead_letter(shared, msg, DeadLetter { stage: "decode", class: "InvalidEnvelope", message }).await;
+            None
+        }
+    }
 }
 
 /// Matches the event against the definitions and starts each run (or dead-letters the record).
@@ -124,7 +107,7 @@ async fn dispatch(
     let (runs, mut errors) =
         tracing::info_span!("match").in_scope(|| route(&definitions, at, &event, event_time_ms, traceparent_in.as_deref()));
     if !runs.is_empty() {
-        shared.metrics.records_matched.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.records_matched.increment(1);
     }
 
     for mut run in runs {
@@ -173,10 +156,10 @@ async fn start(shared: &Shared, errors: &mut Vec<RouteError>, mut run: tf_tempor
         }
     };
     if generation.created {
-        shared.metrics.generations_opened.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.generations_opened.increment(1);
     }
     if generation.has_live_run() {
-        shared.metrics.runs_deduplicated_fast.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.runs_deduplicated_fast.increment(1);
         tracing::debug!(definition = %def, key = %key, generation = generation.generation, "deduplicated by claim");
         return;
     }
@@ -197,13 +180,13 @@ async fn start(shared: &Shared, errors: &mut Vec<RouteError>, mut run: tf_tempor
     .await;
     match outcome {
         Ok(StartOutcome::Started { .. }) => {
-            shared.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
-            shared.metrics.start_latency.observe(asked.elapsed().as_secs_f64());
-            tracing::debug!(definition = %def, key = %key, generation = generation.generation, offset = at.offset, "run started")
+            shared.metrics.runs_started.increment(1);
+            shared.metrics.start_latency.record(asked.elapsed().as_secs_f64());
+            tracing::debug!(definition = %def, key = %key, generation = generation.generation, offset = at.offset, "run started");
         }
         Ok(StartOutcome::Duplicate { .. }) => {
-            shared.metrics.runs_deduplicated.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(definition = %def, key = %key, "deduplicated")
+            shared.metrics.runs_deduplicated.increment(1);
+            tracing::debug!(definition = %def, key = %key, "deduplicated");
         }
         Err(message) => errors.push(RouteError {
             definition_id: def.clone(),
@@ -213,31 +196,24 @@ async fn start(shared: &Shared, errors: &mut Vec<RouteError>, mut run: tf_tempor
     }
 }
 
-/// Retries `op` with exponential backoff (100 ms to 10 s) until it succeeds.
+/// Retries `op` with exponential backoff and jitter (100 ms up to 10 s) until it succeeds.
 pub async fn retry<T, F, Fut>(shared: &Shared, what: &str, mut op: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let mut backoff = Duration::from_millis(100);
+    let mut pauses = tf_runtime::backoff(Duration::from_millis(100), Duration::from_secs(10));
     let mut attempt = 0u32;
     loop {
         match op().await {
             Ok(v) => return v,
             Err(e) => {
                 attempt += 1;
-                shared.metrics.dependency_retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(what, attempt, error = %e, backoff_ms = backoff.as_millis() as u64, "dependency failed; pausing this record");
-                // Full jitter: records paused together do not retry in lockstep.
-                tokio::time::sleep(backoff.mul_f64(0.5 + 0.5 * jitter())).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                shared.metrics.dependency_retries.increment(1);
+                let pause = pauses.next().unwrap_or(Duration::from_secs(10));
+                tracing::warn!(what, attempt, error = %e, pause_ms = pause.as_millis() as u64, "dependency failed; pausing this record");
+                tokio::time::sleep(pause).await;
             }
         }
     }
-}
-
-/// A number in [0, 1) that differs between calls; good enough to spread retries.
-fn jitter() -> f64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    f64::from(nanos % 1000) / 1000.0
 }

@@ -11,7 +11,6 @@ mod metrics;
 mod offsets;
 mod route;
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -127,11 +126,12 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let s = &cli.settings;
     tf_config::check_connection_settings()?;
+    let recorder = tf_runtime::Metrics::install("tf-router", env!("CARGO_PKG_VERSION"), metrics::BUCKETS)?;
     // Before anything decodes: no length prefix may make the decoder allocate beyond a record.
     tf_envelope::bound_decoding(cli.max_event_bytes);
     let pool = tf_store::connect(&s.database_url).await?;
     let temporal = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "tf-router").await?;
-    let metrics = Arc::new(metrics::Metrics::default());
+    let metrics = Arc::new(metrics::Metrics::new());
     let dlq: FutureProducer = tf_kafka::client_config(&s.kafka_brokers)
         .set("enable.idempotence", "true")
         .set("message.max.bytes", cli.dlq_max_message_bytes.to_string())
@@ -175,18 +175,16 @@ async fn main() -> anyhow::Result<()> {
     });
     // Ready once connected (PostgreSQL, Temporal, Kafka clients made above) and the
     // definitions are loaded; not ready again while draining.
-    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if !cli.metrics_addr.is_empty() {
-        let m = shared.metrics.clone();
-        tokio::spawn(tf_telemetry::serve_metrics(cli.metrics_addr.clone(), Arc::new(move || m.render()), ready.clone()));
-    }
+    let ready = tf_runtime::Ready::default();
+    tf_runtime::serve(&cli.metrics_addr, recorder, ready.clone());
     // Routing without definitions would drop matches: wait until they load.
+    let mut pause = tf_runtime::backoff(Duration::from_millis(500), Duration::from_secs(10));
     let mut fingerprint = loop {
         match refresh(&pool, &shared, "").await {
             Ok(fp) => break fp,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot load definitions yet; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                tokio::time::sleep(pause.next().unwrap_or(Duration::from_secs(10))).await;
             }
         }
     };
@@ -194,16 +192,9 @@ async fn main() -> anyhow::Result<()> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Ticket>();
     let permits = Arc::new(Semaphore::new(cli.max_in_flight));
     let mut refresh_tick = tokio::time::interval(Duration::from_millis(cli.refresh_ms));
-    let mut shutdown = Box::pin(tokio::signal::ctrl_c());
-    let sigterm = async {
-        #[cfg(unix)]
-        {
-            let mut t = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-            t.recv().await;
-        }
-    };
-    tokio::pin!(sigterm);
-    ready.store(true, Ordering::Relaxed);
+    let shutdown = tf_runtime::shutdown_signal();
+    tokio::pin!(shutdown);
+    ready.set(true);
     tracing::info!(topics = ?cli.topics, group = %cli.group, "router running");
 
     // The record branch is enabled only while a permit is held, so completions keep being
@@ -212,8 +203,7 @@ async fn main() -> anyhow::Result<()> {
     loop {
         tokio::select! {
             biased;
-            _ = &mut shutdown => break,
-            _ = &mut sigterm => break,
+            () = &mut shutdown => break,
             Some(ticket) = done_rx.recv() => finished(&consumer, &tracker, &ticket),
             _ = refresh_tick.tick() => {
                 match refresh(&pool, &shared, &fingerprint).await {
@@ -260,19 +250,19 @@ async fn main() -> anyhow::Result<()> {
                 let ticket = tracker.lock().expect("tracker lock").begin(msg.topic(), msg.partition(), msg.offset());
                 let (shared, done) = (shared.clone(), done_tx.clone());
                 tokio::spawn(async move {
-                    shared.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.in_flight.increment(1.0);
                     // A panic must not leave the record in flight forever (its partition's offset
                     // would never move): the record is dead-lettered with what panicked.
                     let routed = std::panic::AssertUnwindSafe(process(&shared, &msg)).catch_unwind().await;
                     if let Err(panic) = routed {
-                        let what = panic.downcast_ref::<&str>().map(|s| s.to_string())
+                        let what = panic.downcast_ref::<&str>().map(std::string::ToString::to_string)
                             .or_else(|| panic.downcast_ref::<String>().cloned())
                             .unwrap_or_else(|| "unknown panic".into());
                         let message = format!("routing this record panicked: {what}");
                         dead_letter(&shared, &msg, DeadLetter { stage: "panic", class: "Panic", message }).await;
                     }
-                    shared.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    shared.metrics.records.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.in_flight.decrement(1.0);
+                    shared.metrics.records.increment(1);
                     drop(held);
                     let _ = done.send(ticket);
                 });
@@ -280,7 +270,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    ready.store(false, Ordering::Relaxed);
+    ready.set(false);
     let in_flight = || tracker.lock().expect("tracker lock").in_flight();
     tracing::info!(in_flight = in_flight(), "shutting down: draining in-flight records");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(cli.shutdown_timeout);
@@ -324,7 +314,7 @@ async fn refresh(pool: &PgPool, shared: &Shared, known: &str) -> anyhow::Result<
         }
     }
     tracing::info!(count = active.len(), "event definitions loaded");
-    shared.metrics.definitions.store(active.len() as i64, Ordering::Relaxed);
+    shared.metrics.definitions.set(active.len() as f64);
     *shared.definitions.write().expect("lock") = Arc::new(active);
     Ok(fp)
 }

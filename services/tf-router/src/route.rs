@@ -2,7 +2,7 @@
 
 use serde_json::Value as Json;
 use tf_definitions::{Bindings, DedupeKey, Definition, Scope, Trigger};
-use tf_temporal::{RunInput, TriggerInfo};
+use tf_temporal::{RunInput, RunSource};
 
 /// An enabled event definition at the version runs will be pinned to.
 #[derive(Debug, Clone)]
@@ -79,15 +79,7 @@ pub fn route(
             dedupe_window_secs: d.dedupe.window.as_secs(),
             generation: 0,
             event_time_ms: Some(event_time_ms),
-            trigger: TriggerInfo {
-                kind: "event".into(),
-                topic: Some(at.topic.to_string()),
-                partition: Some(at.partition),
-                offset: Some(at.offset),
-                event_id: event["id"].as_str().map(String::from),
-                schedule_id: None,
-                scheduled_for_ms: None,
-            },
+            trigger: RunSource::event(at.topic, at.partition, at.offset, event["id"].as_str().map(String::from)),
             event: Some(event.clone()),
             traceparent: traceparent.map(String::from),
         });

@@ -2,6 +2,8 @@
 //! per window (generation), a new run after it, replays that start nothing, windows that end
 //! while their run waits, and failed runs that a later event of their window runs again.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use std::time::Duration;
 
 use serde_json::json;

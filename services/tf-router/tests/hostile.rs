@@ -2,6 +2,8 @@
 //! refused it, a good record behind them on the same partition is routed, the partition's
 //! committed offset passes them all, and the router's memory stays bounded.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use std::time::Duration;
 
 use apache_avro::types::Value;

@@ -3,6 +3,8 @@
 //! group waits for the dead member's session to expire (`TF_ROUTER_SESSION_TIMEOUT_MS`,
 //! 10 s by default instead of Kafka's 45 s). The figures are printed, not asserted.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use std::time::{Duration, Instant};
 
 use serde_json::json;

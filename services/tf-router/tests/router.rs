@@ -2,6 +2,8 @@
 //! registry, Temporal and PostgreSQL. Each test uses its own topic, group, task queue and
 //! database so tests do not see each other.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

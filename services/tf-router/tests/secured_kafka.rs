@@ -4,6 +4,8 @@
 //! `TF_KAFKA__*` variables, the password a `${secret:...}` reference. The listener is the
 //! only address the clients are given, so nothing can fall back to plaintext.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use std::time::Duration;
 
 use serde_json::json;

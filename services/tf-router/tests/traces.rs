@@ -5,6 +5,8 @@
 //! test; Kafka, the registry, Temporal and PostgreSQL are the stack's. The worker's `/metrics`
 //! then shows the run's duration and the Temporal SDK's figures for the same run.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use std::collections::HashMap;
 use std::time::Duration;
 

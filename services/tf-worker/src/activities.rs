@@ -1,5 +1,8 @@
 //! The activities: every side effect of a run. Each one is idempotent, because Temporal runs an
 //! activity again after a timeout or a worker crash.
+//!
+//! One file on purpose: it is the complete list of what a run does to the world, read as one
+//! when reviewing idempotency. The calls themselves live elsewhere (`sources`, `http`, the store).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +16,10 @@ use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use tf_definitions::{Bindings, Definition};
-use tf_envelope::{ResultTrigger, TaskResult};
+use tf_definitions::{RunId, RunStatus, TaskId, TaskStatus};
+use tf_envelope::TaskResult;
 use tf_store::outbox::{self, FinishedTask};
-use tf_store::runs::{self, BeginRun, Claim, RunSource};
+use tf_store::runs::{self, BeginRun, Claim};
 use tf_store::tasks::{self, NewTask};
 use tf_temporal::{RunInput, TaskInput};
 use tracing::Instrument;
@@ -60,7 +64,7 @@ fn store_failure(e: tf_store::StoreError) -> ActivityError {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BeginRunInput {
-    pub run_id: String,
+    pub run_id: RunId,
     pub execution_id: String,
     pub fired_at_ms: i64,
     pub input: RunInput,
@@ -87,7 +91,7 @@ fn first_attempt() -> u32 {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResolveContextInput {
-    pub run_id: String,
+    pub run_id: RunId,
     pub spec: Json,
     pub event: Json,
     pub run: Json,
@@ -106,7 +110,7 @@ pub struct ResolvedContext {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlanTasksInput {
-    pub run_id: String,
+    pub run_id: RunId,
     pub attempt: u32,
     pub spec: Json,
     pub event: Json,
@@ -128,14 +132,15 @@ pub struct TaskExecution {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MarkTaskInput {
-    pub task_id: String,
-    pub status: String,
+    pub task_id: TaskId,
+    pub status: TaskStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecordResultInput {
     pub task: TaskInput,
-    pub status: String,
+    /// Final.
+    pub status: TaskStatus,
     pub output: Option<Json>,
     pub error: Option<String>,
     pub attempts: u32,
@@ -145,8 +150,8 @@ pub struct RecordResultInput {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FinishRunInput {
-    pub run_id: String,
-    pub status: String,
+    pub run_id: RunId,
+    pub status: RunStatus,
 }
 
 #[activities]
@@ -214,7 +219,7 @@ impl RunActivities {
 
     #[activity(name = "MarkTask")]
     pub async fn mark_task(self: Arc<Self>, _ctx: ActivityContext, m: MarkTaskInput) -> Result<(), ActivityError> {
-        tasks::set_task_status(&self.pool, &m.task_id, &m.status).await.map_err(store_failure)
+        tasks::set_task_status(&self.pool, &m.task_id, m.status).await.map_err(store_failure)
     }
 
     /// Finishes the task and queues exactly one result record in the outbox.
@@ -226,9 +231,9 @@ impl RunActivities {
 
     #[activity(name = "FinishRun")]
     pub async fn finish_run(self: Arc<Self>, _ctx: ActivityContext, f: FinishRunInput) -> Result<(), ActivityError> {
-        let finished = runs::finish_run(&self.pool, &f.run_id, &f.status).await.map_err(store_failure)?;
+        let finished = runs::finish_run(&self.pool, &f.run_id, f.status).await.map_err(store_failure)?;
         if let Some((definition_id, seconds)) = finished {
-            self.metrics.run_duration.observe(&definition_id, seconds);
+            self.metrics.run_finished(&definition_id, seconds);
         }
         Ok(())
     }
@@ -243,22 +248,14 @@ impl RunActivities {
             definition_id: t.definition_id.clone(),
             definition_version: t.definition_version,
             template: t.template.clone(),
-            task_type: t.task_type.clone(),
-            status: r.status.clone(),
-            output: r.output.as_ref().map(|o| o.to_string()),
+            task_type: t.task_type,
+            status: r.status,
+            output: r.output.as_ref().map(std::string::ToString::to_string),
             error: r.error.clone(),
             attempts: r.attempts as i32,
             started_at_ms: r.started_at_ms,
             finished_at_ms: r.finished_at_ms,
-            trigger: ResultTrigger {
-                kind: t.trigger.kind.to_uppercase(),
-                event_id: t.trigger.event_id.clone(),
-                topic: t.trigger.topic.clone(),
-                partition: t.trigger.partition,
-                offset: t.trigger.offset,
-                schedule_id: t.trigger.schedule_id.clone(),
-                scheduled_for_ms: t.trigger.scheduled_for_ms,
-            },
+            trigger: t.trigger.clone(),
             truncated: false,
         };
         let record = serde_json::to_value(&record).map_err(permanent_display)?;
@@ -267,7 +264,7 @@ impl RunActivities {
             &FinishedTask {
                 task_id: &t.task_id,
                 run_id: &t.run_id,
-                status: &r.status.to_lowercase(),
+                status: r.status,
                 output: r.output.as_ref(),
                 error: r.error.as_deref(),
                 attempts: r.attempts as i32,
@@ -279,22 +276,13 @@ impl RunActivities {
         .await
         .map_err(store_failure)?;
         if queued {
-            self.metrics.task_duration.observe(&t.definition_id, (r.finished_at_ms - r.started_at_ms).max(0) as f64 / 1000.0);
+            self.metrics.task_finished(&t.definition_id, (r.finished_at_ms - r.started_at_ms).max(0) as f64 / 1000.0);
         }
         Ok(queued)
     }
 
     async fn begin(&self, b: &BeginRunInput) -> Result<BeginRunOutput, ActivityError> {
         let i = &b.input;
-        let source = RunSource {
-            trigger_kind: i.trigger.kind.clone(),
-            topic: i.trigger.topic.clone(),
-            partition: i.trigger.partition,
-            offset: i.trigger.offset,
-            event_id: i.trigger.event_id.clone(),
-            schedule_id: i.trigger.schedule_id.clone(),
-            scheduled_for_ms: i.trigger.scheduled_for_ms,
-        };
         let stored = tf_store::definitions::get(&self.pool, &i.definition_id, Some(i.definition_version))
             .await
             .map_err(store_failure)?
@@ -314,7 +302,7 @@ impl RunActivities {
                 dedupe_window: Duration::from_secs(i.dedupe_window_secs.max(1)),
                 fired_at_ms: b.fired_at_ms,
                 traceparent: i.traceparent.as_deref(),
-                source: &source,
+                source: &i.trigger,
                 input: input_json.as_ref(),
             },
         )
@@ -340,7 +328,7 @@ impl RunActivities {
         runs::set_context(&self.pool, &p.run_id, &p.context, sources).await.map_err(store_failure)?;
         let bindings = Bindings { event: p.event, context: p.context, item: Json::Null, run: p.run };
         // A retried run's tasks get their own ids, so each attempt has its own results.
-        let prefix = if p.attempt > 1 { format!("{}/attempt-{}", p.run_id, p.attempt) } else { p.run_id.clone() };
+        let prefix = if p.attempt > 1 { RunId::from_workflow_id(format!("{}/attempt-{}", p.run_id, p.attempt)) } else { p.run_id.clone() };
         let planned = definition.plan_tasks(&prefix, &bindings).map_err(|e| permanent(self.sources.secrets().redact(&e.to_string())))?;
         let i = &p.input;
         let tasks: Vec<TaskInput> = planned
@@ -353,7 +341,7 @@ impl RunActivities {
                 definition_version: i.definition_version,
                 template: t.template,
                 index: t.index,
-                task_type: t.task_type.as_str().to_string(),
+                task_type: t.task_type,
                 params: t.params,
                 max_attempts: t.retry.max_attempts,
                 initial_interval_ms: t.retry.initial_interval.as_millis() as u64,
@@ -365,6 +353,7 @@ impl RunActivities {
                 human_timeout_ms: t.human_timeout.map(|d| d.as_millis() as u64),
                 complete_on_timeout: t.on_timeout == tf_definitions::OnTimeout::Complete,
                 timeout_output: t.timeout_output,
+                execution: t.execution,
             })
             .collect();
         let rows: Vec<NewTask<'_>> = tasks
@@ -374,7 +363,7 @@ impl RunActivities {
                 run_attempt: p.attempt as i32,
                 template: &t.template,
                 index: t.index as i32,
-                task_type: &t.task_type,
+                task_type: t.task_type,
                 params: &t.params,
             })
             .collect();
@@ -395,7 +384,7 @@ impl RunActivities {
                     other => Some(other.to_string()),
                 };
                 let value = serde_json::to_vec(&p["value"]).map_err(permanent_display)?;
-                let mut headers = OwnedHeaders::new().insert(Header { key: "taskfactory.task_id", value: Some(&t.task_id) });
+                let mut headers = OwnedHeaders::new().insert(Header { key: "taskfactory.task_id", value: Some(t.task_id.as_str()) });
                 if let Some(tp) = &traceparent {
                     headers = headers.insert(Header { key: "traceparent", value: Some(tp) });
                 }
@@ -413,7 +402,7 @@ impl RunActivities {
             "http" => {
                 let url = p["url"].as_str().ok_or_else(|| permanent("http task: params.url must be a string"))?;
                 let method = p["method"].as_str().unwrap_or(if p["body"].is_null() && p["text"].is_null() { "GET" } else { "POST" });
-                let mut headers = vec![("x-taskfactory-task-id".to_string(), t.task_id.clone())];
+                let mut headers = vec![("x-taskfactory-task-id".to_string(), t.task_id.to_string())];
                 if let Some(tp) = &traceparent {
                     headers.push(("traceparent".into(), tp.clone()));
                 }
@@ -458,7 +447,7 @@ impl RunActivities {
 }
 
 /// The span of one activity attempt, a child of the run's trace.
-fn activity_span(name: &'static str, run_id: &str, traceparent: Option<&str>) -> tracing::Span {
+fn activity_span(name: &'static str, run_id: &RunId, traceparent: Option<&str>) -> tracing::Span {
     let span = tracing::info_span!("activity", otel.name = name, run_id = %run_id, trace_id = trace_id(traceparent));
     tf_telemetry::trace::continue_trace(&span, traceparent);
     span

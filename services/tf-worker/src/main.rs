@@ -78,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let s = &cli.settings;
     tf_config::check_connection_settings()?;
+    let recorder = tf_runtime::Metrics::install("tf-worker", env!("CARGO_PKG_VERSION"), metrics::BUCKETS)?;
 
     let pool = tf_store::connect(&s.database_url).await?;
     let datasources = tf_config::Datasources::load(cli.datasources_file.as_deref(), std::env::vars())?;
@@ -92,14 +93,11 @@ async fn main() -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_deadline = stop_tx.subscribe();
-    let metrics = Arc::new(metrics::Metrics::default());
+    let metrics = Arc::new(metrics::Metrics::new());
     // Ready once PostgreSQL, Kafka and Temporal are connected (above) and the worker polls;
     // not ready while shutting down.
-    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if !cli.metrics_addr.is_empty() {
-        let m = metrics.clone();
-        tokio::spawn(tf_telemetry::serve_metrics(cli.metrics_addr.clone(), Arc::new(move || m.render()), ready.clone()));
-    }
+    let ready = tf_runtime::Ready::default();
+    tf_runtime::serve(&cli.metrics_addr, recorder, ready.clone());
     let relay = if cli.no_relay {
         None
     } else {
@@ -125,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
-    let meter: Arc<dyn temporalio_common::telemetry::metrics::CoreMeter> = Arc::new(metrics.sdk.clone());
+    let meter: Arc<dyn temporalio_common::telemetry::metrics::CoreMeter> = Arc::new(metrics.sdk);
     let telemetry = temporalio_common::telemetry::TelemetryOptions::builder().metrics(meter).build();
     let runtime = Runtime::from_current_tokio(RuntimeOptions::builder().telemetry_options(telemetry).build().map_err(anyhow::Error::msg)?)?;
     let options = WorkerOptions::new(s.task_queue.as_str())
@@ -138,20 +136,22 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(expire_generations(pool, stop_tx.subscribe()));
     let ready_flag = ready.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
-        ready_flag.store(false, std::sync::atomic::Ordering::Relaxed);
+        tf_runtime::shutdown_signal().await;
+        ready_flag.set(false);
         tracing::info!("shutting down: finishing in-flight tasks");
         let _ = stop_tx.send(true);
         shutdown();
     });
-    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    ready.set(true);
     tracing::info!(task_queue = %s.task_queue, "worker running");
     let grace = Duration::from_secs(cli.shutdown_timeout);
     let mut stopping = stop_rx_deadline;
-    let deadline = async move {
-        let _ = stopping.wait_for(|stop| *stop).await;
-        tokio::time::sleep(grace).await;
-    };
+    let deadline = tf_runtime::deadline(
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        },
+        grace,
+    );
     tokio::select! {
         ran = worker.run() => ran?,
         () = deadline => anyhow::bail!(
@@ -164,15 +164,6 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("worker stopped");
     Ok(())
-}
-
-/// SIGTERM (what orchestrators send) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-    }
 }
 
 /// Deletes dedupe generations whose window ended more than the claim retention ago, every ten

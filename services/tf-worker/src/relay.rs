@@ -3,6 +3,9 @@
 //! (the pattern of Kafka Connect's exactly-once source connectors). A crash before commit
 //! aborts results and marker together; after commit both are visible to `read_committed`
 //! consumers. One fixed `transactional.id` fences a zombie relay when a new one starts.
+//!
+//! Kept in one module although it passes 400 lines: the marker protocol (read, publish, settle,
+//! re-read after an unknown outcome) is only reviewable when every step is in view.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +20,8 @@ use tf_store::PgPool;
 pub const RESULTS_TOPIC: &str = "taskfactory.results";
 pub const MARKER_TOPIC: &str = "taskfactory.results-relay";
 const BATCH: i64 = 500;
+/// How often an idle relay looks for new results.
+const POLL: Duration = Duration::from_millis(200);
 
 /// Where a committed result landed: task id, partition, offset.
 type Placement = (String, i32, i64);
@@ -132,7 +137,11 @@ impl Relay {
                     // Transaction control records occupy offsets too; the position tells
                     // when everything up to the high watermark was read.
                     None => {
-                        let pos = consumer.position()?.elements_for_topic(MARKER_TOPIC).first().map(|e| e.offset());
+                        let pos = consumer
+                            .position()?
+                            .elements_for_topic(MARKER_TOPIC)
+                            .first()
+                            .map(rdkafka::topic_partition_list::TopicPartitionListElem::offset);
                         if matches!(pos, Some(Offset::Offset(p)) if p >= high) {
                             break;
                         }
@@ -161,7 +170,8 @@ impl Relay {
             .expect("init_transactions thread")?;
         let mut marker = tokio::task::block_in_place(|| self.read_marker())?;
         tracing::info!(txid = marker.0, seq = marker.1, "results relay started");
-        let mut backoff = Duration::from_millis(200);
+        let new_backoff = || tf_runtime::backoff(Duration::from_millis(200), Duration::from_secs(10));
+        let mut pauses = new_backoff();
         // After a transaction failed, whether it committed is unknown (a commit can time out
         // on the client and still complete on the coordinator): only the marker topic knows
         // where to resume. Resuming from the marker in memory would publish the batch twice.
@@ -200,31 +210,33 @@ impl Relay {
                 }
             }
             let outcome = if marker_stale { Err(None) } else { self.publish_batch(marker).await.map_err(Some) };
-            match outcome {
+            let pause = match outcome {
                 Ok(Some((next, placed))) => {
                     marker = next;
                     unrecorded.extend(placed);
                     self.record_placements(&mut unrecorded).await;
-                    backoff = Duration::from_millis(200);
+                    pauses = new_backoff();
                     continue;
                 }
                 Ok(None) => {
                     self.record_placements(&mut unrecorded).await;
                     self.observe_backlog().await;
+                    // Nothing to publish: look again shortly.
+                    POLL
                 }
-                Err(None) => backoff = (backoff * 2).min(Duration::from_secs(10)),
+                Err(None) => pauses.next().unwrap_or(Duration::from_secs(10)),
                 Err(Some(e @ RelayError::Producer(_))) => return Err(e),
                 Err(Some(e)) => {
-                    self.metrics.relay_batches_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.relay_batches_failed.increment(1);
                     tracing::warn!(error = %e, "results relay batch failed; retrying");
                     // Relay lag keeps growing while batches fail: let the gauge show it.
                     self.observe_backlog().await;
                     marker_stale = e.leaves_marker_unknown();
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    pauses.next().unwrap_or(Duration::from_secs(10))
                 }
-            }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(backoff.max(Duration::from_millis(200))) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = stop.changed() => {}
             }
         }
@@ -249,7 +261,7 @@ impl Relay {
             return Ok(bytes);
         }
         tracing::warn!(task_id = %row.task_id, bytes = bytes.len(), limit = self.max_result_bytes, "result too large: published truncated");
-        self.metrics.results_truncated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.results_truncated.increment(1);
         let small = result.truncated(bytes.len());
         self.codec.encode(&subject, tf_envelope::TASK_RESULT_SCHEMA, small.to_avro()).await.map_err(encode_err)
     }
@@ -275,8 +287,8 @@ impl Relay {
     /// Updates the pending and relay-lag gauges; a failed look is skipped, the next one counts.
     async fn observe_backlog(&self) {
         if let Ok(b) = tf_store::outbox::backlog(&self.pool).await {
-            self.metrics.results_pending.store(b.pending, std::sync::atomic::Ordering::Relaxed);
-            self.metrics.results_oldest_pending_seconds.store(b.oldest_age_secs, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.results_pending.set(b.pending as f64);
+            self.metrics.results_oldest_pending_seconds.set(b.oldest_age_secs as f64);
         }
     }
 
@@ -306,7 +318,7 @@ impl Relay {
                     // This row can never be published: quarantine it, let the rest flow.
                     tracing::error!(task_id = %row.task_id, error = %e, "result quarantined: it cannot be published");
                     tf_store::outbox::quarantine_result(&self.pool, &row.task_id, &e.to_string()).await?;
-                    self.metrics.results_quarantined.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.results_quarantined.increment(1);
                 }
             }
         }
@@ -357,7 +369,7 @@ impl Relay {
             }
             return Err(e);
         }
-        self.metrics.results_published.fetch_add(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.results_published.increment(rows.len() as u64);
         tracing::debug!(
             count = rows.len(),
             from_txid = rows[0].txid,
@@ -402,10 +414,10 @@ pub async fn run_as_leader(
             }
         };
         tracing::info!(transactional_id = %transactional_id, "this worker runs the results relay");
-        metrics.relay_leader.store(1, std::sync::atomic::Ordering::Relaxed);
+        metrics.relay_leader.set(1.0);
         let relay = Relay::new(pool.clone(), codec.clone(), &brokers, &transactional_id, metrics.clone(), max_result_bytes)?;
         let result = relay.run(stop.clone()).await;
-        metrics.relay_leader.store(0, std::sync::atomic::Ordering::Relaxed);
+        metrics.relay_leader.set(0.0);
         // Release the lock with the session: close the connection rather than return it.
         let _ = tf_store::outbox::release_relay_lock(&mut conn).await;
         drop(conn);

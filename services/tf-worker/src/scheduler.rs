@@ -26,13 +26,13 @@ pub async fn run(
         match tf_store::definitions::fingerprint(&pool).await {
             Ok(fp) if fp != known || last_full.elapsed() > Duration::from_secs(60) => match reconcile(&pool, &client, &task_queue).await {
                 Ok(changes) => {
-                    metrics.schedule_changes.fetch_add(changes, std::sync::atomic::Ordering::Relaxed);
+                    metrics.schedule_changes.increment(changes);
                     known = fp;
                     last_full = Instant::now();
                 }
                 Err(e) => {
-                    metrics.reconcile_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(error = %e, "schedule reconcile failed; retrying")
+                    metrics.reconcile_failures.increment(1);
+                    tracing::warn!(error = %e, "schedule reconcile failed; retrying");
                 }
             },
             Ok(_) => {}

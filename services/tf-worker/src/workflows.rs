@@ -16,7 +16,7 @@ use temporalio_sdk::{
     ActivityOptions, ChildWorkflowOptions, LocalActivityOptions, SyncWorkflowContext, WorkflowCancellationToken, WorkflowContext,
     WorkflowContextView, WorkflowResult, WorkflowTermination,
 };
-use tf_definitions::Definition;
+use tf_definitions::{Definition, Execution, RunId, RunStatus, TaskStatus, TaskType, TriggerKind};
 use tf_temporal::{COMPLETE_TASK_SIGNAL, DECIDE_TASK_UPDATE, RUN_ACTIVITY, RUN_TASK, RunInput, RunSummary, TaskConclusion, TaskInput};
 
 use crate::activities::{
@@ -93,8 +93,8 @@ pub struct RunActivityWorkflow;
 impl RunActivityWorkflow {
     #[run(name = RUN_ACTIVITY)]
     pub async fn run(ctx: &mut WorkflowContext<Self>, mut input: RunInput) -> WorkflowResult<RunSummary> {
-        let run_id = ctx.workflow_id().to_string();
-        if input.trigger.kind == "cron" && input.dedupe_key.is_empty() {
+        let run_id = RunId::from_workflow_id(ctx.workflow_id());
+        if input.trigger.kind == TriggerKind::Cron && input.dedupe_key.is_empty() {
             // A scheduled run is deduplicated by its nominal time, which the schedule records
             // on the workflow (not the wall clock, and not when a backfill happens to run).
             let scheduled_ms = ctx
@@ -109,7 +109,7 @@ impl RunActivityWorkflow {
             ctx.upsert_search_attributes([
                 tf_temporal::ACTIVITY_ID.value_set(input.definition_id.clone()),
                 tf_temporal::DEDUPE_KEY.value_set(input.dedupe_key.clone()),
-                tf_temporal::TRIGGER_KIND.value_set(input.trigger.kind.clone()),
+                tf_temporal::TRIGGER_KIND.value_set(input.trigger.kind.as_str().to_string()),
             ]);
         }
         let begin = ctx
@@ -125,16 +125,16 @@ impl RunActivityWorkflow {
             )
             .await?;
         let Some(spec) = begin.spec else {
-            return Ok(RunSummary { status: "deduplicated".into(), tasks_spawned: 0, tasks_failed: 0 });
+            return Ok(RunSummary { status: RunStatus::Deduplicated, tasks_spawned: 0, tasks_failed: 0 });
         };
-        let finish = |status: &str| FinishRunInput { run_id: run_id.clone(), status: status.into() };
+        let finish = |status: RunStatus| FinishRunInput { run_id: run_id.clone(), status };
         // A cancel request (`POST /runs/{id}/cancel`, the Temporal UI) cancels whatever the run
         // is waiting for, children included; each step that then fails records the run as
         // cancelled rather than failed, and the execution ends cancelled.
         macro_rules! stop_if_cancelled {
             () => {
                 if ctx.cancellation_token().is_cancelled() {
-                    ctx.execute_local_activity(RunActivities::finish_run, finish("cancelled"), closing_opts()).await?;
+                    ctx.execute_local_activity(RunActivities::finish_run, finish(RunStatus::Cancelled), closing_opts()).await?;
                     return Err(WorkflowTermination::cancelled());
                 }
             };
@@ -143,7 +143,7 @@ impl RunActivityWorkflow {
         let definition = match Definition::from_spec_json(spec.clone()) {
             Ok(d) => d,
             Err(e) => {
-                ctx.execute_local_activity(RunActivities::finish_run, finish("failed"), local_opts()).await?;
+                ctx.execute_local_activity(RunActivities::finish_run, finish(RunStatus::Failed), local_opts()).await?;
                 return Err(ApplicationFailure::non_retryable(e.to_string()).into());
             }
         };
@@ -176,7 +176,7 @@ impl RunActivityWorkflow {
             Ok(c) => c,
             Err(e) => {
                 stop_if_cancelled!();
-                ctx.execute_local_activity(RunActivities::finish_run, finish("failed"), local_opts()).await?;
+                ctx.execute_local_activity(RunActivities::finish_run, finish(RunStatus::Failed), local_opts()).await?;
                 return Err(ApplicationFailure::non_retryable(format!(
                     "resolving the context: {}",
                     root_cause(e.failure()).unwrap_or_else(|| e.to_string())
@@ -199,7 +199,7 @@ impl RunActivityWorkflow {
             Ok(t) => t,
             Err(e) => {
                 stop_if_cancelled!();
-                ctx.execute_local_activity(RunActivities::finish_run, finish("failed"), local_opts()).await?;
+                ctx.execute_local_activity(RunActivities::finish_run, finish(RunStatus::Failed), local_opts()).await?;
                 return Err(ApplicationFailure::non_retryable(format!(
                     "planning the tasks: {}",
                     root_cause(e.failure()).unwrap_or_else(|| e.to_string())
@@ -208,33 +208,91 @@ impl RunActivityWorkflow {
             }
         };
 
-        let mut children = Vec::with_capacity(tasks.len());
-        for t in &tasks {
+        let (inline, child_tasks): (Vec<&TaskInput>, Vec<&TaskInput>) = tasks.iter().partition(|t| t.execution == Execution::Activity);
+        let mut children = Vec::with_capacity(child_tasks.len());
+        for t in child_tasks {
             stop_if_cancelled!();
             // Cancelling the run cancels each child and waits until it recorded its cancellation
             // (the default WaitCancellationCompleted), so the run closes after its tasks.
             let child =
-                ctx.start_child_workflow(RunTaskWorkflow::run, t.clone(), ChildWorkflowOptions::workflow_id(t.task_id.clone())).await?;
+                ctx.start_child_workflow(RunTaskWorkflow::run, t.clone(), ChildWorkflowOptions::workflow_id(t.task_id.to_string())).await?;
             children.push(child);
         }
+        // `execution: activity` tasks run here, side by side, each as RunTask would run it.
         let mut failed = 0;
+        for outcome in futures::future::join_all(inline.into_iter().map(|t| run_task_inline(ctx.clone(), t.clone()))).await {
+            if outcome? != TaskStatus::Succeeded {
+                failed += 1;
+            }
+        }
         for child in children {
             match child.result().await {
-                Ok(outcome) if outcome.status == "SUCCEEDED" => {}
+                Ok(outcome) if outcome.status == TaskStatus::Succeeded => {}
                 _ => failed += 1,
             }
         }
         let spawned = tasks.len() as u32;
         stop_if_cancelled!();
         if failed > 0 {
-            ctx.execute_local_activity(RunActivities::finish_run, finish("failed"), local_opts()).await?;
+            ctx.execute_local_activity(RunActivities::finish_run, finish(RunStatus::Failed), local_opts()).await?;
             // The execution fails too, so Temporal's reuse policy (AllowDuplicateFailedOnly) lets a
             // redelivered event or `tf runs retry` run the generation again.
             return Err(ApplicationFailure::non_retryable(format!("{failed} of {spawned} task(s) failed")).into());
         }
-        ctx.execute_local_activity(RunActivities::finish_run, finish("completed"), local_opts()).await?;
-        Ok(RunSummary { status: "completed".into(), tasks_spawned: spawned, tasks_failed: 0 })
+        ctx.execute_local_activity(RunActivities::finish_run, finish(RunStatus::Completed), local_opts()).await?;
+        Ok(RunSummary { status: RunStatus::Completed, tasks_spawned: spawned, tasks_failed: 0 })
     }
+}
+
+/// Does an `http` or `kafka` task with its template's retries: status, output, error, attempts.
+async fn execute_task<W>(ctx: &WorkflowContext<W>, task: &TaskInput) -> (TaskStatus, Option<Json>, Option<String>, u32) {
+    let opts = ActivityOptions::with_start_to_close_timeout(Duration::from_millis(task.timeout_ms))
+        .heartbeat_timeout(crate::activities::HEARTBEAT_EVERY * 5)
+        .retry_policy(
+            RetryPolicy::builder()
+                .initial_interval(Duration::from_millis(task.initial_interval_ms))
+                .maximum_interval(Duration::from_millis(task.max_interval_ms))
+                .backoff_coefficient(task.backoff)
+                .maximum_attempts(task.max_attempts)
+                .build(),
+        )
+        .build();
+    match ctx.execute_activity(RunActivities::execute_task, task.clone(), opts).await {
+        Ok(done) => (TaskStatus::Succeeded, Some(done.output), None, done.attempt),
+        Err(e) => (TaskStatus::Failed, None, Some(root_cause(e.failure()).unwrap_or_else(|| e.to_string())), task.max_attempts),
+    }
+}
+
+/// Records a task's outcome (its row and exactly one result); whatever failed because of a
+/// cancel request counts as cancelled. Returns the status recorded and the attempts.
+async fn record_outcome<W>(
+    ctx: &WorkflowContext<W>,
+    task: &TaskInput,
+    started_at_ms: i64,
+    status: TaskStatus,
+    output: Option<Json>,
+    error: Option<String>,
+    attempts: u32,
+) -> Result<(TaskStatus, u32), WorkflowTermination> {
+    let cancelled = ctx.cancellation_token().is_cancelled() && status != TaskStatus::Succeeded;
+    let (status, error) =
+        if cancelled { (TaskStatus::Cancelled, Some(cancelled_because(ctx.cancellation_token().reason()))) } else { (status, error) };
+    let finished_at_ms = millis(ctx.workflow_time());
+    ctx.execute_local_activity(
+        RunActivities::record_result,
+        RecordResultInput { task: task.clone(), status, output, error, attempts, started_at_ms, finished_at_ms },
+        closing_opts(),
+    )
+    .await?;
+    Ok((status, attempts))
+}
+
+/// An `execution: activity` task, run inside its run as RunTask would run it, minus the child
+/// workflow: the activity with its retries, then its result.
+async fn run_task_inline(ctx: WorkflowContext<RunActivityWorkflow>, task: TaskInput) -> Result<TaskStatus, WorkflowTermination> {
+    let started_at_ms = millis(ctx.workflow_time());
+    let (status, output, error, attempts) = execute_task(&ctx, &task).await;
+    Ok(record_outcome(&ctx, &task, started_at_ms, status, output, error, attempts).await?.0)
 }
 
 /// A `workflow` task: a child workflow of a type and task queue named by the task's params, so
@@ -277,10 +335,10 @@ impl RunTaskWorkflow {
     #[run(name = RUN_TASK)]
     pub async fn run(ctx: &mut WorkflowContext<Self>, task: TaskInput) -> WorkflowResult<TaskConclusion> {
         let started_at_ms = millis(ctx.workflow_time());
-        let (status, output, error, attempts) = if task.task_type == "human" {
+        let (status, output, error, attempts) = if task.task_type == TaskType::Human {
             ctx.execute_local_activity(
                 RunActivities::mark_task,
-                MarkTaskInput { task_id: task.task_id.clone(), status: "awaiting_human".into() },
+                MarkTaskInput { task_id: task.task_id.clone(), status: TaskStatus::AwaitingHuman },
                 local_opts(),
             )
             .await?;
@@ -303,60 +361,36 @@ impl RunTaskWorkflow {
             }
             match ctx.state(|s| (s.decision.clone(), s.completion.clone())) {
                 _ if !decided && ctx.cancellation_token().is_cancelled() => {
-                    ("CANCELLED", None, Some(cancelled_because(ctx.cancellation_token().reason())), 1)
+                    (TaskStatus::Cancelled, None, Some(cancelled_because(ctx.cancellation_token().reason())), 1)
                 }
                 _ if !decided && task.complete_on_timeout => {
-                    ("SUCCEEDED", Some(task.timeout_output.clone().unwrap_or(Json::Null)), None, 1)
+                    (TaskStatus::Succeeded, Some(task.timeout_output.clone().unwrap_or(Json::Null)), None, 1)
                 }
                 _ if !decided => {
                     let waited = Duration::from_millis(task.human_timeout_ms.unwrap_or_default());
-                    ("FAILED", None, Some(format!("nobody decided within {} s (on_timeout: fail)", waited.as_secs())), 1)
+                    (TaskStatus::Failed, None, Some(format!("nobody decided within {} s (on_timeout: fail)", waited.as_secs())), 1)
                 }
                 (Some(tf_temporal::HumanDecision::Complete { output, .. }), _) | (None, Some(output)) => {
-                    ("SUCCEEDED", Some(output), None, 1)
+                    (TaskStatus::Succeeded, Some(output), None, 1)
                 }
                 (Some(tf_temporal::HumanDecision::Reject { reason, by }), _) => {
-                    ("FAILED", None, Some(format!("rejected by {by}: {reason}")), 1)
+                    (TaskStatus::Failed, None, Some(format!("rejected by {by}: {reason}")), 1)
                 }
                 (None, None) => unreachable!("the wait ends on a decision or a completion"),
             }
-        } else if task.task_type == "workflow" {
+        } else if task.task_type == TaskType::Workflow {
             match run_foreign_workflow(ctx, &task).await {
-                Ok(output) => ("SUCCEEDED", Some(output), None, 1),
-                Err(error) => ("FAILED", None, Some(error), 1),
+                Ok(output) => (TaskStatus::Succeeded, Some(output), None, 1),
+                Err(error) => (TaskStatus::Failed, None, Some(error), 1),
             }
         } else {
-            let opts = ActivityOptions::with_start_to_close_timeout(Duration::from_millis(task.timeout_ms))
-                .heartbeat_timeout(crate::activities::HEARTBEAT_EVERY * 5)
-                .retry_policy(
-                    RetryPolicy::builder()
-                        .initial_interval(Duration::from_millis(task.initial_interval_ms))
-                        .maximum_interval(Duration::from_millis(task.max_interval_ms))
-                        .backoff_coefficient(task.backoff)
-                        .maximum_attempts(task.max_attempts)
-                        .build(),
-                )
-                .build();
-            match ctx.execute_activity(RunActivities::execute_task, task.clone(), opts).await {
-                Ok(done) => ("SUCCEEDED", Some(done.output), None, done.attempt),
-                Err(e) => ("FAILED", None, Some(root_cause(e.failure()).unwrap_or_else(|| e.to_string())), task.max_attempts),
-            }
+            execute_task(ctx, &task).await
         };
-        // Whatever failed because of a cancel request counts as cancelled.
-        let cancelled = ctx.cancellation_token().is_cancelled() && status != "SUCCEEDED";
-        let (status, error) =
-            if cancelled { ("CANCELLED", Some(cancelled_because(ctx.cancellation_token().reason()))) } else { (status, error) };
-        let finished_at_ms = millis(ctx.workflow_time());
-        ctx.execute_local_activity(
-            RunActivities::record_result,
-            RecordResultInput { task: task.clone(), status: status.into(), output, error, attempts, started_at_ms, finished_at_ms },
-            closing_opts(),
-        )
-        .await?;
-        if cancelled {
+        let (status, attempts) = record_outcome(ctx, &task, started_at_ms, status, output, error, attempts).await?;
+        if ctx.cancellation_token().is_cancelled() && status == TaskStatus::Cancelled {
             return Err(WorkflowTermination::cancelled());
         }
-        Ok(TaskConclusion { status: status.into(), attempts })
+        Ok(TaskConclusion { status, attempts })
     }
 
     #[signal(name = COMPLETE_TASK_SIGNAL)]

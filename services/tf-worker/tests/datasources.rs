@@ -4,6 +4,8 @@
 //! after runs that used it, it is nowhere in Temporal history, the database, the results topic
 //! or the worker's log.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -207,7 +209,7 @@ tasks:
         ],
     );
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
-    let run_of = |key: &str, def: &str| tf_temporal::DedupeKey::parse(key).unwrap().workflow_id(def, 1);
+    let run_of = |key: &str, def: &str| tf_temporal::DedupeKey::parse(key).unwrap().run_id(def, 1).to_string();
     let run_status = |run_id: String| {
         let pool = pool.clone();
         async move {

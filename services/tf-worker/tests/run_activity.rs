@@ -1,6 +1,8 @@
 //! RunActivity end to end on the real stack: the tf-worker binary, Temporal, PostgreSQL,
 //! Kafka and the registry. Runs are started the way the router starts them.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -73,7 +75,7 @@ tasks:
     let again = tf_temporal::start_run(&client, &queue, input(&def_id, version, "o-1", event.clone())).await.unwrap();
     assert!(matches!(again, StartOutcome::Duplicate { .. }), "a second start for the key is refused: {again:?}");
 
-    let run_id = tf_temporal::DedupeKey::parse("o-1").unwrap().workflow_id(&def_id, 1);
+    let run_id = tf_temporal::DedupeKey::parse("o-1").unwrap().run_id(&def_id, 1).to_string();
     // The human task waits for its completion signal; complete it as `tf tasks complete` does.
     let review_id = format!("{run_id}/review/0");
     eventually(&format!("the review task to await a human; worker log:\n{}", worker.log()), Duration::from_secs(60), || async {
@@ -166,15 +168,113 @@ tasks:
     assert_eq!(unpublished, 0);
 }
 
+/// `execution: activity` runs a task inside its run: the same task row and one result, but no
+/// child workflow in Temporal; a failing one fails the run like a failing child does.
+#[tokio::test]
+async fn tasks_with_execution_activity_run_inside_the_run_with_the_same_rows_and_results() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-queue");
+    let shipments = unique("it-shipments");
+    create_topic(&s, &shipments, 1).await;
+    let def_id = unique("it-inline").to_lowercase();
+    let yaml = format!(
+        r#"
+id: {def_id}
+name: Inline
+trigger: {{event: {{topics: [events.demo]}}}}
+dedupe: {{key: event.data.order_id}}
+tasks:
+  - name: ship
+    type: kafka
+    execution: activity
+    for_each: event.data.items
+    params: {{topic: "'{shipments}'", value: "{{'sku': item}}"}}
+  - name: note
+    type: kafka
+    params: {{topic: "'{shipments}'", value: "'child'"}}
+  - name: broken
+    type: kafka
+    execution: activity
+    when: event.data.fail
+    retry: {{max_attempts: 2, initial_interval: 100ms}}
+    params: {{topic: "''", value: "'never'"}}
+"#
+    );
+    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let worker = Service::spawn(
+        env!("CARGO_BIN_EXE_tf-worker"),
+        &unique("tf-worker"),
+        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_RELAY_TRANSACTIONAL_ID", &unique("it-relay")), ("TF_LOG", "info")],
+    );
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    let run_status = |run_id: String| {
+        let pool = pool.clone();
+        async move {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM activity_runs WHERE run_id = $1").bind(&run_id).fetch_optional(&pool).await.unwrap();
+            status.filter(|s| s != "running")
+        }
+    };
+
+    let good = json!({"id": "e1", "type": "order.created", "data": {"order_id": "in-1", "items": ["a", "b", "c"], "fail": false}});
+    tf_temporal::start_run(&client, &queue, input(&def_id, version, "in-1", good)).await.unwrap();
+    let run_id = tf_temporal::DedupeKey::parse("in-1").unwrap().run_id(&def_id, 1).to_string();
+    let status = eventually(&format!("the run to end; worker log:\n{}", worker.log()), Duration::from_secs(60), || run_status(run_id.clone())).await;
+    assert_eq!(status, "completed", "worker log:\n{}", worker.log());
+    let tasks: Vec<(String, String)> =
+        sqlx::query_as("SELECT task_id, status FROM tasks WHERE run_id = $1 ORDER BY task_id").bind(&run_id).fetch_all(&pool).await.unwrap();
+    let ids: Vec<&str> = tasks.iter().map(|t| t.0.as_str()).collect();
+    let expected: Vec<String> = ["note/0", "ship/0", "ship/1", "ship/2"].iter().map(|t| format!("{run_id}/{t}")).collect();
+    assert_eq!(ids, expected);
+    assert!(tasks.iter().all(|t| t.1 == "succeeded"), "{tasks:?}");
+    let results = eventually("4 results on taskfactory.results", Duration::from_secs(60), || async {
+        let r = results_for(&run_id).await;
+        (r.len() >= 4).then_some(r)
+    })
+    .await;
+    assert_eq!(results.len(), 4, "one result per task, whatever runs it: {results:#?}");
+    assert!(results.iter().all(|r| r["status"] == "SUCCEEDED"), "{results:#?}");
+    let shipped = results.iter().find(|r| r["task_id"] == format!("{run_id}/ship/1").as_str()).unwrap();
+    assert_eq!(shipped["task_type"], "kafka");
+    // The child task has a workflow of its own; the activity tasks have none.
+    let workflows = |id: String| {
+        let client = client.clone();
+        async move { client.count_workflows(format!("WorkflowId = '{id}'"), Default::default()).await.unwrap().count() }
+    };
+    eventually("the child task's workflow to be visible", Duration::from_secs(30), || async {
+        (workflows(format!("{run_id}/note/0")).await == 1).then_some(())
+    })
+    .await;
+    for i in 0..3 {
+        assert_eq!(workflows(format!("{run_id}/ship/{i}")).await, 0, "ship/{i} ran inside the run");
+    }
+
+    // An activity task that fails for good fails its run, with its result published as FAILED.
+    let bad = json!({"id": "e2", "type": "order.created", "data": {"order_id": "in-2", "items": ["a"], "fail": true}});
+    tf_temporal::start_run(&client, &queue, input(&def_id, version, "in-2", bad)).await.unwrap();
+    let run_id = tf_temporal::DedupeKey::parse("in-2").unwrap().run_id(&def_id, 1).to_string();
+    let status = eventually("the failing run to end", Duration::from_secs(60), || run_status(run_id.clone())).await;
+    assert_eq!(status, "failed", "worker log:\n{}", worker.log());
+    let results = eventually("3 results of the failing run", Duration::from_secs(60), || async {
+        let r = results_for(&run_id).await;
+        (r.len() >= 3).then_some(r)
+    })
+    .await;
+    let broken = results.iter().find(|r| r["template"] == "broken").expect("the broken task's result");
+    assert_eq!((broken["status"].as_str(), broken["attempts"].as_i64()), (Some("FAILED"), Some(2)), "{broken}");
+}
+
 #[tokio::test]
 async fn recording_a_result_twice_queues_it_once() {
     let s = settings();
     let (_db, pool) = FreshDatabase::migrated(&s).await;
     let (def_id, version) =
         apply_definition(&pool, "id: once\nname: Once\ntrigger: {event: {topics: [t]}}\ntasks: [{name: t, type: human}]\n").await;
-    let source = tf_store::runs::RunSource { trigger_kind: "manual".into(), ..Default::default() };
+    let source = tf_store::runs::RunSource::of(tf_store::runs::TriggerKind::Manual);
+    let (run_id, task_id) = (tf_definitions::RunId::from_workflow_id("r1"), tf_definitions::RunId::from_workflow_id("r1").task("t", 0));
     let begin = tf_store::runs::BeginRun {
-        run_id: "r1",
+        run_id: &run_id,
         execution_id: "x1",
         definition_id: &def_id,
         definition_version: version,
@@ -195,16 +295,23 @@ async fn recording_a_result_twice_queues_it_once() {
     let params = json!({});
     tf_store::tasks::record_tasks(
         &pool,
-        "r1",
-        &[tf_store::tasks::NewTask { task_id: "r1/t/0", run_attempt: 1, template: "t", index: 0, task_type: "human", params: &params }],
+        &run_id,
+        &[tf_store::tasks::NewTask {
+            task_id: &task_id,
+            run_attempt: 1,
+            template: "t",
+            index: 0,
+            task_type: tf_definitions::TaskType::Human,
+            params: &params,
+        }],
     )
     .await
     .unwrap();
     let record = json!({"any": "record"});
     let outcome = tf_store::outbox::FinishedTask {
-        task_id: "r1/t/0",
-        run_id: "r1",
-        status: "succeeded",
+        task_id: &task_id,
+        run_id: &run_id,
+        status: tf_definitions::TaskStatus::Succeeded,
         output: None,
         error: None,
         attempts: 1,
@@ -305,7 +412,7 @@ tasks:
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
     let event = json!({"id": "e1", "type": "order.created", "data": {"order_id": "h-1", "customer": "c-42"}});
     tf_temporal::start_run(&client, &queue, input(&def_id, version, "h-1", event)).await.unwrap();
-    let run_id = tf_temporal::DedupeKey::parse("h-1").unwrap().workflow_id(&def_id, 1);
+    let run_id = tf_temporal::DedupeKey::parse("h-1").unwrap().run_id(&def_id, 1).to_string();
     let (status, output): (String, Option<Json>) = eventually("the http task to finish", Duration::from_secs(60), || async {
         let row: Option<(String, Option<Json>)> =
             sqlx::query_as("SELECT status, output FROM tasks WHERE run_id = $1").bind(&run_id).fetch_optional(&pool).await.unwrap();
@@ -374,7 +481,7 @@ tasks:
     let scenario = async {
         let event = json!({"id": "e1", "type": "order.created", "data": {"order_id": "w-1"}});
         tf_temporal::start_run(&client, &queue, input(&def_id, version, "w-1", event)).await.unwrap();
-        let run_id = tf_temporal::DedupeKey::parse("w-1").unwrap().workflow_id(&def_id, 1);
+        let run_id = tf_temporal::DedupeKey::parse("w-1").unwrap().run_id(&def_id, 1).to_string();
         let row = eventually("the workflow task to finish", Duration::from_secs(60), || async {
             let row: Option<(String, Option<Json>)> =
                 sqlx::query_as("SELECT status, output FROM tasks WHERE run_id = $1").bind(&run_id).fetch_optional(&pool).await.unwrap();
@@ -416,7 +523,7 @@ async fn the_results_relay_fails_over_to_another_worker() {
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
 
     let published = |key: &'static str| {
-        let (pool, run_id) = (pool.clone(), tf_temporal::DedupeKey::parse(key).unwrap().workflow_id(&def_id, 1));
+        let (pool, run_id) = (pool.clone(), tf_temporal::DedupeKey::parse(key).unwrap().run_id(&def_id, 1).to_string());
         async move {
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM task_results WHERE run_id = $1 AND published_at IS NOT NULL")
                 .bind(&run_id)
@@ -442,7 +549,7 @@ async fn the_results_relay_fails_over_to_another_worker() {
     assert_eq!(gauge(1 - leader), Some(1.0));
     for key in ["f-1", "f-2"] {
         let results = eventually("the result on the topic", Duration::from_secs(30), || async {
-            let r = results_for(&tf_temporal::DedupeKey::parse(key).unwrap().workflow_id(&def_id, 1)).await;
+            let r = results_for(&tf_temporal::DedupeKey::parse(key).unwrap().run_id(&def_id, 1).to_string()).await;
             (!r.is_empty()).then_some(r)
         })
         .await;
@@ -476,7 +583,7 @@ async fn a_relay_taking_over_behind_another_relays_open_transaction_publishes_no
         Service::spawn(env!("CARGO_BIN_EXE_tf-worker"), &unique("tf-worker"), &envs)
     };
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
-    let run_id = |key: &str| tf_temporal::DedupeKey::parse(key).unwrap().workflow_id(&def_id, 1);
+    let run_id = |key: &str| tf_temporal::DedupeKey::parse(key).unwrap().run_id(&def_id, 1).to_string();
     let run = |key: &'static str| {
         let (client, queue, pool, run_id) = (client.clone(), queue.clone(), pool.clone(), run_id(key));
         let input = input(&def_id, version, key, json!({"data": {"order_id": key}}));
@@ -587,7 +694,7 @@ async fn an_oversize_result_is_published_truncated_and_an_unpublishable_one_is_q
     );
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
     tf_temporal::start_run(&client, &queue, input(&def_id, version, "big-1", json!({"id": "e"}))).await.unwrap();
-    let run_id = tf_temporal::DedupeKey::parse("big-1").unwrap().workflow_id(&def_id, 1);
+    let run_id = tf_temporal::DedupeKey::parse("big-1").unwrap().run_id(&def_id, 1).to_string();
     let review = format!("{run_id}/review/0");
     eventually(&format!("the review to await a human; log:\n{}", worker.log()), Duration::from_secs(60), || async {
         let st: Option<String> =
@@ -710,7 +817,7 @@ async fn a_fan_out_over_a_map_survives_a_worker_crash_with_the_same_tasks_in_key
         (rows.len() == 40).then_some(rows)
     })
     .await;
-    let run_id = tf_temporal::DedupeKey::parse("m-1").unwrap().workflow_id(&def_id, 1);
+    let run_id = tf_temporal::DedupeKey::parse("m-1").unwrap().run_id(&def_id, 1).to_string();
     for (i, (task_id, params)) in tasks.iter().enumerate() {
         assert_eq!(task_id, &format!("{run_id}/per/{i}"));
         assert_eq!(params, &json!({"region": format!("r{i:02}"), "n": i}), "task {i} is the {i}-th key");

@@ -2,6 +2,8 @@
 //! scheduler creates, updates, pauses and deletes schedules; trigger and backfill start the
 //! expected runs; a repeated backfill spawns no second set of tasks.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use std::time::{Duration, SystemTime};
 
 use temporalio_client::RpcOptions;
@@ -168,26 +170,18 @@ async fn trigger_starts_one_run_and_a_repeated_backfill_spawns_no_second_set_of_
         dedupe_window_secs: 86_400,
         generation: 0,
         event_time_ms: None,
-        trigger: tf_temporal::TriggerInfo {
-            kind: "cron".into(),
-            topic: None,
-            partition: None,
-            offset: None,
-            event_id: None,
-            schedule_id: Some(schedule.clone()),
-            scheduled_for_ms: Some(slot_ms),
-        },
+        trigger: tf_temporal::RunSource { scheduled_for_ms: Some(slot_ms), ..tf_temporal::RunSource::cron(schedule.clone()) },
         event: None,
         traceparent: None,
     };
-    let extra_id = format!("{}-{}", tf_temporal::DedupeKey::parse("again").unwrap().workflow_id(&id, 1), unique("x"));
+    let extra_id = format!("{}-{}", tf_temporal::DedupeKey::parse("again").unwrap().run_id(&id, 1), unique("x"));
     let handle = e
         .client
         .start_workflow(tf_temporal::RunActivity, again, temporalio_client::WorkflowStartOptions::new(e.queue.as_str(), extra_id).build())
         .await
         .unwrap();
     let summary = handle.get_result(Default::default()).await.unwrap();
-    assert_eq!(summary.status, "deduplicated");
+    assert_eq!(summary.status, tf_definitions::RunStatus::Deduplicated);
     assert_eq!(summary.tasks_spawned, 0);
 
     let tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks").fetch_one(&e.pool).await.unwrap();

@@ -4,6 +4,8 @@
 //! `TF_TEMPORAL_TLS_CA` and an API key, and runs a run; a client that does not trust the CA, or
 //! whose settings are half done, is refused with a readable error.
 
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
+
 use std::sync::Arc;
 use std::time::Duration;
 

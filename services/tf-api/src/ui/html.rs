@@ -116,7 +116,7 @@ pub fn flash(message: Option<&str>, error: bool) -> String {
 /// A sparkline of `points` (oldest first) as inline SVG with a text alternative.
 pub fn sparkline(label: &str, points: &[f64], unit: &str) -> String {
     let (w, h) = (320.0, 48.0);
-    let max = points.iter().cloned().fold(0.0_f64, f64::max).max(1.0);
+    let max = points.iter().copied().fold(0.0_f64, f64::max).max(1.0);
     let n = points.len().max(2) as f64 - 1.0;
     let path: Vec<String> =
         points.iter().enumerate().map(|(i, p)| format!("{:.1},{:.1}", i as f64 / n * w, h - 2.0 - p / max * (h - 4.0))).collect();

@@ -507,7 +507,7 @@ async fn task(State(state): State<AppState>, headers: HeaderMap, Path(task_id): 
         Err(e) => return failure(e.into(), &who, "/ui/tasks"),
     };
     let run_id = task_id.rsplitn(3, '/').nth(2).unwrap_or("");
-    let forms = if t.status == "awaiting_human" {
+    let forms = if t.status == tf_definitions::TaskStatus::AwaitingHuman {
         let action = format!("/ui/tasks/{}", url_part(&task_id, true));
         format!(
             r#"<form method="post" action="{action}/complete" class="card" data-json-field="output">
@@ -520,14 +520,14 @@ async fn task(State(state): State<AppState>, headers: HeaderMap, Path(task_id): 
 <button type="submit">Reject</button></form>"#
         )
     } else {
-        format!("<p>This task is {}: nothing to decide.</p>", status(&t.status))
+        format!("<p>This task is {}: nothing to decide.</p>", status(t.status.as_str()))
     };
     let body = format!(
         r#"{flash}<p>Status {st} · {kind} task · created {created} · run {run}</p>
 <h2>Parameters</h2><pre>{params}</pre>{forms}"#,
         flash = own.flash(),
-        st = status(&t.status),
-        kind = esc(&t.task_type),
+        st = status(t.status.as_str()),
+        kind = esc(t.task_type.as_str()),
         created = esc(&t.created_at),
         run = run_link(run_id),
         params = esc(&serde_json::to_string_pretty(&t.params).unwrap_or_default()),

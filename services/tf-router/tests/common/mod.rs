@@ -1,4 +1,6 @@
 //! What the router tests share: a fresh database, topics, a task queue, and the services.
+
+#![allow(clippy::unwrap_used)] // a test reports failure by panicking
 #![allow(dead_code)]
 
 use std::sync::Arc;
