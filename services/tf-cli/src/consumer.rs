@@ -1,3 +1,6 @@
+//! `tf consumer lag` and `tf consumer reset-offsets`: a consumer group's lag per partition, and
+//! replay by moving its committed offsets (dry run unless `--execute`).
+
 use std::process::ExitCode;
 
 use tf_config::Settings;

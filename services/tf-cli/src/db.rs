@@ -1,3 +1,5 @@
+//! `tf db migrate`: applies the sqlx migrations to the bookkeeping database.
+
 use std::process::ExitCode;
 
 use tf_config::Settings;

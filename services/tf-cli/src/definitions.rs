@@ -1,3 +1,6 @@
+//! `tf definitions validate|test|apply|list|show|delete`: activity definitions from YAML files
+//! to the versioned `activity_definitions` table, and a dry run of one event against them.
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

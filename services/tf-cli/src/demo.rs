@@ -1,3 +1,6 @@
+//! `tf demo roundtrip` and `tf demo events`: one envelope through the registry and Kafka and
+//! back, and the burst of example events the README's first command routes.
+
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;

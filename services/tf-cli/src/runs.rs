@@ -1,3 +1,6 @@
+//! `tf runs list|retry|cancel` and `tf tasks list|complete`: runs and tasks from the
+//! bookkeeping tables, and the Temporal calls that retry, cancel or complete them.
+
 use std::process::ExitCode;
 
 use anyhow::Context;

@@ -1,3 +1,6 @@
+//! `tf schedules list|describe|pause|resume|trigger|backfill|reconcile`: the Temporal Schedules of cron
+//! definitions, addressed by schedule id or definition id.
+
 use std::process::ExitCode;
 use std::time::SystemTime;
 

@@ -1,3 +1,6 @@
+//! `tf schemas register`: registers the Avro schemas under each topic's subject in the
+//! Confluent-compatible registry.
+
 use std::path::Path;
 use std::process::ExitCode;
 

@@ -1,3 +1,5 @@
+//! `tf topics apply`: creates or updates topics from their YAML specs and reports drift.
+
 use std::path::Path;
 use std::process::ExitCode;
 

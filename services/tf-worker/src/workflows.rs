@@ -1,5 +1,9 @@
 //! The workflows. Deterministic by construction: ids come from the run's workflow id, times
 //! from workflow time, and every side effect (SQL, HTTP, Kafka) is an activity.
+//!
+//! RunActivity and RunTask share this file (and pass 400 lines) because they share the task
+//! path: an `execution: activity` task runs inside the run with the same `execute_task` and
+//! `record_outcome` as a RunTask child.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};

@@ -220,10 +220,14 @@ tasks:
     let good = json!({"id": "e1", "type": "order.created", "data": {"order_id": "in-1", "items": ["a", "b", "c"], "fail": false}});
     tf_temporal::start_run(&client, &queue, input(&def_id, version, "in-1", good)).await.unwrap();
     let run_id = tf_temporal::DedupeKey::parse("in-1").unwrap().run_id(&def_id, 1).to_string();
-    let status = eventually(&format!("the run to end; worker log:\n{}", worker.log()), Duration::from_secs(60), || run_status(run_id.clone())).await;
+    let status =
+        eventually(&format!("the run to end; worker log:\n{}", worker.log()), Duration::from_secs(60), || run_status(run_id.clone())).await;
     assert_eq!(status, "completed", "worker log:\n{}", worker.log());
-    let tasks: Vec<(String, String)> =
-        sqlx::query_as("SELECT task_id, status FROM tasks WHERE run_id = $1 ORDER BY task_id").bind(&run_id).fetch_all(&pool).await.unwrap();
+    let tasks: Vec<(String, String)> = sqlx::query_as("SELECT task_id, status FROM tasks WHERE run_id = $1 ORDER BY task_id")
+        .bind(&run_id)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     let ids: Vec<&str> = tasks.iter().map(|t| t.0.as_str()).collect();
     let expected: Vec<String> = ["note/0", "ship/0", "ship/1", "ship/2"].iter().map(|t| format!("{run_id}/{t}")).collect();
     assert_eq!(ids, expected);
