@@ -42,9 +42,9 @@ pub struct SteadyArgs {
     /// two kafka tasks; `bare`: runs spawn nothing (the router and RunActivity's bookkeeping).
     #[arg(long, value_parser = ["tasks", "bare"], default_value = "tasks")]
     profile: String,
-    /// How the `tasks` profile's kafka tasks run: `child` workflows or `activity` of the run
-    /// (the template's `execution`).
-    #[arg(long, value_parser = ["child", "activity"], default_value = "child")]
+    /// How the `tasks` profile's kafka tasks run: as activities of the run (the product's
+    /// default) or as `child` workflows (the template's `execution`).
+    #[arg(long, value_parser = ["child", "activity"], default_value = "activity")]
     execution: String,
     /// Partitions of the load topic.
     #[arg(long, default_value_t = 6)]
@@ -52,6 +52,11 @@ pub struct SteadyArgs {
     /// Give up waiting for the pipeline to drain this many seconds after the last send.
     #[arg(long, default_value_t = 600)]
     drain_secs: u64,
+    /// Ramp instead of one rate: start at --rate and multiply it by 1.5 (for --duration each)
+    /// until a step does not keep up (a run missing, or event -> run began p99 over 1 s); the
+    /// capacity is the last rate that kept up.
+    #[arg(long)]
+    find_capacity: bool,
     /// Where the per-second timeline (runs, runs with a visible result) goes, as CSV.
     #[arg(long, default_value = "loadtest/out")]
     out: std::path::PathBuf,
@@ -78,8 +83,64 @@ struct RunTimes {
     first_done: Option<i64>,
 }
 
+/// What one rate came to.
+struct Step {
+    rate: f64,
+    complete: bool,
+    runs_per_s: f64,
+    began_p99_ms: u64,
+    result_p99_ms: Option<u64>,
+}
+
+impl Step {
+    fn kept_up(&self) -> bool {
+        self.complete && self.began_p99_ms <= 1000
+    }
+}
+
 pub async fn run(s: &Settings, a: &SteadyArgs) -> anyhow::Result<std::process::ExitCode> {
     anyhow::ensure!(a.rate > 0.0 && a.rate <= 10_000.0, "--rate must be in (0, 10000] events/s");
+    if !a.find_capacity {
+        let step = run_at(s, a, a.rate).await?;
+        return Ok(if step.complete { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE });
+    }
+    let mut steps: Vec<Step> = Vec::new();
+    let mut rate = a.rate;
+    while rate <= 10_000.0 {
+        let step = run_at(s, a, rate).await?;
+        let kept_up = step.kept_up();
+        steps.push(step);
+        if !kept_up {
+            break;
+        }
+        rate = (rate * 1.5 * 10.0).round() / 10.0;
+    }
+    println!("\n=== capacity ramp ({} profile, {} s per step) ===", a.profile, a.duration);
+    println!("{:>8} {:>8} {:>22} {:>26}  kept up", "rate", "runs/s", "event->run began p99", "event->result visible p99");
+    for st in &steps {
+        let result = st.result_p99_ms.map_or("-".to_string(), |v| v.to_string());
+        println!(
+            "{:>8} {:>8.1} {:>22} {:>26}  {}",
+            st.rate,
+            st.runs_per_s,
+            st.began_p99_ms,
+            result,
+            if st.kept_up() { "yes" } else { "no" }
+        );
+    }
+    match steps.iter().rev().find(|st| st.kept_up()) {
+        Some(st) => println!(
+            "capacity: at least {} events/s (the next step, {} events/s, did not keep up)",
+            st.rate,
+            steps.last().map_or(0.0, |l| l.rate)
+        ),
+        None => println!("capacity: below {} events/s (the first step did not keep up)", a.rate),
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// One steady run at `rate` events/s; prints its report.
+async fn run_at(s: &Settings, a: &SteadyArgs, rate: f64) -> anyhow::Result<Step> {
     let nonce = now_ms() % 10_000_000;
     let (topic, sink, def_id) = (format!("events.loadtest-{nonce}"), format!("loadtest-sink-{nonce}"), format!("loadtest-{nonce}"));
     let pool = tf_store::connect(&s.database_url).await?;
@@ -158,16 +219,16 @@ tasks:
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let total = (a.rate * a.duration as f64).round() as usize;
+    let total = (rate * a.duration as f64).round() as usize;
     let mut payloads = Vec::with_capacity(total);
     for i in 0..total {
         let key = format!("k-{i}");
         payloads.push((key.clone(), codec.encode_event(&subject, &envelope(&format!("lt-{i}"), &key)?).await?));
     }
-    println!("sending {total} events at {} events/s for {} s", a.rate, a.duration);
+    println!("sending {total} events at {rate} events/s for {} s", a.duration);
     let produced: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
     let started = Instant::now();
-    let interval = Duration::from_secs_f64(1.0 / a.rate);
+    let interval = Duration::from_secs_f64(1.0 / rate);
     let mut sends = Vec::with_capacity(total);
     let mut behind_ms = 0u128;
     for (i, (key, bytes)) in payloads.into_iter().enumerate() {
@@ -246,7 +307,7 @@ tasks:
         a.profile,
         if a.profile == "bare" { "no tasks".to_string() } else { format!("sql context + 2 kafka tasks, execution: {}", a.execution) }
     );
-    println!("offered                {} events/s for {} s ({total} events, distinct keys)", a.rate, a.duration);
+    println!("offered                {rate} events/s for {} s ({total} events, distinct keys)", a.duration);
     println!("runs                   {} of {total}; {:.1} runs/s over {elapsed:.1} s", rows.len(), rows.len() as f64 / elapsed);
     if expected_results > 0 {
         println!("runs with a result     {} of {total}", visible.len());
@@ -271,7 +332,12 @@ tasks:
     let complete = rows.len() >= total && (expected_results == 0 || visible.len() >= total);
     if !complete {
         println!("INCOMPLETE after draining {} s: {} runs, {} with a result, of {total}", a.drain_secs, rows.len(), visible.len());
-        return Ok(std::process::ExitCode::FAILURE);
     }
-    Ok(std::process::ExitCode::SUCCESS)
+    Ok(Step {
+        rate,
+        complete,
+        runs_per_s: rows.len() as f64 / elapsed,
+        began_p99_ms: if hist[5].is_empty() { u64::MAX } else { hist[5].value_at_quantile(0.99) },
+        result_p99_ms: (!hist[6].is_empty()).then(|| hist[6].value_at_quantile(0.99)),
+    })
 }

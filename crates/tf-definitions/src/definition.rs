@@ -587,7 +587,7 @@ fn check_task(c: &mut Checker, i: usize, t: &TaskDoc) -> Option<TaskTemplate> {
         c.fail(format!("{path}.timeout_output"), "only used with on_timeout: complete");
     }
     let timeout_output = t.timeout_output.as_deref().and_then(|o| c.expr(format!("{path}.timeout_output"), o));
-    let execution = t.execution.unwrap_or_default();
+    let execution = t.execution.unwrap_or(Execution::default_for(t.task_type));
     if execution == Execution::Activity && !matches!(t.task_type, TaskType::Http | TaskType::Kafka) {
         c.fail(format!("{path}.execution"), "only http and kafka tasks run as activities; human and workflow tasks are child workflows");
     }
@@ -820,7 +820,11 @@ tasks:
         let kafka = doc("{name: a, type: kafka, execution: activity, params: {topic: \"'t'\", value: '1'}}");
         assert_eq!(Definition::from_yaml("k", &kafka).unwrap().remove(0).tasks[0].execution, Execution::Activity);
         let plain = doc("{name: a, type: kafka, params: {topic: \"'t'\", value: '1'}}");
-        assert_eq!(Definition::from_yaml("k", &plain).unwrap().remove(0).tasks[0].execution, Execution::Child, "the default");
+        assert_eq!(Definition::from_yaml("k", &plain).unwrap().remove(0).tasks[0].execution, Execution::Activity, "the default");
+        let child = doc("{name: a, type: kafka, execution: child, params: {topic: \"'t'\", value: '1'}}");
+        assert_eq!(Definition::from_yaml("k", &child).unwrap().remove(0).tasks[0].execution, Execution::Child);
+        let human = doc("{name: a, type: human}");
+        assert_eq!(Definition::from_yaml("h", &human).unwrap().remove(0).tasks[0].execution, Execution::Child, "always");
         let human = Definition::from_yaml("h", &doc("{name: a, type: human, execution: activity}")).unwrap_err();
         assert_eq!(human.errors[0].path, "tasks[0].execution");
         assert!(human.errors[0].message.contains("child workflows"), "{human}");

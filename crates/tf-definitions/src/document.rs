@@ -188,21 +188,32 @@ pub struct TaskDoc {
     /// Human tasks with `on_timeout: complete`: CEL giving the output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_output: Option<String>,
-    /// `http` and `kafka` tasks: `child` (a RunTask child workflow, the default) or `activity`
-    /// (an activity of the run).
+    /// `http` and `kafka` tasks: `activity` (an activity of the run, the default) or `child` (a
+    /// RunTask child workflow of its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution: Option<Execution>,
 }
 
-/// How the run executes an `http` or `kafka` task. A child workflow has its own history (and
-/// workflow id, the task id) in Temporal; an activity of the run costs a fraction of that and
-/// keeps the same retries, result and task row. Human and `workflow` tasks are always children.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// How the run executes a task. An `http` or `kafka` task is by default an activity of the
+/// run: the same retries, task row and result as a child, at a third of the cost for Temporal
+/// (loadtest/README.md: the `tasks` profile's capacity went from 4-5 to 12-16 runs/s). A child
+/// workflow has its own history under the task id. Human and `workflow` tasks are always
+/// children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Execution {
-    #[default]
     Child,
     Activity,
+}
+
+impl Execution {
+    /// What a template of `task_type` gets without an `execution` field.
+    pub fn default_for(task_type: TaskType) -> Execution {
+        match task_type {
+            TaskType::Http | TaskType::Kafka => Execution::Activity,
+            TaskType::Human | TaskType::Workflow => Execution::Child,
+        }
+    }
 }
 
 /// What a human task does when nobody decided within its `timeout`.

@@ -230,9 +230,14 @@ pub struct TaskInput {
     pub complete_on_timeout: bool,
     #[serde(default)]
     pub timeout_output: Option<Json>,
-    /// A child workflow (its own RunTask) or an activity of the run.
-    #[serde(default)]
+    /// A child workflow (its own RunTask) or an activity of the run. Inputs from before the
+    /// field existed were children.
+    #[serde(default = "child")]
     pub execution: tf_definitions::Execution,
+}
+
+fn child() -> tf_definitions::Execution {
+    tf_definitions::Execution::Child
 }
 
 /// Output of RunTask.

@@ -111,7 +111,8 @@ async fn one_trace_runs_from_the_producer_through_router_worker_and_task_to_the_
     let sunk = first_record_headers(&sink);
     assert_eq!(sunk["traceparent"], format!("00-{TRACE}-{}-01", span("task ship").span_id));
 
-    // The same run in the worker's metrics: its duration, and the Temporal SDK's own figures.
+    // The same run in the worker's metrics: its duration, and the Temporal SDK's own figures (the
+    // kafka task is an activity of the run, so its workflow type is RunActivity).
     let definition: String = sqlx::query_scalar("SELECT definition_id FROM activity_runs").fetch_one(&t.pool).await.unwrap();
     let run_count = format!("tf_worker_run_duration_seconds_count{{definition=\"{definition}\"}}");
     eventually("the run's duration in the worker's metrics", Duration::from_secs(30), || async {
@@ -119,7 +120,7 @@ async fn one_trace_runs_from_the_producer_through_router_worker_and_task_to_the_
     })
     .await;
     let sdk = format!(
-        "temporal_activity_execution_latency_seconds_count{{activity_type=\"ExecuteTask\",namespace=\"{}\",service_name=\"temporal-core-sdk\",task_queue=\"{}\",workflow_type=\"RunTask\"}}",
+        "temporal_activity_execution_latency_seconds_count{{activity_type=\"ExecuteTask\",namespace=\"{}\",service_name=\"temporal-core-sdk\",task_queue=\"{}\",workflow_type=\"RunActivity\"}}",
         s.temporal_namespace, t.queue
     );
     assert_eq!(tf_testkit::scrape_metric(&worker_metrics, &sdk), Some(1.0), "{sdk}");

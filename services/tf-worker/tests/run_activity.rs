@@ -168,8 +168,9 @@ tasks:
     assert_eq!(unpublished, 0);
 }
 
-/// `execution: activity` runs a task inside its run: the same task row and one result, but no
-/// child workflow in Temporal; a failing one fails the run like a failing child does.
+/// `execution: activity` (the default for kafka and http) runs a task inside its run: the same
+/// task row and one result, but no child workflow in Temporal; a failing one fails the run
+/// like a failing child does. `execution: child` still makes a RunTask child.
 #[tokio::test]
 async fn tasks_with_execution_activity_run_inside_the_run_with_the_same_rows_and_results() {
     let s = settings();
@@ -187,11 +188,11 @@ dedupe: {{key: event.data.order_id}}
 tasks:
   - name: ship
     type: kafka
-    execution: activity
     for_each: event.data.items
     params: {{topic: "'{shipments}'", value: "{{'sku': item}}"}}
   - name: note
     type: kafka
+    execution: child
     params: {{topic: "'{shipments}'", value: "'child'"}}
   - name: broken
     type: kafka
