@@ -195,8 +195,8 @@ pub struct TaskDoc {
 }
 
 /// How the run executes a task. An `http` or `kafka` task is by default an activity of the
-/// run: the same retries, task row and result as a child, at a third of the cost for Temporal
-/// (loadtest/README.md: the `tasks` profile's capacity went from 4-5 to 12-16 runs/s). A child
+/// run: the same retries, task row and result as a child, at a fraction of the cost for Temporal
+/// (loadtest/README.md: the `tasks` profile keeps up with 9-12 events/s instead of 4-5). A child
 /// workflow has its own history under the task id. Human and `workflow` tasks are always
 /// children.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
