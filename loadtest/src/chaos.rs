@@ -6,6 +6,9 @@
 //! to drain and checks invariants 1 and 2 of the design: exactly one run per key, exactly one
 //! result per task on `taskfactory.results` (read_committed), nothing in the DLQ. It prints how
 //! long each fault stalled routing and exits non-zero on any loss or duplicate.
+//!
+//! One module although it passes 400 lines: the fault schedule, the supervisor that restarts
+//! what it killed and the final check are one experiment, read top to bottom.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

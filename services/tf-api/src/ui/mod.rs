@@ -3,6 +3,10 @@
 //! API's), a little progressive JavaScript (live refresh, JSON checked before it is sent) and
 //! assets embedded in the binary. Signing in stores the token in an `HttpOnly`,
 //! `SameSite=Strict` cookie; every page and form needs it.
+//!
+//! Long on purpose: one handler per console page, each a short composition of the API's own
+//! handlers and the HTML pieces of `html.rs`; splitting them by page would scatter the shared
+//! sign-in, flash and error handling that sits here once.
 
 mod html;
 pub mod lag;
