@@ -270,6 +270,70 @@ tasks:
     assert_eq!((broken["status"].as_str(), broken["attempts"].as_i64()), (Some("FAILED"), Some(2)), "{broken}");
 }
 
+/// Cancelling a run reaches an activity task in flight as it reaches a child: the task records
+/// `cancelled` and publishes one CANCELLED result, and the run ends cancelled.
+#[tokio::test]
+async fn cancelling_a_run_cancels_its_activity_task_in_flight() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    // A server that accepts and never answers keeps the task in flight.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let queue = unique("it-queue");
+    let def_id = unique("it-cancel").to_lowercase();
+    let yaml = format!(
+        "id: {def_id}\nname: Cancel\ntrigger: {{event: {{topics: [events.demo]}}}}\ndedupe: {{key: event.data.order_id}}\ntasks:\n  - {{name: hang, type: http, params: {{url: \"'{base}/hang'\"}}}}\n"
+    );
+    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let worker = Service::spawn(
+        env!("CARGO_BIN_EXE_tf-worker"),
+        &unique("tf-worker"),
+        &[
+            ("TF_DATABASE_URL", &db.url),
+            ("TF_TASK_QUEUE", &queue),
+            ("TF_RELAY_TRANSACTIONAL_ID", &unique("it-relay")),
+            ("TF_HTTP_ALLOWED_HOSTS", "127.0.0.1"),
+        ],
+    );
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    let event = json!({"id": "e1", "type": "order.created", "data": {"order_id": "c-1"}});
+    tf_temporal::start_run(&client, &queue, input(&def_id, version, "c-1", event)).await.unwrap();
+    let run_id = tf_temporal::DedupeKey::parse("c-1").unwrap().run_id(&def_id, 1);
+    eventually(&format!("the task's request to arrive; worker log:\n{}", worker.log()), Duration::from_secs(60), || async {
+        (accepted.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    tf_temporal::run_control::cancel_run(&client, run_id.as_str(), tf_definitions::RunStatus::Running, "test").await.unwrap();
+    let status = eventually(&format!("the run to end; worker log:\n{}", worker.log()), Duration::from_secs(60), || async {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM activity_runs WHERE run_id = $1")
+            .bind(run_id.as_str())
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+        status.filter(|s| s != "running")
+    })
+    .await;
+    assert_eq!(status, "cancelled", "worker log:\n{}", worker.log());
+    let task: (String, Option<String>) =
+        sqlx::query_as("SELECT status, error FROM tasks WHERE run_id = $1").bind(run_id.as_str()).fetch_one(&pool).await.unwrap();
+    assert_eq!(task.0, "cancelled", "{task:?}");
+    let results = eventually("the cancelled task's result", Duration::from_secs(60), || async {
+        let r = results_for(run_id.as_str()).await;
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    assert_eq!((results.len(), results[0]["status"].as_str()), (1, Some("CANCELLED")), "{results:#?}");
+}
+
 #[tokio::test]
 async fn recording_a_result_twice_queues_it_once() {
     let s = settings();
