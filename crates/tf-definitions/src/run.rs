@@ -2,10 +2,11 @@
 //! where a run came from
 //! ([`RunSource`], one type from the router's start through Temporal, the run row and the
 //! result record), its [`TriggerKind`], and the lifecycle of runs and tasks ([`RunStatus`],
-//! [`TaskStatus`]) and what a task does ([`TaskType`]). The text forms are the contract: the lowercase word is what PostgreSQL,
-//! the API and Temporal's `TriggerKind` search attribute hold; the uppercase symbol is the
-//! Avro enum on `taskfactory.results`. Parsing accepts either form, so records written in
-//! one are read in the other.
+//! [`TaskStatus`]) and what a task does ([`TaskType`]). The text forms are the contract: the
+//! lowercase word is what PostgreSQL, definitions, the API and Temporal's `TriggerKind` search
+//! attribute hold; the uppercase symbol is the Avro enum on `taskfactory.results`. The two
+//! enums that have a symbol there (trigger kind, task status) also parse it, because results
+//! queued before this type existed hold it; the others parse only their word.
 
 use std::fmt;
 use std::str::FromStr;
@@ -20,10 +21,11 @@ pub struct UnknownVariant {
     value: String,
 }
 
-/// An enum whose values travel as words: `as_str` (lowercase, PostgreSQL and JSON),
-/// `symbol` (uppercase, Avro), parsing either case, serde as the lowercase word.
+/// An enum whose values travel as words: `as_str` (lowercase, PostgreSQL and JSON), `symbol`
+/// (uppercase, Avro), serde as the word; parsing takes the word, and the symbol too when
+/// `symbols: true`.
 macro_rules! word_enum {
-    ($(#[$meta:meta])* $name:ident, $what:literal { $($(#[$vmeta:meta])* $variant:ident = $word:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident, $what:literal, symbols: $symbols:literal { $($(#[$vmeta:meta])* $variant:ident = $word:literal),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(into = "&'static str", try_from = "String")]
@@ -56,7 +58,7 @@ macro_rules! word_enum {
             type Err = UnknownVariant;
 
             fn from_str(s: &str) -> Result<$name, UnknownVariant> {
-                $name::ALL.iter().copied().find(|v| v.as_str() == s || v.symbol() == s).ok_or_else(|| UnknownVariant {
+                $name::ALL.iter().copied().find(|v| v.as_str() == s || ($symbols && v.symbol() == s)).ok_or_else(|| UnknownVariant {
                     what: $what,
                     allowed: $name::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", "),
                     value: s.chars().take(64).collect(),
@@ -107,7 +109,7 @@ macro_rules! word_enum {
 
 word_enum!(
     /// What started a run.
-    TriggerKind, "a trigger kind" {
+    TriggerKind, "a trigger kind", symbols: true {
         /// A Kafka event the router matched.
         Event = "event",
         /// A Temporal Schedule of a cron definition.
@@ -119,7 +121,7 @@ word_enum!(
 
 word_enum!(
     /// A run's state in `activity_runs`.
-    RunStatus, "a run status" {
+    RunStatus, "a run status", symbols: false {
         Running = "running",
         Completed = "completed",
         Failed = "failed",
@@ -131,7 +133,7 @@ word_enum!(
 
 word_enum!(
     /// A task's state in `tasks`; the last three are final and published as results.
-    TaskStatus, "a task status" {
+    TaskStatus, "a task status", symbols: true {
         Pending = "pending",
         Running = "running",
         AwaitingHuman = "awaiting_human",
@@ -143,7 +145,7 @@ word_enum!(
 
 word_enum!(
     /// What a task does; a template's `type`.
-    TaskType, "a task type" {
+    TaskType, "a task type", symbols: false {
         Http = "http",
         Kafka = "kafka",
         Human = "human",
@@ -291,10 +293,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn words_parse_in_either_case_and_serialize_lowercase() {
+    fn words_parse_symbols_only_where_avro_has_them_and_serialize_as_words() {
         assert_eq!("EVENT".parse::<TriggerKind>(), Ok(TriggerKind::Event));
         assert!("Event".parse::<TriggerKind>().is_err(), "the word or the symbol, nothing in between");
         assert_eq!("workflow".parse::<TaskType>(), Ok(TaskType::Workflow));
+        assert!("HTTP".parse::<TaskType>().is_err() && "COMPLETED".parse::<RunStatus>().is_err(), "no symbol form: the word only");
         assert_eq!("awaiting_human".parse::<TaskStatus>(), Ok(TaskStatus::AwaitingHuman));
         assert_eq!(TaskStatus::Succeeded.symbol(), "SUCCEEDED");
         assert_eq!(serde_json::to_value(RunStatus::Deduplicated).unwrap(), "deduplicated");
