@@ -8,7 +8,7 @@
 //!    draining) ([`serve`]);
 //! 3. **run until a shutdown signal**, SIGTERM or SIGINT ([`shutdown_signal`]), then each
 //!    service drains its own work within `TF_SHUTDOWN_TIMEOUT` ([`deadline`]);
-//! 4. **backoff** with jitter for every retry loop ([`backoff`]).
+//! 4. **backoff** with jitter for every retry loop ([`Backoff`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -80,9 +80,10 @@ fn build_info(service: &'static str, version: &'static str) {
     metrics::gauge!("tf_build_info", "service" => service, "version" => version).set(1.0);
 }
 
-/// A recorder for unit tests: use it with `metrics::with_local_recorder` and render it.
+/// A recorder for unit tests: use it with `metrics::with_local_recorder` and render it. Panics
+/// on bounds the exporter refuses, as `Metrics::install` would fail on them.
 pub fn test_recorder(buckets: &[Buckets]) -> metrics_exporter_prometheus::PrometheusRecorder {
-    builder(buckets).map(PrometheusBuilder::build_recorder).unwrap_or_else(|_| PrometheusBuilder::new().build_recorder())
+    builder(buckets).map(PrometheusBuilder::build_recorder).expect("histogram bucket bounds the exporter accepts")
 }
 
 /// Whether the service is ready for traffic: false until it has connected its dependencies and
@@ -100,8 +101,8 @@ impl Ready {
     }
 }
 
-/// Serves `/metrics` (the recorder's text followed by `extra`, for figures kept elsewhere),
-/// `/healthz` and `/readyz` on `addr` until the process ends. An empty `addr` serves nothing; a
+/// Serves `/metrics` (everything recorded), `/healthz` and `/readyz` on `addr` until the process
+/// ends. An empty `addr` serves nothing; a
 /// port that cannot be bound is logged, not fatal: the service matters more than its metrics.
 pub fn serve(addr: &str, metrics: Metrics, ready: Ready) {
     use axum::http::StatusCode;
@@ -156,11 +157,34 @@ pub async fn deadline(stopping: impl Future<Output = ()>, grace: Duration) {
     tokio::time::sleep(grace).await;
 }
 
-/// Exponential delays from `min` doubling up to `max`, each with random jitter (up to the delay
-/// again, so callers paused together do not retry in lockstep), without end: the caller decides
-/// when to stop.
-pub fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> + Send {
-    backon::ExponentialBuilder::new().with_min_delay(min).with_max_delay(max).with_jitter().without_max_times().build()
+/// Pauses between retries: from `min` doubling up to `max`, each with random jitter (up to the
+/// pause again, so callers paused together do not retry in lockstep), without end: the caller
+/// decides when to stop, and `reset` after a success.
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    delays: backon::ExponentialBackoff,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff { min, max, delays: Backoff::delays(min, max) }
+    }
+
+    fn delays(min: Duration, max: Duration) -> backon::ExponentialBackoff {
+        backon::ExponentialBuilder::new().with_min_delay(min).with_max_delay(max).with_jitter().without_max_times().build()
+    }
+
+    /// The next pause.
+    pub fn pause(&mut self) -> Duration {
+        // Built without a limit on times, the delays never run out; `max` is only a fallback.
+        self.delays.next().unwrap_or(self.max)
+    }
+
+    /// Starts again from `min`.
+    pub fn reset(&mut self) {
+        self.delays = Backoff::delays(self.min, self.max);
+    }
 }
 
 #[cfg(test)]
@@ -169,11 +193,14 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_up_to_twice_the_cap() {
-        let delays: Vec<Duration> = backoff(Duration::from_millis(100), Duration::from_secs(1)).take(10).collect();
-        assert_eq!(delays.len(), 10, "never ends by itself");
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<Duration> = (0..10).map(|_| backoff.pause()).collect();
         assert!(delays[0] >= Duration::from_millis(100) && delays[0] <= Duration::from_millis(200), "{delays:?}");
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)), "{delays:?}");
         assert!(delays[9] >= Duration::from_secs(1), "reaches the cap: {delays:?}");
+        backoff.reset();
+        let first = backoff.pause();
+        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(200), "starts again: {first:?}");
     }
 
     #[test]
@@ -186,11 +213,13 @@ mod tests {
                 metrics::histogram!("x_seconds").record(v);
             }
             metrics::counter!("y_total", "stage" => "a").increment(2);
+            let _registered_only = metrics::gauge!("z");
         });
         let out = handle.render();
         assert!(out.contains("# TYPE x_seconds histogram"), "{out}");
         assert!(out.contains("x_seconds_bucket{le=\"0.1\"} 1\nx_seconds_bucket{le=\"1\"} 3\nx_seconds_bucket{le=\"+Inf\"} 4"), "{out}");
         assert!(out.contains("x_seconds_sum 4.25\nx_seconds_count 4"), "{out}");
         assert!(out.contains("y_total{stage=\"a\"} 2"), "{out}");
+        assert!(out.contains("\nz 0\n"), "a series renders from its registration: {out}");
     }
 }

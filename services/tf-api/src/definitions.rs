@@ -109,7 +109,7 @@ pub async fn apply(State(state): State<AppState>, headers: HeaderMap, body: Stri
             ApplyOutcome::Restored { version } => ("restored", version, None),
             ApplyOutcome::EnabledChanged { version, enabled } => (if enabled { "enabled" } else { "disabled" }, version, None),
         };
-        crate::metrics::add(&state.metrics.definitions_applied, 1);
+        state.metrics.definitions_applied.increment(1);
         tracing::info!(token = %caller.token, definition = %d.id, version, outcome = what, "definition applied");
         let mut item = json!({"id": d.id, "outcome": what, "version": version});
         if let Some(p) = previous {

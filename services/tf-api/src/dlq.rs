@@ -235,7 +235,7 @@ pub async fn redrive(
         match state.producer.send(record, Duration::from_secs(30)).await {
             Ok(delivery) => {
                 tf_store::redrives::placed(&state.pool, dlq, delivery.partition, delivery.offset).await?;
-                crate::metrics::add(&state.metrics.dead_letters_redriven, 1);
+                state.metrics.dead_letters_redriven.increment(1);
                 tracing::info!(token = %caller.token, dead_letter = %marker, topic = %target, "dead letter redriven");
                 redriven.push(json!({"dead_letter": at, "topic": target, "partition": delivery.partition, "offset": delivery.offset}));
             }

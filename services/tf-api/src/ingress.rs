@@ -119,7 +119,7 @@ pub async fn ingest(
             }
         }
     }
-    crate::metrics::add(&state.metrics.events_accepted, accepted.len());
+    state.metrics.events_accepted.increment(accepted.len() as u64);
     tracing::info!(token = %caller.token, %topic, events = accepted.len(), "events accepted");
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))))
 }

@@ -55,7 +55,3 @@ pub async fn count(State(state): State<AppState>, request: Request, next: Next) 
     state.metrics.count(response.status().as_u16());
     response
 }
-
-pub fn add(counter: &Counter, n: usize) {
-    counter.increment(n as u64);
-}

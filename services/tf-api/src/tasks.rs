@@ -94,7 +94,7 @@ pub async fn act(
             let handle = state.temporal.get_workflow_handle::<RunTask>(task_id.to_string());
             match handle.execute_update(DecideTask, decision, WorkflowExecuteUpdateOptions::default()).await {
                 Ok(_) => {
-                    crate::metrics::add(&state.metrics.tasks_decided, 1);
+                    state.metrics.tasks_decided.increment(1);
                     tracing::info!(token = %caller.token, task = %task_id, decision = action, "task decided");
                     Ok(Json(json!({"task_id": task_id, "decision": action, "by": caller.token})))
                 }

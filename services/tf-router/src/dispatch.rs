@@ -202,7 +202,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let mut pauses = tf_runtime::backoff(Duration::from_millis(100), Duration::from_secs(10));
+    let mut backoff = tf_runtime::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut attempt = 0u32;
     loop {
         match op().await {
@@ -210,7 +210,7 @@ where
             Err(e) => {
                 attempt += 1;
                 shared.metrics.dependency_retries.increment(1);
-                let pause = pauses.next().unwrap_or(Duration::from_secs(10));
+                let pause = backoff.pause();
                 tracing::warn!(what, attempt, error = %e, pause_ms = pause.as_millis() as u64, "dependency failed; pausing this record");
                 tokio::time::sleep(pause).await;
             }

@@ -178,13 +178,13 @@ async fn main() -> anyhow::Result<()> {
     let ready = tf_runtime::Ready::default();
     tf_runtime::serve(&cli.metrics_addr, recorder, ready.clone());
     // Routing without definitions would drop matches: wait until they load.
-    let mut pause = tf_runtime::backoff(Duration::from_millis(500), Duration::from_secs(10));
+    let mut backoff = tf_runtime::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     let mut fingerprint = loop {
         match refresh(&pool, &shared, "").await {
             Ok(fp) => break fp,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot load definitions yet; retrying");
-                tokio::time::sleep(pause.next().unwrap_or(Duration::from_secs(10))).await;
+                tokio::time::sleep(backoff.pause()).await;
             }
         }
     };

@@ -63,10 +63,6 @@ impl Metrics {
         );
         describe_histogram!("tf_router_event_age_seconds", "From a record's Kafka timestamp to its routing.");
         describe_histogram!("tf_router_start_seconds", "From asking Temporal to start a run to the acknowledgement (retries included).");
-        let in_flight = gauge!("tf_router_in_flight");
-        let definitions = gauge!("tf_router_definitions");
-        in_flight.set(0.0);
-        definitions.set(0.0);
         Metrics {
             records: counter!("tf_router_records_total"),
             records_matched: counter!("tf_router_records_matched_total"),
@@ -77,8 +73,8 @@ impl Metrics {
             claim_batches: counter!("tf_router_claim_batches_total"),
             dead_letters: STAGES.map(|stage| counter!("tf_router_dead_letters_total", "stage" => stage)),
             dependency_retries: counter!("tf_router_dependency_retries_total"),
-            in_flight,
-            definitions,
+            in_flight: gauge!("tf_router_in_flight"),
+            definitions: gauge!("tf_router_definitions"),
             lag_partitions: Mutex::default(),
             event_age: histogram!("tf_router_event_age_seconds"),
             start_latency: histogram!("tf_router_start_seconds"),

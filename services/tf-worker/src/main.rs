@@ -123,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
-    let meter: Arc<dyn temporalio_common::telemetry::metrics::CoreMeter> = Arc::new(metrics.sdk);
+    let meter: Arc<dyn temporalio_common::telemetry::metrics::CoreMeter> = Arc::new(sdk_metrics::SdkMetrics);
     let telemetry = temporalio_common::telemetry::TelemetryOptions::builder().metrics(meter).build();
     let runtime = Runtime::from_current_tokio(RuntimeOptions::builder().telemetry_options(telemetry).build().map_err(anyhow::Error::msg)?)?;
     let options = WorkerOptions::new(s.task_queue.as_str())

@@ -28,8 +28,6 @@ pub struct Metrics {
     pub reconcile_failures: Counter,
     /// Age of the oldest result waiting for the relay, in seconds (0 when none waits).
     pub results_oldest_pending_seconds: Gauge,
-    /// What the Temporal SDK reports about this worker.
-    pub sdk: crate::sdk_metrics::SdkMetrics,
 }
 
 impl Metrics {
@@ -54,23 +52,16 @@ impl Metrics {
         );
         describe_histogram!("tf_worker_task_duration_seconds", "From a task's start to its result, by definition.");
         describe_histogram!("tf_worker_run_duration_seconds", "From a run's trigger firing to the run's end, by definition.");
-        let gauges =
-            [gauge!("tf_worker_relay_leader"), gauge!("tf_worker_results_pending"), gauge!("tf_worker_results_oldest_pending_seconds")];
-        for g in &gauges {
-            g.set(0.0);
-        }
-        let [relay_leader, results_pending, results_oldest_pending_seconds] = gauges;
         Metrics {
             results_published: counter!("tf_worker_results_published_total"),
             relay_batches_failed: counter!("tf_worker_relay_batches_failed_total"),
             results_truncated: counter!("tf_worker_results_truncated_total"),
             results_quarantined: counter!("tf_worker_results_quarantined_total"),
-            relay_leader,
-            results_pending,
+            relay_leader: gauge!("tf_worker_relay_leader"),
+            results_pending: gauge!("tf_worker_results_pending"),
             schedule_changes: counter!("tf_worker_schedule_changes_total"),
             reconcile_failures: counter!("tf_worker_schedule_reconcile_failures_total"),
-            results_oldest_pending_seconds,
-            sdk: crate::sdk_metrics::SdkMetrics,
+            results_oldest_pending_seconds: gauge!("tf_worker_results_oldest_pending_seconds"),
         }
     }
 

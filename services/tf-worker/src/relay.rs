@@ -170,8 +170,7 @@ impl Relay {
             .expect("init_transactions thread")?;
         let mut marker = tokio::task::block_in_place(|| self.read_marker())?;
         tracing::info!(txid = marker.0, seq = marker.1, "results relay started");
-        let new_backoff = || tf_runtime::backoff(Duration::from_millis(200), Duration::from_secs(10));
-        let mut pauses = new_backoff();
+        let mut backoff = tf_runtime::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         // After a transaction failed, whether it committed is unknown (a commit can time out
         // on the client and still complete on the coordinator): only the marker topic knows
         // where to resume. Resuming from the marker in memory would publish the batch twice.
@@ -215,7 +214,7 @@ impl Relay {
                     marker = next;
                     unrecorded.extend(placed);
                     self.record_placements(&mut unrecorded).await;
-                    pauses = new_backoff();
+                    backoff.reset();
                     continue;
                 }
                 Ok(None) => {
@@ -224,7 +223,7 @@ impl Relay {
                     // Nothing to publish: look again shortly.
                     POLL
                 }
-                Err(None) => pauses.next().unwrap_or(Duration::from_secs(10)),
+                Err(None) => backoff.pause(),
                 Err(Some(e @ RelayError::Producer(_))) => return Err(e),
                 Err(Some(e)) => {
                     self.metrics.relay_batches_failed.increment(1);
@@ -232,7 +231,7 @@ impl Relay {
                     // Relay lag keeps growing while batches fail: let the gauge show it.
                     self.observe_backlog().await;
                     marker_stale = e.leaves_marker_unknown();
-                    pauses.next().unwrap_or(Duration::from_secs(10))
+                    backoff.pause()
                 }
             };
             tokio::select! {

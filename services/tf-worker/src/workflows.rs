@@ -268,7 +268,7 @@ async fn execute_task<W>(ctx: &WorkflowContext<W>, task: &TaskInput) -> (TaskSta
 }
 
 /// Records a task's outcome (its row and exactly one result); whatever failed because of a
-/// cancel request counts as cancelled. Returns the status recorded and the attempts.
+/// cancel request counts as cancelled. Returns the status recorded.
 async fn record_outcome<W>(
     ctx: &WorkflowContext<W>,
     task: &TaskInput,
@@ -277,7 +277,7 @@ async fn record_outcome<W>(
     output: Option<Json>,
     error: Option<String>,
     attempts: u32,
-) -> Result<(TaskStatus, u32), WorkflowTermination> {
+) -> Result<TaskStatus, WorkflowTermination> {
     let cancelled = ctx.cancellation_token().is_cancelled() && status != TaskStatus::Succeeded;
     let (status, error) =
         if cancelled { (TaskStatus::Cancelled, Some(cancelled_because(ctx.cancellation_token().reason()))) } else { (status, error) };
@@ -288,7 +288,7 @@ async fn record_outcome<W>(
         closing_opts(),
     )
     .await?;
-    Ok((status, attempts))
+    Ok(status)
 }
 
 /// An `execution: activity` task, run inside its run as RunTask would run it, minus the child
@@ -296,7 +296,7 @@ async fn record_outcome<W>(
 async fn run_task_inline(ctx: WorkflowContext<RunActivityWorkflow>, task: TaskInput) -> Result<TaskStatus, WorkflowTermination> {
     let started_at_ms = millis(ctx.workflow_time());
     let (status, output, error, attempts) = execute_task(&ctx, &task).await;
-    Ok(record_outcome(&ctx, &task, started_at_ms, status, output, error, attempts).await?.0)
+    record_outcome(&ctx, &task, started_at_ms, status, output, error, attempts).await
 }
 
 /// A `workflow` task: a child workflow of a type and task queue named by the task's params, so
@@ -390,7 +390,7 @@ impl RunTaskWorkflow {
         } else {
             execute_task(ctx, &task).await
         };
-        let (status, attempts) = record_outcome(ctx, &task, started_at_ms, status, output, error, attempts).await?;
+        let status = record_outcome(ctx, &task, started_at_ms, status, output, error, attempts).await?;
         if ctx.cancellation_token().is_cancelled() && status == TaskStatus::Cancelled {
             return Err(WorkflowTermination::cancelled());
         }
