@@ -5,6 +5,7 @@
 //! second is what Temporal gives any client on this machine; the router's events/s over it is
 //! the ratio issue 13 asks for.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -37,8 +38,8 @@ pub async fn run(s: &Settings, a: &BareArgs) -> anyhow::Result<std::process::Exi
         generation: 1,
         event_time_ms: Some(now_ms()),
         trigger: RunSource::event(&format!("events.loadtest-bare-{nonce}"), (i % 6) as i32, i as i64, Some(format!("lt-{i}"))),
-        event: Some(json!({"id": format!("lt-{i}"), "source": "/loadtest", "type": "loadtest", "specversion": "1.0",
-                           "time": now_ms(), "data": {"key": format!("k-{i}"), "customer": "c-1001"}})),
+        event: Some(Arc::new(json!({"id": format!("lt-{i}"), "source": "/loadtest", "type": "loadtest", "specversion": "1.0",
+                           "time": now_ms(), "data": {"key": format!("k-{i}"), "customer": "c-1001"}}))),
         traceparent: None,
     };
     // One start outside the figures: connection and namespace lookups.

@@ -75,13 +75,12 @@ impl TypePattern {
         TypePattern(pattern.to_string())
     }
 
+    /// Called for every definition on every event: allocates nothing.
     pub fn matches(&self, event_type: &str) -> bool {
-        let mut parts = self.0.split('*');
-        let first = parts.next().unwrap_or("");
+        let Some((first, tail)) = self.0.split_once('*') else { return self.0 == event_type };
         let Some(mut rest) = event_type.strip_prefix(first) else { return false };
-        let parts: Vec<&str> = parts.collect();
-        let Some((last, middle)) = parts.split_last() else { return rest.is_empty() };
-        for part in middle {
+        let (middle, last) = tail.rsplit_once('*').unwrap_or(("", tail));
+        for part in middle.split('*') {
             match rest.find(part) {
                 Some(i) => rest = &rest[i + part.len()..],
                 None => return false,
@@ -839,5 +838,11 @@ tasks:
         assert!(TypePattern::new("exact").matches("exact"));
         assert!(!TypePattern::new("exact").matches("exactly"));
         assert!(TypePattern::new("*.created").matches("order.created"));
+        assert!(TypePattern::new("a*b*c").matches("axxbyyc"));
+        assert!(!TypePattern::new("a*b*c").matches("axxc"));
+        assert!(!TypePattern::new("a*a").matches("a"), "the prefix and suffix may not overlap");
+        assert!(TypePattern::new("**").matches(""));
+        assert!(TypePattern::new("a**").matches("abc"));
+        assert!(!TypePattern::new("*.created").matches("order.created.v2"));
     }
 }

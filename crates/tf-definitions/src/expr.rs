@@ -25,6 +25,17 @@ pub struct Scope {
 
 impl Scope {
     pub fn new(bindings: &Bindings) -> Scope {
+        Scope::with([("event", &bindings.event), ("context", &bindings.context), ("item", &bindings.item), ("run", &bindings.run)])
+    }
+
+    /// What the router's filters and keys see: `event` only (the others null), made without
+    /// copying the event first.
+    pub fn for_event(event: &Json) -> Scope {
+        let null = Json::Null;
+        Scope::with([("event", event), ("context", &null), ("item", &null), ("run", &null)])
+    }
+
+    fn with(variables: [(&str, &Json); 4]) -> Scope {
         let mut ctx = Context::with_env(env().clone());
         ctx.add_function(SECRET_FUNCTION, |name: Arc<String>| -> Result<cel::Value, cel::ExecutionError> {
             if !valid_secret_name(&name) {
@@ -36,8 +47,7 @@ impl Scope {
             Ok(cel::Value::String(Arc::new(format!("{SECRET_REF_OPEN}{}:{name}}}", process_mark()))))
         })
         .expect("secret is not a standard CEL function");
-        for (name, value) in [("event", &bindings.event), ("context", &bindings.context), ("item", &bindings.item), ("run", &bindings.run)]
-        {
+        for (name, value) in variables {
             ctx.add_variable_from_value(name, to_cel(value));
         }
         Scope { ctx }

@@ -5,6 +5,7 @@
 pub mod run_control;
 pub mod schedules;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -40,12 +41,30 @@ pub struct RunInput {
     #[serde(default)]
     pub event_time_ms: Option<i64>,
     pub trigger: RunSource,
-    /// The event as expressions see it (`event`), for event triggers.
-    #[serde(default)]
-    pub event: Option<Json>,
+    /// The event as expressions see it (`event`), for event triggers. Shared: every run one
+    /// event matches carries the same event.
+    #[serde(default, with = "shared_json")]
+    pub event: Option<Arc<Json>>,
     /// W3C trace context carried from the Kafka header or the envelope.
     #[serde(default)]
     pub traceparent: Option<String>,
+}
+
+/// `Option<Arc<Json>>` as the `Option<Json>` it stands for (serde's `rc` feature would do the
+/// same for every crate in the tree).
+mod shared_json {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value as Json;
+
+    pub fn serialize<S: Serializer>(value: &Option<Arc<Json>>, s: S) -> Result<S::Ok, S::Error> {
+        value.as_deref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<Json>>, D::Error> {
+        Ok(Option::<Json>::deserialize(d)?.map(Arc::new))
+    }
 }
 
 /// Output of RunActivity.
@@ -302,5 +321,33 @@ impl temporalio_common::SignalDefinition for CompleteTask {
     type Input = Json;
     fn name(&self) -> &str {
         COMPLETE_TASK_SIGNAL
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_input_event_is_plain_json_on_the_wire() {
+        let event = serde_json::json!({"id": "e1", "data": {"n": 1}});
+        let input = RunInput {
+            definition_id: "d".into(),
+            definition_version: 1,
+            dedupe_key: "k".into(),
+            dedupe_window_secs: 60,
+            generation: 2,
+            event_time_ms: Some(5),
+            trigger: RunSource::event("events.a", 0, 9, Some("e1".into())),
+            event: Some(Arc::new(event.clone())),
+            traceparent: None,
+        };
+        let wire = serde_json::to_value(&input).expect("serializes");
+        assert_eq!(wire["event"], event);
+        assert_eq!(serde_json::from_value::<RunInput>(wire.clone()).expect("reads back"), input);
+        // Inputs written without an event (schedules) read as none.
+        let mut without = wire;
+        without.as_object_mut().expect("an object").remove("event");
+        assert_eq!(serde_json::from_value::<RunInput>(without).expect("reads").event, None);
     }
 }

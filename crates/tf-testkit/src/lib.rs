@@ -63,7 +63,7 @@ pub fn run_input(definition_id: &str, version: i32, key: &str, event: serde_json
         generation: 0,
         event_time_ms: None,
         trigger: tf_temporal::RunSource::event("events.demo", 0, 7, Some(format!("evt-{key}"))),
-        event: Some(event),
+        event: Some(std::sync::Arc::new(event)),
         traceparent: None,
     }
 }

@@ -103,9 +103,12 @@ async fn dispatch(
     event_time_ms: i64,
     traceparent_in: Option<String>,
 ) {
-    let definitions = shared.definitions.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    let (runs, mut errors) =
-        tracing::info_span!("match").in_scope(|| route(&definitions, at, &event, event_time_ms, traceparent_in.as_deref()));
+    let routes = shared.definitions.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let (runs, mut errors) = tracing::info_span!("match").in_scope(|| {
+        let (matches, errors) = route(&routes, at.topic, &event);
+        let event = std::sync::Arc::new(event);
+        (matches.iter().map(|m| m.run_input(at, &event, event_time_ms)).collect::<Vec<_>>(), errors)
+    });
     if !runs.is_empty() {
         shared.metrics.records_matched.increment(1);
     }

@@ -32,7 +32,7 @@ use crate::consumer::{RouterConsumer, RouterContext, finished};
 use crate::dispatch::process;
 use crate::dlq::{DeadLetter, dead_letter};
 use crate::offsets::{Ticket, Tracker};
-use crate::route::Active;
+use crate::route::{Active, Routes};
 
 /// Route events from Kafka to deduplicated RunActivity workflows.
 ///
@@ -115,7 +115,7 @@ struct Shared {
     codec: Codec,
     temporal: Client,
     dlq: FutureProducer,
-    definitions: RwLock<Arc<Vec<Active>>>,
+    definitions: RwLock<Arc<Routes>>,
     metrics: Arc<metrics::Metrics>,
     claims: Claims,
 }
@@ -168,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
         codec: Codec::new(Arc::new(Registry::new(&s.schema_registry_url))),
         temporal,
         dlq,
-        definitions: RwLock::new(Arc::new(Vec::new())),
+        definitions: RwLock::new(Arc::new(Routes::default())),
         claims: Claims::start(pool.clone(), metrics.clone()),
         metrics,
         cli: cli.clone(),
@@ -313,8 +313,9 @@ async fn refresh(pool: &PgPool, shared: &Shared, known: &str) -> anyhow::Result<
             Err(e) => tracing::error!(definition = %row.id, version = row.version, error = %e, "stored definition does not parse; ignored"),
         }
     }
-    tracing::info!(count = active.len(), "event definitions loaded");
-    shared.metrics.definitions.set(active.len() as f64);
-    *shared.definitions.write().expect("lock") = Arc::new(active);
+    let routes = Routes::new(active);
+    tracing::info!(count = routes.count(), "event definitions loaded");
+    shared.metrics.definitions.set(routes.count() as f64);
+    *shared.definitions.write().expect("lock") = Arc::new(routes);
     Ok(fp)
 }

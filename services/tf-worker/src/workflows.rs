@@ -160,7 +160,7 @@ impl RunActivityWorkflow {
             "attempt": begin.attempt,
             "trigger": input.trigger,
         });
-        let event = input.event.clone().unwrap_or(Json::Null);
+        let event = input.event.as_deref().cloned().unwrap_or(Json::Null);
         let resolve = ResolveContextInput {
             run_id: run_id.clone(),
             spec: spec.clone(),
