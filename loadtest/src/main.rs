@@ -65,6 +65,12 @@ struct Cli {
     /// runs either).
     #[arg(long)]
     routing_only: bool,
+    /// Then send the same records again (same keys, ids and event times: what the router reads
+    /// after an operator resets its offsets) and report how fast it routes a range it already
+    /// routed, against the first pass. Every key already has its run, so a replay must start
+    /// none.
+    #[arg(long)]
+    replay: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -84,6 +90,7 @@ enum Command {
 
 mod bare;
 mod chaos;
+mod plot;
 mod steady;
 
 /// Stores an event definition from YAML, as `tf definitions apply` does.
@@ -205,8 +212,9 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
     }
 
     if cli.via == "http" {
+        anyhow::ensure!(!cli.replay, "--replay sends to Kafka; it does not combine with --via http");
         let (produced_at, started, produce_secs) = post_all(cli, &topic, unique_keys).await?;
-        return follow(cli, &pool, &topic, &def_id, unique_keys, produced_at, started, produce_secs).await;
+        return follow(cli, &pool, &topic, &def_id, unique_keys, produced_at, started, produce_secs).await.map(|_| ());
     }
     let mut payloads = Vec::with_capacity(cli.events);
     for i in 0..cli.events {
@@ -234,7 +242,55 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
     }
     let produce_secs = started.elapsed().as_secs_f64();
     println!("produced in {produce_secs:.2} s ({:.0} events/s)", cli.events as f64 / produce_secs);
-    follow(cli, &pool, &topic, &def_id, unique_keys, produced_at, started, produce_secs).await
+    let fresh = follow(cli, &pool, &topic, &def_id, unique_keys, produced_at, started, produce_secs).await?;
+    if cli.replay {
+        replay(cli, &pool, &producer, &topic, &def_id, &payloads, fresh).await?;
+    }
+    Ok(())
+}
+
+/// Sends the burst's records again and follows the router through them: the replay figure.
+async fn replay(
+    cli: &Cli,
+    pool: &tf_store::PgPool,
+    producer: &FutureProducer,
+    topic: &str,
+    def_id: &str,
+    payloads: &[(String, Vec<u8>, String)],
+    fresh_per_s: f64,
+) -> anyhow::Result<()> {
+    let runs_before = runs_of(pool, def_id).await;
+    let offsets = group_reader(&cli.settings.kafka_brokers, &cli.group)?;
+    let base = committed(&offsets, topic, cli.partitions, Duration::from_secs(10))?;
+    println!("\nreplaying the {} records", payloads.len());
+    let started = Instant::now();
+    let sends =
+        payloads.iter().map(|(key, bytes, _)| producer.send(FutureRecord::to(topic).key(key).payload(bytes), Duration::from_secs(30)));
+    for r in join_all(sends).await {
+        r.map_err(|(e, _)| e).context("producing the replay")?;
+    }
+    let produce_secs = started.elapsed().as_secs_f64();
+    let target = base + payloads.len() as i64;
+    let deadline = Instant::now() + Duration::from_secs(cli.timeout_secs);
+    let mut routed = base;
+    while routed < target && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        routed = committed(&offsets, topic, cli.partitions, Duration::from_secs(10))?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let new_runs = runs_of(pool, def_id).await - runs_before;
+    let per_s = (routed - base) as f64 / secs;
+    println!("replay sent            {:.0} events/s ({produce_secs:.1} s)", payloads.len() as f64 / produce_secs);
+    println!(
+        "replay routed          {per_s:.0} events/s ({} of {} committed after {secs:.1} s, sending included): {:.1}x the first pass's {fresh_per_s:.0} events/s",
+        routed - base,
+        payloads.len(),
+        per_s / fresh_per_s.max(f64::MIN_POSITIVE)
+    );
+    println!("runs the replay started {new_runs} (must be 0)");
+    anyhow::ensure!(routed >= target, "the replay was not all routed within {} s", cli.timeout_secs);
+    anyhow::ensure!(new_runs == 0, "the replay started {new_runs} runs for keys that already ran");
+    Ok(())
 }
 
 /// `--via http`: POSTs every event to tf-api with `concurrency` requests in flight; returns each
@@ -297,7 +353,7 @@ async fn post_all(cli: &Cli, topic: &str, unique_keys: usize) -> anyhow::Result<
 }
 
 /// Follows the router's committed offsets and the runs until every event is routed and every
-/// key ran, then prints the report, the CSV and the plot.
+/// key ran, then prints the report, the CSV and the plot; returns the events/s routed.
 #[allow(clippy::too_many_arguments)]
 async fn follow(
     cli: &Cli,
@@ -308,7 +364,7 @@ async fn follow(
     produced_at: HashMap<String, i64>,
     started: Instant,
     produce_secs: f64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<f64> {
     let s = &cli.settings;
     let total_expected = (cli.events + 1) as i64; // + warm-up
     let mut timeline = Vec::new();
@@ -356,42 +412,23 @@ async fn follow(
     std::fs::create_dir_all(&cli.out)?;
     write_timeline(&cli.out.join(format!("{def_id}.csv")), "seconds,routed,runs", &timeline)?;
     let svg = cli.out.join(format!("{def_id}.svg"));
-    std::fs::write(&svg, plot(&timeline, total_expected, unique_keys as i64))?;
+    let line = |label: String, color, pick: fn(&(f64, i64, i64)) -> i64| plot::Series {
+        label,
+        color,
+        points: timeline.iter().map(|p| (p.0, pick(p) as f64)).collect(),
+    };
+    let panel = plot::Panel {
+        title: format!("tf-loadtest burst: {} events, {unique_keys} keys", cli.events),
+        unit: "count",
+        series: vec![
+            line(format!("events routed (committed) of {total_expected}"), "#1f77b4", |p| p.1),
+            line(format!("runs started of {unique_keys}"), "#d62728", |p| p.2),
+        ],
+    };
+    std::fs::write(&svg, plot::svg(&[panel]))?;
     println!("plot                   {}", svg.display());
     if routed < total_expected || (!cli.routing_only && runs < unique_keys as i64) {
         println!("INCOMPLETE after {} s: routed {routed}/{total_expected}, runs {runs}/{unique_keys}", cli.timeout_secs);
     }
-    Ok(())
-}
-
-/// The timeline as an SVG line chart: events routed (committed) and runs over time.
-fn plot(timeline: &[(f64, i64, i64)], events: i64, runs: i64) -> String {
-    let (w, h, m) = (720.0, 360.0, 50.0);
-    let t_max = timeline.last().map_or(1.0, |p| p.0).max(1.0);
-    let y_max = events.max(runs).max(1) as f64;
-    let x = |t: f64| m + (w - 2.0 * m) * t / t_max;
-    let y = |v: i64| h - m - (h - 2.0 * m) * v as f64 / y_max;
-    let line = |pick: &dyn Fn(&(f64, i64, i64)) -> i64| {
-        timeline.iter().map(|p| format!("{:.1},{:.1}", x(p.0), y(pick(p)))).collect::<Vec<_>>().join(" ")
-    };
-    format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<line x1="{m}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/><line x1="{m}" y1="{m}" x2="{m}" y2="{b}" stroke="black"/>
-<text x="{m}" y="{ty}">0</text><text x="{r}" y="{ty}" text-anchor="end">{t_max:.0} s</text>
-<text x="{lx}" y="{m}" text-anchor="end">{y_max:.0}</text><text x="{lx}" y="{b}" text-anchor="end">0</text>
-<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{routed}"/>
-<polyline fill="none" stroke="#d62728" stroke-width="2" points="{runs_line}"/>
-<text x="{lg}" y="20" fill="#1f77b4">events routed (committed) of {events}</text>
-<text x="{lg}" y="36" fill="#d62728">runs started of {runs}</text>
-</svg>
-"##,
-        b = h - m,
-        r = w - m,
-        ty = h - m + 16.0,
-        lx = m - 6.0,
-        lg = m + 10.0,
-        routed = line(&|p| p.1),
-        runs_line = line(&|p| p.2),
-    )
+    Ok(cli.events as f64 / routed_at)
 }

@@ -57,7 +57,12 @@ pub struct SteadyArgs {
     /// capacity is the last rate that kept up.
     #[arg(long)]
     find_capacity: bool,
-    /// Where the per-second timeline (runs, runs with a visible result) goes, as CSV.
+    /// With --find-capacity: then run at these percentages of the capacity found and print
+    /// their per-stage latency as one table.
+    #[arg(long, value_delimiter = ',', default_values_t = [25u32, 50, 90])]
+    report_at: Vec<u32>,
+    /// Where the per-second timeline (runs, runs with a visible result) goes, as CSV, and its
+    /// plot (rates and latency over time), as SVG.
     #[arg(long, default_value = "loadtest/out")]
     out: std::path::PathBuf,
 }
@@ -90,6 +95,8 @@ struct Step {
     runs_per_s: f64,
     began_p99_ms: u64,
     result_p99_ms: Option<u64>,
+    /// p50 and p99 of each of [`STAGES`] (ms), where it was measured.
+    stages: Vec<Option<(u64, u64)>>,
 }
 
 impl Step {
@@ -135,6 +142,28 @@ pub async fn run(s: &Settings, a: &SteadyArgs) -> anyhow::Result<std::process::E
             steps.last().map_or(0.0, |l| l.rate)
         ),
         None => println!("capacity: below {} events/s (the first step did not keep up)", a.rate),
+    }
+    let Some(capacity) = steps.iter().rev().find(|st| st.kept_up()).map(|st| st.rate) else {
+        return Ok(std::process::ExitCode::SUCCESS);
+    };
+    let mut shares = Vec::new();
+    for pct in a.report_at.iter().copied().filter(|p| (1..=100).contains(p)) {
+        let rate = (capacity * f64::from(pct) / 100.0 * 10.0).round().max(1.0) / 10.0;
+        shares.push((pct, run_at(s, a, rate).await?));
+    }
+    if !shares.is_empty() {
+        println!("\n=== per-stage latency at shares of the capacity ({capacity} events/s), p50 / p99 ms ===");
+        let mut header = "| share | rate | runs/s |".to_string();
+        let mut rule = "|---|---|---|".to_string();
+        for stage in STAGES {
+            header.push_str(&format!(" {stage} |"));
+            rule.push_str("---|");
+        }
+        println!("{header}\n{rule}");
+        for (pct, st) in &shares {
+            let cells: Vec<String> = st.stages.iter().map(|c| c.map_or("-".to_string(), |(p50, p99)| format!("{p50} / {p99}"))).collect();
+            println!("| {pct} % | {}/s | {:.1} | {} |", st.rate, st.runs_per_s, cells.join(" | "));
+        }
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -227,7 +256,7 @@ tasks:
     }
     println!("sending {total} events at {rate} events/s for {} s", a.duration);
     let produced: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
-    let started = Instant::now();
+    let (started, started_ms) = (Instant::now(), now_ms());
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut sends = Vec::with_capacity(total);
     let mut behind_ms = 0u128;
@@ -329,6 +358,9 @@ tasks:
     }
     std::fs::create_dir_all(&a.out)?;
     write_timeline(&a.out.join(format!("{def_id}-steady.csv")), "seconds,runs,runs_with_result", &timeline)?;
+    let svg = a.out.join(format!("{def_id}-steady.svg"));
+    std::fs::write(&svg, plot(started_ms, rate, &rows, &produced, &visible))?;
+    println!("plot                   {}", svg.display());
     let complete = rows.len() >= total && (expected_results == 0 || visible.len() >= total);
     if !complete {
         println!("INCOMPLETE after draining {} s: {} runs, {} with a result, of {total}", a.drain_secs, rows.len(), visible.len());
@@ -339,5 +371,75 @@ tasks:
         runs_per_s: rows.len() as f64 / elapsed,
         began_p99_ms: if hist[5].is_empty() { u64::MAX } else { hist[5].value_at_quantile(0.99) },
         result_p99_ms: (!hist[6].is_empty()).then(|| hist[6].value_at_quantile(0.99)),
+        stages: hist.iter().map(|h| (!h.is_empty()).then(|| (h.value_at_quantile(0.5), h.value_at_quantile(0.99)))).collect(),
     })
+}
+
+/// Rates (events sent, runs begun, first results visible, per second) and latency (p99 of
+/// event -> run began and event -> result visible among the events sent in each second) over
+/// time, seconds from the first send.
+fn plot(started_ms: i64, rate: f64, rows: &[RunTimes], produced: &HashMap<String, i64>, visible: &HashMap<String, i64>) -> String {
+    use crate::plot::{Panel, Series};
+    let second = |ms: i64| ((ms - started_ms).max(0) / 1000) as usize;
+    let per_second = |times: &mut dyn Iterator<Item = i64>| {
+        let mut counts: Vec<f64> = Vec::new();
+        for t in times {
+            let i = second(t);
+            if counts.len() <= i {
+                counts.resize(i + 1, 0.0);
+            }
+            counts[i] += 1.0;
+        }
+        counts.into_iter().enumerate().map(|(i, c)| (i as f64, c)).collect::<Vec<_>>()
+    };
+    let p99_per_second = |pairs: &mut dyn Iterator<Item = (i64, i64)>| {
+        let mut buckets: Vec<Vec<i64>> = Vec::new();
+        for (sent, to) in pairs {
+            let i = second(sent);
+            if buckets.len() <= i {
+                buckets.resize(i + 1, Vec::new());
+            }
+            buckets[i].push((to - sent).max(0));
+        }
+        buckets
+            .into_iter()
+            .enumerate()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(i, mut b)| {
+                b.sort_unstable();
+                (i as f64, b[((b.len() - 1) as f64 * 0.99).round() as usize] as f64)
+            })
+            .collect::<Vec<_>>()
+    };
+    let sent_of = |r: &RunTimes| produced.get(&r.event_id).copied();
+    let rates = Panel {
+        title: format!("rates at {rate} events/s offered"),
+        unit: "per s",
+        series: vec![
+            Series { label: "events sent".into(), color: "#7f7f7f", points: per_second(&mut produced.values().copied()) },
+            Series { label: "runs begun".into(), color: "#1f77b4", points: per_second(&mut rows.iter().filter_map(|r| r.began)) },
+            Series {
+                label: "first results visible".into(),
+                color: "#2ca02c",
+                points: per_second(&mut rows.iter().filter_map(|r| visible.get(&r.run_id).copied())),
+            },
+        ],
+    };
+    let latency = Panel {
+        title: "latency by send second, p99".into(),
+        unit: "ms",
+        series: vec![
+            Series {
+                label: "event -> run began".into(),
+                color: "#1f77b4",
+                points: p99_per_second(&mut rows.iter().filter_map(|r| Some((sent_of(r)?, r.began?)))),
+            },
+            Series {
+                label: "event -> result visible".into(),
+                color: "#2ca02c",
+                points: p99_per_second(&mut rows.iter().filter_map(|r| Some((sent_of(r)?, *visible.get(&r.run_id)?)))),
+            },
+        ],
+    };
+    crate::plot::svg(&[rates, latency])
 }
