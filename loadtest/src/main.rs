@@ -71,6 +71,18 @@ struct Cli {
     /// none.
     #[arg(long)]
     replay: bool,
+    /// Send events no definition matches (the definition on the load topic wants another
+    /// event type): the router decodes, matches and commits them and starts nothing. Implies
+    /// --routing-only. The report adds the router's resident memory (now and peak), read
+    /// from /proc for every process named tf-router on this machine.
+    #[arg(long)]
+    non_matching: bool,
+}
+
+impl Cli {
+    fn routing_only(&self) -> bool {
+        self.routing_only || self.non_matching
+    }
 }
 
 #[derive(clap::Subcommand)]
@@ -143,6 +155,25 @@ fn write_timeline(path: &std::path::Path, header: &str, timeline: &[(f64, i64, i
     Ok(())
 }
 
+/// (pid, VmRSS KiB, VmHWM KiB) of every process named `tf-router` on this machine (Linux).
+fn router_memory() -> Vec<(u32, u64, u64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let kib = |status: &str, field: &str| {
+        status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            if comm.trim() != "tf-router" {
+                return None;
+            }
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            Some((pid, kib(&status, "VmRSS:")?, kib(&status, "VmHWM:")?))
+        })
+        .collect()
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as i64
 }
@@ -179,8 +210,11 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
         }],
     )
     .await?;
+    // Non-matching traffic: the definition subscribes the topic (so the router reads it) but
+    // wants a type the load test never sends.
+    let wanted = if cli.non_matching { ", type: loadtest.never" } else { "" };
     let yaml = format!(
-        "id: {def_id}\nname: Load test\ntrigger: {{event: {{topics: [{topic}]}}}}\ndedupe: {{key: event.data.key}}\ntasks: [{{name: noop, type: human, when: 'false'}}]\n"
+        "id: {def_id}\nname: Load test\ntrigger: {{event: {{topics: [{topic}]{wanted}}}}}\ndedupe: {{key: event.data.key}}\ntasks: [{{name: noop, type: human, when: 'false'}}]\n"
     );
     apply_event_definition(&pool, &yaml).await?;
     println!("definition {def_id} on {topic} ({} partitions); waiting for the router to subscribe", cli.partitions);
@@ -197,7 +231,7 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
     let warm_deadline = Instant::now() + Duration::from_secs(60);
     let offsets = group_reader(&s.kafka_brokers, &cli.group)?;
     let warmed_up = || async {
-        if cli.routing_only {
+        if cli.routing_only() {
             committed(&offsets, &topic, cli.partitions, Duration::from_secs(10)).unwrap_or(0) >= 1
         } else {
             runs_of(&pool, &def_id).await >= 1
@@ -242,7 +276,16 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
     }
     let produce_secs = started.elapsed().as_secs_f64();
     println!("produced in {produce_secs:.2} s ({:.0} events/s)", cli.events as f64 / produce_secs);
-    let fresh = follow(cli, &pool, &topic, &def_id, unique_keys, produced_at, started, produce_secs).await?;
+    let runs_expected = if cli.non_matching { 0 } else { unique_keys };
+    let fresh = follow(cli, &pool, &topic, &def_id, runs_expected, produced_at, started, produce_secs).await?;
+    if cli.non_matching {
+        let runs = runs_of(&pool, &def_id).await;
+        println!("runs started           {runs} (must be 0: nothing matched)");
+        anyhow::ensure!(runs == 0, "non-matching events started {runs} runs");
+    }
+    for (pid, rss, peak) in router_memory() {
+        println!("tf-router pid {pid:<8}  resident {:.1} MiB now, peak {:.1} MiB", rss as f64 / 1024.0, peak as f64 / 1024.0);
+    }
     if cli.replay {
         replay(cli, &pool, &producer, &topic, &def_id, &payloads, fresh).await?;
     }
@@ -373,11 +416,11 @@ async fn follow(
     let offsets = group_reader(&s.kafka_brokers, &cli.group)?;
     while Instant::now() < deadline {
         routed = committed(&offsets, topic, cli.partitions, Duration::from_secs(10))?;
-        runs = runs_of(pool, def_id).await - 1;
+        runs = (runs_of(pool, def_id).await - 1).max(0); // - the warm-up's
         let t = started.elapsed().as_secs_f64();
         timeline.push((t, routed, runs));
         println!("  t={t:6.1}s  routed {routed:>6}/{total_expected}  runs {runs:>6}/{unique_keys}");
-        if routed >= total_expected && (cli.routing_only || runs >= unique_keys as i64) {
+        if routed >= total_expected && (cli.routing_only() || runs >= unique_keys as i64) {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -427,7 +470,7 @@ async fn follow(
     };
     std::fs::write(&svg, plot::svg(&[panel]))?;
     println!("plot                   {}", svg.display());
-    if routed < total_expected || (!cli.routing_only && runs < unique_keys as i64) {
+    if routed < total_expected || (!cli.routing_only() && runs < unique_keys as i64) {
         println!("INCOMPLETE after {} s: routed {routed}/{total_expected}, runs {runs}/{unique_keys}", cli.timeout_secs);
     }
     Ok(cli.events as f64 / routed_at)

@@ -48,6 +48,12 @@ impl DecodeError {
         !matches!(self, DecodeError::Registry(e) if e.is_transient())
     }
 
+    /// The registry refuses this client's settings (credentials, base path): fix the
+    /// configuration, not the record.
+    pub fn is_misconfiguration(&self) -> bool {
+        matches!(self, DecodeError::Registry(e) if e.is_misconfiguration())
+    }
+
     /// The error class a dead letter names (its `__connect.errors.exception.class.name`).
     pub fn class(&self) -> &'static str {
         match self {

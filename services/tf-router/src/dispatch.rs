@@ -53,7 +53,7 @@ async fn decode(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>) -> Optio
     let subject = shared.cli.subject_policy.subject_for(msg.topic());
     let decoded = retry(shared, "decode", || async {
         match shared.codec.decode_checked(payload, subject.as_deref()).await {
-            Err(e) if !e.is_bad_input() => Err(e.to_string()),
+            Err(e) if !e.is_bad_input() => Err(Paused { misconfigured: e.is_misconfiguration(), message: e.to_string() }),
             other => Ok(other),
         }
     })
@@ -143,7 +143,7 @@ async fn start(shared: &Shared, errors: &mut Vec<RouteError>, mut run: tf_tempor
     // its time. A generation whose run exists needs no Temporal round trip.
     let resolved = retry(shared, "claim", || async {
         match shared.claims.resolve(&def, &key, event_time_ms, window).await {
-            Err(ClaimFailure::Transient(e)) => Err(e),
+            Err(ClaimFailure::Transient(e)) => Err(e.into()),
             other => Ok(other),
         }
     })
@@ -173,10 +173,11 @@ async fn start(shared: &Shared, errors: &mut Vec<RouteError>, mut run: tf_tempor
             Ok(outcome) => Ok(Ok(outcome)),
             Err(e) => match e.class() {
                 FailureClass::Permanent => Ok(Err(e.to_string())),
-                FailureClass::Transient => Err(e.to_string()),
-                FailureClass::Misconfigured => {
-                    Err(format!("{e} (check TF_TEMPORAL_URL, TF_TEMPORAL_NAMESPACE and the Temporal credentials)"))
-                }
+                FailureClass::Transient => Err(e.to_string().into()),
+                FailureClass::Misconfigured => Err(Paused {
+                    misconfigured: true,
+                    message: format!("{e} (check TF_TEMPORAL_URL, TF_TEMPORAL_NAMESPACE and the Temporal credentials)"),
+                }),
             },
         }
     })
@@ -203,20 +204,51 @@ async fn start(shared: &Shared, errors: &mut Vec<RouteError>, mut run: tf_tempor
 pub async fn retry<T, F, Fut>(shared: &Shared, what: &str, mut op: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
+    Fut: std::future::Future<Output = Result<T, Paused>>,
 {
     let mut backoff = tf_runtime::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut attempt = 0u32;
+    // Whether this record counts in `tf_router_paused_misconfigured` now; it counts once, for
+    // as long as the dependency keeps refusing the settings.
+    let mut counted = false;
+    let mut count = |misconfigured: bool| {
+        if misconfigured != counted {
+            shared.metrics.paused_misconfigured.increment(if misconfigured { 1.0 } else { -1.0 });
+            counted = misconfigured;
+        }
+    };
     loop {
         match op().await {
-            Ok(v) => return v,
-            Err(e) => {
+            Ok(v) => {
+                count(false);
+                return v;
+            }
+            Err(Paused { misconfigured, message }) => {
                 attempt += 1;
                 shared.metrics.dependency_retries.increment(1);
+                count(misconfigured);
                 let pause = backoff.pause();
-                tracing::warn!(what, attempt, error = %e, pause_ms = pause.as_millis() as u64, "dependency failed; pausing this record");
+                if misconfigured {
+                    tracing::error!(what, attempt, error = %message, pause_ms = pause.as_millis() as u64, "a dependency refused this router's settings; pausing this record until they are fixed");
+                } else {
+                    tracing::warn!(what, attempt, error = %message, pause_ms = pause.as_millis() as u64, "dependency failed; pausing this record");
+                }
                 tokio::time::sleep(pause).await;
             }
         }
+    }
+}
+
+/// Why [`retry`] pauses a record: a dependency is down (transient), or it refuses this
+/// router's settings (misconfigured: counted in `tf_router_paused_misconfigured` until fixed).
+/// Neither is the record's fault, so neither dead-letters it.
+pub struct Paused {
+    pub misconfigured: bool,
+    pub message: String,
+}
+
+impl From<String> for Paused {
+    fn from(message: String) -> Paused {
+        Paused { misconfigured: false, message }
     }
 }

@@ -37,7 +37,7 @@ pub async fn dead_letter(shared: &Shared, msg: &OwnedMessage, why: DeadLetter) {
                 match shared.dlq.send(record, Duration::from_secs(30)).await {
                     Ok(_) => Ok(Ok(())),
                     Err((e, _)) if too_large(&e) && shape.can_shrink() => Ok(Err(e.to_string())),
-                    Err((e, _)) => Err(e.to_string()),
+                    Err((e, _)) => Err(e.to_string().into()),
                 }
             }
         })

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub claim_batches: Counter,
     dead_letters: [Counter; 8],
     pub dependency_retries: Counter,
+    pub paused_misconfigured: Gauge,
     pub in_flight: Gauge,
     pub definitions: Gauge,
     /// Partitions whose lag this router reported last, so revoked ones can be zeroed.
@@ -55,6 +56,10 @@ impl Metrics {
         describe_counter!("tf_router_claim_batches_total", "Claim resolution statements sent to PostgreSQL (each resolves a batch).");
         describe_counter!("tf_router_dependency_retries_total", "Retries after a dependency (registry, Temporal, Kafka) failed.");
         describe_counter!("tf_router_dead_letters_total", "Records written to the DLQ, by stage.");
+        describe_gauge!(
+            "tf_router_paused_misconfigured",
+            "Records paused because a dependency refused this router's settings (credentials, base path, namespace); the log names the setting."
+        );
         describe_gauge!("tf_router_in_flight", "Records being routed now.");
         describe_gauge!("tf_router_definitions", "Enabled event definitions loaded.");
         describe_gauge!(
@@ -73,6 +78,7 @@ impl Metrics {
             claim_batches: counter!("tf_router_claim_batches_total"),
             dead_letters: STAGES.map(|stage| counter!("tf_router_dead_letters_total", "stage" => stage)),
             dependency_retries: counter!("tf_router_dependency_retries_total"),
+            paused_misconfigured: gauge!("tf_router_paused_misconfigured"),
             in_flight: gauge!("tf_router_in_flight"),
             definitions: gauge!("tf_router_definitions"),
             lag_partitions: Mutex::default(),

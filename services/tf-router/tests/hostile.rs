@@ -137,6 +137,7 @@ async fn a_registry_url_that_is_no_api_root_pauses_routing_without_dead_letters_
     })
     .await;
     assert_eq!(metric("tf_router_dead_letters_total{stage=\"decode\"}"), Some(0.0), "a misconfiguration is not bad input");
+    assert_eq!(metric("tf_router_paused_misconfigured"), Some(1.0), "the paused record counts as misconfigured");
     assert_eq!(committed(&group, &t.topic, 1), 0);
     assert!(router.log().contains("check TF_SCHEMA_REGISTRY_URL"), "{}", router.log());
 
@@ -166,6 +167,7 @@ async fn a_temporal_namespace_that_does_not_exist_pauses_routing_without_dead_le
     })
     .await;
     assert_eq!(metric("tf_router_dead_letters_total{stage=\"start\"}"), Some(0.0), "a misconfiguration is not bad input");
+    assert_eq!(metric("tf_router_paused_misconfigured"), Some(1.0), "the paused record counts as misconfigured");
     assert_eq!(committed(&group, &t.topic, 1), 0);
     assert!(router.log().contains("check TF_TEMPORAL_URL, TF_TEMPORAL_NAMESPACE"), "{}", router.log());
     router.terminate();
