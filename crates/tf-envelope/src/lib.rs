@@ -11,7 +11,7 @@ pub mod wire;
 pub use codec::{Codec, DecodeError, Decoded, EncodeError, bound_decoding, decode_body};
 pub use event::{EnvelopeError, Event, Timestamp};
 pub use registry::{Registry, RegistryError};
-pub use result::TaskResult;
+pub use result::{NotASymbol, TaskResult};
 pub use wire::WireError;
 
 /// The envelope schema as committed in `schemas/avro/envelope.avsc`.

@@ -36,9 +36,19 @@ fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> Value) -> Value {
     }
 }
 
-fn symbol(symbols: &[&str], s: &str) -> Value {
-    let i = symbols.iter().position(|x| *x == s).unwrap_or(0);
-    Value::Enum(i as u32, symbols[i].to_string())
+/// A result the task-result schema cannot express: a status or trigger kind that is not one of
+/// its symbols (a task still `running`, say). Publishing it as some other symbol would lie.
+#[derive(Debug, thiserror::Error)]
+#[error("task result {field} {value} is none of the schema's symbols ({allowed})")]
+pub struct NotASymbol {
+    pub field: &'static str,
+    pub value: String,
+    pub allowed: String,
+}
+
+fn symbol(field: &'static str, symbols: &[&str], s: &str) -> Result<Value, NotASymbol> {
+    let i = symbols.iter().position(|x| *x == s).ok_or_else(|| NotASymbol { field, value: s.to_string(), allowed: symbols.join(", ") })?;
+    Ok(Value::Enum(i as u32, symbols[i].to_string()))
 }
 
 impl TaskResult {
@@ -60,16 +70,17 @@ impl TaskResult {
         }
     }
 
-    pub fn to_avro(&self) -> Value {
+    /// The Avro record; a status or trigger kind the schema has no symbol for is refused.
+    pub fn to_avro(&self) -> Result<Value, NotASymbol> {
         let t = &self.trigger;
-        Value::Record(vec![
+        Ok(Value::Record(vec![
             ("task_id".into(), Value::String(self.task_id.to_string())),
             ("run_id".into(), Value::String(self.run_id.to_string())),
             ("definition_id".into(), Value::String(self.definition_id.clone())),
             ("definition_version".into(), Value::Int(self.definition_version)),
             ("template".into(), Value::String(self.template.clone())),
             ("task_type".into(), Value::String(self.task_type.as_str().to_string())),
-            ("status".into(), symbol(&STATUSES, &self.status.symbol())),
+            ("status".into(), symbol("status", &STATUSES, &self.status.symbol())?),
             ("output".into(), opt(self.output.clone(), Value::String)),
             ("error".into(), opt(self.error.clone(), Value::String)),
             ("attempts".into(), Value::Int(self.attempts)),
@@ -78,7 +89,7 @@ impl TaskResult {
             (
                 "trigger".into(),
                 Value::Record(vec![
-                    ("kind".into(), symbol(&KINDS, &t.kind.symbol())),
+                    ("kind".into(), symbol("trigger.kind", &KINDS, &t.kind.symbol())?),
                     ("event_id".into(), opt(t.event_id.clone(), Value::String)),
                     ("topic".into(), opt(t.topic.clone(), Value::String)),
                     ("partition".into(), opt(t.partition, Value::Int)),
@@ -88,7 +99,7 @@ impl TaskResult {
                 ]),
             ),
             ("truncated".into(), Value::Boolean(self.truncated)),
-        ])
+        ]))
     }
 }
 
@@ -97,10 +108,8 @@ mod tests {
     use super::*;
     use apache_avro::{Schema, from_avro_datum, to_avro_datum};
 
-    #[test]
-    fn encodes_with_the_committed_schema() {
-        let schema = Schema::parse_str(crate::TASK_RESULT_SCHEMA).unwrap();
-        let r = TaskResult {
+    fn result() -> TaskResult {
+        TaskResult {
             task_id: RunId::from_workflow_id("run/d/k").task("ship", 0),
             run_id: RunId::from_workflow_id("run/d/k"),
             definition_id: "d".into(),
@@ -115,11 +124,24 @@ mod tests {
             finished_at_ms: 2,
             trigger: RunSource::event("events.demo", 2, 40, Some("e".into())),
             truncated: false,
-        };
-        let bytes = to_avro_datum(&schema, r.to_avro()).unwrap();
+        }
+    }
+
+    #[test]
+    fn encodes_with_the_committed_schema() {
+        let schema = Schema::parse_str(crate::TASK_RESULT_SCHEMA).unwrap();
+        let bytes = to_avro_datum(&schema, result().to_avro().unwrap()).unwrap();
         let back = crate::json::avro_to_json(from_avro_datum(&schema, &mut &bytes[..], None).unwrap());
         assert_eq!(back["status"], "SUCCEEDED");
         assert_eq!(back["trigger"]["offset"], 40);
         assert_eq!(back["definition_version"], 3);
+    }
+
+    #[test]
+    fn a_status_the_schema_has_no_symbol_for_is_refused_not_published_as_another() {
+        let running = TaskResult { status: TaskStatus::Running, ..result() };
+        let err = running.to_avro().unwrap_err();
+        assert_eq!((err.field, err.value.as_str()), ("status", "RUNNING"));
+        assert!(err.to_string().contains("SUCCEEDED, FAILED, CANCELLED"), "{err}");
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use rdkafka::producer::FutureProducer;
+use temporalio_sdk::runtime::PollerBehavior;
 use temporalio_sdk::runtime::RuntimeOptions;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use tf_config::Settings;
@@ -70,6 +71,13 @@ struct Cli {
     /// How often the scheduler looks for changed definitions, in milliseconds.
     #[arg(long, env = "TF_SCHEDULER_REFRESH_MS", default_value_t = 2000)]
     scheduler_refresh_ms: u64,
+    /// Concurrent workflow task polls on the task queue (at least 2). Unset: the Temporal SDK's
+    /// default (5, or the server's poller autoscaling where it offers it).
+    #[arg(long, env = "TF_WORKER_WORKFLOW_POLLERS", value_parser = clap::value_parser!(u16).range(2..))]
+    workflow_pollers: Option<u16>,
+    /// Concurrent activity task polls on the task queue. Unset: the Temporal SDK's default.
+    #[arg(long, env = "TF_WORKER_ACTIVITY_POLLERS", value_parser = clap::value_parser!(u16).range(1..))]
+    activity_pollers: Option<u16>,
 }
 
 #[tokio::main]
@@ -130,6 +138,8 @@ async fn main() -> anyhow::Result<()> {
         .register_activities(activities::RunActivities { pool: pool.clone(), metrics: metrics.clone(), producer, sources })
         .register_workflow::<workflows::RunActivityWorkflow>()?
         .register_workflow::<workflows::RunTaskWorkflow>()?
+        .maybe_workflow_task_poller_behavior(cli.workflow_pollers.map(|n| PollerBehavior::SimpleMaximum(n.into())))
+        .maybe_activity_task_poller_behavior(cli.activity_pollers.map(|n| PollerBehavior::SimpleMaximum(n.into())))
         .build();
     let mut worker = Worker::new(&runtime, client, options)?;
     let shutdown = worker.shutdown_handle();

@@ -254,15 +254,19 @@ impl Relay {
             reason: e.to_string(),
             transient: false,
         })?;
+        // A result the schema cannot express is not transient: it is quarantined.
+        let not_a_symbol =
+            |e: tf_envelope::NotASymbol| RelayError::Encode { task_id: row.task_id.clone(), reason: e.to_string(), transient: false };
         let subject = format!("{RESULTS_TOPIC}-value");
-        let bytes = self.codec.encode(&subject, tf_envelope::TASK_RESULT_SCHEMA, result.to_avro()).await.map_err(encode_err)?;
+        let record = result.to_avro().map_err(not_a_symbol)?;
+        let bytes = self.codec.encode(&subject, tf_envelope::TASK_RESULT_SCHEMA, record).await.map_err(encode_err)?;
         if bytes.len() <= self.max_result_bytes {
             return Ok(bytes);
         }
         tracing::warn!(task_id = %row.task_id, bytes = bytes.len(), limit = self.max_result_bytes, "result too large: published truncated");
         self.metrics.results_truncated.increment(1);
         let small = result.truncated(bytes.len());
-        self.codec.encode(&subject, tf_envelope::TASK_RESULT_SCHEMA, small.to_avro()).await.map_err(encode_err)
+        self.codec.encode(&subject, tf_envelope::TASK_RESULT_SCHEMA, small.to_avro().map_err(not_a_symbol)?).await.map_err(encode_err)
     }
 
     /// Commits, retrying as librdkafka asks for errors it calls retriable (the commit's
