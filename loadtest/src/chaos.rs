@@ -60,7 +60,7 @@ pub struct ChaosArgs {
     /// The stack script that restarts services.
     #[arg(long, default_value = "scripts/stack")]
     stack_script: PathBuf,
-    /// Give up draining after this many seconds.
+    /// Give up draining this many seconds after the last event was sent.
     #[arg(long, default_value_t = 900)]
     timeout_secs: u64,
     /// Where the services' logs go.
@@ -365,7 +365,8 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
     println!("  produced {} events in {:.1} s", produced.load(std::sync::atomic::Ordering::Relaxed), started.elapsed().as_secs_f64());
 
     // Drain: every event committed, every key's run completed, every task's result published.
-    let deadline = started + Duration::from_secs(args.timeout_secs);
+    // From the last send, as --timeout-secs says: a long run must not count its production.
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let drained = loop {
         let routed = samples.lock().expect("samples").last().map_or(0, |s| s.1);
         let runs: i64 =

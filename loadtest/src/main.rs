@@ -77,6 +77,9 @@ struct Cli {
     /// from /proc for every process named tf-router on this machine.
     #[arg(long)]
     non_matching: bool,
+    /// Send at this many events/s (each event at its own moment) instead of all at once.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 impl Cli {
@@ -261,10 +264,14 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
     let mut produced_at: HashMap<String, i64> = HashMap::with_capacity(cli.events);
     // Each event's produce time is when its send is issued (and is its Kafka CreateTime), not
     // when the whole burst is acknowledged: latency is measured from there.
-    let sends = payloads.iter().map(|(key, bytes, _)| {
+    let begin = tokio::time::Instant::now();
+    let sends = payloads.iter().enumerate().map(|(i, (key, bytes, _))| {
         let producer = &producer;
         let topic = &topic;
         async move {
+            if let Some(rate) = cli.rate.filter(|r| *r > 0.0) {
+                tokio::time::sleep_until(begin + Duration::from_secs_f64(i as f64 / rate)).await;
+            }
             let issued = now_ms();
             let r = producer.send(FutureRecord::to(topic).key(key).payload(bytes).timestamp(issued), Duration::from_secs(30)).await;
             (issued, r)
@@ -419,7 +426,12 @@ async fn follow(
         runs = (runs_of(pool, def_id).await - 1).max(0); // - the warm-up's
         let t = started.elapsed().as_secs_f64();
         timeline.push((t, routed, runs));
-        println!("  t={t:6.1}s  routed {routed:>6}/{total_expected}  runs {runs:>6}/{unique_keys}");
+        let memory = if cli.non_matching {
+            router_memory().iter().map(|(pid, rss, _)| format!("  tf-router {pid} resident {:.1} MiB", *rss as f64 / 1024.0)).collect()
+        } else {
+            String::new()
+        };
+        println!("  t={t:6.1}s  routed {routed:>6}/{total_expected}  runs {runs:>6}/{unique_keys}{memory}");
         if routed >= total_expected && (cli.routing_only() || runs >= unique_keys as i64) {
             break;
         }

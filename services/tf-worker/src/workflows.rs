@@ -248,8 +248,26 @@ impl RunActivityWorkflow {
     }
 }
 
-/// Does an `http` or `kafka` task with its template's retries: status, output, error, attempts.
-async fn execute_task<W>(ctx: &WorkflowContext<W>, task: &TaskInput) -> (TaskStatus, Option<Json>, Option<String>, u32) {
+/// How a task ended, before it is recorded.
+struct Outcome {
+    status: TaskStatus,
+    output: Option<Json>,
+    error: Option<String>,
+    attempts: u32,
+}
+
+impl Outcome {
+    fn succeeded(output: Json, attempts: u32) -> Outcome {
+        Outcome { status: TaskStatus::Succeeded, output: Some(output), error: None, attempts }
+    }
+
+    fn ended(status: TaskStatus, error: String, attempts: u32) -> Outcome {
+        Outcome { status, output: None, error: Some(error), attempts }
+    }
+}
+
+/// Does an `http` or `kafka` task with its template's retries.
+async fn execute_task<W>(ctx: &WorkflowContext<W>, task: &TaskInput) -> Outcome {
     let opts = ActivityOptions::with_start_to_close_timeout(Duration::from_millis(task.timeout_ms))
         .heartbeat_timeout(crate::activities::HEARTBEAT_EVERY * 5)
         .retry_policy(
@@ -262,8 +280,8 @@ async fn execute_task<W>(ctx: &WorkflowContext<W>, task: &TaskInput) -> (TaskSta
         )
         .build();
     match ctx.execute_activity(RunActivities::execute_task, task.clone(), opts).await {
-        Ok(done) => (TaskStatus::Succeeded, Some(done.output), None, done.attempt),
-        Err(e) => (TaskStatus::Failed, None, Some(root_cause(e.failure()).unwrap_or_else(|| e.to_string())), task.max_attempts),
+        Ok(done) => Outcome::succeeded(done.output, done.attempt),
+        Err(e) => Outcome::ended(TaskStatus::Failed, root_cause(e.failure()).unwrap_or_else(|| e.to_string()), task.max_attempts),
     }
 }
 
@@ -273,10 +291,7 @@ async fn record_outcome<W>(
     ctx: &WorkflowContext<W>,
     task: &TaskInput,
     started_at_ms: i64,
-    status: TaskStatus,
-    output: Option<Json>,
-    error: Option<String>,
-    attempts: u32,
+    Outcome { status, output, error, attempts }: Outcome,
 ) -> Result<TaskStatus, WorkflowTermination> {
     let cancelled = ctx.cancellation_token().is_cancelled() && status != TaskStatus::Succeeded;
     let (status, error) =
@@ -295,8 +310,8 @@ async fn record_outcome<W>(
 /// workflow: the activity with its retries, then its result.
 async fn run_task_inline(ctx: WorkflowContext<RunActivityWorkflow>, task: TaskInput) -> Result<TaskStatus, WorkflowTermination> {
     let started_at_ms = millis(ctx.workflow_time());
-    let (status, output, error, attempts) = execute_task(&ctx, &task).await;
-    record_outcome(&ctx, &task, started_at_ms, status, output, error, attempts).await
+    let outcome = execute_task(&ctx, &task).await;
+    record_outcome(&ctx, &task, started_at_ms, outcome).await
 }
 
 /// A `workflow` task: a child workflow of a type and task queue named by the task's params, so
@@ -339,7 +354,7 @@ impl RunTaskWorkflow {
     #[run(name = RUN_TASK)]
     pub async fn run(ctx: &mut WorkflowContext<Self>, task: TaskInput) -> WorkflowResult<TaskConclusion> {
         let started_at_ms = millis(ctx.workflow_time());
-        let (status, output, error, attempts) = if task.task_type == TaskType::Human {
+        let outcome = if task.task_type == TaskType::Human {
             ctx.execute_local_activity(
                 RunActivities::mark_task,
                 MarkTaskInput { task_id: task.task_id.clone(), status: TaskStatus::AwaitingHuman },
@@ -365,32 +380,29 @@ impl RunTaskWorkflow {
             }
             match ctx.state(|s| (s.decision.clone(), s.completion.clone())) {
                 _ if !decided && ctx.cancellation_token().is_cancelled() => {
-                    (TaskStatus::Cancelled, None, Some(cancelled_because(ctx.cancellation_token().reason())), 1)
+                    Outcome::ended(TaskStatus::Cancelled, cancelled_because(ctx.cancellation_token().reason()), 1)
                 }
-                _ if !decided && task.complete_on_timeout => {
-                    (TaskStatus::Succeeded, Some(task.timeout_output.clone().unwrap_or(Json::Null)), None, 1)
-                }
+                _ if !decided && task.complete_on_timeout => Outcome::succeeded(task.timeout_output.clone().unwrap_or(Json::Null), 1),
                 _ if !decided => {
                     let waited = Duration::from_millis(task.human_timeout_ms.unwrap_or_default());
-                    (TaskStatus::Failed, None, Some(format!("nobody decided within {} s (on_timeout: fail)", waited.as_secs())), 1)
+                    Outcome::ended(TaskStatus::Failed, format!("nobody decided within {} s (on_timeout: fail)", waited.as_secs()), 1)
                 }
-                (Some(tf_temporal::HumanDecision::Complete { output, .. }), _) | (None, Some(output)) => {
-                    (TaskStatus::Succeeded, Some(output), None, 1)
-                }
+                (Some(tf_temporal::HumanDecision::Complete { output, .. }), _) | (None, Some(output)) => Outcome::succeeded(output, 1),
                 (Some(tf_temporal::HumanDecision::Reject { reason, by }), _) => {
-                    (TaskStatus::Failed, None, Some(format!("rejected by {by}: {reason}")), 1)
+                    Outcome::ended(TaskStatus::Failed, format!("rejected by {by}: {reason}"), 1)
                 }
                 (None, None) => unreachable!("the wait ends on a decision or a completion"),
             }
         } else if task.task_type == TaskType::Workflow {
             match run_foreign_workflow(ctx, &task).await {
-                Ok(output) => (TaskStatus::Succeeded, Some(output), None, 1),
-                Err(error) => (TaskStatus::Failed, None, Some(error), 1),
+                Ok(output) => Outcome::succeeded(output, 1),
+                Err(error) => Outcome::ended(TaskStatus::Failed, error, 1),
             }
         } else {
             execute_task(ctx, &task).await
         };
-        let status = record_outcome(ctx, &task, started_at_ms, status, output, error, attempts).await?;
+        let attempts = outcome.attempts;
+        let status = record_outcome(ctx, &task, started_at_ms, outcome).await?;
         if ctx.cancellation_token().is_cancelled() && status == TaskStatus::Cancelled {
             return Err(WorkflowTermination::cancelled());
         }
