@@ -208,25 +208,14 @@ where
 {
     let mut backoff = tf_runtime::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut attempt = 0u32;
-    // Whether this record counts in `tf_router_paused_misconfigured` now; it counts once, for
-    // as long as the dependency keeps refusing the settings.
-    let mut counted = false;
-    let mut count = |misconfigured: bool| {
-        if misconfigured != counted {
-            shared.metrics.paused_misconfigured.increment(if misconfigured { 1.0 } else { -1.0 });
-            counted = misconfigured;
-        }
-    };
+    let mut paused = MisconfiguredPause { gauge: &shared.metrics.paused_misconfigured, counted: false };
     loop {
         match op().await {
-            Ok(v) => {
-                count(false);
-                return v;
-            }
+            Ok(v) => return v,
             Err(Paused { misconfigured, message }) => {
                 attempt += 1;
                 shared.metrics.dependency_retries.increment(1);
-                count(misconfigured);
+                paused.set(misconfigured);
                 let pause = backoff.pause();
                 if misconfigured {
                     tracing::error!(what, attempt, error = %message, pause_ms = pause.as_millis() as u64, "a dependency refused this router's settings; pausing this record until they are fixed");
@@ -245,6 +234,29 @@ where
 pub struct Paused {
     pub misconfigured: bool,
     pub message: String,
+}
+
+/// This record's share of `tf_router_paused_misconfigured`: counted once while a dependency
+/// refuses the settings, and given back when that ends, however it ends (success, a transient
+/// failure, a panic, the future dropped at shutdown).
+struct MisconfiguredPause<'a> {
+    gauge: &'a metrics::Gauge,
+    counted: bool,
+}
+
+impl MisconfiguredPause<'_> {
+    fn set(&mut self, misconfigured: bool) {
+        if misconfigured != self.counted {
+            self.gauge.increment(if misconfigured { 1.0 } else { -1.0 });
+            self.counted = misconfigured;
+        }
+    }
+}
+
+impl Drop for MisconfiguredPause<'_> {
+    fn drop(&mut self) {
+        self.set(false);
+    }
 }
 
 impl From<String> for Paused {

@@ -249,16 +249,12 @@ impl Relay {
             transient: matches!(&e, tf_envelope::EncodeError::Registry(r) if r.is_transient()),
             reason: e.to_string(),
         };
-        let result: TaskResult = serde_json::from_value(row.record.clone()).map_err(|e| RelayError::Encode {
-            task_id: row.task_id.clone(),
-            reason: e.to_string(),
-            transient: false,
-        })?;
-        // A result the schema cannot express is not transient: it is quarantined.
-        let not_a_symbol =
-            |e: tf_envelope::NotASymbol| RelayError::Encode { task_id: row.task_id.clone(), reason: e.to_string(), transient: false };
+        // A row that does not read as a result, or a result the schema cannot express, will
+        // never publish: it is quarantined.
+        let permanent = |reason: String| RelayError::Encode { task_id: row.task_id.clone(), reason, transient: false };
+        let result: TaskResult = serde_json::from_value(row.record.clone()).map_err(|e| permanent(e.to_string()))?;
         let subject = format!("{RESULTS_TOPIC}-value");
-        let record = result.to_avro().map_err(not_a_symbol)?;
+        let record = result.to_avro().map_err(|e| permanent(e.to_string()))?;
         let bytes = self.codec.encode(&subject, tf_envelope::TASK_RESULT_SCHEMA, record).await.map_err(encode_err)?;
         if bytes.len() <= self.max_result_bytes {
             return Ok(bytes);
@@ -266,7 +262,10 @@ impl Relay {
         tracing::warn!(task_id = %row.task_id, bytes = bytes.len(), limit = self.max_result_bytes, "result too large: published truncated");
         self.metrics.results_truncated.increment(1);
         let small = result.truncated(bytes.len());
-        self.codec.encode(&subject, tf_envelope::TASK_RESULT_SCHEMA, small.to_avro().map_err(not_a_symbol)?).await.map_err(encode_err)
+        self.codec
+            .encode(&subject, tf_envelope::TASK_RESULT_SCHEMA, small.to_avro().map_err(|e| permanent(e.to_string()))?)
+            .await
+            .map_err(encode_err)
     }
 
     /// Commits, retrying as librdkafka asks for errors it calls retriable (the commit's
