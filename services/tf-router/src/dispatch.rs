@@ -166,6 +166,13 @@ async fn start(shared: &Shared, errors: &mut Vec<RouteError>, mut run: tf_tempor
         tracing::debug!(definition = %def, key = %key, generation = generation.generation, "deduplicated by claim");
         return;
     }
+    // No run has begun, but this router saw the start acknowledged: the run exists in Temporal.
+    // A recorded status, `failed` above all, always wins over this memory.
+    if generation.run_status.is_none() && shared.recent_starts.contains(&def, &key, generation.generation) {
+        shared.metrics.runs_deduplicated_recent.increment(1);
+        tracing::debug!(definition = %def, key = %key, generation = generation.generation, "deduplicated by a recent start");
+        return;
+    }
     run.generation = generation.generation;
     let asked = std::time::Instant::now();
     let outcome = retry(shared, "start", || async {
@@ -184,11 +191,15 @@ async fn start(shared: &Shared, errors: &mut Vec<RouteError>, mut run: tf_tempor
     .await;
     match outcome {
         Ok(StartOutcome::Started { .. }) => {
+            shared.recent_starts.acknowledged(&def, &key, generation.generation);
+            shared.metrics.recent_starts.set(shared.recent_starts.len() as f64);
             shared.metrics.runs_started.increment(1);
             shared.metrics.start_latency.record(asked.elapsed().as_secs_f64());
             tracing::debug!(definition = %def, key = %key, generation = generation.generation, offset = at.offset, "run started");
         }
         Ok(StartOutcome::Duplicate { .. }) => {
+            shared.recent_starts.acknowledged(&def, &key, generation.generation);
+            shared.metrics.recent_starts.set(shared.recent_starts.len() as f64);
             shared.metrics.runs_deduplicated.increment(1);
             tracing::debug!(definition = %def, key = %key, "deduplicated");
         }

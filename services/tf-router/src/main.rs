@@ -9,6 +9,7 @@ mod dispatch;
 mod dlq;
 mod metrics;
 mod offsets;
+mod recent_starts;
 mod route;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -32,6 +33,7 @@ use crate::consumer::{RouterConsumer, RouterContext, finished};
 use crate::dispatch::process;
 use crate::dlq::{DeadLetter, dead_letter};
 use crate::offsets::{Ticket, Tracker};
+use crate::recent_starts::RecentStarts;
 use crate::route::{Active, Routes};
 
 /// Route events from Kafka to deduplicated RunActivity workflows.
@@ -88,6 +90,16 @@ struct Cli {
     /// rebalance. Two running routers must never share one.
     #[arg(long, env = "TF_ROUTER_INSTANCE_ID")]
     instance_id: Option<String>,
+    /// Generations whose start Temporal acknowledged that the router remembers, so a repeat of
+    /// the key before its run begins costs no Temporal round trip (0: ask Temporal every time).
+    /// About 100 bytes each plus the key.
+    #[arg(long, env = "TF_ROUTER_RECENT_STARTS", default_value_t = 100_000)]
+    recent_starts: usize,
+    /// How long a remembered start counts, in seconds: past it a repeat asks Temporal again, so
+    /// a run that ended before it began is retried by its window's next event after this long
+    /// at the latest.
+    #[arg(long, env = "TF_ROUTER_RECENT_START_TTL", default_value_t = 300)]
+    recent_start_ttl: u64,
     /// Seconds to drain in-flight records after SIGTERM/SIGINT; past it the router exits
     /// non-zero naming the records it left (they are routed again by the next owner).
     #[arg(long, env = "TF_SHUTDOWN_TIMEOUT", default_value_t = 30)]
@@ -118,6 +130,7 @@ struct Shared {
     definitions: RwLock<Arc<Routes>>,
     metrics: Arc<metrics::Metrics>,
     claims: Claims,
+    recent_starts: RecentStarts,
 }
 
 #[tokio::main]
@@ -170,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
         dlq,
         definitions: RwLock::new(Arc::new(Routes::default())),
         claims: Claims::start(pool.clone(), metrics.clone()),
+        recent_starts: RecentStarts::new(cli.recent_starts, Duration::from_secs(cli.recent_start_ttl)),
         metrics,
         cli: cli.clone(),
     });

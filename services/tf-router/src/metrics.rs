@@ -27,12 +27,14 @@ pub struct Metrics {
     pub runs_started: Counter,
     pub runs_deduplicated: Counter,
     pub runs_deduplicated_fast: Counter,
+    pub runs_deduplicated_recent: Counter,
     pub generations_opened: Counter,
     pub claim_batches: Counter,
     dead_letters: [Counter; 8],
     pub dependency_retries: Counter,
     pub paused_misconfigured: Gauge,
     pub in_flight: Gauge,
+    pub recent_starts: Gauge,
     pub definitions: Gauge,
     /// Partitions whose lag this router reported last, so revoked ones can be zeroed.
     lag_partitions: Mutex<BTreeSet<(String, i32)>>,
@@ -52,6 +54,10 @@ impl Metrics {
             "tf_router_runs_deduplicated_by_claim_total",
             "Matches skipped without a start because their dedupe generation already has a run."
         );
+        describe_counter!(
+            "tf_router_runs_deduplicated_by_recent_start_total",
+            "Matches skipped without a start because this router saw their generation's start acknowledged and the run has not begun yet."
+        );
         describe_counter!("tf_router_generations_opened_total", "Dedupe generations (windows) opened by events.");
         describe_counter!("tf_router_claim_batches_total", "Claim resolution statements sent to PostgreSQL (each resolves a batch).");
         describe_counter!("tf_router_dependency_retries_total", "Retries after a dependency (registry, Temporal, Kafka) failed.");
@@ -61,6 +67,7 @@ impl Metrics {
             "Records paused because a dependency refused this router's settings (credentials, base path, namespace); the log names the setting."
         );
         describe_gauge!("tf_router_in_flight", "Records being routed now.");
+        describe_gauge!("tf_router_recent_starts", "Acknowledged starts remembered (TF_ROUTER_RECENT_STARTS bounds it).");
         describe_gauge!("tf_router_definitions", "Enabled event definitions loaded.");
         describe_gauge!(
             "tf_router_consumer_lag",
@@ -74,12 +81,14 @@ impl Metrics {
             runs_started: counter!("tf_router_runs_started_total"),
             runs_deduplicated: counter!("tf_router_runs_deduplicated_total"),
             runs_deduplicated_fast: counter!("tf_router_runs_deduplicated_by_claim_total"),
+            runs_deduplicated_recent: counter!("tf_router_runs_deduplicated_by_recent_start_total"),
             generations_opened: counter!("tf_router_generations_opened_total"),
             claim_batches: counter!("tf_router_claim_batches_total"),
             dead_letters: STAGES.map(|stage| counter!("tf_router_dead_letters_total", "stage" => stage)),
             dependency_retries: counter!("tf_router_dependency_retries_total"),
             paused_misconfigured: gauge!("tf_router_paused_misconfigured"),
             in_flight: gauge!("tf_router_in_flight"),
+            recent_starts: gauge!("tf_router_recent_starts"),
             definitions: gauge!("tf_router_definitions"),
             lag_partitions: Mutex::default(),
             event_age: histogram!("tf_router_event_age_seconds"),

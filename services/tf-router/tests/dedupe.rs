@@ -176,3 +176,59 @@ tasks:
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(t.run_rows().await, [done("F"), done("G")], "router log:\n{}", router.log());
 }
+
+#[tokio::test]
+async fn repeats_before_the_run_begins_cost_no_temporal_start_until_the_remembered_start_expires() {
+    let definition = r#"
+id: DEF_ID
+name: Burst
+trigger: {event: {topics: [TOPIC], type: com.example.order.*}}
+dedupe: {key: event.data.order_id, window: 1h}
+tasks:
+  - {name: noop, type: human, when: "false"}
+"#;
+    let t = setup(1, definition).await;
+    // No worker yet: the run waits on its task queue and has not begun, as when the worker
+    // trails a burst. The claim knows of no run; only the router's memory of the start does.
+    let group = unique("it-group");
+    let metrics = tf_testkit::free_local_addr();
+    let router = t.router(&group, &[("TF_ROUTER_METRICS_ADDR", &metrics), ("TF_ROUTER_RECENT_START_TTL", "4")]);
+    let metric = |name: &str| tf_testkit::scrape_metric(&metrics, name);
+    let t0 = now_ms();
+    t.send(0, "a", &t.envelope_at("e1", json!({"order_id": "R"}), t0).await).await;
+    eventually("e1 committed", Duration::from_secs(60), || async { (committed(&group, &t.topic, 1) == 1).then_some(()) }).await;
+    let acknowledged = std::time::Instant::now();
+    t.send(0, "b", &t.envelope_at("e2", json!({"order_id": "R"}), t0 + 1_000).await).await;
+    t.send(0, "c", &t.envelope_at("e3", json!({"order_id": "R"}), t0 + 2_000).await).await;
+    eventually("e2, e3 committed", Duration::from_secs(60), || async { (committed(&group, &t.topic, 1) == 3).then_some(()) }).await;
+    assert!(
+        acknowledged.elapsed() < Duration::from_secs(4),
+        "the repeats must arrive within the 4 s memory for this test to mean anything"
+    );
+    assert_eq!(metric("tf_router_runs_started_total"), Some(1.0));
+    assert_eq!(metric("tf_router_runs_deduplicated_by_recent_start_total"), Some(2.0), "router log:\n{}", router.log());
+    assert_eq!(metric("tf_router_runs_deduplicated_total"), Some(0.0), "no Temporal round trip for the repeats");
+    assert_eq!(metric("tf_router_runs_deduplicated_by_claim_total"), Some(0.0), "the run has not begun");
+    assert_eq!(metric("tf_router_recent_starts"), Some(1.0));
+    assert_eq!(t.run_rows().await, [], "no run has begun");
+
+    // Past the memory's 4 s a repeat asks Temporal again, which refuses it: the run exists.
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(acknowledged.elapsed()) + Duration::from_millis(500)).await;
+    t.send(0, "d", &t.envelope_at("e4", json!({"order_id": "R"}), t0 + 3_000).await).await;
+    eventually("e4 committed", Duration::from_secs(60), || async { (committed(&group, &t.topic, 1) == 4).then_some(()) }).await;
+    assert_eq!(metric("tf_router_runs_deduplicated_total"), Some(1.0), "router log:\n{}", router.log());
+    assert_eq!(metric("tf_router_runs_started_total"), Some(1.0));
+
+    // The worker begins the one run; from then on the claim answers.
+    let _worker = t.worker();
+    eventually("the run to complete", Duration::from_secs(60), || async {
+        (t.run_rows().await == [("R".to_string(), 1, "completed".to_string(), 1)]).then_some(())
+    })
+    .await;
+    t.send(0, "e", &t.envelope_at("e5", json!({"order_id": "R"}), t0 + 4_000).await).await;
+    eventually("e5 committed", Duration::from_secs(60), || async { (committed(&group, &t.topic, 1) == 5).then_some(()) }).await;
+    assert_eq!(metric("tf_router_runs_deduplicated_by_claim_total"), Some(1.0));
+    assert_eq!(metric("tf_router_runs_started_total"), Some(1.0), "one run for the five events");
+    let event: String = sqlx::query_scalar("SELECT event_id FROM activity_runs").fetch_one(&t.pool).await.unwrap();
+    assert_eq!(event, "e1");
+}

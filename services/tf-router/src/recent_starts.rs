@@ -1,0 +1,156 @@
+//! Starts this router saw Temporal acknowledge, per (definition, dedupe key, generation): the
+//! fast path's memory for the gap between a start and its run's BeginRun.
+//!
+//! A claim learns that its generation has a run only when the worker begins the run. In a burst
+//! the worker trails the router by seconds to minutes, so without this every repeat of a key in
+//! that gap costs a Temporal start that Temporal refuses as a duplicate (issue 13 measured 1,781
+//! of 1,800 repeats doing so). A generation whose start was acknowledged has its workflow in
+//! Temporal: a repeat of it is a duplicate without asking again.
+//!
+//! Consulted only while the claim records no run status: a recorded status (from the worker) is
+//! the truth, and a `failed` one must let the window's next event retry. Entries expire after
+//! `ttl`, so a run that ended before it began (terminated by an operator, say) is retried by the
+//! window's events after that at the latest. Bounded: the oldest entries go first. A fresh router
+//! starts empty, which costs only the Temporal round trips this saves.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+type Key = (String, String, u32);
+
+pub struct RecentStarts {
+    capacity: usize,
+    ttl: Duration,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// When each generation's start was acknowledged (the latest acknowledgement).
+    at: HashMap<Key, Instant>,
+    /// Insertion order, oldest first; an entry whose instant no longer matches `at` was
+    /// refreshed later and is skipped when evicting.
+    order: VecDeque<(Key, Instant)>,
+}
+
+impl RecentStarts {
+    /// Remembers up to `capacity` generations for `ttl` each; `capacity` 0 remembers nothing.
+    pub fn new(capacity: usize, ttl: Duration) -> RecentStarts {
+        RecentStarts { capacity, ttl, inner: Mutex::default() }
+    }
+
+    /// Temporal acknowledged this generation's start (or refused it as an existing run's).
+    pub fn acknowledged(&self, definition_id: &str, dedupe_key: &str, generation: u32) {
+        self.acknowledged_at(definition_id, dedupe_key, generation, Instant::now());
+    }
+
+    /// Whether this generation's start was acknowledged less than `ttl` ago.
+    pub fn contains(&self, definition_id: &str, dedupe_key: &str, generation: u32) -> bool {
+        self.contains_at(definition_id, dedupe_key, generation, Instant::now())
+    }
+
+    /// Generations remembered now (expired ones included until evicted).
+    pub fn len(&self) -> usize {
+        self.lock().at.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn acknowledged_at(&self, definition_id: &str, dedupe_key: &str, generation: u32, now: Instant) {
+        if self.capacity == 0 {
+            return;
+        }
+        let key: Key = (definition_id.to_owned(), dedupe_key.to_owned(), generation);
+        let mut inner = self.lock();
+        inner.at.insert(key.clone(), now);
+        inner.order.push_back((key, now));
+        // Evict from the front: what is over capacity, and what expired (the front is oldest).
+        while let Some((key, at)) = inner.order.front() {
+            let over = inner.at.len() > self.capacity;
+            let expired = now.saturating_duration_since(*at) >= self.ttl;
+            let stale = inner.at.get(key) != Some(at);
+            if !(over || expired || stale) {
+                break;
+            }
+            if let Some((key, at)) = inner.order.pop_front()
+                && inner.at.get(&key) == Some(&at)
+            {
+                inner.at.remove(&key);
+            }
+        }
+    }
+
+    fn contains_at(&self, definition_id: &str, dedupe_key: &str, generation: u32, now: Instant) -> bool {
+        if self.capacity == 0 {
+            return false;
+        }
+        let key: Key = (definition_id.to_owned(), dedupe_key.to_owned(), generation);
+        self.lock().at.get(&key).is_some_and(|at| now.saturating_duration_since(*at) < self.ttl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn remembers_a_generation_not_its_neighbours() {
+        let r = RecentStarts::new(10, MIN);
+        r.acknowledged("d", "k", 1);
+        assert!(r.contains("d", "k", 1));
+        assert!(!r.contains("d", "k", 2), "the next window is another generation");
+        assert!(!r.contains("d", "k2", 1));
+        assert!(!r.contains("d2", "k", 1));
+    }
+
+    #[test]
+    fn forgets_after_the_ttl() {
+        let r = RecentStarts::new(10, MIN);
+        let t0 = Instant::now();
+        r.acknowledged_at("d", "k", 1, t0);
+        assert!(r.contains_at("d", "k", 1, t0 + MIN - Duration::from_millis(1)));
+        assert!(!r.contains_at("d", "k", 1, t0 + MIN), "expired: ask Temporal again");
+        // An insert later evicts what expired.
+        r.acknowledged_at("d", "other", 1, t0 + MIN);
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn holds_at_most_its_capacity_oldest_out_first() {
+        let r = RecentStarts::new(3, MIN);
+        let t0 = Instant::now();
+        for (i, key) in ["a", "b", "c", "d"].iter().enumerate() {
+            r.acknowledged_at("d", key, 1, t0 + Duration::from_millis(i as u64));
+        }
+        assert_eq!(r.len(), 3);
+        assert!(!r.contains_at("d", "a", 1, t0), "the oldest went first");
+        assert!(["b", "c", "d"].iter().all(|k| r.contains_at("d", k, 1, t0)));
+    }
+
+    #[test]
+    fn a_refreshed_entry_survives_the_eviction_of_its_older_copy() {
+        let r = RecentStarts::new(2, MIN);
+        let t0 = Instant::now();
+        r.acknowledged_at("d", "a", 1, t0);
+        r.acknowledged_at("d", "b", 1, t0 + Duration::from_millis(1));
+        r.acknowledged_at("d", "a", 1, t0 + Duration::from_millis(2)); // refreshed
+        r.acknowledged_at("d", "c", 1, t0 + Duration::from_millis(3)); // over capacity: b goes
+        assert!(r.contains_at("d", "a", 1, t0 + Duration::from_millis(3)));
+        assert!(!r.contains_at("d", "b", 1, t0 + Duration::from_millis(3)));
+        assert!(r.contains_at("d", "c", 1, t0 + Duration::from_millis(3)));
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn capacity_zero_remembers_nothing() {
+        let r = RecentStarts::new(0, MIN);
+        r.acknowledged("d", "k", 1);
+        assert!(!r.contains("d", "k", 1));
+        assert_eq!(r.len(), 0);
+    }
+}
