@@ -435,7 +435,11 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
         revived.len(),
         revived.iter().map(|(n, s)| format!("; {n}: {s}")).collect::<String>()
     );
-    println!("drained after          {drained_after:.1} s");
+    if drained {
+        println!("drained after          {drained_after:.1} s");
+    } else {
+        println!("NOT drained            gave up after {drained_after:.1} s (--timeout-secs counts from the last send)");
+    }
     println!("faults (routing stall = from the fault until the committed offset moved again, while events were waiting):");
     for d in &done {
         println!(
