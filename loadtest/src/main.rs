@@ -101,10 +101,15 @@ enum Command {
     /// Start RunActivity workflows straight from here, as the router would, on a task queue
     /// nobody polls: the start rate Temporal gives any client, the router's baseline.
     Bare(bare::BareArgs),
+    /// Read a burst from Kafka and start a workflow per event, with no claim lookup (repeats
+    /// cost a start Temporal refuses): the plain client the router's duplicate figure is
+    /// compared with.
+    Peer(peer::PeerArgs),
 }
 
 mod bare;
 mod chaos;
+mod peer;
 mod plot;
 mod steady;
 
@@ -189,6 +194,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         Some(Command::Chaos(args)) => return chaos::run(&cli.settings, args).await,
         Some(Command::Steady(args)) => return steady::run(&cli.settings, args).await,
         Some(Command::Bare(args)) => return bare::run(&cli.settings, args).await,
+        Some(Command::Peer(args)) => return peer::run(&cli.settings, args).await,
         None => {}
     }
     burst(&cli).await?;
