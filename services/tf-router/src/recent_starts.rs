@@ -14,7 +14,7 @@
 //! starts empty, which costs only the Temporal round trips this saves.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 type Key = (String, String, u32);
@@ -25,13 +25,14 @@ pub struct RecentStarts {
     inner: Mutex<Inner>,
 }
 
+/// One allocation per remembered key, shared by the map and the eviction order.
 #[derive(Default)]
 struct Inner {
     /// When each generation's start was acknowledged (the latest acknowledgement).
-    at: HashMap<Key, Instant>,
+    at: HashMap<Arc<Key>, Instant>,
     /// Insertion order, oldest first; an entry whose instant no longer matches `at` was
     /// refreshed later and is skipped when evicting.
-    order: VecDeque<(Key, Instant)>,
+    order: VecDeque<(Arc<Key>, Instant)>,
 }
 
 impl RecentStarts {
@@ -63,7 +64,7 @@ impl RecentStarts {
         if self.capacity == 0 {
             return;
         }
-        let key: Key = (definition_id.to_owned(), dedupe_key.to_owned(), generation);
+        let key = Arc::new((definition_id.to_owned(), dedupe_key.to_owned(), generation));
         let mut inner = self.lock();
         inner.at.insert(key.clone(), now);
         inner.order.push_back((key, now));
