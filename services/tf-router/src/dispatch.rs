@@ -189,17 +189,18 @@ async fn start(shared: &Shared, errors: &mut Vec<RouteError>, mut run: tf_tempor
         }
     })
     .await;
+    if outcome.is_ok() {
+        // Started, or refused because the run exists: either way the run is in Temporal.
+        let remembered = shared.recent_starts.acknowledged(&def, &key, generation.generation);
+        shared.metrics.recent_starts.set(remembered as f64);
+    }
     match outcome {
         Ok(StartOutcome::Started { .. }) => {
-            shared.recent_starts.acknowledged(&def, &key, generation.generation);
-            shared.metrics.recent_starts.set(shared.recent_starts.len() as f64);
             shared.metrics.runs_started.increment(1);
             shared.metrics.start_latency.record(asked.elapsed().as_secs_f64());
             tracing::debug!(definition = %def, key = %key, generation = generation.generation, offset = at.offset, "run started");
         }
         Ok(StartOutcome::Duplicate { .. }) => {
-            shared.recent_starts.acknowledged(&def, &key, generation.generation);
-            shared.metrics.recent_starts.set(shared.recent_starts.len() as f64);
             shared.metrics.runs_deduplicated.increment(1);
             tracing::debug!(definition = %def, key = %key, "deduplicated");
         }

@@ -42,8 +42,9 @@ impl RecentStarts {
     }
 
     /// Temporal acknowledged this generation's start (or refused it as an existing run's).
-    pub fn acknowledged(&self, definition_id: &str, dedupe_key: &str, generation: u32) {
-        self.acknowledged_at(definition_id, dedupe_key, generation, Instant::now());
+    /// Returns how many generations are remembered now (expired ones included until evicted).
+    pub fn acknowledged(&self, definition_id: &str, dedupe_key: &str, generation: u32) -> usize {
+        self.acknowledged_at(definition_id, dedupe_key, generation, Instant::now())
     }
 
     /// Whether this generation's start was acknowledged less than `ttl` ago.
@@ -51,8 +52,8 @@ impl RecentStarts {
         self.contains_at(definition_id, dedupe_key, generation, Instant::now())
     }
 
-    /// Generations remembered now (expired ones included until evicted).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().at.len()
     }
 
@@ -60,9 +61,9 @@ impl RecentStarts {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn acknowledged_at(&self, definition_id: &str, dedupe_key: &str, generation: u32, now: Instant) {
+    fn acknowledged_at(&self, definition_id: &str, dedupe_key: &str, generation: u32, now: Instant) -> usize {
         if self.capacity == 0 {
-            return;
+            return 0;
         }
         let key = Arc::new((definition_id.to_owned(), dedupe_key.to_owned(), generation));
         let mut inner = self.lock();
@@ -82,6 +83,7 @@ impl RecentStarts {
                 inner.at.remove(&key);
             }
         }
+        inner.at.len()
     }
 
     fn contains_at(&self, definition_id: &str, dedupe_key: &str, generation: u32, now: Instant) -> bool {
@@ -125,9 +127,12 @@ mod tests {
     fn holds_at_most_its_capacity_oldest_out_first() {
         let r = RecentStarts::new(3, MIN);
         let t0 = Instant::now();
-        for (i, key) in ["a", "b", "c", "d"].iter().enumerate() {
-            r.acknowledged_at("d", key, 1, t0 + Duration::from_millis(i as u64));
-        }
+        let remembered: Vec<usize> = ["a", "b", "c", "d"]
+            .iter()
+            .enumerate()
+            .map(|(i, key)| r.acknowledged_at("d", key, 1, t0 + Duration::from_millis(i as u64)))
+            .collect();
+        assert_eq!(remembered, [1, 2, 3, 3], "each acknowledgement says how many are remembered");
         assert_eq!(r.len(), 3);
         assert!(!r.contains_at("d", "a", 1, t0), "the oldest went first");
         assert!(["b", "c", "d"].iter().all(|k| r.contains_at("d", k, 1, t0)));
