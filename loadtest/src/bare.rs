@@ -58,28 +58,55 @@ pub async fn run(s: &Settings, a: &BareArgs) -> anyhow::Result<std::process::Exi
     .collect()
     .await;
     let secs = started.elapsed().as_secs_f64();
-    let mut latencies: Vec<Duration> = Vec::with_capacity(outcomes.len());
-    let (mut ok, mut failed) = (0, 0);
-    for (r, took) in outcomes {
-        match r {
-            Ok(StartOutcome::Started { .. }) => {
-                ok += 1;
-                latencies.push(took);
-            }
-            Ok(StartOutcome::Duplicate { .. }) => failed += 1,
-            Err(e) => {
-                failed += 1;
-                if failed <= 3 {
-                    eprintln!("start failed: {e}");
+    let t = Tally::of(outcomes.into_iter().map(|(r, took)| (r.map_err(|e| e.to_string()), took)), "start failed");
+    // Every start here is of a new id: a refusal is a failure too.
+    let failed = t.refused + t.failed;
+    println!("\n=== tf-loadtest bare report ===");
+    println!("starts acknowledged    {} of {}  ({failed} failed)", t.started, a.starts);
+    println!("throughput             {:.0} starts/s  ({secs:.1} s, {} in flight)", t.started as f64 / secs, a.concurrency);
+    println!(
+        "start latency          p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms",
+        t.percentile_ms(0.5),
+        t.percentile_ms(0.9),
+        t.percentile_ms(0.99)
+    );
+    Ok(if failed == 0 { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+}
+
+/// What a load of starts came to: started (with each one's latency), refused by Temporal as a
+/// duplicate, failed (the first three failures are printed, after `what`).
+pub struct Tally {
+    pub started: usize,
+    pub refused: usize,
+    pub failed: usize,
+    /// Latencies of the starts that started, sorted.
+    latencies: Vec<Duration>,
+}
+
+impl Tally {
+    pub fn of(outcomes: impl IntoIterator<Item = (Result<StartOutcome, String>, Duration)>, what: &str) -> Tally {
+        let mut t = Tally { started: 0, refused: 0, failed: 0, latencies: Vec::new() };
+        for (r, took) in outcomes {
+            match r {
+                Ok(StartOutcome::Started { .. }) => {
+                    t.started += 1;
+                    t.latencies.push(took);
+                }
+                Ok(StartOutcome::Duplicate { .. }) => t.refused += 1,
+                Err(e) => {
+                    t.failed += 1;
+                    if t.failed <= 3 {
+                        eprintln!("{what}: {e}");
+                    }
                 }
             }
         }
+        t.latencies.sort_unstable();
+        t
     }
-    latencies.sort_unstable();
-    let pct = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-    println!("\n=== tf-loadtest bare report ===");
-    println!("starts acknowledged    {ok} of {}  ({failed} failed)", a.starts);
-    println!("throughput             {:.0} starts/s  ({secs:.1} s, {} in flight)", ok as f64 / secs, a.concurrency);
-    println!("start latency          p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms", pct(0.5), pct(0.9), pct(0.99));
-    Ok(if failed == 0 { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+
+    /// The `q` quantile of the started ones' latency, in ms (0 when none started).
+    pub fn percentile_ms(&self, q: f64) -> f64 {
+        self.latencies.get(((self.latencies.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    }
 }

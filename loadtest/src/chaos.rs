@@ -181,13 +181,7 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
     let pool = tf_store::connect(&db_url).await?;
     tf_store::migrate(&pool).await?;
 
-    let spec = |name: &str, partitions| tf_kafka::topics::TopicSpec {
-        name: name.to_string(),
-        partitions,
-        replication_factor: 1,
-        value_schema: None,
-        config: [("retention.ms".to_string(), "86400000".to_string())].into(),
-    };
+    let spec = |name: &str, partitions| super::load_topic(name, partitions, Duration::from_secs(86_400));
     tf_kafka::topics::apply(&settings.kafka_brokers, &[spec(&topic, args.partitions), spec(&sink, 1), spec(&dlq, 1)]).await?;
     let yaml = format!(
         "id: {def_id}\nname: Chaos\ntrigger: {{event: {{topics: [{topic}]}}}}\ndedupe: {{key: event.data.key}}\n\

@@ -129,6 +129,17 @@ async fn apply_event_definition(pool: &tf_store::PgPool, yaml: &str) -> anyhow::
     Ok(())
 }
 
+/// A topic of the load test's own: one replica, kept for `retention` (it is never deleted).
+fn load_topic(name: &str, partitions: i32, retention: Duration) -> tf_kafka::topics::TopicSpec {
+    tf_kafka::topics::TopicSpec {
+        name: name.to_string(),
+        partitions,
+        replication_factor: 1,
+        value_schema: None,
+        config: [("retention.ms".to_string(), retention.as_millis().to_string())].into(),
+    }
+}
+
 /// Runs of the load test's definition that were not deduplicated (0 while PostgreSQL is away).
 async fn runs_of(pool: &tf_store::PgPool, def_id: &str) -> i64 {
     sqlx::query_scalar::<_, i64>("SELECT count(*) FROM activity_runs WHERE definition_id = $1 AND status <> 'deduplicated'")
@@ -208,17 +219,7 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
     let def_id = format!("loadtest-{nonce}");
     let pool = tf_store::connect(&s.database_url).await?;
 
-    tf_kafka::topics::apply(
-        &s.kafka_brokers,
-        &[tf_kafka::topics::TopicSpec {
-            name: topic.clone(),
-            partitions: cli.partitions,
-            replication_factor: 1,
-            value_schema: None,
-            config: [("retention.ms".to_string(), "3600000".to_string())].into(),
-        }],
-    )
-    .await?;
+    tf_kafka::topics::apply(&s.kafka_brokers, &[load_topic(&topic, cli.partitions, Duration::from_secs(3600))]).await?;
     // Non-matching traffic: the definition subscribes the topic (so the router reads it) but
     // wants a type the load test never sends.
     let wanted = if cli.non_matching { ", type: loadtest.never" } else { "" };

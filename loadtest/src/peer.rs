@@ -20,6 +20,7 @@ use tf_config::Settings;
 use tf_envelope::{Codec, Event, Registry};
 use tf_temporal::{RunInput, RunSource, StartOutcome};
 
+use crate::bare::Tally;
 use crate::now_ms;
 
 #[derive(clap::Args)]
@@ -45,17 +46,7 @@ pub async fn run(s: &Settings, a: &PeerArgs) -> anyhow::Result<std::process::Exi
     let topic = format!("loadtest-peer-{nonce}");
     let queue = format!("tf-loadtest-peer-{nonce}");
     let definition = format!("loadtest-peer-{nonce}");
-    tf_kafka::topics::apply(
-        &s.kafka_brokers,
-        &[tf_kafka::topics::TopicSpec {
-            name: topic.clone(),
-            partitions: a.partitions,
-            replication_factor: 1,
-            value_schema: None,
-            config: [("retention.ms".to_string(), "3600000".to_string())].into(),
-        }],
-    )
-    .await?;
+    tf_kafka::topics::apply(&s.kafka_brokers, &[crate::load_topic(&topic, a.partitions, Duration::from_secs(3600))]).await?;
     let codec = Codec::new(Arc::new(Registry::new(&s.schema_registry_url)));
     let unique_keys = ((a.events as f64) * (1.0 - a.duplicates)).round().max(1.0) as usize;
     let mut payloads = Vec::with_capacity(a.events);
@@ -133,25 +124,8 @@ pub async fn run(s: &Settings, a: &PeerArgs) -> anyhow::Result<std::process::Exi
         .collect()
         .await;
     let secs = started.elapsed().as_secs_f64();
-    let (mut runs, mut refused, mut failed) = (0, 0, 0);
-    let mut latencies: Vec<Duration> = Vec::with_capacity(outcomes.len());
-    for (r, took) in outcomes {
-        match r {
-            Ok(StartOutcome::Started { .. }) => {
-                runs += 1;
-                latencies.push(took);
-            }
-            Ok(StartOutcome::Duplicate { .. }) => refused += 1,
-            Err(e) => {
-                failed += 1;
-                if failed <= 3 {
-                    eprintln!("event failed: {e:#}");
-                }
-            }
-        }
-    }
-    latencies.sort_unstable();
-    let pct = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    let tally = Tally::of(outcomes.into_iter().map(|(r, took)| (r.map_err(|e| format!("{e:#}")), took)), "event failed");
+    let (runs, refused, failed) = (tally.started, tally.refused, tally.failed);
     println!("\n=== tf-loadtest peer report ===");
     println!("events                 {}  ({unique_keys} unique keys, {:.0}% duplicates)", a.events, a.duplicates * 100.0);
     println!("runs started           {runs}  (expected {unique_keys}); refused by Temporal as duplicates {refused}; failed {failed}");
@@ -159,6 +133,6 @@ pub async fn run(s: &Settings, a: &PeerArgs) -> anyhow::Result<std::process::Exi
         "throughput             {:.0} events/s  ({secs:.1} s from the first send to the last start acknowledged)",
         a.events as f64 / secs
     );
-    println!("start latency          p50 {:.1} ms  p99 {:.1} ms", pct(0.5), pct(0.99));
+    println!("start latency          p50 {:.1} ms  p99 {:.1} ms", tally.percentile_ms(0.5), tally.percentile_ms(0.99));
     Ok(if failed == 0 && runs == unique_keys { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
 }

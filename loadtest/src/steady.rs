@@ -173,13 +173,7 @@ async fn run_at(s: &Settings, a: &SteadyArgs, rate: f64) -> anyhow::Result<Step>
     let nonce = now_ms() % 10_000_000;
     let (topic, sink, def_id) = (format!("events.loadtest-{nonce}"), format!("loadtest-sink-{nonce}"), format!("loadtest-{nonce}"));
     let pool = tf_store::connect(&s.database_url).await?;
-    let spec = |name: &str, partitions| tf_kafka::topics::TopicSpec {
-        name: name.to_string(),
-        partitions,
-        replication_factor: 1,
-        value_schema: None,
-        config: [("retention.ms".to_string(), "3600000".to_string())].into(),
-    };
+    let spec = |name: &str, partitions| super::load_topic(name, partitions, Duration::from_secs(3600));
     tf_kafka::topics::apply(&s.kafka_brokers, &[spec(&topic, a.partitions), spec(&sink, 1)]).await?;
     let yaml = match a.profile.as_str() {
         "bare" => format!(
