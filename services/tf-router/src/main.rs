@@ -92,7 +92,7 @@ struct Cli {
     instance_id: Option<String>,
     /// Generations whose start Temporal acknowledged that the router remembers, so a repeat of
     /// the key before its run begins costs no Temporal round trip (0: ask Temporal every time).
-    /// About 200 bytes each plus the definition id and key.
+    /// About 100 bytes each, whatever the key's length (each holds a 128-bit digest).
     #[arg(long, env = "TF_ROUTER_RECENT_STARTS", default_value_t = 100_000)]
     recent_starts: usize,
     /// How long a remembered start counts, in seconds: past it a repeat asks Temporal again, so
