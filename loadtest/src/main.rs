@@ -193,6 +193,50 @@ fn router_memory() -> Vec<(u32, u64, u64)> {
         .collect()
 }
 
+/// CPU seconds used so far by the processes named `comm` on this machine, with their reaped
+/// children's (PostgreSQL's backends that ended), from /proc (Linux; 0 elsewhere). Ticks are
+/// USER_HZ, which Linux fixes at 100 a second for /proc whatever the kernel's own rate.
+fn cpu_seconds(comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
+    let ticks: u64 = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            if name.trim() != comm {
+                return None;
+            }
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // Fields after the parenthesised name: state is 3rd, utime..cstime are 14th..17th.
+            let after = stat.rsplit_once(") ")?.1;
+            Some(after.split_whitespace().skip(11).take(4).filter_map(|f| f.parse::<u64>().ok()).sum::<u64>())
+        })
+        .sum();
+    ticks as f64 / 100.0
+}
+
+/// CPU spent by the router and by a PostgreSQL on this machine between two instants.
+struct CpuSpent {
+    router: f64,
+    postgres: f64,
+}
+
+impl CpuSpent {
+    fn now() -> CpuSpent {
+        CpuSpent { router: cpu_seconds("tf-router"), postgres: cpu_seconds("postgres") }
+    }
+
+    /// "tf-router 6.1 s (1.02 ms/event)", and PostgreSQL's if it runs here.
+    fn report_since(&self, events: usize) -> String {
+        let now = CpuSpent::now();
+        let per = |s: f64| format!("{s:.1} s ({:.2} ms/event)", 1000.0 * s / events.max(1) as f64);
+        let mut line = format!("tf-router {}", per(now.router - self.router));
+        if now.postgres > 0.0 {
+            line.push_str(&format!(", postgres {}", per(now.postgres - self.postgres)));
+        }
+        line
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as i64
 }
@@ -267,6 +311,7 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
         payloads.push((format!("k-{key}"), codec.encode_event(&format!("{topic}-value"), &e).await?, format!("lt-{i}")));
     }
     println!("producing {} events ({unique_keys} unique keys)", cli.events);
+    let cpu = CpuSpent::now();
     let started = Instant::now();
     let mut produced_at: HashMap<String, i64> = HashMap::with_capacity(cli.events);
     // Each event's produce time is when its send is issued (and is its Kafka CreateTime), not
@@ -292,6 +337,7 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
     println!("produced in {produce_secs:.2} s ({:.0} events/s)", cli.events as f64 / produce_secs);
     let runs_expected = if cli.non_matching { 0 } else { unique_keys };
     let fresh = follow(cli, &pool, &topic, &def_id, runs_expected, produced_at, started, produce_secs).await?;
+    println!("CPU during the burst   {}", cpu.report_since(cli.events));
     if cli.non_matching {
         // follow() reported the count against 0 expected; a non-matching run is a failure.
         let runs = runs_of(&pool, &def_id).await;

@@ -55,6 +55,33 @@ pub async fn resolve_generations(pool: &PgPool, requests: &[ClaimRequest<'_>]) -
     resolve_generations_in(&mut conn, requests).await
 }
 
+/// [`resolve_generations`] on a connection kept between calls, for a caller that resolves
+/// batch after batch (the router's claim batcher): taking a connection from the pool for each
+/// call costs a ping round trip (the pool tests a connection before lending it) and the pool's
+/// bookkeeping, on both sides. A connection that failed is dropped; the next call takes another.
+pub struct HeldConnection {
+    pool: PgPool,
+    held: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+}
+
+impl HeldConnection {
+    pub fn new(pool: PgPool) -> HeldConnection {
+        HeldConnection { pool, held: None }
+    }
+
+    pub async fn resolve_generations(&mut self, requests: &[ClaimRequest<'_>]) -> Result<Vec<Generation>, StoreError> {
+        let conn = match &mut self.held {
+            Some(conn) => conn,
+            held => held.insert(self.pool.acquire().await?),
+        };
+        let result = resolve_generations_in(conn, requests).await;
+        if result.as_ref().is_err_and(StoreError::is_transient) {
+            self.held = None;
+        }
+        result
+    }
+}
+
 /// [`resolve_generations`] on a connection (or inside a transaction).
 pub async fn resolve_generations_in(conn: &mut sqlx::PgConnection, requests: &[ClaimRequest<'_>]) -> Result<Vec<Generation>, StoreError> {
     if requests.is_empty() {

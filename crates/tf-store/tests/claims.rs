@@ -137,3 +137,30 @@ async fn a_key_postgres_cannot_store_fails_alone_and_says_so() {
     let err = resolve_generations(&pool, &[req("nul\0key", 1)]).await.unwrap_err();
     assert!(!err.is_transient(), "refused for good: {err}");
 }
+
+#[tokio::test]
+async fn a_held_connection_outlives_a_refused_key_and_is_replaced_once_it_breaks() {
+    let (_db, pool) = FreshDatabase::migrated(&settings()).await;
+    let mut held = tf_store::claims::HeldConnection::new(pool.clone());
+    assert_eq!(held.resolve_generations(&[req("a", 1)]).await.unwrap()[0].generation, 1);
+    let backend = || {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%tf_resolve_generations%' AND pid <> pg_backend_pid()",
+        )
+    };
+    let first: Vec<i32> = backend().fetch_all(&pool).await.unwrap();
+    assert_eq!(first.len(), 1, "one backend served the claim: {first:?}");
+    // A refused request is the request's fault: the connection stays.
+    assert!(!held.resolve_generations(&[req("nul\0key", 1)]).await.unwrap_err().is_transient());
+    assert_eq!(held.resolve_generations(&[req("a", 2)]).await.unwrap()[0].generation, 1);
+    assert_eq!(backend().fetch_all(&pool).await.unwrap(), first, "the same backend, not one per call");
+    // Its backend killed (a PostgreSQL restart, a proxy's idle timeout): one transient failure,
+    // then a fresh connection.
+    sqlx::query("SELECT pg_terminate_backend($1)").bind(first[0]).execute(&pool).await.unwrap();
+    let err = held.resolve_generations(&[req("b", 1)]).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    let g = held.resolve_generations(&[req("b", 1)]).await.unwrap();
+    assert_eq!((g[0].generation, g[0].created), (1, true), "the failed call changed nothing");
+    let now: Vec<i32> = backend().fetch_all(&pool).await.unwrap();
+    assert!(now.len() == 1 && now != first, "a new backend: {now:?} after {first:?}");
+}

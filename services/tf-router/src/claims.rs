@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tf_store::PgPool;
-use tf_store::claims::{ClaimRequest, Generation, resolve_generations};
+use tf_store::claims::{ClaimRequest, Generation, HeldConnection};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
@@ -70,6 +70,8 @@ impl Claims {
 }
 
 async fn batcher(pool: PgPool, metrics: Arc<Metrics>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    // Its own connection, kept between statements: see HeldConnection.
+    let mut conn = HeldConnection::new(pool);
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -80,7 +82,7 @@ async fn batcher(pool: PgPool, metrics: Arc<Metrics>, mut rx: mpsc::UnboundedRec
         }
         metrics.claim_batches.increment(1);
         let requests: Vec<ClaimRequest<'_>> = jobs.iter().map(Job::request).collect();
-        match resolve_generations(&pool, &requests).await {
+        match conn.resolve_generations(&requests).await {
             Ok(generations) => {
                 drop(requests);
                 for (job, g) in jobs.into_iter().zip(generations) {
@@ -100,7 +102,7 @@ async fn batcher(pool: PgPool, metrics: Arc<Metrics>, mut rx: mpsc::UnboundedRec
                 tracing::warn!(error = %e, batch = jobs.len(), "claim batch refused; resolving its requests one by one");
                 drop(requests);
                 for job in jobs {
-                    let result = match resolve_generations(&pool, &[job.request()]).await {
+                    let result = match conn.resolve_generations(&[job.request()]).await {
                         Ok(mut g) => Ok(g.remove(0)),
                         Err(e) if e.is_transient() => Err(ClaimFailure::Transient(e.to_string())),
                         Err(e) => Err(ClaimFailure::Permanent(e.to_string())),
