@@ -164,7 +164,7 @@ fn default_bin_dir() -> PathBuf {
     if dir.ends_with("deps") { dir.parent().map(PathBuf::from).unwrap_or(dir) } else { dir }
 }
 
-pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(settings: &Settings, args: &ChaosArgs, made: &mut super::made::Made) -> anyhow::Result<ExitCode> {
     let nonce = super::now_ms() % 10_000_000;
     let (topic, sink, dlq) = (format!("chaos-{nonce}"), format!("chaos-{nonce}-sink"), format!("chaos-{nonce}-dlq"));
     let def_id = format!("chaos-{nonce}");
@@ -183,6 +183,10 @@ pub async fn run(settings: &Settings, args: &ChaosArgs) -> anyhow::Result<ExitCo
 
     let spec = |name: &str, partitions| super::load_topic(name, partitions, Duration::from_secs(86_400));
     tf_kafka::topics::apply(&settings.kafka_brokers, &[spec(&topic, args.partitions), spec(&sink, 1), spec(&dlq, 1)]).await?;
+    // The definition lives in the run's own database, dropped below when the run succeeds.
+    for t in [&topic, &sink, &dlq] {
+        made.topic(t);
+    }
     let yaml = format!(
         "id: {def_id}\nname: Chaos\ntrigger: {{event: {{topics: [{topic}]}}}}\ndedupe: {{key: event.data.key}}\n\
          tasks:\n  - name: ship\n    type: kafka\n    for_each: event.data.items\n    retry: {{max_attempts: 100, max_interval: 5s}}\n    \

@@ -80,6 +80,10 @@ struct Cli {
     /// Send at this many events/s (each event at its own moment) instead of all at once.
     #[arg(long)]
     rate: Option<f64>,
+    /// Keep the topics and the definition the run made (removed after a successful run,
+    /// kept after a failed one).
+    #[arg(long, global = true)]
+    keep: bool,
 }
 
 impl Cli {
@@ -109,6 +113,7 @@ enum Command {
 
 mod bare;
 mod chaos;
+mod made;
 mod peer;
 mod plot;
 mod steady;
@@ -129,7 +134,8 @@ async fn apply_event_definition(pool: &tf_store::PgPool, yaml: &str) -> anyhow::
     Ok(())
 }
 
-/// A topic of the load test's own: one replica, kept for `retention` (it is never deleted).
+/// A topic of the load test's own: one replica, kept for `retention` unless the run removes it
+/// (`made`).
 fn load_topic(name: &str, partitions: i32, retention: Duration) -> tf_kafka::topics::TopicSpec {
     tf_kafka::topics::TopicSpec {
         name: name.to_string(),
@@ -245,18 +251,20 @@ fn now_ms() -> i64 {
 async fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     tf_config::check_connection_settings()?;
-    match &cli.command {
-        Some(Command::Chaos(args)) => return chaos::run(&cli.settings, args).await,
-        Some(Command::Steady(args)) => return steady::run(&cli.settings, args).await,
-        Some(Command::Bare(args)) => return bare::run(&cli.settings, args).await,
-        Some(Command::Peer(args)) => return peer::run(&cli.settings, args).await,
-        None => {}
-    }
-    burst(&cli).await?;
-    Ok(std::process::ExitCode::SUCCESS)
+    let mut made = made::Made::default();
+    let outcome = match &cli.command {
+        Some(Command::Chaos(args)) => chaos::run(&cli.settings, args, &mut made).await,
+        Some(Command::Steady(args)) => steady::run(&cli.settings, args, &mut made).await,
+        Some(Command::Bare(args)) => bare::run(&cli.settings, args).await,
+        Some(Command::Peer(args)) => peer::run(&cli.settings, args, &mut made).await,
+        None => burst(&cli, &mut made).await.map(|()| std::process::ExitCode::SUCCESS),
+    };
+    let succeeded = matches!(outcome, Ok(code) if code == std::process::ExitCode::SUCCESS);
+    made.clean_up(&cli.settings, succeeded, cli.keep).await;
+    outcome
 }
 
-async fn burst(cli: &Cli) -> anyhow::Result<()> {
+async fn burst(cli: &Cli, made: &mut made::Made) -> anyhow::Result<()> {
     let s = &cli.settings;
     let nonce = now_ms() % 10_000_000;
     let topic = format!("events.loadtest-{nonce}");
@@ -264,6 +272,7 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
     let pool = tf_store::connect(&s.database_url).await?;
 
     tf_kafka::topics::apply(&s.kafka_brokers, &[load_topic(&topic, cli.partitions, Duration::from_secs(3600))]).await?;
+    made.topic(&topic);
     // Non-matching traffic: the definition subscribes the topic (so the router reads it) but
     // wants a type the load test never sends.
     let wanted = if cli.non_matching { ", type: loadtest.never" } else { "" };
@@ -271,6 +280,7 @@ async fn burst(cli: &Cli) -> anyhow::Result<()> {
         "id: {def_id}\nname: Load test\ntrigger: {{event: {{topics: [{topic}]{wanted}}}}}\ndedupe: {{key: event.data.key}}\ntasks: [{{name: noop, type: human, when: 'false'}}]\n"
     );
     apply_event_definition(&pool, &yaml).await?;
+    made.definition(&def_id, &pool);
     println!("definition {def_id} on {topic} ({} partitions); waiting for the router to subscribe", cli.partitions);
 
     let codec = Codec::new(Arc::new(Registry::new(&s.schema_registry_url)));

@@ -39,7 +39,7 @@ pub struct PeerArgs {
     partitions: i32,
 }
 
-pub async fn run(s: &Settings, a: &PeerArgs) -> anyhow::Result<std::process::ExitCode> {
+pub async fn run(s: &Settings, a: &PeerArgs, made: &mut crate::made::Made) -> anyhow::Result<std::process::ExitCode> {
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "tf-loadtest-peer").await?;
     let nonce = now_ms() % 10_000_000;
     // Not under `events.`: the router must not read the peer's burst.
@@ -47,6 +47,7 @@ pub async fn run(s: &Settings, a: &PeerArgs) -> anyhow::Result<std::process::Exi
     let queue = format!("tf-loadtest-peer-{nonce}");
     let definition = format!("loadtest-peer-{nonce}");
     tf_kafka::topics::apply(&s.kafka_brokers, &[crate::load_topic(&topic, a.partitions, Duration::from_secs(3600))]).await?;
+    made.topic(&topic);
     let codec = Codec::new(Arc::new(Registry::new(&s.schema_registry_url)));
     let unique_keys = ((a.events as f64) * (1.0 - a.duplicates)).round().max(1.0) as usize;
     let mut payloads = Vec::with_capacity(a.events);

@@ -105,16 +105,16 @@ impl Step {
     }
 }
 
-pub async fn run(s: &Settings, a: &SteadyArgs) -> anyhow::Result<std::process::ExitCode> {
+pub async fn run(s: &Settings, a: &SteadyArgs, made: &mut crate::made::Made) -> anyhow::Result<std::process::ExitCode> {
     anyhow::ensure!(a.rate > 0.0 && a.rate <= 10_000.0, "--rate must be in (0, 10000] events/s");
     if !a.find_capacity {
-        let step = run_at(s, a, a.rate).await?;
+        let step = run_at(s, a, a.rate, made).await?;
         return Ok(if step.complete { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE });
     }
     let mut steps: Vec<Step> = Vec::new();
     let mut rate = a.rate;
     while rate <= 10_000.0 {
-        let step = run_at(s, a, rate).await?;
+        let step = run_at(s, a, rate, made).await?;
         let kept_up = step.kept_up();
         steps.push(step);
         if !kept_up {
@@ -149,7 +149,7 @@ pub async fn run(s: &Settings, a: &SteadyArgs) -> anyhow::Result<std::process::E
     let mut shares = Vec::new();
     for pct in a.report_at.iter().copied().filter(|p| (1..=100).contains(p)) {
         let rate = (capacity * f64::from(pct) / 100.0 * 10.0).round().max(1.0) / 10.0;
-        shares.push((pct, run_at(s, a, rate).await?));
+        shares.push((pct, run_at(s, a, rate, made).await?));
     }
     if !shares.is_empty() {
         println!("\n=== per-stage latency at shares of the capacity ({capacity} events/s), p50 / p99 ms ===");
@@ -169,12 +169,14 @@ pub async fn run(s: &Settings, a: &SteadyArgs) -> anyhow::Result<std::process::E
 }
 
 /// One steady run at `rate` events/s; prints its report.
-async fn run_at(s: &Settings, a: &SteadyArgs, rate: f64) -> anyhow::Result<Step> {
+async fn run_at(s: &Settings, a: &SteadyArgs, rate: f64, made: &mut crate::made::Made) -> anyhow::Result<Step> {
     let nonce = now_ms() % 10_000_000;
     let (topic, sink, def_id) = (format!("events.loadtest-{nonce}"), format!("loadtest-sink-{nonce}"), format!("loadtest-{nonce}"));
     let pool = tf_store::connect(&s.database_url).await?;
     let spec = |name: &str, partitions| super::load_topic(name, partitions, Duration::from_secs(3600));
     tf_kafka::topics::apply(&s.kafka_brokers, &[spec(&topic, a.partitions), spec(&sink, 1)]).await?;
+    made.topic(&topic);
+    made.topic(&sink);
     let yaml = match a.profile.as_str() {
         "bare" => format!(
             "id: {def_id}\nname: Load test (bare)\ntrigger: {{event: {{topics: [{topic}]}}}}\ndedupe: {{key: event.data.key}}\ntasks: [{{name: noop, type: human, when: 'false'}}]\n"
@@ -198,6 +200,7 @@ tasks:
         ),
     };
     apply_event_definition(&pool, &yaml).await?;
+    made.definition(&def_id, &pool);
     let expected_results: i64 = if a.profile == "bare" { 0 } else { 2 };
     println!("definition {def_id} ({} profile) on {topic}; waiting for the router to subscribe", a.profile);
 

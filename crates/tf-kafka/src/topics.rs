@@ -153,6 +153,23 @@ pub async fn apply(brokers: &str, specs: &[TopicSpec]) -> Result<Vec<Report>, To
     Ok(reports)
 }
 
+/// Deletes `topics`; one that does not exist (any more) is not an error, so a cleanup may
+/// run twice.
+pub async fn delete(brokers: &str, topics: &[&str]) -> Result<(), TopicError> {
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = crate::client_config(brokers).create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.delete_topics(topics, &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => return Err(TopicError::Kafka { topic, source: rdkafka::error::KafkaError::AdminOp(code) }),
+        }
+    }
+    Ok(())
+}
+
 /// A topic as the broker has it.
 #[derive(Debug, Clone)]
 pub struct Described {

@@ -37,6 +37,36 @@ async fn apply_creates_then_is_a_no_op() {
 }
 
 #[tokio::test]
+async fn delete_removes_topics_and_a_missing_one_is_no_error() {
+    let s = settings();
+    let (a, b) = (unique("it-topic-del-a"), unique("it-topic-del-b"));
+    topics::apply(&s.kafka_brokers, &[spec(&a, 2), spec(&b, 1)]).await.unwrap();
+    let admin = kafka_admin(&s);
+    assert!(topics::describe(&admin, &a).await.unwrap().is_some());
+
+    topics::delete(&s.kafka_brokers, &[&a, &b]).await.unwrap();
+    // The broker's metadata may trail the deletion for a moment.
+    let mut left = vec![a.clone(), b.clone()];
+    for _ in 0..50 {
+        let mut still = Vec::new();
+        for t in &left {
+            if topics::describe(&admin, t).await.unwrap().is_some() {
+                still.push(t.clone());
+            }
+        }
+        left = still;
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(left.is_empty(), "still there after delete: {left:?}");
+    // Again, and a name that never existed: a cleanup may run twice.
+    topics::delete(&s.kafka_brokers, &[&a, &unique("it-topic-never")]).await.unwrap();
+    topics::delete(&s.kafka_brokers, &[]).await.unwrap();
+}
+
+#[tokio::test]
 async fn drift_is_reported_and_left_alone() {
     let s = settings();
     let name = unique("it-topic-drift");

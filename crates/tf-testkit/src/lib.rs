@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
@@ -147,9 +147,7 @@ pub async fn create_topic(settings: &Settings, name: &str, partitions: i32) {
 
 /// Deletes test topics; failures are ignored (the topics carry unique names).
 pub async fn delete_topics(settings: &Settings, topics: &[&str]) {
-    let admin = kafka_admin(settings);
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let _ = admin.delete_topics(topics, &opts).await;
+    let _ = tf_kafka::topics::delete(&settings.kafka_brokers, topics).await;
 }
 
 /// A service binary of this workspace running against the stack; killed when dropped.
