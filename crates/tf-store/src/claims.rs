@@ -12,7 +12,7 @@
 //! claim retention; the claim row itself (its generation counter) is kept as long as the runs
 //! table, so a workflow id is never used twice.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
@@ -59,22 +59,64 @@ pub async fn resolve_generations(pool: &PgPool, requests: &[ClaimRequest<'_>]) -
 /// batch after batch (the router's claim batcher): taking a connection from the pool for each
 /// call costs a ping round trip (the pool tests a connection before lending it) and the pool's
 /// bookkeeping, on both sides. A connection that failed is dropped; the next call takes another.
+///
+/// A connection that sat idle, or was held for long, goes back to the pool before the next
+/// call: proxies and firewalls close idle connections (PgBouncer, cloud load balancers), and
+/// the pool tests a connection before lending it and retires it at its maximum lifetime, so a
+/// quiet router's next batch does not pay a failure for a connection killed meanwhile.
 pub struct HeldConnection {
     pool: PgPool,
-    held: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    held: Option<Held>,
+    limits: HoldLimits,
+}
+
+struct Held {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    since: Instant,
+    last_used: Instant,
+}
+
+/// How long a [`HeldConnection`] keeps its connection.
+#[derive(Debug, Clone, Copy)]
+pub struct HoldLimits {
+    /// Idle longer than this, it goes back to the pool.
+    pub idle: Duration,
+    /// Held longer than this, it goes back to the pool (which then applies its lifetime).
+    pub total: Duration,
+}
+
+impl Default for HoldLimits {
+    /// Far below the idle timeouts of common proxies and load balancers (minutes); a busy
+    /// router pays one pool round trip every five minutes for it.
+    fn default() -> HoldLimits {
+        HoldLimits { idle: Duration::from_secs(30), total: Duration::from_secs(300) }
+    }
 }
 
 impl HeldConnection {
     pub fn new(pool: PgPool) -> HeldConnection {
-        HeldConnection { pool, held: None }
+        HeldConnection::with_limits(pool, HoldLimits::default())
+    }
+
+    pub fn with_limits(pool: PgPool, limits: HoldLimits) -> HeldConnection {
+        HeldConnection { pool, held: None, limits }
     }
 
     pub async fn resolve_generations(&mut self, requests: &[ClaimRequest<'_>]) -> Result<Vec<Generation>, StoreError> {
-        let conn = match &mut self.held {
-            Some(conn) => conn,
-            held => held.insert(self.pool.acquire().await?),
+        let now = Instant::now();
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|h| now.duration_since(h.last_used) > self.limits.idle || now.duration_since(h.since) > self.limits.total)
+        {
+            self.held = None;
+        }
+        let held = match &mut self.held {
+            Some(held) => held,
+            slot => slot.insert(Held { conn: self.pool.acquire().await?, since: now, last_used: now }),
         };
-        let result = resolve_generations_in(conn, requests).await;
+        let result = resolve_generations_in(&mut held.conn, requests).await;
+        held.last_used = Instant::now();
         if result.as_ref().is_err_and(StoreError::is_transient) {
             self.held = None;
         }

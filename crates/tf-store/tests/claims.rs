@@ -164,3 +164,30 @@ async fn a_held_connection_outlives_a_refused_key_and_is_replaced_once_it_breaks
     let now: Vec<i32> = backend().fetch_all(&pool).await.unwrap();
     assert!(now.len() == 1 && now != first, "a new backend: {now:?} after {first:?}");
 }
+
+#[tokio::test]
+async fn a_held_connection_idle_past_its_limit_goes_back_to_the_pool_so_a_killed_one_costs_no_failure() {
+    let (_db, pool) = FreshDatabase::migrated(&settings()).await;
+    let limits = tf_store::claims::HoldLimits { idle: Duration::from_millis(500), total: Duration::from_secs(3600) };
+    let mut held = tf_store::claims::HeldConnection::with_limits(pool.clone(), limits);
+    assert_eq!(held.resolve_generations(&[req("a", 1)]).await.unwrap()[0].generation, 1);
+    let backend = || {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%tf_resolve_generations%' AND pid <> pg_backend_pid()",
+        )
+    };
+    let first: Vec<i32> = backend().fetch_all(&pool).await.unwrap();
+    assert_eq!(first.len(), 1, "{first:?}");
+    // Within the limit it is kept: the same backend.
+    held.resolve_generations(&[req("a", 2)]).await.unwrap();
+    assert_eq!(backend().fetch_all(&pool).await.unwrap(), first);
+    // Killed while idle (a proxy's idle timeout), then idle past the limit: the next call goes
+    // through the pool, whose test before lending finds the dead connection and opens another,
+    // so the call succeeds where a kept connection would fail once.
+    sqlx::query("SELECT pg_terminate_backend($1)").bind(first[0]).execute(&pool).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let g = held.resolve_generations(&[req("b", 1)]).await.expect("no failure after an idle kill");
+    assert_eq!((g[0].generation, g[0].created), (1, true));
+    let now: Vec<i32> = backend().fetch_all(&pool).await.unwrap();
+    assert!(now.len() == 1 && now != first, "a new backend: {now:?} after {first:?}");
+}
