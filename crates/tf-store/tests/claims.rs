@@ -138,22 +138,27 @@ async fn a_key_postgres_cannot_store_fails_alone_and_says_so() {
     assert!(!err.is_transient(), "refused for good: {err}");
 }
 
+/// The backends that last ran a claim statement (other than this query's own).
+async fn claim_backends(pool: &sqlx::PgPool) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%tf_resolve_generations%' AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_held_connection_outlives_a_refused_key_and_is_replaced_once_it_breaks() {
     let (_db, pool) = FreshDatabase::migrated(&settings()).await;
     let mut held = tf_store::claims::HeldConnection::new(pool.clone());
     assert_eq!(held.resolve_generations(&[req("a", 1)]).await.unwrap()[0].generation, 1);
-    let backend = || {
-        sqlx::query_scalar::<_, i32>(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%tf_resolve_generations%' AND pid <> pg_backend_pid()",
-        )
-    };
-    let first: Vec<i32> = backend().fetch_all(&pool).await.unwrap();
+    let first: Vec<i32> = claim_backends(&pool).await;
     assert_eq!(first.len(), 1, "one backend served the claim: {first:?}");
     // A refused request is the request's fault: the connection stays.
     assert!(!held.resolve_generations(&[req("nul\0key", 1)]).await.unwrap_err().is_transient());
     assert_eq!(held.resolve_generations(&[req("a", 2)]).await.unwrap()[0].generation, 1);
-    assert_eq!(backend().fetch_all(&pool).await.unwrap(), first, "the same backend, not one per call");
+    assert_eq!(claim_backends(&pool).await, first, "the same backend, not one per call");
     // Its backend killed (a PostgreSQL restart, a proxy's idle timeout): one transient failure,
     // then a fresh connection.
     sqlx::query("SELECT pg_terminate_backend($1)").bind(first[0]).execute(&pool).await.unwrap();
@@ -161,7 +166,7 @@ async fn a_held_connection_outlives_a_refused_key_and_is_replaced_once_it_breaks
     assert!(err.is_transient(), "{err}");
     let g = held.resolve_generations(&[req("b", 1)]).await.unwrap();
     assert_eq!((g[0].generation, g[0].created), (1, true), "the failed call changed nothing");
-    let now: Vec<i32> = backend().fetch_all(&pool).await.unwrap();
+    let now: Vec<i32> = claim_backends(&pool).await;
     assert!(now.len() == 1 && now != first, "a new backend: {now:?} after {first:?}");
 }
 
@@ -171,16 +176,11 @@ async fn a_held_connection_idle_past_its_limit_goes_back_to_the_pool_so_a_killed
     let limits = tf_store::claims::HoldLimits { idle: Duration::from_millis(500), total: Duration::from_secs(3600) };
     let mut held = tf_store::claims::HeldConnection::with_limits(pool.clone(), limits);
     assert_eq!(held.resolve_generations(&[req("a", 1)]).await.unwrap()[0].generation, 1);
-    let backend = || {
-        sqlx::query_scalar::<_, i32>(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%tf_resolve_generations%' AND pid <> pg_backend_pid()",
-        )
-    };
-    let first: Vec<i32> = backend().fetch_all(&pool).await.unwrap();
+    let first: Vec<i32> = claim_backends(&pool).await;
     assert_eq!(first.len(), 1, "{first:?}");
     // Within the limit it is kept: the same backend.
     held.resolve_generations(&[req("a", 2)]).await.unwrap();
-    assert_eq!(backend().fetch_all(&pool).await.unwrap(), first);
+    assert_eq!(claim_backends(&pool).await, first);
     // Killed while idle (a proxy's idle timeout), then idle past the limit: the next call goes
     // through the pool, whose test before lending finds the dead connection and opens another,
     // so the call succeeds where a kept connection would fail once.
@@ -188,6 +188,6 @@ async fn a_held_connection_idle_past_its_limit_goes_back_to_the_pool_so_a_killed
     tokio::time::sleep(Duration::from_millis(700)).await;
     let g = held.resolve_generations(&[req("b", 1)]).await.expect("no failure after an idle kill");
     assert_eq!((g[0].generation, g[0].created), (1, true));
-    let now: Vec<i32> = backend().fetch_all(&pool).await.unwrap();
+    let now: Vec<i32> = claim_backends(&pool).await;
     assert!(now.len() == 1 && now != first, "a new backend: {now:?} after {first:?}");
 }
