@@ -37,8 +37,8 @@ impl Made {
         parts.join(" and ")
     }
 
-    /// Retires the definitions first, so the router stops reading the topics before they go.
-    /// A failure here is reported, not returned: the figures were printed already.
+    /// After a run: removes what it made when it succeeded, unless `keep`. A failure here is
+    /// reported, not returned: the figures were printed already.
     pub async fn clean_up(self, settings: &Settings, succeeded: bool, keep: bool) {
         if self.is_empty() {
             return;
@@ -48,16 +48,28 @@ impl Made {
             println!("kept {} ({why})", self.described());
             return;
         }
+        self.remove(settings).await;
+    }
+
+    /// Retires the definitions first, so the router stops reading the topics before they go,
+    /// then deletes the topics. Says what it removed and what it could not; true when all went.
+    pub async fn remove(self, settings: &Settings) -> bool {
         let described = self.described();
+        let mut all = true;
         for (id, pool) in &self.definitions {
             if let Err(e) = tf_store::definitions::retire(pool, id).await {
                 eprintln!("could not retire definition {id}: {e} (remove it with `tf definitions delete {id}`)");
+                all = false;
             }
         }
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        match tf_kafka::topics::delete(&settings.kafka_brokers, &topics).await {
-            Ok(()) => println!("removed {described} (--keep keeps them)"),
-            Err(e) => eprintln!("could not delete the load test's topics {}: {e}", topics.join(", ")),
+        if let Err(e) = tf_kafka::topics::delete(&settings.kafka_brokers, &topics).await {
+            eprintln!("could not delete the load test's topics {}: {e}", topics.join(", "));
+            all = false;
         }
+        if all {
+            println!("removed {described}");
+        }
+        all
     }
 }

@@ -80,8 +80,8 @@ struct Cli {
     /// Send at this many events/s (each event at its own moment) instead of all at once.
     #[arg(long)]
     rate: Option<f64>,
-    /// Keep the topics and the definition the run made (removed after a successful run,
-    /// kept after a failed one).
+    /// Keep the topics and the definition a run makes (the burst, `steady`, `peer`, `chaos`):
+    /// by default they are removed after a successful run and kept after a failed one.
     #[arg(long, global = true)]
     keep: bool,
 }
@@ -109,10 +109,14 @@ enum Command {
     /// cost a start Temporal refuses): the plain client the router's duplicate figure is
     /// compared with.
     Peer(peer::PeerArgs),
+    /// Remove what earlier load tests left on the stack: their topics, their definitions
+    /// (retired) and the databases failed chaos runs kept.
+    Clean(clean::CleanArgs),
 }
 
 mod bare;
 mod chaos;
+mod clean;
 mod made;
 mod peer;
 mod plot;
@@ -257,6 +261,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         Some(Command::Steady(args)) => steady::run(&cli.settings, args, &mut made).await,
         Some(Command::Bare(args)) => bare::run(&cli.settings, args).await,
         Some(Command::Peer(args)) => peer::run(&cli.settings, args, &mut made).await,
+        Some(Command::Clean(args)) => clean::run(&cli.settings, args).await,
         None => burst(&cli, &mut made).await.map(|()| std::process::ExitCode::SUCCESS),
     };
     let succeeded = matches!(outcome, Ok(code) if code == std::process::ExitCode::SUCCESS);

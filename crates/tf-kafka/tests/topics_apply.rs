@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
 use tf_kafka::topics::{self, Drift, Outcome, TopicSpec};
-use tf_testkit::{delete_topics, kafka_admin, settings, unique};
+use tf_testkit::{delete_topics, kafka_admin, settings, topic_gone, unique};
 
 fn spec(name: &str, partitions: i32) -> TopicSpec {
     TopicSpec {
@@ -45,22 +45,9 @@ async fn delete_removes_topics_and_a_missing_one_is_no_error() {
     assert!(topics::describe(&admin, &a).await.unwrap().is_some());
 
     topics::delete(&s.kafka_brokers, &[&a, &b]).await.unwrap();
-    // The broker's metadata may trail the deletion for a moment.
-    let mut left = vec![a.clone(), b.clone()];
-    for _ in 0..50 {
-        let mut still = Vec::new();
-        for t in &left {
-            if topics::describe(&admin, t).await.unwrap().is_some() {
-                still.push(t.clone());
-            }
-        }
-        left = still;
-        if left.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    for t in [&a, &b] {
+        assert!(topic_gone(&s, t).await, "{t} still there after delete");
     }
-    assert!(left.is_empty(), "still there after delete: {left:?}");
     // Again, and a name that never existed: a cleanup may run twice.
     topics::delete(&s.kafka_brokers, &[&a, &unique("it-topic-never")]).await.unwrap();
     topics::delete(&s.kafka_brokers, &[]).await.unwrap();

@@ -150,6 +150,18 @@ pub async fn delete_topics(settings: &Settings, topics: &[&str]) {
     let _ = tf_kafka::topics::delete(&settings.kafka_brokers, topics).await;
 }
 
+/// Whether `topic` is gone from the broker within 10 s (its metadata may trail a deletion).
+pub async fn topic_gone(settings: &Settings, topic: &str) -> bool {
+    let admin = kafka_admin(settings);
+    for _ in 0..50 {
+        if tf_kafka::topics::describe(&admin, topic).await.unwrap().is_none() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
 /// A service binary of this workspace running against the stack; killed when dropped.
 pub struct Service {
     child: std::process::Child,
