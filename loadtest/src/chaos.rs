@@ -157,7 +157,7 @@ impl Drop for Services {
     }
 }
 
-fn default_bin_dir() -> PathBuf {
+pub(crate) fn default_bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     // Under `cargo test` the binary sits in target/<profile>/deps.

@@ -25,9 +25,15 @@ fn made_by_a_load_test(name: &str) -> bool {
         let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
         digits > 0 && suffixes.contains(&&rest[digits..])
     };
-    [("events.loadtest-", &[""][..]), ("loadtest-sink-", &[""]), ("loadtest-peer-", &[""]), ("chaos-", &["", "-sink", "-dlq"])]
-        .iter()
-        .any(|(prefix, suffixes)| name.strip_prefix(prefix).is_some_and(|rest| nonce_then(rest, suffixes)))
+    [
+        ("events.loadtest-", &[""][..]),
+        ("compare.loadtest-", &[""]),
+        ("loadtest-sink-", &[""]),
+        ("loadtest-peer-", &[""]),
+        ("chaos-", &["", "-sink", "-dlq"]),
+    ]
+    .iter()
+    .any(|(prefix, suffixes)| name.strip_prefix(prefix).is_some_and(|rest| nonce_then(rest, suffixes)))
 }
 
 /// A definition id the burst and `steady` give theirs (`chaos` keeps its own in its database).
@@ -96,7 +102,15 @@ mod tests {
 
     #[test]
     fn only_names_this_tool_makes_are_taken() {
-        for ours in ["events.loadtest-849884", "loadtest-sink-1", "loadtest-peer-874934", "chaos-42", "chaos-42-sink", "chaos-42-dlq"] {
+        for ours in [
+            "events.loadtest-849884",
+            "compare.loadtest-7",
+            "loadtest-sink-1",
+            "loadtest-peer-874934",
+            "chaos-42",
+            "chaos-42-sink",
+            "chaos-42-dlq",
+        ] {
             assert!(made_by_a_load_test(ours), "{ours}");
         }
         for theirs in [

@@ -80,6 +80,10 @@ struct Cli {
     /// Send at this many events/s (each event at its own moment) instead of all at once.
     #[arg(long)]
     rate: Option<f64>,
+    /// The load topic is `<prefix>loadtest-<n>`: `events.` is what a router reads by default
+    /// (`compare` uses its own, which only its router reads).
+    #[arg(long, default_value = "events.")]
+    topic_prefix: String,
     /// Keep the topics and the definition a run makes (the burst, `steady`, `peer`, `chaos`):
     /// by default they are removed after a successful run and kept after a failed one.
     #[arg(long, global = true)]
@@ -112,11 +116,16 @@ enum Command {
     /// Remove what earlier load tests left on the stack: their topics, their definitions
     /// (retired) and the databases failed chaos runs kept.
     Clean(clean::CleanArgs),
+    /// The router against its baseline (`bare` or `peer`), alternated baseline, router,
+    /// router, baseline so that drift hits both alike; runs a router of its own on a topic
+    /// only it reads, and prints each run and the ratio.
+    Compare(compare::CompareArgs),
 }
 
 mod bare;
 mod chaos;
 mod clean;
+mod compare;
 mod made;
 mod peer;
 mod plot;
@@ -185,7 +194,7 @@ fn write_timeline(path: &std::path::Path, header: &str, timeline: &[(f64, i64, i
 }
 
 /// (pid, VmRSS KiB, VmHWM KiB) of every process named `tf-router` on this machine (Linux).
-fn router_memory() -> Vec<(u32, u64, u64)> {
+pub(crate) fn router_memory() -> Vec<(u32, u64, u64)> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     let kib = |status: &str, field: &str| {
         status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
@@ -262,6 +271,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         Some(Command::Bare(args)) => bare::run(&cli.settings, args).await,
         Some(Command::Peer(args)) => peer::run(&cli.settings, args, &mut made).await,
         Some(Command::Clean(args)) => clean::run(&cli.settings, args).await,
+        Some(Command::Compare(args)) => compare::run(&cli.settings, args).await,
         None => burst(&cli, &mut made).await.map(|()| std::process::ExitCode::SUCCESS),
     };
     let succeeded = matches!(outcome, Ok(code) if code == std::process::ExitCode::SUCCESS);
@@ -272,7 +282,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
 async fn burst(cli: &Cli, made: &mut made::Made) -> anyhow::Result<()> {
     let s = &cli.settings;
     let nonce = now_ms() % 10_000_000;
-    let topic = format!("events.loadtest-{nonce}");
+    let topic = format!("{}loadtest-{nonce}", cli.topic_prefix);
     let def_id = format!("loadtest-{nonce}");
     let pool = tf_store::connect(&s.database_url).await?;
 
