@@ -101,9 +101,10 @@ pub async fn run(s: &Settings, a: &CompareArgs) -> anyhow::Result<ExitCode> {
 
     let order: Vec<Side> = (0..a.rounds).flat_map(|_| [Side::Baseline, Side::Router, Side::Router, Side::Baseline]).collect();
     println!(
-        "compare: {} runs ({} rounds of {b}, router, router, {b}), {} events, {:.0} % duplicates, output in {out}",
+        "compare: {} runs ({} round{} of {b}, router, router, {b}), {} events, {:.0} % duplicates, output in {out}",
         order.len(),
         a.rounds,
+        if a.rounds == 1 { "" } else { "s" },
         a.events,
         a.duplicates * 100.0,
         b = a.baseline
