@@ -63,17 +63,19 @@ impl Browser {
         Browser { http, driver, session, _chromedriver: chromedriver_service, _profile: profile }
     }
 
-    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    /// A WebDriver command's value, or its error object.
+    async fn try_cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, Value> {
         let url = format!("{}/session/{}{path}", self.driver, self.session);
         let mut req = self.http.request(method, &url);
         if let Some(b) = body {
             req = req.json(&b);
         }
         let r: Value = req.send().await.unwrap().json().await.unwrap();
-        if r["value"]["error"].is_string() {
-            panic!("WebDriver {path}: {}", r["value"]);
-        }
-        r["value"].clone()
+        if r["value"]["error"].is_string() { Err(r["value"].clone()) } else { Ok(r["value"].clone()) }
+    }
+
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        self.try_cmd(method, path, body).await.unwrap_or_else(|e| panic!("WebDriver {path}: {e}"))
     }
 
     async fn goto(&self, url: &str) {
@@ -101,9 +103,28 @@ impl Browser {
         self.cmd(reqwest::Method::POST, &format!("/element/{e}/value"), Some(json!({ "text": text }))).await;
     }
 
+    /// The text of the element `css` finds. A page being replaced (a form's submit navigates)
+    /// can drop the element between finding and reading it, or not have it yet: then it is
+    /// looked up again.
     async fn text(&self, css: &str) -> String {
-        let e = self.find(css).await;
-        self.cmd(reqwest::Method::GET, &format!("/element/{e}/text"), None).await.as_str().unwrap_or("").to_string()
+        let mut last = Value::Null;
+        for _ in 0..50 {
+            let found = self.try_cmd(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
+            let read = match found {
+                Ok(e) => {
+                    let e = e[ELEMENT].as_str().unwrap().to_string();
+                    self.try_cmd(reqwest::Method::GET, &format!("/element/{e}/text"), None).await
+                }
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok(v) => return v.as_str().unwrap_or("").to_string(),
+                Err(e) if matches!(e["error"].as_str(), Some("stale element reference" | "no such element")) => last = e,
+                Err(e) => panic!("WebDriver text of {css}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("WebDriver text of {css}: still failing after 5 s: {last}")
     }
 
     async fn url(&self) -> String {
