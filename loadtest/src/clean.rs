@@ -3,11 +3,10 @@
 //! tool left them, and a router reads every `events.*` topic it finds.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use tf_config::Settings;
+use tf_kafka::groups::GroupError;
 
 use crate::made::Made;
 
@@ -18,23 +17,9 @@ pub struct CleanArgs {
     dry_run: bool,
 }
 
-/// Whether `name` is one this tool gives what it makes: its prefix, then the run's nonce
-/// (digits), then for chaos topics `-sink` or `-dlq`.
-fn made_by_a_load_test(name: &str) -> bool {
-    let nonce_then = |rest: &str, suffixes: &[&str]| {
-        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-        digits > 0 && suffixes.contains(&&rest[digits..])
-    };
-    [
-        ("events.loadtest-", &[""][..]),
-        ("compare.loadtest-", &[""]),
-        ("loadtest-sink-", &[""]),
-        ("loadtest-peer-", &[""]),
-        ("chaos-", &["", "-sink", "-dlq"]),
-    ]
-    .iter()
-    .any(|(prefix, suffixes)| name.strip_prefix(prefix).is_some_and(|rest| nonce_then(rest, suffixes)))
-}
+/// The names this tool gives the topics it makes: a prefix, the run's nonce (digits), and for
+/// chaos topics `-sink` or `-dlq`.
+const LOAD_TEST_TOPICS: &str = r"^(events\.loadtest-|compare\.loadtest-|loadtest-sink-|loadtest-peer-)[0-9]+$|^chaos-[0-9]+(-sink|-dlq)?$";
 
 /// A definition id the burst and `steady` give theirs (`chaos` keeps its own in its database).
 fn definition_made_by_a_load_test(id: &str) -> bool {
@@ -50,12 +35,13 @@ pub async fn run(s: &Settings, a: &CleanArgs) -> anyhow::Result<ExitCode> {
         .map(|d| d.id)
         .collect();
     let brokers = s.kafka_brokers.clone();
-    let topics: Vec<String> = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-        let consumer: BaseConsumer = tf_kafka::client_config(&brokers).create()?;
-        let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).context("listing Kafka topics")?;
-        Ok(metadata.topics().iter().map(|t| t.name().to_owned()).filter(|n| made_by_a_load_test(n)).collect())
+    // Blocking: librdkafka's metadata request.
+    let topics = tokio::task::spawn_blocking(move || match tf_kafka::groups::resolve_topics(&brokers, &[LOAD_TEST_TOPICS.to_owned()]) {
+        Err(GroupError::NoTopics(_)) => Ok(Vec::new()),
+        other => other,
     })
-    .await??;
+    .await?
+    .context("listing Kafka topics")?;
     // Kept by failed chaos runs for inspection.
     let databases: Vec<String> =
         sqlx::query_scalar(r"SELECT datname FROM pg_database WHERE datname ~ '^tf_chaos_[0-9]+$' ORDER BY datname")
@@ -102,6 +88,7 @@ mod tests {
 
     #[test]
     fn only_names_this_tool_makes_are_taken() {
+        let made_by_a_load_test = regex::Regex::new(LOAD_TEST_TOPICS).unwrap();
         for ours in [
             "events.loadtest-849884",
             "compare.loadtest-7",
@@ -111,7 +98,7 @@ mod tests {
             "chaos-42-sink",
             "chaos-42-dlq",
         ] {
-            assert!(made_by_a_load_test(ours), "{ours}");
+            assert!(made_by_a_load_test.is_match(ours), "{ours}");
         }
         for theirs in [
             "events.loadtest-",
@@ -124,8 +111,9 @@ mod tests {
             "loadtest-sink-",
             "taskfactory.results",
             "xevents.loadtest-1",
+            "eventsxloadtest-1",
         ] {
-            assert!(!made_by_a_load_test(theirs), "{theirs}");
+            assert!(!made_by_a_load_test.is_match(theirs), "{theirs}");
         }
         assert!(definition_made_by_a_load_test("loadtest-849884"));
         for theirs in ["loadtest-", "loadtest-peer-1", "order-fulfilment", "loadtest-1x"] {
