@@ -82,9 +82,14 @@ impl Browser {
         self.cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url }))).await;
     }
 
+    /// The WebDriver id of the element `css` finds, or the error.
+    async fn try_find(&self, css: &str) -> Result<String, Value> {
+        let v = self.try_cmd(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await?;
+        Ok(v[ELEMENT].as_str().unwrap().to_string())
+    }
+
     async fn find(&self, css: &str) -> String {
-        let v = self.cmd(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
-        v[ELEMENT].as_str().unwrap().to_string()
+        self.try_find(css).await.unwrap_or_else(|e| panic!("WebDriver /element {css}: {e}"))
     }
 
     async fn count(&self, css: &str) -> usize {
@@ -109,12 +114,8 @@ impl Browser {
     async fn text(&self, css: &str) -> String {
         let mut last = Value::Null;
         for _ in 0..50 {
-            let found = self.try_cmd(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
-            let read = match found {
-                Ok(e) => {
-                    let e = e[ELEMENT].as_str().unwrap().to_string();
-                    self.try_cmd(reqwest::Method::GET, &format!("/element/{e}/text"), None).await
-                }
+            let read = match self.try_find(css).await {
+                Ok(e) => self.try_cmd(reqwest::Method::GET, &format!("/element/{e}/text"), None).await,
                 Err(e) => Err(e),
             };
             match read {
