@@ -83,9 +83,13 @@ struct Done {
     took: f64,
 }
 
-struct Services {
+/// tf-router and tf-worker as this tool runs them: spawned from `bin_dir` with `env`, each
+/// with its own log file in `out`, killed when dropped.
+pub(crate) struct Services {
     bin_dir: PathBuf,
     out: PathBuf,
+    /// Starts the log files' names, so runs sharing `out` keep theirs apart.
+    log_prefix: String,
     env: Vec<(String, String)>,
     router: Option<Child>,
     worker: Option<Child>,
@@ -96,9 +100,13 @@ struct Services {
 }
 
 impl Services {
+    pub(crate) fn new(bin_dir: PathBuf, out: PathBuf, log_prefix: String, env: Vec<(String, String)>) -> Services {
+        Services { bin_dir, out, log_prefix, env, router: None, worker: None, spawned: 0, revived: Vec::new() }
+    }
+
     fn spawn(&mut self, name: &str) -> anyhow::Result<Child> {
         self.spawned += 1;
-        let log = self.out.join(format!("{name}-{}.log", self.spawned));
+        let log = self.out.join(format!("{}{name}-{}.log", self.log_prefix, self.spawned));
         let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let bin = self.bin_dir.join(name);
         Process::new(&bin)
@@ -110,7 +118,7 @@ impl Services {
             .with_context(|| format!("starting {}", bin.display()))
     }
 
-    fn restart_router(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn restart_router(&mut self) -> anyhow::Result<()> {
         if let Some(mut c) = self.router.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -128,6 +136,11 @@ impl Services {
         Ok(())
     }
 
+    /// The router's exit status, once it exited.
+    pub(crate) fn router_exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.router.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Starts again whatever exited on its own.
     fn revive(&mut self) -> anyhow::Result<()> {
         for name in ["tf-router", "tf-worker"] {
@@ -142,7 +155,7 @@ impl Services {
         Ok(())
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         for c in [self.router.take(), self.worker.take()].into_iter().flatten() {
             let mut c = c;
             let _ = c.kill();
@@ -194,37 +207,26 @@ pub async fn run(settings: &Settings, args: &ChaosArgs, made: &mut super::made::
     );
     super::apply_event_definition(&pool, &yaml).await?;
 
-    let env: Vec<(String, String)> = [
-        ("TF_KAFKA_BROKERS", settings.kafka_brokers.clone()),
-        ("TF_SCHEMA_REGISTRY_URL", settings.schema_registry_url.clone()),
-        ("TF_TEMPORAL_URL", settings.temporal_url.clone()),
-        ("TF_TEMPORAL_NAMESPACE", settings.temporal_namespace.clone()),
-        ("TF_DATABASE_URL", db_url.clone()),
-        ("TF_TASK_QUEUE", format!("chaos-{nonce}")),
-        ("TF_ROUTER_TOPICS", topic.clone()),
-        ("TF_ROUTER_GROUP", group.clone()),
-        ("TF_ROUTER_INSTANCE_ID", format!("chaos-{nonce}-router")),
-        ("TF_DLQ_TOPIC", dlq.clone()),
-        ("TF_RELAY_TRANSACTIONAL_ID", format!("chaos-{nonce}-relay")),
-        ("TF_ROUTER_METRICS_ADDR", String::new()),
-        ("TF_WORKER_METRICS_ADDR", String::new()),
-        ("TF_NO_SCHEDULER", "true".into()),
-        // The relay logs each committed batch (txid, seq, count) at debug: what a duplicate
-        // result would be traced back to.
-        ("TF_LOG", "info,tf_worker::relay=debug".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let services = Arc::new(Mutex::new(Services {
-        bin_dir: args.bin_dir.clone().unwrap_or_else(default_bin_dir),
-        out: args.out.clone(),
-        env,
-        router: None,
-        worker: None,
-        spawned: 0,
-        revived: Vec::new(),
-    }));
+    let mut env = super::connection_env(settings, &db_url);
+    env.extend(
+        [
+            ("TF_TASK_QUEUE", format!("chaos-{nonce}")),
+            ("TF_ROUTER_TOPICS", topic.clone()),
+            ("TF_ROUTER_GROUP", group.clone()),
+            ("TF_ROUTER_INSTANCE_ID", format!("chaos-{nonce}-router")),
+            ("TF_DLQ_TOPIC", dlq.clone()),
+            ("TF_RELAY_TRANSACTIONAL_ID", format!("chaos-{nonce}-relay")),
+            ("TF_ROUTER_METRICS_ADDR", String::new()),
+            ("TF_WORKER_METRICS_ADDR", String::new()),
+            ("TF_NO_SCHEDULER", "true".into()),
+            // The relay logs each committed batch (txid, seq, count) at debug: what a duplicate
+            // result would be traced back to.
+            ("TF_LOG", "info,tf_worker::relay=debug".into()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    let services =
+        Arc::new(Mutex::new(Services::new(args.bin_dir.clone().unwrap_or_else(default_bin_dir), args.out.clone(), String::new(), env)));
     {
         let mut s = services.lock().expect("services");
         s.restart_worker()?;

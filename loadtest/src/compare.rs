@@ -6,11 +6,13 @@
 //! baselines start theirs. Prints every run's figure and the ratio issue 13 asks for.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tf_config::Settings;
+
+use crate::chaos::Services;
 
 #[derive(clap::Args)]
 pub struct CompareArgs {
@@ -63,7 +65,8 @@ pub async fn run(s: &Settings, a: &CompareArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&a.out)?;
     let nonce = crate::now_ms() % 10_000_000;
     let me = std::env::current_exe().context("this binary's path")?;
-    let router_bin = a.bin_dir.clone().unwrap_or_else(crate::chaos::default_bin_dir).join("tf-router");
+    let bin_dir = a.bin_dir.clone().unwrap_or_else(crate::chaos::default_bin_dir);
+    let router_bin = bin_dir.join("tf-router");
     anyhow::ensure!(router_bin.exists(), "{} is missing (build it, or point --bin-dir / TF_BIN_DIR at it)", router_bin.display());
     let others = crate::router_memory();
     if !others.is_empty() {
@@ -78,17 +81,17 @@ pub async fn run(s: &Settings, a: &CompareArgs) -> anyhow::Result<ExitCode> {
         l.local_addr()?.to_string()
     };
     let group = format!("compare-{nonce}");
-    let router_env: Vec<(&str, String)> = vec![
-        ("TF_KAFKA_BROKERS", s.kafka_brokers.clone()),
-        ("TF_SCHEMA_REGISTRY_URL", s.schema_registry_url.clone()),
-        ("TF_TEMPORAL_URL", s.temporal_url.clone()),
-        ("TF_TEMPORAL_NAMESPACE", s.temporal_namespace.clone()),
-        ("TF_DATABASE_URL", s.database_url.clone()),
-        ("TF_TASK_QUEUE", format!("compare-{nonce}")),
-        ("TF_ROUTER_TOPICS", format!("^{}loadtest-[0-9]+$", PREFIX.replace('.', "\\."))),
-        ("TF_ROUTER_GROUP", group.clone()),
-        ("TF_ROUTER_METRICS_ADDR", metrics_addr.clone()),
-    ];
+    let mut router_env = crate::connection_env(s, &s.database_url);
+    router_env.extend(
+        [
+            ("TF_TASK_QUEUE", format!("compare-{nonce}")),
+            ("TF_ROUTER_TOPICS", format!("^{}loadtest-[0-9]+$", PREFIX.replace('.', "\\."))),
+            ("TF_ROUTER_GROUP", group.clone()),
+            ("TF_ROUTER_METRICS_ADDR", metrics_addr.clone()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    let mut router = Services::new(bin_dir, a.out.clone(), format!("compare-{nonce}-"), router_env);
     let (events, duplicates) = (a.events.to_string(), a.duplicates.to_string());
     let baseline_args: Vec<&str> = match a.baseline.as_str() {
         "bare" => vec!["bare", "--starts", &events],
@@ -125,8 +128,8 @@ pub async fn run(s: &Settings, a: &CompareArgs) -> anyhow::Result<ExitCode> {
         let report = match side {
             Side::Baseline => run_self(&me, &baseline_args)?,
             Side::Router => {
-                let mut router = Router::start(&router_bin, &router_env, &a.out.join(format!("compare-{nonce}-{n}-tf-router.log")))?;
-                router.ready(&metrics_addr).await?;
+                router.restart_router()?;
+                router_ready(&mut router, &metrics_addr).await?;
                 let report = run_self(&me, &router_args);
                 router.stop();
                 report?
@@ -190,53 +193,24 @@ fn run_self(me: &std::path::Path, args: &[&str]) -> anyhow::Result<(bool, String
     Ok((out.status.success(), text))
 }
 
-/// The router under test: one process per run, killed after it.
-struct Router(Option<Child>);
-
-impl Router {
-    fn start(bin: &std::path::Path, env: &[(&str, String)], log: &std::path::Path) -> anyhow::Result<Router> {
-        let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(bin)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        Ok(Router(Some(child)))
-    }
-
-    /// Waits for `/readyz` (connected, definitions loaded), then a moment for its group join.
-    async fn ready(&mut self, metrics_addr: &str) -> anyhow::Result<()> {
-        let url = format!("http://{metrics_addr}/readyz");
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                anyhow::bail!("tf-router exited before it was ready ({status})");
-            }
-            if client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            anyhow::ensure!(Instant::now() < deadline, "tf-router was not ready within 60 s ({url})");
-            tokio::time::sleep(Duration::from_millis(250)).await;
+/// Waits for the router's `/readyz` (connected, definitions loaded), then a moment for its
+/// group join.
+async fn router_ready(router: &mut Services, metrics_addr: &str) -> anyhow::Result<()> {
+    let url = format!("http://{metrics_addr}/readyz");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = router.router_exited() {
+            anyhow::bail!("tf-router exited before it was ready ({status})");
         }
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        Ok(())
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+            break;
         }
+        anyhow::ensure!(Instant::now() < deadline, "tf-router was not ready within 60 s ({url})");
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Ok(())
 }
 
 #[cfg(test)]

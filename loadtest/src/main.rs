@@ -147,6 +147,20 @@ async fn apply_event_definition(pool: &tf_store::PgPool, yaml: &str) -> anyhow::
     Ok(())
 }
 
+/// The connection settings for a service this tool starts, as the services read them, with
+/// the database it is to use.
+fn connection_env(s: &Settings, database_url: &str) -> Vec<(String, String)> {
+    [
+        ("TF_KAFKA_BROKERS", s.kafka_brokers.as_str()),
+        ("TF_SCHEMA_REGISTRY_URL", s.schema_registry_url.as_str()),
+        ("TF_TEMPORAL_URL", s.temporal_url.as_str()),
+        ("TF_TEMPORAL_NAMESPACE", s.temporal_namespace.as_str()),
+        ("TF_DATABASE_URL", database_url),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .into()
+}
+
 /// A topic of the load test's own: one replica, kept for `retention` unless the run removes it
 /// (`made`).
 fn load_topic(name: &str, partitions: i32, retention: Duration) -> tf_kafka::topics::TopicSpec {
