@@ -96,9 +96,31 @@ pub fn valid_event_time(ms: i64) -> bool {
     (0..=253_402_300_799_999).contains(&ms)
 }
 
+/// How old an event may be, by its event time, and still be routed. A generation lives at least
+/// [`CLAIM_RETENTION`] after it was opened, and an event is routed no earlier than its event
+/// time, so a repeat of any event younger than the retention still finds its window. Older
+/// events might not (their window may have expired): the router dead-letters them instead of
+/// risking a second run. A day short of the retention leaves room for clock skew between the
+/// router and PostgreSQL and for the hourly expiry.
+pub const REPLAY_HORIZON: Duration = Duration::from_secs(CLAIM_RETENTION.as_secs() - 24 * 3600);
+
+/// Whether an event dated `event_ms` is within the replay horizon at `now_ms`.
+pub fn within_replay_horizon(event_ms: i64, now_ms: i64) -> bool {
+    event_ms >= now_ms - REPLAY_HORIZON.as_millis() as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_replay_horizon_is_inside_the_claim_retention() {
+        let now = 100 * 24 * 3600 * 1000;
+        let day = 24 * 3600 * 1000;
+        assert!(within_replay_horizon(now, now) && within_replay_horizon(now - 28 * day, now));
+        assert!(!within_replay_horizon(now - 29 * day - 1, now) && !within_replay_horizon(now - 40 * day, now));
+        assert!(REPLAY_HORIZON < CLAIM_RETENTION);
+    }
 
     #[test]
     fn keys_every_store_accepts() {

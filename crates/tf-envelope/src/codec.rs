@@ -10,6 +10,7 @@ use apache_avro::types::Value;
 use apache_avro::{Schema, from_avro_datum, to_avro_datum};
 
 use crate::event::{EnvelopeError, Event};
+use crate::limits::DecodeLimits;
 use crate::registry::{Registry, RegistryError};
 use crate::wire::{self, WireError};
 use crate::{ENVELOPE_FULL_NAME, ENVELOPE_SCHEMA};
@@ -34,6 +35,8 @@ pub enum DecodeError {
     Registry(RegistryError),
     #[error("Avro body does not decode with writer schema id {schema_id}: {reason}")]
     Body { schema_id: u32, reason: String },
+    #[error("Avro body of writer schema id {schema_id} refused before decoding: {source}")]
+    OverLimit { schema_id: u32, source: crate::limits::LimitError },
     #[error("{extra} bytes left over after the Avro body of schema id {schema_id}")]
     TrailingBytes { schema_id: u32, extra: usize },
     #[error("schema id {schema_id}: {source}")]
@@ -60,6 +63,7 @@ impl DecodeError {
             DecodeError::Wire(_) => "NotWireFormat",
             DecodeError::UnknownSchemaId(_) => "UnknownSchemaId",
             DecodeError::Body { .. } | DecodeError::TrailingBytes { .. } => "AvroDecodeError",
+            DecodeError::OverLimit { .. } => "DecodeLimitExceeded",
             DecodeError::Envelope { .. } => "InvalidEnvelope",
             DecodeError::Registry(_) => "RegistryError",
             DecodeError::WrongSubject { .. } => "WrongSubject",
@@ -174,8 +178,10 @@ pub fn bound_decoding(max_record_bytes: usize) -> usize {
 }
 
 /// Decodes an Avro body written with `schema` (registry id `schema_id`): an envelope when the
-/// schema is the envelope's, any other record as JSON.
+/// schema is the envelope's, any other record as JSON. Every reader of untrusted bytes comes
+/// through here, so the [`DecodeLimits`] hold for all of them.
 pub fn decode_body(schema_id: u32, schema: &Schema, mut body: &[u8]) -> Result<Decoded, DecodeError> {
+    crate::limits::check(schema, body, DecodeLimits::default()).map_err(|source| DecodeError::OverLimit { schema_id, source })?;
     let value = from_avro_datum(schema, &mut body, None).map_err(|e| DecodeError::Body { schema_id, reason: e.to_string() })?;
     if !body.is_empty() {
         // A body longer than its schema says is a framing or schema-id mix-up, not data.

@@ -4,12 +4,14 @@
 pub mod codec;
 pub mod event;
 pub mod json;
+pub mod limits;
 pub mod registry;
 pub mod result;
 pub mod wire;
 
 pub use codec::{Codec, DecodeError, Decoded, EncodeError, bound_decoding, decode_body};
 pub use event::{EnvelopeError, Event, Timestamp};
+pub use limits::{DecodeLimits, LimitError};
 pub use registry::{Registry, RegistryError};
 pub use result::{NotASymbol, TaskResult};
 pub use wire::WireError;

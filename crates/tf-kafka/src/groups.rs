@@ -31,16 +31,9 @@ fn consumer(brokers: &str, group: &str) -> Result<BaseConsumer, GroupError> {
 pub fn resolve_topics(brokers: &str, patterns: &[String]) -> Result<Vec<String>, GroupError> {
     let c = consumer(brokers, "taskfactory-cli")?;
     let md = c.fetch_metadata(None, TIMEOUT)?;
-    let mut regexes = Vec::new();
-    for p in patterns.iter().filter(|p| p.starts_with('^')) {
-        regexes.push(regex::Regex::new(p).map_err(|e| GroupError::Pattern { pattern: p.clone(), reason: e.to_string() })?);
-    }
-    let mut out: Vec<String> = md
-        .topics()
-        .iter()
-        .map(|t| t.name().to_string())
-        .filter(|name| patterns.iter().any(|p| p == name) || regexes.iter().any(|r| r.is_match(name)))
-        .collect();
+    let subscription =
+        crate::subscription::Subscription::parse(patterns).map_err(|e| GroupError::Pattern { pattern: e.pattern, reason: e.reason })?;
+    let mut out: Vec<String> = md.topics().iter().map(|t| t.name().to_string()).filter(|name| subscription.matches(name)).collect();
     out.sort();
     if out.is_empty() {
         return Err(GroupError::NoTopics(patterns.to_vec()));

@@ -1,6 +1,8 @@
 //! Kafka helpers shared by the CLI and the services.
 
+pub mod dlq;
 pub mod groups;
+pub mod subscription;
 pub mod topics;
 
 use std::sync::OnceLock;

@@ -8,8 +8,8 @@
 //! an event older than existing windows ends where the next window starts, so windows of one key
 //! never overlap.
 //!
-//! Generations are deleted [`expire_generations`] after their window ended by more than the
-//! claim retention; the claim row itself (its generation counter) is kept as long as the runs
+//! Generations are deleted [`expire_generations`] once both their window ended and they were
+//! opened more than the claim retention ago; the claim row itself (its generation counter) is kept as long as the runs
 //! table, so a workflow id is never used twice.
 
 use std::time::{Duration, Instant};
@@ -161,11 +161,18 @@ pub async fn resolve_generations_in(conn: &mut sqlx::PgConnection, requests: &[C
         .collect())
 }
 
-/// Deletes generations whose window ended more than `retention` ago; returns how many.
+/// Deletes generations whose window ended more than `retention` ago and which were opened more
+/// than `retention` ago; returns how many. The second condition is what keeps an old-dated
+/// event's window: its window ended long ago in event time, but a repeat of the event routed
+/// minutes later must still find it. So a generation lives at least `created_at + retention`,
+/// and the router refuses events older than the replay horizon, whose generation may be gone.
 pub async fn expire_generations(pool: &PgPool, retention: Duration) -> Result<u64, StoreError> {
-    Ok(sqlx::query("DELETE FROM dedupe_generations WHERE window_end < now() - make_interval(secs => $1)")
-        .bind(retention.as_secs_f64())
-        .execute(pool)
-        .await?
-        .rows_affected())
+    Ok(sqlx::query(
+        "DELETE FROM dedupe_generations
+         WHERE window_end < now() - make_interval(secs => $1) AND created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(retention.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected())
 }

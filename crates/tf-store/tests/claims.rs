@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tf_store::claims::{ClaimRequest, Generation, resolve_generations};
+use tf_store::claims::{ClaimRequest, Generation, expire_generations, resolve_generations};
 use tf_testkit::{FreshDatabase, settings};
 
 const W: Duration = Duration::from_secs(10);
@@ -37,6 +37,27 @@ async fn windows_start_at_the_first_event_and_end_after_the_window() {
     assert_eq!(one(&pool, "other", 100).await.generation, 1);
     let other_def = ClaimRequest { definition_id: "d2", ..req("k", 100) };
     assert_eq!(resolve_generations(&pool, &[other_def]).await.unwrap()[0].generation, 1);
+}
+
+#[tokio::test]
+async fn an_old_dated_window_outlives_expiry_for_the_claim_retention_after_it_was_opened() {
+    let (_db, pool) = FreshDatabase::migrated(&settings()).await;
+    // Issue 26: two events of one key, dated 40 days ago, with the worker's expiry run between
+    // them. The window ended 40 days ago in event time but was opened just now.
+    let forty_days_ago = now_secs() - 40 * 24 * 3600;
+    let first = one(&pool, "old", forty_days_ago).await;
+    assert_eq!((first.generation, first.created), (1, true));
+    let retention = tf_definitions::dedupe::CLAIM_RETENTION;
+    assert_eq!(expire_generations(&pool, retention).await.unwrap(), 0, "a window opened now is kept for the retention");
+    let again = one(&pool, "old", forty_days_ago + 5).await;
+    assert_eq!((again.generation, again.created), (1, false), "one run per window");
+    // Once it was opened more than the retention ago too, it goes.
+    sqlx::query("UPDATE dedupe_generations SET created_at = now() - interval '31 days'").execute(&pool).await.unwrap();
+    assert_eq!(expire_generations(&pool, retention).await.unwrap(), 1);
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 #[tokio::test]

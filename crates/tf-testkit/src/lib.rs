@@ -313,6 +313,23 @@ pub fn headers(m: &impl Message) -> std::collections::HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// A process's peak resident set (`VmHWM`), in bytes: what a hostile input made it hold at most.
+pub fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is alive");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kb * 1024
+}
+
+/// The records on a topic's partition so far (its high watermark).
+pub fn high_watermark(settings: &Settings, topic: &str, partition: i32) -> i64 {
+    let c: rdkafka::consumer::BaseConsumer = tf_kafka::client_config(&settings.kafka_brokers).create().expect("consumer");
+    c.fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks").1
+}
+
 /// A loopback address with a port nobody listens on right now.
 pub fn free_local_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");

@@ -12,6 +12,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tf_kafka::dlq;
 
 use crate::AppState;
 use crate::auth::Scope;
@@ -19,8 +20,6 @@ use crate::error::ApiError;
 
 /// The most DLQ records one request reads.
 const SCAN_MAX: usize = 10_000;
-/// Marks a record sent back from the DLQ: `<dlq topic>@<partition>:<offset>`.
-pub const REDRIVE_HEADER: &str = "taskfactory.redrive";
 
 /// One record of the DLQ as read.
 struct DeadLetter {
@@ -34,16 +33,16 @@ struct DeadLetter {
 
 impl DeadLetter {
     fn header(&self, name: &str) -> Option<String> {
-        self.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.as_deref()).map(|v| String::from_utf8_lossy(v).into_owned())
+        dlq::last(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())), name)
     }
 
     fn source_topic(&self) -> Option<String> {
-        self.header("__connect.errors.topic")
+        self.header(dlq::TOPIC)
     }
 
     fn matches(&self, f: &Filter) -> bool {
         f.topic.as_ref().is_none_or(|t| self.source_topic().as_ref() == Some(t))
-            && f.stage.as_ref().is_none_or(|s| self.header("__connect.errors.stage").as_ref() == Some(s))
+            && f.stage.as_ref().is_none_or(|s| self.header(dlq::STAGE).as_ref() == Some(s))
     }
 }
 
@@ -124,18 +123,18 @@ async fn describe(state: &AppState, d: &DeadLetter) -> Result<Value, ApiError> {
         Ok(tf_envelope::Decoded::Record { value, full_name, .. }) => (json!({"record": full_name, "value": value}), None),
         Err(e) => (Value::Null, Some(e.to_string())),
     };
-    let source_partition = d.header("__connect.errors.partition").and_then(|p| p.parse::<i64>().ok());
-    let source_offset = d.header("__connect.errors.offset").and_then(|p| p.parse::<i64>().ok());
+    let source_partition = d.header(dlq::PARTITION).and_then(|p| p.parse::<i64>().ok());
+    let source_offset = d.header(dlq::OFFSET).and_then(|p| p.parse::<i64>().ok());
     Ok(json!({
         "partition": d.partition,
         "offset": d.offset,
         "timestamp_ms": d.timestamp_ms,
         "key": d.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
-        "stage": d.header("__connect.errors.stage"),
-        "reason": d.header("__connect.errors.exception.message"),
-        "class": d.header("__connect.errors.exception.class.name"),
+        "stage": d.header(dlq::STAGE),
+        "reason": d.header(dlq::MESSAGE),
+        "class": d.header(dlq::CLASS),
         "source": {"topic": d.source_topic(), "partition": source_partition, "offset": source_offset},
-        "truncated": d.header("__taskfactory.errors.truncated"),
+        "truncated": d.header(dlq::TRUNCATED),
         "bytes": d.value.len(),
         "event": event,
         "decode_error": decode_error,
@@ -212,7 +211,13 @@ pub async fn redrive(
             skipped.push(json!({"dead_letter": at, "reason": "no __connect.errors.topic header: not written by the router"}));
             continue;
         };
-        if let Some(note) = d.header("__taskfactory.errors.truncated") {
+        // Only a topic the router reads: anything else would let a dead letter's headers pick
+        // where tf-api writes (the results topic, the relay's marker).
+        if !state.router_topics.matches(&target) {
+            skipped.push(json!({"dead_letter": at, "reason": format!("source topic {target} is not one the router reads ({})", state.router_topics.patterns().join(", "))}));
+            continue;
+        }
+        if let Some(note) = d.header(dlq::TRUNCATED) {
             skipped.push(json!({"dead_letter": at, "reason": format!("truncated in the DLQ, the original is gone: {note}")}));
             continue;
         }
@@ -224,10 +229,10 @@ pub async fn redrive(
         }
         let marker = format!("{}@{}:{}", state.dlq_topic, d.partition, d.offset);
         let mut hs = OwnedHeaders::new();
-        for (k, v) in d.headers.iter().filter(|(k, _)| !k.starts_with("__connect.") && !k.starts_with("__taskfactory.")) {
+        for (k, v) in d.headers.iter().filter(|(k, _)| !dlq::is_reserved(k)) {
             hs = hs.insert(Header { key: k, value: v.as_deref() });
         }
-        hs = hs.insert(Header { key: REDRIVE_HEADER, value: Some(marker.as_str()) });
+        hs = hs.insert(Header { key: dlq::REDRIVE, value: Some(marker.as_str()) });
         let mut record = FutureRecord::to(&target).payload(&d.value).headers(hs);
         if let Some(k) = &d.key {
             record = record.key(k);

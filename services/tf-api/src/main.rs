@@ -96,6 +96,8 @@ pub struct AppState {
     /// The router group's lag over the last hour, for the console.
     pub lag: Arc<ui::lag::LagHistory>,
     pub router_group: String,
+    /// The topics the router reads: the only ones a redrive writes to.
+    pub router_topics: Arc<tf_kafka::subscription::Subscription>,
     pub lag_every: std::time::Duration,
     /// Topics known to take envelopes (their subject has the envelope schema).
     envelope_topics: Arc<Mutex<HashSet<String>>>,
@@ -217,6 +219,7 @@ async fn main() -> anyhow::Result<()> {
         envelope_topics: Arc::default(),
         lag: Arc::default(),
         router_group: cli.router_group.clone(),
+        router_topics: Arc::new(tf_kafka::subscription::Subscription::parse(&cli.router_topics).context("TF_ROUTER_TOPICS")?),
         lag_every: std::time::Duration::from_millis(cli.lag_sample_ms.max(100)),
     };
     tokio::spawn(ui::lag::sample(

@@ -774,6 +774,97 @@ async fn a_dead_letter_is_browsed_and_redriven_once_after_its_definition_is_fixe
     assert_eq!(runs().await, ["o-bad", "o-ok"], "one run per order, however often it was redriven");
 }
 
+/// Avro's zig-zag varint.
+fn avro_long(n: i64) -> Vec<u8> {
+    let mut z = ((n << 1) ^ (n >> 63)) as u64;
+    let mut out = Vec::new();
+    while z >= 0x80 {
+        out.push((z as u8 & 0x7f) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+    out
+}
+
+#[tokio::test]
+async fn hostile_dead_letters_neither_crash_the_browser_nor_choose_where_a_redrive_writes() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let s = settings();
+    let (db, _pool) = FreshDatabase::migrated(&s).await;
+    let source = unique("events.it-hostile");
+    let (dlq, sink) = (unique("it-api-dlq"), unique("it-api-sink"));
+    for t in [&source, &dlq, &sink] {
+        create_topic(&s, t, 1).await;
+    }
+    // Writer schemas a hostile producer registers: a count prefix of half a billion records
+    // (the 94-byte record that aborted tf-api), and zero-width items (40 blocks of 10^6 nulls).
+    let registry = std::sync::Arc::new(tf_envelope::Registry::new(&s.schema_registry_url));
+    let records = r#"{"type": "array", "items": {"type": "record", "name": "R", "fields": [{"name": "a", "type": "string"}]}}"#;
+    let records_id = registry.register(&format!("{source}-records-value"), records).await.unwrap();
+    let nulls_id = registry.register(&format!("{source}-nulls-value"), r#"{"type": "array", "items": "null"}"#).await.unwrap();
+    let count_prefix = tf_envelope::wire::frame(records_id, &[avro_long(500_000_000), vec![0]].concat());
+    let zero_width = tf_envelope::wire::frame(nulls_id, &(0..40).flat_map(|_| avro_long(1_000_000)).chain([0]).collect::<Vec<u8>>());
+
+    let producer: FutureProducer = tf_kafka::client_config(&s.kafka_brokers).create().unwrap();
+    let put = |key: &'static str, value: Vec<u8>, topics: Vec<String>| {
+        let (producer, dlq) = (producer.clone(), dlq.clone());
+        async move {
+            let mut hs = OwnedHeaders::new().insert(Header { key: "__connect.errors.stage", value: Some("decode") });
+            // A dead letter written before the router dropped producers' reserved headers: the
+            // producer's copy first, the router's after it.
+            for t in &topics {
+                hs = hs.insert(Header { key: "__connect.errors.topic", value: Some(t.as_str()) });
+            }
+            let record = FutureRecord::to(&dlq).key(key).payload(&value).headers(hs);
+            producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+        }
+    };
+    put("count-prefix", count_prefix, vec![source.clone()]).await;
+    put("zero-width", zero_width, vec![source.clone()]).await;
+    put("forged-first", b"x".to_vec(), vec![sink.clone(), source.clone()]).await;
+    put("outside", b"y".to_vec(), vec![sink.clone()]).await;
+
+    let addr = tf_testkit::free_local_addr();
+    let service = Service::spawn(
+        env!("CARGO_BIN_EXE_tf-api"),
+        &unique("tf-api"),
+        &[
+            ("TF_DATABASE_URL", &db.url),
+            ("TF_API_ADDR", &addr),
+            ("TF_API_METRICS_ADDR", ""),
+            ("TF_DLQ_TOPIC", &dlq),
+            ("TF_API_TOKEN__ADMIN", &format!("read,write,ingest,tasks:{}", sha256(ADMIN))),
+        ],
+    );
+    let api =
+        Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service, metrics: String::new(), doc: Default::default() };
+    api.ready().await;
+    for _ in 0..2 {
+        let (status, body) = api.call("GET", "/dead-letters", Some(ADMIN), None, None).await;
+        assert_eq!(status, 200, "{body}\n{}", api.service.log());
+        let letters = body["dead_letters"].as_array().unwrap();
+        assert_eq!(letters.len(), 4, "{body}");
+        for d in &letters[..2] {
+            assert!(d["decode_error"].as_str().unwrap().contains("decode limit"), "{d}");
+        }
+        assert_eq!(letters[2]["source"]["topic"], source.as_str(), "the router's header, written last, is the one read");
+    }
+    let peak = tf_testkit::peak_rss_bytes(api.service.pid());
+    println!("HOSTILE FIGURES: tf-api peak RSS {} MiB after browsing hostile dead letters twice", peak >> 20);
+    assert!(peak < 256 << 20, "tf-api peak RSS {peak} bytes");
+
+    let all = json!({"records": [{"partition": 0, "offset": 2}, {"partition": 0, "offset": 3}]}).to_string();
+    let (status, body) = api.call("POST", "/dead-letters/redrive", Some(ADMIN), None, Some(all)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["redriven"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(body["redriven"][0]["topic"], source.as_str(), "{body}");
+    assert!(body["skipped"][0]["reason"].as_str().unwrap().contains("not one the router reads"), "{body}");
+    assert_eq!(tf_testkit::high_watermark(&s, &sink, 0), 0, "nothing was written where the dead letter pointed");
+    assert_eq!(tf_testkit::high_watermark(&s, &source, 0), 1);
+    tf_testkit::delete_topics(&s, &[&source, &dlq, &sink]).await;
+}
+
 #[tokio::test]
 async fn a_human_task_that_nobody_decides_times_out_into_its_default_or_a_failure() {
     let s = settings();

@@ -84,6 +84,14 @@ async fn decode(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>) -> Optio
         }
         Decoded::Record { .. } => kafka_time.unwrap_or_else(now_ms),
     };
+    if !tf_definitions::dedupe::within_replay_horizon(event_time_ms, now_ms()) {
+        let horizon_days = tf_definitions::dedupe::REPLAY_HORIZON.as_secs() / 86_400;
+        let message = format!(
+            "event time {event_time_ms} ms is more than {horizon_days} days ago, past the replay horizon: its dedupe window may have expired, so a run could repeat one that already happened"
+        );
+        dead_letter(shared, msg, DeadLetter { stage: "event-time", class: "BeyondReplayHorizon", message }).await;
+        return None;
+    }
     match decoded.into_event_json(at.topic, at.partition, at.offset, msg.timestamp().to_millis()) {
         Ok(event) => Some((event, event_time_ms)),
         Err(e) => {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
+use tf_kafka::dlq;
 
 use crate::Shared;
 use crate::dispatch::retry;
@@ -89,20 +90,22 @@ fn dead_letter_headers(msg: &OwnedMessage, why: &DeadLetter, shape: &DeadLetterS
     if shape.original_headers
         && let Some(original) = msg.headers()
     {
-        for h in original.iter() {
+        // The router owns these namespaces: a producer's `__connect.errors.topic` would otherwise
+        // choose where a redrive writes.
+        for h in original.iter().filter(|h| !dlq::is_reserved(h.key)) {
             headers = headers.insert(Header { key: h.key, value: h.value });
         }
     }
     // Reasons can quote the event; keep the header small.
     let message: String = why.message.chars().take(4000).collect();
     for (key, value) in [
-        ("__connect.errors.topic", msg.topic()),
-        ("__connect.errors.partition", partition.as_str()),
-        ("__connect.errors.offset", offset.as_str()),
-        ("__connect.errors.connector.name", "taskfactory-router"),
-        ("__connect.errors.stage", why.stage),
-        ("__connect.errors.exception.class.name", why.class),
-        ("__connect.errors.exception.message", message.as_str()),
+        (dlq::TOPIC, msg.topic()),
+        (dlq::PARTITION, partition.as_str()),
+        (dlq::OFFSET, offset.as_str()),
+        (dlq::CONNECTOR, dlq::CONNECTOR_NAME),
+        (dlq::STAGE, why.stage),
+        (dlq::CLASS, why.class),
+        (dlq::MESSAGE, message.as_str()),
     ] {
         headers = headers.insert(Header { key, value: Some(value) });
     }
@@ -113,7 +116,7 @@ fn dead_letter_headers(msg: &OwnedMessage, why: &DeadLetter, shape: &DeadLetterS
             original_len,
             if shape.original_headers { "" } else { "; original headers dropped" }
         );
-        headers = headers.insert(Header { key: "__taskfactory.errors.truncated", value: Some(note.as_str()) });
+        headers = headers.insert(Header { key: dlq::TRUNCATED, value: Some(note.as_str()) });
     }
     headers
 }

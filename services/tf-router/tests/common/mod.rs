@@ -141,6 +141,7 @@ impl Setup {
     /// Every record on the DLQ topic so far, by record key: (headers, value).
     pub fn dead_letters(&self, expected: usize) -> std::collections::HashMap<String, (std::collections::HashMap<String, String>, Vec<u8>)> {
         use rdkafka::Message;
+        use rdkafka::message::Headers;
         let s = settings();
         let c: BaseConsumer = tf_kafka::client_config(&s.kafka_brokers).set("group.id", unique("it-dlq-reader")).create().unwrap();
         let mut tpl = TopicPartitionList::new();
@@ -152,6 +153,11 @@ impl Setup {
             let Some(m) = c.poll(Duration::from_millis(200)) else { continue };
             let m = m.unwrap();
             let h = tf_testkit::headers(&m);
+            // The router owns these names: each appears once, written by the router.
+            let names: Vec<&str> = m.headers().map(|hs| hs.iter().map(|h| h.key).collect()).unwrap_or_default();
+            for name in names.iter().filter(|n| tf_kafka::dlq::is_reserved(n)) {
+                assert_eq!(names.iter().filter(|n| *n == name).count(), 1, "{name} repeated in a dead letter: {names:?}");
+            }
             let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
             dead.insert(key, (h, m.payload().unwrap_or_default().to_vec()));
         }
