@@ -3,9 +3,12 @@
 //! URLs without credentials or query strings in every error and result.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value as Json;
+
+use crate::egress::{Lookup, PublicOnly, Refused, ResolveError, SystemLookup, internal_range};
 
 /// Why a call did not give a usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +50,9 @@ pub struct Request<'a> {
     /// Hosts the operator named for this call (an `http` datasource's): allowed even when
     /// internal, and the only hosts allowed.
     pub datasource_hosts: &'a [String],
+    /// The headers hold secret references (expanded by the caller): allowed only to approved
+    /// hosts.
+    pub carries_secrets: bool,
 }
 
 #[derive(Debug)]
@@ -57,23 +63,43 @@ pub enum Body {
 
 #[derive(Clone)]
 pub struct HttpClient {
-    client: reqwest::Client,
+    /// For hosts nobody approved: connects only to public addresses its resolver checked.
+    open: reqwest::Client,
+    /// For operator-approved hosts (a datasource's, `TF_HTTP_ALLOWED_HOSTS`): internal allowed.
+    approved: reqwest::Client,
     /// Hosts that may be called, whatever they resolve to. Empty: any host that does not
-    /// resolve to a loopback, private, link-local or unspecified address.
+    /// resolve to an internal address (see [`crate::egress`]).
     allowed_hosts: Vec<String>,
     max_body_bytes: usize,
+    /// Whether a call's own headers may carry secrets to a host no operator approved.
+    secrets_to_any_host: bool,
 }
 
 impl HttpClient {
     pub fn new(allowed_hosts: Vec<String>, max_body_bytes: usize) -> reqwest::Result<HttpClient> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .connect_timeout(Duration::from_secs(5))
-            // A redirect could lead anywhere, including inside the network: never follow.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        HttpClient::with_lookup(allowed_hosts, max_body_bytes, Arc::new(SystemLookup))
+    }
+
+    /// [`HttpClient::new`] resolving open hosts through `lookup`.
+    pub fn with_lookup(allowed_hosts: Vec<String>, max_body_bytes: usize, lookup: Arc<dyn Lookup>) -> reqwest::Result<HttpClient> {
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .connect_timeout(Duration::from_secs(5))
+                // A redirect could lead anywhere, including inside the network: never follow.
+                .redirect(reqwest::redirect::Policy::none())
+        };
+        let open = builder().dns_resolver(Arc::new(PublicOnly(lookup))).build()?;
+        let approved = builder().build()?;
         let allowed_hosts = allowed_hosts.into_iter().map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect();
-        Ok(HttpClient { client, allowed_hosts, max_body_bytes })
+        Ok(HttpClient { open, approved, allowed_hosts, max_body_bytes, secrets_to_any_host: false })
+    }
+
+    /// Lets a call's own headers carry secrets to hosts no operator approved
+    /// (`TF_HTTP_SECRETS_TO_ANY_HOST`).
+    pub fn secrets_to_any_host(mut self, allow: bool) -> HttpClient {
+        self.secrets_to_any_host = allow;
+        self
     }
 
     /// Sends a request; the answer's body is parsed as JSON, or kept as a string when it is not
@@ -85,17 +111,16 @@ impl HttpClient {
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(HttpError::Permanent(format!("{shown}: only http and https URLs are called")));
         }
-        if r.datasource_hosts.is_empty() {
-            self.check_host(&parsed, &shown).await?;
-        } else {
-            let host = host_of(&parsed);
-            if !r.datasource_hosts.iter().any(|a| host_matches(a, &host)) {
-                return Err(HttpError::Permanent(format!("{shown}: host {host} is not among the datasource's allowed hosts")));
-            }
+        let approved = self.approved_host(&parsed, r.datasource_hosts, &shown)?;
+        if r.carries_secrets && !approved && !self.secrets_to_any_host {
+            return Err(HttpError::Permanent(format!(
+                "{shown}: secrets are sent only to hosts an operator approved: call through a datasource, or list the host in TF_HTTP_ALLOWED_HOSTS (TF_HTTP_SECRETS_TO_ANY_HOST=true lifts this)"
+            )));
         }
+        let client = if approved { &self.approved } else { &self.open };
         let method: reqwest::Method =
             r.method.parse().map_err(|_| HttpError::Permanent(format!("{:?} is not an HTTP method", r.method)))?;
-        let mut req = self.client.request(method.clone(), parsed);
+        let mut req = client.request(method.clone(), parsed);
         for (k, v) in &r.headers {
             let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| HttpError::Permanent(format!("{k:?} is not an HTTP header name")))?;
@@ -118,6 +143,9 @@ impl HttpClient {
             req = req.timeout(t);
         }
         let failed = |e: reqwest::Error| {
+            if let Some(refused) = refused_by_resolver(&e) {
+                return HttpError::Permanent(format!("{method} {shown}: {refused}; list the host in TF_HTTP_ALLOWED_HOSTS to call it"));
+            }
             let what = if e.is_timeout() { "timed out".to_string() } else { e.without_url().to_string() };
             HttpError::transient(format!("{method} {shown}: {what}"))
         };
@@ -152,31 +180,45 @@ impl HttpClient {
         Err(HttpError::Permanent(format!("{method} {shown} answered {status}{expected}: {excerpt}")))
     }
 
-    async fn check_host(&self, url: &reqwest::Url, shown: &str) -> Result<(), HttpError> {
+    /// Whether the operator approved the URL's host (a datasource's hosts, or
+    /// `TF_HTTP_ALLOWED_HOSTS`); an error when a list exists and the host is not on it, or when
+    /// an open call names an internal address literally (no resolver sees a literal).
+    fn approved_host(&self, url: &reqwest::Url, datasource_hosts: &[String], shown: &str) -> Result<bool, HttpError> {
         let host = host_of(url);
+        if !datasource_hosts.is_empty() {
+            return if datasource_hosts.iter().any(|a| host_matches(a, &host)) {
+                Ok(true)
+            } else {
+                Err(HttpError::Permanent(format!("{shown}: host {host} is not among the datasource's allowed hosts")))
+            };
+        }
         if !self.allowed_hosts.is_empty() {
             return if self.allowed_hosts.iter().any(|a| host_matches(a, &host)) {
-                Ok(())
+                Ok(true)
             } else {
                 Err(HttpError::Permanent(format!("{shown}: host {host} is not in TF_HTTP_ALLOWED_HOSTS")))
             };
         }
-        let port = url.port_or_known_default().unwrap_or(80);
-        let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![ip],
-            Err(_) => tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map_err(|e| HttpError::transient(format!("{shown}: cannot resolve {host}: {e}")))?
-                .map(|a| a.ip())
-                .collect(),
-        };
-        if let Some(ip) = addrs.iter().find(|ip| internal(ip)) {
-            return Err(HttpError::Permanent(format!(
-                "{shown}: {host} resolves to the internal address {ip}; list the host in TF_HTTP_ALLOWED_HOSTS to call it"
-            )));
+        if let Ok(ip) = host.parse::<IpAddr>()
+            && let Some(range) = internal_range(&ip)
+        {
+            let refused = Refused { host: host.clone(), ip, range };
+            return Err(HttpError::Permanent(format!("{shown}: {refused}; list the host in TF_HTTP_ALLOWED_HOSTS to call it")));
         }
-        Ok(())
+        Ok(false)
     }
+}
+
+/// The resolver's refusal inside a reqwest error, if that is why the call failed.
+fn refused_by_resolver(e: &reqwest::Error) -> Option<&Refused> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(ResolveError::Refused(r)) = err.downcast_ref::<ResolveError>() {
+            return Some(r);
+        }
+        source = err.source();
+    }
+    None
 }
 
 fn host_of(url: &reqwest::Url) -> String {
@@ -201,32 +243,6 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
         }
     };
     Some(wait.min(Duration::from_secs(3600)))
-}
-
-/// Loopback, private, link-local (cloud metadata), shared, unspecified and multicast ranges.
-fn internal(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || (o[0] == 100 && (64..128).contains(&o[1]))
-                || o[0] == 0
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || v6.to_ipv4_mapped().is_some_and(|v4| internal(&IpAddr::V4(v4)))
-        }
-    }
 }
 
 /// A URL as errors and results may show it: no user, password or query string (tokens live
@@ -257,28 +273,6 @@ mod tests {
         assert_eq!(redact("::"), "(unparsable URL)");
     }
 
-    #[test]
-    fn internal_ranges() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "100.64.0.1",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(internal(&ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
-            assert!(!internal(&ip.parse().unwrap()), "{ip}");
-        }
-    }
-
     fn get(url: &str) -> Request<'_> {
         Request { method: "GET", url, ..Request::default() }
     }
@@ -297,6 +291,51 @@ mod tests {
         let hosts = ["crm.local".to_string()];
         let err = open.send(Request { datasource_hosts: &hosts, ..get("http://other.local/") }).await.err().unwrap();
         assert!(err.to_string().contains("not among the datasource's allowed hosts"), "{err}");
+    }
+
+    /// A DNS server that rebinds: the first answer for a name is public, every later one is
+    /// the loopback address where a listener waits.
+    struct Rebinding(std::sync::atomic::AtomicUsize);
+
+    impl Lookup for Rebinding {
+        fn lookup(&self, _host: String) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Vec<IpAddr>>> + Send>> {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let ip: IpAddr = if n == 0 { "93.184.215.14".parse().unwrap() } else { "127.0.0.1".parse().unwrap() };
+            Box::pin(async move { Ok(vec![ip]) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rebinding_name_never_reaches_the_internal_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(3), listener.accept()).await.is_ok() });
+        let lookup = Arc::new(Rebinding(std::sync::atomic::AtomicUsize::new(0)));
+        // A check passes on the first (public) answer, as the old check-then-connect did...
+        assert!(crate::egress::resolve_public(lookup.as_ref(), "rebind.test").await.is_ok());
+        // ...but the connection resolves for itself, through the checking resolver, and is
+        // refused when the name now points inside. No public address is ever connected to.
+        let client = HttpClient::with_lookup(vec![], 1024, lookup.clone()).unwrap();
+        let url = format!("http://rebind.test:{port}/");
+        match client.send(get(&url)).await {
+            Err(HttpError::Permanent(m)) => assert!(m.contains("internal address 127.0.0.1 (loopback"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(lookup.0.load(std::sync::atomic::Ordering::SeqCst), 2, "one resolution for the check, one for the connection");
+        assert!(!accepted.await.unwrap(), "no connection reached the internal listener");
+    }
+
+    #[tokio::test]
+    async fn secrets_reach_only_approved_hosts() {
+        let open = HttpClient::new(vec![], 1024).unwrap();
+        let with_secret = Request { carries_secrets: true, ..get("http://attacker.example/") };
+        let err = open.send(with_secret).await.err().unwrap();
+        assert!(matches!(&err, HttpError::Permanent(m) if m.contains("secrets are sent only to hosts an operator approved")), "{err}");
+        let hosts = ["127.0.0.1".to_string()];
+        // Through a datasource (approved, internal allowed) the refusal is not about secrets.
+        let through = Request { carries_secrets: true, datasource_hosts: &hosts, ..get("http://127.0.0.1:9/") };
+        let err = open.send(through).await.err().unwrap();
+        assert!(!err.to_string().contains("secrets"), "{err}");
     }
 
     #[test]

@@ -232,6 +232,7 @@ impl Sources {
         // The call's own headers win over the datasource's defaults.
         headers.retain(|(k, _)| !call.headers.iter().any(|(c, _)| c.eq_ignore_ascii_case(k)));
         headers.extend(call.headers);
+        let carries_secrets = headers.iter().any(|(_, v)| v.contains(tf_config::secrets::REF_OPEN));
         let mut expanded = Vec::with_capacity(headers.len());
         for (k, v) in headers {
             let v = self.secrets.expand(&v).map_err(|e| SourceError::permanent(format!("{what}: header {k}: {e}")))?;
@@ -245,6 +246,7 @@ impl Sources {
             timeout,
             expect: call.expect,
             datasource_hosts: &hosts,
+            carries_secrets,
         };
         match self.http.send(request).await {
             Ok(mut answer) => {
