@@ -2,6 +2,7 @@
 //! configured (PostgreSQL or MySQL/MariaDB), bounded in time.
 
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value as Json;
@@ -15,7 +16,18 @@ use sqlx::{Column, Row, TypeInfo};
 #[derive(Debug, Clone)]
 pub enum ContextPool {
     Postgres(PgPool),
-    Mysql(MySqlPool),
+    Mysql(MysqlContext),
+}
+
+/// A MySQL/MariaDB datasource. Its limits are applied per statement, not per pooled session: a
+/// query that runs `SET SESSION ...` could otherwise lift them for every later query on its
+/// connection.
+#[derive(Debug, Clone)]
+pub struct MysqlContext {
+    pool: MySqlPool,
+    statement_timeout: Duration,
+    /// The statement that sets the timeout, by server flavour (learnt on first use).
+    limit: Arc<OnceLock<String>>,
 }
 
 /// Why a context query gave no rows.
@@ -41,12 +53,8 @@ impl ContextPool {
 
     pub fn mysql(url: &str, statement_timeout: Duration, connect_timeout: Duration, max: u32) -> Result<ContextPool, QueryError> {
         let options = MySqlConnectOptions::from_str(url).map_err(|e| permanent(format!("{}: {e}", crate::redact(url))))?;
-        let pool = MySqlPoolOptions::new()
-            .max_connections(max)
-            .acquire_timeout(connect_timeout)
-            .after_connect(move |conn, _| Box::pin(mysql_session(conn, statement_timeout)))
-            .connect_lazy_with(options);
-        Ok(ContextPool::Mysql(pool))
+        let pool = MySqlPoolOptions::new().max_connections(max).acquire_timeout(connect_timeout).connect_lazy_with(options);
+        Ok(ContextPool::Mysql(MysqlContext { pool, statement_timeout, limit: Arc::default() }))
     }
 
     /// Runs the query with JSON params bound as text (`$1..$n` on PostgreSQL, `?` on MySQL) and
@@ -54,25 +62,49 @@ impl ContextPool {
     pub async fn query(&self, query: &str, params: &[Json], timeout: Duration) -> Result<Json, QueryError> {
         match self {
             ContextPool::Postgres(pool) => postgres_query(pool, query, params, timeout).await.map_err(classify),
-            ContextPool::Mysql(pool) => mysql_query(pool, query, params).await,
+            ContextPool::Mysql(my) => my.query(query, params).await,
         }
     }
 }
 
-/// A MySQL session for context queries: read-only, each statement bounded in time.
-async fn mysql_session(conn: &mut sqlx::MySqlConnection, statement_timeout: Duration) -> Result<(), sqlx::Error> {
-    use sqlx::Executor;
-    // MariaDB and MySQL name their statement timeouts differently (and in different units);
-    // each refuses the other's.
-    let version: String = sqlx::query_scalar("SELECT VERSION()").fetch_one(&mut *conn).await?;
-    let limit = if version.contains("MariaDB") {
-        format!("SET SESSION max_statement_time = {}", millis(statement_timeout) as f64 / 1000.0)
-    } else {
-        format!("SET SESSION max_execution_time = {}", millis(statement_timeout))
-    };
-    conn.execute(limit.as_str()).await?;
-    conn.execute("SET SESSION TRANSACTION READ ONLY").await?;
-    Ok(())
+impl MysqlContext {
+    /// Runs one query in a read-only transaction, after setting the statement timeout again, and
+    /// rolls back: whatever the previous query on this connection changed in its session, this
+    /// one runs under the datasource's limits.
+    async fn query(&self, query: &str, params: &[Json]) -> Result<Json, QueryError> {
+        use sqlx::Executor;
+        let mut conn = self.pool.acquire().await.map_err(classify)?;
+        let limit = self.limit_statement(&mut conn).await.map_err(classify)?;
+        // One round trip: the session's statement timeout, then a read-only transaction.
+        conn.execute(format!("{limit}; START TRANSACTION READ ONLY").as_str()).await.map_err(classify)?;
+        let mut q = sqlx::query(query);
+        for p in params {
+            q = q.bind(text(p));
+        }
+        let rows = q.fetch_all(&mut *conn).await;
+        let rolled_back = conn.execute("ROLLBACK").await;
+        let rows = rows.map_err(classify)?;
+        if rolled_back.is_err() {
+            // A connection that cannot roll back is not handed to the next query.
+            conn.detach();
+        }
+        rows.iter().map(mysql_row).collect::<Result<Vec<_>, _>>().map(Json::Array)
+    }
+
+    /// MariaDB and MySQL name their statement timeouts differently (and in different units);
+    /// each refuses the other's.
+    async fn limit_statement(&self, conn: &mut sqlx::MySqlConnection) -> Result<String, sqlx::Error> {
+        if let Some(s) = self.limit.get() {
+            return Ok(s.clone());
+        }
+        let version: String = sqlx::query_scalar("SELECT VERSION()").fetch_one(&mut *conn).await?;
+        let statement = if version.contains("MariaDB") {
+            format!("SET SESSION max_statement_time = {}", millis(self.statement_timeout) as f64 / 1000.0)
+        } else {
+            format!("SET SESSION max_execution_time = {}", millis(self.statement_timeout))
+        };
+        Ok(self.limit.get_or_init(|| statement).clone())
+    }
 }
 
 fn millis(d: Duration) -> u128 {
@@ -103,15 +135,6 @@ async fn postgres_query(pool: &PgPool, query: &str, params: &[Json], timeout: Du
     let rows = q.fetch_one(&mut *tx).await?;
     tx.rollback().await?;
     Ok(rows)
-}
-
-async fn mysql_query(pool: &MySqlPool, query: &str, params: &[Json]) -> Result<Json, QueryError> {
-    let mut q = sqlx::query(query);
-    for p in params {
-        q = q.bind(text(p));
-    }
-    let rows = q.fetch_all(pool).await.map_err(classify)?;
-    rows.iter().map(mysql_row).collect::<Result<Vec<_>, _>>().map(Json::Array)
 }
 
 /// A MySQL row as a JSON object. Without `row_to_json` the columns are mapped by type; DECIMAL
