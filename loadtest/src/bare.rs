@@ -41,6 +41,7 @@ pub async fn run(s: &Settings, a: &BareArgs) -> anyhow::Result<std::process::Exi
         event: Some(Arc::new(json!({"id": format!("lt-{i}"), "source": "/loadtest", "type": "loadtest", "specversion": "1.0",
                            "time": now_ms(), "data": {"key": format!("k-{i}"), "customer": "c-1001"}}))),
         traceparent: None,
+        operator_retry: false,
     };
     // One start outside the figures: connection and namespace lookups.
     tf_temporal::start_run_expiring(&client, &queue, input(a.starts), Duration::from_secs(60)).await?;

@@ -78,6 +78,7 @@ pub async fn run(s: &Settings, a: &PeerArgs, made: &mut crate::made::Made) -> an
         trigger: RunSource::event(&topic, 0, -1, None),
         event: None,
         traceparent: None,
+        operator_retry: false,
     };
     tf_temporal::start_run_expiring(&client, &queue, warm, Duration::from_secs(60)).await?;
 
@@ -114,6 +115,7 @@ pub async fn run(s: &Settings, a: &PeerArgs, made: &mut crate::made::Made) -> an
                         trigger: RunSource::event(m.topic(), m.partition(), m.offset(), event["id"].as_str().map(String::from)),
                         event: Some(Arc::new(event)),
                         traceparent: None,
+                        operator_retry: false,
                     };
                     Ok(tf_temporal::start_run_expiring(&client, &queue, input, Duration::from_secs(60)).await?)
                 }

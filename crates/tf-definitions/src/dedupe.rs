@@ -101,7 +101,7 @@ pub fn valid_event_time(ms: i64) -> bool {
 /// time, so a repeat of any event younger than the retention still finds its window. Older
 /// events might not (their window may have expired): the router dead-letters them instead of
 /// risking a second run. A day short of the retention leaves room for clock skew between the
-/// router and PostgreSQL and for the hourly expiry.
+/// router and PostgreSQL and for the expiry, which runs every ten minutes.
 pub const REPLAY_HORIZON: Duration = Duration::from_secs(CLAIM_RETENTION.as_secs() - 24 * 3600);
 
 /// Whether an event dated `event_ms` is within the replay horizon at `now_ms`.

@@ -154,9 +154,15 @@ word_enum!(
 );
 
 impl RunStatus {
-    /// A run in this state may be started again as the next attempt.
+    /// An operator may start a run in this state again as the next attempt (`runs retry`).
     pub fn retryable(self) -> bool {
         matches!(self, RunStatus::Failed | RunStatus::Cancelled)
+    }
+
+    /// A later event of the run's window (or a redelivery) starts it again. Not a cancelled
+    /// one: what an operator cancelled stays cancelled until an operator retries it.
+    pub fn restarts_on_event(self) -> bool {
+        self == RunStatus::Failed
     }
 }
 
@@ -306,6 +312,7 @@ mod tests {
         assert_eq!(e, "a run status must be one of running, completed, failed, deduplicated, cancelled, not \"exploded\"");
         assert!(TaskStatus::Cancelled.is_final() && !TaskStatus::AwaitingHuman.is_final());
         assert!(RunStatus::Failed.retryable() && !RunStatus::Completed.retryable());
+        assert!(RunStatus::Cancelled.retryable() && !RunStatus::Cancelled.restarts_on_event() && RunStatus::Failed.restarts_on_event());
     }
 
     #[test]

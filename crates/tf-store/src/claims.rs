@@ -43,9 +43,10 @@ pub struct Generation {
 
 impl Generation {
     /// Whether a run already exists for the generation and must not be started again. A failed
-    /// run may be: a redelivered event or a new event of the same window retries it.
+    /// run may be: a redelivered event or a new event of the same window retries it. A
+    /// cancelled one stays cancelled.
     pub fn has_live_run(&self) -> bool {
-        self.run_status.is_some_and(|s| !s.retryable())
+        self.run_status.is_some_and(|s| !s.restarts_on_event())
     }
 }
 

@@ -24,6 +24,9 @@ pub struct BeginRun<'a> {
     pub source: &'a RunSource,
     /// The workflow input, kept for `tf runs retry`.
     pub input: Option<&'a Json>,
+    /// An operator's retry (`runs retry`): it may take over a cancelled run, which an event
+    /// may not.
+    pub operator_retry: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,11 +40,14 @@ pub enum Claim {
     },
     /// Another run owns the generation (or this run id already ran and did not fail).
     HeldBy { run_id: String },
+    /// The run was cancelled and this execution is no operator's retry: it stays cancelled.
+    StaysCancelled,
 }
 
 /// Records the run of its generation, in one transaction: the first execution of a run id
 /// inserts it; a retried activity of the same execution finds itself; a new execution of a
-/// failed (or cancelled) run takes it over as the next attempt; anything else is a duplicate.
+/// failed run (or of a cancelled one, when an operator retries it) takes it over as the next
+/// attempt; anything else is a duplicate.
 pub async fn begin_run(pool: &PgPool, r: &BeginRun<'_>) -> Result<Claim, StoreError> {
     let mut tx = pool.begin().await?;
     let generation = match r.generation {
@@ -113,7 +119,7 @@ pub async fn begin_run(pool: &PgPool, r: &BeginRun<'_>) -> Result<Claim, StoreEr
                 .await?;
         if execution_id == r.execution_id {
             Claim::Claimed { generation, attempt: attempt as u32, succeeded: succeeded_tasks(&mut tx, r.run_id, attempt).await? }
-        } else if status.retryable() {
+        } else if status.restarts_on_event() || (status.retryable() && r.operator_retry) {
             sqlx::query(
                 "UPDATE activity_runs SET execution_id = $2, status = 'running', finished_at = NULL, attempt = attempt + 1
                  WHERE run_id = $1",
@@ -124,6 +130,8 @@ pub async fn begin_run(pool: &PgPool, r: &BeginRun<'_>) -> Result<Claim, StoreEr
             .await?;
             let attempt = attempt + 1;
             Claim::Claimed { generation, attempt: attempt as u32, succeeded: succeeded_tasks(&mut tx, r.run_id, attempt).await? }
+        } else if status == RunStatus::Cancelled {
+            Claim::StaysCancelled
         } else {
             Claim::HeldBy { run_id: r.run_id.to_string() }
         }
@@ -167,6 +175,37 @@ pub async fn finish_run(pool: &PgPool, run_id: &RunId, status: RunStatus) -> Res
     .bind(status)
     .fetch_optional(pool)
     .await?)
+}
+
+/// Runs recorded `running` that began more than `older_than` ago, oldest first: (run id, the
+/// execution that runs it). The reconciler asks Temporal about each.
+pub async fn running_since(pool: &PgPool, older_than: std::time::Duration, limit: i64) -> Result<Vec<(RunId, String)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT run_id, execution_id FROM activity_runs
+         WHERE status = 'running' AND fired_at < now() - make_interval(secs => $1)
+         ORDER BY fired_at LIMIT $2",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Records the end of a run whose workflow ended outside the worker's hands, if the run is
+/// still `running` under `execution_id` (a retry that took it over since is left alone).
+/// Returns whether the run was settled. Its unfinished tasks are left as they are: a task's end
+/// is recorded with its result, and no result was produced for them.
+pub async fn settle(pool: &PgPool, run_id: &RunId, execution_id: &str, status: RunStatus) -> Result<bool, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE activity_runs SET status = $3, finished_at = now() WHERE run_id = $1 AND execution_id = $2 AND status = 'running'",
+    )
+    .bind(run_id)
+    .bind(execution_id)
+    .bind(status)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
 }
 
 /// A run as operators list it.

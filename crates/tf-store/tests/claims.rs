@@ -133,6 +133,7 @@ async fn a_run_recorded_for_a_generation_is_reported_with_its_status() {
         traceparent: None,
         source: &source,
         input: None,
+        operator_retry: false,
     };
     tf_store::runs::begin_run(&pool, &begin).await.unwrap();
     let g = one(&pool, "k", 101).await;
@@ -146,6 +147,18 @@ async fn a_run_recorded_for_a_generation_is_reported_with_its_status() {
     assert_eq!(
         tf_store::runs::begin_run(&pool, &retry).await.unwrap(),
         tf_store::runs::Claim::Claimed { generation: 1, attempt: 2, succeeded: vec![] }
+    );
+    // Cancelled by an operator: a later event of the window neither starts it (the router
+    // sees a live run) nor takes it over (the worker deduplicates); an operator's retry does.
+    tf_store::runs::finish_run(&pool, &run_id, tf_store::runs::RunStatus::Cancelled).await.unwrap();
+    let g = one(&pool, "k", 103).await;
+    assert!(g.has_live_run(), "a cancelled run stays cancelled");
+    let by_event = tf_store::runs::BeginRun { execution_id: "x4", ..begin };
+    assert_eq!(tf_store::runs::begin_run(&pool, &by_event).await.unwrap(), tf_store::runs::Claim::StaysCancelled);
+    let by_operator = tf_store::runs::BeginRun { execution_id: "x5", operator_retry: true, ..begin };
+    assert_eq!(
+        tf_store::runs::begin_run(&pool, &by_operator).await.unwrap(),
+        tf_store::runs::Claim::Claimed { generation: 1, attempt: 3, succeeded: vec![] }
     );
     tf_store::runs::finish_run(&pool, &run_id, tf_store::runs::RunStatus::Completed).await.unwrap();
     let again = tf_store::runs::BeginRun { execution_id: "x3", ..begin };

@@ -48,6 +48,9 @@ pub struct RunInput {
     /// W3C trace context carried from the Kafka header or the envelope.
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// Started by an operator's retry, which may take over a cancelled run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub operator_retry: bool,
 }
 
 /// `Option<Arc<Json>>` as the `Option<Json>` it stands for (serde's `rc` feature would do the
@@ -341,6 +344,7 @@ mod tests {
             trigger: RunSource::event("events.a", 0, 9, Some("e1".into())),
             event: Some(Arc::new(event.clone())),
             traceparent: None,
+            operator_retry: false,
         };
         let wire = serde_json::to_value(&input).expect("serializes");
         assert_eq!(wire["event"], event);

@@ -44,17 +44,54 @@ pub async fn retry_run(
     let input = input.ok_or_else(|| {
         RunControlError::Refused(format!("run {run_id} was started before its input was recorded; send its event again instead"))
     })?;
-    let input: RunInput = serde_json::from_value(input)
+    let mut input: RunInput = serde_json::from_value(input)
         .map_err(|e| RunControlError::Refused(format!("run {run_id}: the recorded input does not read as a RunActivity input: {e}")))?;
     if input.trigger.kind == TriggerKind::Cron {
         return Err(RunControlError::Refused(format!(
             "run {run_id} was started by a schedule; retry it with `tf schedules backfill` over its scheduled time"
         )));
     }
+    input.operator_retry = true;
     Ok(match crate::start_run(client, task_queue, input).await? {
         StartOutcome::Started { .. } => RetryOutcome::Started,
         StartOutcome::Duplicate { .. } => RetryOutcome::StillOpen,
     })
+}
+
+/// What Temporal says of a run's latest execution, for reconciling a run recorded `running`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Execution {
+    /// Still open (running, or paused): nothing to reconcile.
+    Open,
+    /// Closed, with the run status PostgreSQL should record: `execution_id` is Temporal's run id
+    /// of the execution that closed.
+    Closed { execution_id: String, status: RunStatus, how: &'static str },
+    /// Temporal no longer knows the run id (its history passed the namespace's retention).
+    Gone,
+}
+
+/// How the latest execution of `run_id` stands. A run that ended outside the worker's hands
+/// (terminated, timed out, its history deleted) maps to the status it would have had: an
+/// operator's termination is a cancellation (sticky, like `runs cancel`), a timeout or an
+/// unrecorded end is a failure (a later event, or `runs retry`, runs it again).
+pub async fn execution(client: &Client, run_id: &str) -> Result<Execution, RunControlError> {
+    use temporalio_client::WorkflowExecutionStatus as S;
+    let handle = client.get_workflow_handle::<RunActivity>(run_id.to_string());
+    let described = match handle.describe(Default::default()).await {
+        Ok(d) => d,
+        Err(temporalio_client::errors::WorkflowInteractionError::NotFound(_)) => return Ok(Execution::Gone),
+        Err(e) => return Err(RunControlError::Cancel { run_id: run_id.to_string(), reason: format!("describing: {e}") }),
+    };
+    let (status, how) = match described.status() {
+        S::Running | S::Paused | S::ContinuedAsNew | S::Unspecified => return Ok(Execution::Open),
+        S::Canceled => (RunStatus::Cancelled, "canceled"),
+        S::Terminated => (RunStatus::Cancelled, "terminated"),
+        S::TimedOut => (RunStatus::Failed, "timed out"),
+        S::Failed => (RunStatus::Failed, "failed"),
+        S::Completed => (RunStatus::Failed, "completed without recording its end"),
+        _ => (RunStatus::Failed, "closed in a state this version does not know"),
+    };
+    Ok(Execution::Closed { execution_id: described.run_id().to_string(), status, how })
 }
 
 /// Asks Temporal to cancel a running run. The workflow cancels its tasks (each records a

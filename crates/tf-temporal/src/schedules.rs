@@ -78,6 +78,7 @@ impl DesiredSchedule {
             trigger: RunSource::cron(schedule_id(&self.definition_id)),
             event: None,
             traceparent: None,
+            operator_retry: false,
         }
     }
 

@@ -65,6 +65,7 @@ pub fn run_input(definition_id: &str, version: i32, key: &str, event: serde_json
         trigger: tf_temporal::RunSource::event("events.demo", 0, 7, Some(format!("evt-{key}"))),
         event: Some(std::sync::Arc::new(event)),
         traceparent: None,
+        operator_retry: false,
     }
 }
 

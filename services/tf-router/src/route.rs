@@ -108,6 +108,7 @@ impl Match<'_> {
             trigger: RunSource::event(at.topic, at.partition, at.offset, event["id"].as_str().map(String::from)),
             event: Some(Arc::clone(event)),
             traceparent: None,
+            operator_retry: false,
         }
     }
 }

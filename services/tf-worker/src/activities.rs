@@ -83,6 +83,11 @@ pub struct BeginRunOutput {
     /// `(template, index)` of tasks that succeeded in earlier attempts.
     #[serde(default)]
     pub succeeded: Vec<(String, u32)>,
+    /// The run was cancelled by an operator and this execution is no retry of theirs: it ends
+    /// cancelled too, so Temporal still admits the operator's retry later (a completed
+    /// execution would block the run id).
+    #[serde(default)]
+    pub stays_cancelled: bool,
 }
 
 fn first_attempt() -> u32 {
@@ -304,6 +309,7 @@ impl RunActivities {
                 traceparent: i.traceparent.as_deref(),
                 source: &i.trigger,
                 input: input_json.as_ref(),
+                operator_retry: i.operator_retry,
             },
         )
         .await
@@ -313,11 +319,15 @@ impl RunActivities {
                 if attempt > 1 {
                     tracing::info!(run = %b.run_id, attempt, skipped = succeeded.len(), "failed run retried");
                 }
-                BeginRunOutput { spec: Some(stored.spec), generation, attempt, succeeded }
+                BeginRunOutput { spec: Some(stored.spec), generation, attempt, succeeded, stays_cancelled: false }
             }
             Claim::HeldBy { run_id } => {
                 tracing::info!(run = %b.run_id, held_by = %run_id, "generation already has a run: deduplicated");
-                BeginRunOutput { spec: None, generation: 0, attempt: 1, succeeded: Vec::new() }
+                BeginRunOutput { spec: None, generation: 0, attempt: 1, succeeded: Vec::new(), stays_cancelled: false }
+            }
+            Claim::StaysCancelled => {
+                tracing::info!(run = %b.run_id, "run was cancelled by an operator; only an operator's retry resumes it");
+                BeginRunOutput { spec: None, generation: 0, attempt: 1, succeeded: Vec::new(), stays_cancelled: true }
             }
         })
     }

@@ -5,6 +5,7 @@ mod activities;
 mod egress;
 mod http;
 mod metrics;
+mod reconcile;
 mod relay;
 mod scheduler;
 mod sdk_metrics;
@@ -74,6 +75,10 @@ struct Cli {
     /// worker exits non-zero (Temporal retries what it left on another worker).
     #[arg(long, env = "TF_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     shutdown_timeout: u64,
+    /// How often runs recorded `running` are checked against Temporal, in seconds: a run whose
+    /// workflow was terminated, timed out or lost its history is settled (0 turns it off).
+    #[arg(long, env = "TF_RUN_RECONCILE_SECS", default_value_t = 60)]
+    run_reconcile_secs: u64,
     /// How often the scheduler looks for changed definitions, in milliseconds.
     #[arg(long, env = "TF_SCHEDULER_REFRESH_MS", default_value_t = 2000)]
     scheduler_refresh_ms: u64,
@@ -148,6 +153,10 @@ async fn main() -> anyhow::Result<()> {
         .maybe_workflow_task_poller_behavior(cli.workflow_pollers.map(|n| PollerBehavior::SimpleMaximum(n.into())))
         .maybe_activity_task_poller_behavior(cli.activity_pollers.map(|n| PollerBehavior::SimpleMaximum(n.into())))
         .build();
+    if cli.run_reconcile_secs > 0 {
+        let every = Duration::from_secs(cli.run_reconcile_secs);
+        tokio::spawn(reconcile::run(pool.clone(), client.clone(), every, stop_tx.subscribe()));
+    }
     let mut worker = Worker::new(&runtime, client, options)?;
     let shutdown = worker.shutdown_handle();
     tokio::spawn(expire_generations(pool, stop_tx.subscribe()));

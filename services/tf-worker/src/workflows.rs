@@ -128,6 +128,9 @@ impl RunActivityWorkflow {
                 local_opts(),
             )
             .await?;
+        if begin.stays_cancelled {
+            return Err(WorkflowTermination::cancelled());
+        }
         let Some(spec) = begin.spec else {
             return Ok(RunSummary { status: RunStatus::Deduplicated, tasks_spawned: 0, tasks_failed: 0 });
         };

@@ -332,6 +332,105 @@ async fn cancelling_a_run_cancels_its_activity_task_in_flight() {
     })
     .await;
     assert_eq!((results.len(), results[0]["status"].as_str()), (1, Some("CANCELLED")), "{results:#?}");
+
+    // The same generation started again, as a later event of its window would: Temporal admits
+    // the execution (a cancelled workflow may be reused), the worker deduplicates it. What an
+    // operator cancelled stays cancelled; the task is not called again.
+    let event = json!({"id": "e2", "type": "order.created", "data": {"order_id": "c-1"}});
+    tf_temporal::start_run(&client, &queue, input(&def_id, version, "c-1", event.clone())).await.unwrap();
+    let handle = client.get_workflow_handle::<tf_temporal::RunActivity>(run_id.as_str().to_string());
+    // Ends either way (deduplicated: completed); the wait is only for it to end.
+    let _ = tokio::time::timeout(Duration::from_secs(60), handle.get_result(Default::default())).await.expect("the execution to end");
+    let row: (String, i32) =
+        sqlx::query_as("SELECT status, attempt FROM activity_runs WHERE run_id = $1").bind(run_id.as_str()).fetch_one(&pool).await.unwrap();
+    assert_eq!(row, ("cancelled".to_string(), 1), "worker log:\n{}", worker.log());
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "the cancelled task was not called again");
+
+    // An operator's retry does resume it, as attempt 2.
+    let recorded: Json =
+        sqlx::query_scalar("SELECT input FROM activity_runs WHERE run_id = $1").bind(run_id.as_str()).fetch_one(&pool).await.unwrap();
+    let outcome =
+        tf_temporal::run_control::retry_run(&client, &queue, run_id.as_str(), tf_definitions::RunStatus::Cancelled, Some(recorded))
+            .await
+            .unwrap();
+    assert_eq!(outcome, tf_temporal::run_control::RetryOutcome::Started);
+    eventually("the retried task's request", Duration::from_secs(60), || async {
+        (accepted.load(std::sync::atomic::Ordering::SeqCst) == 2).then_some(())
+    })
+    .await;
+    let attempt: i32 =
+        sqlx::query_scalar("SELECT attempt FROM activity_runs WHERE run_id = $1").bind(run_id.as_str()).fetch_one(&pool).await.unwrap();
+    assert_eq!(attempt, 2);
+    tf_temporal::run_control::cancel_run(&client, run_id.as_str(), tf_definitions::RunStatus::Running, "test done").await.unwrap();
+}
+
+/// A run whose workflow an operator terminated in Temporal (UI or CLI) is settled by the
+/// worker's reconciler as cancelled, so it no longer holds its window as `running` and an
+/// operator's retry resumes it.
+#[tokio::test]
+async fn a_run_terminated_in_temporal_is_settled_and_can_be_retried() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let queue = unique("it-queue");
+    let yaml = format!(
+        "id: {}\nname: Terminate\ntrigger: {{event: {{topics: [events.demo]}}}}\ndedupe: {{key: event.data.order_id}}\ntasks:\n  - {{name: hang, type: http, params: {{url: \"'{base}/hang'\"}}}}\n",
+        unique("it-terminate").to_lowercase()
+    );
+    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let worker = Service::spawn(
+        env!("CARGO_BIN_EXE_tf-worker"),
+        &unique("tf-worker"),
+        &[
+            ("TF_DATABASE_URL", &db.url),
+            ("TF_TASK_QUEUE", &queue),
+            ("TF_NO_RELAY", "true"),
+            ("TF_HTTP_ALLOWED_HOSTS", "127.0.0.1"),
+            ("TF_RUN_RECONCILE_SECS", "1"),
+        ],
+    );
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    let event = json!({"id": "e1", "type": "order.created", "data": {"order_id": "t-1"}});
+    tf_temporal::start_run(&client, &queue, input(&def_id, version, "t-1", event)).await.unwrap();
+    let run_id = tf_temporal::DedupeKey::parse("t-1").unwrap().run_id(&def_id, 1);
+    eventually(&format!("the task's request; worker log:\n{}", worker.log()), Duration::from_secs(60), || async {
+        (accepted.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    client
+        .get_workflow_handle::<tf_temporal::RunActivity>(run_id.as_str().to_string())
+        .terminate(temporalio_client::WorkflowTerminateOptions::builder().reason("operator in the Temporal UI").build())
+        .await
+        .unwrap();
+    let status = eventually(&format!("the run to be settled; worker log:\n{}", worker.log()), Duration::from_secs(60), || async {
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM activity_runs WHERE run_id = $1").bind(run_id.as_str()).fetch_one(&pool).await.unwrap();
+        (status != "running").then_some(status)
+    })
+    .await;
+    assert_eq!(status, "cancelled", "an operator's termination is a cancellation");
+    let recorded: Json =
+        sqlx::query_scalar("SELECT input FROM activity_runs WHERE run_id = $1").bind(run_id.as_str()).fetch_one(&pool).await.unwrap();
+    let outcome =
+        tf_temporal::run_control::retry_run(&client, &queue, run_id.as_str(), tf_definitions::RunStatus::Cancelled, Some(recorded))
+            .await
+            .unwrap();
+    assert_eq!(outcome, tf_temporal::run_control::RetryOutcome::Started);
+    eventually("the retried task's request", Duration::from_secs(60), || async {
+        (accepted.load(std::sync::atomic::Ordering::SeqCst) == 2).then_some(())
+    })
+    .await;
+    tf_temporal::run_control::cancel_run(&client, run_id.as_str(), tf_definitions::RunStatus::Running, "test done").await.unwrap();
 }
 
 #[tokio::test]
@@ -355,6 +454,7 @@ async fn recording_a_result_twice_queues_it_once() {
         traceparent: None,
         source: &source,
         input: None,
+        operator_retry: false,
     };
     let claimed = tf_store::runs::Claim::Claimed { generation: 1, attempt: 1, succeeded: vec![] };
     assert_eq!(tf_store::runs::begin_run(&pool, &begin).await.unwrap(), claimed);

@@ -173,6 +173,7 @@ async fn trigger_starts_one_run_and_a_repeated_backfill_spawns_no_second_set_of_
         trigger: tf_temporal::RunSource { scheduled_for_ms: Some(slot_ms), ..tf_temporal::RunSource::cron(schedule.clone()) },
         event: None,
         traceparent: None,
+        operator_retry: false,
     };
     let extra_id = format!("{}-{}", tf_temporal::DedupeKey::parse("again").unwrap().run_id(&id, 1), unique("x"));
     let handle = e
