@@ -62,9 +62,16 @@ impl TaskResult {
             "run_id": self.run_id,
             "note": "too large for the results topic; the full output is in the task factory's tasks table",
         });
+        // The event id is the producer's to choose, and as long as it likes: cut it too, so
+        // what is left is small whatever the producer sent.
+        let trigger = tf_definitions::RunSource {
+            event_id: self.trigger.event_id.as_ref().map(|e| e.chars().take(256).collect()),
+            ..self.trigger.clone()
+        };
         TaskResult {
             output: self.output.as_ref().map(|_| note.to_string()),
             error: self.error.as_ref().map(|e| e.chars().take(1000).collect()),
+            trigger,
             truncated: true,
             ..self.clone()
         }
@@ -125,6 +132,19 @@ mod tests {
             trigger: RunSource::event("events.demo", 2, 40, Some("e".into())),
             truncated: false,
         }
+    }
+
+    #[test]
+    fn a_truncated_result_is_small_whatever_the_producer_chose() {
+        let mut big = result();
+        big.output = Some("x".repeat(100_000));
+        big.error = Some("e".repeat(100_000));
+        big.trigger.event_id = Some("i".repeat(100_000));
+        let small = big.truncated(300_000);
+        let schema = Schema::parse_str(crate::TASK_RESULT_SCHEMA).unwrap();
+        let bytes = to_avro_datum(&schema, small.to_avro().unwrap()).unwrap();
+        assert!(bytes.len() < 2_000, "{} bytes", bytes.len());
+        assert!(small.truncated && small.trigger.event_id.as_deref().is_some_and(|e| e.len() == 256));
     }
 
     #[test]

@@ -61,11 +61,12 @@ pub struct PendingResult {
 }
 
 /// Results after the marker `(txid, seq)` whose transactions are older than any still running,
-/// in marker order.
+/// in marker order, and neither published nor quarantined: a relay whose marker is missing
+/// resumes after what was recorded as published, not from the outbox's start.
 pub async fn pending_results(pool: &PgPool, after: (i64, i64), limit: i64) -> Result<Vec<PendingResult>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT txid, seq, task_id, run_id, record, traceparent FROM task_results
-         WHERE (txid, seq) > ($1, $2)
+         WHERE (txid, seq) > ($1, $2) AND published_at IS NULL AND quarantined_at IS NULL
            AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
          ORDER BY txid, seq LIMIT $3",
     )
@@ -84,6 +85,41 @@ pub async fn quarantine_result(pool: &PgPool, task_id: &str, reason: &str) -> Re
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// A result the relay set aside, with why.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct Quarantined {
+    pub task_id: String,
+    pub run_id: String,
+    pub reason: Option<String>,
+    pub quarantined_at_ms: i64,
+}
+
+/// Quarantined results, oldest first.
+pub async fn quarantined(pool: &PgPool, limit: i64) -> Result<Vec<Quarantined>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT task_id, run_id, quarantine_reason AS reason, (extract(epoch FROM quarantined_at) * 1000)::bigint AS quarantined_at_ms
+         FROM task_results WHERE quarantined_at IS NOT NULL AND published_at IS NULL ORDER BY quarantined_at, task_id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Queues quarantined results again (after the cause was fixed: a registry setting, the
+/// topic's size limit): each takes a new place after everything queued so far, so the relay,
+/// whose marker moved past them, reads them next. Returns the task ids re-queued.
+pub async fn requeue(pool: &PgPool, task_ids: &[String]) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "UPDATE task_results SET quarantined_at = NULL, quarantine_reason = NULL,
+             seq = nextval(pg_get_serial_sequence('task_results', 'seq')), txid = pg_current_xact_id()::text::bigint
+         WHERE task_id = ANY($1) AND quarantined_at IS NOT NULL AND published_at IS NULL
+         RETURNING task_id",
+    )
+    .bind(task_ids)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Records where committed results landed on the results topic: `(task id, partition,
@@ -147,10 +183,4 @@ pub async fn try_relay_lock(conn: &mut sqlx::PgConnection, transactional_id: &st
         .bind(transactional_id)
         .fetch_one(conn)
         .await?)
-}
-
-/// Releases every advisory lock this session holds.
-pub async fn release_relay_lock(conn: &mut sqlx::PgConnection) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_advisory_unlock_all()").execute(conn).await?;
-    Ok(())
 }

@@ -4,6 +4,7 @@
 // Test support: a helper that cannot do its job panics, which is how a test reports failure.
 #![allow(clippy::unwrap_used)]
 
+pub mod fault_proxy;
 pub mod otlp;
 
 use std::path::PathBuf;

@@ -7,6 +7,7 @@ mod db;
 mod definitions;
 mod demo;
 mod remote;
+mod results;
 mod runs;
 mod schedules;
 mod schemas;
@@ -74,6 +75,9 @@ enum Command {
     /// Tasks: list them by status, complete human tasks.
     #[command(subcommand)]
     Tasks(TasksCommand),
+    /// Task results the relay quarantined (could never be published), and queuing them again.
+    #[command(subcommand)]
+    Results(ResultsCommand),
     /// Demonstrations against the running stack.
     #[command(subcommand)]
     Demo(DemoCommand),
@@ -304,6 +308,24 @@ enum TasksCommand {
 }
 
 #[derive(Subcommand)]
+enum ResultsCommand {
+    /// Results the relay set aside, oldest first, with why.
+    Quarantined {
+        /// How many to show.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Queue quarantined results again, once their cause is fixed; the relay publishes them next.
+    Requeue {
+        /// Task ids of the results.
+        task_ids: Vec<String>,
+        /// Every quarantined result.
+        #[arg(long, conflicts_with = "task_ids")]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum DemoCommand {
     /// Produce one envelope through the registry, read it back and print both ends.
     Roundtrip {
@@ -418,6 +440,8 @@ async fn direct(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         },
         Command::Tasks(TasksCommand::List { status, limit }) => runs::list_tasks(&cli.settings, &status, limit, cli.output).await,
         Command::Tasks(TasksCommand::Complete { task_id, result }) => runs::complete(&cli.settings, &task_id, &result).await,
+        Command::Results(ResultsCommand::Quarantined { limit }) => results::quarantined(&cli.settings, limit, cli.output).await,
+        Command::Results(ResultsCommand::Requeue { task_ids, all }) => results::requeue(&cli.settings, &task_ids, all, cli.output).await,
         Command::Demo(DemoCommand::Roundtrip { topic }) => demo::roundtrip(&cli.settings, &topic).await,
         Command::Demo(DemoCommand::Events { topic, orders }) => demo::events(&cli.settings, &topic, orders).await,
     }

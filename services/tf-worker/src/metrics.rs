@@ -22,6 +22,8 @@ pub struct Metrics {
     pub results_quarantined: Counter,
     /// 1 while this worker holds the relay lock.
     pub relay_leader: Gauge,
+    /// 1 while the relay is paused because the schema registry refuses the result schema.
+    pub relay_blocked: Gauge,
     /// Results in the outbox not yet published, as last seen by the relay.
     pub results_pending: Gauge,
     pub schedule_changes: Counter,
@@ -43,6 +45,10 @@ impl Metrics {
             "Results that can never be published, marked in task_results and skipped."
         );
         describe_gauge!("tf_worker_relay_leader", "1 when this worker runs the deployment's results relay.");
+        describe_gauge!(
+            "tf_worker_relay_blocked",
+            "1 while the relay is paused because the schema registry refuses the result schema (a setting to fix; no result is skipped)."
+        );
         describe_gauge!("tf_worker_results_pending", "Results in the outbox not yet published (seen by the relay).");
         describe_counter!("tf_worker_schedule_changes_total", "Schedules created, updated, paused, resumed or deleted.");
         describe_counter!("tf_worker_schedule_reconcile_failures_total", "Reconcile rounds that failed and were retried.");
@@ -58,6 +64,7 @@ impl Metrics {
             results_truncated: counter!("tf_worker_results_truncated_total"),
             results_quarantined: counter!("tf_worker_results_quarantined_total"),
             relay_leader: gauge!("tf_worker_relay_leader"),
+            relay_blocked: gauge!("tf_worker_relay_blocked"),
             results_pending: gauge!("tf_worker_results_pending"),
             schedule_changes: counter!("tf_worker_schedule_changes_total"),
             reconcile_failures: counter!("tf_worker_schedule_reconcile_failures_total"),

@@ -32,8 +32,15 @@ pub enum RelayError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Store(#[from] tf_store::StoreError),
+    /// This one result can never be published (it does not read as a result, the schema
+    /// cannot express it, it is too large even truncated): it is quarantined, the rest flow.
     #[error("encoding result {task_id}: {reason}")]
-    Encode { task_id: String, reason: String, transient: bool },
+    Unpublishable { task_id: String, reason: String },
+    /// The schema registry is down or refuses the result schema (a subject's compatibility
+    /// rule, an unknown subject, credentials): nothing can be published until it is fixed, and
+    /// no result is to blame. The batch waits.
+    #[error("the schema registry will not take results now: {0}")]
+    Registry(tf_envelope::RegistryError),
     #[error("marker record is not (txid, seq) JSON: {0}")]
     Marker(String),
     /// A transaction failed after it began: it may or may not have committed.
@@ -49,6 +56,11 @@ impl RelayError {
     fn leaves_marker_unknown(&self) -> bool {
         matches!(self, RelayError::Transaction(_))
     }
+}
+
+fn too_large(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::{MessageBatchTooLarge, MessageSizeTooLarge};
+    matches!(e.rdkafka_error_code(), Some(MessageSizeTooLarge | MessageBatchTooLarge))
 }
 
 /// Sorts a Kafka error raised inside a transaction.
@@ -225,6 +237,12 @@ impl Relay {
                 }
                 Err(None) => backoff.pause(),
                 Err(Some(e @ RelayError::Producer(_))) => return Err(e),
+                Err(Some(RelayError::Registry(e))) => {
+                    self.metrics.relay_blocked.set(1.0);
+                    tracing::error!(error = %e, "results relay paused: the schema registry will not take the result schema; no result is skipped");
+                    self.observe_backlog().await;
+                    backoff.pause()
+                }
                 Err(Some(e)) => {
                     self.metrics.relay_batches_failed.increment(1);
                     tracing::warn!(error = %e, "results relay batch failed; retrying");
@@ -244,14 +262,15 @@ impl Relay {
     /// The result as it goes on the topic; over `max_result_bytes` its output is replaced by a
     /// note (`truncated`), so one huge output never blocks the relay.
     async fn encode(&self, row: &tf_store::outbox::PendingResult) -> Result<Vec<u8>, RelayError> {
-        let encode_err = |e: tf_envelope::EncodeError| RelayError::Encode {
-            task_id: row.task_id.clone(),
-            transient: matches!(&e, tf_envelope::EncodeError::Registry(r) if r.is_transient()),
-            reason: e.to_string(),
+        // A registry answer says nothing about this row: every result goes through the same
+        // registration, so a refusal (404, 409, 422) would quarantine them all.
+        let encode_err = |e: tf_envelope::EncodeError| match e {
+            tf_envelope::EncodeError::Registry(r) => RelayError::Registry(r),
+            other => RelayError::Unpublishable { task_id: row.task_id.clone(), reason: other.to_string() },
         };
         // A row that does not read as a result, or a result the schema cannot express, will
         // never publish: it is quarantined.
-        let permanent = |reason: String| RelayError::Encode { task_id: row.task_id.clone(), reason, transient: false };
+        let permanent = |reason: String| RelayError::Unpublishable { task_id: row.task_id.clone(), reason };
         let result: TaskResult = serde_json::from_value(row.record.clone()).map_err(|e| permanent(e.to_string()))?;
         let subject = format!("{RESULTS_TOPIC}-value");
         let record = result.to_avro().map_err(|e| permanent(e.to_string()))?;
@@ -262,10 +281,21 @@ impl Relay {
         tracing::warn!(task_id = %row.task_id, bytes = bytes.len(), limit = self.max_result_bytes, "result too large: published truncated");
         self.metrics.results_truncated.increment(1);
         let small = result.truncated(bytes.len());
-        self.codec
+        let truncated = self
+            .codec
             .encode(&subject, tf_envelope::TASK_RESULT_SCHEMA, small.to_avro().map_err(|e| permanent(e.to_string()))?)
             .await
-            .map_err(encode_err)
+            .map_err(encode_err)?;
+        if truncated.len() > self.max_result_bytes {
+            // What is left is the identity and trigger, which a producer chose: still too large,
+            // it would abort every transaction it is in.
+            return Err(permanent(format!(
+                "the result is {} bytes even truncated, over the {}-byte limit (TF_RELAY_MAX_RESULT_BYTES)",
+                truncated.len(),
+                self.max_result_bytes
+            )));
+        }
+        Ok(truncated)
     }
 
     /// Commits, retrying as librdkafka asks for errors it calls retriable (the commit's
@@ -284,6 +314,15 @@ impl Relay {
                 Err(e) => return Err(in_transaction(e)),
             }
         }
+    }
+
+    /// Sets a result aside for good, with why; `tf results requeue` queues it again once the
+    /// cause is fixed.
+    async fn quarantine(&self, task_id: &str, reason: &str) -> Result<(), RelayError> {
+        tracing::error!(task_id, reason, "result quarantined: it cannot be published");
+        tf_store::outbox::quarantine_result(&self.pool, task_id, reason).await?;
+        self.metrics.results_quarantined.increment(1);
+        Ok(())
     }
 
     /// Updates the pending and relay-lag gauges; a failed look is skipped, the next one counts.
@@ -314,16 +353,12 @@ impl Relay {
         for row in &rows {
             match self.encode(row).await {
                 Ok(bytes) => encoded.push((row, bytes)),
-                // The registry is down: retry the batch later.
-                Err(e @ RelayError::Encode { transient: true, .. }) => return Err(e),
-                Err(e) => {
-                    // This row can never be published: quarantine it, let the rest flow.
-                    tracing::error!(task_id = %row.task_id, error = %e, "result quarantined: it cannot be published");
-                    tf_store::outbox::quarantine_result(&self.pool, &row.task_id, &e.to_string()).await?;
-                    self.metrics.results_quarantined.increment(1);
-                }
+                Err(e @ RelayError::Unpublishable { .. }) => self.quarantine(&row.task_id, &e.to_string()).await?,
+                // The registry is down or refuses the schema: retry the batch later.
+                Err(e) => return Err(e),
             }
         }
+        self.metrics.relay_blocked.set(0.0);
         self.producer.begin_transaction().map_err(in_transaction)?;
         // Where each result landed (partition, offset), recorded once the transaction commits:
         // a run's lineage ends at its results' offsets.
@@ -347,6 +382,13 @@ impl Relay {
                         if let Some(task_id) = task_id {
                             placed.push((task_id, delivery.partition, delivery.offset));
                         }
+                    }
+                    // The topic refuses this one record (its max.message.bytes is below
+                    // TF_RELAY_MAX_RESULT_BYTES): set it aside, or every retry aborts again.
+                    Ok(Err((e, _))) if too_large(&e) && task_id.is_some() => {
+                        let task_id = task_id.unwrap_or_default();
+                        self.quarantine(&task_id, &format!("{RESULTS_TOPIC} refused the record: {e}")).await?;
+                        return Err(in_transaction(e));
                     }
                     Ok(Err((e, _))) => return Err(in_transaction(e)),
                     Err(_) => return Err(RelayError::Transaction(rdkafka::error::KafkaError::Canceled)),
@@ -398,7 +440,7 @@ pub async fn run_as_leader(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), RelayError> {
     loop {
-        let mut conn = loop {
+        let conn = loop {
             if *stop.borrow() {
                 return Ok(());
             }
@@ -415,13 +457,17 @@ pub async fn run_as_leader(
                 _ = stop.changed() => {}
             }
         };
+        // The lock lives with the session: this connection never goes back to the pool, on any
+        // path (a pooled connection holding it would keep every worker from leading until a
+        // restart). Dropping the detached connection ends the session, which frees the lock.
+        let conn = conn.detach();
         tracing::info!(transactional_id = %transactional_id, "this worker runs the results relay");
         metrics.relay_leader.set(1.0);
-        let relay = Relay::new(pool.clone(), codec.clone(), &brokers, &transactional_id, metrics.clone(), max_result_bytes)?;
-        let result = relay.run(stop.clone()).await;
+        let result = match Relay::new(pool.clone(), codec.clone(), &brokers, &transactional_id, metrics.clone(), max_result_bytes) {
+            Ok(relay) => relay.run(stop.clone()).await,
+            Err(e) => Err(e),
+        };
         metrics.relay_leader.set(0.0);
-        // Release the lock with the session: close the connection rather than return it.
-        let _ = tf_store::outbox::release_relay_lock(&mut conn).await;
         drop(conn);
         match result {
             Ok(()) => return Ok(()),

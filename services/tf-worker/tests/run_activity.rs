@@ -727,6 +727,131 @@ async fn the_results_relay_fails_over_to_another_worker() {
     tf_testkit::delete_topics(&s, &[&sink]).await;
 }
 
+/// A relay that finds no marker of its own (TF_RELAY_TRANSACTIONAL_ID changed, or the marker
+/// topic lost its records) resumes after what the outbox records as published: it does not
+/// publish the whole outbox again.
+#[tokio::test]
+async fn a_relay_without_a_marker_does_not_publish_the_outbox_again() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-queue");
+    let sink = unique("it-nomarker-sink");
+    create_topic(&s, &sink, 1).await;
+    let def_id = unique("it-nomarker").to_lowercase();
+    let yaml = format!(
+        "id: {def_id}\nname: M\ntrigger: {{event: {{topics: [events.demo]}}}}\ndedupe: {{key: event.data.order_id}}\ntasks:\n  - {{name: t, type: kafka, params: {{topic: \"'{sink}'\", value: 'event.data'}}}}\n"
+    );
+    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let worker = |relay_id: String| {
+        let envs = [("TF_DATABASE_URL", db.url.clone()), ("TF_TASK_QUEUE", queue.clone()), ("TF_RELAY_TRANSACTIONAL_ID", relay_id)];
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Service::spawn(env!("CARGO_BIN_EXE_tf-worker"), &unique("tf-worker"), &envs)
+    };
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    let run = |key: &str| tf_temporal::DedupeKey::parse(key).unwrap().run_id(&def_id, 1).to_string();
+    let published = |key: &'static str| {
+        let (pool, run_id) = (pool.clone(), run(key));
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM task_results WHERE run_id = $1 AND published_at IS NOT NULL")
+                .bind(&run_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (n == 1).then_some(())
+        }
+    };
+    let mut first = worker(unique("it-relay"));
+    tf_temporal::start_run(&client, &queue, input(&def_id, version, "m-1", json!({"data": {"order_id": "m-1"}}))).await.unwrap();
+    eventually("the first result published", Duration::from_secs(60), || published("m-1")).await;
+    first.terminate();
+    // A new transactional id: its marker does not exist.
+    let second = worker(unique("it-relay"));
+    tf_temporal::start_run(&client, &queue, input(&def_id, version, "m-2", json!({"data": {"order_id": "m-2"}}))).await.unwrap();
+    eventually(&format!("the second result published; log:\n{}", second.log()), Duration::from_secs(60), || published("m-2")).await;
+    for key in ["m-1", "m-2"] {
+        let results = eventually("the result on the topic", Duration::from_secs(30), || async {
+            let r = results_for(&run(key)).await;
+            (!r.is_empty()).then_some(r)
+        })
+        .await;
+        // Read again after the second's result is there, so a republished first would be seen.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(results_for(&run(key)).await.len(), 1, "exactly one result for {key}: {results:?}");
+    }
+    tf_testkit::delete_topics(&s, &[&sink]).await;
+}
+
+/// The schema registry refusing the result schema (409 from a subject's compatibility rule)
+/// says nothing about any one result: the relay pauses and says so, quarantines nothing, and
+/// publishes once the registry takes the schema again.
+#[tokio::test]
+async fn a_registry_refusing_the_result_schema_pauses_the_relay_and_quarantines_nothing() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-queue");
+    let sink = unique("it-refused-sink");
+    create_topic(&s, &sink, 1).await;
+    let def_id = unique("it-refused").to_lowercase();
+    let yaml = format!(
+        "id: {def_id}\nname: R\ntrigger: {{event: {{topics: [events.demo]}}}}\ndedupe: {{key: event.data.order_id}}\ntasks:\n  - {{name: t, type: kafka, params: {{topic: \"'{sink}'\", value: 'event.data'}}}}\n"
+    );
+    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let registry = reqwest::Url::parse(&s.schema_registry_url).unwrap();
+    let upstream = format!("{}:{}", registry.host_str().unwrap(), registry.port_or_known_default().unwrap());
+    let proxy = tf_testkit::fault_proxy::start(
+        &upstream,
+        "POST /apis/ccompat/v7/subjects/taskfactory.results-value/versions",
+        409,
+        r#"{"error_code": 409, "message": "Schema being registered is incompatible with an earlier schema"}"#,
+    )
+    .await;
+    let proxied = format!("{}{}", proxy.base, registry.path());
+    let relay_id = unique("it-relay");
+    let metrics = tf_testkit::free_local_addr();
+    let mut worker = Service::spawn(
+        env!("CARGO_BIN_EXE_tf-worker"),
+        &unique("tf-worker"),
+        &[
+            ("TF_DATABASE_URL", &db.url),
+            ("TF_TASK_QUEUE", &queue),
+            ("TF_RELAY_TRANSACTIONAL_ID", &relay_id),
+            ("TF_SCHEMA_REGISTRY_URL", &proxied),
+            ("TF_WORKER_METRICS_ADDR", &metrics),
+        ],
+    );
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    tf_temporal::start_run(&client, &queue, input(&def_id, version, "r-1", json!({"data": {"order_id": "r-1"}}))).await.unwrap();
+    let run_id = tf_temporal::DedupeKey::parse("r-1").unwrap().run_id(&def_id, 1).to_string();
+    eventually(&format!("the relay to pause on the refusal; log:\n{}", worker.log()), Duration::from_secs(60), || async {
+        (tf_testkit::scrape_metric(&metrics, "tf_worker_relay_blocked") == Some(1.0)).then_some(())
+    })
+    .await;
+    assert!(proxy.refused.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    let row: (bool, bool) =
+        sqlx::query_as("SELECT published_at IS NOT NULL, quarantined_at IS NOT NULL FROM task_results WHERE run_id = $1")
+            .bind(&run_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(row, (false, false), "neither published nor quarantined while the registry refuses");
+    assert_eq!(tf_testkit::scrape_metric(&metrics, "tf_worker_results_quarantined_total"), Some(0.0));
+    worker.terminate();
+
+    // The registry takes the schema again (here: the worker reaches it directly).
+    let _worker = Service::spawn(
+        env!("CARGO_BIN_EXE_tf-worker"),
+        &unique("tf-worker"),
+        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_RELAY_TRANSACTIONAL_ID", &relay_id)],
+    );
+    let results = eventually("the result published", Duration::from_secs(60), || async {
+        let r = results_for(&run_id).await;
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    assert_eq!(results.len(), 1, "{results:?}");
+    tf_testkit::delete_topics(&s, &[&sink]).await;
+}
+
 /// A relay that takes over while another relay's transaction is open on the shared marker
 /// topic (a relay killed mid-batch leaves one open until transaction.timeout.ms) must wait for
 /// it, not resume from the last marker before it: that marker is stale when the old leader
@@ -912,6 +1037,27 @@ async fn an_oversize_result_is_published_truncated_and_an_unpublishable_one_is_q
     assert!(reason.is_some_and(|r| r.contains("missing field")), "the bogus row is quarantined with its reason");
     assert_eq!(tf_testkit::scrape_metric(&metrics, "tf_worker_results_quarantined_total"), Some(1.0));
     assert_eq!(tf_testkit::scrape_metric(&metrics, "tf_worker_results_truncated_total"), Some(1.0));
+
+    // Operators see what was set aside, and queue it again once its cause is fixed; the relay,
+    // whose marker moved past it, reads it next (this row is still not a result, so it is
+    // quarantined again: the second count shows the relay took it up).
+    let tf = |args: &[&str]| {
+        let out = std::process::Command::new(workspace_binary("tf")).args(args).env("TF_DATABASE_URL", &db.url).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, listed) = tf(&["results", "quarantined", "-o", "json"]);
+    assert!(ok, "{listed}");
+    let listed: Json = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["task_id"], format!("{run_id}/bogus/0"), "{listed}");
+    assert!(listed[0]["reason"].as_str().unwrap().contains("missing field"), "{listed}");
+    let (ok, out) = tf(&["results", "requeue", &format!("{run_id}/bogus/0")]);
+    assert!(ok && out.contains("queued again"), "{out}");
+    eventually("the relay to take the re-queued result up", Duration::from_secs(60), || async {
+        (tf_testkit::scrape_metric(&metrics, "tf_worker_results_quarantined_total") == Some(2.0)).then_some(())
+    })
+    .await;
+    let (ok, out) = tf(&["results", "requeue", "no/such/task"]);
+    assert!(!ok && out.contains("not quarantined"), "{out}");
 }
 
 #[tokio::test]
