@@ -60,6 +60,10 @@ struct Cli {
     /// The router's topics (names or ^regexes), as the router is configured.
     #[arg(long, env = "TF_ROUTER_TOPICS", default_value = "^events\\..*", value_delimiter = ',')]
     router_topics: Vec<String>,
+    /// Mark the console's session cookie `Secure`: set it when the console is served over TLS
+    /// (directly or behind a proxy), so the browser never sends the cookie in clear.
+    #[arg(long, env = "TF_API_SECURE_COOKIES", default_value_t = false)]
+    secure_cookies: bool,
     /// How often the console samples the router group's lag, in milliseconds.
     #[arg(long, env = "TF_API_LAG_SAMPLE_MS", default_value_t = 10_000)]
     lag_sample_ms: u64,
@@ -95,6 +99,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The router group's lag over the last hour, for the console.
     pub lag: Arc<ui::lag::LagHistory>,
+    /// Console sessions (server-side; the cookie holds only their id).
+    pub sessions: Arc<ui::session::Sessions>,
     pub router_group: String,
     /// The topics the router reads: the only ones a redrive writes to.
     pub router_topics: Arc<tf_kafka::subscription::Subscription>,
@@ -163,6 +169,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fold(Router::new(), |r, (path, handler)| r.route(path, handler))
         .merge(ui::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(ui::session::same_origin))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::count))
         .layer(axum::middleware::map_response(move |r: axum::response::Response| async move { json_rejection(r, max_body_bytes) }))
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -219,6 +226,7 @@ async fn main() -> anyhow::Result<()> {
         envelope_topics: Arc::default(),
         lag: Arc::default(),
         router_group: cli.router_group.clone(),
+        sessions: Arc::new(ui::session::Sessions::new(cli.secure_cookies)),
         router_topics: Arc::new(tf_kafka::subscription::Subscription::parse(&cli.router_topics).context("TF_ROUTER_TOPICS")?),
         lag_every: std::time::Duration::from_millis(cli.lag_sample_ms.max(100)),
     };

@@ -10,11 +10,11 @@ use metrics::{Counter, counter, describe_counter};
 use crate::AppState;
 
 /// Response classes counted per request.
-const CLASSES: [&str; 5] = ["2xx", "401", "403", "4xx", "5xx"];
+const CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "401", "403", "4xx", "5xx"];
 
 /// Handles to the API's series, made once (after the recorder is installed).
 pub struct Metrics {
-    responses: [Counter; 5],
+    responses: [Counter; 7],
     pub events_accepted: Counter,
     pub definitions_applied: Counter,
     pub tasks_decided: Counter,
@@ -38,14 +38,33 @@ impl Metrics {
     }
 
     fn count(&self, status: u16) {
-        let class = match status {
-            200..=299 => 0,
-            401 => 1,
-            403 => 2,
-            400..=499 => 3,
-            _ => 4,
-        };
-        self.responses[class].increment(1);
+        self.responses[class(status)].increment(1);
+    }
+}
+
+/// The index in [`CLASSES`] of a status: only 5xx (and anything outside 100..=599) counts as a
+/// server error, which the alert on `class="5xx"` reads.
+fn class(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        401 => 3,
+        403 => 4,
+        400..=499 => 5,
+        _ => 6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redirects_are_not_server_errors() {
+        let name = |s: u16| super::CLASSES[super::class(s)];
+        assert_eq!(
+            [name(200), name(303), name(304), name(401), name(403), name(404), name(500), name(503)],
+            ["2xx", "3xx", "3xx", "401", "403", "4xx", "5xx", "5xx"]
+        );
     }
 }
 

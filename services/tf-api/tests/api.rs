@@ -865,6 +865,54 @@ async fn hostile_dead_letters_neither_crash_the_browser_nor_choose_where_a_redri
     tf_testkit::delete_topics(&s, &[&source, &dlq, &sink]).await;
 }
 
+/// The console's cookie carries a session id, not the token; signing out revokes it on the
+/// server; a form posted from another origin is refused whatever cookie it carries.
+#[tokio::test]
+async fn console_sessions_live_on_the_server_and_cross_origin_posts_are_refused() {
+    let s = settings();
+    let (db, _pool) = FreshDatabase::migrated(&s).await;
+    let api = Api::spawn(&db.url, &unique("it-api-queue"));
+    api.ready().await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let origin = api.base.clone();
+    let signed_in = http
+        .post(format!("{}/ui/login", api.base))
+        .header("origin", &origin)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={ADMIN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let set_cookie = signed_in.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(!set_cookie.contains(ADMIN), "the cookie must not hold the token: {set_cookie}");
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let page = |cookie: String| {
+        let http = http.clone();
+        let url = format!("{}/ui/runs", api.base);
+        async move { http.get(url).header("cookie", cookie).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(page(cookie.clone()).await, 200, "the session signs the console in");
+    // The old cookie format (the raw token) is no session.
+    assert_eq!(page(format!("tf_session={ADMIN}")).await, 303);
+    // A form posted from another site, with the session cookie, is refused.
+    for forged in [Some("http://evil.example"), Some("null"), None] {
+        let mut req = http
+            .post(format!("{}/ui/runs/run%2Fx%2Fy%2F1/cancel", api.base))
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("reason=csrf");
+        if let Some(o) = forged {
+            req = req.header("origin", o);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 403, "origin {forged:?}");
+    }
+    let out = http.post(format!("{}/ui/logout", api.base)).header("origin", &origin).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(out.status(), 303);
+    assert_eq!(page(cookie).await, 303, "signed out on the server: the old cookie no longer works");
+}
+
 #[tokio::test]
 async fn a_human_task_that_nobody_decides_times_out_into_its_default_or_a_failure() {
     let s = settings();

@@ -1,8 +1,8 @@
 //! The web console under `/ui`: server-rendered pages over the same handlers as the JSON API
 //! (the console calls them with the signed-in token, so scopes, validation and errors are the
 //! API's), a little progressive JavaScript (live refresh, JSON checked before it is sent) and
-//! assets embedded in the binary. Signing in stores the token in an `HttpOnly`,
-//! `SameSite=Strict` cookie; every page and form needs it.
+//! assets embedded in the binary. Signing in starts a server-side session (`session.rs`) whose
+//! id the cookie carries; every page and form needs it.
 //!
 //! Long on purpose: one handler per console page, each a short composition of the API's own
 //! handlers and the HTML pieces of `html.rs`; splitting them by page would scatter the shared
@@ -10,6 +10,7 @@
 
 mod html;
 pub mod lag;
+pub mod session;
 
 use std::fmt::Write;
 
@@ -26,8 +27,6 @@ use crate::AppState;
 use crate::auth::Scope;
 use crate::error::ApiError;
 use html::{esc, page, status, table, text, url_part};
-
-const COOKIE: &str = "tf_session";
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -59,12 +58,8 @@ async fn asset(Path(file): Path<String>) -> Response {
 /// The signed-in token from the session cookie, as the Authorization header the API's handlers
 /// read, and the token's name.
 fn session(state: &AppState, headers: &HeaderMap) -> Option<(HeaderMap, String)> {
-    let token = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_string))?;
+    let token = state.sessions.token(headers)?;
+    // A token removed from the configuration since sign-in no longer signs anyone in.
     let name = state.tokens.name_of(&token)?;
     let mut h = HeaderMap::new();
     h.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}")).ok()?);
@@ -123,12 +118,12 @@ async fn login(State(state): State<AppState>, body: Bytes) -> Response {
         let body = r#"<p role="alert" class="flash flash-error">Unknown token.</p><p><a href="/ui/login">Try again</a></p>"#;
         return (StatusCode::UNAUTHORIZED, Html(page("Sign in", "", None, body))).into_response();
     }
-    let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/ui");
+    let cookie = state.sessions.start(token);
     ([(header::SET_COOKIE, cookie)], Redirect::to("/ui/runs")).into_response()
 }
 
-async fn logout() -> Response {
-    let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/ui; Max-Age=0");
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let cookie = state.sessions.end(&headers);
     ([(header::SET_COOKIE, cookie)], Redirect::to("/ui/login")).into_response()
 }
 
