@@ -56,6 +56,13 @@ fn class(status: u16) -> usize {
     }
 }
 
+/// Counts every response by class.
+pub async fn count(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    state.metrics.count(response.status().as_u16());
+    response
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -66,11 +73,4 @@ mod tests {
             ["2xx", "3xx", "3xx", "401", "403", "4xx", "5xx", "5xx"]
         );
     }
-}
-
-/// Counts every response by class.
-pub async fn count(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
-    state.metrics.count(response.status().as_u16());
-    response
 }
