@@ -20,6 +20,9 @@ use crate::error::ApiError;
 
 /// The most DLQ records one request reads.
 const SCAN_MAX: usize = 10_000;
+/// The most value bytes one request holds: a page stops early rather than hold more (a dead
+/// letter may be as large as the DLQ takes, about 1 MB).
+const KEEP_MAX_BYTES: usize = 16 << 20;
 
 /// One record of the DLQ as read.
 struct DeadLetter {
@@ -46,7 +49,15 @@ impl DeadLetter {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// What one read of the DLQ looks for: records from a partition and offset on, those matching
+/// `filter`, at most `keep` of them. Records that do not match are read and let go: only the
+/// kept ones (and at most [`KEEP_MAX_BYTES`] of values) stay in memory.
+struct Scan {
+    filter: Filter,
+    keep: usize,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
     /// The source topic the record came from.
@@ -60,12 +71,13 @@ pub struct Filter {
 }
 
 /// Reads the DLQ from the start (or `partition`/`offset`) to its end, at most [`SCAN_MAX`]
-/// records, on a blocking thread (librdkafka's consumer is synchronous).
-async fn read(state: &AppState, f: &Filter) -> Result<Vec<DeadLetter>, ApiError> {
+/// records, keeping the matching ones ([`Scan`]), on a blocking thread (librdkafka's consumer
+/// is synchronous).
+async fn read(state: &AppState, scan: Scan) -> Result<Vec<DeadLetter>, ApiError> {
     let brokers = state.settings.kafka_brokers.clone();
     let topic = state.dlq_topic.clone();
-    let (only, from) = (f.partition, f.offset);
     tokio::task::spawn_blocking(move || -> Result<Vec<DeadLetter>, String> {
+        let (only, from) = (scan.filter.partition, scan.filter.offset);
         let consumer: BaseConsumer = tf_kafka::client_config(&brokers)
             .set("group.id", "taskfactory-api-dlq-browser")
             .set("enable.auto.commit", "false")
@@ -92,22 +104,30 @@ async fn read(state: &AppState, f: &Filter) -> Result<Vec<DeadLetter>, ApiError>
         }
         consumer.assign(&tpl).map_err(|e| e.to_string())?;
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !highs.is_empty() && out.len() < SCAN_MAX && Instant::now() < deadline {
+        let (mut scanned, mut kept_bytes) = (0usize, 0usize);
+        while !highs.is_empty() && scanned < SCAN_MAX && out.len() < scan.keep && kept_bytes < KEEP_MAX_BYTES && Instant::now() < deadline {
             let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
             let m = m.map_err(|e| e.to_string())?;
+            scanned += 1;
             if m.offset() + 1 >= highs.get(&m.partition()).copied().unwrap_or(0) {
                 highs.remove(&m.partition());
             }
             let headers =
                 m.headers().map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect()).unwrap_or_default();
-            out.push(DeadLetter {
+            let mut d = DeadLetter {
                 partition: m.partition(),
                 offset: m.offset(),
                 timestamp_ms: m.timestamp().to_millis(),
                 key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                value: Vec::new(),
                 headers,
-            });
+            };
+            if !d.matches(&scan.filter) {
+                continue;
+            }
+            d.value = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
+            kept_bytes += d.value.len();
+            out.push(d);
         }
         out.sort_by_key(|d| (d.partition, d.offset));
         Ok(out)
@@ -151,7 +171,7 @@ pub async fn browse(
     let Query(f) = q.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
     let limit = crate::error::page_limit(f.limit, 50)? as usize;
     let mut out = Vec::new();
-    for d in read(&state, &f).await?.iter().filter(|d| d.matches(&f)).take(limit) {
+    for d in &read(&state, Scan { filter: f.clone(), keep: limit }).await? {
         out.push(describe(&state, d).await?);
     }
     Ok(Json(json!({"topic": state.dlq_topic, "dead_letters": out})))
@@ -189,15 +209,20 @@ pub async fn redrive(
     if req.records.is_empty() && req.topic.is_none() && req.stage.is_none() {
         return Err(ApiError::bad_request("records", "name DLQ records ({partition, offset}) or a topic/stage filter"));
     }
-    let filter = Filter { topic: req.topic.clone(), stage: req.stage.clone(), ..Filter::default() };
-    let all = read(&state, &Filter::default()).await?;
-    let chosen: Vec<&DeadLetter> = if req.records.is_empty() {
-        all.iter().filter(|d| d.matches(&filter)).take(req.limit.unwrap_or(100).min(1000)).collect()
+    if req.records.len() > 1000 {
+        return Err(ApiError::bad_request("records", "at most 1000 records per redrive"));
+    }
+    let chosen: Vec<DeadLetter> = if req.records.is_empty() {
+        let filter = Filter { topic: req.topic.clone(), stage: req.stage.clone(), ..Filter::default() };
+        read(&state, Scan { filter, keep: req.limit.unwrap_or(100).min(1000) }).await?
     } else {
+        // Each named record is read where it is, not by scanning the DLQ for it.
         let mut chosen = Vec::new();
         for c in &req.records {
-            let d = all
-                .iter()
+            let at = Filter { partition: Some(c.partition), offset: Some(c.offset), ..Filter::default() };
+            let d = read(&state, Scan { filter: at, keep: 1 })
+                .await?
+                .into_iter()
                 .find(|d| d.partition == c.partition && d.offset == c.offset)
                 .ok_or_else(|| ApiError::not_found(format!("no dead letter at {}@{}:{}", state.dlq_topic, c.partition, c.offset)))?;
             chosen.push(d);
@@ -205,7 +230,7 @@ pub async fn redrive(
         chosen
     };
     let (mut redriven, mut skipped) = (Vec::new(), Vec::new());
-    for d in chosen {
+    for d in &chosen {
         let at = json!({"partition": d.partition, "offset": d.offset});
         let Some(target) = d.source_topic() else {
             skipped.push(json!({"dead_letter": at, "reason": "no __connect.errors.topic header: not written by the router"}));

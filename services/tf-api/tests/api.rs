@@ -862,6 +862,28 @@ async fn hostile_dead_letters_neither_crash_the_browser_nor_choose_where_a_redri
     assert!(body["skipped"][0]["reason"].as_str().unwrap().contains("not one the router reads"), "{body}");
     assert_eq!(tf_testkit::high_watermark(&s, &sink, 0), 0, "nothing was written where the dead letter pointed");
     assert_eq!(tf_testkit::high_watermark(&s, &source, 0), 1);
+
+    // 300 dead letters of 900 kB (270 MB): a page of 5 holds 5 of them, not the whole DLQ.
+    let big = vec![b'x'; 900_000];
+    let sends: Vec<_> = (0..300)
+        .map(|_| {
+            let record = FutureRecord::to(&dlq).key("big").payload(&big).headers(
+                OwnedHeaders::new()
+                    .insert(Header { key: "__connect.errors.stage", value: Some("size") })
+                    .insert(Header { key: "__connect.errors.topic", value: Some(source.as_str()) }),
+            );
+            producer.send_result(record).map_err(|(e, _)| e).unwrap()
+        })
+        .collect();
+    for d in sends {
+        d.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    let (status, body) = api.call("GET", "/dead-letters?stage=size&limit=5", Some(ADMIN), None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["dead_letters"].as_array().map(Vec::len), Some(5));
+    let peak = tf_testkit::peak_rss_bytes(api.service.pid());
+    println!("HOSTILE FIGURES: tf-api peak RSS {} MiB after a page of 5 over 270 MB of dead letters", peak >> 20);
+    assert!(peak < 256 << 20, "tf-api peak RSS {peak} bytes");
     tf_testkit::delete_topics(&s, &[&source, &dlq, &sink]).await;
 }
 
