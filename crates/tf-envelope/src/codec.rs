@@ -181,7 +181,11 @@ pub fn bound_decoding(max_record_bytes: usize) -> usize {
 /// schema is the envelope's, any other record as JSON. Every reader of untrusted bytes comes
 /// through here, so the [`DecodeLimits`] hold for all of them.
 pub fn decode_body(schema_id: u32, schema: &Schema, mut body: &[u8]) -> Result<Decoded, DecodeError> {
-    crate::limits::check(schema, body, DecodeLimits::default()).map_err(|source| DecodeError::OverLimit { schema_id, source })?;
+    crate::limits::check(schema, body, DecodeLimits::default()).map_err(|source| match source {
+        // A length past the end is a truncated or corrupt body, as the decoder would say.
+        crate::limits::LimitError::LengthPastEnd { .. } => DecodeError::Body { schema_id, reason: source.to_string() },
+        _ => DecodeError::OverLimit { schema_id, source },
+    })?;
     let value = from_avro_datum(schema, &mut body, None).map_err(|e| DecodeError::Body { schema_id, reason: e.to_string() })?;
     if !body.is_empty() {
         // A body longer than its schema says is a framing or schema-id mix-up, not data.

@@ -12,7 +12,7 @@ use serde_json::json;
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
     /// The registry could not be reached or answered 5xx: a dependency failure, not bad input.
     #[error("schema registry unavailable at {url}: {reason}")]
@@ -82,10 +82,30 @@ pub struct Registry {
     http: reqwest::Client,
     base: String,
     by_id: RwLock<HashMap<u32, Arc<Schema>>>,
-    /// (subject, id) pairs known to be registered; only positive answers are kept, since a
-    /// schema can be registered under another subject later.
+    /// (subject, id) pairs known to be registered.
     subject_ids: RwLock<std::collections::HashSet<(String, u32)>>,
+    /// Answers that speak against a record (an unknown id, a refused schema, an id not under the
+    /// subject), kept for [`MISS_TTL`]: a flood of records with bad ids costs one registry
+    /// request per id and minute, not one per record (which the registry's rate limit would
+    /// turn into a pause for the good records too). Not for ever: an id may be registered under
+    /// the subject later.
+    /// `None`: the answer was "no" (the id is not under the subject).
+    misses: RwLock<HashMap<Miss, (std::time::Instant, Option<RegistryError>)>>,
+    /// Requests sent to the registry, for tests and diagnostics.
+    requests: std::sync::atomic::AtomicU64,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Miss {
+    Schema(u32),
+    NotUnder(String, u32),
+}
+
+/// How long an answer against a record is remembered.
+const MISS_TTL: Duration = Duration::from_secs(60);
+/// Remembered misses at most: a flood of distinct ids clears the oldest, which only costs their
+/// requests again.
+const MISS_MAX: usize = 10_000;
 
 #[derive(Deserialize)]
 struct SubjectVersion {
@@ -128,7 +148,35 @@ impl Registry {
             .default_headers(headers)
             .build()
             .expect("static reqwest configuration is valid");
-        Registry { http, base: base_url.trim_end_matches('/').to_string(), by_id: RwLock::default(), subject_ids: RwLock::default() }
+        Registry {
+            http,
+            base: base_url.trim_end_matches('/').to_string(),
+            by_id: RwLock::default(),
+            subject_ids: RwLock::default(),
+            misses: RwLock::default(),
+            requests: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Requests this client sent to the registry so far.
+    pub fn requests_sent(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn remembered_miss(&self, key: &Miss) -> Option<Option<RegistryError>> {
+        let misses = self.misses.read().expect("cache lock");
+        misses.get(key).filter(|(at, _)| at.elapsed() < MISS_TTL).map(|(_, e)| e.clone())
+    }
+
+    fn remember_miss(&self, key: Miss, error: Option<RegistryError>) {
+        let mut misses = self.misses.write().expect("cache lock");
+        if misses.len() >= MISS_MAX {
+            misses.retain(|_, (at, _)| at.elapsed() < MISS_TTL);
+            if misses.len() >= MISS_MAX {
+                misses.clear();
+            }
+        }
+        misses.insert(key, (std::time::Instant::now(), error));
     }
 
     pub fn base_url(&self) -> &str {
@@ -163,6 +211,19 @@ impl Registry {
         if let Some(s) = self.by_id.read().expect("cache lock").get(&id) {
             return Ok(s.clone());
         }
+        if let Some(Some(e)) = self.remembered_miss(&Miss::Schema(id)) {
+            return Err(e);
+        }
+        let fetched = self.fetch_schema(id).await;
+        if let Err(e) = &fetched
+            && matches!(e, RegistryError::UnknownSchemaId(_) | RegistryError::InvalidSchema { .. })
+        {
+            self.remember_miss(Miss::Schema(id), Some(e.clone()));
+        }
+        fetched
+    }
+
+    async fn fetch_schema(&self, id: u32) -> Result<Arc<Schema>, RegistryError> {
         let url = format!("{}/schemas/ids/{id}", self.base);
         let resp = self.send(self.http.get(&url).header("accept", CONTENT_TYPE), &url).await?;
         let text = match resp.status().as_u16() {
@@ -197,6 +258,25 @@ impl Registry {
         if self.subject_ids.read().expect("cache lock").contains(&key) {
             return Ok(true);
         }
+        let miss = Miss::NotUnder(subject.to_string(), id);
+        match self.remembered_miss(&miss) {
+            Some(None) => return Ok(false),
+            Some(Some(e)) => return Err(e),
+            None => {}
+        }
+        let has = self.fetch_subject_has(subject, id).await;
+        match &has {
+            Ok(true) => {
+                self.subject_ids.write().expect("cache lock").insert(key);
+            }
+            Ok(false) => self.remember_miss(miss, None),
+            Err(e @ RegistryError::UnknownSchemaId(_)) => self.remember_miss(miss, Some(e.clone())),
+            Err(_) => {}
+        }
+        has
+    }
+
+    async fn fetch_subject_has(&self, subject: &str, id: u32) -> Result<bool, RegistryError> {
         let url = format!("{}/schemas/ids/{id}/versions", self.base);
         let resp = self.send(self.http.get(&url).header("accept", CONTENT_TYPE), &url).await?;
         let versions: Vec<SubjectVersion> = match resp.status().as_u16() {
@@ -204,11 +284,7 @@ impl Registry {
             404 => return Err(RegistryError::UnknownSchemaId(id)),
             status => return Err(self.failure(&url, format!("listing the subjects of schema id {id}"), status, resp).await),
         };
-        let has = versions.iter().any(|v| v.subject == subject);
-        if has {
-            self.subject_ids.write().expect("cache lock").insert(key);
-        }
-        Ok(has)
+        Ok(versions.iter().any(|v| v.subject == subject))
     }
 
     async fn post(&self, url: &str, schema: &str) -> Result<reqwest::Response, RegistryError> {
@@ -218,6 +294,7 @@ impl Registry {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> Result<reqwest::Response, RegistryError> {
+        self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         req.send().await.map_err(|e| RegistryError::Unavailable { url: url.to_string(), reason: e.to_string() })
     }
 

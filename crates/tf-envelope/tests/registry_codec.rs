@@ -133,3 +133,27 @@ async fn an_unreachable_registry_is_a_dependency_failure_not_bad_input() {
     assert!(!err.is_bad_input(), "a down registry must pause the router, not dead-letter the record");
     assert!(err.to_string().contains("schema registry unavailable at http://127.0.0.1:9/"), "{err}");
 }
+
+/// A flood of records naming schema ids the registry does not know, or ids not under the
+/// topic's subject, costs one registry request per id, not one per record.
+#[tokio::test]
+async fn registry_misses_are_remembered_so_a_flood_of_bad_ids_costs_one_request_each() {
+    let registry = Arc::new(Registry::new(&settings().schema_registry_url));
+    let codec = Codec::new(registry.clone());
+    let before = registry.requests_sent();
+    for _ in 0..200 {
+        let err = codec.decode(&wire::frame(987_654_322, b"\x00")).await.unwrap_err();
+        assert!(matches!(err, DecodeError::UnknownSchemaId(987_654_322)), "{err}");
+    }
+    assert_eq!(registry.requests_sent() - before, 1, "one request for 200 records of one unknown id");
+    // An id that exists but not under the topic's subject.
+    let subject = format!("{}-value", tf_testkit::unique("it-misses"));
+    let other = tf_testkit::unique("it-misses-other");
+    let id = registry.register(&format!("{other}-value"), tf_envelope::ENVELOPE_SCHEMA).await.unwrap();
+    let before = registry.requests_sent();
+    for _ in 0..200 {
+        let err = codec.decode_checked(&wire::frame(id, b"\x00"), Some(&subject)).await.unwrap_err();
+        assert!(matches!(err, DecodeError::WrongSubject { .. }), "{err}");
+    }
+    assert_eq!(registry.requests_sent() - before, 1, "one request for 200 records under the wrong subject");
+}

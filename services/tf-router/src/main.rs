@@ -193,7 +193,7 @@ async fn main() -> anyhow::Result<()> {
     tf_runtime::serve(&cli.metrics_addr, recorder, ready.clone());
     // Routing without definitions would drop matches: wait until they load.
     let mut backoff = tf_runtime::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
-    let mut fingerprint = loop {
+    let fingerprint = loop {
         match refresh(&pool, &shared, "").await {
             Ok(fp) => break fp,
             Err(e) => {
@@ -205,7 +205,9 @@ async fn main() -> anyhow::Result<()> {
 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Ticket>();
     let permits = Arc::new(Semaphore::new(cli.max_in_flight));
-    let mut refresh_tick = tokio::time::interval(Duration::from_millis(cli.refresh_ms));
+    // Refreshed beside the consume loop, not in it: a slow definitions query must not hold up
+    // offsets and records.
+    let refresher = tokio::spawn(refresh_every(pool.clone(), shared.clone(), fingerprint, Duration::from_millis(cli.refresh_ms)));
     let shutdown = tf_runtime::shutdown_signal();
     tokio::pin!(shutdown);
     ready.set(true);
@@ -219,12 +221,6 @@ async fn main() -> anyhow::Result<()> {
             biased;
             () = &mut shutdown => break,
             Some(ticket) = done_rx.recv() => finished(&consumer, &tracker, &ticket),
-            _ = refresh_tick.tick() => {
-                match refresh(&pool, &shared, &fingerprint).await {
-                    Ok(fp) => fingerprint = fp,
-                    Err(e) => tracing::warn!(error = %e, "definition refresh failed; keeping the loaded set"),
-                }
-            }
             p = permits.clone().acquire_owned(), if permit.is_none() => permit = Some(p.expect("semaphore open")),
             received = consumer.recv(), if permit.is_some() => {
                 let msg = match received {
@@ -286,6 +282,7 @@ async fn main() -> anyhow::Result<()> {
 
     ready.set(false);
     let in_flight = || tracker.lock().expect("tracker lock").in_flight();
+    refresher.abort();
     tracing::info!(in_flight = in_flight(), "shutting down: draining in-flight records");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(cli.shutdown_timeout);
     while in_flight() > 0 {
@@ -308,6 +305,23 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("router stopped");
     Ok(())
+}
+
+/// How long one refresh may take before it is given up (the loaded set stays).
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Refreshes the definitions every `every`, for as long as the router runs.
+async fn refresh_every(pool: PgPool, shared: Arc<Shared>, mut fingerprint: String, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match tokio::time::timeout(REFRESH_TIMEOUT, refresh(&pool, &shared, &fingerprint)).await {
+            Ok(Ok(fp)) => fingerprint = fp,
+            Ok(Err(e)) => tracing::warn!(error = %e, "definition refresh failed; keeping the loaded set"),
+            Err(_) => tracing::warn!(timeout_s = REFRESH_TIMEOUT.as_secs(), "definition refresh timed out; keeping the loaded set"),
+        }
+    }
 }
 
 /// Loads enabled event definitions when the table changed; returns the new fingerprint.

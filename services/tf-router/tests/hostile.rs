@@ -230,3 +230,27 @@ async fn with_the_topic_subject_policy_a_record_of_another_subject_is_dead_lette
     assert!(headers["__connect.errors.exception.message"].contains(&format!("not registered under subject {}-value", t.topic)));
     eventually("the good record's run", Duration::from_secs(60), || async { (t.runs().await == 1).then_some(()) }).await;
 }
+
+/// A definitions table that cannot be read (locked by a migration, a slow database) holds up
+/// the definitions refresh, not routing: records keep flowing on the loaded set.
+#[tokio::test]
+async fn a_stuck_definitions_refresh_does_not_stall_routing() {
+    let t = setup(1, ANY).await;
+    let group = unique("it-group");
+    let router = t.router(&group, &[("TF_ROUTER_REFRESH_MS", "200")]);
+    t.send(0, "first", &t.envelope("first-1", json!({})).await).await;
+    eventually("the first record committed", Duration::from_secs(60), || async { (committed(&group, &t.topic, 1) == 1).then_some(()) })
+        .await;
+    // Hold a lock that blocks every read of the definitions table.
+    let mut lock = t.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE activity_definitions IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await; // a refresh is now waiting on the lock
+    t.send(0, "second", &t.envelope("second-1", json!({})).await).await;
+    eventually(
+        &format!("the second record committed while the table is locked; log:\n{}", router.log()),
+        Duration::from_secs(30),
+        || async { (committed(&group, &t.topic, 1) == 2).then_some(()) },
+    )
+    .await;
+    lock.rollback().await.unwrap();
+}
