@@ -28,6 +28,13 @@ pub fn is_reserved(name: &str) -> bool {
     name.starts_with("__connect.") || name.starts_with("__taskfactory.")
 }
 
+/// Parses a [`REDRIVE`] marker, `<dlq topic>@<partition>:<offset>`.
+pub fn parse_redrive(marker: &str) -> Option<(&str, i32, i64)> {
+    let (topic, at) = marker.rsplit_once('@')?;
+    let (partition, offset) = at.split_once(':')?;
+    Some((topic, partition.parse().ok()?, offset.parse().ok()?))
+}
+
 /// The value of the last header called `name`, as text.
 pub fn last<'a, I>(headers: I, name: &str) -> Option<String>
 where
@@ -47,5 +54,9 @@ mod tests {
         let forged: &[(&str, Option<&[u8]>)] = &[(TOPIC, Some(b"taskfactory.results")), ("x", None), (TOPIC, Some(b"events.orders"))];
         assert_eq!(last(forged.iter().copied(), TOPIC).as_deref(), Some("events.orders"));
         assert_eq!(last(forged.iter().copied(), STAGE), None);
+        assert_eq!(parse_redrive("taskfactory.dlq@2:40"), Some(("taskfactory.dlq", 2, 40)));
+        assert_eq!(parse_redrive("a@b@0:1"), Some(("a@b", 0, 1)));
+        assert_eq!(parse_redrive("taskfactory.dlq@x:1"), None);
+        assert_eq!(parse_redrive("nothing"), None);
     }
 }

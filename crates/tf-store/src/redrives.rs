@@ -6,21 +6,53 @@ use sqlx::PgPool;
 
 use crate::StoreError;
 
-/// Takes the redrive of one dead letter; `false` when it was already taken.
-pub async fn claim(pool: &PgPool, dlq: (&str, i32, i64), target_topic: &str, by: &str) -> Result<bool, StoreError> {
+/// Takes the redrive of one dead letter; `false` when it was already taken. `source` is where
+/// the dead letter first came from on `target_topic` (partition, offset), when the router said.
+pub async fn claim(
+    pool: &PgPool,
+    dlq: (&str, i32, i64),
+    target_topic: &str,
+    source: Option<(i32, i64)>,
+    by: &str,
+) -> Result<bool, StoreError> {
     Ok(sqlx::query(
-        "INSERT INTO dlq_redrives (dlq_topic, dlq_partition, dlq_offset, target_topic, redriven_by) VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO dlq_redrives (dlq_topic, dlq_partition, dlq_offset, target_topic, source_partition, source_offset, redriven_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT DO NOTHING",
     )
     .bind(dlq.0)
     .bind(dlq.1)
     .bind(dlq.2)
     .bind(target_topic)
+    .bind(source.map(|s| s.0))
+    .bind(source.map(|s| s.1))
     .bind(by)
     .execute(pool)
     .await?
     .rows_affected()
         == 1)
+}
+
+/// The original coordinates (partition, offset on `topic`) of the record redriven from `dlq` that
+/// now sits at `at` (partition, offset) on `topic`; `None` when no redrive put it there (a
+/// producer's forged marker). A redrive whose placement is not recorded yet (the router read the
+/// record before tf-api wrote where it landed) is taken at its word.
+pub async fn origin(pool: &PgPool, dlq: (&str, i32, i64), topic: &str, at: (i32, i64)) -> Result<Option<(i32, i64)>, StoreError> {
+    let row: Option<(i32, i64)> = sqlx::query_as(
+        "SELECT source_partition, source_offset FROM dlq_redrives
+         WHERE dlq_topic = $1 AND dlq_partition = $2 AND dlq_offset = $3 AND target_topic = $4
+           AND source_partition IS NOT NULL AND source_offset IS NOT NULL
+           AND (target_offset IS NULL OR (target_partition = $5 AND target_offset = $6))",
+    )
+    .bind(dlq.0)
+    .bind(dlq.1)
+    .bind(dlq.2)
+    .bind(topic)
+    .bind(at.0)
+    .bind(at.1)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row)
 }
 
 /// Records where a redriven record landed.

@@ -247,7 +247,8 @@ pub async fn redrive(
             continue;
         }
         let dlq = (state.dlq_topic.as_str(), d.partition, d.offset);
-        if !tf_store::redrives::claim(&state.pool, dlq, &target, &caller.token).await? {
+        let source = d.header(dlq::PARTITION).and_then(|p| p.parse().ok()).zip(d.header(dlq::OFFSET).and_then(|o| o.parse().ok()));
+        if !tf_store::redrives::claim(&state.pool, dlq, &target, source, &caller.token).await? {
             let earlier = tf_store::redrives::get(&state.pool, dlq).await?;
             skipped.push(json!({"dead_letter": at, "reason": "already redriven", "redrive": earlier}));
             continue;
@@ -258,7 +259,12 @@ pub async fn redrive(
             hs = hs.insert(Header { key: k, value: v.as_deref() });
         }
         hs = hs.insert(Header { key: dlq::REDRIVE, value: Some(marker.as_str()) });
+        // The dead letter carries the original record's timestamp (the router keeps it): a plain
+        // record's event time, and so its dedupe window.
         let mut record = FutureRecord::to(&target).payload(&d.value).headers(hs);
+        if let Some(ts) = d.timestamp_ms {
+            record = record.timestamp(ts);
+        }
         if let Some(k) = &d.key {
             record = record.key(k);
         }

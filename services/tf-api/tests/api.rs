@@ -887,6 +887,129 @@ async fn hostile_dead_letters_neither_crash_the_browser_nor_choose_where_a_redri
     tf_testkit::delete_topics(&s, &[&source, &dlq, &sink]).await;
 }
 
+/// A redriven plain (non-envelope) record keeps the identity of the original: its id is the
+/// original's coordinates and its event time the original's timestamp, so a definition that
+/// already ran for it deduplicates it, and only the definition that dead-lettered it runs.
+#[tokio::test]
+async fn a_redriven_plain_record_keeps_its_identity_so_what_ran_for_it_does_not_run_again() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-api-queue");
+    let topic = unique("events.it-plain");
+    let dlq = unique("it-api-dlq");
+    for t in [&topic, &dlq] {
+        create_topic(&s, t, 1).await;
+    }
+    let addr = tf_testkit::free_local_addr();
+    let service = Service::spawn(
+        env!("CARGO_BIN_EXE_tf-api"),
+        &unique("tf-api"),
+        &[
+            ("TF_DATABASE_URL", &db.url),
+            ("TF_TASK_QUEUE", &queue),
+            ("TF_API_ADDR", &addr),
+            ("TF_API_METRICS_ADDR", ""),
+            ("TF_DLQ_TOPIC", &dlq),
+            ("TF_API_TOKEN__ADMIN", &format!("read,write,ingest,tasks:{}", sha256(ADMIN))),
+        ],
+    );
+    let api =
+        Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service, metrics: String::new(), doc: Default::default() };
+    api.ready().await;
+    let (all, strict) = (unique("it-plain-all").to_lowercase(), unique("it-plain-strict").to_lowercase());
+    let def = |id: &str, filter: &str| {
+        format!(
+            "id: {id}\nname: P\ntrigger: {{event: {{topics: [{topic}], type: '*'{filter}}}}}\ndedupe: {{key: event.id}}\ntasks: [{{name: t, type: human}}]\n"
+        )
+    };
+    assert_eq!(api.call("POST", "/definitions", Some(ADMIN), None, Some(def(&all, ""))).await.0, 200);
+    assert_eq!(api.call("POST", "/definitions", Some(ADMIN), None, Some(def(&strict, ", filter: 'event.data.missing > 1'"))).await.0, 200);
+    let _router = Service::spawn(
+        &workspace_binary("tf-router"),
+        &unique("tf-router"),
+        &[
+            ("TF_DATABASE_URL", &db.url),
+            ("TF_TASK_QUEUE", &queue),
+            ("TF_ROUTER_TOPICS", &topic),
+            ("TF_ROUTER_GROUP", &unique("it-api-group")),
+            ("TF_DLQ_TOPIC", &dlq),
+            ("TF_ROUTER_METRICS_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    let _worker = Service::spawn(
+        &workspace_binary("tf-worker"),
+        &unique("tf-worker"),
+        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true"), ("TF_NO_SCHEDULER", "true")],
+    );
+    // A plain Avro record, produced an hour ago by its timestamp.
+    let codec = tf_envelope::Codec::new(std::sync::Arc::new(tf_envelope::Registry::new(&s.schema_registry_url)));
+    let schema = r#"{"type": "record", "name": "Plain", "namespace": "io.test", "fields": [{"name": "n", "type": "long"}]}"#;
+    let value = apache_avro::types::Value::Record(vec![("n".into(), apache_avro::types::Value::Long(7))]);
+    let bytes = codec.encode(&format!("{topic}-value"), schema, value).await.unwrap();
+    let hour_ago = tf_envelope::Timestamp::now().0 - 3_600_000;
+    let producer: rdkafka::producer::FutureProducer = tf_kafka::client_config(&s.kafka_brokers).create().unwrap();
+    producer
+        .send(rdkafka::producer::FutureRecord::to(&topic).key("p").payload(&bytes).timestamp(hour_ago), Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let original_id = format!("{topic}-0-0");
+    let runs = || async {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT definition_id, dedupe_key FROM activity_runs ORDER BY definition_id").fetch_all(&pool).await.unwrap();
+        rows
+    };
+    eventually("the lenient definition's run", Duration::from_secs(60), || async { (runs().await.len() == 1).then_some(()) }).await;
+    let listed = eventually("the dead letter of the strict one", Duration::from_secs(60), || async {
+        let (_, body) = api.call("GET", "/dead-letters?stage=filter", Some(ADMIN), None, None).await;
+        (body["dead_letters"].as_array().is_some_and(|d| d.len() == 1)).then_some(body)
+    })
+    .await;
+    let d = &listed["dead_letters"][0];
+    assert_eq!(d["timestamp_ms"], hour_ago, "the dead letter keeps the original's timestamp: {d}");
+    // Fix the strict definition, then redrive.
+    let (_, body) = api
+        .call(
+            "POST",
+            "/definitions",
+            Some(ADMIN),
+            None,
+            Some(def(&strict, ", filter: '!has(event.data.missing) || event.data.missing > 1'")),
+        )
+        .await;
+    assert_eq!(body["applied"][0]["outcome"], "new_version", "{body}");
+    tokio::time::sleep(Duration::from_secs(3)).await; // the router's refresh interval
+    let coordinates = json!({"records": [{"partition": d["partition"], "offset": d["offset"]}]}).to_string();
+    let (status, body) = api.call("POST", "/dead-letters/redrive", Some(ADMIN), None, Some(coordinates)).await;
+    assert_eq!((status, body["redriven"].as_array().map(Vec::len)), (200, Some(1)), "{body}");
+    let after = eventually("the strict definition's run", Duration::from_secs(60), || async {
+        let r = runs().await;
+        r.iter().any(|(def, _)| def == &strict).then_some(r)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // a second run of the lenient one would show by now
+    let after_settled = runs().await;
+    assert_eq!(after, after_settled);
+    let mut expected = vec![(all.clone(), original_id.clone()), (strict.clone(), original_id.clone())];
+    expected.sort();
+    assert_eq!(after_settled, expected, "one run each, both under the original's identity");
+
+    // A producer copying the redrive marker gains nothing: only the record the redrive placed
+    // takes the original's identity; this one keeps its own and runs as a new event.
+    let marker = format!("{dlq}@{}:{}", d["partition"], d["offset"]);
+    let forged = rdkafka::producer::FutureRecord::to(&topic).key("p").payload(&bytes).headers(
+        rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header { key: "taskfactory.redrive", value: Some(marker.as_str()) }),
+    );
+    producer.send(forged, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    let own_id = format!("{topic}-0-2");
+    eventually("the forged copy's own runs", Duration::from_secs(60), || async {
+        let r = runs().await;
+        (r.iter().filter(|(_, key)| key == &own_id).count() == 2).then_some(())
+    })
+    .await;
+    tf_testkit::delete_topics(&s, &[&topic, &dlq]).await;
+}
+
 /// The console's cookie carries a session id, not the token; signing out revokes it on the
 /// server; a form posted from another origin is refused whatever cookie it carries.
 #[tokio::test]

@@ -92,7 +92,13 @@ async fn decode(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>) -> Optio
         dead_letter(shared, msg, DeadLetter { stage: "event-time", class: "BeyondReplayHorizon", message }).await;
         return None;
     }
-    match decoded.into_event_json(at.topic, at.partition, at.offset, msg.timestamp().to_millis()) {
+    // A plain record's identity is its coordinates; a redriven copy takes the original's, so the
+    // definitions that already ran for it deduplicate it.
+    let (id_partition, id_offset) = match &decoded {
+        Decoded::Record { .. } => redriven_from(shared, msg, at).await.unwrap_or((at.partition, at.offset)),
+        Decoded::Envelope { .. } => (at.partition, at.offset),
+    };
+    match decoded.into_event_json(at.topic, id_partition, id_offset, msg.timestamp().to_millis()) {
         Ok(event) => Some((event, event_time_ms)),
         Err(e) => {
             let message = format!("envelope does not convert to JSON: {e}");
@@ -100,6 +106,23 @@ async fn decode(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>) -> Optio
             None
         }
     }
+}
+
+/// The original coordinates of a record tf-api redrove from this router's DLQ. The marker header
+/// alone proves nothing (a producer can write it): only a redrive recorded in PostgreSQL that put
+/// a record here counts.
+async fn redriven_from(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>) -> Option<(i32, i64)> {
+    let marker = msg.headers().and_then(|h| tf_kafka::dlq::last(h.iter().map(|h| (h.key, h.value)), tf_kafka::dlq::REDRIVE))?;
+    let (dlq_topic, partition, offset) = tf_kafka::dlq::parse_redrive(&marker)?;
+    if dlq_topic != shared.cli.dlq_topic {
+        return None;
+    }
+    retry(shared, "redrive lookup", || async {
+        tf_store::redrives::origin(&shared.pool, (dlq_topic, partition, offset), at.topic, (at.partition, at.offset))
+            .await
+            .map_err(|e| Paused::from(e.to_string()))
+    })
+    .await
 }
 
 /// Matches the event against the definitions and starts each run (or dead-letters the record).

@@ -131,6 +131,8 @@ struct Shared {
     metrics: Arc<metrics::Metrics>,
     claims: Claims,
     recent_starts: RecentStarts,
+    /// For the rare lookups outside the claim batches (a redriven record's origin).
+    pool: PgPool,
 }
 
 #[tokio::main]
@@ -183,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
         dlq,
         definitions: RwLock::new(Arc::new(Routes::default())),
         claims: Claims::start(pool.clone(), metrics.clone()),
+        pool: pool.clone(),
         recent_starts: RecentStarts::new(cli.recent_starts, Duration::from_secs(cli.recent_start_ttl)),
         metrics,
         cli: cli.clone(),
