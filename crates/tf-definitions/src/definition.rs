@@ -266,9 +266,61 @@ impl Checker {
     }
 }
 
+/// The deepest `[ ]` / `{ }` nesting a definition may have; real ones use a handful.
+const MAX_FLOW_NESTING: usize = 64;
+
+/// The byte offset where flow collections nest deeper than `max`, outside quoted scalars and
+/// comments; `None` when they never do. A cheap, conservative scan (a bracket inside a block
+/// scalar counts too), run before the YAML parser.
+fn flow_nesting_past(text: &str, max: usize) -> Option<usize> {
+    let (mut depth, mut quote, mut comment, mut escaped) = (0usize, None::<u8>, false, false);
+    for (i, &b) in text.as_bytes().iter().enumerate() {
+        if comment {
+            comment = b != b'\n';
+            continue;
+        }
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if q == b'"' && b == b'\\' {
+                    escaped = true;
+                } else if b == q {
+                    quote = None;
+                }
+            }
+            None => match b {
+                b'"' | b'\'' => quote = Some(b),
+                b'#' => comment = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > max {
+                        return Some(i);
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+    }
+    None
+}
+
 impl Definition {
     /// Parses every document of a YAML stream (documents separated by `---`).
     pub fn from_yaml(origin: &str, text: &str) -> Result<Vec<Definition>, InvalidDefinition> {
+        // The YAML parser spends ~20 µs per level of flow nesting (`[[[[...`; 40,000 levels took
+        // 0.87 s in a debug build), so a 4 MB body of brackets would hold a core for tens of
+        // seconds: refuse deep nesting before parsing.
+        if let Some(at) = flow_nesting_past(text, MAX_FLOW_NESTING) {
+            return Err(InvalidDefinition {
+                origin: origin.to_string(),
+                errors: vec![FieldError {
+                    path: "(document)".into(),
+                    message: format!("nested deeper than {MAX_FLOW_NESTING} levels of [ ] or {{ }} (at byte {at})"),
+                }],
+            });
+        }
         let mut out = Vec::new();
         for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let origin = if i == 0 { origin.to_string() } else { format!("{origin} (document {})", i + 1) };
@@ -665,6 +717,16 @@ tasks:
         let text = err.to_string();
         assert!(text.starts_with("bad.yaml is not a valid activity definition:"), "{text}");
         assert!(text.contains("dedupe.key: line 1 column 1: unknown variable `evnt`"), "{text}");
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_refused_before_parsing() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let err = Definition::from_yaml("body", &deep).unwrap_err();
+        // The scan's message, not the parser's: the parser never ran.
+        assert!(err.errors[0].message.contains("nested deeper than 64 levels"), "{err}");
+        assert_eq!(flow_nesting_past("a: '[[[['\nb: \"{{{\\\"[\"\n# [[[[[\nc: [1, [2]]", 2), None);
+        assert_eq!(flow_nesting_past("[[[", 2), Some(2));
     }
 
     #[test]

@@ -28,6 +28,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether PostgreSQL refused a value the caller supplied: a NUL character or an invalid
+    /// byte sequence (22021, 22P05), text that is no number or time (22P02, 22007), a value out
+    /// of range or too long (22003, 22008, 22001). The caller's input, not the service, is at
+    /// fault. Other data exceptions (a division by zero in our own SQL) stay server errors.
+    pub fn is_bad_value(&self) -> bool {
+        const CALLER_VALUES: [&str; 7] = ["22021", "22P05", "22P02", "22007", "22003", "22008", "22001"];
+        matches!(self, StoreError::Query(sqlx::Error::Database(db)) if db.code().is_some_and(|c| CALLER_VALUES.contains(&c.as_ref())))
+    }
+
     /// Whether PostgreSQL was unavailable (retry later) rather than refusing the statement
     /// (retrying cannot help): connection problems, an administrator shutdown, lack of
     /// resources, serialization failures and deadlocks.

@@ -47,6 +47,13 @@ pub fn page_limit(limit: Option<i64>, default: i64) -> Result<i64, ApiError> {
 
 impl From<tf_store::StoreError> for ApiError {
     fn from(e: tf_store::StoreError) -> ApiError {
+        if e.is_bad_value() {
+            tracing::info!(error = %e, "the database refused a value of the request");
+            return ApiError::bad_request(
+                "request",
+                "a value of the request cannot be stored (a NUL character, an invalid byte sequence, a number out of range)",
+            );
+        }
         tracing::error!(error = %e, "database");
         if e.is_transient() {
             ApiError::unavailable("the database is unavailable; retry later")

@@ -1010,6 +1010,161 @@ async fn a_redriven_plain_record_keeps_its_identity_so_what_ran_for_it_does_not_
     tf_testkit::delete_topics(&s, &[&topic, &dlq]).await;
 }
 
+/// Every operation of the OpenAPI document, sent every body, header and query shape a client
+/// can send: each answer is a clear 4xx (never a 5xx, a dropped connection or a crash), and
+/// tf-api's memory stays bounded.
+#[tokio::test]
+async fn every_operation_answers_hostile_bodies_headers_and_queries_with_a_clear_4xx() {
+    let s = settings();
+    let (db, _pool) = FreshDatabase::migrated(&s).await;
+    let topic = unique("events.it-hostile-api");
+    create_topic(&s, &topic, 1).await;
+    let api = Api::spawn(&db.url, &unique("it-api-queue"));
+    api.ready().await;
+    let doc: Value = api.http.get(format!("{}/openapi.json", api.base)).send().await.unwrap().json().await.unwrap();
+    let deep_json = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let laughs = {
+        // Billion laughs: nine levels of ten aliases each.
+        let mut y = String::from("a0: &a0 [\"lol\"]\n");
+        for i in 1..10 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            y.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        y
+    };
+    let bodies: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("truncated JSON", b"{".to_vec()),
+        ("null", b"null".to_vec()),
+        ("array", b"[]".to_vec()),
+        ("string", b"\"x\"".to_vec()),
+        ("invalid UTF-8", vec![0xff, 0xfe, 0x00, 0x80]),
+        ("NUL in a string", b"{\"id\": \"a\\u0000b\", \"reason\": \"\\u0000\"}".to_vec()),
+        ("deeply nested JSON", deep_json.into_bytes()),
+        ("billion laughs YAML", laughs.into_bytes()),
+        ("3 MB of garbage", vec![b'x'; 3 << 20]),
+        ("huge number", b"{\"limit\": 1e999999, \"records\": [{\"partition\": 99999999999, \"offset\": -1}]}".to_vec()),
+    ];
+    let content_types = [
+        "application/json",
+        "application/yaml",
+        "application/cloudevents+json",
+        "application/cloudevents-batch+json",
+        "text/plain",
+        "multipart/form-data; boundary=x",
+        "\u{1}",
+    ];
+    let paths = |template: &str| -> Vec<String> {
+        let fill = |v: &str| template.replace("{topic}", &topic).replace("{id}", v).replace("{run_id}", v).replace("{path}", v);
+        if template.contains('{') {
+            vec![
+                fill("x"),
+                fill("%00"),
+                fill(&"a".repeat(5000)),
+                fill("..%2F..%2Fetc"),
+                fill("%ff%fe"),
+                fill("x/complete"),
+                fill("x/retry"),
+            ]
+        } else {
+            vec![template.to_string()]
+        }
+    };
+    let queries = [
+        "",
+        "?limit=-1",
+        "?limit=99999999999999999999",
+        "?partition=abc&offset=-5",
+        "?unknown=1",
+        "?cursor=%00garbage",
+        "?version=0",
+        "?status=exploded",
+    ];
+    let mut answered = 0usize;
+    let mut problems = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            for (variant, url) in paths(path).into_iter().enumerate() {
+                // Every body in every content type on the plain path; the hostile path
+                // variants get the first content type only (their refusal comes first).
+                let shapes: Vec<(String, reqwest::RequestBuilder)> = if method == "post" {
+                    let mut v = Vec::new();
+                    for (name, body) in &bodies {
+                        for ct in content_types.iter().take(if variant == 0 { content_types.len() } else { 1 }) {
+                            let req = api.http.post(format!("{}{url}", api.base)).bearer_auth(ADMIN).body(body.clone());
+                            let req = if ct.is_ascii() && !ct.contains('\u{1}') { req.header("content-type", *ct) } else { req };
+                            v.push((format!("{name} as {ct}"), req));
+                        }
+                    }
+                    // Binary-mode CloudEvents headers, hostile.
+                    v.push((
+                        "ce-* headers".into(),
+                        api.http
+                            .post(format!("{}{url}", api.base))
+                            .bearer_auth(ADMIN)
+                            .header("ce-specversion", "9.9")
+                            .header("ce-id", "x".repeat(60_000))
+                            .header("ce-time", "not a time")
+                            .header("ce-type", "")
+                            .body("{}"),
+                    ));
+                    v
+                } else {
+                    queries
+                        .iter()
+                        .map(|q| {
+                            (
+                                format!("query {q}"),
+                                api.http
+                                    .request(method.to_uppercase().parse().unwrap(), format!("{}{url}{q}", api.base))
+                                    .bearer_auth(ADMIN),
+                            )
+                        })
+                        .collect()
+                };
+                for (shape, req) in shapes {
+                    let t0 = std::time::Instant::now();
+                    let sent = req.send().await;
+                    if t0.elapsed() > Duration::from_secs(1) {
+                        println!("SLOW {method} {} {shape}: {:?}", &url[..url.len().min(60)], t0.elapsed());
+                    }
+                    match sent {
+                        Ok(resp) => {
+                            let status = resp.status().as_u16();
+                            answered += 1;
+                            if status >= 500 {
+                                let body = resp.text().await.unwrap_or_default();
+                                problems.push(format!(
+                                    "{method} {} with {shape}: {status} {}",
+                                    &url[..url.len().min(80)],
+                                    &body[..body.len().min(200)]
+                                ));
+                            }
+                        }
+                        // A body refused (413) before it was all sent can break the pipe; the
+                        // server must still be there.
+                        Err(e) if e.is_request() || e.is_body() => {}
+                        Err(e) => problems.push(format!("{method} {} with {shape}: {e}", &url[..url.len().min(80)])),
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} of {answered} answers were server errors or failures:\n{}\nlog:\n{}",
+        problems.len(),
+        problems.join("\n"),
+        api.service.log()
+    );
+    assert!(answered > 500, "{answered} answers");
+    assert_eq!(api.http.get(format!("{}/healthz", api.base)).send().await.unwrap().status(), 200, "tf-api is still up");
+    let peak = tf_testkit::peak_rss_bytes(api.service.pid());
+    println!("HOSTILE FIGURES: tf-api answered {answered} hostile requests, peak RSS {} MiB", peak >> 20);
+    assert!(peak < 256 << 20, "tf-api peak RSS {peak} bytes");
+    tf_testkit::delete_topics(&s, &[&topic]).await;
+}
+
 /// The console's cookie carries a session id, not the token; signing out revokes it on the
 /// server; a form posted from another origin is refused whatever cookie it carries.
 #[tokio::test]
