@@ -177,17 +177,26 @@ impl Service {
         Service::spawn_with_args(binary, &[], name, envs)
     }
 
-    /// [`Service::spawn`] with command-line arguments.
+    /// [`Service::spawn`] with command-line arguments. Every service runs under an
+    /// address-space cap ([`MEMORY_CAP_BYTES`], `TF_TEST_MEMORY_CAP_MB` to change it), so an
+    /// allocation bomb a test feeds it fails that test (the allocation fails, the service
+    /// aborts) instead of taking the machine's memory.
     pub fn spawn_with_args(binary: &str, args: &[&str], name: &str, envs: &[(&str, &str)]) -> Service {
+        use std::os::unix::process::CommandExt;
         let log = std::env::temp_dir().join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("service log file");
-        let child = std::process::Command::new(binary)
-            .args(args)
-            .envs(envs.iter().copied())
-            .stdout(file.try_clone().expect("log"))
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {binary}: {e}"));
+        let cap = memory_cap_bytes();
+        let mut command = std::process::Command::new(binary);
+        command.args(args).envs(envs.iter().copied()).stdout(file.try_clone().expect("log")).stderr(file);
+        // SAFETY: setrlimit is async-signal-safe, and the closure touches no memory the
+        // parent's other threads may hold locked (it only reads the captured integer).
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit { rlim_cur: cap, rlim_max: cap };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            });
+        }
+        let child = command.spawn().unwrap_or_else(|e| panic!("spawning {binary}: {e}"));
         Service { child, name: name.to_string() }
     }
 
@@ -313,6 +322,15 @@ pub fn headers(m: &impl Message) -> std::collections::HashMap<String, String> {
     m.headers()
         .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
         .unwrap_or_default()
+}
+
+/// The address space a service under test may map: far above what the services use (about
+/// 0.6 GB of mostly reserved address space, 40–60 MB resident) and far below the machine's
+/// memory.
+pub const MEMORY_CAP_BYTES: u64 = 4 << 30;
+
+fn memory_cap_bytes() -> u64 {
+    std::env::var("TF_TEST_MEMORY_CAP_MB").ok().and_then(|v| v.parse::<u64>().ok()).map_or(MEMORY_CAP_BYTES, |mb| mb << 20)
 }
 
 /// A process's peak resident set (`VmHWM`), in bytes: what a hostile input made it hold at most.

@@ -125,6 +125,10 @@ async fn hostile_records_are_dead_lettered_and_the_partition_moves_past_them() {
     let hwm_kb = tf_testkit::peak_rss_bytes(router.pid()) / 1024;
     println!("HOSTILE FIGURES: router peak RSS {} MiB", hwm_kb / 1024);
     assert!(hwm_kb < 256 * 1024, "router peak RSS {hwm_kb} kB");
+    // It ran under the test's address-space cap, so a bomb would have failed here, not the machine.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", router.pid())).unwrap();
+    let cap = limits.lines().find(|l| l.starts_with("Max address space")).unwrap().split_whitespace().nth(3).unwrap().to_string();
+    assert_eq!(cap, tf_testkit::MEMORY_CAP_BYTES.to_string(), "{limits}");
 }
 
 #[tokio::test]
