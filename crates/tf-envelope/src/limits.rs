@@ -225,19 +225,7 @@ impl Walk<'_, '_> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    fn long(n: i64) -> Vec<u8> {
-        let mut z = ((n << 1) ^ (n >> 63)) as u64;
-        let mut out = Vec::new();
-        loop {
-            if z < 0x80 {
-                out.push(z as u8);
-                return out;
-            }
-            out.push((z as u8 & 0x7f) | 0x80);
-            z >>= 7;
-        }
-    }
+    use tf_testkit::avro_long as long;
 
     fn schema(json: &str) -> Schema {
         Schema::parse_str(json).unwrap()

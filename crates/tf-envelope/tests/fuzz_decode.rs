@@ -28,20 +28,6 @@ fn peak_rss() -> u64 {
     kb * 1024
 }
 
-/// Avro's zig-zag varint of `n`.
-fn long(n: i64) -> Vec<u8> {
-    let mut z = ((n << 1) ^ (n >> 63)) as u64;
-    let mut out = Vec::new();
-    loop {
-        if z < 0x80 {
-            out.push(z as u8);
-            return out;
-        }
-        out.push((z as u8 & 0x7f) | 0x80);
-        z >>= 7;
-    }
-}
-
 /// Counts of values in a decoded JSON tree, to check the limit held.
 fn json_values(v: &serde_json::Value) -> usize {
     1 + match v {
@@ -63,15 +49,15 @@ fn a_lying_count_prefix_is_refused_without_allocating_it() {
     let array = Schema::parse_str(r#"{"type": "array", "items": {"type": "record", "name": "R", "fields": [{"name": "a", "type": "string"}, {"name": "b", "type": "string"}]}}"#).unwrap();
     // Half a billion entries claimed in a handful of bytes: no process-wide allocation bound is
     // set in this test, so only the decode limits stand between it and an abort.
-    let err = decode_body(7, &array, &long(500_000_000)).unwrap_err();
+    let err = decode_body(7, &array, &tf_testkit::avro_long(500_000_000)).unwrap_err();
     assert!(matches!(err, DecodeError::OverLimit { .. }), "{err}");
     let map = Schema::parse_str(r#"{"type": "map", "values": "string"}"#).unwrap();
-    assert!(decode_body(7, &map, &long(-400_000_000)).is_err());
-    assert!(decode_body(7, &Schema::String, &long(1 << 40)).is_err());
+    assert!(decode_body(7, &map, &tf_testkit::avro_long(-400_000_000)).is_err());
+    assert!(decode_body(7, &Schema::String, &tf_testkit::avro_long(1 << 40)).is_err());
     assert!(decode_body(7, &schema, &[0xff; 16]).is_err());
     // The reported zero-width bomb: 40 blocks of 10^6 nulls.
     let nulls = Schema::parse_str(r#"{"type": "array", "items": "null"}"#).unwrap();
-    let body: Vec<u8> = (0..40).flat_map(|_| long(1_000_000)).chain([0]).collect();
+    let body: Vec<u8> = (0..40).flat_map(|_| tf_testkit::avro_long(1_000_000)).chain([0]).collect();
     let err = decode_body(7, &nulls, &body).unwrap_err();
     assert_eq!(err.class(), "DecodeLimitExceeded", "{err}");
     assert!(peak_rss() < PEAK_RSS_MAX, "peak RSS {} bytes", peak_rss());
@@ -98,7 +84,7 @@ fn mutated_envelope(valid: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
             let valid = valid.clone();
             move |(at, n)| {
                 let mut b = valid.clone();
-                b.splice(at..at + 1, long(n));
+                b.splice(at..at + 1, tf_testkit::avro_long(n));
                 b
             }
         }),
@@ -235,7 +221,7 @@ impl BodyWriter<'_> {
             }
             Shape::Long => {
                 let n = i64::from(self.choose());
-                self.out.extend(long(n));
+                self.out.extend(tf_testkit::avro_long(n));
             }
             Shape::Double => {
                 let d = f64::from(self.choose());
@@ -243,7 +229,7 @@ impl BodyWriter<'_> {
             }
             Shape::String => {
                 let n = self.count();
-                self.out.extend(long(n));
+                self.out.extend(tf_testkit::avro_long(n));
                 let honest = usize::try_from(n).unwrap_or(0).min(8);
                 self.out.extend(std::iter::repeat_n(b'x', honest));
             }
@@ -251,14 +237,14 @@ impl BodyWriter<'_> {
                 let blocks = 1 + self.choose() % 3;
                 for _ in 0..blocks {
                     let n = self.count();
-                    self.out.extend(long(n));
+                    self.out.extend(tf_testkit::avro_long(n));
                     if n < 0 {
-                        self.out.extend(long(0));
+                        self.out.extend(tf_testkit::avro_long(0));
                     }
                     // Write a few honest items; a lying count claims the rest.
                     for _ in 0..n.unsigned_abs().min(3) {
                         if matches!(shape, Shape::Map(_)) {
-                            self.out.extend(long(1));
+                            self.out.extend(tf_testkit::avro_long(1));
                             self.out.push(b'k');
                         }
                         self.write(item);
@@ -270,7 +256,7 @@ impl BodyWriter<'_> {
             Shape::Nullable(s) if matches!(**s, Shape::Null | Shape::Nullable(_)) => self.write(s),
             Shape::Nullable(s) => {
                 let branch = self.choose() % 2;
-                self.out.extend(long(i64::from(branch)));
+                self.out.extend(tf_testkit::avro_long(i64::from(branch)));
                 if branch == 1 {
                     self.write(s);
                 }
@@ -283,12 +269,12 @@ impl BodyWriter<'_> {
                 };
                 for _ in 0..links {
                     self.write(item);
-                    self.out.extend(long(1));
+                    self.out.extend(tf_testkit::avro_long(1));
                     if self.out.len() > 200_000 {
                         break;
                     }
                 }
-                self.out.extend(long(0));
+                self.out.extend(tf_testkit::avro_long(0));
             }
         }
     }

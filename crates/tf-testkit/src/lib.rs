@@ -333,6 +333,18 @@ fn memory_cap_bytes() -> u64 {
     std::env::var("TF_TEST_MEMORY_CAP_MB").ok().and_then(|v| v.parse::<u64>().ok()).map_or(MEMORY_CAP_BYTES, |mb| mb << 20)
 }
 
+/// Avro's zig-zag varint of `n`: the count and length prefixes hostile-input tests forge.
+pub fn avro_long(n: i64) -> Vec<u8> {
+    let mut z = ((n << 1) ^ (n >> 63)) as u64;
+    let mut out = Vec::new();
+    while z >= 0x80 {
+        out.push((z as u8 & 0x7f) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+    out
+}
+
 /// A process's peak resident set (`VmHWM`), in bytes: what a hostile input made it hold at most.
 pub fn peak_rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is alive");

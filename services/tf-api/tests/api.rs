@@ -52,6 +52,24 @@ impl Api {
         Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service, metrics, doc: Default::default() }
     }
 
+    /// tf-api browsing and redriving `dlq`, with the ADMIN token only and no metrics port.
+    fn with_dlq(db_url: &str, queue: &str, dlq: &str) -> Api {
+        let addr = tf_testkit::free_local_addr();
+        let service = Service::spawn(
+            env!("CARGO_BIN_EXE_tf-api"),
+            &unique("tf-api"),
+            &[
+                ("TF_DATABASE_URL", db_url),
+                ("TF_TASK_QUEUE", queue),
+                ("TF_API_ADDR", &addr),
+                ("TF_API_METRICS_ADDR", ""),
+                ("TF_DLQ_TOPIC", dlq),
+                ("TF_API_TOKEN__ADMIN", &format!("read,write,ingest,tasks:{}", sha256(ADMIN))),
+            ],
+        );
+        Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service, metrics: String::new(), doc: Default::default() }
+    }
+
     async fn ready(&self) {
         eventually(&format!("tf-api to answer; log:\n{}", self.service.log()), Duration::from_secs(30), || async {
             self.http.get(format!("{}/healthz", self.base)).send().await.ok().filter(|r| r.status() == 200).map(|_| ())
@@ -683,39 +701,14 @@ async fn a_dead_letter_is_browsed_and_redriven_once_after_its_definition_is_fixe
     let probe = tf_envelope::Event::new("probe", "/it", "probe", json!({})).unwrap();
     codec.encode_event(&format!("{topic}-value"), &probe).await.unwrap();
 
-    let addr = tf_testkit::free_local_addr();
-    let service = Service::spawn(
-        env!("CARGO_BIN_EXE_tf-api"),
-        &unique("tf-api"),
-        &[
-            ("TF_DATABASE_URL", &db.url),
-            ("TF_TASK_QUEUE", &queue),
-            ("TF_API_ADDR", &addr),
-            ("TF_API_METRICS_ADDR", ""),
-            ("TF_DLQ_TOPIC", &dlq),
-            ("TF_API_TOKEN__ADMIN", &format!("read,write,ingest,tasks:{}", sha256(ADMIN))),
-        ],
-    );
-    let api =
-        Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service, metrics: String::new(), doc: Default::default() };
+    let api = Api::with_dlq(&db.url, &queue, &dlq);
     api.ready().await;
     let id = unique("it-api-dlq-def").to_lowercase();
     let strict = format!(
         "id: {id}\nname: Big orders\ntrigger: {{event: {{topics: [{topic}], filter: 'event.data.amount > 100'}}}}\ndedupe: {{key: event.data.order_id}}\ntasks: [{{name: t, type: human}}]\n"
     );
     assert_eq!(api.call("POST", "/definitions", Some(ADMIN), None, Some(strict.clone())).await.0, 200);
-    let _router = Service::spawn(
-        &workspace_binary("tf-router"),
-        &unique("tf-router"),
-        &[
-            ("TF_DATABASE_URL", &db.url),
-            ("TF_TASK_QUEUE", &queue),
-            ("TF_ROUTER_TOPICS", &topic),
-            ("TF_ROUTER_GROUP", &unique("it-api-group")),
-            ("TF_DLQ_TOPIC", &dlq),
-            ("TF_ROUTER_METRICS_ADDR", "127.0.0.1:0"),
-        ],
-    );
+    let _router = router_of(&db.url, &queue, &topic, &dlq);
     let _worker = Service::spawn(
         &workspace_binary("tf-worker"),
         &unique("tf-worker"),
@@ -774,16 +767,20 @@ async fn a_dead_letter_is_browsed_and_redriven_once_after_its_definition_is_fixe
     assert_eq!(runs().await, ["o-bad", "o-ok"], "one run per order, however often it was redriven");
 }
 
-/// Avro's zig-zag varint.
-fn avro_long(n: i64) -> Vec<u8> {
-    let mut z = ((n << 1) ^ (n >> 63)) as u64;
-    let mut out = Vec::new();
-    while z >= 0x80 {
-        out.push((z as u8 & 0x7f) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-    out
+/// A router of `topic` writing dead letters to `dlq`, for the DLQ tests.
+fn router_of(db_url: &str, queue: &str, topic: &str, dlq: &str) -> Service {
+    Service::spawn(
+        &workspace_binary("tf-router"),
+        &unique("tf-router"),
+        &[
+            ("TF_DATABASE_URL", db_url),
+            ("TF_TASK_QUEUE", queue),
+            ("TF_ROUTER_TOPICS", topic),
+            ("TF_ROUTER_GROUP", &unique("it-api-group")),
+            ("TF_DLQ_TOPIC", dlq),
+            ("TF_ROUTER_METRICS_ADDR", "127.0.0.1:0"),
+        ],
+    )
 }
 
 #[tokio::test]
@@ -803,8 +800,9 @@ async fn hostile_dead_letters_neither_crash_the_browser_nor_choose_where_a_redri
     let records = r#"{"type": "array", "items": {"type": "record", "name": "R", "fields": [{"name": "a", "type": "string"}]}}"#;
     let records_id = registry.register(&format!("{source}-records-value"), records).await.unwrap();
     let nulls_id = registry.register(&format!("{source}-nulls-value"), r#"{"type": "array", "items": "null"}"#).await.unwrap();
-    let count_prefix = tf_envelope::wire::frame(records_id, &[avro_long(500_000_000), vec![0]].concat());
-    let zero_width = tf_envelope::wire::frame(nulls_id, &(0..40).flat_map(|_| avro_long(1_000_000)).chain([0]).collect::<Vec<u8>>());
+    let count_prefix = tf_envelope::wire::frame(records_id, &[tf_testkit::avro_long(500_000_000), vec![0]].concat());
+    let zero_width =
+        tf_envelope::wire::frame(nulls_id, &(0..40).flat_map(|_| tf_testkit::avro_long(1_000_000)).chain([0]).collect::<Vec<u8>>());
 
     let producer: FutureProducer = tf_kafka::client_config(&s.kafka_brokers).create().unwrap();
     let put = |key: &'static str, value: Vec<u8>, topics: Vec<String>| {
@@ -825,20 +823,7 @@ async fn hostile_dead_letters_neither_crash_the_browser_nor_choose_where_a_redri
     put("forged-first", b"x".to_vec(), vec![sink.clone(), source.clone()]).await;
     put("outside", b"y".to_vec(), vec![sink.clone()]).await;
 
-    let addr = tf_testkit::free_local_addr();
-    let service = Service::spawn(
-        env!("CARGO_BIN_EXE_tf-api"),
-        &unique("tf-api"),
-        &[
-            ("TF_DATABASE_URL", &db.url),
-            ("TF_API_ADDR", &addr),
-            ("TF_API_METRICS_ADDR", ""),
-            ("TF_DLQ_TOPIC", &dlq),
-            ("TF_API_TOKEN__ADMIN", &format!("read,write,ingest,tasks:{}", sha256(ADMIN))),
-        ],
-    );
-    let api =
-        Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service, metrics: String::new(), doc: Default::default() };
+    let api = Api::with_dlq(&db.url, "it-api-unused-queue", &dlq);
     api.ready().await;
     for _ in 0..2 {
         let (status, body) = api.call("GET", "/dead-letters", Some(ADMIN), None, None).await;
@@ -900,21 +885,7 @@ async fn a_redriven_plain_record_keeps_its_identity_so_what_ran_for_it_does_not_
     for t in [&topic, &dlq] {
         create_topic(&s, t, 1).await;
     }
-    let addr = tf_testkit::free_local_addr();
-    let service = Service::spawn(
-        env!("CARGO_BIN_EXE_tf-api"),
-        &unique("tf-api"),
-        &[
-            ("TF_DATABASE_URL", &db.url),
-            ("TF_TASK_QUEUE", &queue),
-            ("TF_API_ADDR", &addr),
-            ("TF_API_METRICS_ADDR", ""),
-            ("TF_DLQ_TOPIC", &dlq),
-            ("TF_API_TOKEN__ADMIN", &format!("read,write,ingest,tasks:{}", sha256(ADMIN))),
-        ],
-    );
-    let api =
-        Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service, metrics: String::new(), doc: Default::default() };
+    let api = Api::with_dlq(&db.url, &queue, &dlq);
     api.ready().await;
     let (all, strict) = (unique("it-plain-all").to_lowercase(), unique("it-plain-strict").to_lowercase());
     let def = |id: &str, filter: &str| {
@@ -924,18 +895,7 @@ async fn a_redriven_plain_record_keeps_its_identity_so_what_ran_for_it_does_not_
     };
     assert_eq!(api.call("POST", "/definitions", Some(ADMIN), None, Some(def(&all, ""))).await.0, 200);
     assert_eq!(api.call("POST", "/definitions", Some(ADMIN), None, Some(def(&strict, ", filter: 'event.data.missing > 1'"))).await.0, 200);
-    let _router = Service::spawn(
-        &workspace_binary("tf-router"),
-        &unique("tf-router"),
-        &[
-            ("TF_DATABASE_URL", &db.url),
-            ("TF_TASK_QUEUE", &queue),
-            ("TF_ROUTER_TOPICS", &topic),
-            ("TF_ROUTER_GROUP", &unique("it-api-group")),
-            ("TF_DLQ_TOPIC", &dlq),
-            ("TF_ROUTER_METRICS_ADDR", "127.0.0.1:0"),
-        ],
-    );
+    let _router = router_of(&db.url, &queue, &topic, &dlq);
     let _worker = Service::spawn(
         &workspace_binary("tf-worker"),
         &unique("tf-worker"),

@@ -30,18 +30,6 @@ const TEXT_SCHEMA: &str = r#"{"type": "record", "name": "Text", "namespace": "io
 const BULK_SCHEMA: &str = r#"{"type": "record", "name": "Bulk", "namespace": "io.test",
     "fields": [{"name": "items", "type": {"type": "array", "items": "null"}}]}"#;
 
-/// Avro's zig-zag varint.
-fn long(n: i64) -> Vec<u8> {
-    let mut z = ((n << 1) ^ (n >> 63)) as u64;
-    let mut out = Vec::new();
-    while z >= 0x80 {
-        out.push((z as u8 & 0x7f) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-    out
-}
-
 #[tokio::test]
 async fn hostile_records_are_dead_lettered_and_the_partition_moves_past_them() {
     let t = setup(1, ANY).await;
@@ -53,7 +41,7 @@ async fn hostile_records_are_dead_lettered_and_the_partition_moves_past_them() {
     let subject = format!("{}-bulk-value", t.topic);
     let small = t.codec.encode(&subject, BULK_SCHEMA, Value::Record(vec![("items".into(), Value::Array(vec![]))])).await.unwrap();
     let schema_id = u32::from_be_bytes(small[1..5].try_into().unwrap());
-    let mut body = long(500_000_000);
+    let mut body = tf_testkit::avro_long(500_000_000);
     body.push(0);
     let count_prefix = tf_envelope::wire::frame(schema_id, &body);
     t.send(0, "count-prefix", &count_prefix).await;
@@ -69,7 +57,7 @@ async fn hostile_records_are_dead_lettered_and_the_partition_moves_past_them() {
         .unwrap();
     t.send(0, "over-payload-limit", &text).await;
     // 3b. Zero-width items past the decoding bound: 40 blocks of 10^6 nulls in 126 bytes.
-    let mut body: Vec<u8> = (0..40).flat_map(|_| long(1_000_000)).collect();
+    let mut body: Vec<u8> = (0..40).flat_map(|_| tf_testkit::avro_long(1_000_000)).collect();
     body.push(0);
     t.send(0, "zero-width", &tf_envelope::wire::frame(schema_id, &body)).await;
     // 3c. A bad record carrying the router's own header names, forged: the producer's

@@ -270,13 +270,9 @@ tasks:
     assert_eq!((broken["status"].as_str(), broken["attempts"].as_i64()), (Some("FAILED"), Some(2)), "{broken}");
 }
 
-/// Cancelling a run reaches an activity task in flight as it reaches a child: the task records
-/// `cancelled` and publishes one CANCELLED result, and the run ends cancelled.
-#[tokio::test]
-async fn cancelling_a_run_cancels_its_activity_task_in_flight() {
-    let s = settings();
-    let (db, pool) = FreshDatabase::migrated(&s).await;
-    // A server that accepts and never answers keeps the task in flight.
+/// A server that accepts connections and never answers, keeping a task in flight: its base URL
+/// and how many connections it accepted.
+async fn hanging_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -288,6 +284,55 @@ async fn cancelling_a_run_cancels_its_activity_task_in_flight() {
             held.push(stream);
         }
     });
+    (base, accepted)
+}
+
+/// Starts the run of `key` (an order event) and waits until its task is in flight at the hanging
+/// server; returns the run's id.
+async fn start_in_flight(
+    client: &temporalio_client::Client,
+    queue: &str,
+    (def_id, version): (&str, i32),
+    key: &str,
+    accepted: &std::sync::atomic::AtomicUsize,
+    worker: &Service,
+) -> tf_definitions::RunId {
+    let event = json!({"id": "e1", "type": "order.created", "data": {"order_id": key}});
+    tf_temporal::start_run(client, queue, input(def_id, version, key, event)).await.unwrap();
+    eventually(&format!("the task's request to arrive; worker log:\n{}", worker.log()), Duration::from_secs(60), || async {
+        (accepted.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    tf_temporal::DedupeKey::parse(key).unwrap().run_id(def_id, 1)
+}
+
+/// An operator's retry of the cancelled run `run_id`, as `runs retry` does it (with its recorded
+/// input), waiting until its task calls the hanging server a second time.
+async fn retry_cancelled(
+    client: &temporalio_client::Client,
+    queue: &str,
+    pool: &sqlx::PgPool,
+    run_id: &str,
+    accepted: &std::sync::atomic::AtomicUsize,
+) {
+    let recorded: Json =
+        sqlx::query_scalar("SELECT input FROM activity_runs WHERE run_id = $1").bind(run_id).fetch_one(pool).await.unwrap();
+    let outcome =
+        tf_temporal::run_control::retry_run(client, queue, run_id, tf_definitions::RunStatus::Cancelled, Some(recorded)).await.unwrap();
+    assert_eq!(outcome, tf_temporal::run_control::RetryOutcome::Started);
+    eventually("the retried task's request", Duration::from_secs(60), || async {
+        (accepted.load(std::sync::atomic::Ordering::SeqCst) == 2).then_some(())
+    })
+    .await;
+}
+
+/// Cancelling a run reaches an activity task in flight as it reaches a child: the task records
+/// `cancelled` and publishes one CANCELLED result, and the run ends cancelled.
+#[tokio::test]
+async fn cancelling_a_run_cancels_its_activity_task_in_flight() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let (base, accepted) = hanging_server().await;
     let queue = unique("it-queue");
     let def_id = unique("it-cancel").to_lowercase();
     let yaml = format!(
@@ -305,13 +350,7 @@ async fn cancelling_a_run_cancels_its_activity_task_in_flight() {
         ],
     );
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
-    let event = json!({"id": "e1", "type": "order.created", "data": {"order_id": "c-1"}});
-    tf_temporal::start_run(&client, &queue, input(&def_id, version, "c-1", event)).await.unwrap();
-    let run_id = tf_temporal::DedupeKey::parse("c-1").unwrap().run_id(&def_id, 1);
-    eventually(&format!("the task's request to arrive; worker log:\n{}", worker.log()), Duration::from_secs(60), || async {
-        (accepted.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
-    })
-    .await;
+    let run_id = start_in_flight(&client, &queue, (&def_id, version), "c-1", &accepted, &worker).await;
     tf_temporal::run_control::cancel_run(&client, run_id.as_str(), tf_definitions::RunStatus::Running, "test").await.unwrap();
     let status = eventually(&format!("the run to end; worker log:\n{}", worker.log()), Duration::from_secs(60), || async {
         let status: Option<String> = sqlx::query_scalar("SELECT status FROM activity_runs WHERE run_id = $1")
@@ -347,17 +386,7 @@ async fn cancelling_a_run_cancels_its_activity_task_in_flight() {
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "the cancelled task was not called again");
 
     // An operator's retry does resume it, as attempt 2.
-    let recorded: Json =
-        sqlx::query_scalar("SELECT input FROM activity_runs WHERE run_id = $1").bind(run_id.as_str()).fetch_one(&pool).await.unwrap();
-    let outcome =
-        tf_temporal::run_control::retry_run(&client, &queue, run_id.as_str(), tf_definitions::RunStatus::Cancelled, Some(recorded))
-            .await
-            .unwrap();
-    assert_eq!(outcome, tf_temporal::run_control::RetryOutcome::Started);
-    eventually("the retried task's request", Duration::from_secs(60), || async {
-        (accepted.load(std::sync::atomic::Ordering::SeqCst) == 2).then_some(())
-    })
-    .await;
+    retry_cancelled(&client, &queue, &pool, run_id.as_str(), &accepted).await;
     let attempt: i32 =
         sqlx::query_scalar("SELECT attempt FROM activity_runs WHERE run_id = $1").bind(run_id.as_str()).fetch_one(&pool).await.unwrap();
     assert_eq!(attempt, 2);
@@ -371,17 +400,7 @@ async fn cancelling_a_run_cancels_its_activity_task_in_flight() {
 async fn a_run_terminated_in_temporal_is_settled_and_can_be_retried() {
     let s = settings();
     let (db, pool) = FreshDatabase::migrated(&s).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            held.push(stream);
-        }
-    });
+    let (base, accepted) = hanging_server().await;
     let queue = unique("it-queue");
     let yaml = format!(
         "id: {}\nname: Terminate\ntrigger: {{event: {{topics: [events.demo]}}}}\ndedupe: {{key: event.data.order_id}}\ntasks:\n  - {{name: hang, type: http, params: {{url: \"'{base}/hang'\"}}}}\n",
@@ -400,13 +419,7 @@ async fn a_run_terminated_in_temporal_is_settled_and_can_be_retried() {
         ],
     );
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
-    let event = json!({"id": "e1", "type": "order.created", "data": {"order_id": "t-1"}});
-    tf_temporal::start_run(&client, &queue, input(&def_id, version, "t-1", event)).await.unwrap();
-    let run_id = tf_temporal::DedupeKey::parse("t-1").unwrap().run_id(&def_id, 1);
-    eventually(&format!("the task's request; worker log:\n{}", worker.log()), Duration::from_secs(60), || async {
-        (accepted.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
-    })
-    .await;
+    let run_id = start_in_flight(&client, &queue, (&def_id, version), "t-1", &accepted, &worker).await;
     client
         .get_workflow_handle::<tf_temporal::RunActivity>(run_id.as_str().to_string())
         .terminate(temporalio_client::WorkflowTerminateOptions::builder().reason("operator in the Temporal UI").build())
@@ -419,17 +432,7 @@ async fn a_run_terminated_in_temporal_is_settled_and_can_be_retried() {
     })
     .await;
     assert_eq!(status, "cancelled", "an operator's termination is a cancellation");
-    let recorded: Json =
-        sqlx::query_scalar("SELECT input FROM activity_runs WHERE run_id = $1").bind(run_id.as_str()).fetch_one(&pool).await.unwrap();
-    let outcome =
-        tf_temporal::run_control::retry_run(&client, &queue, run_id.as_str(), tf_definitions::RunStatus::Cancelled, Some(recorded))
-            .await
-            .unwrap();
-    assert_eq!(outcome, tf_temporal::run_control::RetryOutcome::Started);
-    eventually("the retried task's request", Duration::from_secs(60), || async {
-        (accepted.load(std::sync::atomic::Ordering::SeqCst) == 2).then_some(())
-    })
-    .await;
+    retry_cancelled(&client, &queue, &pool, run_id.as_str(), &accepted).await;
     tf_temporal::run_control::cancel_run(&client, run_id.as_str(), tf_definitions::RunStatus::Running, "test done").await.unwrap();
 }
 
@@ -671,13 +674,7 @@ async fn the_results_relay_fails_over_to_another_worker() {
     let s = settings();
     let (db, pool) = FreshDatabase::migrated(&s).await;
     let queue = unique("it-queue");
-    let sink = unique("it-failover-sink");
-    create_topic(&s, &sink, 1).await;
-    let def_id = unique("it-failover").to_lowercase();
-    let yaml = format!(
-        "id: {def_id}\nname: F\ntrigger: {{event: {{topics: [events.demo]}}}}\ndedupe: {{key: event.data.order_id}}\ntasks:\n  - {{name: t, type: kafka, params: {{topic: \"'{sink}'\", value: 'event.data'}}}}\n"
-    );
-    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let (sink, def_id, version) = kafka_task_definition(&pool, "it-failover").await;
     let relay_id = unique("it-relay");
     let metrics = [tf_testkit::free_local_addr(), tf_testkit::free_local_addr()];
     let mut workers = [0, 1].map(|i| {
@@ -727,6 +724,19 @@ async fn the_results_relay_fails_over_to_another_worker() {
     tf_testkit::delete_topics(&s, &[&sink]).await;
 }
 
+/// A sink topic and a definition of one `kafka` task writing each order event to it, the shape
+/// the relay tests publish results of: (sink, definition id, version).
+async fn kafka_task_definition(pool: &sqlx::PgPool, prefix: &str) -> (String, String, i32) {
+    let sink = unique(&format!("{prefix}-sink"));
+    create_topic(&settings(), &sink, 1).await;
+    let yaml = format!(
+        "id: {}\nname: Relayed\ntrigger: {{event: {{topics: [events.demo]}}}}\ndedupe: {{key: event.data.order_id}}\ntasks:\n  - {{name: t, type: kafka, params: {{topic: \"'{sink}'\", value: 'event.data'}}}}\n",
+        unique(prefix).to_lowercase()
+    );
+    let (def_id, version) = apply_definition(pool, &yaml).await;
+    (sink, def_id, version)
+}
+
 /// A relay that finds no marker of its own (TF_RELAY_TRANSACTIONAL_ID changed, or the marker
 /// topic lost its records) resumes after what the outbox records as published: it does not
 /// publish the whole outbox again.
@@ -735,13 +745,7 @@ async fn a_relay_without_a_marker_does_not_publish_the_outbox_again() {
     let s = settings();
     let (db, pool) = FreshDatabase::migrated(&s).await;
     let queue = unique("it-queue");
-    let sink = unique("it-nomarker-sink");
-    create_topic(&s, &sink, 1).await;
-    let def_id = unique("it-nomarker").to_lowercase();
-    let yaml = format!(
-        "id: {def_id}\nname: M\ntrigger: {{event: {{topics: [events.demo]}}}}\ndedupe: {{key: event.data.order_id}}\ntasks:\n  - {{name: t, type: kafka, params: {{topic: \"'{sink}'\", value: 'event.data'}}}}\n"
-    );
-    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let (sink, def_id, version) = kafka_task_definition(&pool, "it-nomarker").await;
     let worker = |relay_id: String| {
         let envs = [("TF_DATABASE_URL", db.url.clone()), ("TF_TASK_QUEUE", queue.clone()), ("TF_RELAY_TRANSACTIONAL_ID", relay_id)];
         let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -789,13 +793,7 @@ async fn a_registry_refusing_the_result_schema_pauses_the_relay_and_quarantines_
     let s = settings();
     let (db, pool) = FreshDatabase::migrated(&s).await;
     let queue = unique("it-queue");
-    let sink = unique("it-refused-sink");
-    create_topic(&s, &sink, 1).await;
-    let def_id = unique("it-refused").to_lowercase();
-    let yaml = format!(
-        "id: {def_id}\nname: R\ntrigger: {{event: {{topics: [events.demo]}}}}\ndedupe: {{key: event.data.order_id}}\ntasks:\n  - {{name: t, type: kafka, params: {{topic: \"'{sink}'\", value: 'event.data'}}}}\n"
-    );
-    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let (sink, def_id, version) = kafka_task_definition(&pool, "it-refused").await;
     let registry = reqwest::Url::parse(&s.schema_registry_url).unwrap();
     let upstream = format!("{}:{}", registry.host_str().unwrap(), registry.port_or_known_default().unwrap());
     let proxy = tf_testkit::fault_proxy::start(
@@ -863,13 +861,7 @@ async fn a_relay_taking_over_behind_another_relays_open_transaction_publishes_no
     let s = settings();
     let (db, pool) = FreshDatabase::migrated(&s).await;
     let queue = unique("it-queue");
-    let sink = unique("it-zombie-sink");
-    create_topic(&s, &sink, 1).await;
-    let yaml = format!(
-        "id: {}\nname: Z\ntrigger: {{event: {{topics: [events.demo]}}}}\ndedupe: {{key: event.data.order_id}}\ntasks:\n  - {{name: t, type: kafka, params: {{topic: \"'{sink}'\", value: 'event.data'}}}}\n",
-        unique("it-zombie").to_lowercase()
-    );
-    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let (sink, def_id, version) = kafka_task_definition(&pool, "it-zombie").await;
     let relay_id = unique("it-relay");
     let spawn_worker = || {
         let envs =
