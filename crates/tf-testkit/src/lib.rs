@@ -182,19 +182,30 @@ impl Service {
     /// allocation bomb a test feeds it fails that test (the allocation fails, the service
     /// aborts) instead of taking the machine's memory.
     pub fn spawn_with_args(binary: &str, args: &[&str], name: &str, envs: &[(&str, &str)]) -> Service {
+        Service::start(binary, args, name, envs, Some(memory_cap_bytes()))
+    }
+
+    /// A helper tool a test drives (chromedriver), not a service under test: no address-space
+    /// cap (a browser reserves tens of GB of address space it never uses).
+    pub fn spawn_tool(binary: &str, args: &[&str], name: &str) -> Service {
+        Service::start(binary, args, name, &[], None)
+    }
+
+    fn start(binary: &str, args: &[&str], name: &str, envs: &[(&str, &str)], cap: Option<u64>) -> Service {
         use std::os::unix::process::CommandExt;
         let log = std::env::temp_dir().join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("service log file");
-        let cap = memory_cap_bytes();
         let mut command = std::process::Command::new(binary);
         command.args(args).envs(envs.iter().copied()).stdout(file.try_clone().expect("log")).stderr(file);
-        // SAFETY: setrlimit is async-signal-safe, and the closure touches no memory the
-        // parent's other threads may hold locked (it only reads the captured integer).
-        unsafe {
-            command.pre_exec(move || {
-                let limit = libc::rlimit { rlim_cur: cap, rlim_max: cap };
-                if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-            });
+        if let Some(cap) = cap {
+            // SAFETY: setrlimit is async-signal-safe, and the closure touches no memory the
+            // parent's other threads may hold locked (it only reads the captured integer).
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit { rlim_cur: cap, rlim_max: cap };
+                    if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+                });
+            }
         }
         let child = command.spawn().unwrap_or_else(|e| panic!("spawning {binary}: {e}"));
         Service { child, name: name.to_string() }

@@ -34,7 +34,7 @@ impl Browser {
         );
         let addr = tf_testkit::free_local_addr();
         let port = addr.rsplit(':').next().unwrap().to_string();
-        let chromedriver_service = Service::spawn_with_args(&chromedriver, &[&format!("--port={port}")], &unique("chromedriver"), &[]);
+        let chromedriver_service = Service::spawn_tool(&chromedriver, &[&format!("--port={port}")], &unique("chromedriver"));
         let driver = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
         eventually("chromedriver to answer", Duration::from_secs(30), || async {
