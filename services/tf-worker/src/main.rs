@@ -46,11 +46,11 @@ struct Cli {
     /// link-local addresses.
     #[arg(long, env = "TF_HTTP_ALLOWED_HOSTS", value_delimiter = ',', default_value = "")]
     http_allowed_hosts: Vec<String>,
-    /// Let `secret()` in a definition's headers reach hosts no operator approved (neither a
-    /// datasource's nor in TF_HTTP_ALLOWED_HOSTS). Off: anyone allowed to write definitions
-    /// could otherwise send any worker secret to a host of their choice.
-    #[arg(long, env = "TF_HTTP_SECRETS_TO_ANY_HOST", default_value_t = false)]
-    http_secrets_to_any_host: bool,
+    /// Let `secret()` in a definition's headers go to calls that name no datasource. Off:
+    /// anyone allowed to write definitions could otherwise send any worker secret to a URL of
+    /// their choice.
+    #[arg(long, env = "TF_HTTP_SECRETS_WITHOUT_DATASOURCE", default_value_t = false)]
+    http_secrets_without_datasource: bool,
     /// Largest HTTP response body read from a context source or task.
     #[arg(long, env = "TF_HTTP_MAX_BODY_BYTES", default_value_t = 1_048_576)]
     http_max_body_bytes: usize,
@@ -104,8 +104,8 @@ async fn main() -> anyhow::Result<()> {
     let secrets = Arc::new(tf_config::Secrets::new(std::env::vars(), cli.secrets_dir.clone()));
     let producer: FutureProducer =
         tf_kafka::client_config(&s.kafka_brokers).set("enable.idempotence", "true").create().context("Kafka producer")?;
-    let http =
-        http::HttpClient::new(cli.http_allowed_hosts.clone(), cli.http_max_body_bytes)?.secrets_to_any_host(cli.http_secrets_to_any_host);
+    let http = http::HttpClient::new(cli.http_allowed_hosts.clone(), cli.http_max_body_bytes)?
+        .secrets_without_datasource(cli.http_secrets_without_datasource);
     let sources = sources::Sources::new(&datasources, http, secrets)?;
     tracing::info!(datasources = %datasources.describe(), "datasources configured");
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "tf-worker").await?;
