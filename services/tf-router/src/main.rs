@@ -56,6 +56,12 @@ struct Cli {
     /// Records in flight at once (across partitions).
     #[arg(long, env = "TF_ROUTER_MAX_IN_FLIGHT", default_value_t = 64)]
     max_in_flight: usize,
+    /// Decoded values all records in flight may hold together. Each record reserves the decode
+    /// limit (100,000 values) before it is decoded and keeps what it decoded to, so records at
+    /// the limit wait for each other instead of multiplying it by TF_ROUTER_MAX_IN_FLIGHT
+    /// (~50 bytes a value: the default holds decoded events to ~50 MB).
+    #[arg(long, env = "TF_ROUTER_MAX_VALUES_IN_FLIGHT", default_value_t = 1_000_000)]
+    max_values_in_flight: usize,
     /// Records larger than this many bytes go to the DLQ unread.
     #[arg(long, env = "TF_ROUTER_MAX_EVENT_BYTES", default_value_t = 1_048_576)]
     max_event_bytes: usize,
@@ -131,6 +137,8 @@ struct Shared {
     metrics: Arc<metrics::Metrics>,
     claims: Claims,
     recent_starts: RecentStarts,
+    /// Decoded values of the records in flight (TF_ROUTER_MAX_VALUES_IN_FLIGHT).
+    value_budget: Arc<Semaphore>,
     /// For the rare lookups outside the claim batches (a redriven record's origin).
     pool: PgPool,
 }
@@ -186,6 +194,7 @@ async fn main() -> anyhow::Result<()> {
         definitions: RwLock::new(Arc::new(Routes::default())),
         claims: Claims::start(pool.clone(), metrics.clone()),
         pool: pool.clone(),
+        value_budget: Arc::new(Semaphore::new(cli.max_values_in_flight.max(tf_envelope::DecodeLimits::default().max_values))),
         recent_starts: RecentStarts::new(cli.recent_starts, Duration::from_secs(cli.recent_start_ttl)),
         metrics,
         cli: cli.clone(),

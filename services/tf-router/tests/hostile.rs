@@ -246,3 +246,38 @@ async fn a_stuck_definitions_refresh_does_not_stall_routing() {
     .await;
     lock.rollback().await.unwrap();
 }
+
+/// Many records at the decode limit at once: each holds up to 100,000 values, and 64 in flight
+/// would multiply that (347 MiB measured before the value budget); the router keeps under
+/// 256 MiB because records reserve their values from one budget (TF_ROUTER_MAX_VALUES_IN_FLIGHT).
+#[tokio::test]
+async fn records_at_the_decode_limit_in_flight_together_stay_within_the_memory_bound() {
+    let t = setup(1, ANY).await;
+    let group = unique("it-group");
+    let router = t.router(&group, &[]);
+    let schema = r#"{"type": "record", "name": "Big", "namespace": "io.test", "fields": [{"name": "xs", "type": {"type": "array", "items": "long"}}]}"#;
+    let small =
+        t.codec.encode(&format!("{}-big-value", t.topic), schema, Value::Record(vec![("xs".into(), Value::Array(vec![]))])).await.unwrap();
+    let schema_id = u32::from_be_bytes(small[1..5].try_into().unwrap());
+    // 99,990 longs of value 1, a byte each: just under the limit with the record and array.
+    let n = 99_990;
+    let body = [tf_testkit::avro_long(n as i64), vec![2u8; n], vec![0]].concat();
+    let record = tf_envelope::wire::frame(schema_id, &body);
+    let count = 200;
+    let sends: Vec<_> = (0..count)
+        .map(|i| {
+            let key = format!("big-{i}");
+            t.producer.send_result(FutureRecord::to(&t.topic).partition(0).key(&key).payload(&record)).map_err(|(e, _)| e).unwrap()
+        })
+        .collect();
+    for s in sends {
+        s.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    eventually(&format!("{count} records committed; log:\n{}", router.log()), Duration::from_secs(240), || async {
+        (committed(&group, &t.topic, 1) == count).then_some(())
+    })
+    .await;
+    let peak = tf_testkit::peak_rss_bytes(router.pid());
+    println!("HOSTILE FIGURES: router peak RSS {} MiB after {count} records of {n} values", peak >> 20);
+    assert!(peak < 256 << 20, "router peak RSS {peak} bytes");
+}
