@@ -9,7 +9,7 @@ use rdkafka::producer::FutureRecord;
 use tf_kafka::dlq;
 
 use crate::Shared;
-use crate::dispatch::retry;
+use crate::retry::retry;
 
 /// Why a record goes to the DLQ.
 pub struct DeadLetter {

@@ -10,6 +10,7 @@ mod dlq;
 mod metrics;
 mod offsets;
 mod recent_starts;
+mod retry;
 mod route;
 
 use std::sync::{Arc, Mutex, RwLock};
