@@ -64,6 +64,10 @@ pub struct HttpDatasource {
     /// Hosts calls through this datasource may reach, even when they resolve to internal
     /// addresses (the operator named them). Default: the base URL's host.
     pub allowed_hosts: Vec<String>,
+    /// Secrets a definition's `secret()` may send through this datasource. Default: those its
+    /// own base URL and headers refer to; other secrets (Kafka, registry, another datasource's)
+    /// are refused.
+    pub secrets: Vec<String>,
 }
 
 /// Every configured datasource by name.
@@ -110,6 +114,7 @@ struct HttpDoc {
     headers: BTreeMap<String, String>,
     timeout: Option<String>,
     allowed_hosts: Option<Vec<String>>,
+    secrets: Option<Vec<String>>,
 }
 
 impl EntryDoc {
@@ -179,13 +184,17 @@ impl Datasources {
                     entry.http.get_or_insert_with(Default::default).allowed_hosts =
                         Some(value.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect());
                 }
+                "SECRETS" => {
+                    entry.http.get_or_insert_with(Default::default).secrets =
+                        Some(value.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect());
+                }
                 other => {
                     if let Some(header) = other.strip_prefix("HEADER__") {
                         let header = header.replace('_', "-").to_ascii_lowercase();
                         entry.http.get_or_insert_with(Default::default).headers.insert(header, value);
                     } else {
                         return Err(invalid(format!(
-                            "unknown field {other}; use URL, STATEMENT_TIMEOUT, CONNECT_TIMEOUT, MAX_CONNECTIONS, TIMEOUT, ALLOWED_HOSTS or HEADER__<NAME>"
+                            "unknown field {other}; use URL, STATEMENT_TIMEOUT, CONNECT_TIMEOUT, MAX_CONNECTIONS, TIMEOUT, ALLOWED_HOSTS, SECRETS or HEADER__<NAME>"
                         )));
                     }
                 }
@@ -220,11 +229,23 @@ impl Datasources {
                         return Err(invalid("http.base_url must be an http:// or https:// URL with a host".into()));
                     }
                     let host = parsed.host_str().unwrap_or_default().trim_matches(['[', ']']).to_ascii_lowercase();
+                    let own_secrets = || {
+                        let mut names: Vec<String> = std::iter::once(base_url.as_str())
+                            .chain(h.headers.values().map(String::as_str))
+                            .flat_map(crate::secrets::referenced)
+                            .map(str::to_string)
+                            .collect();
+                        names.sort();
+                        names.dedup();
+                        names
+                    };
+                    let secrets = h.secrets.clone().unwrap_or_else(own_secrets);
                     Datasource::Http(HttpDatasource {
-                        base_url,
-                        headers: h.headers,
                         timeout: duration("timeout", h.timeout, DEFAULT_HTTP_TIMEOUT)?,
                         allowed_hosts: h.allowed_hosts.unwrap_or_else(|| vec![host]),
+                        secrets,
+                        base_url,
+                        headers: h.headers,
                     })
                 }
                 _ => return Err(invalid("needs exactly one of postgres, mysql or http".into())),
@@ -263,6 +284,28 @@ impl Datasources {
 mod tests {
     use super::*;
     use crate::test_vars as vars;
+
+    #[test]
+    fn an_http_datasource_carries_the_secrets_it_refers_to_or_those_listed() {
+        let ds = Datasources::load(
+            None,
+            vars(&[
+                ("TF_DATASOURCE__CRM__URL", "https://crm.example/api/"),
+                ("TF_DATASOURCE__CRM__HEADER__AUTHORIZATION", "Bearer ${secret:crm_token} ${secret:crm_extra}"),
+                ("TF_DATASOURCE__PLAIN__URL", "https://plain.example/"),
+                ("TF_DATASOURCE__LISTED__URL", "https://listed.example/"),
+                ("TF_DATASOURCE__LISTED__SECRETS", "a, b"),
+            ]),
+        )
+        .unwrap();
+        let secrets = |n: &str| match ds.get(n) {
+            Some(Datasource::Http(h)) => h.secrets.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(secrets("crm"), ["crm_extra", "crm_token"]);
+        assert!(secrets("plain").is_empty(), "none by default when it refers to none");
+        assert_eq!(secrets("listed"), ["a", "b"]);
+    }
 
     #[test]
     fn a_file_and_variables_combine_and_variables_win() {

@@ -46,6 +46,11 @@ impl std::fmt::Debug for Secrets {
 
 pub use tf_definitions::expr::valid_secret_name as valid_name;
 
+/// The names of the secrets `text` refers to (`${secret:name}`), in order.
+pub fn referenced(text: &str) -> impl Iterator<Item = &str> {
+    text.split(REF_OPEN).skip(1).filter_map(|rest| rest.split_once('}').map(|(name, _)| name))
+}
+
 impl Secrets {
     pub fn from_env() -> Secrets {
         Secrets::new(std::env::vars(), std::env::var_os(DIR_VAR).map(PathBuf::from))

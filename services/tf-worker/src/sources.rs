@@ -225,6 +225,21 @@ impl Sources {
                 } else {
                     format!("{}/{}", d.base_url.trim_end_matches('/'), call.url.trim_start_matches('/'))
                 };
+                // A definition's secret() goes only through a datasource bound to that secret:
+                // anyone with the write scope could otherwise send the worker's Kafka or registry
+                // credentials, or another datasource's, to this one's host.
+                if let Some(name) = call
+                    .headers
+                    .iter()
+                    .flat_map(|(_, v)| tf_config::secrets::referenced(v))
+                    .find(|name| !d.secrets.iter().any(|s| s == name))
+                {
+                    return Err(SourceError::permanent(format!(
+                        "{what}: secret {name:?} is not one datasource {} may carry (its `secrets`: {:?})",
+                        call.datasource.unwrap_or_default(),
+                        d.secrets
+                    )));
+                }
                 let defaults: Vec<(String, String)> = d.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 (url, defaults, call.timeout.or(Some(d.timeout)), d.allowed_hosts.clone())
             }
@@ -357,6 +372,49 @@ impl Cache {
 mod tests {
     use super::*;
 
+    /// A definition's `secret()` reaches only datasources bound to it: by default the secrets
+    /// the datasource's own values refer to, or the operator's `secrets` list. Refused before
+    /// any connection (port 9 on loopback refuses the ones that pass).
+    #[tokio::test]
+    async fn a_secret_goes_only_through_a_datasource_bound_to_it() {
+        let vars = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let datasources = tf_config::Datasources::load(
+            None,
+            vars(&[
+                ("TF_DATASOURCE__CRM__URL", "http://127.0.0.1:9/api/"),
+                ("TF_DATASOURCE__CRM__HEADER__AUTHORIZATION", "Bearer ${secret:crm_token}"),
+                ("TF_DATASOURCE__BILLING__URL", "http://127.0.0.1:9/billing/"),
+                ("TF_DATASOURCE__BILLING__SECRETS", "billing_key"),
+            ]),
+        )
+        .unwrap();
+        let secrets = Arc::new(tf_config::Secrets::new(
+            vars(&[("TF_SECRET_CRM_TOKEN", "t0k3n"), ("TF_SECRET_KAFKA_PASSWORD", "kafka-pw"), ("TF_SECRET_BILLING_KEY", "bk")]),
+            None,
+        ));
+        let sources = Sources::new(&datasources, HttpClient::new(vec![], 1024).unwrap(), secrets).unwrap();
+        let call = |datasource: &'static str, secret: &str| HttpCall {
+            what: "tasks.t",
+            datasource: Some(datasource),
+            method: "GET",
+            url: "/x",
+            headers: vec![("authorization".into(), format!("Bearer ${{secret:{secret}}}"))],
+            body: None,
+            timeout: Some(Duration::from_millis(100)),
+            expect: &[],
+        };
+        for (datasource, secret) in [("crm", "kafka_password"), ("crm", "billing_key"), ("billing", "crm_token")] {
+            let err = sources.call(call(datasource, secret)).await.unwrap_err();
+            assert!(err.message.contains(&format!("secret {secret:?} is not one datasource {datasource} may carry")), "{}", err.message);
+            assert!(!err.transient);
+        }
+        // Bound secrets pass this check (and then fail on the closed port, transiently).
+        for (datasource, secret) in [("crm", "crm_token"), ("billing", "billing_key")] {
+            let err = sources.call(call(datasource, secret)).await.unwrap_err();
+            assert!(!err.message.contains("may carry"), "{}", err.message);
+        }
+    }
+
     #[test]
     fn the_cache_expires_and_reports_age() {
         let c = Cache::default();
@@ -375,6 +433,7 @@ mod tests {
             None,
             [
                 ("TF_DATASOURCE__CRM__URL".to_string(), "http://crm.local:9/api/".to_string()),
+                ("TF_DATASOURCE__CRM__SECRETS".to_string(), "crm_token".to_string()),
                 ("TF_DATASOURCE__ORDERS__URL".to_string(), "postgres://r:${secret:missing}@127.0.0.1:9/orders".to_string()),
             ],
         )
