@@ -346,6 +346,13 @@ enum DemoCommand {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // Rust ignores SIGPIPE, so a `println!` into a closed pipe (`tf … | head -1`) panics with a
+    // backtrace. A command-line tool should end quietly there, as Unix tools do.
+    // SAFETY: restoring a signal's default disposition at startup, before any thread exists
+    // that could be writing to a pipe, races with nothing.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tf_telemetry::init_logging("warn");
     let cli = Cli::parse();
     if let Err(e) = tf_config::check_connection_settings() {

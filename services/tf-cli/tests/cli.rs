@@ -254,3 +254,35 @@ fn definitions_test_shows_what_a_sample_event_would_run() {
     assert!(!out.status.success());
     assert!(stdout(&out).contains("DLQ (stage dedupe-key)"), "{}", stdout(&out));
 }
+
+/// `tf … | head -1`: when the reader goes away, tf ends quietly (SIGPIPE), as Unix tools do,
+/// instead of panicking with a backtrace on the broken pipe.
+#[test]
+fn a_closed_pipe_ends_tf_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let dir = temp_dir(&unique("tf-cli-many-defs"));
+    // Enough output (~300 kB) to fill the pipe long before tf is done.
+    for i in 0..3000 {
+        std::fs::write(
+            dir.join(format!("d{i}.yaml")),
+            format!("id: d{i:04}\nname: Definition {i} with a name long enough to fill the pipe\ntrigger: {{event: {{topics: [events.demo]}}}}\ntasks: [{{name: t, type: human}}]\n"),
+        )
+        .unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tf"))
+        .args(["definitions", "validate", "-f", dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("valid"), "{first}");
+    // The reader (and so the pipe) is gone here.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
