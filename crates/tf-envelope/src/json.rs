@@ -3,6 +3,16 @@
 use apache_avro::types::Value;
 use serde_json::{Map, Number, Value as Json};
 
+/// The values in a JSON tree, each array item, object member and scalar counted as the decode
+/// limits count them: what a decoded event holds, for budgets over the records in flight.
+pub fn count_values(v: &Json) -> usize {
+    1 + match v {
+        Json::Array(a) => a.iter().map(count_values).sum(),
+        Json::Object(o) => o.values().map(count_values).sum(),
+        _ => 0,
+    }
+}
+
 /// Converts a decoded Avro value to JSON. Unions collapse to their branch; enums become their
 /// symbol; bytes and fixed become strings of code points 0-255 (Avro's own JSON encoding);
 /// logical types become their underlying number, or a string where JSON has no exact number.

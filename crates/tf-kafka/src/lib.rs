@@ -16,6 +16,13 @@ pub fn properties() -> Result<&'static [(String, String)], tf_config::kafka::Kaf
     PROPERTIES.get_or_init(tf_config::kafka::from_env).as_ref().map(Vec::as_slice).map_err(Clone::clone)
 }
 
+/// Whether Kafka refused a record for its size (over the producer's or the topic's limit): the
+/// record, not the broker, is at fault, and sending it again fails again.
+pub fn too_large(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::{MessageBatchTooLarge, MessageSizeTooLarge};
+    matches!(e.rdkafka_error_code(), Some(MessageSizeTooLarge | MessageBatchTooLarge))
+}
+
 /// Client configuration every component starts from; callers add their role's settings.
 pub fn client_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();

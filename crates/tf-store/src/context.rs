@@ -82,13 +82,12 @@ impl MysqlContext {
             q = q.bind(text(p));
         }
         let rows = q.fetch_all(&mut *conn).await;
-        let rolled_back = conn.execute("ROLLBACK").await;
-        let rows = rows.map_err(classify)?;
-        if rolled_back.is_err() {
-            // A connection that cannot roll back is not handed to the next query.
+        if conn.execute("ROLLBACK").await.is_err() {
+            // A connection that cannot roll back is not handed to the next query, whether the
+            // query itself failed or not.
             conn.detach();
         }
-        rows.iter().map(mysql_row).collect::<Result<Vec<_>, _>>().map(Json::Array)
+        rows.map_err(classify)?.iter().map(mysql_row).collect::<Result<Vec<_>, _>>().map(Json::Array)
     }
 
     /// MariaDB and MySQL name their statement timeouts differently (and in different units);

@@ -43,6 +43,11 @@ impl DeadLetter {
         self.header(dlq::TOPIC)
     }
 
+    /// Where on its source topic the record was when it was dead-lettered.
+    fn source_at(&self) -> (Option<i32>, Option<i64>) {
+        (self.header(dlq::PARTITION).and_then(|p| p.parse().ok()), self.header(dlq::OFFSET).and_then(|o| o.parse().ok()))
+    }
+
     fn matches(&self, f: &Filter) -> bool {
         f.topic.as_ref().is_none_or(|t| self.source_topic().as_ref() == Some(t))
             && f.stage.as_ref().is_none_or(|s| self.header(dlq::STAGE).as_ref() == Some(s))
@@ -143,8 +148,7 @@ async fn describe(state: &AppState, d: &DeadLetter) -> Result<Value, ApiError> {
         Ok(tf_envelope::Decoded::Record { value, full_name, .. }) => (json!({"record": full_name, "value": value}), None),
         Err(e) => (Value::Null, Some(e.to_string())),
     };
-    let source_partition = d.header(dlq::PARTITION).and_then(|p| p.parse::<i64>().ok());
-    let source_offset = d.header(dlq::OFFSET).and_then(|p| p.parse::<i64>().ok());
+    let (source_partition, source_offset) = d.source_at();
     Ok(json!({
         "partition": d.partition,
         "offset": d.offset,
@@ -247,7 +251,8 @@ pub async fn redrive(
             continue;
         }
         let dlq = (state.dlq_topic.as_str(), d.partition, d.offset);
-        let source = d.header(dlq::PARTITION).and_then(|p| p.parse().ok()).zip(d.header(dlq::OFFSET).and_then(|o| o.parse().ok()));
+        let (partition, offset) = d.source_at();
+        let source = partition.zip(offset);
         if !tf_store::redrives::claim(&state.pool, dlq, &target, source, &caller.token).await? {
             let earlier = tf_store::redrives::get(&state.pool, dlq).await?;
             skipped.push(json!({"dead_letter": at, "reason": "already redriven", "redrive": earlier}));

@@ -40,20 +40,11 @@ pub async fn process(shared: &Shared, msg: &OwnedMessage) {
     let limit = tf_envelope::DecodeLimits::default().max_values;
     let mut budget = shared.value_budget.clone().acquire_many_owned(limit as u32).await.expect("the value budget is never closed");
     let Some((event, event_time_ms)) = decode(shared, msg, &at).instrument(decode_span).await else { return };
-    drop(budget.split(limit - json_values(&event).min(limit)));
+    drop(budget.split(limit - tf_envelope::json::count_values(&event).min(limit)));
     let traceparent_in = header_tp.or_else(|| event["traceparent"].as_str().map(String::from));
     let route_span = tracing::info_span!("route", topic = at.topic, partition = at.partition, offset = at.offset);
     continue_trace(&route_span, traceparent_in.as_deref());
     dispatch(shared, msg, &at, event, event_time_ms, traceparent_in).instrument(route_span).await;
-}
-
-/// The values of a decoded event, as the decode limits count them.
-fn json_values(v: &serde_json::Value) -> usize {
-    1 + match v {
-        serde_json::Value::Array(a) => a.iter().map(json_values).sum(),
-        serde_json::Value::Object(o) => o.values().map(json_values).sum(),
-        _ => 0,
-    }
 }
 
 /// Decodes the record into an event and its event time, or dead-letters it (`None`).

@@ -41,7 +41,7 @@ pub async fn dead_letter(shared: &Shared, msg: &OwnedMessage, why: DeadLetter) {
             async move {
                 match shared.dlq.send(record, Duration::from_secs(30)).await {
                     Ok(_) => Ok(Ok(())),
-                    Err((e, _)) if too_large(&e) && shape.can_shrink() => Ok(Err(e.to_string())),
+                    Err((e, _)) if tf_kafka::too_large(&e) && shape.can_shrink() => Ok(Err(e.to_string())),
                     Err((e, _)) => Err(e.to_string().into()),
                 }
             }
@@ -81,11 +81,6 @@ impl DeadLetterShape {
             DeadLetterShape { keep: 0, ..self }
         }
     }
-}
-
-fn too_large(e: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode::{MessageBatchTooLarge, MessageSizeTooLarge};
-    matches!(e.rdkafka_error_code(), Some(MessageSizeTooLarge | MessageBatchTooLarge))
 }
 
 fn dead_letter_headers(msg: &OwnedMessage, why: &DeadLetter, shape: &DeadLetterShape, original_len: usize) -> OwnedHeaders {

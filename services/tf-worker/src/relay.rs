@@ -58,11 +58,6 @@ impl RelayError {
     }
 }
 
-fn too_large(e: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode::{MessageBatchTooLarge, MessageSizeTooLarge};
-    matches!(e.rdkafka_error_code(), Some(MessageSizeTooLarge | MessageBatchTooLarge))
-}
-
 /// Sorts a Kafka error raised inside a transaction.
 fn in_transaction(e: rdkafka::error::KafkaError) -> RelayError {
     let fatal = e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fenced)
@@ -290,7 +285,7 @@ impl Relay {
             // What is left is the identity and trigger, which a producer chose: still too large,
             // it would abort every transaction it is in.
             return Err(permanent(format!(
-                "the result is {} bytes even truncated, over the {}-byte limit (TF_RELAY_MAX_RESULT_BYTES)",
+                "the result is {} bytes even truncated, over the {}-byte limit (TF_RESULT_MAX_BYTES)",
                 truncated.len(),
                 self.max_result_bytes
             )));
@@ -383,14 +378,14 @@ impl Relay {
                             placed.push((task_id, delivery.partition, delivery.offset));
                         }
                     }
-                    // The topic refuses this one record (its max.message.bytes is below
-                    // TF_RELAY_MAX_RESULT_BYTES): set it aside, or every retry aborts again.
-                    Ok(Err((e, _))) if too_large(&e) && task_id.is_some() => {
-                        let task_id = task_id.unwrap_or_default();
-                        self.quarantine(&task_id, &format!("{RESULTS_TOPIC} refused the record: {e}")).await?;
+                    Ok(Err((e, _))) => {
+                        // The topic refuses this one result (its max.message.bytes is below
+                        // TF_RESULT_MAX_BYTES): set it aside, or every retry aborts again.
+                        if let Some(task_id) = task_id.as_deref().filter(|_| tf_kafka::too_large(&e)) {
+                            self.quarantine(task_id, &format!("{RESULTS_TOPIC} refused the record: {e}")).await?;
+                        }
                         return Err(in_transaction(e));
                     }
-                    Ok(Err((e, _))) => return Err(in_transaction(e)),
                     Err(_) => return Err(RelayError::Transaction(rdkafka::error::KafkaError::Canceled)),
                 }
             }

@@ -228,15 +228,14 @@ impl Sources {
                 // A definition's secret() goes only through a datasource bound to that secret:
                 // anyone with the write scope could otherwise send the worker's Kafka or registry
                 // credentials, or another datasource's, to this one's host.
-                if let Some(name) = call
+                if let Some(secret) = call
                     .headers
                     .iter()
                     .flat_map(|(_, v)| tf_config::secrets::referenced(v))
-                    .find(|name| !d.secrets.iter().any(|s| s == name))
+                    .find(|secret| !d.secrets.iter().any(|s| s == secret))
                 {
                     return Err(SourceError::permanent(format!(
-                        "{what}: secret {name:?} is not one datasource {} may carry (its `secrets`: {:?})",
-                        call.datasource.unwrap_or_default(),
+                        "{what}: secret {secret:?} is not one datasource {name} may carry (its `secrets`: {:?})",
                         d.secrets
                     )));
                 }
