@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod fault_proxy;
+pub mod http_stub;
 pub mod otlp;
 
 use std::path::PathBuf;

@@ -1,0 +1,82 @@
+//! A small HTTP/1.1 server on loopback for tests of context sources and tasks that call out.
+//! Its answer depends on the path: `/hang…` never answers (a task stays in flight),
+//! `/fail-once…` answers 500 to its first request and 200 afterwards (per path), anything
+//! else 200 with JSON describing the request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A running stub: its base URL (`http://127.0.0.1:PORT`) and the request lines it received.
+pub struct HttpStub {
+    pub base: String,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl HttpStub {
+    pub async fn start() -> HttpStub {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let failed_once = Arc::new(Mutex::new(HashMap::<String, bool>::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let Some(request) = read_request(&mut stream).await else { continue };
+                let line = request.lines().next().unwrap_or("").to_string();
+                let path = line.split(' ').nth(1).unwrap_or("/").to_string();
+                log.lock().unwrap().push(line.clone());
+                if path.starts_with("/hang") {
+                    held.push(stream);
+                    continue;
+                }
+                let first_failure = path.starts_with("/fail-once") && failed_once.lock().unwrap().insert(path.clone(), true).is_none();
+                let (status, body) = if first_failure {
+                    ("500 Internal Server Error", serde_json::json!({"error": "failing once"}))
+                } else {
+                    ("200 OK", serde_json::json!({"request": line, "ok": true}))
+                };
+                let body = body.to_string();
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                tokio::spawn(async move {
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        HttpStub { base, seen }
+    }
+
+    /// The request lines received so far (`GET /path HTTP/1.1`).
+    pub fn requests(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Reads one request: its headers and, when announced, its body.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut buf = vec![0u8; 65536];
+    let mut n = 0;
+    loop {
+        let k = stream.read(&mut buf[n..]).await.ok()?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+        let text = String::from_utf8_lossy(&buf[..n]);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                .unwrap_or(0);
+            if n >= end + 4 + len || n == buf.len() {
+                break;
+            }
+        }
+    }
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}

@@ -1,0 +1,211 @@
+//! `tf-worker`: hosts the RunActivity and RunTask workflows and their activities on the
+//! `taskfactory` task queue, and runs the results relay.
+//!
+//! A library so that the binary and the tests share one wiring ([`run`]) and so that the
+//! workflow replay test (`tests/replay.rs`) replays recorded histories against the very
+//! workflow types the worker registers ([`workflows`]).
+
+pub mod activities;
+mod egress;
+mod http;
+mod metrics;
+mod reconcile;
+mod relay;
+mod scheduler;
+mod sdk_metrics;
+mod sources;
+pub mod workflows;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::producer::FutureProducer;
+use temporalio_sdk::runtime::PollerBehavior;
+use temporalio_sdk::runtime::RuntimeOptions;
+use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+use tf_config::Settings;
+use tf_envelope::{Codec, Registry};
+
+/// Run the task factory's Temporal worker and results relay.
+///
+/// Every setting is also an environment variable with the TF_ prefix.
+#[derive(clap::Parser)]
+#[command(name = "tf-worker", version)]
+pub struct Config {
+    #[command(flatten)]
+    settings: Settings,
+    /// Kafka transactional.id of the results relay, one per deployment. Workers sharing it elect
+    /// one relay through a PostgreSQL advisory lock; the others take over when it dies.
+    #[arg(long, env = "TF_RELAY_TRANSACTIONAL_ID", default_value = "taskfactory-results-relay")]
+    relay_transactional_id: String,
+    /// Results larger than this many bytes are published with their output replaced by a note
+    /// (the full output stays in the tasks table). Keep it under the results topic's
+    /// `max.message.bytes` and the producer's `message.max.bytes` (both about 1 MB by default).
+    #[arg(long, env = "TF_RESULT_MAX_BYTES", default_value_t = 900_000)]
+    result_max_bytes: usize,
+    /// Hosts `http` context sources and tasks may call (`api.example.com`, `*.corp.example`),
+    /// comma separated. Empty: any host except those resolving to loopback, private or
+    /// link-local addresses.
+    #[arg(long, env = "TF_HTTP_ALLOWED_HOSTS", value_delimiter = ',', default_value = "")]
+    http_allowed_hosts: Vec<String>,
+    /// Let `secret()` in a definition's headers go to calls that name no datasource. Off:
+    /// anyone allowed to write definitions could otherwise send any worker secret to a URL of
+    /// their choice.
+    #[arg(long, env = "TF_HTTP_SECRETS_WITHOUT_DATASOURCE", default_value_t = false)]
+    http_secrets_without_datasource: bool,
+    /// Largest HTTP response body read from a context source or task.
+    #[arg(long, env = "TF_HTTP_MAX_BODY_BYTES", default_value_t = 1_048_576)]
+    http_max_body_bytes: usize,
+    /// YAML file of named datasources (`postgres`, `http`) that context sources and http tasks
+    /// reach; `TF_DATASOURCE__<NAME>__URL` and friends add to it. See docs/datasources.md.
+    #[arg(long = "datasources", env = "TF_DATASOURCES")]
+    datasources_file: Option<std::path::PathBuf>,
+    /// Directory of one file per secret (a Kubernetes secret mount); `TF_SECRET_<NAME>`
+    /// variables hold secrets too.
+    #[arg(long, env = "TF_SECRETS_DIR")]
+    secrets_dir: Option<std::path::PathBuf>,
+    /// Do not run the results relay in this process.
+    #[arg(long, env = "TF_NO_RELAY")]
+    no_relay: bool,
+    /// Do not reconcile Temporal Schedules for cron definitions in this process.
+    #[arg(long, env = "TF_NO_SCHEDULER")]
+    no_scheduler: bool,
+    /// Where to serve Prometheus metrics (`GET /metrics`); empty to disable.
+    #[arg(long, env = "TF_WORKER_METRICS_ADDR", default_value = "127.0.0.1:9465")]
+    metrics_addr: String,
+    /// Seconds to finish in-flight workflow and activity tasks after SIGTERM/SIGINT; past it the
+    /// worker exits non-zero (Temporal retries what it left on another worker).
+    #[arg(long, env = "TF_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    shutdown_timeout: u64,
+    /// How often runs recorded `running` are checked against Temporal, in seconds: a run whose
+    /// workflow was terminated, timed out or lost its history is settled (0 turns it off).
+    #[arg(long, env = "TF_RUN_RECONCILE_SECS", default_value_t = 60)]
+    run_reconcile_secs: u64,
+    /// How often the scheduler looks for changed definitions, in milliseconds.
+    #[arg(long, env = "TF_SCHEDULER_REFRESH_MS", default_value_t = 2000)]
+    scheduler_refresh_ms: u64,
+    /// Concurrent workflow task polls on the task queue (at least 2). Unset: the Temporal SDK's
+    /// default (5, or the server's poller autoscaling where it offers it).
+    #[arg(long, env = "TF_WORKER_WORKFLOW_POLLERS", value_parser = clap::value_parser!(u16).range(2..))]
+    workflow_pollers: Option<u16>,
+    /// Concurrent activity task polls on the task queue. Unset: the Temporal SDK's default.
+    #[arg(long, env = "TF_WORKER_ACTIVITY_POLLERS", value_parser = clap::value_parser!(u16).range(1..))]
+    activity_pollers: Option<u16>,
+}
+
+/// Runs the worker until SIGTERM/SIGINT: everything `main` does after telemetry is set up.
+pub async fn run(cli: Config) -> anyhow::Result<()> {
+    let s = &cli.settings;
+    tf_config::check_connection_settings()?;
+    let recorder = tf_runtime::Metrics::install("tf-worker", env!("CARGO_PKG_VERSION"), metrics::BUCKETS)?;
+
+    let pool = tf_store::connect(&s.database_url).await?;
+    let datasources = tf_config::Datasources::load(cli.datasources_file.as_deref(), std::env::vars())?;
+    let secrets = Arc::new(tf_config::Secrets::new(std::env::vars(), cli.secrets_dir.clone()));
+    let producer: FutureProducer =
+        tf_kafka::client_config(&s.kafka_brokers).set("enable.idempotence", "true").create().context("Kafka producer")?;
+    let http = http::HttpClient::new(cli.http_allowed_hosts.clone(), cli.http_max_body_bytes)?
+        .secrets_without_datasource(cli.http_secrets_without_datasource);
+    let sources = sources::Sources::new(&datasources, http, secrets)?;
+    tracing::info!(datasources = %datasources.describe(), "datasources configured");
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "tf-worker").await?;
+    let codec = Arc::new(Codec::new(Arc::new(Registry::new(&s.schema_registry_url))));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx_deadline = stop_tx.subscribe();
+    let metrics = Arc::new(metrics::Metrics::new());
+    // Ready once PostgreSQL, Kafka and Temporal are connected (above) and the worker polls;
+    // not ready while shutting down.
+    let ready = tf_runtime::Ready::default();
+    tf_runtime::serve(&cli.metrics_addr, recorder, ready.clone());
+    let relay = if cli.no_relay {
+        None
+    } else {
+        Some(tokio::spawn(relay::run_as_leader(
+            pool.clone(),
+            codec,
+            s.kafka_brokers.clone(),
+            cli.relay_transactional_id.clone(),
+            metrics.clone(),
+            cli.result_max_bytes,
+            stop_rx,
+        )))
+    };
+
+    if !cli.no_scheduler {
+        tokio::spawn(scheduler::run(
+            pool.clone(),
+            client.clone(),
+            s.task_queue.clone(),
+            Duration::from_millis(cli.scheduler_refresh_ms),
+            metrics.clone(),
+            stop_tx.subscribe(),
+        ));
+    }
+
+    let meter: Arc<dyn temporalio_common::telemetry::metrics::CoreMeter> = Arc::new(sdk_metrics::SdkMetrics);
+    let telemetry = temporalio_common::telemetry::TelemetryOptions::builder().metrics(meter).build();
+    let runtime = Runtime::from_current_tokio(RuntimeOptions::builder().telemetry_options(telemetry).build().map_err(anyhow::Error::msg)?)?;
+    let options = WorkerOptions::new(s.task_queue.as_str())
+        .register_activities(activities::RunActivities { pool: pool.clone(), metrics: metrics.clone(), producer, sources })
+        .register_workflow::<workflows::RunActivityWorkflow>()?
+        .register_workflow::<workflows::RunTaskWorkflow>()?
+        .maybe_workflow_task_poller_behavior(cli.workflow_pollers.map(|n| PollerBehavior::SimpleMaximum(n.into())))
+        .maybe_activity_task_poller_behavior(cli.activity_pollers.map(|n| PollerBehavior::SimpleMaximum(n.into())))
+        .build();
+    if cli.run_reconcile_secs > 0 {
+        let every = Duration::from_secs(cli.run_reconcile_secs);
+        tokio::spawn(reconcile::run(pool.clone(), client.clone(), every, stop_tx.subscribe()));
+    }
+    let mut worker = Worker::new(&runtime, client, options)?;
+    let shutdown = worker.shutdown_handle();
+    tokio::spawn(expire_generations(pool, stop_tx.subscribe()));
+    let ready_flag = ready.clone();
+    tokio::spawn(async move {
+        tf_runtime::shutdown_signal().await;
+        ready_flag.set(false);
+        tracing::info!("shutting down: finishing in-flight tasks");
+        let _ = stop_tx.send(true);
+        shutdown();
+    });
+    ready.set(true);
+    tracing::info!(task_queue = %s.task_queue, "worker running");
+    let grace = Duration::from_secs(cli.shutdown_timeout);
+    let mut stopping = stop_rx_deadline;
+    let deadline = tf_runtime::deadline(
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        },
+        grace,
+    );
+    tokio::select! {
+        ran = worker.run() => ran?,
+        () = deadline => anyhow::bail!(
+            "shutdown deadline of {} s passed with workflow or activity tasks still running; Temporal retries them on another worker",
+            cli.shutdown_timeout
+        ),
+    }
+    if let Some(relay) = relay {
+        relay.await??;
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Deletes dedupe generations whose window ended more than the claim retention ago, every ten
+/// minutes (claims themselves stay: their generation counter keeps workflow ids unique).
+async fn expire_generations(pool: tf_store::PgPool, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match tf_store::claims::expire_generations(&pool, tf_definitions::dedupe::CLAIM_RETENTION).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "expired dedupe generations deleted"),
+            Err(e) => tracing::warn!(error = %e, "expiring dedupe generations failed; next try in ten minutes"),
+        }
+    }
+}
