@@ -7,6 +7,7 @@ pub mod definitions;
 pub mod outbox;
 pub mod redrives;
 pub mod runs;
+pub mod schema_changes;
 pub mod tasks;
 
 use std::collections::HashSet;
@@ -15,7 +16,14 @@ use sqlx::migrate::Migrator;
 pub use sqlx::postgres::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+/// The embedded migrations. A database migrated further than this build knows is accepted
+/// (`ignore_missing`): migrations only expand ([`schema_changes`]), so an older `tf db migrate`,
+/// as a rollback runs it, has nothing to do there rather than an error.
+fn migrator() -> Migrator {
+    let mut m = sqlx::migrate!("../../migrations");
+    m.set_ignore_missing(true);
+    m
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -76,8 +84,9 @@ pub struct MigrationStatus {
 /// Applies every pending migration; idempotent.
 pub async fn migrate(pool: &PgPool) -> Result<Vec<MigrationStatus>, StoreError> {
     let before = applied_versions(pool).await?;
-    MIGRATOR.run(pool).await?;
-    Ok(MIGRATOR
+    let migrator = migrator();
+    migrator.run(pool).await?;
+    Ok(migrator
         .iter()
         .map(|m| MigrationStatus {
             version: m.version,
@@ -123,7 +132,7 @@ mod tests {
 
     #[test]
     fn migrations_are_embedded_in_order() {
-        let versions: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+        let versions: Vec<i64> = migrator().iter().map(|m| m.version).collect();
         assert!(!versions.is_empty());
         assert!(versions.windows(2).all(|w| w[0] < w[1]));
     }

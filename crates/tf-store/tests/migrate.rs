@@ -25,6 +25,23 @@ async fn migrations_apply_once_and_then_are_a_no_op() {
     pool.close().await;
 }
 
+/// A rollback runs the previous build's `tf db migrate` against a database the next build
+/// migrated: the newer migration it does not know is left alone, not an error.
+#[tokio::test]
+async fn a_database_migrated_by_a_newer_build_is_accepted() {
+    let (_db, pool) = FreshDatabase::migrated(&settings()).await;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (29991231000001, 'from a newer build', true, '\\x00', 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let again = tf_store::migrate(&pool).await.unwrap();
+    assert!(again.iter().all(|m| !m.newly_applied), "{again:?}");
+    pool.close().await;
+}
+
 #[tokio::test]
 async fn definition_versions_are_immutable_except_enabled() {
     let (_db, pool) = FreshDatabase::migrated(&settings()).await;

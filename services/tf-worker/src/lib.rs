@@ -9,6 +9,7 @@ pub mod activities;
 mod egress;
 mod http;
 mod metrics;
+pub mod patches;
 mod reconcile;
 mod relay;
 mod scheduler;
@@ -89,6 +90,11 @@ pub struct Config {
     /// default (5, or the server's poller autoscaling where it offers it).
     #[arg(long, env = "TF_WORKER_WORKFLOW_POLLERS", value_parser = clap::value_parser!(u16).range(2..))]
     workflow_pollers: Option<u16>,
+    /// Patch ids (workflow changes, see docs/architecture.md "Workflow versioning") this worker
+    /// leaves dormant, comma separated: the first step of rolling out a build with a new patch,
+    /// until every worker runs it. An id this build does not know is refused.
+    #[arg(long, env = "TF_WORKER_DORMANT_PATCHES", value_delimiter = ',', default_value = "")]
+    dormant_patches: Vec<String>,
     /// Concurrent activity task polls on the task queue. Unset: the Temporal SDK's default.
     #[arg(long, env = "TF_WORKER_ACTIVITY_POLLERS", value_parser = clap::value_parser!(u16).range(1..))]
     activity_pollers: Option<u16>,
@@ -144,6 +150,7 @@ pub async fn run(cli: Config) -> anyhow::Result<()> {
         ));
     }
 
+    let dormant = patches::Dormant::parse(&cli.dormant_patches)?;
     let meter: Arc<dyn temporalio_common::telemetry::metrics::CoreMeter> = Arc::new(sdk_metrics::SdkMetrics);
     let telemetry = temporalio_common::telemetry::TelemetryOptions::builder().metrics(meter).build();
     let runtime = Runtime::from_current_tokio(RuntimeOptions::builder().telemetry_options(telemetry).build().map_err(anyhow::Error::msg)?)?;
@@ -153,6 +160,7 @@ pub async fn run(cli: Config) -> anyhow::Result<()> {
         .register_workflow::<workflows::RunTaskWorkflow>()?
         .maybe_workflow_task_poller_behavior(cli.workflow_pollers.map(|n| PollerBehavior::SimpleMaximum(n.into())))
         .maybe_activity_task_poller_behavior(cli.activity_pollers.map(|n| PollerBehavior::SimpleMaximum(n.into())))
+        .maybe_patch_activation_callback(dormant.callback())
         .build();
     if cli.run_reconcile_secs > 0 {
         let every = Duration::from_secs(cli.run_reconcile_secs);
@@ -170,7 +178,8 @@ pub async fn run(cli: Config) -> anyhow::Result<()> {
         shutdown();
     });
     ready.set(true);
-    tracing::info!(task_queue = %s.task_queue, "worker running");
+    let dormant_ids: Vec<&str> = dormant.ids().collect();
+    tracing::info!(task_queue = %s.task_queue, patches = ?patches::KNOWN, dormant = ?dormant_ids, "worker running");
     let grace = Duration::from_secs(cli.shutdown_timeout);
     let mut stopping = stop_rx_deadline;
     let deadline = tf_runtime::deadline(

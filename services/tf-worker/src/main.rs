@@ -1,4 +1,4 @@
-//! `tf-worker`: the binary. All wiring is in the library (`tf_worker::run`).
+// `tf-worker`: the binary. All wiring is in the library (`tf_worker::run`).
 
 use anyhow::Context;
 use clap::Parser;

@@ -135,6 +135,12 @@ impl RunActivityWorkflow {
             return Ok(RunSummary { status: RunStatus::Deduplicated, tasks_spawned: 0, tasks_failed: 0 });
         };
         let finish = |status: RunStatus| FinishRunInput { run_id: run_id.clone(), status };
+        // The drill's change sits before the first wait of a run, where an unguarded change would
+        // break every run in flight.
+        #[cfg(feature = "upgrade-drill")]
+        if ctx.patched(crate::patches::UPGRADE_DRILL) {
+            ctx.timer(Duration::from_millis(1)).await;
+        }
         // A cancel request (`POST /runs/{id}/cancel`, the Temporal UI) cancels whatever the run
         // is waiting for, children included; each step that then fails records the run as
         // cancelled rather than failed, and the execution ends cancelled.
