@@ -354,4 +354,20 @@ mod tests {
         without.as_object_mut().expect("an object").remove("event");
         assert_eq!(serde_json::from_value::<RunInput>(without).expect("reads").event, None);
     }
+
+    /// During a rolling upgrade a newer router starts runs that an older worker begins: fields
+    /// the older build does not know are ignored, and what a newer build adds has a default when
+    /// an older router left it out (docs/upgrades.md).
+    #[test]
+    fn run_input_reads_across_one_build_in_either_direction() {
+        let mut newer = serde_json::json!({
+            "definition_id": "d", "definition_version": 1, "dedupe_key": "k", "dedupe_window_secs": 60,
+            "trigger": {"kind": "event", "topic": "events.demo", "partition": 0, "offset": 1},
+            "a_field_from_a_newer_build": {"any": "thing"},
+        });
+        let input: RunInput = serde_json::from_value(newer.clone()).expect("unknown fields are ignored");
+        assert_eq!((input.generation, input.event, input.operator_retry), (0, None, false));
+        newer.as_object_mut().expect("an object").remove("a_field_from_a_newer_build");
+        serde_json::from_value::<RunInput>(newer).expect("the fields every build writes are enough");
+    }
 }
