@@ -3,7 +3,7 @@
 //! (some keys repeated, each run spawning 1–3 kafka tasks) while a fault schedule SIGKILLs the
 //! router every K seconds, SIGKILLs the worker M times and restarts Temporal, Kafka, PostgreSQL
 //! and the registry once each through `scripts/stack restart`. Then it waits for the pipeline
-//! to drain and checks invariants 1 and 2 of the design: exactly one run per key, exactly one
+//! to drain and checks invariants 1 and 2 of docs/design.md: exactly one run per key, exactly one
 //! result per task on `taskfactory.results` (read_committed), nothing in the DLQ. It prints how
 //! long each fault stalled routing and exits non-zero on any loss or duplicate.
 //!

@@ -1,7 +1,7 @@
 //! The dedupe key as a type: parsed once, where the key is evaluated, so every store it reaches
 //! (a PostgreSQL `text` column, a Temporal workflow id, the `DedupeKey` search attribute) accepts
 //! it. Also the window bounds and the run's workflow id, which carries the claim's generation
-//! (DESIGN.md, "Dedupe and exactly-once").
+//! (docs/design.md, "Dedupe and exactly-once").
 
 use std::time::Duration;
 

@@ -22,6 +22,10 @@ pub const REDRIVE: &str = "taskfactory.redrive";
 /// The connector name the router writes.
 pub const CONNECTOR_NAME: &str = "taskfactory-router";
 
+/// The stages at which the router dead-letters a record, in pipeline order (the `STAGE` header's
+/// values and the `stage` label of `tf_router_dead_letters_total`).
+pub const STAGES: [&str; 8] = ["size", "decode", "filter", "dedupe-key", "event-time", "claim", "start", "panic"];
+
 /// Whether a header name is in the namespaces the router owns: never copied from a producer's
 /// record into a dead letter, nor from a dead letter back onto its source topic.
 pub fn is_reserved(name: &str) -> bool {

@@ -1,4 +1,4 @@
-//! Dedupe claims and their generations (DESIGN.md, "Dedupe and exactly-once", layers 1–3).
+//! Dedupe claims and their generations (docs/design.md, "Dedupe and exactly-once", layers 1–3).
 //!
 //! The claim on (definition, dedupe key) owns the key's windows. Each window is a numbered
 //! generation covering [time of the event that opened it, + `dedupe.window`) in event time, and

@@ -1,4 +1,4 @@
-//! The results outbox (`task_results`, DESIGN.md dedupe layer 4): a finished task queues its
+//! The results outbox (`task_results`, docs/design.md dedupe layer 4): a finished task queues its
 //! result once, whatever the retries; the relay publishes the outbox in marker order inside
 //! Kafka transactions, and takes the deployment's relay lock here.
 

@@ -336,3 +336,33 @@ pub async fn lineage(pool: &PgPool, run_id: &str) -> Result<Option<Json>, StoreE
     .fetch_optional(pool)
     .await?)
 }
+
+/// How many runs of `definition_id` fired in the last `window`, per status (for the console's
+/// definition page).
+pub async fn counts_by_status(
+    pool: &PgPool,
+    definition_id: &str,
+    window: std::time::Duration,
+) -> Result<Vec<(RunStatus, i64)>, StoreError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM activity_runs
+         WHERE definition_id = $1 AND fired_at > now() - make_interval(secs => $2) GROUP BY 1 ORDER BY 1",
+    )
+    .bind(definition_id)
+    .bind(window.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().filter_map(|(s, n)| s.parse().ok().map(|s| (s, n))).collect())
+}
+
+/// Runs fired in each of the last `minutes` minutes, oldest first (the console's lag page).
+pub async fn fired_per_minute(pool: &PgPool, minutes: i32) -> Result<Vec<i64>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(r.run_id) FROM generate_series(now() - make_interval(mins => $1 - 1), now(), interval '1 minute') AS m(t)
+         LEFT JOIN activity_runs r ON r.fired_at > m.t - interval '1 minute' AND r.fired_at <= m.t
+         GROUP BY m.t ORDER BY m.t",
+    )
+    .bind(minutes)
+    .fetch_all(pool)
+    .await?)
+}

@@ -1,6 +1,6 @@
 //! The Temporal side of the contract between router, scheduler and worker: the RunActivity
 //! workflow's name, input and output, how its workflow id derives from the dedupe key, the
-//! search attributes, and starting it with the dedupe policies of DESIGN.md (layer 1).
+//! search attributes, and starting it with the dedupe policies of docs/design.md (layer 2).
 
 pub mod run_control;
 pub mod schedules;
@@ -104,7 +104,7 @@ pub enum TemporalError {
     Key(#[from] tf_definitions::DedupeKeyError),
 }
 
-/// How a failed start is to be handled (DESIGN.md, "Failure classes").
+/// How a failed start is to be handled (docs/design.md, "Failure classes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureClass {
     /// Temporal is down, slow or overloaded: back off and try again, never skip.

@@ -1214,3 +1214,85 @@ async fn a_human_task_that_nobody_decides_times_out_into_its_default_or_a_failur
         api.call("POST", &format!("/tasks/{task}/complete"), Some(ADMIN), None, Some(json!({"output": 1}).to_string())).await;
     assert_eq!(status, 409, "a decision after the timeout is refused: {body}");
 }
+
+/// Text a producer, a definition's author or a dead letter brings along is shown as text on
+/// every console page: `<script>` in event data (the dedupe key, a human task's params), in a
+/// definition's name and in a dead letter's stage and reason never becomes markup.
+#[tokio::test]
+async fn the_console_shows_script_in_event_data_definition_names_and_dead_letter_reasons_as_text() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-api-queue");
+    let dlq = unique("it-api-dlq");
+    create_topic(&s, &dlq, 1).await;
+    let def_id = unique("it-xss").to_lowercase();
+    let yaml = format!(
+        r#"
+id: {def_id}
+name: "<script>alert('name')</script>"
+trigger: {{event: {{topics: [events.demo]}}}}
+dedupe: {{key: event.data.note}}
+tasks:
+  - {{name: review, type: human, params: {{title: event.data.note}}}}
+"#
+    );
+    let (def_id, version) = tf_testkit::apply_definition(&pool, &yaml).await;
+    let _worker = Service::spawn(
+        &workspace_binary("tf-worker"),
+        &unique("tf-worker"),
+        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true"), ("TF_NO_SCHEDULER", "true")],
+    );
+    let note = "<script>alert('event')</script>";
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    let event = json!({"id": "e-xss", "type": "order.created", "data": {"note": note}});
+    tf_temporal::start_run(&client, &queue, tf_testkit::run_input(&def_id, version, note, event)).await.unwrap();
+    let run_id = tf_temporal::DedupeKey::parse(note).unwrap().run_id(&def_id, 1).to_string();
+    let task_id = format!("{run_id}/review/0");
+    eventually("the human task to wait", Duration::from_secs(60), || async {
+        let st: Option<String> =
+            sqlx::query_scalar("SELECT status FROM tasks WHERE task_id = $1").bind(&task_id).fetch_optional(&pool).await.unwrap();
+        (st.as_deref() == Some("awaiting_human")).then_some(())
+    })
+    .await;
+    let producer: FutureProducer = tf_kafka::client_config(&s.kafka_brokers).create().unwrap();
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "__connect.errors.stage", value: Some("<script>alert('stage')</script>") })
+        .insert(Header { key: "__connect.errors.topic", value: Some("events.<script>") })
+        .insert(Header { key: "__connect.errors.exception.message", value: Some("<script>alert('reason')</script>") });
+    producer.send(FutureRecord::to(&dlq).key("k").payload("<script>x</script>").headers(headers), Duration::from_secs(10)).await.unwrap();
+
+    let api = Api::with_dlq(&db.url, &queue, &dlq);
+    api.ready().await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let signed_in = http
+        .post(format!("{}/ui/login", api.base))
+        .header("origin", &api.base)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={ADMIN}"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let path =
+        |p: &str| p.split('/').map(|seg| seg.replace('<', "%3C").replace('>', "%3E").replace('\'', "%27")).collect::<Vec<_>>().join("/");
+    let pages = [
+        ("/ui/runs".to_string(), "event"),
+        (format!("/ui/runs/{}", path(&run_id)), "event"),
+        ("/ui/tasks".to_string(), "event"),
+        (format!("/ui/tasks/{}", path(&task_id)), "event"),
+        ("/ui/definitions".to_string(), "name"),
+        (format!("/ui/definitions/{def_id}"), "name"),
+        ("/ui/dead-letters".to_string(), "reason"),
+        ("/ui/dead-letters".to_string(), "stage"),
+    ];
+    for (url, what) in pages {
+        let resp = http.get(format!("{}{url}", api.base)).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+        let body = resp.text().await.unwrap();
+        assert!(!body.contains("<script>alert"), "{url} renders {what} as markup:\n{body}");
+        assert!(body.contains(&format!("&lt;script&gt;alert('{what}')&lt;/script&gt;")), "{url} shows the {what} as text:\n{body}");
+    }
+    tf_testkit::delete_topics(&s, &[&dlq]).await;
+}

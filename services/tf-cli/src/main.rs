@@ -18,7 +18,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use tf_config::Settings;
 
-/// Operate the task factory: topics, schemas, database and a demo round trip.
+/// Operate the task factory: definitions, runs, tasks, schedules and results; the consumer
+/// group and its replays; topics, schemas and the database; and the demo.
 ///
 /// Every setting is also an environment variable with the TF_ prefix; the defaults point at
 /// the local stack started by `scripts/stack up`.

@@ -1,4 +1,4 @@
-//! Claim resolution in batches (DESIGN.md, dedupe layer 3): records in flight ask for the
+//! Claim resolution in batches (docs/design.md, dedupe layer 3): records in flight ask for the
 //! generation of their (definition, key, event time); one task sends whatever has queued up as
 //! one statement, so a new key costs a share of a round trip rather than one, and a replay of
 //! already-routed ranges costs a few queries rather than a Temporal start per event.

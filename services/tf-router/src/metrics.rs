@@ -7,9 +7,9 @@ use std::sync::Mutex;
 use metrics::{Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use tf_runtime::Buckets;
 
-/// DLQ stages, each a `stage` label of `tf_router_dead_letters_total` (all present from the start,
-/// so a dashboard's rate() has a series before the first dead letter).
-const STAGES: [&str; 8] = ["size", "decode", "filter", "dedupe-key", "event-time", "claim", "start", "panic"];
+// Every DLQ stage is a `stage` label of `tf_router_dead_letters_total` from the start, so a
+// dashboard's rate() has a series before the first dead letter.
+use tf_kafka::dlq::STAGES;
 
 /// Bounds of `tf_router_start_seconds`: a healthy start takes milliseconds.
 const START_BOUNDS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];

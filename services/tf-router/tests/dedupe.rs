@@ -1,4 +1,4 @@
-//! Dedupe windows on the real stack (DESIGN.md, "Dedupe and exactly-once"): one run per key
+//! Dedupe windows on the real stack (docs/design.md, "Dedupe and exactly-once"): one run per key
 //! per window (generation), a new run after it, replays that start nothing, windows that end
 //! while their run waits, and failed runs that a later event of their window runs again.
 

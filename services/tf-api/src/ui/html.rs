@@ -1,23 +1,10 @@
-//! HTML building blocks of the console: escaping, the page layout, tables, the lineage picture,
-//! sparklines and a line diff. Everything dynamic goes through [`esc`].
+//! HTML building blocks of the console, as maud templates: the page layout, tables, statuses,
+//! flash messages, the lineage picture, sparklines and a line diff. maud escapes every value
+//! spliced into a template; nothing here builds markup from strings.
 
 use std::fmt::Write;
 
-/// Escapes text for HTML content and attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+use maud::{DOCTYPE, Markup, html};
 
 /// Percent-encodes one query value or path part (ids hold slashes: those stay for paths).
 pub fn url_part(s: &str, keep_slash: bool) -> String {
@@ -43,6 +30,11 @@ pub fn text(v: &serde_json::Value) -> String {
     }
 }
 
+/// A JSON value pretty-printed, for `<pre>` blocks.
+pub fn pretty(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
 pub const NAV: [(&str, &str); 5] = [
     ("/ui/runs", "Runs"),
     ("/ui/definitions", "Definitions"),
@@ -52,95 +44,110 @@ pub const NAV: [(&str, &str); 5] = [
 ];
 
 /// A whole page: `current` is the nav entry to mark, `who` the signed-in token's name.
-pub fn page(title: &str, current: &str, who: Option<&str>, body: &str) -> String {
-    let mut nav = String::new();
-    if let Some(who) = who {
-        nav.push_str(r#"<nav aria-label="Sections"><ul>"#);
-        for (href, label) in NAV {
-            let here = if href == current { r#" aria-current="page""# } else { "" };
-            let _ = write!(nav, r#"<li><a href="{href}"{here}>{label}</a></li>"#);
+pub fn page(title: &str, current: &str, who: Option<&str>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · task factory" }
+                link rel="stylesheet" href="/ui/assets/style.css";
+                script src="/ui/assets/app.js" defer {}
+            }
+            body {
+                header {
+                    a.brand href="/ui/runs" { "task factory" }
+                    @if let Some(who) = who {
+                        nav aria-label="Sections" {
+                            ul {
+                                @for (href, label) in NAV {
+                                    li { a href=(href) aria-current=[(href == current).then_some("page")] { (label) } }
+                                }
+                            }
+                            form.logout method="post" action="/ui/logout" {
+                                span { (who) } " "
+                                button type="submit" { "Sign out" }
+                            }
+                        }
+                    }
+                }
+                main #main {
+                    h1 { (title) }
+                    (body)
+                }
+            }
         }
-        let _ = write!(
-            nav,
-            r#"</ul><form method="post" action="/ui/logout" class="logout"><span>{}</span> <button type="submit">Sign out</button></form></nav>"#,
-            esc(who)
-        );
     }
-    format!(
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · task factory</title><link rel="stylesheet" href="/ui/assets/style.css"><script src="/ui/assets/app.js" defer></script></head>
-<body><header><a class="brand" href="/ui/runs">task factory</a>{nav}</header>
-<main id="main"><h1>{title}</h1>
-{body}
-</main></body></html>"#,
-        title = esc(title)
-    )
 }
 
-/// A table: headers, then rows of already-escaped cells.
-pub fn table(caption: &str, headers: &[&str], rows: &[Vec<String>], empty: &str) -> String {
-    if rows.is_empty() {
-        return format!(r#"<p class="empty">{}</p>"#, esc(empty));
-    }
-    let mut out = format!(r#"<div class="scroll"><table><caption>{}</caption><thead><tr>"#, esc(caption));
-    for h in headers {
-        let _ = write!(out, r#"<th scope="col">{}</th>"#, esc(h));
-    }
-    out.push_str("</tr></thead><tbody>");
-    for r in rows {
-        out.push_str("<tr>");
-        for c in r {
-            let _ = write!(out, "<td>{c}</td>");
+/// A table: a caption, column headers and rows of cells.
+pub fn table(caption: &str, headers: &[&str], rows: &[Vec<Markup>], empty: &str) -> Markup {
+    html! {
+        @if rows.is_empty() {
+            p.empty { (empty) }
+        } @else {
+            div.scroll {
+                table {
+                    caption { (caption) }
+                    thead { tr { @for h in headers { th scope="col" { (h) } } } }
+                    tbody { @for r in rows { tr { @for c in r { td { (c) } } } } }
+                }
+            }
         }
-        out.push_str("</tr>");
     }
-    out.push_str("</tbody></table></div>");
-    out
 }
 
-pub fn status(s: &str) -> String {
-    format!(r#"<span class="status status-{}">{}</span>"#, esc(&s.to_ascii_lowercase()), esc(s))
+pub fn status(s: &str) -> Markup {
+    html! { span class={ "status status-" (s.to_ascii_lowercase()) } { (s) } }
 }
 
 /// The flash message after an action, as a live region.
-pub fn flash(message: Option<&str>, error: bool) -> String {
-    match message {
-        Some(m) if !m.is_empty() => {
-            format!(r#"<p role="status" aria-live="polite" class="flash{}">{}</p>"#, if error { " flash-error" } else { "" }, esc(m))
+pub fn flash(message: Option<&str>, error: bool) -> Markup {
+    html! {
+        @if let Some(m) = message.filter(|m| !m.is_empty()) {
+            p role="status" aria-live="polite" class={ "flash" @if error { " flash-error" } } { (m) }
         }
-        _ => String::new(),
     }
 }
 
+/// An error the page shows in place of (or above) its content.
+pub fn alert(message: &str) -> Markup {
+    html! { p role="alert" class="flash flash-error" { (message) } }
+}
+
 /// A sparkline of `points` (oldest first) as inline SVG with a text alternative.
-pub fn sparkline(label: &str, points: &[f64], unit: &str) -> String {
+pub fn sparkline(label: &str, points: &[f64], unit: &str) -> Markup {
     let (w, h) = (320.0, 48.0);
     let max = points.iter().copied().fold(0.0_f64, f64::max).max(1.0);
     let n = points.len().max(2) as f64 - 1.0;
     let path: Vec<String> =
         points.iter().enumerate().map(|(i, p)| format!("{:.1},{:.1}", i as f64 / n * w, h - 2.0 - p / max * (h - 4.0))).collect();
     let last = points.last().copied().unwrap_or(0.0);
-    format!(
-        r#"<figure class="spark"><svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{label}: now {last:.1} {unit}, at most {max:.1} over the window"><polyline fill="none" stroke="currentColor" stroke-width="2" points="{}"/></svg><figcaption>{label}: <strong>{last:.1}</strong> {unit} (max {max:.1})</figcaption></figure>"#,
-        path.join(" "),
-        label = esc(label),
-        unit = esc(unit),
-    )
+    html! {
+        figure.spark {
+            svg viewBox={ "0 0 " (w) " " (h) } width=(w) height=(h) role="img"
+                aria-label={ (label) ": now " (format!("{last:.1}")) " " (unit) ", at most " (format!("{max:.1}")) " over the window" } {
+                polyline fill="none" stroke="currentColor" stroke-width="2" points=(path.join(" ")) {}
+            }
+            figcaption { (label) ": " strong { (format!("{last:.1}")) } " " (unit) " (max " (format!("{max:.1}")) ")" }
+        }
+    }
 }
 
 /// One box of the lineage picture.
-pub fn lineage_step(kind: &str, title: &str, lines: &[String]) -> String {
-    let mut out = format!(r#"<li class="step step-{}"><span class="kind">{}</span><strong>{title}</strong>"#, esc(kind), esc(kind));
-    for l in lines {
-        let _ = write!(out, "<span>{l}</span>");
+pub fn lineage_step(kind: &str, title: &str, lines: &[Markup]) -> Markup {
+    html! {
+        li class={ "step step-" (kind) } {
+            span.kind { (kind) }
+            strong { (title) }
+            @for l in lines { span { (l) } }
+        }
     }
-    out.push_str("</li>");
-    out
 }
 
 /// Line diff of two texts (longest common subsequence), as a `<pre>` with `+`/`-` lines.
-pub fn diff(old: &str, new: &str) -> String {
+pub fn diff(old: &str, new: &str) -> Markup {
     let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
     let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
     for i in (0..a.len()).rev() {
@@ -148,23 +155,37 @@ pub fn diff(old: &str, new: &str) -> String {
             lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
         }
     }
-    let (mut i, mut j, mut out) = (0, 0, String::from(r#"<pre class="diff">"#));
+    enum Line<'a> {
+        Same(&'a str),
+        Removed(&'a str),
+        Added(&'a str),
+    }
+    let (mut i, mut j, mut lines) = (0, 0, Vec::new());
     while i < a.len() || j < b.len() {
         if i < a.len() && j < b.len() && a[i] == b[j] {
-            let _ = writeln!(out, "  {}", esc(a[i]));
+            lines.push(Line::Same(a[i]));
             i += 1;
             j += 1;
         } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
             // Removals before additions, as unified diffs print them.
-            let _ = writeln!(out, r#"<del>- {}</del>"#, esc(a[i]));
+            lines.push(Line::Removed(a[i]));
             i += 1;
         } else {
-            let _ = writeln!(out, r#"<ins>+ {}</ins>"#, esc(b[j]));
+            lines.push(Line::Added(b[j]));
             j += 1;
         }
     }
-    out.push_str("</pre>");
-    out
+    html! {
+        pre.diff {
+            @for l in &lines {
+                @match l {
+                    Line::Same(t) => { "  " (t) "\n" }
+                    Line::Removed(t) => { del { "- " (t) } "\n" }
+                    Line::Added(t) => { ins { "+ " (t) } "\n" }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -172,22 +193,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escaping_and_urls() {
-        assert_eq!(esc(r#"<a href="x">&'"#), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    fn values_are_escaped_and_urls_encoded() {
+        let t = table("c", &["h"], &[vec![html! { (r#"<a href="x">&'"#) }]], "none").into_string();
+        assert!(t.contains("<td>&lt;a href=&quot;x&quot;&gt;&amp;'</td>"), "{t}");
         assert_eq!(url_part("run/a b/1", true), "run/a%20b/1");
         assert_eq!(url_part("k&y=1", false), "k%26y%3D1");
+        let p = page("<t>", "/ui/runs", Some("<who>"), html! {}).into_string();
+        assert!(p.contains("<title>&lt;t&gt; · task factory</title>") && p.contains("<span>&lt;who&gt;</span>"), "{p}");
+        assert!(p.contains(r#"<a href="/ui/runs" aria-current="page">Runs</a>"#) && p.contains(r#"<a href="/ui/lag">Lag</a>"#), "{p}");
     }
 
     #[test]
     fn diff_marks_changed_lines() {
-        let d = diff("a\nb\nc\n", "a\nx\nc\n");
+        let d = diff("a\nb\nc\n", "a\nx\nc\n").into_string();
         assert!(d.contains("<del>- b</del>\n<ins>+ x</ins>") && d.contains("  a\n") && d.contains("  c\n"), "{d}");
-        assert!(!diff("same\n", "same\n").contains("<ins>"));
+        assert!(!diff("same\n", "same\n").into_string().contains("<ins>"));
+        assert!(diff("<b>\n", "").into_string().contains("<del>- &lt;b&gt;</del>"));
     }
 
     #[test]
     fn sparkline_scales_and_describes() {
-        let s = sparkline("lag", &[0.0, 5.0, 10.0], "records");
+        let s = sparkline("lag", &[0.0, 5.0, 10.0], "records").into_string();
         assert!(s.contains("now 10.0 records") && s.contains("<polyline"), "{s}");
     }
 }

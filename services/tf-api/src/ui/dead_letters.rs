@@ -1,0 +1,90 @@
+//! The Dead letters page: filter by stage and source topic, the decoded event, and redrive.
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use maud::{Markup, html};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::html::{pretty, table, text};
+use super::{PageQuery, api_query, back_with, failure, query, respond, signed_in};
+use crate::AppState;
+
+pub async fn list(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+    let (auth, who) = signed_in!(state, headers);
+    let own = PageQuery::of(&raw);
+    let filters: Value = query::<Value>(&raw).map(|q| q.0).unwrap_or(json!({}));
+    let out = match crate::dlq::browse(State(state.clone()), auth, query(&api_query(&raw))).await {
+        Ok(axum::Json(v)) => v,
+        Err(e) => return failure(e, &who, "/ui/dead-letters"),
+    };
+    let rows: Vec<Vec<Markup>> = out["dead_letters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let src = &d["source"];
+            let (partition, offset) = (&d["partition"], &d["offset"]);
+            vec![
+                html! { (partition) "@" (offset) },
+                html! { (text(&d["stage"])) },
+                html! { (text(&d["reason"])) },
+                html! { (text(&src["topic"])) "[" (src["partition"]) "]@" (src["offset"]) },
+                html! {
+                    @if d["event"].is_null() { (text(&d["decode_error"])) }
+                    @else { details { summary { "decoded" } pre { (pretty(&d["event"])) } } }
+                },
+                html! {
+                    @if d["redrive"].is_null() {
+                        form.inline method="post" action="/ui/dead-letters/redrive" {
+                            input type="hidden" name="partition" value=(partition);
+                            input type="hidden" name="offset" value=(offset);
+                            button type="submit" aria-label={ "Redrive the dead letter at partition " (partition) " offset " (offset) } { "Redrive" }
+                        }
+                    } @else {
+                        "redriven: " (text(&d["redrive"]))
+                    }
+                },
+            ]
+        })
+        .collect();
+    let field = |name: &str| filters[name].as_str().unwrap_or("").to_string();
+    let body = html! {
+        (own.flash())
+        form.filters method="get" action="/ui/dead-letters" role="search" {
+            label { "Source topic " input name="topic" value=(field("topic")); }
+            label { "Stage " input name="stage" value=(field("stage")) list="stages"; }
+            datalist #stages { @for s in tf_kafka::dlq::STAGES { option value=(s); } }
+            button type="submit" { "Filter" }
+        }
+        (table(&format!("Dead letters on {}", text(&out["topic"])), &["At", "Stage", "Reason", "Source", "Event", ""], &rows, "No dead letters match."))
+    };
+    respond("Dead letters", "/ui/dead-letters", &who, body)
+}
+
+#[derive(Deserialize)]
+struct RedriveForm {
+    partition: i32,
+    offset: i64,
+}
+
+pub async fn redrive(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let (auth, who) = signed_in!(state, headers);
+    let Ok(form) = serde_urlencoded::from_bytes::<RedriveForm>(&body) else {
+        return back_with("/ui/dead-letters", "the form names no dead letter", true);
+    };
+    let payload = json!({"records": [{"partition": form.partition, "offset": form.offset}]}).to_string();
+    match crate::dlq::redrive(State(state.clone()), auth, Bytes::from(payload)).await {
+        Ok((_, axum::Json(v))) => {
+            let message = match (v["redriven"].get(0), v["skipped"].get(0)) {
+                (Some(r), _) => format!("redriven to {} partition {} offset {}", text(&r["topic"]), r["partition"], r["offset"]),
+                (None, Some(s)) => format!("not redriven: {}", text(&s["reason"])),
+                _ => "nothing to redrive".into(),
+            };
+            back_with("/ui/dead-letters", &message, false)
+        }
+        Err(e) => failure(e, &who, "/ui/dead-letters"),
+    }
+}

@@ -1,0 +1,112 @@
+//! The Definitions pages: the latest version of each, and one definition's versions with a line
+//! diff against the previous one, its next fire times and its runs of the last day.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use maud::{Markup, html};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::html::{alert, diff, status, table, text, url_part};
+use super::{failure, query, respond, signed_in};
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Whether a definition is retired, enabled or disabled.
+fn state_of(d: &Value, latest: &Value) -> &'static str {
+    if d["retired"] == true {
+        "retired"
+    } else if latest["enabled"] == true {
+        "enabled"
+    } else {
+        "disabled"
+    }
+}
+
+pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let (auth, who) = signed_in!(state, headers);
+    let out = match crate::definitions::list(State(state.clone()), auth).await {
+        Ok(axum::Json(v)) => v,
+        Err(e) => return failure(e, &who, "/ui/definitions"),
+    };
+    let rows: Vec<Vec<Markup>> = out["definitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let id = d["id"].as_str().unwrap_or("");
+            vec![
+                html! { a href={ "/ui/definitions/" (url_part(id, false)) } { (id) } },
+                html! { (text(&d["name"])) },
+                html! { (d["version"]) },
+                status(state_of(d, d)),
+                html! { (text(&d["trigger"])) },
+                html! { (text(&d["created_at"])) },
+            ]
+        })
+        .collect();
+    let body =
+        table("Definitions, latest version each", &["Id", "Name", "Version", "State", "Trigger", "Since"], &rows, "No definitions yet.");
+    respond("Definitions", "/ui/definitions", &who, body)
+}
+
+#[derive(Deserialize, Default)]
+struct DefinitionQuery {
+    version: Option<i32>,
+}
+
+pub async fn show(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Response {
+    let (auth, who) = signed_in!(state, headers);
+    let q: DefinitionQuery = query::<DefinitionQuery>(&raw).map(|q| q.0).unwrap_or_default();
+    let fetch = |version: Option<i32>| {
+        let (state, auth, id) = (state.clone(), auth.clone(), id.clone());
+        async move {
+            let raw = version.map(|v| format!("version={v}"));
+            let q = query(&raw).map_err(|e| ApiError::bad_request("version", e.body_text()))?;
+            crate::definitions::get(State(state), auth, Path(id), q).await.map(|j| j.0)
+        }
+    };
+    let latest = match fetch(None).await {
+        Ok(v) => v,
+        Err(e) => return failure(e, &who, "/ui/definitions"),
+    };
+    let newest = latest["version"].as_i64().unwrap_or(1) as i32;
+    let shown_version = q.version.unwrap_or(newest).clamp(1, newest);
+    let shown = if shown_version == newest { latest.clone() } else { fetch(Some(shown_version)).await.unwrap_or(latest.clone()) };
+    let yaml = |v: &Value| serde_yaml::to_string(&v["spec"]).unwrap_or_default();
+    let previous = if shown_version > 1 { fetch(Some(shown_version - 1)).await.ok() } else { None };
+    let fires: Vec<String> = shown["next_fire_times"].as_array().into_iter().flatten().map(text).collect();
+    let counts = tf_store::runs::counts_by_status(&state.pool, &id, std::time::Duration::from_secs(86_400)).await;
+    let body = html! {
+        p {
+            (text(&shown["name"])) " · " (status(state_of(&shown, &latest))) " · " (text(&shown["trigger"]))
+            " trigger · sha256 " code { (text(&shown["spec_sha256"])) }
+        }
+        nav aria-label="Versions" {
+            h2 { "Versions" }
+            ul.versions {
+                @for v in (1..=newest).rev() {
+                    li { a href={ "/ui/definitions/" (url_part(&id, false)) "?version=" (v) } aria-current=[(v == shown_version).then_some("page")] { "v" (v) } }
+                }
+            }
+        }
+        h2 { "Runs in the last day" }
+        @match &counts {
+            Ok(counts) if counts.is_empty() => ul.counts { li { "none" } },
+            Ok(counts) => ul.counts { @for (s, n) in counts { li { (status(s.as_str())) " " (n) } } },
+            Err(e) => (alert(&format!("counting the runs failed: {e}"))),
+        }
+        @if !fires.is_empty() {
+            h2 { "Next five fire times" }
+            ul { @for t in &fires { li { (t) } } }
+        }
+        h2 { "v" (shown_version) " as stored" }
+        pre { (yaml(&shown)) }
+        @if let Some(prev) = &previous {
+            h2 { "Changes from v" (shown_version - 1) }
+            (diff(&yaml(prev), &yaml(&shown)))
+        }
+    };
+    respond(&format!("Definition {id}"), "/ui/definitions", &who, body)
+}

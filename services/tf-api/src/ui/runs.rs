@@ -1,0 +1,183 @@
+//! The Runs pages: the filtered list (live), a run's lineage with its tasks and context, and
+//! the cancel and retry forms.
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use maud::{Markup, html};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tf_definitions::RunStatus;
+
+use super::html::{lineage_step, pretty, status, table, text, url_part};
+use super::{PageQuery, api_query, back_with, failure, fragment, query, respond, run_link, signed_in};
+use crate::AppState;
+
+pub async fn list(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+    let (auth, who) = signed_in!(state, headers);
+    let own = PageQuery::of(&raw);
+    let filters: Value = query::<Value>(&raw).map(|q| q.0).unwrap_or(json!({}));
+    let out = match crate::runs::list(State(state.clone()), auth, query(&api_query(&raw))).await {
+        Ok(axum::Json(v)) => v,
+        Err(e) => return failure(e, &who, "/ui/runs"),
+    };
+    let rows: Vec<Vec<Markup>> = out["runs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let source = match (r["source_topic"].as_str(), r["schedule_id"].as_str()) {
+                (Some(t), _) => html! { (t) "[" (r["source_partition"]) "]@" (r["source_offset"]) },
+                (None, Some(s)) => html! { (s) " for " (text(&r["scheduled_for"])) },
+                _ => html! { "–" },
+            };
+            vec![
+                html! { (text(&r["fired_at"])) },
+                run_link(r["run_id"].as_str().unwrap_or("")),
+                html! { (text(&r["definition_id"])) " v" (r["definition_version"]) },
+                html! { (text(&r["dedupe_key"])) },
+                source,
+                status(r["status"].as_str().unwrap_or("?")),
+                html! { (r["tasks_spawned"]) },
+            ]
+        })
+        .collect();
+    let older = out["next_cursor"].as_str().map(|next| {
+        let q = api_query(&raw).unwrap_or_default();
+        let q: Vec<&str> = q.split('&').filter(|kv| !kv.starts_with("cursor=") && !kv.is_empty()).collect();
+        let mut href = format!("/ui/runs?{}", q.join("&"));
+        if !q.is_empty() {
+            href.push('&');
+        }
+        href.push_str(&format!("cursor={}", url_part(next, false)));
+        href
+    });
+    let listing = html! {
+        (table("Runs, newest first", &["Fired", "Run", "Definition", "Key", "Source", "Status", "Tasks"], &rows, "No runs match."))
+        @if let Some(href) = older { p { a href=(href) { "Older runs" } } }
+    };
+    if own.fragment.is_some() {
+        return fragment(listing);
+    }
+    let field = |name: &str| filters[name].as_str().unwrap_or("").to_string();
+    let chosen = field("status");
+    let body = html! {
+        (own.flash())
+        form.filters method="get" action="/ui/runs" role="search" {
+            label { "Definition " input name="definition" value=(field("definition")); }
+            label { "Dedupe key " input name="key" value=(field("key")); }
+            label { "Status "
+                select name="status" {
+                    option value="" selected[chosen.is_empty()] { "any" }
+                    @for s in RunStatus::ALL {
+                        option value=(s.as_str()) selected[chosen == s.as_str()] { (s.as_str()) }
+                    }
+                }
+            }
+            button type="submit" { "Filter" }
+        }
+        div #runs data-refresh="5000" aria-live="polite" { (listing) }
+    };
+    respond("Runs", "/ui/runs", &who, body)
+}
+
+pub async fn show(State(state): State<AppState>, headers: HeaderMap, Path(run_id): Path<String>, RawQuery(raw): RawQuery) -> Response {
+    let (auth, who) = signed_in!(state, headers);
+    let own = PageQuery::of(&raw);
+    let r = match crate::runs::describe(State(state.clone()), auth, Path(run_id.clone())).await {
+        Ok(axum::Json(v)) => v,
+        Err(e) => return failure(e, &who, "/ui/runs"),
+    };
+    let src = &r["source"];
+    let tasks: Vec<&Value> = r["tasks"].as_array().into_iter().flatten().collect();
+    let task_lines: Vec<Markup> =
+        tasks.iter().map(|t| html! { (text(&t["task_id"])) " " (status(t["status"].as_str().unwrap_or("?"))) }).collect();
+    let results: Vec<Markup> = r["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| match x["offset"].as_i64() {
+            Some(o) => html! { (text(&x["status"])) " → partition " (x["partition"]) " offset " (o) },
+            None if !x["published_at"].is_null() => html! { (text(&x["status"])) " (published; offset not recorded)" },
+            None => html! { (text(&x["status"])) " (not published yet)" },
+        })
+        .collect();
+    let task_rows: Vec<Vec<Markup>> = tasks
+        .iter()
+        .map(|t| {
+            let id = t["task_id"].as_str().unwrap_or("");
+            let decidable = t["type"] == "human" && t["status"] == "awaiting_human";
+            vec![
+                html! { @if decidable { a href={ "/ui/tasks/" (url_part(id, true)) } { (id) } } @else { (id) } },
+                html! { (text(&t["type"])) },
+                status(t["status"].as_str().unwrap_or("?")),
+                html! { (text(&t["output"])) },
+                html! { (text(&t["error"])) },
+            ]
+        })
+        .collect();
+    let st = r["status"].as_str().unwrap_or("");
+    let action = format!("/ui/runs/{}", url_part(&run_id, true));
+    let body = html! {
+        (own.flash())
+        section aria-labelledby="lineage" {
+            h2 #lineage { "Lineage" }
+            ol.lineage {
+                @if src["kind"] == "cron" {
+                    (lineage_step("schedule", &text(&src["schedule_id"]), &[html! { "slot " (text(&src["scheduled_for"])) }]))
+                } @else {
+                    (lineage_step("event", &text(&src["event_id"]), &[]))
+                    (lineage_step("topic", &text(&src["topic"]), &[html! { "partition " (src["partition"]) }, html! { "offset " (src["offset"]) }]))
+                }
+                (lineage_step("run", &run_id, &[
+                    html! { (text(&r["definition"]["id"])) " v" (r["definition"]["version"]) },
+                    html! { "key " (text(&r["dedupe_key"])) " · generation " (r["generation"]) " · attempt " (r["attempt"]) },
+                    status(st),
+                ]))
+                (lineage_step("tasks", &format!("{} task(s)", tasks.len()), &task_lines))
+                (lineage_step("results", "taskfactory.results", &results))
+            }
+        }
+        @if st == "running" {
+            form.inline method="post" action={ (action) "/cancel" } {
+                label { "Reason " input name="reason"; } " "
+                button type="submit" { "Cancel run" }
+            }
+        }
+        @if st == "failed" || st == "cancelled" {
+            form.inline method="post" action={ (action) "/retry" } { button type="submit" { "Retry run" } }
+        }
+        p { a href=(r["temporal_ui"].as_str().unwrap_or("#")) rel="noopener" { "Open in the Temporal UI" } }
+        section aria-labelledby="tasks-h" {
+            h2 #tasks-h { "Tasks" }
+            (table("Tasks of the run", &["Task", "Type", "Status", "Output", "Error"], &task_rows, "No tasks."))
+        }
+        section aria-labelledby="ctx" {
+            h2 #ctx { "Context snapshot" }
+            pre { (pretty(&r["context"])) }
+            h3 { "How each source was obtained" }
+            pre { (pretty(&r["context_sources"])) }
+        }
+    };
+    respond(&format!("Run {run_id}"), "/ui/runs", &who, body)
+}
+
+#[derive(Deserialize, Default)]
+struct ReasonForm {
+    #[serde(default)]
+    reason: String,
+}
+
+pub async fn act(State(state): State<AppState>, headers: HeaderMap, Path(path): Path<String>, body: Bytes) -> Response {
+    let (auth, who) = signed_in!(state, headers);
+    let form: ReasonForm = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let run_id = path.rsplit_once('/').map_or(path.as_str(), |(id, _)| id).to_string();
+    let back = format!("/ui/runs/{}", url_part(&run_id, true));
+    let payload = Bytes::from(json!({"reason": form.reason}).to_string());
+    match crate::runs::act(State(state.clone()), auth, Path(path.clone()), payload).await {
+        Ok((_, axum::Json(v))) => back_with(&back, &text(&v["outcome"]), false),
+        Err(e) if e.status == StatusCode::CONFLICT => back_with(&back, &e.message, true),
+        Err(e) => failure(e, &who, &back),
+    }
+}
