@@ -2,11 +2,12 @@
 //! Confluent, Karapace). Parsed schemas are cached by id: ids are immutable, so the cache never
 //! needs invalidating and a hot consumer asks the registry once per schema.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use apache_avro::Schema;
+use moka::Expiry;
+use moka::future::Cache;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -81,18 +82,28 @@ pub fn check_schema_shape(schema: &Schema) -> Result<(), String> {
 pub struct Registry {
     http: reqwest::Client,
     base: String,
-    by_id: RwLock<HashMap<u32, Arc<Schema>>>,
-    /// (subject, id) pairs known to be registered.
-    subject_ids: RwLock<std::collections::HashSet<(String, u32)>>,
-    /// Answers that speak against a record (an unknown id, a refused schema, an id not under the
-    /// subject), kept for [`MISS_TTL`]: a flood of records with bad ids costs one registry
-    /// request per id and minute, not one per record (which the registry's rate limit would
-    /// turn into a pause for the good records too). Not for ever: an id may be registered under
-    /// the subject later.
-    /// `None`: the answer was "no" (the id is not under the subject).
-    misses: RwLock<HashMap<Miss, (std::time::Instant, Option<RegistryError>)>>,
+    /// Parsed writer schemas by id (ids are immutable). Concurrent lookups of one id (a batch of
+    /// records of a new schema) send one request; the others take its answer.
+    schemas: Cache<u32, Arc<Schema>>,
+    /// Whether an id is registered under a subject: a yes kept while the cache has room, a no
+    /// for [`MISS_TTL`] (the id may be registered under the subject later). Single flight too.
+    subjects: Cache<(String, u32), bool>,
+    /// Errors that speak against a record (an unknown id, a refused schema), kept for
+    /// [`MISS_TTL`]: a flood of records with bad ids costs one registry request per id and
+    /// minute, not one per record (which the registry's rate limit would turn into a pause for
+    /// the good records too). Not for ever: the id may be registered later.
+    misses: Cache<Miss, RegistryError>,
     /// Requests sent to the registry, for tests and diagnostics.
     requests: std::sync::atomic::AtomicU64,
+}
+
+/// A no is kept for [`MISS_TTL`], a yes for as long as there is room.
+struct YesOutlivesNo;
+
+impl Expiry<(String, u32), bool> for YesOutlivesNo {
+    fn expire_after_create(&self, _key: &(String, u32), has: &bool, _created_at: std::time::Instant) -> Option<Duration> {
+        (!has).then_some(MISS_TTL)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -103,9 +114,11 @@ enum Miss {
 
 /// How long an answer against a record is remembered.
 const MISS_TTL: Duration = Duration::from_secs(60);
-/// Remembered misses at most: a flood of distinct ids clears the oldest, which only costs their
+/// Remembered misses at most: past it, the least used go first, which only costs their
 /// requests again.
-const MISS_MAX: usize = 10_000;
+const MISS_MAX: u64 = 10_000;
+/// Schemas and subject answers kept at most (far more than a deployment registers).
+const KNOWN_MAX: u64 = 100_000;
 
 #[derive(Deserialize)]
 struct SubjectVersion {
@@ -151,9 +164,9 @@ impl Registry {
         Registry {
             http,
             base: base_url.trim_end_matches('/').to_string(),
-            by_id: RwLock::default(),
-            subject_ids: RwLock::default(),
-            misses: RwLock::default(),
+            schemas: Cache::builder().max_capacity(KNOWN_MAX).build(),
+            subjects: Cache::builder().max_capacity(KNOWN_MAX).expire_after(YesOutlivesNo).build(),
+            misses: Cache::builder().max_capacity(MISS_MAX).time_to_live(MISS_TTL).build(),
             requests: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -161,22 +174,6 @@ impl Registry {
     /// Requests this client sent to the registry so far.
     pub fn requests_sent(&self) -> u64 {
         self.requests.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn remembered_miss(&self, key: &Miss) -> Option<Option<RegistryError>> {
-        let misses = self.misses.read().expect("cache lock");
-        misses.get(key).filter(|(at, _)| at.elapsed() < MISS_TTL).map(|(_, e)| e.clone())
-    }
-
-    fn remember_miss(&self, key: Miss, error: Option<RegistryError>) {
-        let mut misses = self.misses.write().expect("cache lock");
-        if misses.len() >= MISS_MAX {
-            misses.retain(|_, (at, _)| at.elapsed() < MISS_TTL);
-            if misses.len() >= MISS_MAX {
-                misses.clear();
-            }
-        }
-        misses.insert(key, (std::time::Instant::now(), error));
     }
 
     pub fn base_url(&self) -> &str {
@@ -208,19 +205,20 @@ impl Registry {
 
     /// The parsed writer schema for `id`, from the cache or the registry.
     pub async fn schema(&self, id: u32) -> Result<Arc<Schema>, RegistryError> {
-        if let Some(s) = self.by_id.read().expect("cache lock").get(&id) {
-            return Ok(s.clone());
-        }
-        if let Some(Some(e)) = self.remembered_miss(&Miss::Schema(id)) {
+        let miss = Miss::Schema(id);
+        if let Some(e) = self.misses.get(&miss).await {
             return Err(e);
         }
-        let fetched = self.fetch_schema(id).await;
-        if let Err(e) = &fetched
-            && matches!(e, RegistryError::UnknownSchemaId(_) | RegistryError::InvalidSchema { .. })
-        {
-            self.remember_miss(Miss::Schema(id), Some(e.clone()));
+        match self.schemas.try_get_with(id, self.fetch_schema(id)).await {
+            Ok(schema) => Ok(schema),
+            Err(e) => {
+                let e = RegistryError::clone(&e);
+                if matches!(e, RegistryError::UnknownSchemaId(_) | RegistryError::InvalidSchema { .. }) {
+                    self.misses.insert(miss, e.clone()).await;
+                }
+                Err(e)
+            }
         }
-        fetched
     }
 
     async fn fetch_schema(&self, id: u32) -> Result<Arc<Schema>, RegistryError> {
@@ -246,34 +244,26 @@ impl Registry {
             what: format!("id {id}"),
             reason: format!("refused as a writer schema: {reason}"),
         })?;
-        let schema = Arc::new(schema);
-        self.by_id.write().expect("cache lock").insert(id, schema.clone());
-        Ok(schema)
+        Ok(Arc::new(schema))
     }
 
     /// Whether schema `id` is registered under `subject` (Confluent API
     /// `GET /schemas/ids/{id}/versions`).
     pub async fn subject_has(&self, subject: &str, id: u32) -> Result<bool, RegistryError> {
-        let key = (subject.to_string(), id);
-        if self.subject_ids.read().expect("cache lock").contains(&key) {
-            return Ok(true);
-        }
         let miss = Miss::NotUnder(subject.to_string(), id);
-        match self.remembered_miss(&miss) {
-            Some(None) => return Ok(false),
-            Some(Some(e)) => return Err(e),
-            None => {}
+        if let Some(e) = self.misses.get(&miss).await {
+            return Err(e);
         }
-        let has = self.fetch_subject_has(subject, id).await;
-        match &has {
-            Ok(true) => {
-                self.subject_ids.write().expect("cache lock").insert(key);
+        match self.subjects.try_get_with((subject.to_string(), id), self.fetch_subject_has(subject, id)).await {
+            Ok(has) => Ok(has),
+            Err(e) => {
+                let e = RegistryError::clone(&e);
+                if matches!(e, RegistryError::UnknownSchemaId(_)) {
+                    self.misses.insert(miss, e.clone()).await;
+                }
+                Err(e)
             }
-            Ok(false) => self.remember_miss(miss, None),
-            Err(e @ RegistryError::UnknownSchemaId(_)) => self.remember_miss(miss, Some(e.clone())),
-            Err(_) => {}
         }
-        has
     }
 
     async fn fetch_subject_has(&self, subject: &str, id: u32) -> Result<bool, RegistryError> {

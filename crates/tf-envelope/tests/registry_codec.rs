@@ -157,3 +157,19 @@ async fn registry_misses_are_remembered_so_a_flood_of_bad_ids_costs_one_request_
     }
     assert_eq!(registry.requests_sent() - before, 1, "one request for 200 records under the wrong subject");
 }
+
+/// A batch of records of a schema the router has not seen yet, decoded at once, fetches the
+/// schema and checks its subject once each: concurrent lookups of one id wait for one request.
+#[tokio::test]
+async fn concurrent_lookups_of_a_new_schema_send_one_request() {
+    let subject = format!("{}-value", tf_testkit::unique("it-single-flight"));
+    let id = Registry::new(&settings().schema_registry_url).register(&subject, tf_envelope::ENVELOPE_SCHEMA).await.unwrap();
+    let registry = Arc::new(Registry::new(&settings().schema_registry_url));
+    let lookups = (0..50).map(|_| {
+        let (registry, subject) = (registry.clone(), subject.clone());
+        async move { (registry.schema(id).await.is_ok(), registry.subject_has(&subject, id).await.ok()) }
+    });
+    let answers = futures::future::join_all(lookups).await;
+    assert!(answers.iter().all(|a| *a == (true, Some(true))), "{answers:?}");
+    assert_eq!(registry.requests_sent(), 2, "one schema fetch and one subject check for 50 concurrent lookups");
+}

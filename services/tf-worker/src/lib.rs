@@ -6,6 +6,7 @@
 //! workflow types the worker registers ([`workflows`]).
 
 pub mod activities;
+mod context_cache;
 mod egress;
 mod http;
 mod metrics;

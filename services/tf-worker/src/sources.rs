@@ -3,8 +3,8 @@
 //! `http` tasks go through [`Sources`], so allow-lists, secret expansion and redaction apply to
 //! every outbound call alike.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value as Json, json};
@@ -12,10 +12,11 @@ use tf_config::{Datasource, Datasources, HttpDatasource, Secrets};
 use tf_definitions::{Bindings, ContextSource, Definition};
 use tf_store::context::ContextPool;
 
+use crate::context_cache::{CacheUse, ContextCache};
 use crate::http::{Answer, Body, HttpClient, HttpError, Request};
 
 /// Why a source or call gave no value; the message is already redacted and names the field.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct SourceError {
     pub message: String,
@@ -67,7 +68,7 @@ pub struct Sources {
     configured: String,
     http: HttpClient,
     secrets: Arc<Secrets>,
-    cache: Cache,
+    cache: ContextCache,
 }
 
 impl Sources {
@@ -105,7 +106,7 @@ impl Sources {
             };
             runtime.insert(name.to_string(), r);
         }
-        Ok(Sources { datasources: runtime, configured: datasources.describe(), http, secrets, cache: Cache::default() })
+        Ok(Sources { datasources: runtime, configured: datasources.describe(), http, secrets, cache: ContextCache::default() })
     }
 
     pub fn secrets(&self) -> &Secrets {
@@ -286,13 +287,7 @@ impl Sources {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Json, SourceError>>,
     {
-        let Some(ttl) = ttl.filter(|t| !t.is_zero()) else { return Ok((fetch().await?, CacheUse::Off)) };
-        if let Some((value, age)) = self.cache.get(key) {
-            return Ok((value, CacheUse::Hit(age)));
-        }
-        let value = fetch().await?;
-        self.cache.put(key, value.clone(), ttl);
-        Ok((value, CacheUse::Miss))
+        self.cache.get_or_fetch(key, ttl, fetch).await
     }
 }
 
@@ -306,65 +301,6 @@ pub fn header_text(v: Json) -> String {
 
 fn humanize(d: Duration) -> String {
     if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
-}
-
-enum CacheUse {
-    Off,
-    Miss,
-    Hit(Duration),
-}
-
-impl CacheUse {
-    fn label(&self) -> &'static str {
-        match self {
-            CacheUse::Off => "off",
-            CacheUse::Miss => "miss",
-            CacheUse::Hit(_) => "hit",
-        }
-    }
-
-    fn age_ms(&self) -> Json {
-        match self {
-            CacheUse::Hit(age) => json!(age.as_millis() as u64),
-            _ => Json::Null,
-        }
-    }
-}
-
-/// Answers of context sources with a `cache:` duration, per worker process.
-#[derive(Default)]
-struct Cache {
-    entries: Mutex<HashMap<String, CacheEntry>>,
-}
-
-struct CacheEntry {
-    stored: Instant,
-    expires: Instant,
-    value: Json,
-}
-
-/// Enough for a burst of distinct customers; past it, expired entries go, then everything.
-const CACHE_MAX_ENTRIES: usize = 10_000;
-
-impl Cache {
-    fn get(&self, key: &str) -> Option<(Json, Duration)> {
-        let entries = self.entries.lock().expect("cache lock");
-        let e = entries.get(key)?;
-        let now = Instant::now();
-        (now < e.expires).then(|| (e.value.clone(), now - e.stored))
-    }
-
-    fn put(&self, key: &str, value: Json, ttl: Duration) {
-        let mut entries = self.entries.lock().expect("cache lock");
-        let now = Instant::now();
-        if entries.len() >= CACHE_MAX_ENTRIES {
-            entries.retain(|_, e| e.expires > now);
-            if entries.len() >= CACHE_MAX_ENTRIES {
-                entries.clear();
-            }
-        }
-        entries.insert(key.to_string(), CacheEntry { stored: now, expires: now + ttl, value });
-    }
 }
 
 #[cfg(test)]
@@ -412,18 +348,6 @@ mod tests {
             let err = sources.call(call(datasource, secret)).await.unwrap_err();
             assert!(!err.message.contains("may carry"), "{}", err.message);
         }
-    }
-
-    #[test]
-    fn the_cache_expires_and_reports_age() {
-        let c = Cache::default();
-        c.put("k", json!(1), Duration::from_millis(50));
-        let (v, age) = c.get("k").unwrap();
-        assert_eq!(v, json!(1));
-        assert!(age < Duration::from_millis(50));
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(c.get("k").is_none());
-        assert!(c.get("other").is_none());
     }
 
     #[tokio::test]
