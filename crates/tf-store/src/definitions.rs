@@ -60,7 +60,40 @@ const COLUMNS: &str = "id, version, name, enabled, retired, trigger_kind, spec, 
 
 /// Stores a new version when the content changed, flips `enabled` when only that changed,
 /// and does nothing otherwise. Concurrent applies of one id are serialised by an advisory lock.
+/// The entity tag of a definition's current state (its latest version, and whether that is
+/// enabled or retired): what an apply with `If-Match` must have read.
+pub fn etag(version: i32, enabled: bool, retired: bool) -> String {
+    let state = if retired {
+        "retired"
+    } else if enabled {
+        "enabled"
+    } else {
+        "disabled"
+    };
+    format!("\"v{version}-{state}\"")
+}
+
+/// What the caller of [`apply_if`] read before it wrote (HTTP `If-Match`/`If-None-Match`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// Apply whatever the current state.
+    None,
+    /// Only if the definition's current [`etag`] is one of these (`If-Match`).
+    Matches(Vec<String>),
+    /// Only if the definition exists (`If-Match: *`).
+    Exists,
+    /// Only if the definition does not exist yet (`If-None-Match: *`).
+    Absent,
+}
+
 pub async fn apply(pool: &PgPool, d: &NewDefinition<'_>) -> Result<ApplyOutcome, StoreError> {
+    apply_if(pool, d, &Precondition::None).await
+}
+
+/// [`apply`], checking `pre` against the current state under the same lock as the write, so two
+/// operators who read the same version cannot both write: the second gets
+/// [`StoreError::Stale`] with the current tag.
+pub async fn apply_if(pool: &PgPool, d: &NewDefinition<'_>, pre: &Precondition) -> Result<ApplyOutcome, StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('activity_definitions:' || $1))").bind(d.id).execute(&mut *tx).await?;
     let latest: Option<(i32, bool, String, bool)> = sqlx::query_as(
@@ -69,6 +102,17 @@ pub async fn apply(pool: &PgPool, d: &NewDefinition<'_>) -> Result<ApplyOutcome,
     .bind(d.id)
     .fetch_optional(&mut *tx)
     .await?;
+    let current = latest.as_ref().map(|(v, enabled, _, retired)| etag(*v, *enabled, *retired));
+    let holds = match (pre, &current) {
+        (Precondition::None, _) => true,
+        (Precondition::Matches(tags), Some(now)) => tags.iter().any(|t| t == now),
+        (Precondition::Matches(_), None) => false,
+        (Precondition::Exists, now) => now.is_some(),
+        (Precondition::Absent, now) => now.is_none(),
+    };
+    if !holds {
+        return Err(StoreError::Stale { what: format!("definition {}", d.id), current });
+    }
     let outcome = match latest {
         Some((version, _, sha, true)) if sha == d.spec_sha256 => {
             sqlx::query("UPDATE activity_definitions SET retired = false, enabled = $3 WHERE id = $1 AND version = $2")

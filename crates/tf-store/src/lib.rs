@@ -33,6 +33,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database query failed: {0}")]
     Query(#[from] sqlx::Error),
+    /// A conditional write found the row changed since the caller read it (`current`: its tag
+    /// now, `None` when it does not exist).
+    #[error("{what} changed since it was read (now {})", current.as_deref().unwrap_or("absent"))]
+    Stale { what: String, current: Option<String> },
 }
 
 impl StoreError {
@@ -51,7 +55,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         let e = match self {
             StoreError::Connect { .. } => return true,
-            StoreError::Migrate(_) => return false,
+            StoreError::Migrate(_) | StoreError::Stale { .. } => return false,
             StoreError::Query(e) => e,
         };
         match e {

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tf_definitions::{Definition, Trigger};
-use tf_store::definitions::{self, ApplyOutcome, NewDefinition};
+use tf_store::definitions::{self, ApplyOutcome, NewDefinition, Precondition};
 
 use crate::AppState;
 use crate::auth::Scope;
@@ -76,12 +76,58 @@ pub async fn get(
     };
     let mut out = json!({"id": r.id, "version": r.version, "name": r.name, "enabled": r.enabled, "retired": r.retired,
                          "trigger": r.trigger_kind, "spec": r.spec, "spec_sha256": r.spec_sha256, "created_at": r.created_at});
+    if q.version.is_none() {
+        // The latest version: its tag is what a conditional apply compares with.
+        out["etag"] = json!(definitions::etag(r.version, r.enabled, r.retired));
+    }
     if let Ok(d) = Definition::from_spec_json(r.spec.clone())
         && let Some(next) = summary(&d).get("next_fire_times")
     {
         out["next_fire_times"] = next.clone();
     }
     Ok(Json(out))
+}
+
+/// [`get`] over HTTP: the latest version carries its entity tag as `ETag` too, for
+/// `If-Match` on the next apply.
+pub async fn get_tagged(
+    state: State<AppState>,
+    headers: HeaderMap,
+    id: Path<String>,
+    q: Query<VersionQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let Json(out) = get(state, headers, id, q).await?;
+    let mut response = Json(&out).into_response();
+    if let Some(tag) = out["etag"].as_str().and_then(|t| axum::http::HeaderValue::from_str(t).ok()) {
+        response.headers_mut().insert(axum::http::header::ETAG, tag);
+    }
+    Ok(response)
+}
+
+/// The precondition of an apply from `If-Match` / `If-None-Match` (RFC 9110): a list of entity
+/// tags or `*`. Weak tags never match (a definition's tags are strong).
+fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    let text = |name: &str| -> Result<Option<String>, ApiError> {
+        headers
+            .get(name)
+            .map(|v| v.to_str().map(|s| s.trim().to_string()).map_err(|_| ApiError::bad_request(name, "must be visible ASCII")))
+            .transpose()
+    };
+    match (text("if-match")?, text("if-none-match")?) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request("if-none-match", "send If-Match or If-None-Match, not both")),
+        (Some(m), None) if m == "*" => Ok(Precondition::Exists),
+        (Some(m), None) => {
+            let tags: Vec<String> = m.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+            if tags.is_empty() || tags.iter().any(|t| !(t.starts_with('"') || t.starts_with("W/\"")) || !t.ends_with('"')) {
+                return Err(ApiError::bad_request("if-match", "must be * or quoted entity tags (the ETag of GET /definitions/{id})"));
+            }
+            Ok(Precondition::Matches(tags))
+        }
+        (None, Some(n)) if n == "*" => Ok(Precondition::Absent),
+        (None, Some(_)) => Err(ApiError::bad_request("if-none-match", "only * is supported: apply only if the definition does not exist")),
+        (None, None) => Ok(Precondition::None),
+    }
 }
 
 pub async fn validate(State(state): State<AppState>, headers: HeaderMap, body: String) -> Result<Json<Value>, ApiError> {
@@ -92,14 +138,19 @@ pub async fn validate(State(state): State<AppState>, headers: HeaderMap, body: S
 
 pub async fn apply(State(state): State<AppState>, headers: HeaderMap, body: String) -> Result<Json<Value>, ApiError> {
     let caller = state.tokens.require(&headers, Scope::Write)?;
+    let pre = precondition(&headers)?;
     let defs = parse(&state, &body)?;
+    if pre != Precondition::None && defs.len() != 1 {
+        return Err(ApiError::bad_request("if-match", format!("a precondition applies to one definition; the body holds {}", defs.len())));
+    }
     let mut applied = Vec::new();
     for d in &defs {
         let spec = d.spec_json();
         let sha = d.spec_sha256();
-        let outcome = definitions::apply(
+        let outcome = definitions::apply_if(
             &state.pool,
             &NewDefinition { id: &d.id, name: &d.name, enabled: d.enabled, trigger_kind: d.trigger.kind(), spec: &spec, spec_sha256: &sha },
+            &pre,
         )
         .await?;
         let (what, version, previous) = match outcome {
@@ -111,7 +162,11 @@ pub async fn apply(State(state): State<AppState>, headers: HeaderMap, body: Stri
         };
         state.metrics.definitions_applied.increment(1);
         tracing::info!(token = %caller.token, definition = %d.id, version, outcome = what, "definition applied");
-        let mut item = json!({"id": d.id, "outcome": what, "version": version});
+        let enabled = match outcome {
+            ApplyOutcome::EnabledChanged { enabled, .. } => enabled,
+            _ => d.enabled,
+        };
+        let mut item = json!({"id": d.id, "outcome": what, "version": version, "etag": definitions::etag(version, enabled, false)});
         if let Some(p) = previous {
             item["previous_version"] = json!(p);
         }

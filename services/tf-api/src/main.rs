@@ -131,11 +131,11 @@ async fn not_found() -> ApiError {
 }
 
 /// axum's own rejections (a body over the limit, a wrong content type) come as plain text;
-/// clients get the same JSON error shape as from every handler.
+/// clients get the same problem document as from every handler (ours are left as they are).
 fn json_rejection(r: axum::response::Response, max_body_bytes: usize) -> axum::response::Response {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
-    let is_json = r.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let is_json = r.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
     match r.status() {
         StatusCode::PAYLOAD_TOO_LARGE if !is_json => ApiError {
             field: Some("body".into()),

@@ -28,15 +28,27 @@ pub fn operations() -> Vec<Operation> {
         op("get", "/readyz", None, "Readiness (open).", &[], 200, || get(|| async { "ready\n" })),
         op("get", "/openapi.json", None, "This document (open).", &[], 200, || get(|| async { axum::Json(document()) })),
         op("get", "/definitions", Some(Read), "Latest version of each definition.", &[], 200, || get(definitions::list)),
-        op("post", "/definitions", Some(Write), "Apply definitions (YAML or JSON), with the CLI's semantics.", YAML, 200, || {
-            post(definitions::apply)
-        }),
+        op(
+            "post",
+            "/definitions",
+            Some(Write),
+            "Apply definitions (YAML or JSON), with the CLI's semantics. With `If-Match: <ETag>` (or `*`) or `If-None-Match: *`, one definition is applied only if it is still as read (else 412).",
+            YAML,
+            200,
+            || post(definitions::apply),
+        ),
         op("post", "/definitions/validate", Some(Read), "Validate definitions; 422 lists every problem by field.", YAML, 200, || {
             post(definitions::validate)
         }),
-        op("get", "/definitions/{id}", Some(Read), "One definition version (`?version=N`, default latest).", &[], 200, || {
-            get(definitions::get)
-        }),
+        op(
+            "get",
+            "/definitions/{id}",
+            Some(Read),
+            "One definition version (`?version=N`, default latest, which carries an `ETag` for `If-Match`).",
+            &[],
+            200,
+            || get(definitions::get_tagged),
+        ),
         op("delete", "/definitions/{id}", Some(Write), "Retire a definition.", &[], 200, || delete(definitions::retire)),
         op("get", "/runs", Some(Read), "Runs, newest first, with filters and a cursor.", &[], 200, || get(runs::list)),
         op(
@@ -108,7 +120,10 @@ fn openapi_path(path: &str) -> String {
 
 /// The OpenAPI 3.1 document of [`operations`].
 pub fn document() -> Value {
-    let error = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let error = json!({"description": "a problem document (RFC 9457)", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let unavailable = json!({"description": "a dependency is unavailable; retry after the `Retry-After` seconds",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     let mut paths: Map<String, Value> = Map::new();
     for o in operations() {
         let path = openapi_path(o.path);
@@ -123,8 +138,16 @@ pub fn document() -> Value {
             o.success.to_string(),
             json!({"description": "success", "content": {media: {"schema": crate::schemas::response(o.method, o.path)}}}),
         );
-        for code in ["400", "404", "409", "413", "422", "503"] {
+        for code in ["400", "404", "409", "413", "422"] {
             responses.insert(code.into(), error.clone());
+        }
+        responses.insert("503".into(), unavailable.clone());
+        if (o.method, o.path) == ("post", "/definitions") {
+            responses.insert("412".into(), error.clone());
+        }
+        if (o.method, o.path) == ("get", "/definitions/{id}") {
+            responses[&o.success.to_string()]["headers"] =
+                json!({"ETag": {"description": "the latest version's entity tag, for If-Match", "schema": {"type": "string"}}});
         }
         let mut operation = json!({
             "operationId": format!("{}{}", o.method, path.replace(['/', '{', '}', '.', '-'], "_")),
@@ -155,7 +178,10 @@ pub fn document() -> Value {
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "A token configured by its SHA-256 (tf-api hash-token); scopes: read, write, ingest, tasks."}},
-            "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"],
+            "schemas": {"Error": {"type": "object", "required": ["type", "title", "status", "detail", "code", "error"], "properties": {
+                "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"},
+                "code": {"type": "string"}, "field": {"type": "string"}, "details": {},
+                "error": {"type": "object", "required": ["code", "message"], "description": "the same, in the shape of versions before 0.2",
                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}, "details": {}}}}}}
         },
         "security": [{"bearer": []}]

@@ -1296,3 +1296,57 @@ tasks:
     }
     tf_testkit::delete_topics(&s, &[&dlq]).await;
 }
+
+/// Two operators who read the same version cannot both write it: `GET /definitions/{id}` gives
+/// an `ETag`, an apply with `If-Match` succeeds only while it is current (412 after, with the
+/// current tag), `If-None-Match: *` creates only; of two concurrent applies from one read,
+/// exactly one lands. Errors are problem documents.
+#[tokio::test]
+async fn conditional_applies_refuse_a_stale_write_with_412() {
+    let s = settings();
+    let (db, _pool) = FreshDatabase::migrated(&s).await;
+    let api = Api::spawn(&db.url, &unique("it-api-queue"));
+    api.ready().await;
+    let id = unique("it-etag").to_lowercase();
+    let doc = |name: &str| {
+        format!("id: {id}\nname: {name}\ntrigger: {{event: {{topics: [events.demo]}}}}\ntasks:\n  - {{name: t, type: human}}\n")
+    };
+    let apply = |body: String, header: Option<(&'static str, String)>| {
+        let (http, base) = (api.http.clone(), api.base.clone());
+        async move {
+            let mut req = http.post(format!("{base}/definitions")).bearer_auth(ADMIN).header("content-type", "application/yaml").body(body);
+            if let Some((k, v)) = header {
+                req = req.header(k, v);
+            }
+            let resp = req.send().await.unwrap();
+            let (status, ct) = (resp.status().as_u16(), resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()));
+            (status, ct, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, _, body) = apply(doc("v1"), Some(("if-none-match", "*".into()))).await;
+    assert_eq!((status, body["applied"][0]["outcome"].as_str()), (200, Some("created")), "{body}");
+    let (status, ct, body) = apply(doc("v1 again"), Some(("if-none-match", "*".into()))).await;
+    assert_eq!((status, ct.as_deref()), (412, Some("application/problem+json")), "{body}");
+    assert_eq!((body["status"].as_u64(), body["code"].as_str()), (Some(412), Some("precondition_failed")), "{body}");
+
+    let read = api.http.get(format!("{}/definitions/{id}", api.base)).bearer_auth(ADMIN).send().await.unwrap();
+    let etag = read.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(etag, "\"v1-enabled\"");
+    // Two operators edit what they both read; one write lands, the other is told it is stale.
+    let (a, b) =
+        tokio::join!(apply(doc("edit A"), Some(("if-match", etag.clone()))), apply(doc("edit B"), Some(("if-match", etag.clone()))));
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 412], "{a:?} {b:?}");
+    let stale = if a.0 == 412 { a.2 } else { b.2 };
+    assert_eq!(stale["details"]["current_etag"], "\"v2-enabled\"", "{stale}");
+    let (status, _, body) = apply(doc("edit C"), Some(("if-match", "\"v2-enabled\"".into()))).await;
+    assert_eq!((status, body["applied"][0]["version"].as_i64()), (200, Some(3)), "{body}");
+    assert_eq!(body["applied"][0]["etag"], "\"v3-enabled\"");
+    // Without a precondition an apply works as before; malformed or ambiguous ones are 400s.
+    assert_eq!(apply(doc("edit D"), None).await.0, 200);
+    assert_eq!(apply(doc("x"), Some(("if-match", "v4-enabled".into()))).await.0, 400, "an unquoted tag");
+    let two = format!("{}---\n{}", doc("one"), doc("two").replace(&id, &format!("{id}-2")));
+    let (status, _, body) = apply(two, Some(("if-match", "*".into()))).await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("if-match")), "{body}");
+}
