@@ -41,6 +41,22 @@ pub fn check_connection_settings() -> Result<(), ConnectionSettingsError> {
     Ok(())
 }
 
+// The router uses these; tf-api (dead letters, redrive, lag) and `tf consumer` read the same
+// settings to find what the router does, so each is declared once, here.
+/// The router's Kafka topics, consumer group and dead-letter topic.
+#[derive(Debug, Clone, Args)]
+pub struct RouterKafka {
+    /// The router's topics: names, or a regex starting with `^` (comma separated).
+    #[arg(long = "topics", alias = "router-topics", env = "TF_ROUTER_TOPICS", default_value = "^events\\..*", value_delimiter = ',')]
+    pub topics: Vec<String>,
+    /// The router's consumer group.
+    #[arg(long = "group", alias = "router-group", env = "TF_ROUTER_GROUP", default_value = "taskfactory-router")]
+    pub group: String,
+    /// The router's dead-letter topic.
+    #[arg(long, env = "TF_DLQ_TOPIC", default_value = "taskfactory.dlq")]
+    pub dlq_topic: String,
+}
+
 /// Where the task factory finds Kafka, the schema registry, Temporal and PostgreSQL. In every
 /// `--help` they stand under their own heading, apart from each command's options.
 #[derive(Debug, Clone, Args)]

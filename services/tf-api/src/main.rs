@@ -48,18 +48,14 @@ struct Cli {
     /// Where to serve Prometheus metrics (`GET /metrics`); empty to disable.
     #[arg(long, env = "TF_API_METRICS_ADDR", default_value = "127.0.0.1:9466")]
     metrics_addr: String,
-    /// The router's dead-letter topic, browsed and redriven by `/dead-letters`.
-    #[arg(long, env = "TF_DLQ_TOPIC", default_value = "taskfactory.dlq")]
-    dlq_topic: String,
     /// Largest request body in bytes (413 above it).
     #[arg(long, env = "TF_API_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
-    /// The router's consumer group, whose lag the console shows.
-    #[arg(long, env = "TF_ROUTER_GROUP", default_value = "taskfactory-router")]
-    router_group: String,
-    /// The router's topics (names or ^regexes), as the router is configured.
-    #[arg(long, env = "TF_ROUTER_TOPICS", default_value = "^events\\..*", value_delimiter = ',')]
-    router_topics: Vec<String>,
+    /// The router's topics, group and dead-letter topic: the dead letters `/dead-letters`
+    /// browses and redrives (only to the router's topics), and the group whose lag the console
+    /// shows.
+    #[command(flatten)]
+    router: tf_config::RouterKafka,
     /// Mark the console's session cookie `Secure`: set it when the console is served over TLS
     /// (directly or behind a proxy), so the browser never sends the cookie in clear.
     #[arg(long, env = "TF_API_SECURE_COOKIES", default_value_t = false)]
@@ -221,20 +217,20 @@ async fn main() -> anyhow::Result<()> {
         datasources,
         max_event_bytes: cli.max_event_bytes,
         temporal,
-        dlq_topic: cli.dlq_topic.clone(),
+        dlq_topic: cli.router.dlq_topic.clone(),
         metrics: Arc::new(metrics::Metrics::new()),
         envelope_topics: Arc::default(),
         lag: Arc::default(),
-        router_group: cli.router_group.clone(),
+        router_group: cli.router.group.clone(),
         sessions: Arc::new(ui::session::Sessions::new(cli.secure_cookies)),
-        router_topics: Arc::new(tf_kafka::subscription::Subscription::parse(&cli.router_topics).context("TF_ROUTER_TOPICS")?),
+        router_topics: Arc::new(tf_kafka::subscription::Subscription::parse(&cli.router.topics).context("TF_ROUTER_TOPICS")?),
         lag_every: std::time::Duration::from_millis(cli.lag_sample_ms.max(100)),
     };
     tokio::spawn(ui::lag::sample(
         state.lag.clone(),
         s.kafka_brokers.clone(),
-        cli.router_group.clone(),
-        cli.router_topics.clone(),
+        cli.router.group.clone(),
+        cli.router.topics.clone(),
         state.lag_every,
     ));
     let token_count = state.tokens.len();

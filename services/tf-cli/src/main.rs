@@ -127,23 +127,16 @@ enum DbCommand {
 enum ConsumerCommand {
     /// Records not yet routed, per partition (committed offset vs. end).
     Lag {
-        /// The router's consumer group.
-        #[arg(long, env = "TF_ROUTER_GROUP", default_value = "taskfactory-router")]
-        group: String,
-        /// Topics: names, or a regex starting with `^`.
-        #[arg(long, env = "TF_ROUTER_TOPICS", default_value = "^events\\..*", value_delimiter = ',')]
-        topics: Vec<String>,
+        #[command(flatten)]
+        router: tf_config::RouterKafka,
     },
     /// Move the group's offsets, like `kafka-consumer-groups --reset-offsets`: a dry run
     /// printing current and new offsets unless --execute; refused while the group is active.
     /// Replayed events do not start second runs: the dedupe layers absorb them.
     ResetOffsets {
-        /// The router's consumer group (must have no active member).
-        #[arg(long, env = "TF_ROUTER_GROUP", default_value = "taskfactory-router")]
-        group: String,
-        /// Topics: names, or a regex starting with `^`.
-        #[arg(long, env = "TF_ROUTER_TOPICS", default_value = "^events\\..*", value_delimiter = ',')]
-        topics: Vec<String>,
+        /// The router's group (it must have no active member) and topics.
+        #[command(flatten)]
+        router: tf_config::RouterKafka,
         /// To the first offset still in each partition (replay everything retained).
         #[arg(long, group = "to")]
         to_earliest: bool,
@@ -406,8 +399,8 @@ async fn direct(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Topics(TopicsCommand::Apply { dir, fail_on_drift }) => topics::apply(&cli.settings, &dir, fail_on_drift).await,
         Command::Schemas(SchemasCommand::Register { schemas, topics }) => schemas::register(&cli.settings, &schemas, &topics).await,
         Command::Db(DbCommand::Migrate) => db::migrate(&cli.settings).await,
-        Command::Consumer(ConsumerCommand::Lag { group, topics }) => consumer::lag(&cli.settings, &group, &topics, cli.output),
-        Command::Consumer(ConsumerCommand::ResetOffsets { group, topics, to_earliest, to_latest, to_datetime, shift_by, execute }) => {
+        Command::Consumer(ConsumerCommand::Lag { router }) => consumer::lag(&cli.settings, &router.group, &router.topics, cli.output),
+        Command::Consumer(ConsumerCommand::ResetOffsets { router, to_earliest, to_latest, to_datetime, shift_by, execute }) => {
             let to = if to_earliest {
                 Ok(tf_kafka::groups::ResetTo::Earliest)
             } else if to_latest {
@@ -422,7 +415,7 @@ async fn direct(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 Err(anyhow::anyhow!("say where to: --to-earliest, --to-latest, --to-datetime T or --shift-by N"))
             };
             match to {
-                Ok(to) => consumer::reset(&cli.settings, &group, &topics, to, execute),
+                Ok(to) => consumer::reset(&cli.settings, &router.group, &router.topics, to, execute),
                 Err(e) => Err(e),
             }
         }

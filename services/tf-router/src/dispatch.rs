@@ -119,7 +119,7 @@ async fn decode(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>) -> Optio
 async fn redriven_from(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>) -> Option<(i32, i64)> {
     let marker = msg.headers().and_then(|h| tf_kafka::dlq::last(h.iter().map(|h| (h.key, h.value)), tf_kafka::dlq::REDRIVE))?;
     let (dlq_topic, partition, offset) = tf_kafka::dlq::parse_redrive(&marker)?;
-    if dlq_topic != shared.cli.dlq_topic {
+    if dlq_topic != shared.cli.kafka.dlq_topic {
         return None;
     }
     retry(shared, "redrive lookup", || async {

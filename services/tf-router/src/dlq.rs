@@ -30,7 +30,7 @@ pub async fn dead_letter(shared: &Shared, msg: &OwnedMessage, why: DeadLetter) {
     loop {
         let headers = dead_letter_headers(msg, &why, &shape, payload.len());
         let sent = retry(shared, "dlq", || {
-            let mut record = FutureRecord::to(&shared.cli.dlq_topic).payload(&payload[..shape.keep]).headers(headers.clone());
+            let mut record = FutureRecord::to(&shared.cli.kafka.dlq_topic).payload(&payload[..shape.keep]).headers(headers.clone());
             // The original's timestamp, which a redrive hands back: a plain record's event time.
             if let Some(ts) = msg.timestamp().to_millis() {
                 record = record.timestamp(ts);

@@ -40,20 +40,20 @@ use crate::route::{Active, Routes};
 /// Route events from Kafka to deduplicated RunActivity workflows.
 ///
 /// Every setting is also an environment variable with the TF_ prefix.
+/// Kafka's consumer group protocols (`group.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GroupProtocol {
+    Classic,
+    Consumer,
+}
+
 #[derive(Parser, Clone)]
 #[command(name = "tf-router", version)]
 struct Cli {
     #[command(flatten)]
     settings: Settings,
-    /// Topics to consume: names, or a regex starting with `^`.
-    #[arg(long, env = "TF_ROUTER_TOPICS", default_value = "^events\\..*", value_delimiter = ',')]
-    topics: Vec<String>,
-    /// Consumer group.
-    #[arg(long, env = "TF_ROUTER_GROUP", default_value = "taskfactory-router")]
-    group: String,
-    /// Dead-letter topic.
-    #[arg(long, env = "TF_DLQ_TOPIC", default_value = "taskfactory.dlq")]
-    dlq_topic: String,
+    #[command(flatten)]
+    kafka: tf_config::RouterKafka,
     /// Records in flight at once (across partitions).
     #[arg(long, env = "TF_ROUTER_MAX_IN_FLIGHT", default_value_t = 64)]
     max_in_flight: usize,
@@ -90,8 +90,8 @@ struct Cli {
     /// Consumer group protocol: `classic` (cooperative-sticky assignment, the session timeout
     /// above) or `consumer` (KIP-848: the broker assigns, its `group.consumer.session.timeout.ms`
     /// applies; see loadtest/README.md for the measured difference).
-    #[arg(long, env = "TF_ROUTER_GROUP_PROTOCOL", default_value = "classic", value_parser = ["classic", "consumer"])]
-    group_protocol: String,
+    #[arg(long, env = "TF_ROUTER_GROUP_PROTOCOL", value_enum, default_value_t = GroupProtocol::Classic)]
+    group_protocol: GroupProtocol,
     /// A stable identity per router replica (e.g. the pod name of a StatefulSet) for Kafka's
     /// static group membership: a restarted replica takes its partitions back at once, with no
     /// rebalance. Two running routers must never share one.
@@ -165,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(id) = &cli.instance_id {
         consumer_config.set("group.instance.id", id);
     }
-    if cli.group_protocol == "consumer" {
+    if cli.group_protocol == GroupProtocol::Consumer {
         // KIP-848: timeouts and assignment belong to the broker; the client refuses them.
         consumer_config.set("group.protocol", "consumer");
     } else {
@@ -175,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
             .set("partition.assignment.strategy", "cooperative-sticky");
     }
     let consumer: RouterConsumer = consumer_config
-        .set("group.id", &cli.group)
+        .set("group.id", &cli.kafka.group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
@@ -185,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
         .set("statistics.interval.ms", "5000")
         .create_with_context(RouterContext { tracker: tracker.clone(), metrics: metrics.clone() })
         .context("Kafka consumer")?;
-    let topics: Vec<&str> = cli.topics.iter().map(String::as_str).collect();
+    let topics: Vec<&str> = cli.kafka.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).context("subscribing")?;
 
     let shared = Arc::new(Shared {
@@ -224,7 +224,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = tf_runtime::shutdown_signal();
     tokio::pin!(shutdown);
     ready.set(true);
-    tracing::info!(topics = ?cli.topics, group = %cli.group, "router running");
+    tracing::info!(topics = ?cli.kafka.topics, group = %cli.kafka.group, "router running");
 
     // The record branch is enabled only while a permit is held, so completions keep being
     // handled (and offsets stored) while the consumer waits for records or for a permit.
