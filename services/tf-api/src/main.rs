@@ -190,7 +190,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let _telemetry = tf_telemetry::init_service("tf-api", "info").context("trace export (OTEL_EXPORTER_OTLP_*)")?;
     tf_config::check_connection_settings()?;
-    let recorder = tf_runtime::Metrics::install("tf-api", env!("CARGO_PKG_VERSION"), &[])?;
+    let recorder = tf_runtime::Metrics::install("tf-api", env!("CARGO_PKG_VERSION"), metrics::BUCKETS)?;
     let tokens = auth::Tokens::load(cli.tokens.as_deref(), std::env::vars())?;
     anyhow::ensure!(
         !tokens.is_empty(),

@@ -2,15 +2,24 @@
 //! `TF_API_METRICS_ADDR` like the router's and the worker's (not on the API port, which is for
 //! token holders).
 
-use axum::extract::{Request, State};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
-use metrics::{Counter, counter, describe_counter};
+use metrics::{Counter, counter, describe_counter, describe_histogram, histogram};
+use tf_runtime::Buckets;
 
 use crate::AppState;
 
 /// Response classes counted per request.
 const CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "401", "403", "4xx", "5xx"];
+
+/// Bounds of `tf_api_request_duration_seconds`: from a cached page to a slow redrive.
+const DURATION_BOUNDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+pub const BUCKETS: &[Buckets] = &[Buckets::Full("tf_api_request_duration_seconds", DURATION_BOUNDS)];
 
 /// Handles to the API's series, made once (after the recorder is installed).
 pub struct Metrics {
@@ -28,6 +37,10 @@ impl Metrics {
         describe_counter!("tf_api_definitions_applied_total", "Definitions applied (any outcome).");
         describe_counter!("tf_api_tasks_decided_total", "Human-task decisions the workflow accepted.");
         describe_counter!("tf_api_dead_letters_redriven_total", "Dead letters sent back to their topic.");
+        describe_histogram!(
+            "tf_api_request_duration_seconds",
+            "Time to answer a request, by route template (`unmatched` for unknown paths), method and status class."
+        );
         Metrics {
             responses: CLASSES.map(|class| counter!("tf_api_responses_total", "class" => class)),
             events_accepted: counter!("tf_api_events_accepted_total"),
@@ -56,10 +69,32 @@ fn class(status: u16) -> usize {
     }
 }
 
-/// Counts every response by class.
+/// A method as a label: the ones the API serves, anything else `other` (a client chooses the
+/// method, and a label must not let it create series at will).
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Counts every response by class and times it by route template, method and class. The route is
+/// the template the request matched (`/runs/{*run_id}`), never the path a client sent.
 pub async fn count(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = method_label(request.method());
+    let started = Instant::now();
     let response = next.run(request).await;
-    state.metrics.count(response.status().as_u16());
+    let status = response.status().as_u16();
+    state.metrics.count(status);
+    histogram!("tf_api_request_duration_seconds", "route" => route, "method" => method, "class" => CLASSES[class(status)])
+        .record(started.elapsed().as_secs_f64());
     response
 }
 

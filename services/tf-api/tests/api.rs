@@ -505,6 +505,21 @@ async fn a_hundred_cloudevents_in_three_modes_become_the_expected_runs_with_line
     let metric = |name: &str| tf_testkit::scrape_metric(&api.metrics, name);
     assert_eq!(metric("tf_api_events_accepted_total"), Some(100.0), "the 100 events, and none of the refused ones");
     assert!(metric("tf_api_responses_total{class=\"403\"}").unwrap_or(0.0) >= 1.0);
+    // Request times by route template, method and class; a path a client makes up is `unmatched`.
+    let made_up = unique("no-such-route");
+    assert_eq!(api.call("GET", &format!("/{made_up}/x"), Some(READER), None, None).await.0, 404);
+    let scraped = api.http.get(format!("http://{}/metrics", api.metrics)).send().await.unwrap().text().await.unwrap();
+    let series = |route: &str, method: &str, class: &str| {
+        scraped.lines().any(|l| {
+            l.starts_with("tf_api_request_duration_seconds_count{")
+                && [format!("route=\"{route}\""), format!("method=\"{method}\""), format!("class=\"{class}\"")]
+                    .iter()
+                    .all(|p| l.contains(p.as_str()))
+        })
+    };
+    assert!(series("/events/{topic}", "POST", "2xx") && series("/events/{topic}", "POST", "403"), "{scraped}");
+    assert!(series("unmatched", "GET", "4xx") && !scraped.contains(&made_up), "{scraped}");
+    assert!(scraped.contains("tf_api_request_duration_seconds_bucket{"), "a histogram with buckets");
     let (status, body) = api.call("GET", "/runs?limit=0", Some(READER), None, None).await;
     assert_eq!((status, body["error"]["field"].as_str()), (400, Some("limit")));
     let (status, body) = api.call("GET", "/runs?since=yesterday", Some(READER), None, None).await;

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub records: Counter,
     pub records_matched: Counter,
     pub runs_started: Counter,
+    /// Matches that started no run, by what knew their generation's run: Temporal (the start
+    /// was refused), the claim (the run has begun) or this router's recent starts.
     pub runs_deduplicated: Counter,
     pub runs_deduplicated_fast: Counter,
     pub runs_deduplicated_recent: Counter,
@@ -49,14 +51,9 @@ impl Metrics {
         describe_counter!("tf_router_records_total", "Records consumed and finished (routed, filtered out or dead-lettered).");
         describe_counter!("tf_router_records_matched_total", "Records that matched at least one definition.");
         describe_counter!("tf_router_runs_started_total", "RunActivity workflows started.");
-        describe_counter!("tf_router_runs_deduplicated_total", "Starts refused by Temporal because the dedupe key's run exists.");
         describe_counter!(
-            "tf_router_runs_deduplicated_by_claim_total",
-            "Matches skipped without a start because their dedupe generation already has a run."
-        );
-        describe_counter!(
-            "tf_router_runs_deduplicated_by_recent_start_total",
-            "Matches skipped without a start because this router saw their generation's start acknowledged and the run has not begun yet."
+            "tf_router_runs_deduplicated_total",
+            "Matches that started no run because their generation has one, by who knew: `temporal` (the start was refused), `claim` (the run has begun; no start sent), `recent_start` (this router saw the start acknowledged; no start sent)."
         );
         describe_counter!("tf_router_generations_opened_total", "Dedupe generations (windows) opened by events.");
         describe_counter!("tf_router_claim_batches_total", "Claim resolution statements sent to PostgreSQL (each resolves a batch).");
@@ -79,9 +76,9 @@ impl Metrics {
             records: counter!("tf_router_records_total"),
             records_matched: counter!("tf_router_records_matched_total"),
             runs_started: counter!("tf_router_runs_started_total"),
-            runs_deduplicated: counter!("tf_router_runs_deduplicated_total"),
-            runs_deduplicated_fast: counter!("tf_router_runs_deduplicated_by_claim_total"),
-            runs_deduplicated_recent: counter!("tf_router_runs_deduplicated_by_recent_start_total"),
+            runs_deduplicated: counter!("tf_router_runs_deduplicated_total", "by" => "temporal"),
+            runs_deduplicated_fast: counter!("tf_router_runs_deduplicated_total", "by" => "claim"),
+            runs_deduplicated_recent: counter!("tf_router_runs_deduplicated_total", "by" => "recent_start"),
             generations_opened: counter!("tf_router_generations_opened_total"),
             claim_batches: counter!("tf_router_claim_batches_total"),
             dead_letters: STAGES.map(|stage| counter!("tf_router_dead_letters_total", "stage" => stage)),

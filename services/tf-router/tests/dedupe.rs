@@ -88,7 +88,7 @@ tasks:
     .await;
     assert_eq!(tf_testkit::scrape_metric(&metrics, "tf_router_runs_started_total"), Some(0.0), "no start at all");
     assert_eq!(tf_testkit::scrape_metric(&metrics, "tf_router_generations_opened_total"), Some(0.0));
-    assert_eq!(tf_testkit::scrape_metric(&metrics, "tf_router_runs_deduplicated_by_claim_total"), Some(3.0));
+    assert_eq!(tf_testkit::scrape_metric(&metrics, r#"tf_router_runs_deduplicated_total{by="claim"}"#), Some(3.0));
     assert_eq!(t.run_rows().await.len(), 2, "no new run");
     drop(router);
     tf_testkit::delete_topics(&settings(), &[&sink]).await;
@@ -206,9 +206,9 @@ tasks:
         "the repeats must arrive within the 4 s memory for this test to mean anything"
     );
     assert_eq!(metric("tf_router_runs_started_total"), Some(1.0));
-    assert_eq!(metric("tf_router_runs_deduplicated_by_recent_start_total"), Some(2.0), "router log:\n{}", router.log());
-    assert_eq!(metric("tf_router_runs_deduplicated_total"), Some(0.0), "no Temporal round trip for the repeats");
-    assert_eq!(metric("tf_router_runs_deduplicated_by_claim_total"), Some(0.0), "the run has not begun");
+    assert_eq!(metric(r#"tf_router_runs_deduplicated_total{by="recent_start"}"#), Some(2.0), "router log:\n{}", router.log());
+    assert_eq!(metric(r#"tf_router_runs_deduplicated_total{by="temporal"}"#), Some(0.0), "no Temporal round trip for the repeats");
+    assert_eq!(metric(r#"tf_router_runs_deduplicated_total{by="claim"}"#), Some(0.0), "the run has not begun");
     assert_eq!(metric("tf_router_recent_starts"), Some(1.0));
     assert_eq!(t.run_rows().await, [], "no run has begun");
 
@@ -216,7 +216,7 @@ tasks:
     tokio::time::sleep(Duration::from_secs(4).saturating_sub(acknowledged.elapsed()) + Duration::from_millis(500)).await;
     t.send(0, "d", &t.envelope_at("e4", json!({"order_id": "R"}), t0 + 3_000).await).await;
     eventually("e4 committed", Duration::from_secs(60), || async { (committed(&group, &t.topic, 1) == 4).then_some(()) }).await;
-    assert_eq!(metric("tf_router_runs_deduplicated_total"), Some(1.0), "router log:\n{}", router.log());
+    assert_eq!(metric(r#"tf_router_runs_deduplicated_total{by="temporal"}"#), Some(1.0), "router log:\n{}", router.log());
     assert_eq!(metric("tf_router_runs_started_total"), Some(1.0));
 
     // The worker begins the one run; from then on the claim answers.
@@ -227,7 +227,7 @@ tasks:
     .await;
     t.send(0, "e", &t.envelope_at("e5", json!({"order_id": "R"}), t0 + 4_000).await).await;
     eventually("e5 committed", Duration::from_secs(60), || async { (committed(&group, &t.topic, 1) == 5).then_some(()) }).await;
-    assert_eq!(metric("tf_router_runs_deduplicated_by_claim_total"), Some(1.0));
+    assert_eq!(metric(r#"tf_router_runs_deduplicated_total{by="claim"}"#), Some(1.0));
     assert_eq!(metric("tf_router_runs_started_total"), Some(1.0), "one run for the five events");
     let event: String = sqlx::query_scalar("SELECT event_id FROM activity_runs").fetch_one(&t.pool).await.unwrap();
     assert_eq!(event, "e1");

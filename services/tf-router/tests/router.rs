@@ -161,7 +161,7 @@ async fn a_thousand_events_with_300_duplicates_give_700_runs_through_a_crash_and
     .await;
     println!("ROUTER FIGURES: replay of 1000 events in {:.1} s", replay_started.elapsed().as_secs_f64());
     assert_eq!(t.runs().await, 700, "replay started no new run");
-    assert_eq!(tf_testkit::scrape_metric(&metrics, "tf_router_runs_deduplicated_by_claim_total"), Some(1000.0));
+    assert_eq!(tf_testkit::scrape_metric(&metrics, r#"tf_router_runs_deduplicated_total{by="claim"}"#), Some(1000.0));
     assert_eq!(tf_testkit::scrape_metric(&metrics, "tf_router_runs_started_total"), Some(0.0));
 }
 
