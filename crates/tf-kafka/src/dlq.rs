@@ -22,9 +22,77 @@ pub const REDRIVE: &str = "taskfactory.redrive";
 /// The connector name the router writes.
 pub const CONNECTOR_NAME: &str = "taskfactory-router";
 
-/// The stages at which the router dead-letters a record, in pipeline order (the `STAGE` header's
-/// values and the `stage` label of `tf_router_dead_letters_total`).
-pub const STAGES: [&str; 8] = ["size", "decode", "filter", "dedupe-key", "event-time", "claim", "start", "panic"];
+/// Where in the router's pipeline a record was refused, in pipeline order: the `STAGE` header's
+/// value and the `stage` label of `tf_router_dead_letters_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Larger than the router takes.
+    Size,
+    /// Not a record the registry's schemas decode, or not an event.
+    Decode,
+    /// A definition's filter failed to evaluate.
+    Filter,
+    /// A definition's dedupe key failed to evaluate or is no key.
+    DedupeKey,
+    /// No usable event time, or one beyond the replay horizon.
+    EventTime,
+    /// The claim store refused the record for good.
+    Claim,
+    /// Temporal refused the start for good.
+    Start,
+    /// Routing the record panicked.
+    Panic,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 8] =
+        [Stage::Size, Stage::Decode, Stage::Filter, Stage::DedupeKey, Stage::EventTime, Stage::Claim, Stage::Start, Stage::Panic];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Stage::Size => "size",
+            Stage::Decode => "decode",
+            Stage::Filter => "filter",
+            Stage::DedupeKey => "dedupe-key",
+            Stage::EventTime => "event-time",
+            Stage::Claim => "claim",
+            Stage::Start => "start",
+            Stage::Panic => "panic",
+        }
+    }
+
+    /// The `CLASS` header of a refusal at this stage when the error names none of its own
+    /// (a decode error does: its class says which check refused the record).
+    pub const fn class(self) -> &'static str {
+        match self {
+            Stage::Size => "OversizeRecord",
+            Stage::Decode => "InvalidEnvelope",
+            Stage::Filter => "ExpressionError",
+            Stage::DedupeKey => "InvalidDedupeKey",
+            Stage::EventTime => "InvalidEventTime",
+            Stage::Claim => "ClaimRefused",
+            Stage::Start => "StartRefused",
+            Stage::Panic => "Panic",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every stage's name, in pipeline order (what the console offers to filter by).
+pub const STAGES: [&str; 8] = {
+    let mut names = [""; 8];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = Stage::ALL[i].as_str();
+        i += 1;
+    }
+    names
+};
 
 /// Whether a header name is in the namespaces the router owns: never copied from a producer's
 /// record into a dead letter, nor from a dead letter back onto its source topic.
@@ -62,5 +130,17 @@ mod tests {
         assert_eq!(parse_redrive("a@b@0:1"), Some(("a@b", 0, 1)));
         assert_eq!(parse_redrive("taskfactory.dlq@x:1"), None);
         assert_eq!(parse_redrive("nothing"), None);
+    }
+
+    /// The metrics index series by `stage as usize`: ALL, STAGES and the declaration agree.
+    #[test]
+    fn stages_are_listed_once_in_pipeline_order() {
+        for (i, stage) in Stage::ALL.iter().enumerate() {
+            assert_eq!(*stage as usize, i);
+            assert_eq!(STAGES[i], stage.as_str());
+            assert_eq!(stage.to_string(), stage.as_str());
+        }
+        let distinct: std::collections::HashSet<&str> = STAGES.into_iter().collect();
+        assert_eq!(distinct.len(), STAGES.len());
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use tf_envelope::Decoded;
+use tf_kafka::dlq::Stage;
 use tf_telemetry::trace::{continue_trace, traceparent};
 use tf_temporal::{FailureClass, StartOutcome, start_run};
 use tracing::Instrument;
@@ -52,7 +53,7 @@ async fn decode(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>) -> Optio
     let payload = msg.payload().unwrap_or_default();
     if payload.len() > shared.cli.max_event_bytes {
         let message = format!("record is {} bytes, over the {}-byte limit", payload.len(), shared.cli.max_event_bytes);
-        dead_letter(shared, msg, DeadLetter { stage: "size", class: "OversizeRecord", message }).await;
+        dead_letter(shared, msg, DeadLetter { stage: Stage::Size, class: Stage::Size.class(), message }).await;
         return None;
     }
     let subject = shared.cli.subject_policy.subject_for(msg.topic());
@@ -73,7 +74,7 @@ async fn decode(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>) -> Optio
     let decoded = match decoded {
         Ok(decoded) => decoded,
         Err(e) => {
-            dead_letter(shared, msg, DeadLetter { stage: "decode", class: e.class(), message: e.to_string() }).await;
+            dead_letter(shared, msg, DeadLetter { stage: Stage::Decode, class: e.class(), message: e.to_string() }).await;
             return None;
         }
     };
@@ -82,7 +83,7 @@ async fn decode(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>) -> Optio
             let t = event.time.0;
             if !tf_definitions::dedupe::valid_event_time(t) {
                 let message = format!("event time {t} ms is outside 1970-01-01..9999-12-31");
-                dead_letter(shared, msg, DeadLetter { stage: "event-time", class: "InvalidEventTime", message }).await;
+                dead_letter(shared, msg, DeadLetter { stage: Stage::EventTime, class: Stage::EventTime.class(), message }).await;
                 return None;
             }
             t
@@ -94,7 +95,7 @@ async fn decode(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>) -> Optio
         let message = format!(
             "event time {event_time_ms} ms is more than {horizon_days} days ago, past the replay horizon: its dedupe window may have expired, so a run could repeat one that already happened"
         );
-        dead_letter(shared, msg, DeadLetter { stage: "event-time", class: "BeyondReplayHorizon", message }).await;
+        dead_letter(shared, msg, DeadLetter { stage: Stage::EventTime, class: "BeyondReplayHorizon", message }).await;
         return None;
     }
     // A plain record's identity is its coordinates; a redriven copy takes the original's, so the
@@ -107,7 +108,7 @@ async fn decode(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>) -> Optio
         Ok(event) => Some((event, event_time_ms)),
         Err(e) => {
             let message = format!("envelope does not convert to JSON: {e}");
-            dead_letter(shared, msg, DeadLetter { stage: "decode", class: "InvalidEnvelope", message }).await;
+            dead_letter(shared, msg, DeadLetter { stage: Stage::Decode, class: Stage::Decode.class(), message }).await;
             None
         }
     }
@@ -161,13 +162,7 @@ async fn dispatch(
             .map(|RouteError { definition_id, stage, message }| format!("{definition_id} ({stage}): {message}"))
             .collect::<Vec<_>>()
             .join("; ");
-        let class = match stage {
-            "filter" => "ExpressionError",
-            "dedupe-key" => "InvalidDedupeKey",
-            "claim" => "ClaimRefused",
-            _ => "StartRefused",
-        };
-        dead_letter(shared, msg, DeadLetter { stage, class, message }).await;
+        dead_letter(shared, msg, DeadLetter { stage, class: stage.class(), message }).await;
     }
 }
 
@@ -190,7 +185,7 @@ async fn start(shared: &Shared, errors: &mut Vec<RouteError>, mut run: tf_tempor
             let message = match failure {
                 ClaimFailure::Permanent(m) | ClaimFailure::Transient(m) => m,
             };
-            errors.push(RouteError { definition_id: def.clone(), stage: "claim", message });
+            errors.push(RouteError { definition_id: def.clone(), stage: Stage::Claim, message });
             return;
         }
     };
@@ -242,7 +237,7 @@ async fn start(shared: &Shared, errors: &mut Vec<RouteError>, mut run: tf_tempor
         }
         Err(message) => errors.push(RouteError {
             definition_id: def.clone(),
-            stage: "start",
+            stage: Stage::Start,
             message: format!("Temporal refused the start: {message}"),
         }),
     }

@@ -6,21 +6,21 @@ use std::time::Duration;
 
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
-use tf_kafka::dlq;
+use tf_kafka::dlq::{self, Stage};
 
 use crate::Shared;
 use crate::retry::retry;
 
 /// Why a record goes to the DLQ.
 pub struct DeadLetter {
-    pub stage: &'static str,
+    pub stage: Stage,
     pub class: &'static str,
     pub message: String,
 }
 
 /// The original key, value and headers plus Kafka Connect's `__connect.errors.*` headers.
 pub async fn dead_letter(shared: &Shared, msg: &OwnedMessage, why: DeadLetter) {
-    tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), stage = why.stage, reason = %why.message, "dead-lettered");
+    tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), stage = %why.stage, reason = %why.message, "dead-lettered");
     shared.metrics.dead_letter(why.stage);
     let payload = msg.payload().unwrap_or_default();
     // A dead letter the DLQ cannot take (over the producer's or topic's message size) would be
@@ -102,7 +102,7 @@ fn dead_letter_headers(msg: &OwnedMessage, why: &DeadLetter, shape: &DeadLetterS
         (dlq::PARTITION, partition.as_str()),
         (dlq::OFFSET, offset.as_str()),
         (dlq::CONNECTOR, dlq::CONNECTOR_NAME),
-        (dlq::STAGE, why.stage),
+        (dlq::STAGE, why.stage.as_str()),
         (dlq::CLASS, why.class),
         (dlq::MESSAGE, message.as_str()),
     ] {

@@ -36,6 +36,7 @@ use crate::dlq::{DeadLetter, dead_letter};
 use crate::offsets::{Ticket, Tracker};
 use crate::recent_starts::RecentStarts;
 use crate::route::{Active, Routes};
+use tf_kafka::dlq::Stage;
 
 /// Route events from Kafka to deduplicated RunActivity workflows.
 ///
@@ -282,7 +283,7 @@ async fn main() -> anyhow::Result<()> {
                             .or_else(|| panic.downcast_ref::<String>().cloned())
                             .unwrap_or_else(|| "unknown panic".into());
                         let message = format!("routing this record panicked: {what}");
-                        dead_letter(&shared, &msg, DeadLetter { stage: "panic", class: "Panic", message }).await;
+                        dead_letter(&shared, &msg, DeadLetter { stage: Stage::Panic, class: Stage::Panic.class(), message }).await;
                     }
                     shared.metrics.in_flight.decrement(1.0);
                     shared.metrics.records.increment(1);

@@ -9,7 +9,7 @@ use tf_runtime::Buckets;
 
 // Every DLQ stage is a `stage` label of `tf_router_dead_letters_total` from the start, so a
 // dashboard's rate() has a series before the first dead letter.
-use tf_kafka::dlq::STAGES;
+use tf_kafka::dlq::{STAGES, Stage};
 
 /// Bounds of `tf_router_start_seconds`: a healthy start takes milliseconds.
 const START_BOUNDS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -93,11 +93,8 @@ impl Metrics {
         }
     }
 
-    pub fn dead_letter(&self, stage: &str) {
-        debug_assert!(STAGES.contains(&stage), "unknown DLQ stage {stage}");
-        if let Some(i) = STAGES.iter().position(|s| *s == stage) {
-            self.dead_letters[i].increment(1);
-        }
+    pub fn dead_letter(&self, stage: Stage) {
+        self.dead_letters[stage as usize].increment(1);
     }
 
     /// Sets each assigned partition's lag; a partition no longer assigned reads 0 from this
@@ -124,7 +121,7 @@ mod tests {
         let recorder = tf_runtime::test_recorder(BUCKETS);
         let m = metrics::with_local_recorder(&recorder, Metrics::new);
         m.records.increment(3);
-        m.dead_letter("decode");
+        m.dead_letter(Stage::Decode);
         metrics::with_local_recorder(&recorder, || {
             m.set_consumer_lag(vec![("events.a".into(), 2, 7), ("events.a".into(), 3, 1)]);
             m.set_consumer_lag(vec![("events.a".into(), 2, 8)]);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde_json::Value as Json;
 use tf_definitions::{DedupeKey, Definition, EvalError, Scope, Trigger};
+use tf_kafka::dlq::Stage;
 use tf_temporal::{RunInput, RunSource};
 
 /// An enabled event definition at the version runs will be pinned to.
@@ -27,7 +28,7 @@ pub struct Position<'a> {
 pub struct RouteError {
     pub definition_id: String,
     /// `filter` or `dedupe-key`.
-    pub stage: &'static str,
+    pub stage: Stage,
     pub message: String,
 }
 
@@ -137,7 +138,7 @@ pub fn route<'a>(routes: &'a Routes, topic: &str, event: &Json) -> (Vec<Match<'a
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
-                    errors.push(fail("filter", e.to_string()));
+                    errors.push(fail(Stage::Filter, e.to_string()));
                     continue;
                 }
             }
@@ -152,7 +153,7 @@ pub fn route<'a>(routes: &'a Routes, topic: &str, event: &Json) -> (Vec<Match<'a
         });
         match key {
             Ok(key) => matches.push(Match { active: a, key: key.clone() }),
-            Err(message) => errors.push(fail("dedupe-key", message.clone())),
+            Err(message) => errors.push(fail(Stage::DedupeKey, message.clone())),
         }
     }
     (matches, errors)
@@ -231,11 +232,11 @@ mod tests {
         let (matches, errors) = route(&defs, AT.topic, &no_amount);
         assert!(matches.is_empty());
         assert_eq!(errors.len(), 2, "each definition sharing the failed filter is named");
-        assert_eq!((errors[0].definition_id.as_str(), errors[0].stage), ("orders", "filter"));
-        assert_eq!((errors[1].definition_id.as_str(), errors[1].stage), ("again", "filter"));
+        assert_eq!((errors[0].definition_id.as_str(), errors[0].stage), ("orders", Stage::Filter));
+        assert_eq!((errors[1].definition_id.as_str(), errors[1].stage), ("again", Stage::Filter));
         let no_key = json!({"id": "e", "type": "order.created", "data": {"amount": 99}});
         let (_, errors) = route(&defs, AT.topic, &no_key);
-        assert_eq!(errors[0].stage, "dedupe-key");
+        assert_eq!(errors[0].stage, Stage::DedupeKey);
         assert!(errors[0].message.starts_with("dedupe.key: `event.data.id` failed"), "{}", errors[0].message);
         for (bad, why) in
             [(json!("a\u{0}b"), "control character U+0000"), (json!(""), "empty"), (json!("k".repeat(2000)), "over the 1024-byte limit")]
@@ -243,7 +244,7 @@ mod tests {
             let ev = json!({"id": "e", "type": "order.created", "data": {"amount": 99, "id": bad}});
             let (matches, errors) = route(&defs, AT.topic, &ev);
             assert!(matches.is_empty());
-            assert_eq!(errors[0].stage, "dedupe-key");
+            assert_eq!(errors[0].stage, Stage::DedupeKey);
             assert!(errors[0].message.contains(why), "{}", errors[0].message);
         }
     }
