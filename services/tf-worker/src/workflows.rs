@@ -99,22 +99,7 @@ impl RunActivityWorkflow {
     pub async fn run(ctx: &mut WorkflowContext<Self>, mut input: RunInput) -> WorkflowResult<RunSummary> {
         let run_id = RunId::from_workflow_id(ctx.workflow_id());
         if input.trigger.kind == TriggerKind::Cron && input.dedupe_key.is_empty() {
-            // A scheduled run is deduplicated by its nominal time, which the schedule records
-            // on the workflow (not the wall clock, and not when a backfill happens to run).
-            let scheduled_ms = ctx
-                .search_attributes()
-                .get(&SCHEDULED_START_TIME)
-                .map(|t| t.seconds() * 1000 + i64::from(t.nanos()) / 1_000_000)
-                .unwrap_or_else(|| millis(ctx.workflow_time()));
-            input.trigger.scheduled_for_ms = Some(scheduled_ms);
-            input.dedupe_key = tf_envelope::Timestamp(scheduled_ms).to_string();
-            // A Schedule's action cannot carry our search attributes; set them here, so scheduled
-            // runs are found by `ActivityId = '<definition>'` like event runs.
-            ctx.upsert_search_attributes([
-                tf_temporal::ACTIVITY_ID.value_set(input.definition_id.clone()),
-                tf_temporal::DEDUPE_KEY.value_set(input.dedupe_key.clone()),
-                tf_temporal::TRIGGER_KIND.value_set(input.trigger.kind.as_str().to_string()),
-            ]);
+            scheduled_identity(ctx, &mut input);
         }
         let begin = ctx
             .execute_local_activity(
@@ -134,31 +119,15 @@ impl RunActivityWorkflow {
         let Some(spec) = begin.spec else {
             return Ok(RunSummary { status: RunStatus::Deduplicated, tasks_spawned: 0, tasks_failed: 0 });
         };
-        let finish = |status: RunStatus| FinishRunInput { run_id: run_id.clone(), status };
         // The drill's change sits before the first wait of a run, where an unguarded change would
         // break every run in flight.
         #[cfg(feature = "upgrade-drill")]
         if ctx.patched(crate::patches::UPGRADE_DRILL) {
             ctx.timer(Duration::from_millis(1)).await;
         }
-        // A cancel request (`POST /runs/{id}/cancel`, the Temporal UI) cancels whatever the run
-        // is waiting for, children included; each step that then fails records the run as
-        // cancelled rather than failed, and the execution ends cancelled.
-        macro_rules! stop_if_cancelled {
-            () => {
-                if ctx.cancellation_token().is_cancelled() {
-                    ctx.execute_local_activity(RunActivities::finish_run, finish(RunStatus::Cancelled), closing_opts()).await?;
-                    return Err(WorkflowTermination::cancelled());
-                }
-            };
-        }
-
         let definition = match Definition::from_spec_json(spec.clone()) {
             Ok(d) => d,
-            Err(e) => {
-                ctx.execute_local_activity(RunActivities::finish_run, finish(RunStatus::Failed), local_opts()).await?;
-                return Err(ApplicationFailure::non_retryable(e.to_string()).into());
-            }
+            Err(e) => return Err(fail(ctx, &run_id, e.to_string()).await),
         };
         let run = json!({
             "id": run_id,
@@ -187,15 +156,7 @@ impl RunActivityWorkflow {
         };
         let context = match context {
             Ok(c) => c,
-            Err(e) => {
-                stop_if_cancelled!();
-                ctx.execute_local_activity(RunActivities::finish_run, finish(RunStatus::Failed), local_opts()).await?;
-                return Err(ApplicationFailure::non_retryable(format!(
-                    "resolving the context: {}",
-                    root_cause(e.failure()).unwrap_or_else(|| e.to_string())
-                ))
-                .into());
-            }
+            Err(e) => return Err(stop_or_fail(ctx, &run_id, format!("resolving the context: {}", cause(&e))).await),
         };
         let plan = PlanTasksInput {
             run_id: run_id.clone(),
@@ -210,51 +171,111 @@ impl RunActivityWorkflow {
         };
         let tasks = match ctx.execute_local_activity(RunActivities::plan_tasks, plan, local_opts()).await {
             Ok(t) => t,
-            Err(e) => {
-                stop_if_cancelled!();
-                ctx.execute_local_activity(RunActivities::finish_run, finish(RunStatus::Failed), local_opts()).await?;
-                return Err(ApplicationFailure::non_retryable(format!(
-                    "planning the tasks: {}",
-                    root_cause(e.failure()).unwrap_or_else(|| e.to_string())
-                ))
-                .into());
-            }
+            Err(e) => return Err(stop_or_fail(ctx, &run_id, format!("planning the tasks: {}", cause(&e))).await),
         };
-
-        let (inline, child_tasks): (Vec<&TaskInput>, Vec<&TaskInput>) = tasks.iter().partition(|t| t.execution == Execution::Activity);
-        let mut children = Vec::with_capacity(child_tasks.len());
-        for t in child_tasks {
-            stop_if_cancelled!();
-            // Cancelling the run cancels each child and waits until it recorded its cancellation
-            // (the default WaitCancellationCompleted), so the run closes after its tasks.
-            let child =
-                ctx.start_child_workflow(RunTaskWorkflow::run, t.clone(), ChildWorkflowOptions::workflow_id(t.task_id.to_string())).await?;
-            children.push(child);
-        }
-        // `execution: activity` tasks run here, side by side, each as RunTask would run it.
-        let mut failed = 0;
-        for outcome in futures::future::join_all(inline.into_iter().map(|t| run_task_inline(ctx.clone(), t.clone()))).await {
-            if outcome? != TaskStatus::Succeeded {
-                failed += 1;
-            }
-        }
-        for child in children {
-            match child.result().await {
-                Ok(outcome) if outcome.status == TaskStatus::Succeeded => {}
-                _ => failed += 1,
-            }
-        }
+        let failed = run_tasks(ctx, &run_id, &tasks).await?;
         let spawned = tasks.len() as u32;
-        stop_if_cancelled!();
+        if let Some(stopped) = stop_if_cancelled(ctx, &run_id).await {
+            return Err(stopped);
+        }
         if failed > 0 {
-            ctx.execute_local_activity(RunActivities::finish_run, finish(RunStatus::Failed), local_opts()).await?;
             // The execution fails too, so Temporal's reuse policy (AllowDuplicateFailedOnly) lets a
             // redelivered event or `tf runs retry` run the generation again.
-            return Err(ApplicationFailure::non_retryable(format!("{failed} of {spawned} task(s) failed")).into());
+            return Err(fail(ctx, &run_id, format!("{failed} of {spawned} task(s) failed")).await);
         }
-        ctx.execute_local_activity(RunActivities::finish_run, finish(RunStatus::Completed), local_opts()).await?;
+        ctx.execute_local_activity(RunActivities::finish_run, finish(&run_id, RunStatus::Completed), local_opts()).await?;
         Ok(RunSummary { status: RunStatus::Completed, tasks_spawned: spawned, tasks_failed: 0 })
     }
+}
+
+/// A scheduled run is deduplicated by its nominal time, which the schedule records on the
+/// workflow (not the wall clock, and not when a backfill happens to run). A Schedule's action
+/// cannot carry our search attributes; they are set here, so scheduled runs are found by
+/// `ActivityId = '<definition>'` like event runs.
+fn scheduled_identity(ctx: &WorkflowContext<RunActivityWorkflow>, input: &mut RunInput) {
+    let scheduled_ms = ctx
+        .search_attributes()
+        .get(&SCHEDULED_START_TIME)
+        .map(|t| t.seconds() * 1000 + i64::from(t.nanos()) / 1_000_000)
+        .unwrap_or_else(|| millis(ctx.workflow_time()));
+    input.trigger.scheduled_for_ms = Some(scheduled_ms);
+    input.dedupe_key = tf_envelope::Timestamp(scheduled_ms).to_string();
+    ctx.upsert_search_attributes([
+        tf_temporal::ACTIVITY_ID.value_set(input.definition_id.clone()),
+        tf_temporal::DEDUPE_KEY.value_set(input.dedupe_key.clone()),
+        tf_temporal::TRIGGER_KIND.value_set(input.trigger.kind.as_str().to_string()),
+    ]);
+}
+
+fn finish(run_id: &RunId, status: RunStatus) -> FinishRunInput {
+    FinishRunInput { run_id: run_id.clone(), status }
+}
+
+/// What a failed step says: the innermost cause, not "Activity task failed".
+fn cause(e: &temporalio_sdk::ActivityExecutionError) -> String {
+    root_cause(e.failure()).unwrap_or_else(|| e.to_string())
+}
+
+/// A cancel request (`POST /runs/{id}/cancel`, the Temporal UI) cancels whatever the run is
+/// waiting for, children included. Once it did, the run is recorded `cancelled` (detached from
+/// the cancellation, which would cancel the recording too) and the execution ends cancelled.
+async fn stop_if_cancelled(ctx: &WorkflowContext<RunActivityWorkflow>, run_id: &RunId) -> Option<WorkflowTermination> {
+    if !ctx.cancellation_token().is_cancelled() {
+        return None;
+    }
+    Some(match ctx.execute_local_activity(RunActivities::finish_run, finish(run_id, RunStatus::Cancelled), closing_opts()).await {
+        Ok(_) => WorkflowTermination::cancelled(),
+        Err(e) => e.into(),
+    })
+}
+
+/// Records the run failed and ends the execution failed, for good (no Temporal retry: a
+/// redelivered event or `tf runs retry` runs the generation again).
+async fn fail(ctx: &WorkflowContext<RunActivityWorkflow>, run_id: &RunId, why: String) -> WorkflowTermination {
+    match ctx.execute_local_activity(RunActivities::finish_run, finish(run_id, RunStatus::Failed), local_opts()).await {
+        Ok(_) => ApplicationFailure::non_retryable(why).into(),
+        Err(e) => e.into(),
+    }
+}
+
+/// A step that failed because of a cancel request ends the run cancelled; any other failure
+/// fails it.
+async fn stop_or_fail(ctx: &WorkflowContext<RunActivityWorkflow>, run_id: &RunId, why: String) -> WorkflowTermination {
+    match stop_if_cancelled(ctx, run_id).await {
+        Some(stopped) => stopped,
+        None => fail(ctx, run_id, why).await,
+    }
+}
+
+/// Runs the planned tasks: `execution: child` ones as RunTask children (started first, in plan
+/// order), the rest here, side by side, each as RunTask would run it. Returns how many did not
+/// succeed.
+async fn run_tasks(ctx: &WorkflowContext<RunActivityWorkflow>, run_id: &RunId, tasks: &[TaskInput]) -> Result<u32, WorkflowTermination> {
+    let (inline, child_tasks): (Vec<&TaskInput>, Vec<&TaskInput>) = tasks.iter().partition(|t| t.execution == Execution::Activity);
+    let mut children = Vec::with_capacity(child_tasks.len());
+    for t in child_tasks {
+        if let Some(stopped) = stop_if_cancelled(ctx, run_id).await {
+            return Err(stopped);
+        }
+        // Cancelling the run cancels each child and waits until it recorded its cancellation
+        // (the default WaitCancellationCompleted), so the run closes after its tasks.
+        let child =
+            ctx.start_child_workflow(RunTaskWorkflow::run, t.clone(), ChildWorkflowOptions::workflow_id(t.task_id.to_string())).await?;
+        children.push(child);
+    }
+    let mut failed = 0;
+    for outcome in futures::future::join_all(inline.into_iter().map(|t| run_task_inline(ctx.clone(), t.clone()))).await {
+        if outcome? != TaskStatus::Succeeded {
+            failed += 1;
+        }
+    }
+    for child in children {
+        match child.result().await {
+            Ok(outcome) if outcome.status == TaskStatus::Succeeded => {}
+            _ => failed += 1,
+        }
+    }
+    Ok(failed)
 }
 
 /// How a task ended, before it is recorded.
