@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tf_config::Settings;
 
-use crate::chaos::Services;
+use crate::services::Services;
 
 #[derive(clap::Args)]
 pub struct CompareArgs {
@@ -65,7 +65,7 @@ pub async fn run(s: &Settings, a: &CompareArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&a.out)?;
     let nonce = crate::now_ms() % 10_000_000;
     let me = std::env::current_exe().context("this binary's path")?;
-    let bin_dir = a.bin_dir.clone().unwrap_or_else(crate::chaos::default_bin_dir);
+    let bin_dir = a.bin_dir.clone().unwrap_or_else(crate::services::default_bin_dir);
     let router_bin = bin_dir.join("tf-router");
     anyhow::ensure!(router_bin.exists(), "{} is missing (build it, or point --bin-dir / TF_BIN_DIR at it)", router_bin.display());
     let others = crate::router_memory();
