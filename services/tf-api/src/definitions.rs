@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 use tf_definitions::{Definition, Trigger};
 use tf_store::definitions::{self, ApplyOutcome, NewDefinition, Precondition};
 
-use crate::AppState;
 use crate::auth::Scope;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Parses a YAML (or JSON) body of one or more definitions, checking datasource names when the
 /// API sees a datasource configuration; every problem is in the error's `details`.

@@ -14,9 +14,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tf_kafka::dlq;
 
-use crate::AppState;
 use crate::auth::Scope;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// The most DLQ records one request reads.
 const SCAN_MAX: usize = 10_000;

@@ -15,9 +15,9 @@ use rdkafka::producer::FutureRecord;
 use serde_json::{Map, Value, json};
 use tf_envelope::{Event, Timestamp};
 
-use crate::AppState;
 use crate::auth::Scope;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// The most events one batch may carry.
 pub const MAX_BATCH: usize = 1000;

@@ -8,15 +8,17 @@ mod definitions;
 mod dlq;
 mod error;
 mod ingress;
+mod lag;
 mod metrics;
 mod openapi;
 mod runs;
 mod schemas;
+mod session;
+mod state;
 mod tasks;
 mod ui;
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
@@ -27,6 +29,7 @@ use tf_config::Settings;
 use tf_envelope::{Codec, Registry};
 
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Serve the task factory's HTTP API.
 ///
@@ -78,50 +81,6 @@ enum Command {
     },
 }
 
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: tf_store::PgPool,
-    pub tokens: Arc<auth::Tokens>,
-    pub codec: Arc<Codec>,
-    pub registry: Arc<Registry>,
-    pub producer: FutureProducer,
-    pub settings: Arc<Settings>,
-    /// The operator's datasources when this process sees them (definitions are then checked).
-    pub datasources: Option<Arc<tf_config::Datasources>>,
-    pub max_event_bytes: usize,
-    pub temporal: temporalio_client::Client,
-    pub dlq_topic: String,
-    pub metrics: Arc<metrics::Metrics>,
-    /// The router group's lag over the last hour, for the console.
-    pub lag: Arc<ui::lag::LagHistory>,
-    /// Console sessions (server-side; the cookie holds only their id).
-    pub sessions: Arc<ui::session::Sessions>,
-    pub router_group: String,
-    /// The topics the router reads: the only ones a redrive writes to.
-    pub router_topics: Arc<tf_kafka::subscription::Subscription>,
-    pub lag_every: std::time::Duration,
-    /// Topics known to take envelopes (their subject has the envelope schema).
-    envelope_topics: Arc<Mutex<HashSet<String>>>,
-}
-
-impl AppState {
-    /// Whether `topic`'s subject has the envelope schema registered.
-    pub async fn envelope_topic(&self, topic: &str) -> Result<bool, ApiError> {
-        if self.envelope_topics.lock().expect("lock").contains(topic) {
-            return Ok(true);
-        }
-        let found = self.registry.lookup(&format!("{topic}-value"), tf_envelope::ENVELOPE_SCHEMA).await.map_err(|e| {
-            tracing::warn!(error = %e, "schema registry lookup");
-            ApiError::unavailable(format!("the schema registry is unavailable: {e}"))
-        })?;
-        if found.is_some() {
-            self.envelope_topics.lock().expect("lock").insert(topic.to_string());
-        }
-        Ok(found.is_some())
-    }
-}
-
 async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
@@ -165,8 +124,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fold(Router::new(), |r, (path, handler)| r.route(path, handler))
         .merge(ui::routes())
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(ui::session::same_origin))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::count))
+        .layer(axum::middleware::from_fn(session::same_origin))
+        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::count))
         .layer(axum::middleware::map_response(move |r: axum::response::Response| async move { json_rejection(r, max_body_bytes) }))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
@@ -222,11 +181,11 @@ async fn main() -> anyhow::Result<()> {
         envelope_topics: Arc::default(),
         lag: Arc::default(),
         router_group: cli.router.group.clone(),
-        sessions: Arc::new(ui::session::Sessions::new(cli.secure_cookies)),
+        sessions: Arc::new(session::Sessions::new(cli.secure_cookies)),
         router_topics: Arc::new(tf_kafka::subscription::Subscription::parse(&cli.router.topics).context("TF_ROUTER_TOPICS")?),
         lag_every: std::time::Duration::from_millis(cli.lag_sample_ms.max(100)),
     };
-    tokio::spawn(ui::lag::sample(
+    tokio::spawn(lag::sample(
         state.lag.clone(),
         s.kafka_brokers.clone(),
         cli.router.group.clone(),

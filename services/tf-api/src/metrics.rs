@@ -2,6 +2,7 @@
 //! `TF_API_METRICS_ADDR` like the router's and the worker's (not on the API port, which is for
 //! token holders).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -10,8 +11,6 @@ use axum::middleware::Next;
 use axum::response::Response;
 use metrics::{Counter, counter, describe_counter, describe_histogram, histogram};
 use tf_runtime::Buckets;
-
-use crate::AppState;
 
 /// Response classes counted per request.
 const CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "401", "403", "4xx", "5xx"];
@@ -86,13 +85,13 @@ fn method_label(m: &Method) -> &'static str {
 
 /// Counts every response by class and times it by route template, method and class. The route is
 /// the template the request matched (`/runs/{*run_id}`), never the path a client sent.
-pub async fn count(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn count(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();
-    state.metrics.count(status);
+    metrics.count(status);
     histogram!("tf_api_request_duration_seconds", "route" => route, "method" => method, "class" => CLASSES[class(status)])
         .record(started.elapsed().as_secs_f64());
     response

@@ -9,9 +9,9 @@ use tf_definitions::{RunStatus, TriggerKind};
 use tf_store::runs::{RunCursor, RunFilter};
 use tf_temporal::run_control::{RetryOutcome, RunControlError, cancel_run, retry_run};
 
-use crate::AppState;
 use crate::auth::Scope;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -11,9 +11,9 @@ use tf_definitions::TaskStatus;
 use tf_store::tasks::ClaimOutcome;
 use tf_temporal::{DecideTask, HumanDecision, RunTask};
 
-use crate::AppState;
 use crate::auth::Scope;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::html::{pretty, table, text};
 use super::{PageQuery, api_query, back_with, failure, query, respond, signed_in};
-use crate::AppState;
+use crate::state::AppState;
 
 pub async fn list(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let (auth, who) = signed_in!(state, headers);

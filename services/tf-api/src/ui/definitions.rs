@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::html::{alert, diff, status, table, text, url_part};
 use super::{failure, query, respond, signed_in};
-use crate::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Whether a definition is retired, enabled or disabled.
 fn state_of(d: &Value, latest: &Value) -> &'static str {

@@ -1,4 +1,4 @@
-//! The Lag page: the router group's lag per partition from `lag.rs`'s samples, with sparklines
+//! The Lag page: the router group's lag per partition from `../lag.rs`'s samples, with sparklines
 //! of lag, routed events/s and runs started/s over the last hour (live).
 
 use axum::extract::{RawQuery, State};
@@ -8,8 +8,8 @@ use maud::{Markup, html};
 
 use super::html::{alert, sparkline, table};
 use super::{PageQuery, failure, fragment, respond, signed_in};
-use crate::AppState;
 use crate::auth::Scope;
+use crate::state::AppState;
 
 pub async fn show(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let (auth, who) = signed_in!(state, headers);
@@ -58,7 +58,7 @@ pub async fn show(State(state): State<AppState>, headers: HeaderMap, RawQuery(ra
     respond("Consumer lag", "/ui/lag", &who, html! { div #lag data-refresh="5000" aria-live="polite" { (out) } })
 }
 
-fn partition_rows(last: &super::lag::Sample) -> Vec<Vec<Markup>> {
+fn partition_rows(last: &crate::lag::Sample) -> Vec<Vec<Markup>> {
     last.partitions
         .iter()
         .map(|p| {

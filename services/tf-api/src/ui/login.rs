@@ -8,7 +8,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::html::{alert, page};
-use crate::AppState;
+use crate::state::AppState;
 
 pub async fn form() -> Html<String> {
     Html(

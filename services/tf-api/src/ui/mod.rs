@@ -1,21 +1,19 @@
 //! The web console under `/ui`: server-rendered pages over the same handlers as the JSON API
 //! (the console calls them with the signed-in token, so scopes, validation and errors are the
 //! API's), a little progressive JavaScript (live refresh, JSON checked before it is sent) and
-//! assets embedded in the binary. Signing in starts a server-side session (`session.rs`) whose
+//! assets embedded in the binary. Signing in starts a server-side session (`../session.rs`) whose
 //! id the cookie carries; every page and form needs it.
 //!
 //! One page per file (`runs.rs`, `definitions.rs`, `tasks.rs`, `dead_letters.rs`,
-//! `lag_page.rs`, `login.rs`), each a maud template (`html.rs` holds the shared pieces) over
+//! `lag_page.rs` over `../lag.rs`'s samples, `login.rs`), each a maud template (`html.rs` holds the shared pieces) over
 //! the API's handlers; the sign-in, flash and error handling they share is here.
 
 mod dead_letters;
 mod definitions;
 mod html;
-pub mod lag;
 mod lag_page;
 mod login;
 mod runs;
-pub mod session;
 mod tasks;
 
 use axum::Router;
@@ -26,8 +24,8 @@ use axum::routing::{get, post};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use crate::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()

@@ -12,7 +12,7 @@ use tf_definitions::RunStatus;
 
 use super::html::{lineage_step, pretty, status, table, text, url_part};
 use super::{PageQuery, api_query, back_with, failure, fragment, query, respond, run_link, signed_in};
-use crate::AppState;
+use crate::state::AppState;
 
 pub async fn list(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let (auth, who) = signed_in!(state, headers);

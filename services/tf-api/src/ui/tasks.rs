@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 
 use super::html::{status, table, text, url_part};
 use super::{PageQuery, api_query, back_with, failure, fragment, query, respond, run_link, signed_in};
-use crate::AppState;
 use crate::auth::Scope;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 pub async fn inbox(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let (auth, who) = signed_in!(state, headers);
