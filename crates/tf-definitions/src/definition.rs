@@ -137,10 +137,8 @@ pub struct HttpSource {
     pub cache: Option<Duration>,
 }
 
-/// Params an `http` task understands; anything else is a typo worth an error.
-pub const HTTP_TASK_PARAMS: [&str; 7] = ["url", "method", "body", "text", "headers", "expect", "datasource"];
-/// Params a `kafka` task understands.
-pub const KAFKA_TASK_PARAMS: [&str; 3] = ["topic", "key", "value"];
+use crate::task_params::required_params;
+pub use crate::task_params::{HTTP_TASK_PARAMS, KAFKA_TASK_PARAMS};
 
 /// An HTTP header name: RFC 9110 token characters.
 pub fn valid_header_name(name: &str) -> bool {
@@ -211,16 +209,6 @@ impl std::fmt::Display for InvalidDefinition {
 pub const DEFAULT_DEDUPE_KEY: &str = "event.id";
 pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(86_400);
 pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Params each task type needs to do anything.
-fn required_params(t: TaskType) -> &'static [&'static str] {
-    match t {
-        TaskType::Http => &["url"],
-        TaskType::Kafka => &["topic", "value"],
-        TaskType::Human => &[],
-        TaskType::Workflow => &["workflow_type", "task_queue"],
-    }
-}
 
 struct Checker {
     errors: Vec<FieldError>,

@@ -10,6 +10,7 @@ pub mod duration;
 pub mod expr;
 pub mod plan;
 pub mod run;
+pub mod task_params;
 
 pub use dedupe::{DedupeKey, DedupeKeyError};
 pub use definition::RetryPolicy;

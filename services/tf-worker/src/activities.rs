@@ -15,7 +15,8 @@ use sqlx::PgPool;
 use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
-use tf_definitions::{Bindings, Definition};
+use tf_definitions::task_params::{HttpParams, KafkaParams};
+use tf_definitions::{Bindings, Definition, TaskType};
 use tf_definitions::{RunId, RunStatus, TaskId, TaskStatus};
 use tf_envelope::TaskResult;
 use tf_store::outbox::{self, FinishedTask};
@@ -382,23 +383,18 @@ impl RunActivities {
     }
 
     async fn perform(&self, t: &TaskInput) -> Result<Json, ActivityError> {
-        let p = &t.params;
         // What the task hands on is its own span, so the receiving system continues the trace.
         let traceparent = tf_telemetry::trace::traceparent(&tracing::Span::current(), t.traceparent.as_deref());
-        let output = match t.task_type.as_str() {
-            "kafka" => {
-                let topic = p["topic"].as_str().ok_or_else(|| permanent("kafka task: params.topic must be a string"))?;
-                let key = match &p["key"] {
-                    Json::Null => None,
-                    Json::String(s) => Some(s.clone()),
-                    other => Some(other.to_string()),
-                };
-                let value = serde_json::to_vec(&p["value"]).map_err(permanent_display)?;
+        let output = match t.task_type {
+            TaskType::Kafka => {
+                let p = KafkaParams::parse(&t.params).map_err(permanent_display)?;
+                let value = serde_json::to_vec(&p.value).map_err(permanent_display)?;
                 let mut headers = OwnedHeaders::new().insert(Header { key: "taskfactory.task_id", value: Some(t.task_id.as_str()) });
                 if let Some(tp) = &traceparent {
                     headers = headers.insert(Header { key: "traceparent", value: Some(tp) });
                 }
-                let mut record = FutureRecord::to(topic).payload(&value).headers(headers);
+                let mut record = FutureRecord::to(&p.topic).payload(&value).headers(headers);
+                let key = p.key_text();
                 if let Some(k) = &key {
                     record = record.key(k);
                 }
@@ -406,41 +402,27 @@ impl RunActivities {
                     .producer
                     .send(record, Duration::from_secs(30))
                     .await
-                    .map_err(|(e, _)| transient(format!("producing to {topic}: {e}")))?;
-                json!({"topic": topic, "partition": delivery.partition, "offset": delivery.offset})
+                    .map_err(|(e, _)| transient(format!("producing to {}: {e}", p.topic)))?;
+                json!({"topic": p.topic, "partition": delivery.partition, "offset": delivery.offset})
             }
-            "http" => {
-                let url = p["url"].as_str().ok_or_else(|| permanent("http task: params.url must be a string"))?;
-                let method = p["method"].as_str().unwrap_or(if p["body"].is_null() && p["text"].is_null() { "GET" } else { "POST" });
+            TaskType::Http => {
+                let p = HttpParams::parse(&t.params).map_err(permanent_display)?;
                 let mut headers = vec![("x-taskfactory-task-id".to_string(), t.task_id.to_string())];
                 if let Some(tp) = &traceparent {
                     headers.push(("traceparent".into(), tp.clone()));
                 }
-                match &p["headers"] {
-                    Json::Null => {}
-                    Json::Object(map) => headers.extend(map.iter().map(|(k, v)| (k.clone(), header_text(v.clone())))),
-                    _ => return Err(permanent("http task: params.headers must be a map of header name to value")),
-                }
-                let expect: Vec<u16> = match &p["expect"] {
-                    Json::Null => Vec::new(),
-                    Json::Array(codes) => codes
-                        .iter()
-                        .map(|c| c.as_u64().and_then(|c| u16::try_from(c).ok()))
-                        .collect::<Option<_>>()
-                        .ok_or_else(|| permanent("http task: params.expect must be a list of status codes"))?,
-                    _ => return Err(permanent("http task: params.expect must be a list of status codes")),
+                headers.extend(p.headers.iter().flatten().map(|(k, v)| (k.clone(), header_text(v.clone()))));
+                let body = match (&p.body, &p.text) {
+                    (Some(body), _) => Some(Body::Json(body.clone())),
+                    (None, Some(text)) => Some(Body::Text(text.clone())),
+                    (None, None) => None,
                 };
-                let body = match (&p["body"], &p["text"]) {
-                    (Json::Null, Json::Null) => None,
-                    (Json::Null, Json::String(text)) => Some(Body::Text(text.clone())),
-                    (Json::Null, _) => return Err(permanent("http task: params.text must be a string")),
-                    (body, _) => Some(Body::Json(body.clone())),
-                };
+                let expect = p.expect.clone().unwrap_or_default();
                 let call = HttpCall {
                     what: "http task",
-                    datasource: p["datasource"].as_str(),
-                    method,
-                    url,
+                    datasource: p.datasource.as_deref(),
+                    method: p.method(),
+                    url: &p.url,
                     headers,
                     body,
                     // The request gets the task's own timeout, less a moment to report back.
@@ -450,7 +432,9 @@ impl RunActivities {
                 let answer = self.sources.call(call).await.map_err(source_failure)?;
                 json!({"status": answer.status, "body": answer.body})
             }
-            other => return Err(permanent(format!("task type {other} is not executed by ExecuteTask"))),
+            other @ (TaskType::Human | TaskType::Workflow) => {
+                return Err(permanent(format!("task type {other} is not executed by ExecuteTask")));
+            }
         };
         Ok(output)
     }

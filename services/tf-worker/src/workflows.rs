@@ -20,6 +20,7 @@ use temporalio_sdk::{
     ActivityOptions, ChildWorkflowOptions, LocalActivityOptions, SyncWorkflowContext, WorkflowCancellationToken, WorkflowContext,
     WorkflowContextView, WorkflowResult, WorkflowTermination,
 };
+use tf_definitions::task_params::WorkflowParams;
 use tf_definitions::{Definition, Execution, RunId, RunStatus, TaskStatus, TaskType, TriggerKind};
 use tf_temporal::{COMPLETE_TASK_SIGNAL, DECIDE_TASK_UPDATE, RUN_ACTIVITY, RUN_TASK, RunInput, RunSummary, TaskConclusion, TaskInput};
 
@@ -348,21 +349,19 @@ async fn run_task_inline(ctx: WorkflowContext<RunActivityWorkflow>, task: TaskIn
 /// users plug in workers written in any language. Input and output travel as JSON payloads
 /// (`json/plain`, every SDK's default converter).
 async fn run_foreign_workflow(ctx: &mut WorkflowContext<RunTaskWorkflow>, task: &TaskInput) -> Result<Json, String> {
-    let p = &task.params;
-    let workflow_type = p["workflow_type"].as_str().ok_or("params.workflow_type must be a string")?;
-    let task_queue = p["task_queue"].as_str().ok_or("params.task_queue must be a string")?;
+    let WorkflowParams { workflow_type, task_queue, input } = WorkflowParams::parse(&task.params).map_err(|e| e.to_string())?;
     let input = Payload {
         metadata: HashMap::from([("encoding".to_string(), b"json/plain".to_vec())]),
-        data: serde_json::to_vec(&p["input"]).map_err(|e| e.to_string())?,
+        data: serde_json::to_vec(&input).map_err(|e| e.to_string())?,
         ..Default::default()
     };
     let opts = ChildWorkflowOptions::builder()
         .workflow_id(format!("{}/workflow", task.task_id))
-        .task_queue(task_queue.to_string())
+        .task_queue(task_queue.clone())
         .execution_timeout(Duration::from_millis(task.timeout_ms))
         .build();
     let started = ctx
-        .start_child_workflow(UntypedWorkflow::new(workflow_type), RawValue::new(vec![input]), opts)
+        .start_child_workflow(UntypedWorkflow::new(&workflow_type), RawValue::new(vec![input]), opts)
         .await
         .map_err(|e| format!("starting {workflow_type} on {task_queue}: {e}"))?;
     let out = started.result().await.map_err(|e| format!("{workflow_type} on {task_queue}: {e}"))?;
