@@ -2,7 +2,7 @@
 //! `taskfactory` task queue, and runs the results relay.
 //!
 //! A library so that the binary and the tests share one wiring ([`run`]) and so that the
-//! workflow replay test (`tests/replay.rs`) replays recorded histories against the very
+//! workflow replay test (`tests/histories.rs`) replays recorded histories against the very
 //! workflow types the worker registers ([`workflows`]).
 
 pub mod activities;
