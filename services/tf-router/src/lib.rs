@@ -1,0 +1,362 @@
+//! `tf-router`: consumes event topics, matches each event against the enabled activity
+//! definitions and starts one RunActivity workflow per (definition, dedupe key). Bad records go
+//! to the DLQ; a failing dependency pauses the record, never skips it. Offsets are stored only
+//! once a record's starts (or its DLQ write) are acknowledged.
+//!
+//! A library whose [`run`] the binary calls, so the wiring is one function.
+
+mod claims;
+mod consumer;
+mod dispatch;
+mod dlq;
+mod metrics;
+mod offsets;
+mod recent_starts;
+mod retry;
+mod route;
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::FutureExt;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
+use temporalio_client::Client;
+use tf_config::Settings;
+use tf_definitions::{Definition, Trigger};
+use tf_envelope::{Codec, Registry};
+use tf_store::PgPool;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::claims::Claims;
+use crate::consumer::{RouterConsumer, RouterContext, finished};
+use crate::dispatch::process;
+use crate::dlq::{DeadLetter, dead_letter};
+use crate::offsets::{Ticket, Tracker};
+use crate::recent_starts::RecentStarts;
+use crate::route::{Active, Routes};
+use tf_kafka::dlq::Stage;
+
+/// Kafka's consumer group protocols (`group.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GroupProtocol {
+    Classic,
+    Consumer,
+}
+
+/// Route events from Kafka to deduplicated RunActivity workflows.
+///
+/// Every setting is also an environment variable with the TF_ prefix.
+#[derive(clap::Parser, Clone)]
+#[command(name = "tf-router", version)]
+pub struct Config {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(flatten)]
+    kafka: tf_config::RouterKafka,
+    /// Records in flight at once (across partitions).
+    #[arg(long, env = "TF_ROUTER_MAX_IN_FLIGHT", default_value_t = 64)]
+    max_in_flight: usize,
+    /// Decoded values all records in flight may hold together. Each record reserves the decode
+    /// limit (100,000 values) before it is decoded and keeps what it decoded to, so records at
+    /// the limit wait for each other instead of multiplying it by TF_ROUTER_MAX_IN_FLIGHT
+    /// (~50 bytes a value: the default holds decoded events to ~50 MB).
+    #[arg(long, env = "TF_ROUTER_MAX_VALUES_IN_FLIGHT", default_value_t = 1_000_000)]
+    max_values_in_flight: usize,
+    /// Records larger than this many bytes go to the DLQ unread.
+    #[arg(long, env = "TF_ROUTER_MAX_EVENT_BYTES", default_value_t = 1_048_576)]
+    max_event_bytes: usize,
+    /// Which writer schemas a topic accepts: `any` schema id the registry knows, or only those
+    /// registered under the topic's own subject `<topic>-value` (`topic`, Confluent's
+    /// TopicNameStrategy). With `topic`, a producer cannot make the router decode a record with
+    /// an unrelated schema; a record that tries goes to the DLQ (`WrongSubject`).
+    #[arg(long, env = "TF_ROUTER_SUBJECT_POLICY", value_enum, default_value_t = SubjectPolicy::Any)]
+    subject_policy: SubjectPolicy,
+    /// The largest dead letter to produce (Kafka `message.max.bytes` of the DLQ producer); a
+    /// larger one is sent with its value truncated and a header saying so. Keep it at or under
+    /// the DLQ topic's `max.message.bytes`.
+    #[arg(long, env = "TF_DLQ_MAX_MESSAGE_BYTES", default_value_t = 1_000_000)]
+    dlq_max_message_bytes: usize,
+    /// Where to serve Prometheus metrics (`GET /metrics`); empty to disable.
+    #[arg(long, env = "TF_ROUTER_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    metrics_addr: String,
+    /// How often to look for changed definitions, in milliseconds.
+    #[arg(long, env = "TF_ROUTER_REFRESH_MS", default_value_t = 1000)]
+    refresh_ms: u64,
+    /// Consumer group session timeout: how long a crashed router's partitions wait before the
+    /// group hands them to another member (Kafka's default is 45 s).
+    #[arg(long, env = "TF_ROUTER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    session_timeout_ms: u32,
+    /// Consumer group protocol: `classic` (cooperative-sticky assignment, the session timeout
+    /// above) or `consumer` (KIP-848: the broker assigns, its `group.consumer.session.timeout.ms`
+    /// applies; see loadtest/README.md for the measured difference).
+    #[arg(long, env = "TF_ROUTER_GROUP_PROTOCOL", value_enum, default_value_t = GroupProtocol::Classic)]
+    group_protocol: GroupProtocol,
+    /// A stable identity per router replica (e.g. the pod name of a StatefulSet) for Kafka's
+    /// static group membership: a restarted replica takes its partitions back at once, with no
+    /// rebalance. Two running routers must never share one.
+    #[arg(long, env = "TF_ROUTER_INSTANCE_ID")]
+    instance_id: Option<String>,
+    /// Generations whose start Temporal acknowledged that the router remembers, so a repeat of
+    /// the key before its run begins costs no Temporal round trip (0: ask Temporal every time).
+    /// About 100 bytes each, whatever the key's length (each holds a 128-bit digest).
+    #[arg(long, env = "TF_ROUTER_RECENT_STARTS", default_value_t = 100_000)]
+    recent_starts: usize,
+    /// How long a remembered start counts, in seconds: past it a repeat asks Temporal again, so
+    /// a run that ended before it began is retried by its window's next event after this long
+    /// at the latest.
+    #[arg(long, env = "TF_ROUTER_RECENT_START_TTL", default_value_t = 300)]
+    recent_start_ttl: u64,
+    /// Seconds to drain in-flight records after SIGTERM/SIGINT; past it the router exits
+    /// non-zero naming the records it left (they are routed again by the next owner).
+    #[arg(long, env = "TF_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    shutdown_timeout: u64,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum SubjectPolicy {
+    Any,
+    Topic,
+}
+
+impl SubjectPolicy {
+    fn subject_for(self, topic: &str) -> Option<String> {
+        match self {
+            SubjectPolicy::Any => None,
+            SubjectPolicy::Topic => Some(format!("{topic}-value")),
+        }
+    }
+}
+
+/// What the per-record tasks share.
+struct Shared {
+    cli: Config,
+    codec: Codec,
+    temporal: Client,
+    dlq: FutureProducer,
+    definitions: RwLock<Arc<Routes>>,
+    metrics: Arc<metrics::Metrics>,
+    claims: Claims,
+    recent_starts: RecentStarts,
+    /// Decoded values of the records in flight (TF_ROUTER_MAX_VALUES_IN_FLIGHT).
+    value_budget: Arc<Semaphore>,
+    /// For the rare lookups outside the claim batches (a redriven record's origin).
+    pool: PgPool,
+}
+
+/// Runs the router until SIGTERM/SIGINT: everything `main` does after telemetry is set up.
+pub async fn run(cli: Config) -> anyhow::Result<()> {
+    let s = &cli.settings;
+    tf_config::check_connection_settings()?;
+    let recorder = tf_runtime::Metrics::install("tf-router", env!("CARGO_PKG_VERSION"), metrics::BUCKETS)?;
+    // Before anything decodes: no length prefix may make the decoder allocate beyond a record.
+    tf_envelope::bound_decoding(cli.max_event_bytes);
+    let pool = tf_store::connect(&s.database_url).await?;
+    let temporal = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "tf-router").await?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let dlq: FutureProducer = tf_kafka::client_config(&s.kafka_brokers)
+        .set("enable.idempotence", "true")
+        .set("message.max.bytes", cli.dlq_max_message_bytes.to_string())
+        .create()?;
+    let tracker = Arc::new(Mutex::new(Tracker::default()));
+    let mut consumer_config = tf_kafka::client_config(&s.kafka_brokers);
+    if let Some(id) = &cli.instance_id {
+        consumer_config.set("group.instance.id", id);
+    }
+    if cli.group_protocol == GroupProtocol::Consumer {
+        // KIP-848: timeouts and assignment belong to the broker; the client refuses them.
+        consumer_config.set("group.protocol", "consumer");
+    } else {
+        consumer_config
+            .set("session.timeout.ms", cli.session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", (cli.session_timeout_ms / 5).max(100).to_string())
+            .set("partition.assignment.strategy", "cooperative-sticky");
+    }
+    let consumer: RouterConsumer = consumer_config
+        .set("group.id", &cli.kafka.group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("topic.metadata.refresh.interval.ms", "5000")
+        // Feeds tf_router_consumer_lag.
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(RouterContext { tracker: tracker.clone(), metrics: metrics.clone() })
+        .context("Kafka consumer")?;
+    let topics: Vec<&str> = cli.kafka.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).context("subscribing")?;
+
+    let shared = Arc::new(Shared {
+        codec: Codec::new(Arc::new(Registry::new(&s.schema_registry_url))),
+        temporal,
+        dlq,
+        definitions: RwLock::new(Arc::new(Routes::default())),
+        claims: Claims::start(pool.clone(), metrics.clone()),
+        pool: pool.clone(),
+        value_budget: Arc::new(Semaphore::new(cli.max_values_in_flight.max(tf_envelope::DecodeLimits::default().max_values))),
+        recent_starts: RecentStarts::new(cli.recent_starts, Duration::from_secs(cli.recent_start_ttl)),
+        metrics,
+        cli: cli.clone(),
+    });
+    // Ready once connected (PostgreSQL, Temporal, Kafka clients made above) and the
+    // definitions are loaded; not ready again while draining.
+    let ready = tf_runtime::Ready::default();
+    tf_runtime::serve(&cli.metrics_addr, recorder, ready.clone());
+    // Routing without definitions would drop matches: wait until they load.
+    let mut backoff = tf_runtime::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    let fingerprint = loop {
+        match refresh(&pool, &shared, "").await {
+            Ok(fp) => break fp,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load definitions yet; retrying");
+                tokio::time::sleep(backoff.pause()).await;
+            }
+        }
+    };
+
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Ticket>();
+    let permits = Arc::new(Semaphore::new(cli.max_in_flight));
+    // Refreshed beside the consume loop, not in it: a slow definitions query must not hold up
+    // offsets and records.
+    let refresher = tokio::spawn(refresh_every(pool.clone(), shared.clone(), fingerprint, Duration::from_millis(cli.refresh_ms)));
+    let shutdown = tf_runtime::shutdown_signal();
+    tokio::pin!(shutdown);
+    ready.set(true);
+    tracing::info!(topics = ?cli.kafka.topics, group = %cli.kafka.group, "router running");
+
+    // The record branch is enabled only while a permit is held, so completions keep being
+    // handled (and offsets stored) while the consumer waits for records or for a permit.
+    let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(ticket) = done_rx.recv() => finished(&consumer, &tracker, &ticket),
+            p = permits.clone().acquire_owned(), if permit.is_none() => permit = Some(p.expect("semaphore open")),
+            received = consumer.recv(), if permit.is_some() => {
+                let msg = match received {
+                    Ok(m) => m.detach(),
+                    Err(rdkafka::error::KafkaError::MessageConsumptionFatal(code)) => {
+                        // The consumer is unusable from here on (a fenced static member, say):
+                        // routing nothing while looking alive would wedge every partition, so
+                        // exit and let the supervisor start a fresh one. Records in flight are
+                        // not committed and are routed again (dedupe keeps one run per key).
+                        anyhow::bail!(
+                            "the Kafka consumer failed for good ({code}); exiting so this router is restarted{}",
+                            if code == rdkafka::types::RDKafkaErrorCode::UnreleasedInstanceId {
+                                " (the previous member with this TF_ROUTER_INSTANCE_ID is still in the group until its session times out)"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                    Err(e) => {
+                        // Broker unreachable and the like: librdkafka reconnects by itself;
+                        // do not spin on the error meanwhile.
+                        if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Authentication) {
+                            // Misconfigured, not down: nothing is consumed until the settings
+                            // change; say which ones.
+                            tracing::error!(
+                                error = %e,
+                                "Kafka refused this router's credentials: check TF_KAFKA__SASL_MECHANISMS, TF_KAFKA__SASL_USERNAME and TF_KAFKA__SASL_PASSWORD (or TF_KAFKA_PROPERTIES); routing is paused"
+                            );
+                        } else {
+                            tracing::warn!(error = %e, "consumer error");
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                let held = permit.take().expect("guarded by the branch condition");
+                let ticket = tracker.lock().expect("tracker lock").begin(msg.topic(), msg.partition(), msg.offset());
+                let (shared, done) = (shared.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    shared.metrics.in_flight.increment(1.0);
+                    // A panic must not leave the record in flight forever (its partition's offset
+                    // would never move): the record is dead-lettered with what panicked.
+                    let routed = std::panic::AssertUnwindSafe(process(&shared, &msg)).catch_unwind().await;
+                    if let Err(panic) = routed {
+                        let what = panic.downcast_ref::<&str>().map(std::string::ToString::to_string)
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown panic".into());
+                        let message = format!("routing this record panicked: {what}");
+                        dead_letter(&shared, &msg, DeadLetter { stage: Stage::Panic, class: Stage::Panic.class(), message }).await;
+                    }
+                    shared.metrics.in_flight.decrement(1.0);
+                    shared.metrics.records.increment(1);
+                    drop(held);
+                    let _ = done.send(ticket);
+                });
+            }
+        }
+    }
+
+    ready.set(false);
+    let in_flight = || tracker.lock().expect("tracker lock").in_flight();
+    refresher.abort();
+    tracing::info!(in_flight = in_flight(), "shutting down: draining in-flight records");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(cli.shutdown_timeout);
+    while in_flight() > 0 {
+        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+            Ok(Some(ticket)) => finished(&consumer, &tracker, &ticket),
+            _ => break,
+        }
+    }
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::warn!(error = %e, "final commit failed (nothing stored since the last one?)");
+    }
+    let left = tracker.lock().expect("tracker lock").pending();
+    if !left.is_empty() {
+        let list: Vec<String> = left.iter().map(|(t, p, o, n)| format!("{t}[{p}] from offset {o} ({n} record(s))")).collect();
+        anyhow::bail!(
+            "shutdown deadline of {} s passed with records still in flight, not committed (the partition's next owner routes them again): {}",
+            cli.shutdown_timeout,
+            list.join(", ")
+        );
+    }
+    tracing::info!("router stopped");
+    Ok(())
+}
+
+/// How long one refresh may take before it is given up (the loaded set stays).
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Refreshes the definitions every `every`, for as long as the router runs.
+async fn refresh_every(pool: PgPool, shared: Arc<Shared>, mut fingerprint: String, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match tokio::time::timeout(REFRESH_TIMEOUT, refresh(&pool, &shared, &fingerprint)).await {
+            Ok(Ok(fp)) => fingerprint = fp,
+            Ok(Err(e)) => tracing::warn!(error = %e, "definition refresh failed; keeping the loaded set"),
+            Err(_) => tracing::warn!(timeout_s = REFRESH_TIMEOUT.as_secs(), "definition refresh timed out; keeping the loaded set"),
+        }
+    }
+}
+
+/// Loads enabled event definitions when the table changed; returns the new fingerprint.
+async fn refresh(pool: &PgPool, shared: &Shared, known: &str) -> anyhow::Result<String> {
+    let fp = tf_store::definitions::fingerprint(pool).await?;
+    if fp == known {
+        return Ok(fp);
+    }
+    let mut active = Vec::new();
+    for row in tf_store::definitions::latest(pool).await? {
+        if !row.enabled {
+            continue;
+        }
+        match Definition::from_spec_json(row.spec) {
+            Ok(definition) if matches!(definition.trigger, Trigger::Event(_)) => active.push(Active { definition, version: row.version }),
+            Ok(_) => {}
+            Err(e) => tracing::error!(definition = %row.id, version = row.version, error = %e, "stored definition does not parse; ignored"),
+        }
+    }
+    let routes = Routes::new(active);
+    tracing::info!(count = routes.count(), "event definitions loaded");
+    shared.metrics.definitions.set(routes.count() as f64);
+    *shared.definitions.write().expect("lock") = Arc::new(routes);
+    Ok(fp)
+}
