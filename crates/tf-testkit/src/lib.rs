@@ -256,6 +256,17 @@ where
     }
 }
 
+/// Waits (up to 90 s) until run `run_id` is no longer `running` and returns its status; `logs`
+/// goes into the failure message.
+pub async fn run_ended(pool: &sqlx::PgPool, run_id: &str, logs: &str) -> String {
+    eventually(&format!("run {run_id} to end; logs:\n{logs}"), Duration::from_secs(90), || async {
+        let s: Option<String> =
+            sqlx::query_scalar("SELECT status FROM activity_runs WHERE run_id = $1").bind(run_id).fetch_optional(pool).await.unwrap();
+        s.filter(|s| s != "running")
+    })
+    .await
+}
+
 /// Path of another binary of this workspace (tests of one package cannot name the binaries of
 /// another with `CARGO_BIN_EXE_*`). `cargo test --workspace` builds them all.
 pub fn workspace_binary(name: &str) -> String {

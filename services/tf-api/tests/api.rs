@@ -77,6 +77,22 @@ impl Api {
         .await;
     }
 
+    /// Signs the console in with ADMIN as a browser's form does (same origin), on a client that
+    /// does not follow redirects: the client, the answer's status and its `Set-Cookie`.
+    async fn console_sign_in(&self) -> (reqwest::Client, u16, String) {
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let signed_in = http
+            .post(format!("{}/ui/login", self.base))
+            .header("origin", &self.base)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={ADMIN}"))
+            .send()
+            .await
+            .unwrap();
+        let set_cookie = signed_in.headers().get("set-cookie").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        (http, signed_in.status().as_u16(), set_cookie)
+    }
+
     async fn call(&self, method: &str, path: &str, token: Option<&str>, content_type: Option<&str>, body: Option<String>) -> (u16, Value) {
         let request = || {
             let mut req = self.http.request(method.parse().unwrap(), format!("{}{path}", self.base));
@@ -1148,18 +1164,9 @@ async fn console_sessions_live_on_the_server_and_cross_origin_posts_are_refused(
     let (db, _pool) = FreshDatabase::migrated(&s).await;
     let api = Api::spawn(&db.url, &unique("it-api-queue"));
     api.ready().await;
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let origin = api.base.clone();
-    let signed_in = http
-        .post(format!("{}/ui/login", api.base))
-        .header("origin", &origin)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={ADMIN}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(signed_in.status(), 303);
-    let set_cookie = signed_in.headers()["set-cookie"].to_str().unwrap().to_string();
+    let (http, status, set_cookie) = api.console_sign_in().await;
+    assert_eq!(status, 303);
     assert!(!set_cookie.contains(ADMIN), "the cookie must not hold the token: {set_cookie}");
     assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"), "{set_cookie}");
     let cookie = set_cookie.split(';').next().unwrap().to_string();
@@ -1280,16 +1287,9 @@ tasks:
 
     let api = Api::with_dlq(&db.url, &queue, &dlq);
     api.ready().await;
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let signed_in = http
-        .post(format!("{}/ui/login", api.base))
-        .header("origin", &api.base)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={ADMIN}"))
-        .send()
-        .await
-        .unwrap();
-    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let (http, status, set_cookie) = api.console_sign_in().await;
+    assert_eq!(status, 303);
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
     let path =
         |p: &str| p.split('/').map(|seg| seg.replace('<', "%3C").replace('>', "%3E").replace('\'', "%27")).collect::<Vec<_>>().join("/");
     let pages = [

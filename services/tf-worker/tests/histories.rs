@@ -120,15 +120,7 @@ struct Recorder {
 
 impl Recorder {
     async fn run_status(&self, run_id: &str) -> String {
-        eventually(&format!("run {run_id} to end; worker log:\n{}", self.worker.log()), Duration::from_secs(90), || async {
-            let s: Option<String> = sqlx::query_scalar("SELECT status FROM activity_runs WHERE run_id = $1")
-                .bind(run_id)
-                .fetch_optional(&self.pool)
-                .await
-                .unwrap();
-            s.filter(|s| s != "running")
-        })
-        .await
+        tf_testkit::run_ended(&self.pool, run_id, &self.worker.log()).await
     }
 
     async fn task_status(&self, task_id: &str, want: &str) {

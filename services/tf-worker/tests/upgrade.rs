@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use serde_json::{Value as Json, json};
-use tf_testkit::{FreshDatabase, Service, apply_definition, create_topic, eventually, results_for, settings, unique, workspace_binary};
+use tf_testkit::{
+    FreshDatabase, Service, apply_definition, create_topic, eventually, results_for, run_ended, settings, unique, workspace_binary,
+};
 
 const DRILL_PATCH: &str = "upgrade-drill";
 
@@ -19,15 +21,6 @@ async fn timers(client: &temporalio_client::Client, run_id: &str) -> usize {
     let history = client.get_workflow_handle::<tf_temporal::RunActivity>(run_id).fetch_history(Default::default()).to_json().await.unwrap();
     let history: Json = serde_json::from_slice(&history).unwrap();
     history["events"].as_array().unwrap().iter().filter(|e| e.pointer("/attributes/TimerStartedEventAttributes").is_some()).count()
-}
-
-async fn run_status(pool: &sqlx::PgPool, run_id: &str, log: impl Fn() -> String) -> String {
-    eventually(&format!("run {run_id} to end; logs:\n{}", log()), Duration::from_secs(90), || async {
-        let s: Option<String> =
-            sqlx::query_scalar("SELECT status FROM activity_runs WHERE run_id = $1").bind(run_id).fetch_optional(pool).await.unwrap();
-        s.filter(|s| s != "running")
-    })
-    .await
 }
 
 #[tokio::test]
@@ -90,7 +83,7 @@ tasks:
     })
     .await;
     let before = start("before".into(), false).await;
-    assert_eq!(run_status(&pool, &before, || old.log()).await, "completed");
+    assert_eq!(run_ended(&pool, &before, &old.log()).await, "completed");
 
     // Build N+1 joins with its patch dormant: a mixed fleet, both polling the queue.
     let mut next = spawn(&drill, "tf-worker-n1-dormant", DRILL_PATCH);
@@ -100,7 +93,7 @@ tasks:
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for run in &mixed {
-        assert_eq!(run_status(&pool, run, || format!("{}\n{}", old.log(), next.log())).await, "completed");
+        assert_eq!(run_ended(&pool, run, &format!("{}\n{}", old.log(), next.log())).await, "completed");
         assert_eq!(timers(&client, run).await, 0, "{run}: a dormant patch takes the old branch on either build");
     }
 
@@ -120,10 +113,10 @@ tasks:
         )
         .await
         .unwrap();
-    assert_eq!(run_status(&pool, &waiting, || active.log()).await, "completed", "the run that waited across the upgrade");
+    assert_eq!(run_ended(&pool, &waiting, &active.log()).await, "completed", "the run that waited across the upgrade");
     assert_eq!(timers(&client, &waiting).await, 0, "a run that passed the patch point on build N keeps the old branch");
     let after = start("after".into(), false).await;
-    assert_eq!(run_status(&pool, &after, || active.log()).await, "completed");
+    assert_eq!(run_ended(&pool, &after, &active.log()).await, "completed");
     assert_eq!(timers(&client, &after).await, 1, "a run started after the activation takes the new branch");
 
     // One result per task, none lost or doubled by the change of hands.
