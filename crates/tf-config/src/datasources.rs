@@ -149,7 +149,7 @@ impl Datasources {
                 if text.trim().is_empty() {
                     BTreeMap::new()
                 } else {
-                    serde_yaml::from_str(&text).map_err(|e| DatasourceError::Invalid { origin: shown, message: e.to_string() })?
+                    yaml_serde::from_str(&text).map_err(|e| DatasourceError::Invalid { origin: shown, message: e.to_string() })?
                 }
             }
         };

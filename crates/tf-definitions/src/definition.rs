@@ -310,7 +310,7 @@ impl Definition {
             });
         }
         let mut out = Vec::new();
-        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        for (i, doc) in yaml_serde::Deserializer::from_str(text).enumerate() {
             let origin = if i == 0 { origin.to_string() } else { format!("{origin} (document {})", i + 1) };
             let document: Document = serde::Deserialize::deserialize(doc).map_err(|e| InvalidDefinition {
                 origin: origin.clone(),

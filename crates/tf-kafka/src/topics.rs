@@ -12,6 +12,10 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use serde::Deserialize;
 
+/// Where the worker's relay publishes every task result (`topics/taskfactory.results.yaml`); lineage and
+/// the console name it from here.
+pub const RESULTS_TOPIC: &str = "taskfactory.results";
+
 /// One topic as the project wants it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,7 +36,7 @@ pub enum TopicError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
-    Parse { path: PathBuf, source: serde_yaml::Error },
+    Parse { path: PathBuf, source: yaml_serde::Error },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error("topic {topic}: {source}")]
@@ -77,7 +81,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<TopicSpec>, TopicError> {
 
 /// Parses one spec; `path` only names the source in errors.
 pub fn parse(path: &Path, text: &str) -> Result<TopicSpec, TopicError> {
-    let spec: TopicSpec = serde_yaml::from_str(text).map_err(|source| TopicError::Parse { path: path.to_owned(), source })?;
+    let spec: TopicSpec = yaml_serde::from_str(text).map_err(|source| TopicError::Parse { path: path.to_owned(), source })?;
     spec.check(path)?;
     Ok(spec)
 }

@@ -37,6 +37,9 @@ pub enum StoreError {
     /// now, `None` when it does not exist).
     #[error("{what} changed since it was read (now {})", current.as_deref().unwrap_or("absent"))]
     Stale { what: String, current: Option<String> },
+    /// A row did not have the shape of its view type (a schema and code out of step).
+    #[error("a stored row does not fit its view: {0}")]
+    Shape(serde_json::Error),
 }
 
 impl StoreError {
@@ -55,7 +58,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         let e = match self {
             StoreError::Connect { .. } => return true,
-            StoreError::Migrate(_) | StoreError::Stale { .. } => return false,
+            StoreError::Migrate(_) | StoreError::Stale { .. } | StoreError::Shape(_) => return false,
             StoreError::Query(e) => e,
         };
         match e {
@@ -140,4 +143,45 @@ mod tests {
         assert!(!versions.is_empty());
         assert!(versions.windows(2).all(|w| w[0] < w[1]));
     }
+}
+
+/// Where a page of a list ends, for the next page: a time in microseconds and an id. Every list
+/// of the API pages with it; clients see it as an opaque `next_cursor` string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub micros: i64,
+    pub id: String,
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.micros, self.id)
+    }
+}
+
+/// A cursor string this API did not give out.
+#[derive(Debug, thiserror::Error)]
+#[error("not a cursor this API gave out (next_cursor)")]
+pub struct BadCursor;
+
+impl std::str::FromStr for Cursor {
+    type Err = BadCursor;
+
+    fn from_str(s: &str) -> Result<Cursor, BadCursor> {
+        let (micros, id) = s.split_once(':').ok_or(BadCursor)?;
+        Ok(Cursor { micros: micros.parse().map_err(|_| BadCursor)?, id: id.to_string() })
+    }
+}
+
+/// One page of `limit` views from `limit + 1` rows of (view JSON, cursor time, cursor id): the
+/// extra row only says whether there is a next page.
+pub(crate) fn page<T: serde::de::DeserializeOwned>(
+    rows: Vec<(serde_json::Value, i64, String)>,
+    limit: i64,
+) -> Result<(Vec<T>, Option<Cursor>), StoreError> {
+    let more = rows.len() as i64 > limit;
+    let page: Vec<_> = rows.into_iter().take(limit as usize).collect();
+    let next = if more { page.last().map(|(_, micros, id)| Cursor { micros: *micros, id: id.clone() }) } else { None };
+    let views = page.into_iter().map(|(j, _, _)| serde_json::from_value(j)).collect::<Result<_, _>>().map_err(StoreError::Shape)?;
+    Ok((views, next))
 }

@@ -208,44 +208,57 @@ pub async fn settle(pool: &PgPool, run_id: &RunId, execution_id: &str, status: R
         == 1)
 }
 
-/// A run as operators list it.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
-pub struct RunRow {
-    pub run_id: RunId,
-    pub definition_id: String,
-    pub definition_version: i32,
-    pub dedupe_key: String,
-    pub generation: i32,
-    pub attempt: i32,
-    pub trigger_kind: TriggerKind,
-    pub source: String,
-    pub status: RunStatus,
-    pub tasks_spawned: i32,
-    pub tasks_done: i64,
-    pub results_published: i64,
-    pub fired_at: String,
-}
-
 /// A run's status and the input it was started with (`tf runs retry`).
 pub async fn run_input(pool: &PgPool, run_id: &str) -> Result<Option<(RunStatus, Option<Json>)>, StoreError> {
     Ok(sqlx::query_as("SELECT status, input FROM activity_runs WHERE run_id = $1").bind(run_id).fetch_optional(pool).await?)
 }
 
-/// The most recent runs, newest first.
-pub async fn recent_runs(pool: &PgPool, limit: i64) -> Result<Vec<RunRow>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT r.run_id, r.definition_id, r.definition_version, r.dedupe_key, r.generation, r.attempt, r.trigger_kind,
-                coalesce(r.source_topic || '[' || r.source_partition || ']@' || r.source_offset,
-                         r.schedule_id || ' ' || to_char(r.scheduled_for AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '-') AS source,
-                r.status, r.tasks_spawned,
-                (SELECT count(*) FROM tasks t WHERE t.run_id = r.run_id AND t.finished_at IS NOT NULL) AS tasks_done,
-                (SELECT count(*) FROM task_results x WHERE x.run_id = r.run_id AND x.published_at IS NOT NULL) AS results_published,
-                to_char(r.fired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS fired_at
-         FROM activity_runs r ORDER BY r.fired_at DESC, r.run_id LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await?)
+/// A run as every surface lists it: the API's `GET /runs`, the console's Runs page and
+/// `tf runs list` (both modes) read this one type, so a field added here shows everywhere.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct RunView {
+    pub run_id: String,
+    pub definition_id: String,
+    pub definition_version: i32,
+    pub dedupe_key: String,
+    pub generation: i32,
+    pub attempt: i32,
+    pub status: RunStatus,
+    pub trigger_kind: TriggerKind,
+    pub source_topic: Option<String>,
+    pub source_partition: Option<i32>,
+    pub source_offset: Option<i64>,
+    pub event_id: Option<String>,
+    pub schedule_id: Option<String>,
+    /// The schedule slot a cron run is for (RFC 3339).
+    pub scheduled_for: Option<String>,
+    /// RFC 3339.
+    pub fired_at: String,
+    pub finished_at: Option<String>,
+    pub tasks_spawned: i32,
+    /// Tasks that reached a final status.
+    pub tasks_done: i64,
+    /// Results the relay published to the results topic.
+    pub results_published: i64,
+    /// A link to the run's workflow in the Temporal UI (set by the API, which knows the UI's
+    /// address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temporal_ui: Option<String>,
+}
+
+impl RunView {
+    /// Where the run came from, in one line: `topic[partition]@offset` or `schedule for slot`.
+    pub fn source_label(&self) -> String {
+        match (&self.source_topic, &self.schedule_id) {
+            (Some(t), _) => format!(
+                "{t}[{}]@{}",
+                self.source_partition.map_or("?".into(), |p| p.to_string()),
+                self.source_offset.map_or("?".into(), |o| o.to_string())
+            ),
+            (None, Some(s)) => format!("{s} for {}", self.scheduled_for.as_deref().unwrap_or("?")),
+            (None, None) => "-".into(),
+        }
+    }
 }
 
 /// Which runs to list; all conditions hold together.
@@ -261,18 +274,16 @@ pub struct RunFilter {
     pub until: Option<String>,
 }
 
-/// Where a page of runs ends: the last run's fire time (microseconds) and id. Pages go newest
-/// first, so the next page holds runs strictly before it.
-pub type RunCursor = (i64, String);
-
-/// One page of runs as JSON objects, newest first, with the cursor of the next page (`None`
-/// on the last).
+/// One page of runs, newest first, after `after` (fire time and run id), with the cursor of the
+/// next page (`None` on the last).
 pub async fn list_runs(
     pool: &PgPool,
     f: &RunFilter,
-    after: Option<&RunCursor>,
+    after: Option<&crate::Cursor>,
     limit: i64,
-) -> Result<(Vec<Json>, Option<RunCursor>), StoreError> {
+) -> Result<(Vec<RunView>, Option<crate::Cursor>), StoreError> {
+    // The row leaves PostgreSQL as JSON, so its time columns keep PostgreSQL's own RFC 3339
+    // text and the struct's serde is the one mapping from row to view.
     let rows: Vec<(Json, i64, String)> = sqlx::query_as(
         "SELECT json_build_object(
                     'run_id', r.run_id, 'definition_id', r.definition_id, 'definition_version', r.definition_version,
@@ -280,7 +291,9 @@ pub async fn list_runs(
                     'trigger_kind', r.trigger_kind, 'source_topic', r.source_topic, 'source_partition', r.source_partition,
                     'source_offset', r.source_offset, 'event_id', r.event_id, 'schedule_id', r.schedule_id,
                     'scheduled_for', r.scheduled_for, 'fired_at', r.fired_at, 'finished_at', r.finished_at,
-                    'tasks_spawned', r.tasks_spawned),
+                    'tasks_spawned', r.tasks_spawned,
+                    'tasks_done', (SELECT count(*) FROM tasks t WHERE t.run_id = r.run_id AND t.finished_at IS NOT NULL),
+                    'results_published', (SELECT count(*) FROM task_results x WHERE x.run_id = r.run_id AND x.published_at IS NOT NULL)),
                 (extract(epoch FROM r.fired_at) * 1000000)::bigint, r.run_id
          FROM activity_runs r
          WHERE ($1::text IS NULL OR r.definition_id = $1) AND ($2::text IS NULL OR r.status = $2)
@@ -295,22 +308,98 @@ pub async fn list_runs(
     .bind(f.trigger_kind)
     .bind(&f.since)
     .bind(&f.until)
-    .bind(after.map(|c| c.0))
-    .bind(after.map(|c| c.1.clone()).unwrap_or_default())
+    .bind(after.map(|c| c.micros))
+    .bind(after.map(|c| c.id.clone()).unwrap_or_default())
     .bind(limit + 1)
     .fetch_all(pool)
     .await?;
-    let more = rows.len() as i64 > limit;
-    let page: Vec<(Json, i64, String)> = rows.into_iter().take(limit as usize).collect();
-    let next = if more { page.last().map(|(_, ts, id)| (*ts, id.clone())) } else { None };
-    Ok((page.into_iter().map(|(j, _, _)| j).collect(), next))
+    // Pages go newest first, so the next page holds runs strictly before the cursor.
+    crate::page(rows, limit)
 }
 
-/// Everything about one run in one object: where it came from (source topic, partition, offset
-/// and event id, or schedule and slot), the definition version, the context snapshot and how it
-/// was obtained, its tasks, and where their results landed on `taskfactory.results`.
-pub async fn lineage(pool: &PgPool, run_id: &str) -> Result<Option<Json>, StoreError> {
-    Ok(sqlx::query_scalar(
+/// Everything about one run: where it came from, the definition version, the context snapshot
+/// and how it was obtained, its tasks, and where their results landed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct RunLineage {
+    pub run_id: String,
+    pub definition: DefinitionRef,
+    pub dedupe_key: String,
+    pub generation: i32,
+    pub attempt: i32,
+    pub status: RunStatus,
+    pub source: SourceView,
+    pub fired_at: String,
+    pub finished_at: Option<String>,
+    pub traceparent: Option<String>,
+    /// The context snapshot the tasks were planned from.
+    #[schema(value_type = Option<Object>)]
+    pub context: Option<Json>,
+    /// How each context source was obtained (cache, query, static).
+    #[schema(value_type = Option<Object>)]
+    pub context_sources: Option<Json>,
+    pub tasks: Vec<TaskView>,
+    pub results: Vec<ResultView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temporal_ui: Option<String>,
+}
+
+/// A definition version.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct DefinitionRef {
+    pub id: String,
+    pub version: i32,
+}
+
+/// What started a run: a record (topic, partition, offset, event id) or a schedule slot.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct SourceView {
+    pub kind: TriggerKind,
+    pub topic: Option<String>,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+    pub event_id: Option<String>,
+    pub schedule_id: Option<String>,
+    pub scheduled_for: Option<String>,
+}
+
+/// One task of a run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct TaskView {
+    pub task_id: String,
+    pub template: String,
+    pub index: i32,
+    #[serde(rename = "type")]
+    pub task_type: tf_definitions::TaskType,
+    pub status: tf_definitions::TaskStatus,
+    pub run_attempt: i32,
+    pub attempts: i32,
+    #[schema(value_type = Object)]
+    pub params: Json,
+    /// Any JSON.
+    #[schema(value_type = Option<Value>)]
+    pub output: Option<Json>,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}
+
+/// Where a task's result landed on the results topic.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ResultView {
+    pub task_id: String,
+    /// The result record's status symbol (`SUCCEEDED`, `FAILED`, ...).
+    pub status: String,
+    pub topic: String,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+    pub published_at: Option<String>,
+    pub quarantined: bool,
+    pub quarantine_reason: Option<String>,
+}
+
+/// One run's [`RunLineage`]; `results_topic` is where the relay publishes.
+pub async fn lineage(pool: &PgPool, run_id: &str, results_topic: &str) -> Result<Option<RunLineage>, StoreError> {
+    let row: Option<Json> = sqlx::query_scalar(
         "SELECT json_build_object(
             'run_id', r.run_id,
             'definition', json_build_object('id', r.definition_id, 'version', r.definition_version),
@@ -326,15 +415,17 @@ pub async fn lineage(pool: &PgPool, run_id: &str) -> Result<Option<Json>, StoreE
                     'created_at', t.created_at, 'finished_at', t.finished_at) ORDER BY t.task_id)
                 FROM tasks t WHERE t.run_id = r.run_id), '[]'::json),
             'results', coalesce((SELECT json_agg(json_build_object(
-                    'task_id', x.task_id, 'status', upper(x.record->>'status'), 'topic', 'taskfactory.results',
+                    'task_id', x.task_id, 'status', upper(x.record->>'status'), 'topic', $2::text,
                     'partition', x.published_partition, 'offset', x.published_offset, 'published_at', x.published_at,
                     'quarantined', x.quarantined_at IS NOT NULL, 'quarantine_reason', x.quarantine_reason) ORDER BY x.task_id)
                 FROM task_results x WHERE x.run_id = r.run_id), '[]'::json))
          FROM activity_runs r WHERE r.run_id = $1",
     )
     .bind(run_id)
+    .bind(results_topic)
     .fetch_optional(pool)
-    .await?)
+    .await?;
+    row.map(serde_json::from_value).transpose().map_err(StoreError::Shape)
 }
 
 /// How many runs of `definition_id` fired in the last `window`, per status (for the console's

@@ -82,23 +82,55 @@ pub async fn task(pool: &PgPool, task_id: &str) -> Result<Option<TaskRow>, Store
     .await?)
 }
 
-/// Human tasks in `status` (default `awaiting_human`), oldest first, as JSON objects with their
-/// definition and who claimed them.
-pub async fn human_inbox(pool: &PgPool, definition: Option<&str>, status: TaskStatus, limit: i64) -> Result<Vec<Json>, StoreError> {
-    Ok(sqlx::query_scalar(
+/// A human task as the inbox lists it (API, console, CLI).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct HumanTaskView {
+    pub task_id: String,
+    pub run_id: String,
+    pub definition_id: String,
+    pub definition_version: i32,
+    pub template: String,
+    pub index: i32,
+    pub status: TaskStatus,
+    #[schema(value_type = Object)]
+    pub params: Json,
+    pub claimed_by: Option<String>,
+    pub claimed_at: Option<String>,
+    pub created_at: String,
+    /// Any JSON.
+    #[schema(value_type = Option<Value>)]
+    pub output: Option<Json>,
+    pub error: Option<String>,
+}
+
+/// Human tasks in `status` (default `awaiting_human`), oldest first, after `after` (a
+/// [`crate::Cursor`] of creation time and task id), with the next page's cursor.
+pub async fn human_inbox(
+    pool: &PgPool,
+    definition: Option<&str>,
+    status: TaskStatus,
+    after: Option<&crate::Cursor>,
+    limit: i64,
+) -> Result<(Vec<HumanTaskView>, Option<crate::Cursor>), StoreError> {
+    let rows: Vec<(Json, i64, String)> = sqlx::query_as(
         "SELECT json_build_object('task_id', t.task_id, 'run_id', t.run_id, 'definition_id', r.definition_id,
                                   'definition_version', r.definition_version, 'template', t.template, 'index', t.item_index,
                                   'status', t.status, 'params', t.params, 'claimed_by', t.claimed_by, 'claimed_at', t.claimed_at,
-                                  'created_at', t.created_at, 'output', t.output, 'error', t.error)
+                                  'created_at', t.created_at, 'output', t.output, 'error', t.error),
+                (extract(epoch FROM t.created_at) * 1000000)::bigint, t.task_id
          FROM tasks t JOIN activity_runs r ON r.run_id = t.run_id
          WHERE t.task_type = 'human' AND t.status = $1 AND ($2::text IS NULL OR r.definition_id = $2)
-         ORDER BY t.created_at, t.task_id LIMIT $3",
+           AND ($3::bigint IS NULL OR ((extract(epoch FROM t.created_at) * 1000000)::bigint, t.task_id) > ($3, $4))
+         ORDER BY (extract(epoch FROM t.created_at) * 1000000)::bigint, t.task_id LIMIT $5",
     )
     .bind(status)
     .bind(definition)
-    .bind(limit)
+    .bind(after.map(|c| c.micros))
+    .bind(after.map(|c| c.id.clone()).unwrap_or_default())
+    .bind(limit + 1)
     .fetch_all(pool)
-    .await?)
+    .await?;
+    crate::page(rows, limit)
 }
 
 /// What claiming a human task did.

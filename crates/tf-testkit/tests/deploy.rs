@@ -40,8 +40,8 @@ fn alert_rules_and_the_dashboard_use_exported_metrics() {
     let exported = exported();
     assert!(exported.contains("tf_router_consumer_lag") && exported.contains("tf_build_info"), "{exported:?}");
 
-    let rules: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap()).unwrap();
+    let rules: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap()).unwrap();
     let mut exprs = Vec::new();
     for group in rules["groups"].as_sequence().unwrap() {
         for rule in group["rules"].as_sequence().unwrap() {

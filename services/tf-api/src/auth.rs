@@ -104,7 +104,7 @@ impl Tokens {
             let shown = path.display().to_string();
             let text = std::fs::read_to_string(path).map_err(|source| TokenConfigError::Read { path: shown.clone(), source })?;
             let docs: Vec<TokenDoc> =
-                serde_yaml::from_str(&text).map_err(|e| TokenConfigError::Invalid { origin: shown.clone(), message: e.to_string() })?;
+                yaml_serde::from_str(&text).map_err(|e| TokenConfigError::Invalid { origin: shown.clone(), message: e.to_string() })?;
             for d in docs {
                 tokens.push(Token { hash: parse_hash(&format!("{shown}: token {}", d.name), &d.sha256)?, name: d.name, scopes: d.scopes });
             }

@@ -5,10 +5,10 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tf_definitions::{Definition, Trigger};
-use tf_store::definitions::{self, ApplyOutcome, NewDefinition, Precondition};
+use tf_store::definitions::{self, ApplyOutcome, NewDefinition, Precondition, StoredDefinition};
 
 use crate::auth::Scope;
 use crate::error::ApiError;
@@ -36,56 +36,157 @@ fn parse(state: &AppState, body: &str) -> Result<Vec<Definition>, ApiError> {
     Ok(defs)
 }
 
-fn summary(d: &Definition) -> Value {
-    let mut v = json!({"id": d.id, "name": d.name, "enabled": d.enabled, "trigger": d.trigger.kind(), "tasks": d.tasks.len()});
-    if let Trigger::Cron(c) = &d.trigger {
-        let next: Vec<String> = c.schedule.next_fire_times(chrono::Utc::now(), 5).iter().map(chrono::DateTime::to_rfc3339).collect();
-        v["next_fire_times"] = json!(next);
+/// A definition as `validate` checked it.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DefinitionCheck {
+    pub id: String,
+    pub name: String,
+    pub enabled: bool,
+    /// `event` or `cron`.
+    pub trigger: String,
+    /// How many task templates it has.
+    pub tasks: usize,
+    /// A cron definition's next five fire times (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_fire_times: Option<Vec<String>>,
+}
+
+/// The answer of a successful validation.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Validation {
+    /// Always `true` (an invalid body is a 422).
+    pub valid: bool,
+    pub definitions: Vec<DefinitionCheck>,
+}
+
+fn next_fire_times(d: &Definition) -> Option<Vec<String>> {
+    match &d.trigger {
+        Trigger::Cron(c) => Some(c.schedule.next_fire_times(chrono::Utc::now(), 5).iter().map(chrono::DateTime::to_rfc3339).collect()),
+        _ => None,
     }
-    v
 }
 
-pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+fn summary(d: &Definition) -> DefinitionCheck {
+    DefinitionCheck {
+        id: d.id.clone(),
+        name: d.name.clone(),
+        enabled: d.enabled,
+        trigger: d.trigger.kind().to_string(),
+        tasks: d.tasks.len(),
+        next_fire_times: next_fire_times(d),
+    }
+}
+
+/// A definition version in lists.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DefinitionSummary {
+    pub id: String,
+    pub version: i32,
+    pub name: String,
+    pub enabled: bool,
+    pub retired: bool,
+    /// `event` or `cron`.
+    pub trigger: String,
+    pub created_at: String,
+}
+
+impl From<&StoredDefinition> for DefinitionSummary {
+    fn from(r: &StoredDefinition) -> DefinitionSummary {
+        DefinitionSummary {
+            id: r.id.clone(),
+            version: r.version,
+            name: r.name.clone(),
+            enabled: r.enabled,
+            retired: r.retired,
+            trigger: r.trigger_kind.clone(),
+            created_at: r.created_at.clone(),
+        }
+    }
+}
+
+/// A page of definitions (latest version each), by id.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DefinitionPage {
+    pub definitions: Vec<DefinitionSummary>,
+    /// The next page's `cursor`; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /definitions` query.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Page size, 1 to 500 (default 100).
+    limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<DefinitionPage>, ApiError> {
     state.tokens.require(&headers, Scope::Read)?;
-    let rows = definitions::latest(&state.pool).await?;
-    let items: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            json!({"id": r.id, "version": r.version, "name": r.name, "enabled": r.enabled, "retired": r.retired,
-                   "trigger": r.trigger_kind, "created_at": r.created_at})
-        })
-        .collect();
-    Ok(Json(json!({ "definitions": items })))
+    let Query(q) = q.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+    let limit = crate::error::page_limit(q.limit, 100)? as usize;
+    let after = crate::runs::cursor(q.cursor.as_deref())?;
+    // Definitions are few (one row per id), so the page is cut here rather than in SQL.
+    let mut rows = definitions::latest(&state.pool).await?;
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    let rest: Vec<&StoredDefinition> = rows.iter().filter(|r| after.as_ref().is_none_or(|c| r.id > c.id)).collect();
+    let next = (rest.len() > limit).then(|| tf_store::Cursor { micros: 0, id: rest[limit - 1].id.clone() }.to_string());
+    Ok(Json(DefinitionPage { definitions: rest.into_iter().take(limit).map(DefinitionSummary::from).collect(), next_cursor: next }))
 }
 
-#[derive(Deserialize)]
+/// `GET /definitions/{id}` query.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct VersionQuery {
+    /// This version (default: the latest).
     version: Option<i32>,
+}
+
+/// One definition version with its document.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DefinitionVersion {
+    #[serde(flatten)]
+    pub summary: DefinitionSummary,
+    /// The definition document as JSON.
+    #[schema(value_type = Object)]
+    pub spec: Value,
+    pub spec_sha256: String,
+    /// The latest version's entity tag, for `If-Match` (absent when a `version` was asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_fire_times: Option<Vec<String>>,
 }
 
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<VersionQuery>,
-) -> Result<Json<Value>, ApiError> {
+    q: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<DefinitionVersion>, ApiError> {
     state.tokens.require(&headers, Scope::Read)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
     let Some(r) = definitions::get(&state.pool, &id, q.version).await? else {
         let version = q.version.map(|v| format!(" version {v}")).unwrap_or_default();
         return Err(ApiError::not_found(format!("no definition {id}{version}")));
     };
-    let mut out = json!({"id": r.id, "version": r.version, "name": r.name, "enabled": r.enabled, "retired": r.retired,
-                         "trigger": r.trigger_kind, "spec": r.spec, "spec_sha256": r.spec_sha256, "created_at": r.created_at});
-    if q.version.is_none() {
-        // The latest version: its tag is what a conditional apply compares with.
-        out["etag"] = json!(definitions::etag(r.version, r.enabled, r.retired));
-    }
-    if let Ok(d) = Definition::from_spec_json(r.spec.clone())
-        && let Some(next) = summary(&d).get("next_fire_times")
-    {
-        out["next_fire_times"] = next.clone();
-    }
-    Ok(Json(out))
+    // The latest version: its tag is what a conditional apply compares with.
+    let etag = q.version.is_none().then(|| definitions::etag(r.version, r.enabled, r.retired));
+    let next_fire_times = Definition::from_spec_json(r.spec.clone()).ok().as_ref().and_then(next_fire_times);
+    Ok(Json(DefinitionVersion {
+        summary: DefinitionSummary::from(&r),
+        spec: r.spec,
+        spec_sha256: r.spec_sha256,
+        etag,
+        next_fire_times,
+    }))
 }
 
 /// [`get`] over HTTP: the latest version carries its entity tag as `ETag` too, for
@@ -94,12 +195,12 @@ pub async fn get_tagged(
     state: State<AppState>,
     headers: HeaderMap,
     id: Path<String>,
-    q: Query<VersionQuery>,
+    q: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let Json(out) = get(state, headers, id, q).await?;
     let mut response = Json(&out).into_response();
-    if let Some(tag) = out["etag"].as_str().and_then(|t| axum::http::HeaderValue::from_str(t).ok()) {
+    if let Some(tag) = out.etag.as_deref().and_then(|t| axum::http::HeaderValue::from_str(t).ok()) {
         response.headers_mut().insert(axum::http::header::ETAG, tag);
     }
     Ok(response)
@@ -130,13 +231,32 @@ fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
     }
 }
 
-pub async fn validate(State(state): State<AppState>, headers: HeaderMap, body: String) -> Result<Json<Value>, ApiError> {
+pub async fn validate(State(state): State<AppState>, headers: HeaderMap, body: String) -> Result<Json<Validation>, ApiError> {
     state.tokens.require(&headers, Scope::Read)?;
     let defs = parse(&state, &body)?;
-    Ok(Json(json!({"valid": true, "definitions": defs.iter().map(summary).collect::<Vec<_>>()})))
+    Ok(Json(Validation { valid: true, definitions: defs.iter().map(summary).collect() }))
 }
 
-pub async fn apply(State(state): State<AppState>, headers: HeaderMap, body: String) -> Result<Json<Value>, ApiError> {
+/// What applying one definition did.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Applied {
+    pub id: String,
+    /// created, new_version, unchanged, enabled, disabled or restored.
+    pub outcome: String,
+    pub version: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<i32>,
+    /// The definition's entity tag now, for the next `If-Match`.
+    pub etag: String,
+}
+
+/// The answer of an apply, one entry per definition of the body.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ApplyResult {
+    pub applied: Vec<Applied>,
+}
+
+pub async fn apply(State(state): State<AppState>, headers: HeaderMap, body: String) -> Result<Json<ApplyResult>, ApiError> {
     let caller = state.tokens.require(&headers, Scope::Write)?;
     let pre = precondition(&headers)?;
     let defs = parse(&state, &body)?;
@@ -166,21 +286,32 @@ pub async fn apply(State(state): State<AppState>, headers: HeaderMap, body: Stri
             ApplyOutcome::EnabledChanged { enabled, .. } => enabled,
             _ => d.enabled,
         };
-        let mut item = json!({"id": d.id, "outcome": what, "version": version, "etag": definitions::etag(version, enabled, false)});
-        if let Some(p) = previous {
-            item["previous_version"] = json!(p);
-        }
-        applied.push(item);
+        applied.push(Applied {
+            id: d.id.clone(),
+            outcome: what.to_string(),
+            version,
+            previous_version: previous,
+            etag: definitions::etag(version, enabled, false),
+        });
     }
-    Ok(Json(json!({ "applied": applied })))
+    Ok(Json(ApplyResult { applied }))
 }
 
-pub async fn retire(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+/// The answer of a retire.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Retired {
+    /// The definition id.
+    pub retired: String,
+    /// How many versions were retired.
+    pub versions: u64,
+}
+
+pub async fn retire(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Retired>, ApiError> {
     let caller = state.tokens.require(&headers, Scope::Write)?;
     let n = definitions::retire(&state.pool, &id).await?;
     if n == 0 {
         return Err(ApiError::not_found(format!("no definition {id}")));
     }
     tracing::info!(token = %caller.token, definition = %id, versions = n, "definition retired");
-    Ok(Json(json!({"retired": id, "versions": n})))
+    Ok(Json(Retired { retired: id, versions: n }))
 }

@@ -33,12 +33,27 @@ struct Outgoing {
     key: String,
 }
 
+/// One event the broker acknowledged.
+#[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Accepted {
+    pub id: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The answer of an ingest: every event of the body, in order.
+#[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct AcceptedEvents {
+    pub accepted: Vec<Accepted>,
+}
+
 pub async fn ingest(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(topic): Path<String>,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<AcceptedEvents>), ApiError> {
     let caller = state.tokens.require(&headers, Scope::Ingest)?;
     if topic.is_empty() || topic.len() > 249 || !topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
         return Err(ApiError::bad_request("topic", format!("{topic:?} is not a Kafka topic name")));
@@ -102,7 +117,7 @@ pub async fn ingest(
     for (out, d) in events.iter().zip(delivered) {
         match d {
             Ok(delivery) => {
-                accepted.push(json!({"id": out.event.id, "topic": topic, "partition": delivery.partition, "offset": delivery.offset}));
+                accepted.push(Accepted { id: out.event.id.clone(), topic: topic.clone(), partition: delivery.partition, offset: delivery.offset });
             }
             Err((e, _)) => {
                 tracing::warn!(error = %e, %topic, "producing an event");
@@ -121,7 +136,7 @@ pub async fn ingest(
     }
     state.metrics.events_accepted.increment(accepted.len() as u64);
     tracing::info!(token = %caller.token, %topic, events = accepted.len(), "events accepted");
-    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))))
+    Ok((StatusCode::ACCEPTED, Json(AcceptedEvents { accepted })))
 }
 
 fn string(v: &Value, field: &str, at: &str, required: bool) -> Result<Option<String>, ApiError> {

@@ -14,7 +14,6 @@ mod lag;
 mod metrics;
 mod openapi;
 mod runs;
-mod schemas;
 mod session;
 mod state;
 mod tasks;
@@ -113,13 +112,18 @@ fn json_rejection(r: axum::response::Response, max_body_bytes: usize) -> axum::r
 /// The router, built from the table of operations the OpenAPI document is made of.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let mut by_path: std::collections::BTreeMap<&str, axum::routing::MethodRouter<AppState>> = Default::default();
+    let mut routed = std::collections::HashSet::new();
     for o in openapi::operations() {
+        // Actions that share a wildcard route (retry and cancel) share its handler.
+        if !routed.insert((o.route, o.method)) {
+            continue;
+        }
         let handler = (o.handler)();
-        let merged = match by_path.remove(o.path) {
+        let merged = match by_path.remove(o.route) {
             Some(existing) => existing.merge(handler),
             None => handler,
         };
-        by_path.insert(o.path, merged);
+        by_path.insert(o.route, merged);
     }
     by_path
         .into_iter()

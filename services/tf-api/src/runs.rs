@@ -3,27 +3,44 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use tf_definitions::{RunStatus, TriggerKind};
-use tf_store::runs::{RunCursor, RunFilter};
+use tf_store::runs::{RunFilter, RunLineage, RunView};
 use tf_temporal::run_control::{RetryOutcome, RunControlError, cancel_run, retry_run};
 
 use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+/// `GET /runs` query: every filter holds together.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Runs of this definition id.
     definition: Option<String>,
-    status: Option<String>,
+    #[param(inline)]
+    status: Option<RunStatus>,
+    /// Runs of this dedupe key.
     key: Option<String>,
-    trigger: Option<String>,
+    #[param(inline)]
+    trigger: Option<TriggerKind>,
+    /// Fired at or after this time (RFC 3339).
     since: Option<String>,
+    /// Fired before this time (RFC 3339).
     until: Option<String>,
+    /// Page size, 1 to 500 (default 50).
     limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+}
+
+/// A page of runs, newest first.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunPage {
+    pub runs: Vec<RunView>,
+    /// The next page's `cursor`; `null` on the last page.
+    pub next_cursor: Option<String>,
 }
 
 fn time(field: &str, v: Option<String>) -> Result<Option<String>, ApiError> {
@@ -35,46 +52,69 @@ fn time(field: &str, v: Option<String>) -> Result<Option<String>, ApiError> {
     }
 }
 
-fn cursor(v: &str) -> Result<RunCursor, ApiError> {
-    let bad = || ApiError::bad_request("cursor", "not a cursor this API gave out (next_cursor)");
-    let (ts, id) = v.split_once(':').ok_or_else(bad)?;
-    Ok((ts.parse().map_err(|_| bad())?, id.to_string()))
+/// The `cursor` query parameter of every list.
+pub(crate) fn cursor(v: Option<&str>) -> Result<Option<tf_store::Cursor>, ApiError> {
+    v.map(str::parse).transpose().map_err(|e: tf_store::BadCursor| ApiError::bad_request("cursor", e.to_string()))
 }
 
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunPage>, ApiError> {
     state.tokens.require(&headers, Scope::Read)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
     let limit = crate::error::page_limit(q.limit, 50)?;
-    let status = q.status.map(|s| s.parse::<RunStatus>()).transpose().map_err(|e| ApiError::bad_request("status", e.to_string()))?;
-    let trigger = q.trigger.map(|t| t.parse::<TriggerKind>()).transpose().map_err(|e| ApiError::bad_request("trigger", e.to_string()))?;
     let filter = RunFilter {
         definition: q.definition,
-        status,
+        status: q.status,
         dedupe_key: q.key,
-        trigger_kind: trigger,
+        trigger_kind: q.trigger,
         since: time("since", q.since)?,
         until: time("until", q.until)?,
     };
-    let after = q.cursor.as_deref().map(cursor).transpose()?;
+    let after = cursor(q.cursor.as_deref())?;
     let (mut runs, next) = tf_store::runs::list_runs(&state.pool, &filter, after.as_ref(), limit).await?;
     for r in &mut runs {
-        let id = r["run_id"].as_str().unwrap_or_default().to_string();
-        r["temporal_ui"] = json!(state.settings.temporal_ui_link(&id));
+        r.temporal_ui = Some(state.settings.temporal_ui_link(&r.run_id));
     }
-    Ok(Json(json!({"runs": runs, "next_cursor": next.map(|(ts, id)| format!("{ts}:{id}"))})))
+    Ok(Json(RunPage { runs, next_cursor: next.map(|c| c.to_string()) }))
 }
 
-pub async fn describe(State(state): State<AppState>, headers: HeaderMap, Path(run_id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn describe(State(state): State<AppState>, headers: HeaderMap, Path(run_id): Path<String>) -> Result<Json<RunLineage>, ApiError> {
     state.tokens.require(&headers, Scope::Read)?;
-    let Some(mut run) = tf_store::runs::lineage(&state.pool, &run_id).await? else {
+    let Some(mut run) = tf_store::runs::lineage(&state.pool, &run_id, tf_kafka::topics::RESULTS_TOPIC).await? else {
         return Err(ApiError::not_found(format!("no run {run_id}")));
     };
-    run["temporal_ui"] = json!(state.settings.temporal_ui_link(&run_id));
+    run.temporal_ui = Some(state.settings.temporal_ui_link(&run_id));
     Ok(Json(run))
+}
+
+/// The body of a retry or cancel (optional).
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    /// Why (cancel; recorded with the caller's token name), at most 1024 bytes.
+    #[serde(default)]
+    #[schema(max_length = 1024)]
+    pub reason: Option<String>,
+}
+
+/// What a run action did.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunActionOutcome {
+    pub run_id: String,
+    pub action: RunAction,
+    /// `retry started` or `cancel requested`.
+    pub outcome: String,
+}
+
+/// What can be done to a run.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunAction {
+    Retry,
+    Cancel,
 }
 
 /// `POST /runs/{run id}/retry` or `/cancel` (`{"reason": "..."}` optional): run ids hold
@@ -85,42 +125,48 @@ pub async fn act(
     headers: HeaderMap,
     Path(path): Path<String>,
     body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<RunActionOutcome>), ApiError> {
     let caller = state.tokens.require(&headers, Scope::Write)?;
-    let Some((run_id, action)) = path.rsplit_once('/').filter(|(_, a)| matches!(*a, "retry" | "cancel")) else {
+    let parsed = path.rsplit_once('/').and_then(|(id, a)| match a {
+        "retry" => Some((id, RunAction::Retry)),
+        "cancel" => Some((id, RunAction::Cancel)),
+        _ => None,
+    });
+    let Some((run_id, action)) = parsed else {
         return Err(ApiError::not_found("POST /runs/{run id}/retry or /runs/{run id}/cancel"));
     };
-    let body: Value = if body.is_empty() {
-        json!({})
+    let body: ReasonBody = if body.is_empty() {
+        ReasonBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("body", format!("not JSON: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("body", format!("not a reason object: {e}")))?
     };
-    let reason = match body.get("reason") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(r)) if r.len() <= 1024 => r.clone(),
-        Some(_) => return Err(ApiError::bad_request("reason", "must be a string of at most 1024 bytes")),
-    };
+    let reason = body.reason.unwrap_or_default();
+    if reason.len() > 1024 {
+        return Err(ApiError::bad_request("reason", "must be a string of at most 1024 bytes"));
+    }
     let Some((status, input)) = tf_store::runs::run_input(&state.pool, run_id).await? else {
         return Err(ApiError::not_found(format!("no run {run_id}")));
     };
-    let outcome = if action == "retry" {
-        retry_run(&state.temporal, &state.settings.task_queue, run_id, status, input).await.and_then(|o| match o {
+    let outcome = match action {
+        RunAction::Retry => retry_run(&state.temporal, &state.settings.task_queue, run_id, status, input).await.and_then(|o| match o {
             RetryOutcome::Started => Ok("retry started"),
             RetryOutcome::StillOpen => Err(RunControlError::Refused(format!(
                 "{run_id} has an open execution in Temporal (it may be finishing its failure); try again in a moment"
             ))),
-        })
-    } else {
-        cancel_run(&state.temporal, run_id, status, &format!("{reason} (by {})", caller.token)).await.map(|()| "cancel requested")
+        }),
+        RunAction::Cancel => {
+            cancel_run(&state.temporal, run_id, status, &format!("{reason} (by {})", caller.token)).await.map(|()| "cancel requested")
+        }
     };
+    let action_word = if action == RunAction::Retry { "retry" } else { "cancel" };
     match outcome {
         Ok(what) => {
-            tracing::info!(token = %caller.token, run = %run_id, action, "run {what}");
-            Ok((StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "action": action, "outcome": what}))))
+            tracing::info!(token = %caller.token, run = %run_id, action = action_word, "run {what}");
+            Ok((StatusCode::ACCEPTED, Json(RunActionOutcome { run_id: run_id.to_string(), action, outcome: what.to_string() })))
         }
         Err(RunControlError::Refused(message)) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", message)),
         Err(e) => {
-            tracing::warn!(error = %e, run = %run_id, action, "run control failed");
+            tracing::warn!(error = %e, run = %run_id, action = action_word, "run control failed");
             Err(ApiError::unavailable(format!("Temporal did not take the request: {e}")))
         }
     }

@@ -4,39 +4,84 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use temporalio_client::{WorkflowExecuteUpdateOptions, errors::WorkflowUpdateError};
 use tf_definitions::TaskStatus;
-use tf_store::tasks::ClaimOutcome;
+use tf_store::tasks::{ClaimOutcome, HumanTaskView};
 use tf_temporal::{DecideTask, HumanDecision, RunTask};
 
 use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+/// `GET /tasks` query.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct InboxQuery {
+    /// Tasks of this definition id.
     definition: Option<String>,
-    status: Option<String>,
+    /// Default `awaiting_human`.
+    #[param(inline)]
+    status: Option<TaskStatus>,
+    /// Page size, 1 to 500 (default 50).
     limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A page of the inbox, oldest first.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TaskPage {
+    pub tasks: Vec<HumanTaskView>,
+    /// The next page's `cursor`; `null` on the last page.
+    pub next_cursor: Option<String>,
 }
 
 pub async fn inbox(
     State(state): State<AppState>,
     headers: HeaderMap,
     q: Result<Query<InboxQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskPage>, ApiError> {
     state.tokens.require(&headers, Scope::Tasks)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
-    let status = match q.status {
-        None => TaskStatus::AwaitingHuman,
-        Some(s) => s.parse::<TaskStatus>().map_err(|e| ApiError::bad_request("status", e.to_string()))?,
-    };
+    let status = q.status.unwrap_or(TaskStatus::AwaitingHuman);
     let limit = crate::error::page_limit(q.limit, 50)?;
-    let tasks = tf_store::tasks::human_inbox(&state.pool, q.definition.as_deref(), status, limit).await?;
-    Ok(Json(json!({ "tasks": tasks })))
+    let after = crate::runs::cursor(q.cursor.as_deref())?;
+    let (tasks, next) = tf_store::tasks::human_inbox(&state.pool, q.definition.as_deref(), status, after.as_ref(), limit).await?;
+    Ok(Json(TaskPage { tasks, next_cursor: next.map(|c| c.to_string()) }))
+}
+
+/// The body of a decision: `complete` takes `output`, `reject` a `reason`; `claim` none.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    /// complete: the task's output, any JSON (`null` too).
+    #[serde(default, deserialize_with = "present")]
+    pub output: Option<Value>,
+    /// reject: why (non-empty).
+    pub reason: Option<String>,
+}
+
+/// A field that is present, even as `null`, is `Some`: a human task's output may be `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// What a task action did.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TaskActionOutcome {
+    pub task_id: String,
+    /// claim: who holds it now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
+    /// complete or reject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    /// Who decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 fn conflict(message: impl Into<String>) -> ApiError {
@@ -50,15 +95,15 @@ pub async fn act(
     headers: HeaderMap,
     Path(path): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskActionOutcome>, ApiError> {
     let caller = state.tokens.require(&headers, Scope::Tasks)?;
     let Some((task_id, action)) = path.rsplit_once('/') else {
         return Err(ApiError::not_found("POST /tasks/{task id}/claim, /complete or /reject"));
     };
-    let body: Value = if body.is_empty() {
-        json!({})
+    let body: DecisionBody = if body.is_empty() {
+        DecisionBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("body", format!("not JSON: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("body", format!("not a decision object: {e}")))?
     };
     let Some(task) = tf_store::tasks::task(&state.pool, task_id).await? else {
         return Err(ApiError::not_found(format!("no task {task_id}")));
@@ -70,18 +115,18 @@ pub async fn act(
         "claim" => match tf_store::tasks::claim_human_task(&state.pool, task_id, &caller.token).await? {
             ClaimOutcome::Claimed => {
                 tracing::info!(token = %caller.token, task = %task_id, "task claimed");
-                Ok(Json(json!({"task_id": task_id, "claimed_by": caller.token})))
+                Ok(Json(TaskActionOutcome { task_id: task_id.to_string(), claimed_by: Some(caller.token), decision: None, by: None }))
             }
             ClaimOutcome::HeldBy(holder) => Err(conflict(format!("task {task_id} is claimed by {holder}"))),
             ClaimOutcome::NotAwaiting(what) => Err(conflict(format!("task {task_id} is not waiting for a person ({what})"))),
         },
         "complete" | "reject" => {
             let decision = if action == "complete" {
-                let output = body.get("output").cloned().ok_or_else(|| ApiError::bad_request("output", "is required (any JSON)"))?;
+                let output = body.output.ok_or_else(|| ApiError::bad_request("output", "is required (any JSON)"))?;
                 HumanDecision::Complete { output, by: caller.token.clone() }
             } else {
-                let reason = match body.get("reason") {
-                    Some(Value::String(r)) if !r.trim().is_empty() => r.clone(),
+                let reason = match body.reason {
+                    Some(r) if !r.trim().is_empty() => r,
                     _ => return Err(ApiError::bad_request("reason", "is required: a non-empty string")),
                 };
                 HumanDecision::Reject { reason, by: caller.token.clone() }
@@ -96,7 +141,12 @@ pub async fn act(
                 Ok(_) => {
                     state.metrics.tasks_decided.increment(1);
                     tracing::info!(token = %caller.token, task = %task_id, decision = action, "task decided");
-                    Ok(Json(json!({"task_id": task_id, "decision": action, "by": caller.token})))
+                    Ok(Json(TaskActionOutcome {
+                        task_id: task_id.to_string(),
+                        claimed_by: None,
+                        decision: Some(action.to_string()),
+                        by: Some(caller.token),
+                    }))
                 }
                 Err(WorkflowUpdateError::Failed(failure)) => {
                     let message = failure.message.clone();

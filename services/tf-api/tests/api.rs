@@ -9,207 +9,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tf_testkit::{FreshDatabase, Service, create_topic, eventually, settings, unique, workspace_binary};
 
-const ADMIN: &str = "it-admin-token";
-const READER: &str = "it-reader-token";
-const CLERK: &str = "it-clerk-token";
-
-fn sha256(token: &str) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tf-api")).args(["hash-token", token]).output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-struct Api {
-    base: String,
-    http: reqwest::Client,
-    service: Service,
-    /// Where its Prometheus metrics are served.
-    metrics: String,
-    /// Its OpenAPI document: every answer a test gets is checked against it.
-    doc: tokio::sync::OnceCell<Value>,
-}
-
-impl Api {
-    fn spawn(db_url: &str, queue: &str) -> Api {
-        let addr = tf_testkit::free_local_addr();
-        let metrics = tf_testkit::free_local_addr();
-        let admin = format!("read,write,ingest,tasks:{}", sha256(ADMIN));
-        let reader = format!("read:{}", sha256(READER));
-        let clerk = format!("tasks:{}", sha256(CLERK));
-        let service = Service::spawn(
-            env!("CARGO_BIN_EXE_tf-api"),
-            &unique("tf-api"),
-            &[
-                ("TF_DATABASE_URL", db_url),
-                ("TF_TASK_QUEUE", queue),
-                ("TF_API_ADDR", &addr),
-                ("TF_API_METRICS_ADDR", &metrics),
-                ("TF_API_TOKEN__ADMIN", &admin),
-                ("TF_API_TOKEN__READER", &reader),
-                ("TF_API_TOKEN__CLERK", &clerk),
-            ],
-        );
-        Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service, metrics, doc: Default::default() }
-    }
-
-    /// tf-api browsing and redriving `dlq`, with the ADMIN token only and no metrics port.
-    fn with_dlq(db_url: &str, queue: &str, dlq: &str) -> Api {
-        let addr = tf_testkit::free_local_addr();
-        let service = Service::spawn(
-            env!("CARGO_BIN_EXE_tf-api"),
-            &unique("tf-api"),
-            &[
-                ("TF_DATABASE_URL", db_url),
-                ("TF_TASK_QUEUE", queue),
-                ("TF_API_ADDR", &addr),
-                ("TF_API_METRICS_ADDR", ""),
-                ("TF_DLQ_TOPIC", dlq),
-                ("TF_API_TOKEN__ADMIN", &format!("read,write,ingest,tasks:{}", sha256(ADMIN))),
-            ],
-        );
-        Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service, metrics: String::new(), doc: Default::default() }
-    }
-
-    async fn ready(&self) {
-        eventually(&format!("tf-api to answer; log:\n{}", self.service.log()), Duration::from_secs(30), || async {
-            self.http.get(format!("{}/healthz", self.base)).send().await.ok().filter(|r| r.status() == 200).map(|_| ())
-        })
-        .await;
-    }
-
-    /// Signs the console in with ADMIN as a browser's form does (same origin), on a client that
-    /// does not follow redirects: the client, the answer's status and its `Set-Cookie`.
-    async fn console_sign_in(&self) -> (reqwest::Client, u16, String) {
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        let signed_in = http
-            .post(format!("{}/ui/login", self.base))
-            .header("origin", &self.base)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("token={ADMIN}"))
-            .send()
-            .await
-            .unwrap();
-        let set_cookie = signed_in.headers().get("set-cookie").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
-        (http, signed_in.status().as_u16(), set_cookie)
-    }
-
-    async fn call(&self, method: &str, path: &str, token: Option<&str>, content_type: Option<&str>, body: Option<String>) -> (u16, Value) {
-        let request = || {
-            let mut req = self.http.request(method.parse().unwrap(), format!("{}{path}", self.base));
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            }
-            if let Some(ct) = content_type {
-                req = req.header("content-type", ct);
-            }
-            if let Some(b) = &body {
-                req = req.body(b.clone());
-            }
-            req
-        };
-        // A server may refuse a large body (413) before reading all of it; the client, still
-        // writing, then sees a broken pipe instead of the answer. Such a request is sent again
-        // (up to 5 times) to read the answer; small bodies are never retried.
-        let large = body.as_ref().is_some_and(|b| b.len() > 256 << 10);
-        let mut resp = request().send().await;
-        for _ in 0..5 {
-            match &resp {
-                Err(e) if large && e.is_request() => resp = request().send().await,
-                _ => break,
-            }
-        }
-        let resp = resp.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        let doc = self
-            .doc
-            .get_or_init(|| async { self.http.get(format!("{}/openapi.json", self.base)).send().await.unwrap().json().await.unwrap() })
-            .await;
-        if let Some(schema) = documented_schema(doc, method, path, status)
-            && let Err(e) = conforms(doc, schema, &body, "body")
-        {
-            panic!("{method} {path} answered {status} with a body its OpenAPI document does not describe: {e}\n{body}");
-        }
-        (status, body)
-    }
-}
-
-/// The document's schema for an answer, when the path is one of its routes and the status one
-/// of its responses. A parameter that ends a route may span segments (run and task ids).
-fn documented_schema<'a>(doc: &'a Value, method: &str, path: &str, status: u16) -> Option<&'a Value> {
-    let path = path.split('?').next().unwrap();
-    let segments: Vec<&str> = path.split('/').collect();
-    let matches = |template: &str| {
-        let t: Vec<&str> = template.split('/').collect();
-        t.iter().enumerate().all(|(i, seg)| {
-            let last = i + 1 == t.len();
-            match segments.get(i) {
-                Some(s) if seg.starts_with('{') => !s.is_empty() && (!last || segments.len() >= t.len()),
-                Some(s) => s == seg && (!last || segments.len() == t.len()),
-                None => false,
-            }
-        })
-    };
-    let paths = doc["paths"].as_object()?;
-    let method = method.to_lowercase();
-    let op = paths
-        .get(path)
-        .and_then(|p| p.get(&method))
-        .or_else(|| paths.iter().filter(|(t, _)| t.contains('{') && matches(t)).find_map(|(_, p)| p.get(&method)))?;
-    let response = op["responses"].get(status.to_string())?;
-    response["content"].as_object()?.values().next().map(|c| &c["schema"])
-}
-
-/// Whether `v` fits `schema`, for the parts of JSON Schema the document uses: `$ref`, `type`
-/// (one or a list), `required`, `properties`, `items`, `enum`, `const`.
-fn conforms(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
-    if let Some(r) = schema["$ref"].as_str() {
-        let target = r.trim_start_matches("#/").split('/').fold(doc, |node, key| &node[key]);
-        return conforms(doc, target, v, at);
-    }
-    let kind = |k: &str| match k {
-        "object" => v.is_object(),
-        "array" => v.is_array(),
-        "string" => v.is_string(),
-        "integer" => v.is_i64() || v.is_u64(),
-        "number" => v.is_number(),
-        "boolean" => v.is_boolean(),
-        "null" => v.is_null(),
-        _ => true,
-    };
-    match &schema["type"] {
-        Value::String(k) if !kind(k) => return Err(format!("{at} is not {k}")),
-        Value::Array(ks) if !ks.iter().any(|k| kind(k.as_str().unwrap_or(""))) => return Err(format!("{at} is none of {ks:?}")),
-        _ => {}
-    }
-    if let Some(options) = schema["enum"].as_array()
-        && !options.contains(v)
-    {
-        return Err(format!("{at} = {v} is not one of {options:?}"));
-    }
-    if let Some(c) = schema.get("const")
-        && c != v
-    {
-        return Err(format!("{at} = {v}, not {c}"));
-    }
-    for key in schema["required"].as_array().into_iter().flatten() {
-        if v.get(key.as_str().unwrap()).is_none() {
-            return Err(format!("{at}.{key} is missing"));
-        }
-    }
-    for (key, sub) in schema["properties"].as_object().into_iter().flatten() {
-        if let Some(value) = v.get(key) {
-            conforms(doc, sub, value, &format!("{at}.{key}"))?;
-        }
-    }
-    if let (Some(items), Some(values)) = (schema.get("items"), v.as_array()) {
-        for (i, value) in values.iter().enumerate() {
-            conforms(doc, items, value, &format!("{at}[{i}]"))?;
-        }
-    }
-    Ok(())
-}
+mod support;
+use support::{ADMIN, Api, CLERK, READER};
 
 fn tf(args: &[&str], db_url: &str) -> std::process::Output {
     std::process::Command::new(workspace_binary("tf")).args(args).env("TF_DATABASE_URL", db_url).output().unwrap()
@@ -1364,4 +1165,115 @@ async fn conditional_applies_refuse_a_stale_write_with_412() {
     let two = format!("{}---\n{}", doc("one"), doc("two").replace(&id, &format!("{id}-2")));
     let (status, _, body) = apply(two, Some(("if-match", "*".into()))).await;
     assert_eq!((status, body["field"].as_str()), (400, Some("if-match")), "{body}");
+}
+
+/// The API's OpenAPI document passes an external validator (`openapi-spec-validator`), and a
+/// Python client generated from it (`openapi-python-client`) lists runs with filters, pages
+/// through them with the cursor, and reads one run's lineage by an id that holds slashes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_generated_from_the_openapi_document_filters_and_pages_runs() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let api = Api::spawn(&db.url, &unique("it-api-queue"));
+    api.ready().await;
+    let (a, b) = (unique("it-oa-a").to_lowercase(), unique("it-oa-b").to_lowercase());
+    for id in [&a, &b] {
+        let doc = format!("id: {id}\nname: {id}\ntrigger: {{event: {{topics: [events.demo]}}}}\ntasks:\n  - {{name: t, type: human}}\n");
+        let (status, body) = api.call("POST", "/definitions", Some(ADMIN), Some("application/yaml"), Some(doc)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Seven runs as the worker records them: five of `a` (two completed), two of `b`.
+    for (i, def) in [&a, &a, &a, &a, &a, &b, &b].into_iter().enumerate() {
+        let run_id = tf_store::runs::RunId::from_workflow_id(format!("run/{def}/key-{i}/1"));
+        let source = tf_store::runs::RunSource::event("events.demo", 0, i as i64, Some(format!("evt-{i}")));
+        let begin = tf_store::runs::BeginRun {
+            run_id: &run_id,
+            execution_id: "x1",
+            definition_id: def,
+            definition_version: 1,
+            dedupe_key: &format!("key-{i}"),
+            generation: None,
+            event_time_ms: 1_000_000 + i as i64,
+            dedupe_window: Duration::from_secs(60),
+            fired_at_ms: 1_000_000 + i as i64,
+            traceparent: None,
+            source: &source,
+            input: None,
+            operator_retry: false,
+        };
+        tf_store::runs::begin_run(&pool, &begin).await.unwrap();
+        if i < 2 {
+            tf_store::runs::finish_run(&pool, &run_id, tf_store::runs::RunStatus::Completed).await.unwrap();
+        }
+    }
+
+    let dir = std::env::temp_dir().join(unique("it-openapi"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let doc = api.http.get(format!("{}/openapi.json", api.base)).send().await.unwrap().text().await.unwrap();
+    let doc_path = dir.join("openapi.json");
+    std::fs::write(&doc_path, &doc).unwrap();
+    let bin = tf_testkit::python().parent().unwrap().to_path_buf();
+    let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(bin.join(cmd)).args(args).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{cmd} failed:\n{text}");
+        text
+    };
+    let validated = run("openapi-spec-validator", &[doc_path.as_os_str()]);
+    assert!(validated.contains("OK"), "{validated}");
+    let client = dir.join("tf_client");
+    run(
+        "openapi-python-client",
+        &["generate".as_ref(), "--path".as_ref(), doc_path.as_os_str(), "--output-path".as_ref(), client.as_os_str(), "--meta".as_ref(), "none".as_ref()],
+    );
+    for operation in ["list_runs", "get_run", "retry_run", "cancel_run", "list_tasks", "claim_task", "list_dead_letters", "redrive_dead_letters"] {
+        assert!(client.join(format!("api/default/{operation}.py")).exists(), "the generated client has no {operation}");
+    }
+
+    let script = r#"
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from tf_client import AuthenticatedClient
+from tf_client.api.default import list_runs, get_run
+from tf_client.models.list_runs_status import ListRunsStatus
+from tf_client.models.run_page import RunPage
+from tf_client.types import UNSET, Unset
+
+base, token, a = sys.argv[2], sys.argv[3], sys.argv[4]
+client = AuthenticatedClient(base_url=base, token=token)
+seen, pages, cursor = [], 0, UNSET
+while True:
+    page = list_runs.sync(client=client, definition=a, limit=2, cursor=cursor)
+    assert isinstance(page, RunPage), page
+    pages += 1
+    seen += [(r.run_id, r.definition_id) for r in page.runs]
+    if isinstance(page.next_cursor, Unset) or page.next_cursor is None:
+        break
+    cursor = page.next_cursor
+completed = list_runs.sync(client=client, definition=a, status=ListRunsStatus.COMPLETED)
+lineage = get_run.sync(run_id=seen[0][0], client=client)
+print(json.dumps({
+    "pages": pages,
+    "runs": [r for r, _ in seen],
+    "definitions": sorted({d for _, d in seen}),
+    "completed": sorted(r.run_id for r in completed.runs),
+    "lineage": {"run_id": lineage.run_id, "topic": lineage.source.topic, "offset": lineage.source.offset},
+}))
+"#;
+    let script_path = dir.join("list_runs.py");
+    std::fs::write(&script_path, script).unwrap();
+    let out = std::process::Command::new(tf_testkit::python())
+        .arg(&script_path)
+        .args([dir.as_os_str(), api.base.as_ref(), ADMIN.as_ref(), a.as_ref()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the generated client failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs: Vec<String> = (0..5).rev().map(|i| format!("run/{a}/key-{i}/1")).collect();
+    assert_eq!(got["runs"], json!(runs), "five runs of {a}, newest first, each once: {got}");
+    assert_eq!(got["pages"], 3, "pages of 2, 2 and 1: {got}");
+    assert_eq!(got["definitions"], json!([a]), "the definition filter holds: {got}");
+    assert_eq!(got["completed"], json!([format!("run/{a}/key-0/1"), format!("run/{a}/key-1/1")]), "{got}");
+    assert_eq!(got["lineage"], json!({"run_id": runs[0], "topic": "events.demo", "offset": 4}), "{got}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -224,7 +224,7 @@ pub async fn show(settings: &Settings, id: &str, version: Option<i32>) -> anyhow
         row.created_at,
         row.spec_sha256
     );
-    print!("{}", serde_yaml::to_string(&row.spec)?);
+    print!("{}", yaml_serde::to_string(&row.spec)?);
     Ok(ExitCode::SUCCESS)
 }
 

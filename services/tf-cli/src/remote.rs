@@ -100,7 +100,7 @@ impl Remote {
             r["created_at"].as_str().unwrap_or("?"),
             r["spec_sha256"].as_str().unwrap_or("?")
         );
-        print!("{}", serde_yaml::to_string(&r["spec"])?);
+        print!("{}", yaml_serde::to_string(&r["spec"])?);
         Ok(ExitCode::SUCCESS)
     }
 
@@ -115,33 +115,9 @@ impl Remote {
 
     pub async fn list_runs(&self, limit: i64, format: crate::Format) -> anyhow::Result<ExitCode> {
         let out = self.call(reqwest::Method::GET, &format!("/runs?limit={}", limit.clamp(1, 500)), None).await?;
-        let Some(runs) = listed(&out, "runs", format)? else { return Ok(ExitCode::SUCCESS) };
-        if runs.is_empty() {
-            println!("(no runs yet)");
-        }
-        for r in &runs {
-            let attempt = r["attempt"].as_i64().unwrap_or(1);
-            let source = match (r["source_topic"].as_str(), r["schedule_id"].as_str()) {
-                (Some(t), _) => format!("{t}[{}]@{}", r["source_partition"], r["source_offset"]),
-                (None, Some(s)) => format!("{s} for {}", r["scheduled_for"].as_str().unwrap_or("?")),
-                _ => "-".into(),
-            };
-            println!(
-                "{}  {}@v{}  key={} generation {}{}  {} {}  {}  tasks {}",
-                r["fired_at"].as_str().unwrap_or("?"),
-                r["definition_id"].as_str().unwrap_or("?"),
-                r["definition_version"],
-                r["dedupe_key"].as_str().unwrap_or("?"),
-                r["generation"],
-                if attempt > 1 { format!(" attempt {attempt}") } else { String::new() },
-                r["trigger_kind"].as_str().unwrap_or("?"),
-                source,
-                r["status"].as_str().unwrap_or("?"),
-                r["tasks_spawned"],
-            );
-            println!("    {}  {}", r["run_id"].as_str().unwrap_or("?"), r["temporal_ui"].as_str().unwrap_or(""));
-        }
-        Ok(ExitCode::SUCCESS)
+        let runs: Vec<tf_store::runs::RunView> =
+            serde_json::from_value(out["runs"].clone()).context("the API's runs do not have this CLI's shape")?;
+        crate::runs::print_runs(&runs, format)
     }
 
     /// `retry` or `cancel`.

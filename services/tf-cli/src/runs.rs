@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::Value as Json;
 use tf_config::Settings;
+use tf_store::runs::RunView;
 use tf_temporal::run_control::RetryOutcome;
 
 fn ui_link(settings: &Settings, workflow_id: &str) -> String {
@@ -14,7 +15,16 @@ fn ui_link(settings: &Settings, workflow_id: &str) -> String {
 
 pub async fn list(settings: &Settings, limit: i64, format: crate::Format) -> anyhow::Result<ExitCode> {
     let pool = tf_store::connect(&settings.database_url).await?;
-    let runs = tf_store::runs::recent_runs(&pool, limit).await?;
+    let (mut runs, _) = tf_store::runs::list_runs(&pool, &tf_store::runs::RunFilter::default(), None, limit).await?;
+    for r in &mut runs {
+        r.temporal_ui = Some(ui_link(settings, &r.run_id));
+    }
+    print_runs(&runs, format)
+}
+
+/// Prints runs the same way in both modes (direct and `--api-url`): the JSON is the API's
+/// own run objects.
+pub fn print_runs(runs: &[RunView], format: crate::Format) -> anyhow::Result<ExitCode> {
     if format == crate::Format::Json {
         crate::print_json(&runs)?;
         return Ok(ExitCode::SUCCESS);
@@ -22,7 +32,7 @@ pub async fn list(settings: &Settings, limit: i64, format: crate::Format) -> any
     if runs.is_empty() {
         println!("(no runs yet)");
     }
-    for r in &runs {
+    for r in runs {
         println!(
             "{}  {}@v{}  key={} generation {}{}  {} {}  {}  tasks {}/{} done, results published {}",
             r.fired_at,
@@ -32,13 +42,13 @@ pub async fn list(settings: &Settings, limit: i64, format: crate::Format) -> any
             r.generation,
             if r.attempt > 1 { format!(" attempt {}", r.attempt) } else { String::new() },
             r.trigger_kind,
-            r.source,
+            r.source_label(),
             r.status,
             r.tasks_done,
             r.tasks_spawned,
             r.results_published
         );
-        println!("    {}  {}", r.run_id, ui_link(settings, r.run_id.as_str()));
+        println!("    {}  {}", r.run_id, r.temporal_ui.as_deref().unwrap_or(""));
     }
     Ok(ExitCode::SUCCESS)
 }

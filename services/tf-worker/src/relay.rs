@@ -17,7 +17,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tf_envelope::{Codec, TaskResult};
 use tf_store::PgPool;
 
-pub const RESULTS_TOPIC: &str = "taskfactory.results";
+pub use tf_kafka::topics::RESULTS_TOPIC;
 pub const MARKER_TOPIC: &str = "taskfactory.results-relay";
 const BATCH: i64 = 500;
 /// How often an idle relay looks for new results.

@@ -8,7 +8,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::html::{pretty, table, text};
+use super::html::{pretty, table, text, url_part};
 use super::{PageQuery, api_query, back_with, failure, query, respond, signed_in};
 use crate::state::AppState;
 
@@ -20,36 +20,43 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap, RawQuery(ra
         Ok(axum::Json(v)) => v,
         Err(e) => return failure(e, &who, "/ui/dead-letters"),
     };
-    let rows: Vec<Vec<Markup>> = out["dead_letters"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let at = |v: Option<i64>| v.map_or("?".to_string(), |n| n.to_string());
+    let rows: Vec<Vec<Markup>> = out
+        .dead_letters
+        .iter()
         .map(|d| {
-            let src = &d["source"];
-            let (partition, offset) = (&d["partition"], &d["offset"]);
+            let src = &d.source;
+            let (partition, offset) = (d.partition, d.offset);
             vec![
                 html! { (partition) "@" (offset) },
-                html! { (text(&d["stage"])) },
-                html! { (text(&d["reason"])) },
-                html! { (text(&src["topic"])) "[" (src["partition"]) "]@" (src["offset"]) },
+                html! { (opt(&d.stage)) },
+                html! { (opt(&d.reason)) },
+                html! { (opt(&src.topic)) "[" (at(src.partition.map(i64::from))) "]@" (at(src.offset)) },
                 html! {
-                    @if d["event"].is_null() { (text(&d["decode_error"])) }
-                    @else { details { summary { "decoded" } pre { (pretty(&d["event"])) } } }
+                    @if d.event.is_null() { (opt(&d.decode_error)) }
+                    @else { details { summary { "decoded" } pre { (pretty(&d.event)) } } }
                 },
                 html! {
-                    @if d["redrive"].is_null() {
+                    @if let Some(redrive) = &d.redrive {
+                        "redriven: " (text(redrive))
+                    } @else {
                         form.inline method="post" action="/ui/dead-letters/redrive" {
                             input type="hidden" name="partition" value=(partition);
                             input type="hidden" name="offset" value=(offset);
                             button type="submit" aria-label={ "Redrive the dead letter at partition " (partition) " offset " (offset) } { "Redrive" }
                         }
-                    } @else {
-                        "redriven: " (text(&d["redrive"]))
                     }
                 },
             ]
         })
         .collect();
+    let more = out.next_cursor.as_deref().map(|next| {
+        let q = api_query(&raw).unwrap_or_default();
+        let q: Vec<&str> = q.split('&').filter(|kv| !kv.starts_with("cursor=") && !kv.is_empty()).collect();
+        let sep = if q.is_empty() { "" } else { "&" };
+        format!("/ui/dead-letters?{}{sep}cursor={}", q.join("&"), url_part(next, false))
+    });
     let field = |name: &str| filters[name].as_str().unwrap_or("").to_string();
     let body = html! {
         (own.flash())
@@ -59,7 +66,8 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap, RawQuery(ra
             datalist #stages { @for s in tf_kafka::dlq::STAGES { option value=(s); } }
             button type="submit" { "Filter" }
         }
-        (table(&format!("Dead letters on {}", text(&out["topic"])), &["At", "Stage", "Reason", "Source", "Event", ""], &rows, "No dead letters match."))
+        (table(&format!("Dead letters on {}", out.topic), &["At", "Stage", "Reason", "Source", "Event", ""], &rows, "No dead letters match."))
+        @if let Some(href) = more { p { a href=(href) { "More dead letters" } } }
     };
     respond("Dead letters", "/ui/dead-letters", &who, body)
 }
@@ -78,9 +86,9 @@ pub async fn redrive(State(state): State<AppState>, headers: HeaderMap, body: By
     let payload = json!({"records": [{"partition": form.partition, "offset": form.offset}]}).to_string();
     match crate::dlq::redrive(State(state.clone()), auth, Bytes::from(payload)).await {
         Ok((_, axum::Json(v))) => {
-            let message = match (v["redriven"].get(0), v["skipped"].get(0)) {
-                (Some(r), _) => format!("redriven to {} partition {} offset {}", text(&r["topic"]), r["partition"], r["offset"]),
-                (None, Some(s)) => format!("not redriven: {}", text(&s["reason"])),
+            let message = match (v.redriven.first(), v.skipped.first()) {
+                (Some(r), _) => format!("redriven to {} partition {} offset {}", r.topic, r.partition, r.offset),
+                (None, Some(s)) => format!("not redriven: {}", s.reason),
                 _ => "nothing to redrive".into(),
             };
             back_with("/ui/dead-letters", &message, false)

@@ -6,48 +6,47 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
-use serde_json::Value;
-
-use super::html::{alert, diff, status, table, text, url_part};
-use super::{failure, query, respond, signed_in};
+use super::html::{alert, diff, status, table, url_part};
+use super::{api_query, failure, query, respond, signed_in};
+use crate::definitions::{DefinitionSummary, DefinitionVersion};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Whether a definition is retired, enabled or disabled.
-fn state_of(d: &Value, latest: &Value) -> &'static str {
-    if d["retired"] == true {
+/// Whether a definition is retired, enabled or disabled (`enabled` is the latest version's).
+fn state_of(d: &DefinitionSummary, latest: &DefinitionSummary) -> &'static str {
+    if d.retired {
         "retired"
-    } else if latest["enabled"] == true {
+    } else if latest.enabled {
         "enabled"
     } else {
         "disabled"
     }
 }
 
-pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn list(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let (auth, who) = signed_in!(state, headers);
-    let out = match crate::definitions::list(State(state.clone()), auth).await {
+    let out = match crate::definitions::list(State(state.clone()), auth, query(&api_query(&raw))).await {
         Ok(axum::Json(v)) => v,
         Err(e) => return failure(e, &who, "/ui/definitions"),
     };
-    let rows: Vec<Vec<Markup>> = out["definitions"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<Vec<Markup>> = out
+        .definitions
+        .iter()
         .map(|d| {
-            let id = d["id"].as_str().unwrap_or("");
             vec![
-                html! { a href={ "/ui/definitions/" (url_part(id, false)) } { (id) } },
-                html! { (text(&d["name"])) },
-                html! { (d["version"]) },
+                html! { a href={ "/ui/definitions/" (url_part(&d.id, false)) } { (d.id) } },
+                html! { (d.name) },
+                html! { (d.version) },
                 status(state_of(d, d)),
-                html! { (text(&d["trigger"])) },
-                html! { (text(&d["created_at"])) },
+                html! { (d.trigger) },
+                html! { (d.created_at) },
             ]
         })
         .collect();
-    let body =
-        table("Definitions, latest version each", &["Id", "Name", "Version", "State", "Trigger", "Since"], &rows, "No definitions yet.");
+    let body = html! {
+        (table("Definitions, latest version each", &["Id", "Name", "Version", "State", "Trigger", "Since"], &rows, "No definitions yet."))
+        @if let Some(next) = &out.next_cursor { p { a href={ "/ui/definitions?cursor=" (url_part(next, false)) } { "More definitions" } } }
+    };
     respond("Definitions", "/ui/definitions", &who, body)
 }
 
@@ -64,24 +63,25 @@ pub async fn show(State(state): State<AppState>, headers: HeaderMap, Path(id): P
         async move {
             let raw = version.map(|v| format!("version={v}"));
             let q = query(&raw).map_err(|e| ApiError::bad_request("version", e.body_text()))?;
-            crate::definitions::get(State(state), auth, Path(id), q).await.map(|j| j.0)
+            crate::definitions::get(State(state), auth, Path(id), Ok(q)).await.map(|j| j.0)
         }
     };
     let latest = match fetch(None).await {
         Ok(v) => v,
         Err(e) => return failure(e, &who, "/ui/definitions"),
     };
-    let newest = latest["version"].as_i64().unwrap_or(1) as i32;
+    let newest = latest.summary.version;
     let shown_version = q.version.unwrap_or(newest).clamp(1, newest);
-    let shown = if shown_version == newest { latest.clone() } else { fetch(Some(shown_version)).await.unwrap_or(latest.clone()) };
-    let yaml = |v: &Value| serde_yaml::to_string(&v["spec"]).unwrap_or_default();
+    let older = if shown_version == newest { None } else { fetch(Some(shown_version)).await.ok() };
+    let shown = older.as_ref().unwrap_or(&latest);
+    let yaml = |v: &DefinitionVersion| yaml_serde::to_string(&v.spec).unwrap_or_default();
     let previous = if shown_version > 1 { fetch(Some(shown_version - 1)).await.ok() } else { None };
-    let fires: Vec<String> = shown["next_fire_times"].as_array().into_iter().flatten().map(text).collect();
+    let fires: &[String] = shown.next_fire_times.as_deref().unwrap_or_default();
     let counts = tf_store::runs::counts_by_status(&state.pool, &id, std::time::Duration::from_secs(86_400)).await;
     let body = html! {
         p {
-            (text(&shown["name"])) " · " (status(state_of(&shown, &latest))) " · " (text(&shown["trigger"]))
-            " trigger · sha256 " code { (text(&shown["spec_sha256"])) }
+            (shown.summary.name) " · " (status(state_of(&shown.summary, &latest.summary))) " · " (shown.summary.trigger)
+            " trigger · sha256 " code { (shown.spec_sha256) }
         }
         nav aria-label="Versions" {
             h2 { "Versions" }
@@ -99,13 +99,13 @@ pub async fn show(State(state): State<AppState>, headers: HeaderMap, Path(id): P
         }
         @if !fires.is_empty() {
             h2 { "Next five fire times" }
-            ul { @for t in &fires { li { (t) } } }
+            ul { @for t in fires { li { (t) } } }
         }
         h2 { "v" (shown_version) " as stored" }
-        pre { (yaml(&shown)) }
+        pre { (yaml(shown)) }
         @if let Some(prev) = &previous {
             h2 { "Changes from v" (shown_version - 1) }
-            (diff(&yaml(prev), &yaml(&shown)))
+            (diff(&yaml(prev), &yaml(shown)))
         }
     };
     respond(&format!("Definition {id}"), "/ui/definitions", &who, body)

@@ -8,7 +8,8 @@ use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tf_definitions::RunStatus;
+use tf_definitions::{RunStatus, TaskStatus, TaskType, TriggerKind};
+use tf_kafka::topics::RESULTS_TOPIC;
 
 use super::html::{lineage_step, pretty, status, table, text, url_part};
 use super::{PageQuery, api_query, back_with, failure, fragment, query, respond, run_link, signed_in};
@@ -22,28 +23,22 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap, RawQuery(ra
         Ok(axum::Json(v)) => v,
         Err(e) => return failure(e, &who, "/ui/runs"),
     };
-    let rows: Vec<Vec<Markup>> = out["runs"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<Vec<Markup>> = out
+        .runs
+        .iter()
         .map(|r| {
-            let source = match (r["source_topic"].as_str(), r["schedule_id"].as_str()) {
-                (Some(t), _) => html! { (t) "[" (r["source_partition"]) "]@" (r["source_offset"]) },
-                (None, Some(s)) => html! { (s) " for " (text(&r["scheduled_for"])) },
-                _ => html! { "–" },
-            };
             vec![
-                html! { (text(&r["fired_at"])) },
-                run_link(r["run_id"].as_str().unwrap_or("")),
-                html! { (text(&r["definition_id"])) " v" (r["definition_version"]) },
-                html! { (text(&r["dedupe_key"])) },
-                source,
-                status(r["status"].as_str().unwrap_or("?")),
-                html! { (r["tasks_spawned"]) },
+                html! { (r.fired_at) },
+                run_link(&r.run_id),
+                html! { (r.definition_id) " v" (r.definition_version) },
+                html! { (r.dedupe_key) },
+                html! { (r.source_label()) },
+                status(r.status.as_str()),
+                html! { (r.tasks_done) "/" (r.tasks_spawned) },
             ]
         })
         .collect();
-    let older = out["next_cursor"].as_str().map(|next| {
+    let older = out.next_cursor.as_deref().map(|next| {
         let q = api_query(&raw).unwrap_or_default();
         let q: Vec<&str> = q.split('&').filter(|kv| !kv.starts_with("cursor=") && !kv.is_empty()).collect();
         let mut href = format!("/ui/runs?{}", q.join("&"));
@@ -89,75 +84,74 @@ pub async fn show(State(state): State<AppState>, headers: HeaderMap, Path(run_id
         Ok(axum::Json(v)) => v,
         Err(e) => return failure(e, &who, "/ui/runs"),
     };
-    let src = &r["source"];
-    let tasks: Vec<&Value> = r["tasks"].as_array().into_iter().flatten().collect();
-    let task_lines: Vec<Markup> =
-        tasks.iter().map(|t| html! { (text(&t["task_id"])) " " (status(t["status"].as_str().unwrap_or("?"))) }).collect();
-    let results: Vec<Markup> = r["results"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|x| match x["offset"].as_i64() {
-            Some(o) => html! { (text(&x["status"])) " → partition " (x["partition"]) " offset " (o) },
-            None if !x["published_at"].is_null() => html! { (text(&x["status"])) " (published; offset not recorded)" },
-            None => html! { (text(&x["status"])) " (not published yet)" },
+    let src = &r.source;
+    let task_lines: Vec<Markup> = r.tasks.iter().map(|t| html! { (t.task_id) " " (status(t.status.as_str())) }).collect();
+    let results: Vec<Markup> = r
+        .results
+        .iter()
+        .map(|x| match (x.partition, x.offset) {
+            (Some(p), Some(o)) => html! { (x.status) " → partition " (p) " offset " (o) },
+            _ if x.published_at.is_some() => html! { (x.status) " (published; offset not recorded)" },
+            _ => html! { (x.status) " (not published yet)" },
         })
         .collect();
-    let task_rows: Vec<Vec<Markup>> = tasks
+    let task_rows: Vec<Vec<Markup>> = r
+        .tasks
         .iter()
         .map(|t| {
-            let id = t["task_id"].as_str().unwrap_or("");
-            let decidable = t["type"] == "human" && t["status"] == "awaiting_human";
+            let decidable = t.task_type == TaskType::Human && t.status == TaskStatus::AwaitingHuman;
             vec![
-                html! { @if decidable { a href={ "/ui/tasks/" (url_part(id, true)) } { (id) } } @else { (id) } },
-                html! { (text(&t["type"])) },
-                status(t["status"].as_str().unwrap_or("?")),
-                html! { (text(&t["output"])) },
-                html! { (text(&t["error"])) },
+                html! { @if decidable { a href={ "/ui/tasks/" (url_part(&t.task_id, true)) } { (t.task_id) } } @else { (t.task_id) } },
+                html! { (t.task_type.as_str()) },
+                status(t.status.as_str()),
+                html! { (text(t.output.as_ref().unwrap_or(&Value::Null))) },
+                html! { (t.error.as_deref().unwrap_or("")) },
             ]
         })
         .collect();
-    let st = r["status"].as_str().unwrap_or("");
+    let st = r.status;
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let at = |v: Option<i64>| v.map_or("–".to_string(), |n| n.to_string());
     let action = format!("/ui/runs/{}", url_part(&run_id, true));
     let body = html! {
         (own.flash())
         section aria-labelledby="lineage" {
             h2 #lineage { "Lineage" }
             ol.lineage {
-                @if src["kind"] == "cron" {
-                    (lineage_step("schedule", &text(&src["schedule_id"]), &[html! { "slot " (text(&src["scheduled_for"])) }]))
+                @if src.kind == TriggerKind::Cron {
+                    (lineage_step("schedule", &opt(&src.schedule_id), &[html! { "slot " (opt(&src.scheduled_for)) }]))
                 } @else {
-                    (lineage_step("event", &text(&src["event_id"]), &[]))
-                    (lineage_step("topic", &text(&src["topic"]), &[html! { "partition " (src["partition"]) }, html! { "offset " (src["offset"]) }]))
+                    (lineage_step("event", &opt(&src.event_id), &[]))
+                    (lineage_step("topic", &opt(&src.topic), &[html! { "partition " (at(src.partition.map(i64::from))) }, html! { "offset " (at(src.offset)) }]))
                 }
                 (lineage_step("run", &run_id, &[
-                    html! { (text(&r["definition"]["id"])) " v" (r["definition"]["version"]) },
-                    html! { "key " (text(&r["dedupe_key"])) " · generation " (r["generation"]) " · attempt " (r["attempt"]) },
-                    status(st),
+                    html! { (r.definition.id) " v" (r.definition.version) },
+                    html! { "key " (r.dedupe_key) " · generation " (r.generation) " · attempt " (r.attempt) },
+                    status(st.as_str()),
                 ]))
-                (lineage_step("tasks", &format!("{} task(s)", tasks.len()), &task_lines))
-                (lineage_step("results", "taskfactory.results", &results))
+                (lineage_step("tasks", &format!("{} task(s)", r.tasks.len()), &task_lines))
+                (lineage_step("results", RESULTS_TOPIC, &results))
             }
         }
-        @if st == "running" {
+        @if st == RunStatus::Running {
             form.inline method="post" action={ (action) "/cancel" } {
                 label { "Reason " input name="reason"; } " "
                 button type="submit" { "Cancel run" }
             }
         }
-        @if st == "failed" || st == "cancelled" {
+        @if matches!(st, RunStatus::Failed | RunStatus::Cancelled) {
             form.inline method="post" action={ (action) "/retry" } { button type="submit" { "Retry run" } }
         }
-        p { a href=(r["temporal_ui"].as_str().unwrap_or("#")) rel="noopener" { "Open in the Temporal UI" } }
+        p { a href=(r.temporal_ui.as_deref().unwrap_or("#")) rel="noopener" { "Open in the Temporal UI" } }
         section aria-labelledby="tasks-h" {
             h2 #tasks-h { "Tasks" }
             (table("Tasks of the run", &["Task", "Type", "Status", "Output", "Error"], &task_rows, "No tasks."))
         }
         section aria-labelledby="ctx" {
             h2 #ctx { "Context snapshot" }
-            pre { (pretty(&r["context"])) }
+            pre { (pretty(r.context.as_ref().unwrap_or(&Value::Null))) }
             h3 { "How each source was obtained" }
-            pre { (pretty(&r["context_sources"])) }
+            pre { (pretty(r.context_sources.as_ref().unwrap_or(&Value::Null))) }
         }
     };
     respond(&format!("Run {run_id}"), "/ui/runs", &who, body)
@@ -176,7 +170,7 @@ pub async fn act(State(state): State<AppState>, headers: HeaderMap, Path(path): 
     let back = format!("/ui/runs/{}", url_part(&run_id, true));
     let payload = Bytes::from(json!({"reason": form.reason}).to_string());
     match crate::runs::act(State(state.clone()), auth, Path(path.clone()), payload).await {
-        Ok((_, axum::Json(v))) => back_with(&back, &text(&v["outcome"]), false),
+        Ok((_, axum::Json(v))) => back_with(&back, &v.outcome, false),
         Err(e) if e.status == StatusCode::CONFLICT => back_with(&back, &e.message, true),
         Err(e) => failure(e, &who, &back),
     }

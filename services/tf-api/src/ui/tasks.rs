@@ -22,18 +22,16 @@ pub async fn inbox(State(state): State<AppState>, headers: HeaderMap, RawQuery(r
         Ok(axum::Json(v)) => v,
         Err(e) => return failure(e, &who, "/ui/tasks"),
     };
-    let rows: Vec<Vec<Markup>> = out["tasks"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<Vec<Markup>> = out
+        .tasks
+        .iter()
         .map(|t| {
-            let id = t["task_id"].as_str().unwrap_or("");
             vec![
-                html! { a href={ "/ui/tasks/" (url_part(id, true)) } { (id) } },
-                html! { (text(&t["definition_id"])) " v" (text(&t["definition_version"])) },
-                html! { (text(&t["params"])) },
-                html! { (text(&t["claimed_by"])) },
-                html! { (text(&t["created_at"])) },
+                html! { a href={ "/ui/tasks/" (url_part(&t.task_id, true)) } { (t.task_id) } },
+                html! { (t.definition_id) " v" (t.definition_version) },
+                html! { (text(&t.params)) },
+                html! { (t.claimed_by.as_deref().unwrap_or("")) },
+                html! { (t.created_at) },
             ]
         })
         .collect();
