@@ -503,6 +503,14 @@ impl Definition {
 
     /// Identifies the content of a version. `enabled` is left out: switching a definition on or
     /// off is not a new version.
+    /// A cron definition's next `n` fire times from now (RFC 3339); `None` for an event one.
+    pub fn next_fire_times(&self, n: usize) -> Option<Vec<String>> {
+        match &self.trigger {
+            Trigger::Cron(c) => Some(c.schedule.next_fire_times(chrono::Utc::now(), n).iter().map(chrono::DateTime::to_rfc3339).collect()),
+            Trigger::Event(_) => None,
+        }
+    }
+
     pub fn spec_sha256(&self) -> String {
         let mut doc = self.document.clone();
         doc.enabled = true;

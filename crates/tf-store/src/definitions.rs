@@ -22,6 +22,49 @@ pub struct StoredDefinition {
     pub created_at: String,
 }
 
+/// A definition version as every surface lists it (API, console, both modes of the CLI).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct DefinitionSummary {
+    pub id: String,
+    pub version: i32,
+    pub name: String,
+    pub enabled: bool,
+    pub retired: bool,
+    /// `event` or `cron`.
+    pub trigger: String,
+    pub created_at: String,
+}
+
+impl From<&StoredDefinition> for DefinitionSummary {
+    fn from(r: &StoredDefinition) -> DefinitionSummary {
+        DefinitionSummary {
+            id: r.id.clone(),
+            version: r.version,
+            name: r.name.clone(),
+            enabled: r.enabled,
+            retired: r.retired,
+            trigger: r.trigger_kind.clone(),
+            created_at: r.created_at.clone(),
+        }
+    }
+}
+
+/// One definition version with its document.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct DefinitionVersion {
+    #[serde(flatten)]
+    pub summary: DefinitionSummary,
+    /// The definition document as JSON.
+    #[schema(value_type = Object)]
+    pub spec: Json,
+    pub spec_sha256: String,
+    /// The latest version's entity tag, for `If-Match` (absent when a `version` was asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_fire_times: Option<Vec<String>>,
+}
+
 /// What applying a document did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyOutcome {
@@ -44,6 +87,89 @@ pub enum ApplyOutcome {
     Restored {
         version: i32,
     },
+}
+
+/// A definition as `validate` checked it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct DefinitionCheck {
+    pub id: String,
+    pub name: String,
+    pub enabled: bool,
+    /// `event` or `cron`.
+    pub trigger: String,
+    /// How many task templates it has.
+    pub tasks: usize,
+    /// A cron definition's next five fire times (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_fire_times: Option<Vec<String>>,
+}
+
+impl DefinitionCheck {
+    pub fn of(d: &tf_definitions::Definition) -> DefinitionCheck {
+        DefinitionCheck {
+            id: d.id.clone(),
+            name: d.name.clone(),
+            enabled: d.enabled,
+            trigger: d.trigger.kind().to_string(),
+            tasks: d.tasks.len(),
+            next_fire_times: next_fire_times(d),
+        }
+    }
+}
+
+/// A cron definition's next five fire times.
+pub fn next_fire_times(d: &tf_definitions::Definition) -> Option<Vec<String>> {
+    d.next_fire_times(5)
+}
+
+/// The answer of a successful validation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Validation {
+    /// Always `true` (an invalid document is an error).
+    pub valid: bool,
+    pub definitions: Vec<DefinitionCheck>,
+}
+
+/// What applying one definition did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Applied {
+    pub id: String,
+    /// created, new_version, unchanged, enabled, disabled or restored.
+    pub outcome: String,
+    pub version: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<i32>,
+    /// The definition's entity tag now, for the next `If-Match`.
+    pub etag: String,
+}
+
+impl Applied {
+    /// What `outcome` did to definition `id` (whose document says `enabled`).
+    pub fn of(id: &str, outcome: &ApplyOutcome, enabled: bool) -> Applied {
+        let (what, version, previous, enabled) = match *outcome {
+            ApplyOutcome::Created { version } => ("created", version, None, enabled),
+            ApplyOutcome::NewVersion { version, previous } => ("new_version", version, Some(previous), enabled),
+            ApplyOutcome::Unchanged { version } => ("unchanged", version, None, enabled),
+            ApplyOutcome::Restored { version } => ("restored", version, None, enabled),
+            ApplyOutcome::EnabledChanged { version, enabled } => (if enabled { "enabled" } else { "disabled" }, version, None, enabled),
+        };
+        Applied { id: id.to_string(), outcome: what.to_string(), version, previous_version: previous, etag: etag(version, enabled, false) }
+    }
+}
+
+/// The answer of an apply, one entry per definition.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ApplyResult {
+    pub applied: Vec<Applied>,
+}
+
+/// The answer of a retire.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Retired {
+    /// The definition id.
+    pub retired: String,
+    /// How many versions were retired.
+    pub versions: u64,
 }
 
 /// The document to store.

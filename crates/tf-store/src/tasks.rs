@@ -58,19 +58,6 @@ pub struct TaskRow {
     pub created_at: String,
 }
 
-/// Tasks in `status` (e.g. `awaiting_human`), oldest first.
-pub async fn tasks_by_status(pool: &PgPool, status: TaskStatus, limit: i64) -> Result<Vec<TaskRow>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT task_id, task_type, status, params,
-                to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at
-         FROM tasks WHERE status = $1 ORDER BY created_at, task_id LIMIT $2",
-    )
-    .bind(status)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?)
-}
-
 pub async fn task(pool: &PgPool, task_id: &str) -> Result<Option<TaskRow>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT task_id, task_type, status, params,
@@ -82,15 +69,18 @@ pub async fn task(pool: &PgPool, task_id: &str) -> Result<Option<TaskRow>, Store
     .await?)
 }
 
-/// A human task as the inbox lists it (API, console, CLI).
+/// A task as every surface lists it: the API's inbox, the console and both modes of
+/// `tf tasks list`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct HumanTaskView {
+pub struct TaskSummary {
     pub task_id: String,
     pub run_id: String,
     pub definition_id: String,
     pub definition_version: i32,
     pub template: String,
     pub index: i32,
+    #[serde(rename = "type")]
+    pub task_type: TaskType,
     pub status: TaskStatus,
     #[schema(value_type = Object)]
     pub params: Json,
@@ -103,28 +93,36 @@ pub struct HumanTaskView {
     pub error: Option<String>,
 }
 
-/// Human tasks in `status` (default `awaiting_human`), oldest first, after `after` (a
-/// [`crate::Cursor`] of creation time and task id), with the next page's cursor.
-pub async fn human_inbox(
+/// Which tasks to list; all conditions hold together.
+#[derive(Debug, Clone)]
+pub struct TaskFilter<'a> {
+    pub status: TaskStatus,
+    pub task_type: Option<TaskType>,
+    pub definition: Option<&'a str>,
+}
+
+/// Tasks matching `f`, oldest first, after `after` (a [`crate::Cursor`] of creation time and
+/// task id), with the next page's cursor.
+pub async fn list_tasks(
     pool: &PgPool,
-    definition: Option<&str>,
-    status: TaskStatus,
+    f: &TaskFilter<'_>,
     after: Option<&crate::Cursor>,
     limit: i64,
-) -> Result<(Vec<HumanTaskView>, Option<crate::Cursor>), StoreError> {
+) -> Result<(Vec<TaskSummary>, Option<crate::Cursor>), StoreError> {
     let rows: Vec<(Json, i64, String)> = sqlx::query_as(
         "SELECT json_build_object('task_id', t.task_id, 'run_id', t.run_id, 'definition_id', r.definition_id,
                                   'definition_version', r.definition_version, 'template', t.template, 'index', t.item_index,
-                                  'status', t.status, 'params', t.params, 'claimed_by', t.claimed_by, 'claimed_at', t.claimed_at,
-                                  'created_at', t.created_at, 'output', t.output, 'error', t.error),
+                                  'type', t.task_type, 'status', t.status, 'params', t.params, 'claimed_by', t.claimed_by,
+                                  'claimed_at', t.claimed_at, 'created_at', t.created_at, 'output', t.output, 'error', t.error),
                 (extract(epoch FROM t.created_at) * 1000000)::bigint, t.task_id
          FROM tasks t JOIN activity_runs r ON r.run_id = t.run_id
-         WHERE t.task_type = 'human' AND t.status = $1 AND ($2::text IS NULL OR r.definition_id = $2)
-           AND ($3::bigint IS NULL OR ((extract(epoch FROM t.created_at) * 1000000)::bigint, t.task_id) > ($3, $4))
-         ORDER BY (extract(epoch FROM t.created_at) * 1000000)::bigint, t.task_id LIMIT $5",
+         WHERE t.status = $1 AND ($2::text IS NULL OR t.task_type = $2) AND ($3::text IS NULL OR r.definition_id = $3)
+           AND ($4::bigint IS NULL OR ((extract(epoch FROM t.created_at) * 1000000)::bigint, t.task_id) > ($4, $5))
+         ORDER BY (extract(epoch FROM t.created_at) * 1000000)::bigint, t.task_id LIMIT $6",
     )
-    .bind(status)
-    .bind(definition)
+    .bind(f.status)
+    .bind(f.task_type)
+    .bind(f.definition)
     .bind(after.map(|c| c.micros))
     .bind(after.map(|c| c.id.clone()).unwrap_or_default())
     .bind(limit + 1)

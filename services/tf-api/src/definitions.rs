@@ -7,8 +7,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tf_definitions::{Definition, Trigger};
-use tf_store::definitions::{self, ApplyOutcome, NewDefinition, Precondition, StoredDefinition};
+use tf_definitions::Definition;
+pub use tf_store::definitions::{Applied, ApplyResult, DefinitionCheck, DefinitionSummary, DefinitionVersion, Retired, Validation};
+use tf_store::definitions::{self, NewDefinition, Precondition, StoredDefinition};
 
 use crate::auth::Scope;
 use crate::error::ApiError;
@@ -34,74 +35,6 @@ fn parse(state: &AppState, body: &str) -> Result<Vec<Definition>, ApiError> {
         }
     }
     Ok(defs)
-}
-
-/// A definition as `validate` checked it.
-#[derive(Serialize, Deserialize, utoipa::ToSchema)]
-pub struct DefinitionCheck {
-    pub id: String,
-    pub name: String,
-    pub enabled: bool,
-    /// `event` or `cron`.
-    pub trigger: String,
-    /// How many task templates it has.
-    pub tasks: usize,
-    /// A cron definition's next five fire times (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_fire_times: Option<Vec<String>>,
-}
-
-/// The answer of a successful validation.
-#[derive(Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Validation {
-    /// Always `true` (an invalid body is a 422).
-    pub valid: bool,
-    pub definitions: Vec<DefinitionCheck>,
-}
-
-fn next_fire_times(d: &Definition) -> Option<Vec<String>> {
-    match &d.trigger {
-        Trigger::Cron(c) => Some(c.schedule.next_fire_times(chrono::Utc::now(), 5).iter().map(chrono::DateTime::to_rfc3339).collect()),
-        _ => None,
-    }
-}
-
-fn summary(d: &Definition) -> DefinitionCheck {
-    DefinitionCheck {
-        id: d.id.clone(),
-        name: d.name.clone(),
-        enabled: d.enabled,
-        trigger: d.trigger.kind().to_string(),
-        tasks: d.tasks.len(),
-        next_fire_times: next_fire_times(d),
-    }
-}
-
-/// A definition version in lists.
-#[derive(Serialize, Deserialize, utoipa::ToSchema)]
-pub struct DefinitionSummary {
-    pub id: String,
-    pub version: i32,
-    pub name: String,
-    pub enabled: bool,
-    pub retired: bool,
-    /// `event` or `cron`.
-    pub trigger: String,
-    pub created_at: String,
-}
-
-impl From<&StoredDefinition> for DefinitionSummary {
-    fn from(r: &StoredDefinition) -> DefinitionSummary {
-        DefinitionSummary {
-            id: r.id.clone(),
-            version: r.version,
-            name: r.name.clone(),
-            enabled: r.enabled,
-            retired: r.retired,
-            trigger: r.trigger_kind.clone(),
-            created_at: r.created_at.clone(),
-        }
-    }
 }
 
 /// A page of definitions (latest version each), by id.
@@ -149,22 +82,6 @@ pub struct VersionQuery {
     version: Option<i32>,
 }
 
-/// One definition version with its document.
-#[derive(Serialize, Deserialize, utoipa::ToSchema)]
-pub struct DefinitionVersion {
-    #[serde(flatten)]
-    pub summary: DefinitionSummary,
-    /// The definition document as JSON.
-    #[schema(value_type = Object)]
-    pub spec: Value,
-    pub spec_sha256: String,
-    /// The latest version's entity tag, for `If-Match` (absent when a `version` was asked for).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etag: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_fire_times: Option<Vec<String>>,
-}
-
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -179,7 +96,7 @@ pub async fn get(
     };
     // The latest version: its tag is what a conditional apply compares with.
     let etag = q.version.is_none().then(|| definitions::etag(r.version, r.enabled, r.retired));
-    let next_fire_times = Definition::from_spec_json(r.spec.clone()).ok().as_ref().and_then(next_fire_times);
+    let next_fire_times = Definition::from_spec_json(r.spec.clone()).ok().as_ref().and_then(definitions::next_fire_times);
     Ok(Json(DefinitionVersion {
         summary: DefinitionSummary::from(&r),
         spec: r.spec,
@@ -234,26 +151,7 @@ fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
 pub async fn validate(State(state): State<AppState>, headers: HeaderMap, body: String) -> Result<Json<Validation>, ApiError> {
     state.tokens.require(&headers, Scope::Read)?;
     let defs = parse(&state, &body)?;
-    Ok(Json(Validation { valid: true, definitions: defs.iter().map(summary).collect() }))
-}
-
-/// What applying one definition did.
-#[derive(Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Applied {
-    pub id: String,
-    /// created, new_version, unchanged, enabled, disabled or restored.
-    pub outcome: String,
-    pub version: i32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous_version: Option<i32>,
-    /// The definition's entity tag now, for the next `If-Match`.
-    pub etag: String,
-}
-
-/// The answer of an apply, one entry per definition of the body.
-#[derive(Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ApplyResult {
-    pub applied: Vec<Applied>,
+    Ok(Json(Validation { valid: true, definitions: defs.iter().map(DefinitionCheck::of).collect() }))
 }
 
 pub async fn apply(State(state): State<AppState>, headers: HeaderMap, body: String) -> Result<Json<ApplyResult>, ApiError> {
@@ -273,37 +171,12 @@ pub async fn apply(State(state): State<AppState>, headers: HeaderMap, body: Stri
             &pre,
         )
         .await?;
-        let (what, version, previous) = match outcome {
-            ApplyOutcome::Created { version } => ("created", version, None),
-            ApplyOutcome::NewVersion { version, previous } => ("new_version", version, Some(previous)),
-            ApplyOutcome::Unchanged { version } => ("unchanged", version, None),
-            ApplyOutcome::Restored { version } => ("restored", version, None),
-            ApplyOutcome::EnabledChanged { version, enabled } => (if enabled { "enabled" } else { "disabled" }, version, None),
-        };
+        let item = Applied::of(&d.id, &outcome, d.enabled);
         state.metrics.definitions_applied.increment(1);
-        tracing::info!(token = %caller.token, definition = %d.id, version, outcome = what, "definition applied");
-        let enabled = match outcome {
-            ApplyOutcome::EnabledChanged { enabled, .. } => enabled,
-            _ => d.enabled,
-        };
-        applied.push(Applied {
-            id: d.id.clone(),
-            outcome: what.to_string(),
-            version,
-            previous_version: previous,
-            etag: definitions::etag(version, enabled, false),
-        });
+        tracing::info!(token = %caller.token, definition = %d.id, version = item.version, outcome = %item.outcome, "definition applied");
+        applied.push(item);
     }
     Ok(Json(ApplyResult { applied }))
-}
-
-/// The answer of a retire.
-#[derive(Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Retired {
-    /// The definition id.
-    pub retired: String,
-    /// How many versions were retired.
-    pub versions: u64,
 }
 
 pub async fn retire(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Retired>, ApiError> {

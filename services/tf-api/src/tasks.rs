@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use temporalio_client::{WorkflowExecuteUpdateOptions, errors::WorkflowUpdateError};
 use tf_definitions::TaskStatus;
-use tf_store::tasks::{ClaimOutcome, HumanTaskView};
+use tf_store::tasks::{ClaimOutcome, TaskFilter, TaskSummary};
 use tf_temporal::{DecideTask, HumanDecision, RunTask};
 
 use crate::auth::Scope;
@@ -34,7 +34,7 @@ pub struct InboxQuery {
 /// A page of the inbox, oldest first.
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskPage {
-    pub tasks: Vec<HumanTaskView>,
+    pub tasks: Vec<TaskSummary>,
     /// The next page's `cursor`; `null` on the last page.
     pub next_cursor: Option<String>,
 }
@@ -49,7 +49,8 @@ pub async fn inbox(
     let status = q.status.unwrap_or(TaskStatus::AwaitingHuman);
     let limit = crate::error::page_limit(q.limit, 50)?;
     let after = crate::runs::cursor(q.cursor.as_deref())?;
-    let (tasks, next) = tf_store::tasks::human_inbox(&state.pool, q.definition.as_deref(), status, after.as_ref(), limit).await?;
+    let filter = TaskFilter { status, task_type: Some(tf_definitions::TaskType::Human), definition: q.definition.as_deref() };
+    let (tasks, next) = tf_store::tasks::list_tasks(&state.pool, &filter, after.as_ref(), limit).await?;
     Ok(Json(TaskPage { tasks, next_cursor: next.map(|c| c.to_string()) }))
 }
 

@@ -7,10 +7,22 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tf_config::Settings;
 use tf_definitions::{Bindings, DedupeKey, Definition, Trigger};
-use tf_store::definitions::{self, ApplyOutcome, NewDefinition};
+use tf_store::definitions::{
+    self, Applied, ApplyResult, DefinitionCheck, DefinitionSummary, DefinitionVersion, NewDefinition, Retired, Validation,
+};
 
-/// Reads every definition in `files` (files or folders of *.yaml); all problems are reported.
-pub(crate) fn load(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Definition)>> {
+use crate::output::{Answer, say, table};
+
+/// A definition as read, with the document text it came from.
+pub(crate) struct Loaded {
+    pub origin: String,
+    pub text: String,
+    pub definition: Definition,
+}
+
+/// Reads every definition in `files` (files, folders of *.yaml, or `-` for standard input); all
+/// problems are reported.
+pub(crate) fn load(files: &[PathBuf]) -> anyhow::Result<Vec<Loaded>> {
     let mut paths = Vec::new();
     for f in files {
         if f.is_dir() {
@@ -31,8 +43,13 @@ pub(crate) fn load(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Definition
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let origin = path.display().to_string();
+        let (origin, text) = if path.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading standard input")?;
+            ("stdin".to_string(), text)
+        } else {
+            (path.display().to_string(), std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
+        };
         match Definition::from_yaml(&origin, &text) {
             Ok(defs) => {
                 for d in defs {
@@ -43,7 +60,7 @@ pub(crate) fn load(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Definition
                             continue;
                         }
                     }
-                    out.push((path.clone(), d));
+                    out.push(Loaded { origin: origin.clone(), text: text.clone(), definition: d });
                 }
             }
             Err(e) => errors.push(e.to_string()),
@@ -62,106 +79,151 @@ fn describe_trigger(d: &Definition) -> String {
     }
 }
 
-pub fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+pub fn validate(files: &[PathBuf]) -> anyhow::Result<Answer> {
     let defs = load(files)?;
-    for (path, d) in &defs {
-        println!("  valid  {} ({}; {} task template(s)) in {}", d.id, describe_trigger(d), d.tasks.len(), path.display());
-        if let Trigger::Cron(c) = &d.trigger {
-            let next: Vec<String> = c.schedule.next_fire_times(chrono::Utc::now(), 5).iter().map(chrono::DateTime::to_rfc3339).collect();
-            println!("         next fire times: {}", next.join(", "));
+    let mut text = String::new();
+    for l in &defs {
+        let d = &l.definition;
+        say!(text, "  valid  {} ({}; {} task template(s)) in {}", d.id, describe_trigger(d), d.tasks.len(), l.origin);
+        if let Some(next) = d.next_fire_times(5) {
+            say!(text, "         next fire times: {}", next.join(", "));
         }
     }
-    println!("{} definition(s) valid", defs.len());
-    Ok(ExitCode::SUCCESS)
+    say!(text, "{} definition(s) valid", defs.len());
+    let validation = Validation { valid: true, definitions: defs.iter().map(|l| DefinitionCheck::of(&l.definition)).collect() };
+    Ok(Answer::new(validation)?.text(text))
+}
+
+/// What one definition would do with the event of `tf definitions test`.
+#[derive(serde::Serialize, Default)]
+struct Trial {
+    definition: String,
+    /// `run`, `no_run` or `dlq`.
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    /// The router's stage that would dead-letter the event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stage: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dedupe_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_id: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unresolved_context: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tasks: Option<Vec<serde_json::Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    planning_error: Option<String>,
 }
 
 /// `tf definitions test`: what the router and the workflow would do with `event_file`.
-pub fn test(files: &[PathBuf], event_file: &std::path::Path, topic: Option<&str>) -> anyhow::Result<ExitCode> {
+pub fn test(files: &[PathBuf], event_file: &std::path::Path, topic: Option<&str>) -> anyhow::Result<Answer> {
     let defs = load(files)?;
     let text = std::fs::read_to_string(event_file).with_context(|| format!("reading {}", event_file.display()))?;
     let event: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", event_file.display()))?;
     let event_type = event["type"].as_str().unwrap_or_default();
     let bindings = Bindings { event: event.clone(), ..Bindings::default() };
-    let mut failed = false;
-    for (_, d) in &defs {
-        let Trigger::Event(trigger) = &d.trigger else {
-            println!("{}: a cron definition; nothing to test against an event", d.id);
-            continue;
-        };
-        let on = topic.unwrap_or_else(|| trigger.topics.first().map_or("", String::as_str));
-        if !trigger.topics.iter().any(|t| t == on) {
-            println!("{}: no run: topic {on} is not one of {}", d.id, trigger.topics.join(", "));
-            continue;
-        }
-        if !trigger.type_pattern.matches(event_type) {
-            println!("{}: no run: type {event_type:?} does not match the trigger's type pattern", d.id);
-            continue;
-        }
-        if let Some(filter) = &trigger.filter {
-            match filter.eval_bool(&bindings) {
-                Ok(true) => {}
-                Ok(false) => {
-                    println!("{}: no run: the filter `{}` is false", d.id, filter.source());
-                    continue;
+    let trials: Vec<Trial> = defs.iter().map(|l| trial(&l.definition, &bindings, event_type, topic)).collect();
+    let mut out = String::new();
+    for t in &trials {
+        match (t.outcome, &t.reason) {
+            ("no_run", Some(r)) => say!(out, "{}: no run: {r}", t.definition),
+            ("dlq", Some(r)) => say!(out, "{}: DLQ (stage {}): {r}", t.definition, t.stage.unwrap_or("?")),
+            _ => {
+                say!(
+                    out,
+                    "{}: one run per window: dedupe key {:?}, window {}",
+                    t.definition,
+                    t.dedupe_key.as_deref().unwrap_or(""),
+                    t.window.as_deref().unwrap_or("")
+                );
+                say!(out, "  workflow id (first window): {}", t.run_id.as_deref().unwrap_or(""));
+                if !t.unresolved_context.is_empty() {
+                    say!(out, "  context sources not resolved here (expressions see them as missing): {}", t.unresolved_context.join(", "));
                 }
-                Err(e) => {
-                    println!("{}: DLQ (stage filter): {e}", d.id);
-                    failed = true;
-                    continue;
+                if let Some(tasks) = &t.tasks {
+                    say!(out, "  {} task(s):", tasks.len());
+                    for task in tasks {
+                        say!(out, "    {} ({}): {}", task["task_id"].as_str().unwrap_or(""), task["type"].as_str().unwrap_or(""), task["params"]);
+                    }
                 }
-            }
-        }
-        let key = match d.dedupe.key.eval_string(&bindings).map(DedupeKey::parse) {
-            Ok(Ok(k)) => k,
-            Ok(Err(e)) => {
-                println!("{}: DLQ (stage dedupe-key): {e}", d.id);
-                failed = true;
-                continue;
-            }
-            Err(e) => {
-                println!("{}: DLQ (stage dedupe-key): {e}", d.id);
-                failed = true;
-                continue;
-            }
-        };
-        println!("{}: one run per window: dedupe key {:?}, window {:?}", d.id, key.as_str(), d.dedupe.window);
-        println!("  workflow id (first window): {}", key.run_id(&d.id, 1));
-        // Static sources are known here; sql and http ones need the services.
-        let mut context = serde_json::Map::new();
-        let mut unresolved = Vec::new();
-        for (name, source) in &d.context {
-            match source {
-                tf_definitions::ContextSource::Static(v) => {
-                    context.insert(name.clone(), v.clone());
+                if let Some(e) = &t.planning_error {
+                    say!(out, "  planning fails (the run would fail): {e}");
                 }
-                _ => unresolved.push(name.as_str()),
-            }
-        }
-        if !unresolved.is_empty() {
-            println!("  context sources not resolved here (expressions see them as missing): {}", unresolved.join(", "));
-        }
-        let run_id = key.run_id(&d.id, 1);
-        let run = serde_json::json!({"id": run_id, "definition_id": d.id, "dedupe_key": key.as_str(), "generation": 1, "attempt": 1});
-        match d.plan_tasks(&run_id, &Bindings { run, context: serde_json::Value::Object(context), ..bindings.clone() }) {
-            Ok(tasks) => {
-                println!("  {} task(s):", tasks.len());
-                for t in tasks {
-                    println!("    {} ({}): {}", t.task_id, t.task_type.as_str(), t.params);
-                }
-            }
-            Err(e) => {
-                println!("  planning fails (the run would fail): {e}");
-                failed = true;
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    let failed = trials.iter().any(|t| t.outcome == "dlq" || t.planning_error.is_some());
+    Ok(Answer::new(&trials)?.text(out).code(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }))
 }
 
-pub async fn apply(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+fn trial(d: &Definition, bindings: &Bindings, event_type: &str, topic: Option<&str>) -> Trial {
+    let t = Trial { definition: d.id.clone(), ..Trial::default() };
+    let no_run = |reason: String| Trial { outcome: "no_run", reason: Some(reason), ..Trial { definition: d.id.clone(), ..Trial::default() } };
+    let dlq = |stage: &'static str, reason: String| Trial { outcome: "dlq", stage: Some(stage), reason: Some(reason), ..Trial { definition: d.id.clone(), ..Trial::default() } };
+    let Trigger::Event(trigger) = &d.trigger else {
+        return no_run("a cron definition; nothing to test against an event".into());
+    };
+    let on = topic.unwrap_or_else(|| trigger.topics.first().map_or("", String::as_str));
+    if !trigger.topics.iter().any(|t| t == on) {
+        return no_run(format!("topic {on} is not one of {}", trigger.topics.join(", ")));
+    }
+    if !trigger.type_pattern.matches(event_type) {
+        return no_run(format!("type {event_type:?} does not match the trigger's type pattern"));
+    }
+    if let Some(filter) = &trigger.filter {
+        match filter.eval_bool(bindings) {
+            Ok(true) => {}
+            Ok(false) => return no_run(format!("the filter `{}` is false", filter.source())),
+            Err(e) => return dlq("filter", e.to_string()),
+        }
+    }
+    let key = match d.dedupe.key.eval_string(bindings).map(DedupeKey::parse) {
+        Ok(Ok(k)) => k,
+        Ok(Err(e)) => return dlq("dedupe-key", e.to_string()),
+        Err(e) => return dlq("dedupe-key", e.to_string()),
+    };
+    // Static sources are known here; sql and http ones need the services.
+    let mut context = serde_json::Map::new();
+    let mut unresolved = Vec::new();
+    for (name, source) in &d.context {
+        match source {
+            tf_definitions::ContextSource::Static(v) => {
+                context.insert(name.clone(), v.clone());
+            }
+            _ => unresolved.push(name.clone()),
+        }
+    }
+    let run_id = key.run_id(&d.id, 1);
+    let run = serde_json::json!({"id": run_id, "definition_id": d.id, "dedupe_key": key.as_str(), "generation": 1, "attempt": 1});
+    let (tasks, planning_error) = match d.plan_tasks(&run_id, &Bindings { run, context: serde_json::Value::Object(context), ..bindings.clone() }) {
+        Ok(tasks) => (
+            Some(tasks.iter().map(|t| serde_json::json!({"task_id": t.task_id, "type": t.task_type.as_str(), "params": t.params})).collect()),
+            None,
+        ),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    Trial {
+        outcome: "run",
+        dedupe_key: Some(key.as_str().to_string()),
+        window: Some(format!("{:?}", d.dedupe.window)),
+        run_id: Some(run_id.as_str().to_string()),
+        unresolved_context: unresolved,
+        tasks,
+        planning_error,
+        ..t
+    }
+}
+
+pub async fn apply(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<Answer> {
     let defs = load(files)?;
     let pool = tf_store::connect(&settings.database_url).await?;
-    for (_, d) in &defs {
+    let mut applied = Vec::new();
+    for l in &defs {
+        let d = &l.definition;
         let spec = d.spec_json();
         let sha = d.spec_sha256();
         let outcome = definitions::apply(
@@ -169,36 +231,43 @@ pub async fn apply(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<Exi
             &NewDefinition { id: &d.id, name: &d.name, enabled: d.enabled, trigger_kind: d.trigger.kind(), spec: &spec, spec_sha256: &sha },
         )
         .await?;
-        match outcome {
-            ApplyOutcome::Created { version } => println!("  created    {} v{version}", d.id),
-            ApplyOutcome::NewVersion { version, previous } => {
-                println!("  new version {} v{version} (was v{previous}; runs pinned to v{previous} keep it)", d.id);
-            }
-            ApplyOutcome::Unchanged { version } => println!("  unchanged  {} v{version}", d.id),
-            ApplyOutcome::Restored { version } => println!("  restored   {} v{version}", d.id),
-            ApplyOutcome::EnabledChanged { version, enabled } => {
-                println!("  {}    {} v{version}", if enabled { "enabled " } else { "disabled" }, d.id);
-            }
-        }
+        applied.push(Applied::of(&d.id, &outcome, d.enabled));
     }
-    Ok(ExitCode::SUCCESS)
+    self::applied(&ApplyResult { applied })
 }
 
-pub async fn list(settings: &Settings, format: crate::Format) -> anyhow::Result<ExitCode> {
+/// An apply's answer (both modes).
+pub fn applied(result: &ApplyResult) -> anyhow::Result<Answer> {
+    let mut text = String::new();
+    for a in &result.applied {
+        match a.previous_version {
+            Some(previous) if a.outcome == "new_version" => {
+                say!(text, "  new version {} v{} (was v{previous}; runs pinned to v{previous} keep it)", a.id, a.version);
+            }
+            _ => say!(text, "  {:<10} {} v{}", a.outcome, a.id, a.version),
+        }
+    }
+    Ok(Answer::new(result)?.text(text))
+}
+
+pub async fn list(settings: &Settings) -> anyhow::Result<Answer> {
     let pool = tf_store::connect(&settings.database_url).await?;
-    let rows = definitions::latest(&pool).await?;
-    if format == crate::Format::Json {
-        crate::print_json(&rows)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!("{:<32} {:>7} {:<8} {:<6} NAME", "ID", "VERSION", "STATE", "KIND");
-    for r in &rows {
-        println!("{:<32} {:>7} {:<8} {:<6} {}", r.id, r.version, state(r.retired, r.enabled), r.trigger_kind, r.name);
-    }
-    if rows.is_empty() {
-        println!("(no definitions; apply some with `tf definitions apply -f examples/definitions`)");
-    }
-    Ok(ExitCode::SUCCESS)
+    let rows: Vec<DefinitionSummary> = definitions::latest(&pool).await?.iter().map(DefinitionSummary::from).collect();
+    listed(&rows)
+}
+
+/// The latest version of each definition (both modes).
+pub fn listed(rows: &[DefinitionSummary]) -> anyhow::Result<Answer> {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| vec![r.id.clone(), r.version.to_string(), state(r.retired, r.enabled).into(), r.trigger.clone(), r.name.clone()])
+        .collect();
+    let text = table(
+        &["ID", "VERSION", "STATE", "KIND", "NAME"],
+        &cells,
+        "(no definitions; apply some with `tf definitions apply -f examples/definitions`)",
+    );
+    Ok(Answer::new(rows)?.text(text))
 }
 
 pub(crate) fn state(retired: bool, enabled: bool) -> &'static str {
@@ -211,28 +280,46 @@ pub(crate) fn state(retired: bool, enabled: bool) -> &'static str {
     }
 }
 
-pub async fn show(settings: &Settings, id: &str, version: Option<i32>) -> anyhow::Result<ExitCode> {
+pub async fn show(settings: &Settings, id: &str, version: Option<i32>) -> anyhow::Result<Answer> {
     let pool = tf_store::connect(&settings.database_url).await?;
     let Some(row) = definitions::get(&pool, id, version).await? else {
         anyhow::bail!("no definition {id}{}", version.map(|v| format!(" version {v}")).unwrap_or_default());
     };
-    println!(
-        "# {} v{} ({}; created {}; sha256 {})",
-        row.id,
-        row.version,
-        if row.enabled { "enabled" } else { "disabled" },
-        row.created_at,
-        row.spec_sha256
-    );
-    print!("{}", yaml_serde::to_string(&row.spec)?);
-    Ok(ExitCode::SUCCESS)
+    let etag = version.is_none().then(|| definitions::etag(row.version, row.enabled, row.retired));
+    let next_fire_times = Definition::from_spec_json(row.spec.clone()).ok().as_ref().and_then(definitions::next_fire_times);
+    shown(&DefinitionVersion { summary: DefinitionSummary::from(&row), spec: row.spec, spec_sha256: row.spec_sha256, etag, next_fire_times })
 }
 
-pub async fn delete(settings: &Settings, id: &str) -> anyhow::Result<ExitCode> {
+/// One definition version (both modes): a header line and the document as YAML.
+pub fn shown(d: &DefinitionVersion) -> anyhow::Result<Answer> {
+    let s = &d.summary;
+    let mut text = String::new();
+    say!(
+        text,
+        "# {} v{} ({}; created {}; sha256 {})",
+        s.id,
+        s.version,
+        if s.enabled { "enabled" } else { "disabled" },
+        s.created_at,
+        d.spec_sha256
+    );
+    text.push_str(&yaml_serde::to_string(&d.spec)?);
+    Ok(Answer::new(d)?.text(text))
+}
+
+pub async fn delete(settings: &Settings, id: &str) -> anyhow::Result<Answer> {
     let pool = tf_store::connect(&settings.database_url).await?;
     match definitions::retire(&pool, id).await? {
         0 => anyhow::bail!("no definition {id}"),
-        n => println!("retired {id} ({n} version(s) kept for the runs pinned to them); its schedule, if any, is removed by the scheduler"),
+        n => retired(&Retired { retired: id.to_string(), versions: n }),
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// A retire's answer (both modes).
+pub fn retired(r: &Retired) -> anyhow::Result<Answer> {
+    let text = format!(
+        "retired {} ({} version(s) kept for the runs pinned to them); its schedule, if any, is removed by the scheduler\n",
+        r.retired, r.versions
+    );
+    Ok(Answer::new(r)?.text(text))
 }

@@ -1,7 +1,6 @@
 //! `tf demo roundtrip` and `tf demo events`: one envelope through the registry and Kafka and
 //! back, and the burst of example events the README's first command routes.
 
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +13,10 @@ use serde_json::json;
 use tf_config::Settings;
 use tf_envelope::{Codec, Decoded, Event, Registry};
 
+use crate::output::{Answer, say};
+
 /// One envelope out through the registry and Kafka, and back in.
-pub async fn roundtrip(settings: &Settings, topic: &str) -> anyhow::Result<ExitCode> {
+pub async fn roundtrip(settings: &Settings, topic: &str) -> anyhow::Result<Answer> {
     let codec = Codec::new(Arc::new(Registry::new(&settings.schema_registry_url)));
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
     let mut event = Event::new(
@@ -39,14 +40,17 @@ pub async fn roundtrip(settings: &Settings, topic: &str) -> anyhow::Result<ExitC
         .await
         .map_err(|(e, _)| e)
         .with_context(|| format!("producing to {topic} at {}", settings.kafka_brokers))?;
-    println!(
+    let mut text = String::new();
+    let schema_id = u32::from_be_bytes(value[1..5].try_into()?);
+    say!(
+        text,
         "produced  event {} ({}) to {topic}[{}]@{}: {} bytes, schema id {}",
         event.id,
         event.event_type,
         delivery.partition,
         delivery.offset,
         value.len(),
-        u32::from_be_bytes(value[1..5].try_into()?)
+        schema_id
     );
 
     let consumer: BaseConsumer = tf_kafka::client_config(&settings.kafka_brokers)
@@ -68,25 +72,28 @@ pub async fn roundtrip(settings: &Settings, topic: &str) -> anyhow::Result<ExitC
     let header = msg.headers().and_then(|h| h.iter().find(|h| h.key == "traceparent")).and_then(|h| h.value).map(String::from_utf8_lossy);
     match codec.decode(msg.payload().unwrap_or_default()).await? {
         Decoded::Envelope { schema_id, event: back } => {
-            println!(
+            say!(
+                text,
                 "consumed  {topic}[{}]@{}: envelope via schema id {schema_id}, traceparent header {}",
                 msg.partition(),
                 msg.offset(),
                 header.as_deref().unwrap_or("-")
             );
-            println!("decoded   {}", serde_json::to_string_pretty(&back)?);
+            say!(text, "decoded   {}", serde_json::to_string_pretty(&back)?);
             anyhow::ensure!(back == event, "decoded event differs from the one produced");
-            println!("round trip OK: the decoded event equals the produced one");
+            say!(text, "round trip OK: the decoded event equals the produced one");
+            let answer = json!({"topic": topic, "partition": delivery.partition, "offset": delivery.offset, "schema_id": schema_id,
+                                "traceparent": header.as_deref(), "event": back, "round_trip": "ok"});
+            Ok(Answer::new(answer)?.text(text))
         }
         other => bail!("expected an envelope, decoded {other:?}"),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// A burst of example events for `examples/definitions`: orders (some small, so filtered out;
 /// some from gold customers, so a human review; some repeated, so deduplicated), signups
 /// (one e-mail twice) and one record that is not Avro (to the DLQ).
-pub async fn events(settings: &Settings, topic: &str, orders: usize) -> anyhow::Result<ExitCode> {
+pub async fn events(settings: &Settings, topic: &str, orders: usize) -> anyhow::Result<Answer> {
     let codec = Codec::new(Arc::new(Registry::new(&settings.schema_registry_url)));
     let producer: FutureProducer =
         tf_kafka::client_config(&settings.kafka_brokers).set("enable.idempotence", "true").set("linger.ms", "10").create()?;
@@ -128,8 +135,8 @@ pub async fn events(settings: &Settings, topic: &str, orders: usize) -> anyhow::
             .with_context(|| format!("producing to {topic}"))?;
         sent += 1;
     }
-    println!(
-        "produced {sent} records to {topic}: {orders} orders (every 5th under the filter's amount, the last quarter repeating earlier order ids), 3 signups (one e-mail twice), 1 record that is not Avro"
+    let text = format!(
+        "produced {sent} records to {topic}: {orders} orders (every 5th under the filter's amount, the last quarter repeating earlier order ids), 3 signups (one e-mail twice), 1 record that is not Avro\n"
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Answer::new(json!({"topic": topic, "records": sent, "orders": orders, "signups": 3, "not_avro": 1}))?.text(text))
 }

@@ -1,37 +1,53 @@
 //! What each command does: the commands tf-api serves go through it with `--api-url`
-//! ([`served_remotely`]); every command also runs against the services directly ([`direct`]).
+//! ([`served_remotely`]); every other command, and those too without `--api-url`, runs against
+//! the services directly ([`direct`]). Both give an [`Answer`], printed by `main` in the chosen
+//! format, so the two modes print the same objects.
 
+use crate::output::Answer;
 use crate::{
-    Cli, Command, ConsumerCommand, DbCommand, DefinitionsCommand, DemoCommand, Format, ResultsCommand, RunsCommand, SchedulesCommand,
-    SchemasCommand, TasksCommand, TopicsCommand, consumer, db, definitions, demo, remote, results, runs, schedules, schemas, topics,
+    Cli, Command, ConsumerCommand, DbCommand, DeadLettersCommand, DefinitionsCommand, DemoCommand, ResultsCommand, RunsCommand,
+    SchedulesCommand, SchemasCommand, TasksCommand, TopicsCommand, consumer, db, dead_letters, definitions, demo, remote, results, runs,
+    schedules, schemas, topics,
 };
 
 /// The commands tf-api serves, through it; `None` for the others.
-pub async fn served_remotely(
-    api: &remote::Remote,
-    command: &Command,
-    cli_format: Format,
-) -> Option<anyhow::Result<std::process::ExitCode>> {
+pub async fn served_remotely(api: &remote::Remote, command: &Command) -> Option<anyhow::Result<Answer>> {
     Some(match command {
         Command::Definitions(DefinitionsCommand::Apply { files }) => api.apply(files).await,
-        Command::Definitions(DefinitionsCommand::List) => api.list_definitions(cli_format).await,
+        Command::Definitions(DefinitionsCommand::List) => api.list_definitions().await,
         Command::Definitions(DefinitionsCommand::Show { id, at_version }) => api.show(id, *at_version).await,
         Command::Definitions(DefinitionsCommand::Delete { id }) => api.delete(id).await,
-        Command::Runs(RunsCommand::List { limit }) => api.list_runs(*limit, cli_format).await,
+        Command::Runs(RunsCommand::List { limit, definition, status, key }) => {
+            api.list_runs(&runs::RunsQuery { limit: *limit, definition: definition.clone(), status: status.clone(), key: key.clone() }).await
+        }
+        Command::Runs(RunsCommand::Show { run_id }) => api.show_run(run_id).await,
         Command::Runs(RunsCommand::Retry { run_id }) => api.control_run(run_id, "retry", "").await,
         Command::Runs(RunsCommand::Cancel { run_id, reason }) => api.control_run(run_id, "cancel", reason).await,
-        Command::Tasks(TasksCommand::List { status, limit }) => api.list_tasks(status, *limit, cli_format).await,
-        Command::Tasks(TasksCommand::Complete { task_id, result }) => api.complete(task_id, result).await,
+        Command::Tasks(TasksCommand::List { status, limit }) => api.list_tasks(status, *limit).await,
+        Command::Tasks(TasksCommand::Claim { task_id, .. }) => api.decide(task_id, "claim", serde_json::json!({})).await,
+        Command::Tasks(TasksCommand::Complete { task_id, result }) => match serde_json::from_str::<serde_json::Value>(result) {
+            Ok(output) => api.decide(task_id, "complete", serde_json::json!({ "output": output })).await,
+            Err(e) => Err(anyhow::anyhow!("--result is not JSON: {e}")),
+        },
+        Command::Tasks(TasksCommand::Reject { task_id, reason }) => {
+            api.decide(task_id, "reject", serde_json::json!({ "reason": reason })).await
+        }
+        Command::DeadLetters(DeadLettersCommand::List { topic, stage, limit, cursor }) => {
+            api.list_dead_letters(topic.as_deref(), stage.as_deref(), *limit, cursor.as_deref()).await
+        }
+        Command::DeadLetters(DeadLettersCommand::Redrive { records, topic, stage, limit }) => {
+            api.redrive(records, topic.as_deref(), stage.as_deref(), *limit).await
+        }
         _ => return None,
     })
 }
 
-pub async fn direct(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+pub async fn direct(cli: Cli) -> anyhow::Result<Answer> {
     match cli.command {
         Command::Topics(TopicsCommand::Apply { dir, fail_on_drift }) => topics::apply(&cli.settings, &dir, fail_on_drift).await,
         Command::Schemas(SchemasCommand::Register { schemas, topics }) => schemas::register(&cli.settings, &schemas, &topics).await,
         Command::Db(DbCommand::Migrate) => db::migrate(&cli.settings).await,
-        Command::Consumer(ConsumerCommand::Lag { router }) => consumer::lag(&cli.settings, &router.group, &router.topics, cli.output),
+        Command::Consumer(ConsumerCommand::Lag { router }) => consumer::lag(&cli.settings, &router.group, &router.topics),
         Command::Consumer(ConsumerCommand::ResetOffsets { router, to_earliest, to_latest, to_datetime, shift_by, execute }) => {
             let to = if to_earliest {
                 Ok(tf_kafka::groups::ResetTo::Earliest)
@@ -55,15 +71,18 @@ pub async fn direct(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             DefinitionsCommand::Validate { files } => definitions::validate(&files),
             DefinitionsCommand::Test { files, event, topic } => definitions::test(&files, &event, topic.as_deref()),
             DefinitionsCommand::Apply { files } => definitions::apply(&cli.settings, &files).await,
-            DefinitionsCommand::List => definitions::list(&cli.settings, cli.output).await,
+            DefinitionsCommand::List => definitions::list(&cli.settings).await,
             DefinitionsCommand::Delete { id } => definitions::delete(&cli.settings, &id).await,
             DefinitionsCommand::Show { id, at_version } => definitions::show(&cli.settings, &id, at_version).await,
         },
-        Command::Runs(RunsCommand::List { limit }) => runs::list(&cli.settings, limit, cli.output).await,
+        Command::Runs(RunsCommand::List { limit, definition, status, key }) => {
+            runs::list(&cli.settings, &runs::RunsQuery { limit, definition, status, key }).await
+        }
+        Command::Runs(RunsCommand::Show { run_id }) => runs::show(&cli.settings, &run_id).await,
         Command::Runs(RunsCommand::Retry { run_id }) => runs::retry(&cli.settings, &run_id).await,
         Command::Runs(RunsCommand::Cancel { run_id, reason }) => runs::cancel(&cli.settings, &run_id, &reason).await,
         Command::Schedules(cmd) => match cmd {
-            SchedulesCommand::List => schedules::list(&cli.settings, cli.output).await,
+            SchedulesCommand::List => schedules::list(&cli.settings).await,
             SchedulesCommand::Describe { id } => schedules::describe(&cli.settings, &id).await,
             SchedulesCommand::Pause { id, note } => schedules::pause(&cli.settings, &id, &note).await,
             SchedulesCommand::Resume { id } => schedules::resume(&cli.settings, &id).await,
@@ -71,10 +90,19 @@ pub async fn direct(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             SchedulesCommand::Backfill { id, from, to, overlap } => schedules::backfill(&cli.settings, &id, &from, &to, overlap).await,
             SchedulesCommand::Reconcile => schedules::reconcile(&cli.settings).await,
         },
-        Command::Tasks(TasksCommand::List { status, limit }) => runs::list_tasks(&cli.settings, &status, limit, cli.output).await,
+        Command::Tasks(TasksCommand::List { status, limit }) => runs::list_tasks(&cli.settings, &status, limit).await,
+        Command::Tasks(TasksCommand::Claim { task_id, actor }) => runs::claim(&cli.settings, &task_id, &actor).await,
         Command::Tasks(TasksCommand::Complete { task_id, result }) => runs::complete(&cli.settings, &task_id, &result).await,
-        Command::Results(ResultsCommand::Quarantined { limit }) => results::quarantined(&cli.settings, limit, cli.output).await,
-        Command::Results(ResultsCommand::Requeue { task_ids, all }) => results::requeue(&cli.settings, &task_ids, all, cli.output).await,
+        Command::Tasks(TasksCommand::Reject { task_id, reason }) => runs::reject(&cli.settings, &task_id, &reason).await,
+        Command::Results(ResultsCommand::Quarantined { limit }) => results::quarantined(&cli.settings, limit).await,
+        Command::Results(ResultsCommand::Requeue { task_ids, all }) => results::requeue(&cli.settings, &task_ids, all).await,
+        Command::DeadLetters(_) => dead_letters::needs_api(),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "tf", &mut script);
+            let script = String::from_utf8(script)?;
+            Ok(Answer::new(serde_json::json!({ "shell": shell.to_string(), "script": script }))?.text(script))
+        }
         Command::Demo(DemoCommand::Roundtrip { topic }) => demo::roundtrip(&cli.settings, &topic).await,
         Command::Demo(DemoCommand::Events { topic, orders }) => demo::events(&cli.settings, &topic, orders).await,
     }

@@ -4,9 +4,11 @@
 
 mod consumer;
 mod db;
+mod dead_letters;
 mod definitions;
 mod demo;
 mod dispatch;
+mod output;
 mod remote;
 mod results;
 mod runs;
@@ -17,6 +19,7 @@ mod topics;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+pub use output::Format;
 use tf_config::Settings;
 
 /// Operate the task factory: definitions, runs, tasks, schedules and results; the consumer
@@ -30,11 +33,12 @@ struct Cli {
     #[command(flatten)]
     settings: Settings,
     /// Go through tf-api for the commands it serves (definitions apply/list/show/delete, runs
-    /// list/retry/cancel, tasks list/complete) instead of reaching PostgreSQL and Temporal;
-    /// every other command still connects directly.
+    /// list/show/retry/cancel, tasks list/claim/complete/reject, dead-letters) instead of
+    /// reaching PostgreSQL and Temporal; every other command still connects directly.
     #[arg(long, env = "TF_API_URL", global = true, help_heading = "Connections (every command; TF_* variables)")]
     api_url: Option<String>,
-    /// How list commands print: a table for people or JSON for scripts.
+    /// How every command prints: text and tables for people, or the answer's object as JSON or
+    /// YAML for scripts (the API's own objects, in both modes).
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table, global = true)]
     output: Format,
     /// The bearer token for --api-url.
@@ -42,13 +46,6 @@ struct Cli {
     api_token: Option<String>,
     #[command(subcommand)]
     command: Command,
-}
-
-/// The output of list commands.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -74,12 +71,20 @@ enum Command {
     /// Temporal Schedules of cron definitions: inspect, pause, resume, trigger, backfill.
     #[command(subcommand)]
     Schedules(SchedulesCommand),
-    /// Tasks: list them by status, complete human tasks.
+    /// Tasks: list them by status; claim, complete or reject human tasks.
     #[command(subcommand)]
     Tasks(TasksCommand),
     /// Task results the relay quarantined (could never be published), and queuing them again.
     #[command(subcommand)]
     Results(ResultsCommand),
+    /// The dead-letter queue, through tf-api (--api-url): browse and redrive.
+    #[command(subcommand, name = "dead-letters")]
+    DeadLetters(DeadLettersCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Demonstrations against the running stack.
     #[command(subcommand)]
     Demo(DemoCommand),
@@ -161,7 +166,8 @@ enum DefinitionsCommand {
     /// Check definition files without touching the database: YAML shape, every CEL
     /// expression (errors give the field path and position), durations, required params.
     Validate {
-        /// Definition files or folders of *.yaml (a file may hold several documents).
+        /// Definition files or folders of *.yaml (a file may hold several documents); `-` reads
+        /// standard input.
         #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
     },
@@ -169,7 +175,7 @@ enum DefinitionsCommand {
     /// dedupe key and window it gets, and which tasks would be spawned (`static` context
     /// sources are used; `sql` and `http` ones are not resolved).
     Test {
-        /// Definition files or folders of *.yaml.
+        /// Definition files or folders of *.yaml; `-` reads standard input.
         #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
         /// A JSON file with the event as expressions see it: CloudEvents attributes (`id`,
@@ -183,7 +189,8 @@ enum DefinitionsCommand {
     /// Store definitions: a changed document becomes a new immutable version, an unchanged
     /// one is a no-op, a change of `enabled` alone switches the current version.
     Apply {
-        /// Definition files or folders of *.yaml (a file may hold several documents).
+        /// Definition files or folders of *.yaml (a file may hold several documents); `-` reads
+        /// standard input.
         #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
     },
@@ -212,6 +219,21 @@ enum RunsCommand {
         /// How many runs to show.
         #[arg(long, default_value_t = 20)]
         limit: i64,
+        /// Only runs of this definition.
+        #[arg(long)]
+        definition: Option<String>,
+        /// Only runs in this status.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(tf_definitions::RunStatus::ALL.iter().map(|s| s.as_str())))]
+        status: Option<String>,
+        /// Only runs of this dedupe key.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// One run's lineage: its source (topic, partition, offset, event id, or schedule slot),
+    /// definition version, context snapshot, tasks, and where each result landed.
+    Show {
+        /// The run id (its workflow id), as `tf runs list` shows it.
+        run_id: String,
     },
     /// Start a failed (or cancelled) run again, as the next attempt of the same run id and
     /// dedupe generation; tasks that succeeded before are not run again. Completed, running and
@@ -292,6 +314,14 @@ enum TasksCommand {
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
+    /// Claim a human task, so that only its holder decides it.
+    Claim {
+        /// The task id, `<run id>/<template>/<index>`.
+        task_id: String,
+        /// Who claims it (direct mode; through the API the token's name claims it).
+        #[arg(long = "as", default_value_t = default_actor())]
+        actor: String,
+    },
     /// Complete a human task with its output; the task's result is then published.
     Complete {
         /// The task id, `<run id>/<template>/<index>`.
@@ -299,6 +329,53 @@ enum TasksCommand {
         /// The task's result, as JSON (the output its result record carries).
         #[arg(long)]
         result: String,
+    },
+    /// Reject a human task: it fails with the reason, and its run with it.
+    Reject {
+        /// The task id, `<run id>/<template>/<index>`.
+        task_id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// Who a direct-mode decision is recorded as.
+fn default_actor() -> String {
+    std::env::var("USER").map(|u| format!("tf-cli:{u}")).unwrap_or_else(|_| "tf-cli".into())
+}
+
+#[derive(Subcommand)]
+enum DeadLettersCommand {
+    /// Dead letters in (partition, offset) order: stage, reason, source coordinates, the decoded
+    /// event, and whether it was redriven.
+    List {
+        /// Only dead letters of records from this source topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only this stage (decode, filter, dedupe-key, start, ...).
+        #[arg(long)]
+        stage: Option<String>,
+        /// How many to show.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Continue after this position (the previous page's next_cursor).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Send dead letters back to their source topic, each at most once.
+    Redrive {
+        /// DLQ records as PARTITION:OFFSET.
+        records: Vec<String>,
+        /// Or every dead letter from this source topic ...
+        #[arg(long)]
+        topic: Option<String>,
+        /// ... and/or of this stage ...
+        #[arg(long)]
+        stage: Option<String>,
+        /// ... at most this many.
+        #[arg(long)]
+        limit: Option<usize>,
     },
 }
 
@@ -354,9 +431,10 @@ async fn main() -> std::process::ExitCode {
         eprintln!("error: {e}");
         return std::process::ExitCode::FAILURE;
     }
+    let cli_output = cli.output;
     let result = match &cli.api_url {
         Some(url) => match remote::Remote::new(url, cli.api_token.as_deref()) {
-            Ok(api) => match dispatch::served_remotely(&api, &cli.command, cli.output).await {
+            Ok(api) => match dispatch::served_remotely(&api, &cli.command).await {
                 Some(result) => result,
                 None => dispatch::direct(cli).await,
             },
@@ -364,19 +442,13 @@ async fn main() -> std::process::ExitCode {
         },
         None => dispatch::direct(cli).await,
     };
-    match result {
+    match result.and_then(|answer| answer.print(cli_output)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// Prints `rows` as pretty JSON (for `-o json`).
-pub fn print_json<T: serde::Serialize>(rows: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(rows)?);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -3,10 +3,33 @@
 //! matches the direct commands where the API returns the same facts.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::Context;
 use serde_json::{Value as Json, json};
+use tf_store::definitions::{ApplyResult, DefinitionSummary, DefinitionVersion, Retired};
+use tf_store::runs::{RunLineage, RunView};
+use tf_store::tasks::TaskSummary;
+
+use crate::output::Answer;
+
+/// `GET /runs` as the API answers it.
+#[derive(serde::Deserialize)]
+struct RunPage {
+    runs: Vec<RunView>,
+}
+
+/// `GET /tasks` as the API answers it.
+#[derive(serde::Deserialize)]
+struct TaskPage {
+    tasks: Vec<TaskSummary>,
+}
+
+/// `GET /definitions` as the API answers it.
+#[derive(serde::Deserialize)]
+struct DefinitionPage {
+    definitions: Vec<DefinitionSummary>,
+    next_cursor: Option<String>,
+}
 
 pub struct Remote {
     base: String,
@@ -49,125 +72,113 @@ impl Remote {
         anyhow::bail!("{method} {path}: {status}: {message}")
     }
 
-    pub async fn apply(&self, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
-        let mut docs = Vec::new();
-        for (path, _) in crate::definitions::load(files)? {
-            docs.push(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?);
-        }
+    pub async fn apply(&self, files: &[PathBuf]) -> anyhow::Result<Answer> {
+        let mut docs: Vec<String> = crate::definitions::load(files)?.into_iter().map(|l| l.text).collect();
         docs.dedup();
         let out = self.call(reqwest::Method::POST, "/definitions", Some(("application/yaml", docs.join("\n---\n")))).await?;
-        for a in out["applied"].as_array().into_iter().flatten() {
-            let (id, version) = (a["id"].as_str().unwrap_or("?"), a["version"].as_i64().unwrap_or(0));
-            match a["outcome"].as_str().unwrap_or("?") {
-                "new_version" => {
-                    let previous = a["previous_version"].as_i64().unwrap_or(0);
-                    println!("  new version {id} v{version} (was v{previous}; runs pinned to v{previous} keep it)");
-                }
-                other => println!("  {other:<10} {id} v{version}"),
+        let result: ApplyResult = shaped(out)?;
+        crate::definitions::applied(&result)
+    }
+
+    /// Every definition: the pages of the API's list, followed to the last.
+    pub async fn list_definitions(&self) -> anyhow::Result<Answer> {
+        let (mut all, mut cursor) = (Vec::new(), None::<String>);
+        loop {
+            let query = cursor.as_deref().map(|c| format!("&cursor={}", segment(c))).unwrap_or_default();
+            let page: DefinitionPage = shaped(self.call(reqwest::Method::GET, &format!("/definitions?limit=500{query}"), None).await?)?;
+            all.extend(page.definitions);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return crate::definitions::listed(&all),
             }
         }
-        Ok(ExitCode::SUCCESS)
     }
 
-    pub async fn list_definitions(&self, format: crate::Format) -> anyhow::Result<ExitCode> {
-        let out = self.call(reqwest::Method::GET, "/definitions", None).await?;
-        let Some(rows) = listed(&out, "definitions", format)? else { return Ok(ExitCode::SUCCESS) };
-        println!("{:<32} {:>7} {:<8} {:<6} NAME", "ID", "VERSION", "STATE", "KIND");
-        for r in &rows {
-            println!(
-                "{:<32} {:>7} {:<8} {:<6} {}",
-                r["id"].as_str().unwrap_or("?"),
-                r["version"],
-                crate::definitions::state(r["retired"].as_bool().unwrap_or(false), r["enabled"].as_bool().unwrap_or(false)),
-                r["trigger"].as_str().unwrap_or("?"),
-                r["name"].as_str().unwrap_or("")
-            );
-        }
-        if rows.is_empty() {
-            println!("(no definitions; apply some with `tf definitions apply -f examples/definitions`)");
-        }
-        Ok(ExitCode::SUCCESS)
-    }
-
-    pub async fn show(&self, id: &str, version: Option<i32>) -> anyhow::Result<ExitCode> {
+    pub async fn show(&self, id: &str, version: Option<i32>) -> anyhow::Result<Answer> {
         let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
-        let r = self.call(reqwest::Method::GET, &format!("/definitions/{}{query}", segment(id)), None).await?;
-        println!(
-            "# {} v{} ({}; created {}; sha256 {})",
-            r["id"].as_str().unwrap_or("?"),
-            r["version"],
-            if r["enabled"].as_bool().unwrap_or(false) { "enabled" } else { "disabled" },
-            r["created_at"].as_str().unwrap_or("?"),
-            r["spec_sha256"].as_str().unwrap_or("?")
-        );
-        print!("{}", yaml_serde::to_string(&r["spec"])?);
-        Ok(ExitCode::SUCCESS)
+        let d: DefinitionVersion = shaped(self.call(reqwest::Method::GET, &format!("/definitions/{}{query}", segment(id)), None).await?)?;
+        crate::definitions::shown(&d)
     }
 
-    pub async fn delete(&self, id: &str) -> anyhow::Result<ExitCode> {
-        let r = self.call(reqwest::Method::DELETE, &format!("/definitions/{}", segment(id)), None).await?;
-        println!(
-            "retired {id} ({} version(s) kept for the runs pinned to them); its schedule, if any, is removed by the scheduler",
-            r["versions"]
-        );
-        Ok(ExitCode::SUCCESS)
+    pub async fn delete(&self, id: &str) -> anyhow::Result<Answer> {
+        let r: Retired = shaped(self.call(reqwest::Method::DELETE, &format!("/definitions/{}", segment(id)), None).await?)?;
+        crate::definitions::retired(&r)
     }
 
-    pub async fn list_runs(&self, limit: i64, format: crate::Format) -> anyhow::Result<ExitCode> {
-        let out = self.call(reqwest::Method::GET, &format!("/runs?limit={}", limit.clamp(1, 500)), None).await?;
-        let runs: Vec<tf_store::runs::RunView> =
-            serde_json::from_value(out["runs"].clone()).context("the API's runs do not have this CLI's shape")?;
-        crate::runs::print_runs(&runs, format)
+    pub async fn list_runs(&self, q: &crate::runs::RunsQuery) -> anyhow::Result<Answer> {
+        let mut query = format!("/runs?limit={}", q.limit.clamp(1, 500));
+        for (name, value) in [("definition", &q.definition), ("status", &q.status), ("key", &q.key)] {
+            if let Some(v) = value {
+                query.push_str(&format!("&{name}={}", segment(v)));
+            }
+        }
+        let page: RunPage = shaped(self.call(reqwest::Method::GET, &query, None).await?)?;
+        crate::runs::listed(&page.runs)
+    }
+
+    pub async fn show_run(&self, run_id: &str) -> anyhow::Result<Answer> {
+        let run: RunLineage = shaped(self.call(reqwest::Method::GET, &format!("/runs/{}", segment(run_id)), None).await?)?;
+        crate::runs::shown(&run)
     }
 
     /// `retry` or `cancel`.
-    pub async fn control_run(&self, run_id: &str, action: &str, reason: &str) -> anyhow::Result<ExitCode> {
+    pub async fn control_run(&self, run_id: &str, action: &str, reason: &str) -> anyhow::Result<Answer> {
         let body = json!({ "reason": reason }).to_string();
-        let r = self.call(reqwest::Method::POST, &format!("/runs/{run_id}/{action}"), Some(("application/json", body))).await?;
-        println!("{run_id}: {}", r["outcome"].as_str().unwrap_or("accepted"));
-        Ok(ExitCode::SUCCESS)
+        let r = self.call(reqwest::Method::POST, &format!("/runs/{}/{action}", segment(run_id)), Some(("application/json", body))).await?;
+        let text = format!("{run_id}: {}\n", r["outcome"].as_str().unwrap_or("accepted"));
+        Ok(Answer::new(r)?.text(text))
     }
 
     /// The API's inbox holds human tasks only.
-    pub async fn list_tasks(&self, status: &str, limit: i64, format: crate::Format) -> anyhow::Result<ExitCode> {
-        let out = self.call(reqwest::Method::GET, &format!("/tasks?status={status}&limit={}", limit.clamp(1, 500)), None).await?;
-        let Some(tasks) = listed(&out, "tasks", format)? else { return Ok(ExitCode::SUCCESS) };
-        if tasks.is_empty() {
-            println!("(no {status} human tasks)");
-        }
-        for t in &tasks {
-            let claimed = t["claimed_by"].as_str().map(|c| format!("  claimed by {c}")).unwrap_or_default();
-            println!(
-                "{}  human  {}  {}  params {}{claimed}",
-                t["created_at"].as_str().unwrap_or("?"),
-                t["status"].as_str().unwrap_or("?"),
-                t["task_id"].as_str().unwrap_or("?"),
-                t["params"]
-            );
-        }
-        Ok(ExitCode::SUCCESS)
+    pub async fn list_tasks(&self, status: &str, limit: i64) -> anyhow::Result<Answer> {
+        let page: TaskPage =
+            shaped(self.call(reqwest::Method::GET, &format!("/tasks?status={status}&limit={}", limit.clamp(1, 500)), None).await?)?;
+        crate::runs::tasks_listed(&page.tasks, status)
     }
 
-    pub async fn complete(&self, task_id: &str, result: &str) -> anyhow::Result<ExitCode> {
-        let output: Json = serde_json::from_str(result).with_context(|| format!("--result is not JSON: {result}"))?;
-        let body = json!({ "output": output }).to_string();
-        self.call(reqwest::Method::POST, &format!("/tasks/{task_id}/complete"), Some(("application/json", body))).await?;
-        println!("completed {task_id}; its result is published when the workflow records it");
-        Ok(ExitCode::SUCCESS)
+    /// `claim`, `complete` or `reject` a human task.
+    pub async fn decide(&self, task_id: &str, action: &str, body: Json) -> anyhow::Result<Answer> {
+        let path = format!("/tasks/{}/{action}", segment(task_id));
+        let r = self.call(reqwest::Method::POST, &path, Some(("application/json", body.to_string()))).await?;
+        let text = match action {
+            "claim" => format!("claimed {task_id} as {}\n", r["claimed_by"].as_str().unwrap_or("?")),
+            "complete" => format!("completed {task_id}; its result is published when the workflow records it\n"),
+            _ => format!("rejected {task_id}; the task and its run fail with the reason\n"),
+        };
+        Ok(Answer::new(r)?.text(text))
+    }
+
+    pub async fn list_dead_letters(&self, topic: Option<&str>, stage: Option<&str>, limit: i64, cursor: Option<&str>) -> anyhow::Result<Answer> {
+        let mut query = format!("/dead-letters?limit={}", limit.clamp(1, 500));
+        for (name, value) in [("topic", topic), ("stage", stage), ("cursor", cursor)] {
+            if let Some(v) = value {
+                query.push_str(&format!("&{name}={}", segment(v)));
+            }
+        }
+        crate::dead_letters::listed(self.call(reqwest::Method::GET, &query, None).await?)
+    }
+
+    pub async fn redrive(&self, records: &[String], topic: Option<&str>, stage: Option<&str>, limit: Option<usize>) -> anyhow::Result<Answer> {
+        let body = crate::dead_letters::redrive_request(records, topic, stage, limit)?;
+        crate::dead_letters::redriven(self.call(reqwest::Method::POST, "/dead-letters/redrive", Some(("application/json", body.to_string()))).await?)
     }
 }
 
-/// A definition id as one path segment (ids are `[a-z0-9._-]`, so this only guards typos).
+/// A path segment or query value, percent-encoded (run and task ids hold `/`).
 fn segment(id: &str) -> String {
-    id.replace('%', "%25").replace('/', "%2F").replace('?', "%3F").replace('#', "%23")
+    let mut out = String::new();
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
-/// The list under `field` of an API answer to show as a table, or `None` once it has been
-/// printed as JSON (`-o json`).
-fn listed(out: &Json, field: &str, format: crate::Format) -> anyhow::Result<Option<Vec<Json>>> {
-    if format == crate::Format::Json {
-        crate::print_json(&out[field])?;
-        return Ok(None);
-    }
-    Ok(Some(out[field].as_array().cloned().unwrap_or_default()))
+/// The API's answer as this CLI's type of it: the same type the API serializes, so a shape
+/// change fails here loudly instead of printing blanks.
+fn shaped<T: serde::de::DeserializeOwned>(v: Json) -> anyhow::Result<T> {
+    serde_json::from_value(v).context("the API's answer does not have the shape this CLI knows; are tf and tf-api the same version?")
 }

@@ -2,28 +2,28 @@
 //! published (unreadable, too large even truncated, refused by the topic), and queuing them
 //! again once the cause is fixed.
 
-use std::process::ExitCode;
-
 use tf_config::Settings;
 
-pub async fn quarantined(settings: &Settings, limit: i64, format: crate::Format) -> anyhow::Result<ExitCode> {
+use crate::output::{Answer, failure_if, say, table};
+
+pub async fn quarantined(settings: &Settings, limit: i64) -> anyhow::Result<Answer> {
     let pool = tf_store::connect(&settings.database_url).await?;
     let rows = tf_store::outbox::quarantined(&pool, limit).await?;
-    if format == crate::Format::Json {
-        crate::print_json(&rows)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if rows.is_empty() {
-        println!("(no quarantined results)");
-    }
-    for r in &rows {
-        let at = tf_envelope::Timestamp(r.quarantined_at_ms);
-        println!("{at}  {}\n    {}", r.task_id, r.reason.as_deref().unwrap_or("(no reason recorded)"));
-    }
-    Ok(ExitCode::SUCCESS)
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                tf_envelope::Timestamp(r.quarantined_at_ms).to_string(),
+                r.task_id.clone(),
+                r.reason.clone().unwrap_or_else(|| "(no reason recorded)".into()),
+            ]
+        })
+        .collect();
+    let text = table(&["QUARANTINED", "TASK", "REASON"], &cells, "(no quarantined results)");
+    Ok(Answer::new(&rows)?.text(text))
 }
 
-pub async fn requeue(settings: &Settings, task_ids: &[String], all: bool, format: crate::Format) -> anyhow::Result<ExitCode> {
+pub async fn requeue(settings: &Settings, task_ids: &[String], all: bool) -> anyhow::Result<Answer> {
     let pool = tf_store::connect(&settings.database_url).await?;
     let ids: Vec<String> = if all {
         tf_store::outbox::quarantined(&pool, i64::MAX).await?.into_iter().map(|r| r.task_id).collect()
@@ -35,15 +35,12 @@ pub async fn requeue(settings: &Settings, task_ids: &[String], all: bool, format
     }
     let requeued = tf_store::outbox::requeue(&pool, &ids).await?;
     let missing: Vec<&String> = ids.iter().filter(|id| !requeued.contains(id)).collect();
-    if format == crate::Format::Json {
-        crate::print_json(&serde_json::json!({"requeued": requeued, "not_quarantined": missing}))?;
-    } else {
-        for id in &requeued {
-            println!("queued again: {id}");
-        }
-        for id in &missing {
-            println!("not quarantined (unknown, published, or queued already): {id}");
-        }
+    let mut text = String::new();
+    for id in &requeued {
+        say!(text, "queued again: {id}");
     }
-    Ok(if missing.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    for id in &missing {
+        say!(text, "not quarantined (unknown, published, or queued already): {id}");
+    }
+    Ok(Answer::new(serde_json::json!({"requeued": requeued, "not_quarantined": missing}))?.text(text).code(failure_if(!missing.is_empty())))
 }

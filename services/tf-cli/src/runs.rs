@@ -1,122 +1,214 @@
-//! `tf runs list|retry|cancel` and `tf tasks list|complete`: runs and tasks from the
-//! bookkeeping tables, and the Temporal calls that retry, cancel or complete them.
-
-use std::process::ExitCode;
+//! `tf runs list|show|retry|cancel` and `tf tasks list|claim|complete|reject`: runs and tasks
+//! from the bookkeeping tables, and the Temporal calls that retry, cancel or decide them. The
+//! answers are the API's objects ([`RunView`], [`RunLineage`], [`TaskSummary`]), so `-o json`
+//! prints the same in both modes.
 
 use anyhow::Context;
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
 use tf_config::Settings;
-use tf_store::runs::RunView;
+use tf_definitions::{TaskStatus, TaskType};
+use tf_store::runs::{RunFilter, RunLineage, RunView};
+use tf_store::tasks::{ClaimOutcome, TaskFilter, TaskSummary};
 use tf_temporal::run_control::RetryOutcome;
 
-fn ui_link(settings: &Settings, workflow_id: &str) -> String {
-    settings.temporal_ui_link(workflow_id)
+use crate::output::{Answer, say, table};
+
+/// `tf runs list`'s filters.
+pub struct RunsQuery {
+    pub limit: i64,
+    pub definition: Option<String>,
+    pub status: Option<String>,
+    pub key: Option<String>,
 }
 
-pub async fn list(settings: &Settings, limit: i64, format: crate::Format) -> anyhow::Result<ExitCode> {
+pub async fn list(settings: &Settings, q: &RunsQuery) -> anyhow::Result<Answer> {
     let pool = tf_store::connect(&settings.database_url).await?;
-    let (mut runs, _) = tf_store::runs::list_runs(&pool, &tf_store::runs::RunFilter::default(), None, limit).await?;
+    let filter = RunFilter {
+        definition: q.definition.clone(),
+        status: q.status.as_deref().map(str::parse).transpose()?,
+        dedupe_key: q.key.clone(),
+        ..RunFilter::default()
+    };
+    let (mut runs, _) = tf_store::runs::list_runs(&pool, &filter, None, q.limit).await?;
     for r in &mut runs {
-        r.temporal_ui = Some(ui_link(settings, &r.run_id));
+        r.temporal_ui = Some(settings.temporal_ui_link(&r.run_id));
     }
-    print_runs(&runs, format)
+    listed(&runs)
 }
 
-/// Prints runs the same way in both modes (direct and `--api-url`): the JSON is the API's
-/// own run objects.
-pub fn print_runs(runs: &[RunView], format: crate::Format) -> anyhow::Result<ExitCode> {
-    if format == crate::Format::Json {
-        crate::print_json(&runs)?;
-        return Ok(ExitCode::SUCCESS);
+/// Runs as a table (both modes).
+pub fn listed(runs: &[RunView]) -> anyhow::Result<Answer> {
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.fired_at.clone(),
+                r.run_id.clone(),
+                format!("v{}", r.definition_version),
+                format!("{}{}", r.generation, if r.attempt > 1 { format!(" (attempt {})", r.attempt) } else { String::new() }),
+                r.source_label(),
+                r.status.to_string(),
+                format!("{}/{}", r.tasks_done, r.tasks_spawned),
+                r.results_published.to_string(),
+            ]
+        })
+        .collect();
+    let text = table(&["FIRED", "RUN", "VERSION", "GENERATION", "SOURCE", "STATUS", "TASKS", "RESULTS"], &rows, "(no runs yet)");
+    Ok(Answer::new(runs)?.text(text))
+}
+
+pub async fn show(settings: &Settings, run_id: &str) -> anyhow::Result<Answer> {
+    let pool = tf_store::connect(&settings.database_url).await?;
+    let mut run =
+        tf_store::runs::lineage(&pool, run_id, tf_kafka::topics::RESULTS_TOPIC).await?.with_context(|| format!("no run {run_id}"))?;
+    run.temporal_ui = Some(settings.temporal_ui_link(run_id));
+    shown(&run)
+}
+
+/// One run's lineage (both modes), from its source to its results.
+pub fn shown(r: &RunLineage) -> anyhow::Result<Answer> {
+    let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let num = |v: Option<i64>| v.map_or("-".to_string(), |n| n.to_string());
+    let mut text = String::new();
+    say!(text, "run         {}", r.run_id);
+    say!(text, "status      {}", r.status);
+    say!(text, "definition  {} v{}", r.definition.id, r.definition.version);
+    say!(text, "dedupe      key {} · generation {} · attempt {}", r.dedupe_key, r.generation, r.attempt);
+    match (&r.source.topic, &r.source.schedule_id) {
+        (Some(topic), _) => say!(
+            text,
+            "source      {topic}[{}]@{} event {}",
+            num(r.source.partition.map(i64::from)),
+            num(r.source.offset),
+            or(&r.source.event_id)
+        ),
+        (None, Some(s)) => say!(text, "source      schedule {s} slot {}", or(&r.source.scheduled_for)),
+        (None, None) => say!(text, "source      {}", r.source.kind),
     }
-    if runs.is_empty() {
-        println!("(no runs yet)");
-    }
-    for r in runs {
-        println!(
-            "{}  {}@v{}  key={} generation {}{}  {} {}  {}  tasks {}/{} done, results published {}",
-            r.fired_at,
-            r.definition_id,
-            r.definition_version,
-            r.dedupe_key,
-            r.generation,
-            if r.attempt > 1 { format!(" attempt {}", r.attempt) } else { String::new() },
-            r.trigger_kind,
-            r.source_label(),
-            r.status,
-            r.tasks_done,
-            r.tasks_spawned,
-            r.results_published
-        );
-        println!("    {}  {}", r.run_id, r.temporal_ui.as_deref().unwrap_or(""));
-    }
-    Ok(ExitCode::SUCCESS)
+    say!(text, "fired       {}  finished {}", r.fired_at, or(&r.finished_at));
+    say!(text, "temporal    {}", or(&r.temporal_ui));
+    let tasks: Vec<Vec<String>> = r
+        .tasks
+        .iter()
+        .map(|t| vec![t.task_id.clone(), t.task_type.to_string(), t.status.to_string(), t.attempts.to_string(), or(&t.error)])
+        .collect();
+    text.push('\n');
+    text.push_str(&table(&["TASK", "TYPE", "STATUS", "ATTEMPTS", "ERROR"], &tasks, "(no tasks)"));
+    let results: Vec<Vec<String>> = r
+        .results
+        .iter()
+        .map(|x| {
+            let at = match (x.partition, x.offset) {
+                (Some(p), Some(o)) => format!("{}[{p}]@{o}", x.topic),
+                _ if x.quarantined => format!("quarantined: {}", or(&x.quarantine_reason)),
+                _ if x.published_at.is_some() => "published (offset not recorded)".into(),
+                _ => "not published yet".into(),
+            };
+            vec![x.task_id.clone(), x.status.clone(), at]
+        })
+        .collect();
+    text.push('\n');
+    text.push_str(&table(&["RESULT OF", "STATUS", "WHERE"], &results, "(no results)"));
+    Ok(Answer::new(r)?.text(text))
 }
 
 /// `tf runs retry`: starts a failed run again with the input it first had; the worker takes the
 /// run over as its next attempt.
-pub async fn retry(settings: &Settings, run_id: &str) -> anyhow::Result<ExitCode> {
+pub async fn retry(settings: &Settings, run_id: &str) -> anyhow::Result<Answer> {
     let pool = tf_store::connect(&settings.database_url).await?;
     let (status, input) = tf_store::runs::run_input(&pool, run_id).await?.with_context(|| format!("no run {run_id}"))?;
     let client = tf_temporal::connect(&settings.temporal_url, &settings.temporal_namespace, "tf-cli").await?;
     match tf_temporal::run_control::retry_run(&client, &settings.task_queue, run_id, status, input).await? {
-        RetryOutcome::Started => {
-            println!("retrying {run_id}: a new execution started; `tf runs list` shows its attempt");
-            Ok(ExitCode::SUCCESS)
-        }
-        RetryOutcome::StillOpen => {
-            println!("{run_id} has an open execution in Temporal (it may be finishing its failure); try again in a moment");
-            Ok(ExitCode::FAILURE)
-        }
+        RetryOutcome::Started => Ok(Answer::new(json!({"run_id": run_id, "action": "retry", "outcome": "retry started"}))?
+            .text(format!("retrying {run_id}: a new execution started; `tf runs list` shows its attempt\n"))),
+        RetryOutcome::StillOpen => anyhow::bail!("{run_id} has an open execution in Temporal (it may be finishing its failure); try again in a moment"),
     }
 }
 
 /// `tf runs cancel`: asks Temporal to cancel a running run; its tasks end `cancelled`.
-pub async fn cancel(settings: &Settings, run_id: &str, reason: &str) -> anyhow::Result<ExitCode> {
+pub async fn cancel(settings: &Settings, run_id: &str, reason: &str) -> anyhow::Result<Answer> {
     let pool = tf_store::connect(&settings.database_url).await?;
     let (status, _) = tf_store::runs::run_input(&pool, run_id).await?.with_context(|| format!("no run {run_id}"))?;
     let client = tf_temporal::connect(&settings.temporal_url, &settings.temporal_namespace, "tf-cli").await?;
     tf_temporal::run_control::cancel_run(&client, run_id, status, reason).await?;
-    println!("cancel requested for {run_id}; its tasks and the run are recorded as cancelled once the workflow has stopped them");
-    Ok(ExitCode::SUCCESS)
+    Ok(Answer::new(json!({"run_id": run_id, "action": "cancel", "outcome": "cancel requested"}))?.text(format!(
+        "cancel requested for {run_id}; its tasks and the run are recorded as cancelled once the workflow has stopped them\n"
+    )))
 }
 
-pub async fn list_tasks(settings: &Settings, status: &str, limit: i64, format: crate::Format) -> anyhow::Result<ExitCode> {
+/// Tasks of every type in `status` (the API's inbox lists human tasks only).
+pub async fn list_tasks(settings: &Settings, status: &str, limit: i64) -> anyhow::Result<Answer> {
     let pool = tf_store::connect(&settings.database_url).await?;
-    let tasks = tf_store::tasks::tasks_by_status(&pool, status.parse()?, limit).await?;
-    if format == crate::Format::Json {
-        crate::print_json(&tasks)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if tasks.is_empty() {
-        println!("(no {status} tasks)");
-    }
-    for t in &tasks {
-        println!("{}  {}  {}  {}  params {}", t.created_at, t.task_type, t.status, t.task_id, t.params);
-    }
-    Ok(ExitCode::SUCCESS)
+    let filter = TaskFilter { status: status.parse()?, task_type: None, definition: None };
+    let (tasks, _) = tf_store::tasks::list_tasks(&pool, &filter, None, limit).await?;
+    tasks_listed(&tasks, status)
 }
 
-/// Completes a human task: signals its RunTask workflow, which records and publishes the result.
-pub async fn complete(settings: &Settings, task_id: &str, result: &str) -> anyhow::Result<ExitCode> {
-    let output: Json = serde_json::from_str(result).with_context(|| format!("--result is not JSON: {result}"))?;
+/// Tasks as a table (both modes).
+pub fn tasks_listed(tasks: &[TaskSummary], status: &str) -> anyhow::Result<Answer> {
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.created_at.clone(),
+                t.task_id.clone(),
+                t.task_type.to_string(),
+                t.status.to_string(),
+                t.claimed_by.clone().unwrap_or_default(),
+                t.params.to_string(),
+            ]
+        })
+        .collect();
+    let text = table(&["CREATED", "TASK", "TYPE", "STATUS", "CLAIMED BY", "PARAMS"], &rows, &format!("(no {status} tasks)"));
+    Ok(Answer::new(tasks)?.text(text))
+}
+
+/// A human task waiting for a person, or why it is not.
+async fn awaiting(pool: &tf_store::PgPool, task_id: &str, what: &str) -> anyhow::Result<()> {
+    let task = tf_store::tasks::task(pool, task_id).await?.with_context(|| format!("no task {task_id}"))?;
+    anyhow::ensure!(task.task_type == TaskType::Human, "task {task_id} is a {} task; only human tasks are {what} by hand", task.task_type);
+    anyhow::ensure!(task.status == TaskStatus::AwaitingHuman, "task {task_id} is {}, not awaiting_human", task.status);
+    Ok(())
+}
+
+pub async fn claim(settings: &Settings, task_id: &str, by: &str) -> anyhow::Result<Answer> {
     let pool = tf_store::connect(&settings.database_url).await?;
-    let task = tf_store::tasks::task(&pool, task_id).await?.with_context(|| format!("no task {task_id}"))?;
-    anyhow::ensure!(
-        task.task_type == tf_definitions::TaskType::Human,
-        "task {task_id} is a {} task; only human tasks are completed by hand",
-        task.task_type
-    );
-    anyhow::ensure!(task.status == tf_definitions::TaskStatus::AwaitingHuman, "task {task_id} is {}, not awaiting_human", task.status);
+    awaiting(&pool, task_id, "claimed").await?;
+    match tf_store::tasks::claim_human_task(&pool, task_id, by).await? {
+        ClaimOutcome::Claimed => {
+            Ok(Answer::new(json!({"task_id": task_id, "claimed_by": by}))?.text(format!("claimed {task_id} as {by}\n")))
+        }
+        ClaimOutcome::HeldBy(holder) => anyhow::bail!("task {task_id} is claimed by {holder}"),
+        ClaimOutcome::NotAwaiting(what) => anyhow::bail!("task {task_id} is not waiting for a person ({what})"),
+    }
+}
+
+/// Decides a human task with an update to its RunTask workflow (not a signal: it returns once
+/// the workflow accepted the decision, and the workflow refuses a second one).
+async fn decide(settings: &Settings, task_id: &str, decision: tf_temporal::HumanDecision, what: &str) -> anyhow::Result<()> {
+    let pool = tf_store::connect(&settings.database_url).await?;
+    awaiting(&pool, task_id, what).await?;
     let client = tf_temporal::connect(&settings.temporal_url, &settings.temporal_namespace, "tf-cli").await?;
-    // An update, not a signal: it returns once the workflow accepted the completion, and the
-    // workflow refuses a second decision.
-    let by = std::env::var("USER").map(|u| format!("tf-cli:{u}")).unwrap_or_else(|_| "tf-cli".into());
     client
         .get_workflow_handle::<tf_temporal::RunTask>(task_id)
-        .execute_update(tf_temporal::DecideTask, tf_temporal::HumanDecision::Complete { output, by }, Default::default())
+        .execute_update(tf_temporal::DecideTask, decision, Default::default())
         .await
-        .with_context(|| format!("completing task {task_id}"))?;
-    println!("completed {task_id}; its result is published when the workflow records it");
-    Ok(ExitCode::SUCCESS)
+        .with_context(|| format!("deciding task {task_id}"))?;
+    Ok(())
+}
+
+pub async fn complete(settings: &Settings, task_id: &str, result: &str) -> anyhow::Result<Answer> {
+    let output: Json = serde_json::from_str(result).with_context(|| format!("--result is not JSON: {result}"))?;
+    let by = crate::default_actor();
+    decide(settings, task_id, tf_temporal::HumanDecision::Complete { output, by: by.clone() }, "completed").await?;
+    Ok(Answer::new(json!({"task_id": task_id, "decision": "complete", "by": by}))?
+        .text(format!("completed {task_id}; its result is published when the workflow records it\n")))
+}
+
+pub async fn reject(settings: &Settings, task_id: &str, reason: &str) -> anyhow::Result<Answer> {
+    anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
+    let by = crate::default_actor();
+    decide(settings, task_id, tf_temporal::HumanDecision::Reject { reason: reason.to_string(), by: by.clone() }, "rejected").await?;
+    Ok(Answer::new(json!({"task_id": task_id, "decision": "reject", "by": by}))?
+        .text(format!("rejected {task_id}; the task and its run fail with the reason\n")))
 }

@@ -1,7 +1,6 @@
 //! `tf schedules list|describe|pause|resume|trigger|backfill|reconcile`: the Temporal Schedules of cron
 //! definitions, addressed by schedule id or definition id.
 
-use std::process::ExitCode;
 use std::time::SystemTime;
 
 use anyhow::Context;
@@ -10,7 +9,10 @@ use futures::StreamExt;
 use temporalio_client::RpcOptions;
 use temporalio_client::schedules::{ListSchedulesOptions, ScheduleBackfill, ScheduleOverlapPolicy};
 use tf_config::Settings;
+use serde_json::json;
 use tf_temporal::schedules::{SCHEDULE_PREFIX, schedule_id};
+
+use crate::output::{Answer, say, table};
 
 /// Accepts a schedule id or the id of its definition.
 fn id_of(arg: &str) -> String {
@@ -46,43 +48,39 @@ async fn client(settings: &Settings) -> anyhow::Result<temporalio_client::Client
     Ok(tf_temporal::connect(&settings.temporal_url, &settings.temporal_namespace, "tf-cli").await?)
 }
 
-pub async fn list(settings: &Settings, format: crate::Format) -> anyhow::Result<ExitCode> {
+pub async fn list(settings: &Settings) -> anyhow::Result<Answer> {
     let client = client(settings).await?;
     let mut stream = client.list_schedules(ListSchedulesOptions::default());
-    let mut n = 0;
-    let mut rows = Vec::new();
+    let (mut rows, mut cells) = (Vec::new(), Vec::new());
     while let Some(s) = stream.next().await {
         let s = s?;
         if !s.schedule_id().starts_with(SCHEDULE_PREFIX) {
             continue;
         }
-        n += 1;
         let next: Vec<String> = s.future_action_times().into_iter().take(3).map(fmt).collect();
-        if format == crate::Format::Json {
-            rows.push(serde_json::json!({"schedule_id": s.schedule_id(), "paused": s.paused(), "note": s.note(), "next": next}));
-            continue;
-        }
         let state = if s.paused() { format!("PAUSED ({})", s.note().unwrap_or("")) } else { "active".into() };
-        println!("{}  {state}  next: {}", s.schedule_id(), next.join(", "));
+        cells.push(vec![s.schedule_id().to_string(), state, next.join(", ")]);
+        rows.push(json!({"schedule_id": s.schedule_id(), "paused": s.paused(), "note": s.note(), "next": next}));
     }
-    if format == crate::Format::Json {
-        crate::print_json(&rows)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if n == 0 {
-        println!("(no schedules; cron definitions get one from the worker's scheduler, or `tf schedules reconcile`)");
-    }
-    Ok(ExitCode::SUCCESS)
+    let text = table(
+        &["SCHEDULE", "STATE", "NEXT"],
+        &cells,
+        "(no schedules; cron definitions get one from the worker's scheduler, or `tf schedules reconcile`)",
+    );
+    Ok(Answer::new(rows)?.text(text))
 }
 
-pub async fn describe(settings: &Settings, id: &str) -> anyhow::Result<ExitCode> {
+pub async fn describe(settings: &Settings, id: &str) -> anyhow::Result<Answer> {
     let id = id_of(id);
     let client = client(settings).await?;
     let d = client.get_schedule_handle(id.clone()).describe(RpcOptions::default()).await.with_context(|| format!("describing {id}"))?;
-    println!("schedule      {id}");
+    let mut text = String::new();
+    say!(text, "schedule      {id}");
     let spec = d.raw().schedule.as_ref().and_then(|s| s.spec.as_ref());
+    let timezone = spec.map(|s| if s.timezone_name.is_empty() { "UTC".to_string() } else { s.timezone_name.clone() });
+    let mut calendars = Vec::new();
     if let Some(spec) = spec {
-        println!("time zone     {}", if spec.timezone_name.is_empty() { "UTC" } else { &spec.timezone_name });
+        say!(text, "time zone     {}", timezone.as_deref().unwrap_or("UTC"));
         for c in &spec.structured_calendar {
             let r = |v: &Vec<temporalio_common::protos::temporal::api::schedule::v1::Range>| {
                 v.iter()
@@ -90,7 +88,10 @@ pub async fn describe(settings: &Settings, id: &str) -> anyhow::Result<ExitCode>
                     .collect::<Vec<_>>()
                     .join(",")
             };
-            println!(
+            let calendar = json!({"second": r(&c.second), "minute": r(&c.minute), "hour": r(&c.hour),
+                                  "day_of_month": r(&c.day_of_month), "month": r(&c.month), "day_of_week": r(&c.day_of_week)});
+            say!(
+                text,
                 "calendar      second {} minute {} hour {} day-of-month {} month {} day-of-week {}",
                 r(&c.second),
                 r(&c.minute),
@@ -99,56 +100,60 @@ pub async fn describe(settings: &Settings, id: &str) -> anyhow::Result<ExitCode>
                 r(&c.month),
                 r(&c.day_of_week)
             );
+            calendars.push(calendar);
         }
     }
-    println!("state         {}", if d.paused() { format!("PAUSED: {}", d.note().unwrap_or("")) } else { "active".to_string() });
-    println!(
+    say!(text, "state         {}", if d.paused() { format!("PAUSED: {}", d.note().unwrap_or("")) } else { "active".to_string() });
+    say!(
+        text,
         "actions       {} taken, {} missed the catch-up window, {} skipped by overlap",
         d.action_count(),
         d.missed_catchup_window(),
         d.overlap_skipped()
     );
+    let mut recent = Vec::new();
     for a in d.recent_actions() {
-        println!(
-            "  ran         nominal {}  started {}  {}",
-            a.schedule_time.map(fmt).unwrap_or_default(),
-            a.actual_time.map(fmt).unwrap_or_default(),
-            a.workflow_id
-        );
+        let (nominal, started) = (a.schedule_time.map(fmt).unwrap_or_default(), a.actual_time.map(fmt).unwrap_or_default());
+        say!(text, "  ran         nominal {nominal}  started {started}  {}", a.workflow_id);
+        recent.push(json!({"nominal": nominal, "started": started, "workflow_id": a.workflow_id}));
     }
-    for a in d.running_actions() {
-        println!("  running     {}", a.workflow_id);
+    let running: Vec<String> = d.running_actions().iter().map(|a| a.workflow_id.clone()).collect();
+    for w in &running {
+        say!(text, "  running     {w}");
     }
     let next: Vec<String> = d.future_action_times().into_iter().take(5).map(fmt).collect();
-    println!("next          {}", next.join(", "));
-    Ok(ExitCode::SUCCESS)
+    say!(text, "next          {}", next.join(", "));
+    let answer = json!({
+        "schedule_id": id, "time_zone": timezone, "calendars": calendars, "paused": d.paused(), "note": d.note(),
+        "actions": d.action_count(), "missed_catchup_window": d.missed_catchup_window(), "overlap_skipped": d.overlap_skipped(),
+        "recent": recent, "running": running, "next": next,
+    });
+    Ok(Answer::new(answer)?.text(text))
 }
 
-pub async fn pause(settings: &Settings, id: &str, note: &str) -> anyhow::Result<ExitCode> {
+pub async fn pause(settings: &Settings, id: &str, note: &str) -> anyhow::Result<Answer> {
     let id = id_of(id);
     client(settings).await?.get_schedule_handle(id.clone()).pause(Some(note), Default::default()).await?;
-    println!("paused {id}: {note}");
-    Ok(ExitCode::SUCCESS)
+    Ok(Answer::new(json!({"schedule_id": id, "paused": true, "note": note}))?.text(format!("paused {id}: {note}\n")))
 }
 
-pub async fn resume(settings: &Settings, id: &str) -> anyhow::Result<ExitCode> {
+pub async fn resume(settings: &Settings, id: &str) -> anyhow::Result<Answer> {
     let id = id_of(id);
     client(settings).await?.get_schedule_handle(id.clone()).unpause(Some("resumed with tf schedules resume"), Default::default()).await?;
-    println!("resumed {id}");
-    Ok(ExitCode::SUCCESS)
+    Ok(Answer::new(json!({"schedule_id": id, "paused": false}))?.text(format!("resumed {id}\n")))
 }
 
-pub async fn trigger(settings: &Settings, id: &str) -> anyhow::Result<ExitCode> {
+pub async fn trigger(settings: &Settings, id: &str) -> anyhow::Result<Answer> {
     let id = id_of(id);
     client(settings).await?.get_schedule_handle(id.clone()).trigger(ScheduleOverlapPolicy::AllowAll, Default::default()).await?;
-    println!("triggered {id}: one run starts now");
-    Ok(ExitCode::SUCCESS)
+    Ok(Answer::new(json!({"schedule_id": id, "triggered": true}))?.text(format!("triggered {id}: one run starts now\n")))
 }
 
 /// Backfills `[from, to)` in one-day batches. They go in one request: separate back-to-back
 /// backfill requests were seen to drop a batch on Temporal 1.32. Then it follows the schedule
-/// until its action count stops growing, so the operator sees the runs start.
-pub async fn backfill(settings: &Settings, id: &str, from: &str, to: &str, overlap: ScheduleOverlapPolicy) -> anyhow::Result<ExitCode> {
+/// until its action count stops growing, showing progress on stderr, so the operator sees the
+/// runs start.
+pub async fn backfill(settings: &Settings, id: &str, from: &str, to: &str, overlap: ScheduleOverlapPolicy) -> anyhow::Result<Answer> {
     let id = id_of(id);
     let parse = |t: &str| tf_definitions::cron::parse_time(t).map_err(anyhow::Error::msg);
     let (from, to) = (parse(from)?, parse(to)?);
@@ -165,7 +170,7 @@ pub async fn backfill(settings: &Settings, id: &str, from: &str, to: &str, overl
     let requests = batches.iter().map(|(s, e)| ScheduleBackfill::new((*s).into(), (*e).into()).overlap_policy(overlap).build());
     handle.backfill(requests, Default::default()).await.with_context(|| format!("backfilling {id}"))?;
     for (i, (s, e)) in batches.iter().enumerate() {
-        println!("backfill {id}: batch {}/{} {} .. {} requested", i + 1, batches.len(), s.to_rfc3339(), e.to_rfc3339());
+        eprintln!("backfill {id}: batch {}/{} {} .. {} requested", i + 1, batches.len(), s.to_rfc3339(), e.to_rfc3339());
     }
     let (mut last, mut stable) = (before, 0);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -173,17 +178,19 @@ pub async fn backfill(settings: &Settings, id: &str, from: &str, to: &str, overl
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let now = handle.describe(RpcOptions::default()).await?.action_count();
         if now != last {
-            println!("  {} run(s) started so far", now - before);
+            eprintln!("  {} run(s) started so far", now - before);
             (last, stable) = (now, 0);
         } else {
             stable += 1;
         }
     }
-    println!("done: {} run(s) started; a run whose scheduled time already ran ends as deduplicated", last - before);
-    Ok(ExitCode::SUCCESS)
+    let started = last - before;
+    let batches: Vec<serde_json::Value> = batches.iter().map(|(s, e)| json!({"from": s.to_rfc3339(), "to": e.to_rfc3339()})).collect();
+    Ok(Answer::new(json!({"schedule_id": id, "batches": batches, "runs_started": started}))?
+        .text(format!("done: {started} run(s) started; a run whose scheduled time already ran ends as deduplicated\n")))
 }
 
-pub async fn reconcile(settings: &Settings) -> anyhow::Result<ExitCode> {
+pub async fn reconcile(settings: &Settings) -> anyhow::Result<Answer> {
     let pool = tf_store::connect(&settings.database_url).await?;
     let client = client(settings).await?;
     let rows = tf_store::definitions::latest(&pool).await?;
@@ -192,8 +199,12 @@ pub async fn reconcile(settings: &Settings) -> anyhow::Result<ExitCode> {
     for b in &broken {
         eprintln!("skipped (its schedule is left alone): {b}");
     }
+    let mut text = String::new();
+    let mut changed = Vec::new();
     for (id, changes) in tf_temporal::schedules::reconcile(&client, &settings.task_queue, &wanted, &broken).await? {
-        println!("  {id}: {changes:?}");
+        say!(text, "  {id}: {changes:?}");
+        changed.push(json!({"schedule_id": id, "changes": format!("{changes:?}")}));
     }
-    Ok(ExitCode::SUCCESS)
+    let broken: Vec<String> = broken.iter().map(ToString::to_string).collect();
+    Ok(Answer::new(json!({"schedules": changed, "skipped": broken}))?.text(text))
 }

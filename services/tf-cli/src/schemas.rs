@@ -2,17 +2,20 @@
 //! Confluent-compatible registry.
 
 use std::path::Path;
-use std::process::ExitCode;
 
 use anyhow::Context;
 use tf_config::Settings;
+use serde_json::json;
 use tf_envelope::Registry;
 
-pub async fn register(settings: &Settings, schemas: &Path, topics_dir: &Path) -> anyhow::Result<ExitCode> {
+use crate::output::{Answer, say};
+
+pub async fn register(settings: &Settings, schemas: &Path, topics_dir: &Path) -> anyhow::Result<Answer> {
     let registry = Registry::new(&settings.schema_registry_url);
     let specs = tf_kafka::topics::load_dir(topics_dir)?;
-    println!("registering value schemas at {}", registry.base_url());
-    let mut count = 0;
+    let mut text = String::new();
+    say!(text, "registering value schemas at {}", registry.base_url());
+    let mut rows = Vec::new();
     for spec in specs.iter().filter(|s| s.value_schema.is_some()) {
         let name = spec.value_schema.as_deref().expect("filtered");
         let path = schemas.join(format!("{name}.avsc"));
@@ -22,11 +25,11 @@ pub async fn register(settings: &Settings, schemas: &Path, topics_dir: &Path) ->
         let known = registry.lookup(&subject, &schema).await?;
         let id = registry.register(&subject, &schema).await.with_context(|| format!("{}", path.display()))?;
         let state = if known == Some(id) { "unchanged " } else { "registered" };
-        println!("  {state} {subject} <- {} (schema id {id})", path.display());
-        count += 1;
+        say!(text, "  {state} {subject} <- {} (schema id {id})", path.display());
+        rows.push(json!({"subject": subject, "file": path.display().to_string(), "id": id, "outcome": state.trim()}));
     }
-    if count == 0 {
-        println!("  no topic spec in {} names a value_schema", topics_dir.display());
+    if rows.is_empty() {
+        say!(text, "  no topic spec in {} names a value_schema", topics_dir.display());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Answer::new(json!({ "subjects": rows }))?.text(text))
 }

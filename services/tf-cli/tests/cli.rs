@@ -286,3 +286,200 @@ fn a_closed_pipe_ends_tf_quietly() {
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Every leaf command of the binary's tree, found by walking its `--help` pages (a command
+/// added to the tree is found here without being listed).
+fn leaf_commands(path: &[String]) -> Vec<Vec<String>> {
+    let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+    args.push("--help");
+    let help = stdout(&tf(&args, &[]));
+    let subs: Vec<String> = help
+        .split("Commands:\n")
+        .nth(1)
+        .map(|rest| {
+            rest.lines()
+                .take_while(|l| !l.trim().is_empty())
+                .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+                .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+                .filter(|name| name != "help")
+                .collect()
+        })
+        .unwrap_or_default();
+    if subs.is_empty() {
+        return vec![path.to_vec()];
+    }
+    subs.iter()
+        .flat_map(|s| {
+            let mut p = path.to_vec();
+            p.push(s.clone());
+            leaf_commands(&p)
+        })
+        .collect()
+}
+
+/// `-o json` on every command prints one JSON document (and nothing else) on stdout; where a
+/// command fails, stdout is empty and the reason is on stderr. Commands tf-api serves print the
+/// same JSON in both modes. A command added to the tree without a case here fails the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_answers_json_and_both_modes_answer_alike() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-cli-queue");
+    let env = [("TF_DATABASE_URL", db.url.as_str()), ("TF_TASK_QUEUE", queue.as_str())];
+    let topic = unique("it-cli-json");
+    create_topic(&s, &topic, 1).await;
+    let dir = temp_dir(&unique("it-cli-json"));
+    let d = dir.to_str().unwrap();
+    write_spec(&dir, &topic, 1, Some("envelope"));
+
+    // A cron definition of its own (its schedule id is unique), the examples, and three runs:
+    // one failed with its input (to retry), one running with a human task waiting.
+    let cron = unique("it-cli-cron").to_lowercase();
+    let cron_file = temp_dir(&unique("it-cli-cron")).join("cron.yaml");
+    std::fs::write(&cron_file, format!("id: {cron}\nname: c\ntrigger: {{cron: {{expression: \"0 3 * * *\"}}}}\ntasks:\n  - {{name: t, type: human}}\n")).unwrap();
+    assert!(tf(&["definitions", "apply", "-f", "examples/definitions", "-f", cron_file.to_str().unwrap()], &env).status.success());
+    // The workflow id a retry starts is the input's (definition, key, generation): unique keys.
+    let (failed_key, running_key) = (unique("k-failed"), unique("k-running"));
+    let failed = tf_store::runs::RunId::from_workflow_id(format!("run/signup-welcome/{failed_key}/1"));
+    let running = tf_store::runs::RunId::from_workflow_id(format!("run/signup-welcome/{running_key}/1"));
+    for (run_id, key) in [(&failed, failed_key.as_str()), (&running, running_key.as_str())] {
+        let source = tf_store::runs::RunSource::event("events.demo", 0, 1, Some(format!("evt-{key}")));
+        let input = serde_json::to_value(tf_testkit::run_input("signup-welcome", 1, key, serde_json::json!({"data": {}}))).unwrap();
+        let begin = tf_store::runs::BeginRun {
+            run_id,
+            execution_id: "x1",
+            definition_id: "signup-welcome",
+            definition_version: 1,
+            dedupe_key: key,
+            generation: None,
+            event_time_ms: 1_000,
+            dedupe_window: std::time::Duration::from_secs(60),
+            fired_at_ms: 1_000,
+            traceparent: None,
+            source: &source,
+            input: Some(&input),
+            operator_retry: false,
+        };
+        tf_store::runs::begin_run(&pool, &begin).await.unwrap();
+    }
+    tf_store::runs::finish_run(&pool, &failed, tf_store::runs::RunStatus::Failed).await.unwrap();
+    let task = running.task("review", 0);
+    let params = serde_json::json!({"question": "ok?"});
+    let new = tf_store::tasks::NewTask {
+        task_id: &task,
+        template: "review",
+        index: 0,
+        task_type: tf_definitions::TaskType::Human,
+        params: &params,
+        run_attempt: 1,
+    };
+    tf_store::tasks::record_tasks(&pool, &running, &[new]).await.unwrap();
+    tf_store::tasks::set_task_status(&pool, &task, tf_definitions::TaskStatus::AwaitingHuman).await.unwrap();
+
+    let group = unique("it-cli-group");
+    let event = dir.join("event.json");
+    std::fs::write(&event, r#"{"id": "e1", "type": "com.example.user.signed_up", "source": "/s", "data": {"email": "a@example.com", "name": "Ada"}}"#).unwrap();
+    let (failed_id, running_id, task_id) = (failed.as_str().to_string(), running.as_str().to_string(), task.as_str().to_string());
+    let schedule = cron.clone();
+    let cases: Vec<(Vec<&str>, bool)> = vec![
+        (vec!["topics", "apply", "--dir", d], true),
+        (vec!["schemas", "register", "--topics", d], true),
+        (vec!["db", "migrate"], true),
+        (vec!["consumer", "lag", "--group", &group, "--topics", &topic], true),
+        (vec!["consumer", "reset-offsets", "--group", &group, "--topics", &topic, "--to-earliest"], true),
+        (vec!["definitions", "validate", "-f", "examples/definitions"], true),
+        (vec!["definitions", "test", "-f", "examples/definitions/signup-welcome.yaml", "--event", event.to_str().unwrap()], true),
+        (vec!["definitions", "apply", "-f", "examples/definitions"], true),
+        (vec!["definitions", "list"], true),
+        (vec!["definitions", "show", "signup-welcome"], true),
+        (vec!["runs", "list"], true),
+        (vec!["runs", "show", &failed_id], true),
+        (vec!["runs", "retry", &failed_id], true),
+        (vec!["schedules", "reconcile"], true),
+        (vec!["schedules", "list"], true),
+        (vec!["schedules", "describe", &schedule], true),
+        (vec!["schedules", "pause", &schedule, "--note", "test"], true),
+        (vec!["schedules", "resume", &schedule], true),
+        (vec!["schedules", "trigger", &schedule], true),
+        (vec!["schedules", "backfill", &schedule, "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-02T00:00:00Z"], true),
+        (vec!["tasks", "list"], true),
+        (vec!["tasks", "claim", &task_id, "--as", "ada"], true),
+        (vec!["results", "quarantined"], true),
+        (vec!["completions", "bash"], true),
+        (vec!["demo", "roundtrip", "--topic", &topic], true),
+        (vec!["demo", "events", "--topic", &topic, "--orders", "2"], true),
+        // Refusals: a run that is not running, a task whose workflow does not exist, results
+        // that are not quarantined (a partial answer with exit 1), the DLQ without tf-api.
+        (vec!["runs", "cancel", &running_id], false),
+        (vec!["tasks", "complete", &task_id, "--result", "{}"], false),
+        (vec!["tasks", "reject", &task_id, "--reason", "no"], false),
+        (vec!["results", "requeue", "nope"], false),
+        (vec!["dead-letters", "list"], false),
+        (vec!["dead-letters", "redrive", "0:1"], false),
+        (vec!["definitions", "delete", &cron], true),
+    ];
+    let covered: Vec<String> = cases.iter().map(|(args, _)| args.iter().take_while(|a| !a.starts_with('-')).take(2).copied().collect::<Vec<_>>().join(" ")).collect();
+    for leaf in leaf_commands(&[]) {
+        let leaf = leaf.join(" ");
+        assert!(covered.iter().any(|c| c == &leaf || (leaf.split(' ').count() == 1 && c.starts_with(&leaf))), "`tf {leaf}` has no case here");
+    }
+    for (args, succeeds) in &cases {
+        let mut with = args.clone();
+        with.extend(["-o", "json"]);
+        let out = tf(&with, &env);
+        let text = stdout(&out);
+        assert_eq!(out.status.success(), *succeeds, "tf {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        if text.trim().is_empty() {
+            assert!(!succeeds, "tf {args:?} succeeded without an answer");
+            assert!(String::from_utf8_lossy(&out.stderr).contains("error:"), "tf {args:?} failed without saying why");
+            continue;
+        }
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(&text);
+        assert!(parsed.is_ok(), "tf {args:?} -o json printed what is not one JSON document:\n{text}");
+        let yaml = tf(&[args.as_slice(), &["-o", "yaml"]].concat(), &env);
+        if yaml.status.success() && !args.contains(&"retry") && !args.contains(&"claim") {
+            assert!(!stdout(&yaml).trim_start().starts_with('{'), "tf {args:?} -o yaml printed JSON");
+        }
+    }
+
+    // Both modes: the same objects.
+    let api_addr = tf_testkit::free_local_addr();
+    let hash = String::from_utf8(Command::new(tf_testkit::workspace_binary("tf-api")).args(["hash-token", "it-cli-token"]).output().unwrap().stdout).unwrap();
+    let api = tf_testkit::Service::spawn(
+        &tf_testkit::workspace_binary("tf-api"),
+        &unique("tf-api"),
+        &[
+            ("TF_DATABASE_URL", &db.url),
+            ("TF_TASK_QUEUE", &queue),
+            ("TF_API_ADDR", &api_addr),
+            ("TF_API_METRICS_ADDR", ""),
+            ("TF_API_TOKEN__CLI", &format!("read,write,tasks:{}", hash.trim())),
+        ],
+    );
+    let base = format!("http://{api_addr}");
+    tf_testkit::eventually(&format!("tf-api to answer; log:\n{}", api.log()), std::time::Duration::from_secs(30), || async {
+        reqwest::get(format!("{base}/healthz")).await.ok().filter(|r| r.status() == 200).map(|_| ())
+    })
+    .await;
+    let remote = [("TF_API_URL", base.as_str()), ("TF_API_TOKEN", "it-cli-token")];
+    for args in [
+        vec!["definitions", "list"],
+        vec!["definitions", "show", "signup-welcome"],
+        vec!["runs", "list"],
+        vec!["runs", "show", &running_id],
+        vec!["tasks", "list", "--status", "awaiting_human"],
+    ] {
+        let with = [args.as_slice(), &["-o", "json"]].concat();
+        let direct: serde_json::Value = serde_json::from_slice(&tf(&with, &env).stdout).unwrap();
+        let through_api = tf(&with, &[env.as_slice(), &remote].concat());
+        assert!(through_api.status.success(), "tf {args:?} through tf-api failed");
+        let through_api: serde_json::Value = serde_json::from_slice(&through_api.stdout).unwrap();
+        assert_eq!(direct, through_api, "tf {args:?} -o json differs between the modes");
+    }
+    for args in [vec!["dead-letters", "list", "--topic", &topic], vec!["dead-letters", "redrive", "--topic", &topic]] {
+        let out = tf(&[args.as_slice(), &["-o", "json"]].concat(), &[env.as_slice(), &remote].concat());
+        assert!(out.status.success(), "tf {args:?} through tf-api failed");
+        let _: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    }
+    delete_topics(&s, &[&topic]).await;
+}
