@@ -85,6 +85,14 @@ pub fn python() -> PathBuf {
     cache.join("venv/bin/python")
 }
 
+/// A tf-worker process for the database at `db_url` and task queue `queue`, with `extra`
+/// settings on top (`TF_NO_RELAY`, a relay id, a metrics address, ...).
+pub fn worker(db_url: &str, queue: &str, extra: &[(&str, &str)]) -> Service {
+    let mut envs = vec![("TF_DATABASE_URL", db_url), ("TF_TASK_QUEUE", queue)];
+    envs.extend_from_slice(extra);
+    Service::spawn(&workspace_binary("tf-worker"), &unique("tf-worker"), &envs)
+}
+
 /// A brand-new, empty database on the stack's PostgreSQL, dropped when the guard is dropped.
 pub struct FreshDatabase {
     pub url: String,

@@ -155,6 +155,41 @@ pub async fn run(cli: Config) -> anyhow::Result<()> {
     let _telemetry = tf_telemetry::init_service("tf-api", "info").context("trace export (OTEL_EXPORTER_OTLP_*)")?;
     tf_config::check_connection_settings()?;
     let recorder = tf_runtime::Metrics::install("tf-api", env!("CARGO_PKG_VERSION"), metrics::BUCKETS)?;
+    let app = build(&cli).await?;
+    // Connected in build; the API's own /readyz answers on its port too.
+    let ready = tf_runtime::Ready::default();
+    ready.set(true);
+    tf_runtime::serve(&cli.metrics_addr, recorder, ready);
+    app.run_until(async {
+        tf_runtime::shutdown_signal().await;
+        tracing::info!("shutting down");
+    })
+    .await
+}
+
+/// A built API: connected to its services and listening, not yet serving.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    router: Router,
+}
+
+impl Application {
+    /// Where it listens (`--addr 127.0.0.1:0` picks a free port).
+    pub fn addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `stop` completes, then finishes the requests in flight.
+    pub async fn run_until(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        axum::serve(self.listener, self.router).with_graceful_shutdown(stop).await?;
+        Ok(())
+    }
+}
+
+/// Everything between the configuration and a listening API, shared by `main` (through
+/// [`run`]) and the tests, which start it in-process on port 0. The process-wide parts (logging,
+/// the metrics recorder and its port) stay in [`run`].
+pub async fn build(cli: &Config) -> anyhow::Result<Application> {
     let tokens = auth::Tokens::load(cli.tokens.as_deref(), std::env::vars())?;
     anyhow::ensure!(
         !tokens.is_empty(),
@@ -198,17 +233,7 @@ pub async fn run(cli: Config) -> anyhow::Result<()> {
         state.lag_every,
     ));
     let token_count = state.tokens.len();
-    // Connected above; the API's own /readyz answers on its port too.
-    let ready = tf_runtime::Ready::default();
-    ready.set(true);
-    tf_runtime::serve(&cli.metrics_addr, recorder, ready);
     let listener = tokio::net::TcpListener::bind(&cli.addr).await.with_context(|| format!("listening on {}", cli.addr))?;
     tracing::info!(addr = %listener.local_addr()?, tokens = token_count, "api running");
-    axum::serve(listener, router(state, cli.max_body_bytes))
-        .with_graceful_shutdown(async {
-            tf_runtime::shutdown_signal().await;
-            tracing::info!("shutting down");
-        })
-        .await?;
-    Ok(())
+    Ok(Application { listener, router: router(state, cli.max_body_bytes) })
 }

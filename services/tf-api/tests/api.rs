@@ -1174,13 +1174,13 @@ async fn conditional_applies_refuse_a_stale_write_with_412() {
 async fn a_client_generated_from_the_openapi_document_filters_and_pages_runs() {
     let s = settings();
     let (db, pool) = FreshDatabase::migrated(&s).await;
-    let api = Api::spawn(&db.url, &unique("it-api-queue"));
-    api.ready().await;
+    let base = support::in_process(&db.url, &unique("it-api-queue")).await;
+    let http = reqwest::Client::new();
     let (a, b) = (unique("it-oa-a").to_lowercase(), unique("it-oa-b").to_lowercase());
     for id in [&a, &b] {
         let doc = format!("id: {id}\nname: {id}\ntrigger: {{event: {{topics: [events.demo]}}}}\ntasks:\n  - {{name: t, type: human}}\n");
-        let (status, body) = api.call("POST", "/definitions", Some(ADMIN), Some("application/yaml"), Some(doc)).await;
-        assert_eq!(status, 200, "{body}");
+        let resp = http.post(format!("{base}/definitions")).bearer_auth(ADMIN).header("content-type", "application/yaml").body(doc).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     }
     // Seven runs as the worker records them: five of `a` (two completed), two of `b`.
     for (i, def) in [&a, &a, &a, &a, &a, &b, &b].into_iter().enumerate() {
@@ -1209,7 +1209,7 @@ async fn a_client_generated_from_the_openapi_document_filters_and_pages_runs() {
 
     let dir = std::env::temp_dir().join(unique("it-openapi"));
     std::fs::create_dir_all(&dir).unwrap();
-    let doc = api.http.get(format!("{}/openapi.json", api.base)).send().await.unwrap().text().await.unwrap();
+    let doc = http.get(format!("{base}/openapi.json")).send().await.unwrap().text().await.unwrap();
     let doc_path = dir.join("openapi.json");
     std::fs::write(&doc_path, &doc).unwrap();
     let bin = tf_testkit::python().parent().unwrap().to_path_buf();
@@ -1264,7 +1264,7 @@ print(json.dumps({
     std::fs::write(&script_path, script).unwrap();
     let out = std::process::Command::new(tf_testkit::python())
         .arg(&script_path)
-        .args([dir.as_os_str(), api.base.as_ref(), ADMIN.as_ref(), a.as_ref()])
+        .args([dir.as_os_str(), base.as_ref(), ADMIN.as_ref(), a.as_ref()])
         .output()
         .unwrap();
     assert!(out.status.success(), "the generated client failed:\n{}", String::from_utf8_lossy(&out.stderr));

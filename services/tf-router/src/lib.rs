@@ -14,30 +14,22 @@ mod offsets;
 mod recent_starts;
 mod retry;
 mod route;
+mod startup;
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use anyhow::Context;
-use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use temporalio_client::Client;
 use tf_config::Settings;
 use tf_definitions::{Definition, Trigger};
-use tf_envelope::{Codec, Registry};
+use tf_envelope::Codec;
 use tf_store::PgPool;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 
 use crate::claims::Claims;
-use crate::consumer::{RouterConsumer, RouterContext, finished};
-use crate::dispatch::process;
-use crate::dlq::{DeadLetter, dead_letter};
-use crate::offsets::{Ticket, Tracker};
 use crate::recent_starts::RecentStarts;
 use crate::route::{Active, Routes};
-use tf_kafka::dlq::Stage;
 
 /// Kafka's consumer group protocols (`group.protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -148,176 +140,12 @@ struct Shared {
 
 /// Runs the router until SIGTERM/SIGINT: everything `main` does after telemetry is set up.
 pub async fn run(cli: Config) -> anyhow::Result<()> {
-    let s = &cli.settings;
     tf_config::check_connection_settings()?;
     let recorder = tf_runtime::Metrics::install("tf-router", env!("CARGO_PKG_VERSION"), metrics::BUCKETS)?;
-    // Before anything decodes: no length prefix may make the decoder allocate beyond a record.
-    tf_envelope::bound_decoding(cli.max_event_bytes);
-    let pool = tf_store::connect(&s.database_url).await?;
-    let temporal = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "tf-router").await?;
-    let metrics = Arc::new(metrics::Metrics::new());
-    let dlq: FutureProducer = tf_kafka::client_config(&s.kafka_brokers)
-        .set("enable.idempotence", "true")
-        .set("message.max.bytes", cli.dlq_max_message_bytes.to_string())
-        .create()?;
-    let tracker = Arc::new(Mutex::new(Tracker::default()));
-    let mut consumer_config = tf_kafka::client_config(&s.kafka_brokers);
-    if let Some(id) = &cli.instance_id {
-        consumer_config.set("group.instance.id", id);
-    }
-    if cli.group_protocol == GroupProtocol::Consumer {
-        // KIP-848: timeouts and assignment belong to the broker; the client refuses them.
-        consumer_config.set("group.protocol", "consumer");
-    } else {
-        consumer_config
-            .set("session.timeout.ms", cli.session_timeout_ms.to_string())
-            .set("heartbeat.interval.ms", (cli.session_timeout_ms / 5).max(100).to_string())
-            .set("partition.assignment.strategy", "cooperative-sticky");
-    }
-    let consumer: RouterConsumer = consumer_config
-        .set("group.id", &cli.kafka.group)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("topic.metadata.refresh.interval.ms", "5000")
-        // Feeds tf_router_consumer_lag.
-        .set("statistics.interval.ms", "5000")
-        .create_with_context(RouterContext { tracker: tracker.clone(), metrics: metrics.clone() })
-        .context("Kafka consumer")?;
-    let topics: Vec<&str> = cli.kafka.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).context("subscribing")?;
-
-    let shared = Arc::new(Shared {
-        codec: Codec::new(Arc::new(Registry::new(&s.schema_registry_url))),
-        temporal,
-        dlq,
-        definitions: RwLock::new(Arc::new(Routes::default())),
-        claims: Claims::start(pool.clone(), metrics.clone()),
-        pool: pool.clone(),
-        value_budget: Arc::new(Semaphore::new(cli.max_values_in_flight.max(tf_envelope::DecodeLimits::default().max_values))),
-        recent_starts: RecentStarts::new(cli.recent_starts, Duration::from_secs(cli.recent_start_ttl)),
-        metrics,
-        cli: cli.clone(),
-    });
-    // Ready once connected (PostgreSQL, Temporal, Kafka clients made above) and the
-    // definitions are loaded; not ready again while draining.
+    // Ready once connected and the definitions are loaded; not ready again while draining.
     let ready = tf_runtime::Ready::default();
     tf_runtime::serve(&cli.metrics_addr, recorder, ready.clone());
-    // Routing without definitions would drop matches: wait until they load.
-    let mut backoff = tf_runtime::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
-    let fingerprint = loop {
-        match refresh(&pool, &shared, "").await {
-            Ok(fp) => break fp,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot load definitions yet; retrying");
-                tokio::time::sleep(backoff.pause()).await;
-            }
-        }
-    };
-
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Ticket>();
-    let permits = Arc::new(Semaphore::new(cli.max_in_flight));
-    // Refreshed beside the consume loop, not in it: a slow definitions query must not hold up
-    // offsets and records.
-    let refresher = tokio::spawn(refresh_every(pool.clone(), shared.clone(), fingerprint, Duration::from_millis(cli.refresh_ms)));
-    let shutdown = tf_runtime::shutdown_signal();
-    tokio::pin!(shutdown);
-    ready.set(true);
-    tracing::info!(topics = ?cli.kafka.topics, group = %cli.kafka.group, "router running");
-
-    // The record branch is enabled only while a permit is held, so completions keep being
-    // handled (and offsets stored) while the consumer waits for records or for a permit.
-    let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
-    loop {
-        tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            Some(ticket) = done_rx.recv() => finished(&consumer, &tracker, &ticket),
-            p = permits.clone().acquire_owned(), if permit.is_none() => permit = Some(p.expect("semaphore open")),
-            received = consumer.recv(), if permit.is_some() => {
-                let msg = match received {
-                    Ok(m) => m.detach(),
-                    Err(rdkafka::error::KafkaError::MessageConsumptionFatal(code)) => {
-                        // The consumer is unusable from here on (a fenced static member, say):
-                        // routing nothing while looking alive would wedge every partition, so
-                        // exit and let the supervisor start a fresh one. Records in flight are
-                        // not committed and are routed again (dedupe keeps one run per key).
-                        anyhow::bail!(
-                            "the Kafka consumer failed for good ({code}); exiting so this router is restarted{}",
-                            if code == rdkafka::types::RDKafkaErrorCode::UnreleasedInstanceId {
-                                " (the previous member with this TF_ROUTER_INSTANCE_ID is still in the group until its session times out)"
-                            } else {
-                                ""
-                            }
-                        );
-                    }
-                    Err(e) => {
-                        // Broker unreachable and the like: librdkafka reconnects by itself;
-                        // do not spin on the error meanwhile.
-                        if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Authentication) {
-                            // Misconfigured, not down: nothing is consumed until the settings
-                            // change; say which ones.
-                            tracing::error!(
-                                error = %e,
-                                "Kafka refused this router's credentials: check TF_KAFKA__SASL_MECHANISMS, TF_KAFKA__SASL_USERNAME and TF_KAFKA__SASL_PASSWORD (or TF_KAFKA_PROPERTIES); routing is paused"
-                            );
-                        } else {
-                            tracing::warn!(error = %e, "consumer error");
-                        }
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                };
-                let held = permit.take().expect("guarded by the branch condition");
-                let ticket = tracker.lock().expect("tracker lock").begin(msg.topic(), msg.partition(), msg.offset());
-                let (shared, done) = (shared.clone(), done_tx.clone());
-                tokio::spawn(async move {
-                    shared.metrics.in_flight.increment(1.0);
-                    // A panic must not leave the record in flight forever (its partition's offset
-                    // would never move): the record is dead-lettered with what panicked.
-                    let routed = std::panic::AssertUnwindSafe(process(&shared, &msg)).catch_unwind().await;
-                    if let Err(panic) = routed {
-                        let what = panic.downcast_ref::<&str>().map(std::string::ToString::to_string)
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "unknown panic".into());
-                        let message = format!("routing this record panicked: {what}");
-                        dead_letter(&shared, &msg, DeadLetter { stage: Stage::Panic, class: Stage::Panic.class(), message }).await;
-                    }
-                    shared.metrics.in_flight.decrement(1.0);
-                    shared.metrics.records.increment(1);
-                    drop(held);
-                    let _ = done.send(ticket);
-                });
-            }
-        }
-    }
-
-    ready.set(false);
-    let in_flight = || tracker.lock().expect("tracker lock").in_flight();
-    refresher.abort();
-    tracing::info!(in_flight = in_flight(), "shutting down: draining in-flight records");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(cli.shutdown_timeout);
-    while in_flight() > 0 {
-        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-            Ok(Some(ticket)) => finished(&consumer, &tracker, &ticket),
-            _ => break,
-        }
-    }
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::warn!(error = %e, "final commit failed (nothing stored since the last one?)");
-    }
-    let left = tracker.lock().expect("tracker lock").pending();
-    if !left.is_empty() {
-        let list: Vec<String> = left.iter().map(|(t, p, o, n)| format!("{t}[{p}] from offset {o} ({n} record(s))")).collect();
-        anyhow::bail!(
-            "shutdown deadline of {} s passed with records still in flight, not committed (the partition's next owner routes them again): {}",
-            cli.shutdown_timeout,
-            list.join(", ")
-        );
-    }
-    tracing::info!("router stopped");
-    Ok(())
+    startup::build(cli, ready).await?.run_until(tf_runtime::shutdown_signal()).await
 }
 
 /// How long one refresh may take before it is given up (the loaded set stays).

@@ -219,3 +219,29 @@ pub fn conforms(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), 
     }
     Ok(())
 }
+
+/// tf-api built in-process on a free port with `tf_api::build` (the function `main` uses), with
+/// the ADMIN token; its base URL. It serves until the test's runtime ends. For tests that watch
+/// the process itself (its log, its memory) [`Api::spawn`] starts the binary instead.
+pub async fn in_process(db_url: &str, queue: &str) -> String {
+    let dir = std::env::temp_dir().join(unique("tf-api-tokens"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("tokens.yaml");
+    std::fs::write(&tokens, format!("- {{name: admin, sha256: {}, scopes: [read, write, ingest, tasks]}}\n", sha256(ADMIN))).unwrap();
+    let config = <tf_api::Config as clap::Parser>::try_parse_from([
+        "tf-api",
+        "--addr",
+        "127.0.0.1:0",
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--database-url",
+        db_url,
+        "--task-queue",
+        queue,
+    ])
+    .unwrap();
+    let app = tf_api::build(&config).await.unwrap();
+    let base = format!("http://{}", app.addr().unwrap());
+    tokio::spawn(app.run_until(std::future::pending()));
+    base
+}
