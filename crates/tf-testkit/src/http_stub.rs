@@ -57,8 +57,8 @@ impl HttpStub {
     }
 }
 
-/// Reads one request: its headers and, when announced, its body.
-async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<String> {
+/// Reads one request: its headers and, when announced, its body (for stubs of their own).
+pub async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<String> {
     let mut buf = vec![0u8; 65536];
     let mut n = 0;
     loop {

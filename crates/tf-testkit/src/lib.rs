@@ -299,6 +299,16 @@ pub async fn apply_definition(pool: &sqlx::PgPool, yaml: &str) -> (String, i32) 
     (d.id, version)
 }
 
+/// The committed results of runs whose id starts with `prefix`, once there is at least one
+/// (`what` names the wait in the failure).
+pub async fn published_results(what: &str, prefix: &str, within: Duration) -> Vec<serde_json::Value> {
+    eventually(what, within, || async {
+        let r = results_for(prefix).await;
+        (!r.is_empty()).then_some(r)
+    })
+    .await
+}
+
 /// Every committed result on taskfactory.results for runs whose id starts with `prefix`.
 pub async fn results_for(prefix: &str) -> Vec<serde_json::Value> {
     result_records(prefix).await.into_iter().map(|(_, value)| value).collect()

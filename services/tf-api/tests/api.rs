@@ -23,11 +23,7 @@ async fn tokens_scopes_and_definitions_over_http_reach_their_schedule() {
     let queue = unique("it-api-queue");
     let api = Api::spawn(&db.url, &queue);
     api.ready().await;
-    let _worker = Service::spawn(
-        &workspace_binary("tf-worker"),
-        &unique("tf-worker"),
-        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true"), ("TF_SCHEDULER_REFRESH_MS", "500")],
-    );
+    let _worker = tf_testkit::worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_SCHEDULER_REFRESH_MS", "500")]);
 
     // Auth: 401 without or with an unknown token, 403 without the scope; health is open.
     assert_eq!(api.call("GET", "/definitions", None, None, None).await.0, 401);
@@ -226,16 +222,7 @@ async fn a_hundred_cloudevents_in_three_modes_become_the_expected_runs_with_line
             ("TF_ROUTER_METRICS_ADDR", "127.0.0.1:0"),
         ],
     );
-    let _worker = Service::spawn(
-        &workspace_binary("tf-worker"),
-        &unique("tf-worker"),
-        &[
-            ("TF_DATABASE_URL", &db.url),
-            ("TF_TASK_QUEUE", &queue),
-            ("TF_RELAY_TRANSACTIONAL_ID", &unique("it-relay")),
-            ("TF_NO_SCHEDULER", "true"),
-        ],
-    );
+    let _worker = tf_testkit::worker(&db.url, &queue, &[("TF_RELAY_TRANSACTIONAL_ID", &unique("it-relay")), ("TF_NO_SCHEDULER", "true")]);
 
     // Malformed requests: 400 naming the field, nothing produced.
     let path = format!("/events/{topic}");
@@ -377,16 +364,7 @@ async fn human_tasks_are_claimed_completed_once_and_rejected_over_http() {
     let queue = unique("it-api-queue");
     let api = Api::spawn(&db.url, &queue);
     api.ready().await;
-    let _worker = Service::spawn(
-        &workspace_binary("tf-worker"),
-        &unique("tf-worker"),
-        &[
-            ("TF_DATABASE_URL", &db.url),
-            ("TF_TASK_QUEUE", &queue),
-            ("TF_RELAY_TRANSACTIONAL_ID", &unique("it-relay")),
-            ("TF_NO_SCHEDULER", "true"),
-        ],
-    );
+    let _worker = tf_testkit::worker(&db.url, &queue, &[("TF_RELAY_TRANSACTIONAL_ID", &unique("it-relay")), ("TF_NO_SCHEDULER", "true")]);
     let id = unique("it-api-human").to_lowercase();
     let def = format!(
         "id: {id}\nname: Approvals\ntrigger: {{event: {{topics: [events.demo]}}}}\ndedupe: {{key: event.data.order_id}}\ntasks:\n  - {{name: approve, type: human, for_each: event.data.items, params: {{title: \"'Approve ' + item\"}}}}\n"
@@ -541,11 +519,7 @@ async fn a_dead_letter_is_browsed_and_redriven_once_after_its_definition_is_fixe
     );
     assert_eq!(api.call("POST", "/definitions", Some(ADMIN), None, Some(strict.clone())).await.0, 200);
     let _router = router_of(&db.url, &queue, &topic, &dlq);
-    let _worker = Service::spawn(
-        &workspace_binary("tf-worker"),
-        &unique("tf-worker"),
-        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true"), ("TF_NO_SCHEDULER", "true")],
-    );
+    let _worker = tf_testkit::worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_NO_SCHEDULER", "true")]);
     let ce = Some("application/cloudevents+json");
     let event =
         |id: &str, data: Value| json!({"specversion": "1.0", "id": id, "source": "/it", "type": "order.created", "data": data}).to_string();
@@ -728,11 +702,7 @@ async fn a_redriven_plain_record_keeps_its_identity_so_what_ran_for_it_does_not_
     assert_eq!(api.call("POST", "/definitions", Some(ADMIN), None, Some(def(&all, ""))).await.0, 200);
     assert_eq!(api.call("POST", "/definitions", Some(ADMIN), None, Some(def(&strict, ", filter: 'event.data.missing > 1'"))).await.0, 200);
     let _router = router_of(&db.url, &queue, &topic, &dlq);
-    let _worker = Service::spawn(
-        &workspace_binary("tf-worker"),
-        &unique("tf-worker"),
-        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true"), ("TF_NO_SCHEDULER", "true")],
-    );
+    let _worker = tf_testkit::worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_NO_SCHEDULER", "true")]);
     // A plain Avro record, produced an hour ago by its timestamp.
     let codec = tf_envelope::Codec::new(std::sync::Arc::new(tf_envelope::Registry::new(&s.schema_registry_url)));
     let schema = r#"{"type": "record", "name": "Plain", "namespace": "io.test", "fields": [{"name": "n", "type": "long"}]}"#;
@@ -1003,11 +973,7 @@ async fn a_human_task_that_nobody_decides_times_out_into_its_default_or_a_failur
     let queue = unique("it-api-queue");
     let api = Api::spawn(&db.url, &queue);
     api.ready().await;
-    let _worker = Service::spawn(
-        &workspace_binary("tf-worker"),
-        &unique("tf-worker"),
-        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true"), ("TF_NO_SCHEDULER", "true")],
-    );
+    let _worker = tf_testkit::worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_NO_SCHEDULER", "true")]);
     let id = unique("it-api-timeout").to_lowercase();
     let def = format!(
         "id: {id}\nname: Timeouts\ntrigger: {{event: {{topics: [events.demo]}}}}\ntasks:\n  - {{name: lenient, type: human, timeout: 2s, on_timeout: complete, timeout_output: \"{{'approved': false, 'order': event.data.order_id}}\"}}\n  - {{name: strict, type: human, timeout: 2s}}\n"
@@ -1062,11 +1028,7 @@ tasks:
 "#
     );
     let (def_id, version) = tf_testkit::apply_definition(&pool, &yaml).await;
-    let _worker = Service::spawn(
-        &workspace_binary("tf-worker"),
-        &unique("tf-worker"),
-        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true"), ("TF_NO_SCHEDULER", "true")],
-    );
+    let _worker = tf_testkit::worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_NO_SCHEDULER", "true")]);
     let note = "<script>alert('event')</script>";
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
     let event = json!({"id": "e-xss", "type": "order.created", "data": {"note": note}});

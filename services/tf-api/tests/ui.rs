@@ -156,9 +156,12 @@ impl Browser {
     }
 
     async fn screenshot(&self, name: &str) -> PathBuf {
+        self.screenshot_in(&tf_testkit::repo_root().join("target/ui-screenshots"), name).await
+    }
+
+    async fn screenshot_in(&self, dir: &std::path::Path, name: &str) -> PathBuf {
         let b64 = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
-        let dir = tf_testkit::repo_root().join("target/ui-screenshots");
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
         let path = dir.join(format!("{name}.png"));
         use base64::Engine as _;
         let png = base64::engine::general_purpose::STANDARD.decode(b64.as_str().unwrap()).expect("WebDriver screenshots are base64");
@@ -242,16 +245,7 @@ async fn the_console_signs_in_traces_a_run_decides_a_task_redrives_and_shows_lag
         ("TF_ROUTER_METRICS_ADDR", ""),
     ];
     let mut router = Service::spawn(&workspace_binary("tf-router"), &unique("tf-router"), &router_env);
-    let _worker = Service::spawn(
-        &workspace_binary("tf-worker"),
-        &unique("tf-worker"),
-        &[
-            ("TF_DATABASE_URL", &db.url),
-            ("TF_TASK_QUEUE", &queue),
-            ("TF_RELAY_TRANSACTIONAL_ID", &unique("it-ui-relay")),
-            ("TF_NO_SCHEDULER", "true"),
-        ],
-    );
+    let _worker = tf_testkit::worker(&db.url, &queue, &[("TF_RELAY_TRANSACTIONAL_ID", &unique("it-ui-relay")), ("TF_NO_SCHEDULER", "true")]);
     let event = |id: &str, data: Value| {
         json!({"specversion": "1.0", "id": id, "source": "/it/ui", "type": "com.example.order.created", "data": data}).to_string()
     };
@@ -374,4 +368,47 @@ async fn the_console_signs_in_traces_a_run_decides_a_task_redrives_and_shows_lag
     })
     .await;
     drop(router);
+}
+
+/// The README's screenshots, of the demo (`scripts/run`) as it runs: a completed order's
+/// lineage, the runs, the definitions and the lag page. Run by `scripts/screenshots`; ignored
+/// otherwise (it needs the demo's API on `TF_API_URL`, default `http://127.0.0.1:18088`, with
+/// the demo token).
+#[tokio::test]
+#[ignore = "takes the README's screenshots of a running demo: scripts/screenshots"]
+async fn take_the_readme_screenshots_of_the_demo() {
+    let base = std::env::var("TF_API_URL").unwrap_or_else(|_| "http://127.0.0.1:18088".into());
+    let token = std::env::var("TF_API_TOKEN").unwrap_or_else(|_| "demo-token".into());
+    let http = reqwest::Client::new();
+    let runs: Value = http
+        .get(format!("{base}/runs?definition=order-fulfilment&status=completed&limit=50"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // A run with a human review decided, when the demo has one: its lineage shows every step.
+    let runs = runs["runs"].as_array().cloned().unwrap_or_default();
+    let run = runs
+        .iter()
+        .find(|r| r["tasks_spawned"].as_i64() == Some(3))
+        .or_else(|| runs.first())
+        .expect("a completed order-fulfilment run: run scripts/run first");
+    let run_id = run["run_id"].as_str().unwrap().to_string();
+    let dir = tf_testkit::repo_root().join("docs/screenshots");
+    let b = Browser::start().await;
+    b.goto(&format!("{base}/ui/login")).await;
+    b.clear_and_type("#token", &token).await;
+    b.click("button[type=submit]").await;
+    b.wait_url("the runs page", |u| u.ends_with("/ui/runs")).await;
+    b.screenshot_in(&dir, "console-runs").await;
+    b.goto(&format!("{base}/ui/runs/{run_id}")).await;
+    assert!(b.text(".lineage").await.contains("taskfactory.results"), "the lineage reaches the results topic");
+    b.screenshot_in(&dir, "console-run").await;
+    b.goto(&format!("{base}/ui/definitions/order-fulfilment")).await;
+    b.screenshot_in(&dir, "console-definition").await;
+    b.goto(&format!("{base}/ui/lag")).await;
+    b.screenshot_in(&dir, "console-lag").await;
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value as Json, json};
 use temporalio_client::{UntypedWorkflow, WorkflowFetchHistoryOptions};
 use tf_testkit::{FreshDatabase, Service, apply_definition, eventually, orders_db_url, results_for, settings, shop_db_url, unique};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// One request as the CRM saw it.
 #[derive(Debug, Clone)]
@@ -35,26 +35,7 @@ async fn crm(token: String) -> (String, Arc<Mutex<Vec<Seen>>>) {
             let Ok((mut stream, _)) = listener.accept().await else { continue };
             let (log, token) = (log.clone(), token.clone());
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let mut n = 0;
-                loop {
-                    let Ok(k) = stream.read(&mut buf[n..]).await else { return };
-                    if k == 0 {
-                        break;
-                    }
-                    n += k;
-                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len = text
-                            .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-                            .unwrap_or(0usize);
-                        if n >= end + 4 + len {
-                            break;
-                        }
-                    }
-                }
-                let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                let Some(request) = tf_testkit::http_stub::read_request(&mut stream).await else { return };
                 let line = request.lines().next().unwrap_or("").to_string();
                 let authorization = request.lines().find_map(|l| {
                     let (k, v) = l.split_once(':')?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tf_testkit::{FreshDatabase, Service, apply_definition, eventually, settings, unique, workspace_binary};
+use tf_testkit::{FreshDatabase, apply_definition, eventually, settings, unique, workspace_binary};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -58,20 +58,7 @@ async fn the_worker_reaches_temporal_over_tls_with_the_servers_ca_and_an_api_key
     )
     .await;
     let url = format!("https://{proxy}");
-    let worker = Service::spawn(
-        &workspace_binary("tf-worker"),
-        &unique("tf-worker"),
-        &[
-            ("TF_DATABASE_URL", &db.url),
-            ("TF_TASK_QUEUE", &queue),
-            ("TF_NO_RELAY", "true"),
-            ("TF_NO_SCHEDULER", "true"),
-            ("TF_TEMPORAL_URL", &url),
-            ("TF_TEMPORAL_TLS_CA", &ca),
-            ("TF_SECRET_TEMPORAL_API_KEY", "it-api-key-123"),
-            ("TF_TEMPORAL_API_KEY", "${secret:temporal_api_key}"),
-        ],
-    );
+    let worker = tf_testkit::worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_NO_SCHEDULER", "true"), ("TF_TEMPORAL_URL", &url), ("TF_TEMPORAL_TLS_CA", &ca), ("TF_SECRET_TEMPORAL_API_KEY", "it-api-key-123"), ("TF_TEMPORAL_API_KEY", "${secret:temporal_api_key}")]);
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
     tf_temporal::start_run(&client, &queue, tf_testkit::run_input(&def_id, version, "k-1", json!({"data": {"k": "k-1"}}))).await.unwrap();
     eventually(&format!("the run to complete through the TLS proxy; worker log:\n{}", worker.log()), Duration::from_secs(60), || async {

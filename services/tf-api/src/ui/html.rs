@@ -98,6 +98,15 @@ pub fn table(caption: &str, headers: &[&str], rows: &[Vec<Markup>], empty: &str)
     }
 }
 
+/// A stored RFC 3339 time as people read it in a table: `2026-12-07 21:04:24` (UTC), the full
+/// value in the element's `datetime`.
+pub fn when(t: &str) -> Markup {
+    let short = chrono::DateTime::parse_from_rfc3339(t)
+        .map(|d| d.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|_| t.to_string());
+    html! { time datetime=(t) { (short) } }
+}
+
 pub fn status(s: &str) -> Markup {
     html! { span class={ "status status-" (s.to_ascii_lowercase()) } { (s) } }
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tf_definitions::{RunStatus, TaskStatus, TaskType, TriggerKind};
 use tf_kafka::topics::RESULTS_TOPIC;
 
-use super::html::{lineage_step, pretty, status, table, text, url_part};
+use super::html::{lineage_step, pretty, status, table, text, url_part, when};
 use super::{PageQuery, api_query, back_with, failure, fragment, query, respond, run_link, signed_in};
 use crate::state::AppState;
 
@@ -28,7 +28,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap, RawQuery(ra
         .iter()
         .map(|r| {
             vec![
-                html! { (r.fired_at) },
+                when(&r.fired_at),
                 run_link(&r.run_id),
                 html! { (r.definition_id) " v" (r.definition_version) },
                 html! { (r.dedupe_key) },

@@ -9,7 +9,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::html::{status, table, text, url_part};
+use super::html::{status, table, text, url_part, when};
 use super::{PageQuery, api_query, back_with, failure, fragment, query, respond, run_link, signed_in};
 use crate::auth::Scope;
 use crate::error::ApiError;
@@ -31,7 +31,7 @@ pub async fn inbox(State(state): State<AppState>, headers: HeaderMap, RawQuery(r
                 html! { (t.definition_id) " v" (t.definition_version) },
                 html! { (text(&t.params)) },
                 html! { (t.claimed_by.as_deref().unwrap_or("")) },
-                html! { (t.created_at) },
+                when(&t.created_at),
             ]
         })
         .collect();

@@ -29,44 +29,26 @@ pub struct Api {
 }
 
 impl Api {
+    /// tf-api with a token of each scope set (ADMIN, READER, CLERK) and a metrics port.
     pub fn spawn(db_url: &str, queue: &str) -> Api {
-        let addr = tf_testkit::free_local_addr();
         let metrics = tf_testkit::free_local_addr();
-        let admin = format!("read,write,ingest,tasks:{}", sha256(ADMIN));
-        let reader = format!("read:{}", sha256(READER));
-        let clerk = format!("tasks:{}", sha256(CLERK));
-        let service = Service::spawn(
-            env!("CARGO_BIN_EXE_tf-api"),
-            &unique("tf-api"),
-            &[
-                ("TF_DATABASE_URL", db_url),
-                ("TF_TASK_QUEUE", queue),
-                ("TF_API_ADDR", &addr),
-                ("TF_API_METRICS_ADDR", &metrics),
-                ("TF_API_TOKEN__ADMIN", &admin),
-                ("TF_API_TOKEN__READER", &reader),
-                ("TF_API_TOKEN__CLERK", &clerk),
-            ],
-        );
-        Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service, metrics, doc: Default::default() }
+        let (reader, clerk) = (format!("read:{}", sha256(READER)), format!("tasks:{}", sha256(CLERK)));
+        Api::start(db_url, queue, &[("TF_API_METRICS_ADDR", &metrics), ("TF_API_TOKEN__READER", &reader), ("TF_API_TOKEN__CLERK", &clerk)], metrics.clone())
     }
 
     /// tf-api browsing and redriving `dlq`, with the ADMIN token only and no metrics port.
     pub fn with_dlq(db_url: &str, queue: &str, dlq: &str) -> Api {
+        Api::start(db_url, queue, &[("TF_API_METRICS_ADDR", ""), ("TF_DLQ_TOPIC", dlq)], String::new())
+    }
+
+    /// The tf-api binary on a free port with the ADMIN token and `extra` settings.
+    fn start(db_url: &str, queue: &str, extra: &[(&str, &str)], metrics: String) -> Api {
         let addr = tf_testkit::free_local_addr();
-        let service = Service::spawn(
-            env!("CARGO_BIN_EXE_tf-api"),
-            &unique("tf-api"),
-            &[
-                ("TF_DATABASE_URL", db_url),
-                ("TF_TASK_QUEUE", queue),
-                ("TF_API_ADDR", &addr),
-                ("TF_API_METRICS_ADDR", ""),
-                ("TF_DLQ_TOPIC", dlq),
-                ("TF_API_TOKEN__ADMIN", &format!("read,write,ingest,tasks:{}", sha256(ADMIN))),
-            ],
-        );
-        Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service, metrics: String::new(), doc: Default::default() }
+        let admin = format!("read,write,ingest,tasks:{}", sha256(ADMIN));
+        let mut envs = vec![("TF_DATABASE_URL", db_url), ("TF_TASK_QUEUE", queue), ("TF_API_ADDR", &addr), ("TF_API_TOKEN__ADMIN", &admin)];
+        envs.extend_from_slice(extra);
+        let service = Service::spawn(env!("CARGO_BIN_EXE_tf-api"), &unique("tf-api"), &envs);
+        Api { base: format!("http://{addr}"), http: reqwest::Client::new(), service, metrics, doc: Default::default() }
     }
 
     pub async fn ready(&self) {

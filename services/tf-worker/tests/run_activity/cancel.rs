@@ -89,11 +89,7 @@ async fn cancelling_a_run_cancels_its_activity_task_in_flight() {
     let task: (String, Option<String>) =
         sqlx::query_as("SELECT status, error FROM tasks WHERE run_id = $1").bind(run_id.as_str()).fetch_one(&pool).await.unwrap();
     assert_eq!(task.0, "cancelled", "{task:?}");
-    let results = eventually("the cancelled task's result", Duration::from_secs(60), || async {
-        let r = results_for(run_id.as_str()).await;
-        (!r.is_empty()).then_some(r)
-    })
-    .await;
+    let results = tf_testkit::published_results("the cancelled task's result", run_id.as_str(), Duration::from_secs(60)).await;
     assert_eq!((results.len(), results[0]["status"].as_str()), (1, Some("CANCELLED")), "{results:#?}");
 
     // The same generation started again, as a later event of its window would: Temporal admits

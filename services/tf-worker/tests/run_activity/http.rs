@@ -6,7 +6,7 @@ use super::*;
 /// A tiny HTTP server on loopback: answers every request with JSON describing it, and keeps
 /// what it received for the test to check.
 async fn echo_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -16,29 +16,7 @@ async fn echo_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>
             let Ok((mut stream, _)) = listener.accept().await else { continue };
             let log = log.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let mut n = 0;
-                // Read headers and, when announced, the body.
-                loop {
-                    let Ok(k) = stream.read(&mut buf[n..]).await else { return };
-                    if k == 0 {
-                        break;
-                    }
-                    n += k;
-                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len = text
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if n >= end + 4 + len {
-                            break;
-                        }
-                    }
-                }
-                let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                let Some(request) = tf_testkit::http_stub::read_request(&mut stream).await else { return };
                 let first = request.lines().next().unwrap_or("").to_string();
                 let body_in = request.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
                 log.lock().unwrap().push(request.clone());

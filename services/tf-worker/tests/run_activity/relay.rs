@@ -103,11 +103,7 @@ async fn the_results_relay_fails_over_to_another_worker() {
     assert!(workers[1 - leader].log().contains("this worker runs the results relay"));
     assert_eq!(gauge(1 - leader), Some(1.0));
     for key in ["f-1", "f-2"] {
-        let results = eventually("the result on the topic", Duration::from_secs(30), || async {
-            let r = results_for(&tf_temporal::DedupeKey::parse(key).unwrap().run_id(&def_id, 1).to_string()).await;
-            (!r.is_empty()).then_some(r)
-        })
-        .await;
+        let results = tf_testkit::published_results("the result on the topic", &tf_temporal::DedupeKey::parse(key).unwrap().run_id(&def_id, 1).to_string(), Duration::from_secs(30)).await;
         assert_eq!(results.len(), 1, "exactly one result for {key}");
     }
     tf_testkit::delete_topics(&s, &[&sink]).await;
@@ -158,11 +154,7 @@ async fn a_relay_without_a_marker_does_not_publish_the_outbox_again() {
     tf_temporal::start_run(&client, &queue, input(&def_id, version, "m-2", json!({"data": {"order_id": "m-2"}}))).await.unwrap();
     eventually(&format!("the second result published; log:\n{}", second.log()), Duration::from_secs(60), || published("m-2")).await;
     for key in ["m-1", "m-2"] {
-        let results = eventually("the result on the topic", Duration::from_secs(30), || async {
-            let r = results_for(&run(key)).await;
-            (!r.is_empty()).then_some(r)
-        })
-        .await;
+        let results = tf_testkit::published_results("the result on the topic", &run(key), Duration::from_secs(30)).await;
         // Read again after the second's result is there, so a republished first would be seen.
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(results_for(&run(key)).await.len(), 1, "exactly one result for {key}: {results:?}");
@@ -212,11 +204,7 @@ async fn a_registry_refusing_the_result_schema_pauses_the_relay_and_quarantines_
 
     // The registry takes the schema again (here: the worker reaches it directly).
     let _worker = tf_testkit::worker(&db.url, &queue, &[("TF_RELAY_TRANSACTIONAL_ID", &relay_id)]);
-    let results = eventually("the result published", Duration::from_secs(60), || async {
-        let r = results_for(&run_id).await;
-        (!r.is_empty()).then_some(r)
-    })
-    .await;
+    let results = tf_testkit::published_results("the result published", &run_id, Duration::from_secs(60)).await;
     assert_eq!(results.len(), 1, "{results:?}");
     tf_testkit::delete_topics(&s, &[&sink]).await;
 }
@@ -290,11 +278,7 @@ async fn a_relay_taking_over_behind_another_relays_open_transaction_publishes_no
     assert_eq!(unmarked, 0, "z-2, committed by the first relay, is marked published by the second");
     assert!(second.log().contains("results committed by an earlier relay marked as published"), "{}", second.log());
     for key in ["z-1", "z-2", "z-3"] {
-        let results = eventually("the result on the topic", Duration::from_secs(30), || async {
-            let r = results_for(&run_id(key)).await;
-            (!r.is_empty()).then_some(r)
-        })
-        .await;
+        let results = tf_testkit::published_results("the result on the topic", &run_id(key), Duration::from_secs(30)).await;
         assert_eq!(results.len(), 1, "exactly one result for {key}; second worker's log:\n{}", second.log());
     }
     tf_testkit::delete_topics(&s, &[&sink]).await;
@@ -344,11 +328,7 @@ async fn an_oversize_result_is_published_truncated_and_an_unpublishable_one_is_q
         .output()
         .unwrap();
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
-    let results = eventually("the review's result", Duration::from_secs(60), || async {
-        let r = results_for(&run_id).await;
-        (!r.is_empty()).then_some(r)
-    })
-    .await;
+    let results = tf_testkit::published_results("the review's result", &run_id, Duration::from_secs(60)).await;
     assert_eq!(results.len(), 1, "{results:?}");
     assert_eq!(results[0]["task_id"], review.as_str());
     assert_eq!(results[0]["truncated"], true);
