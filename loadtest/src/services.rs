@@ -3,20 +3,21 @@
 //! revived when they exit on their own, killed when dropped.
 
 use std::path::PathBuf;
-use std::process::{Child, Command as Process, Stdio};
 
 use anyhow::Context;
+use tf_testkit::Service;
 
 /// tf-router and tf-worker as this tool runs them: spawned from `bin_dir` with `env`, each
-/// with its own log file in `out`, killed when dropped.
+/// with its own log file in `out`, killed when dropped (through [`tf_testkit::Service`], the
+/// repository's one process wrapper).
 pub(crate) struct Services {
     bin_dir: PathBuf,
     out: PathBuf,
     /// Starts the log files' names, so runs sharing `out` keep theirs apart.
     log_prefix: String,
     env: Vec<(String, String)>,
-    router: Option<Child>,
-    worker: Option<Child>,
+    router: Option<Service>,
+    worker: Option<Service>,
     spawned: u32,
     /// Services that exited on their own (say, a router fenced after a broker restart) and
     /// were started again, as a supervisor (systemd, Kubernetes) would: `(name, status)`.
@@ -28,24 +29,17 @@ impl Services {
         Services { bin_dir, out, log_prefix, env, router: None, worker: None, spawned: 0, revived: Vec::new() }
     }
 
-    fn spawn(&mut self, name: &str) -> anyhow::Result<Child> {
+    fn spawn(&mut self, name: &str) -> anyhow::Result<Service> {
         self.spawned += 1;
         let log = self.out.join(format!("{}{name}-{}.log", self.log_prefix, self.spawned));
-        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let bin = self.bin_dir.join(name);
-        Process::new(&bin)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Service::start_logged(&bin, name, &log, &env).with_context(|| format!("starting {} (log {})", bin.display(), log.display()))
     }
 
     pub(crate) fn restart_router(&mut self) -> anyhow::Result<()> {
         if let Some(mut c) = self.router.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill();
         }
         self.router = Some(self.spawn("tf-router")?);
         Ok(())
@@ -53,8 +47,7 @@ impl Services {
 
     pub(crate) fn restart_worker(&mut self) -> anyhow::Result<()> {
         if let Some(mut c) = self.worker.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill();
         }
         self.worker = Some(self.spawn("tf-worker")?);
         Ok(())
@@ -62,14 +55,14 @@ impl Services {
 
     /// The router's exit status, once it exited.
     pub(crate) fn router_exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.router.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.router.as_mut().and_then(Service::exited)
     }
 
     /// Starts again whatever exited on its own.
     pub(crate) fn revive(&mut self) -> anyhow::Result<()> {
         for name in ["tf-router", "tf-worker"] {
             let slot = if name == "tf-router" { &mut self.router } else { &mut self.worker };
-            let Some(status) = slot.as_mut().and_then(|c| c.try_wait().ok().flatten()) else { continue };
+            let Some(status) = slot.as_mut().and_then(Service::exited) else { continue };
             *slot = None;
             println!("  {name} exited on its own ({status}); restarting it as a supervisor would");
             self.revived.push((name, status.to_string()));
@@ -80,17 +73,9 @@ impl Services {
     }
 
     pub(crate) fn stop(&mut self) {
-        for c in [self.router.take(), self.worker.take()].into_iter().flatten() {
-            let mut c = c;
-            let _ = c.kill();
-            let _ = c.wait();
+        for mut c in [self.router.take(), self.worker.take()].into_iter().flatten() {
+            c.kill();
         }
-    }
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

@@ -173,10 +173,13 @@ pub async fn topic_gone(settings: &Settings, topic: &str) -> bool {
     false
 }
 
-/// A service binary of this workspace running against the stack; killed when dropped.
+/// A service binary of this workspace running against the stack; killed when dropped. The one
+/// process wrapper of the repository: the tests and the load test (`loadtest/src/services.rs`)
+/// start their services through it.
 pub struct Service {
     child: std::process::Child,
     pub name: String,
+    log: PathBuf,
 }
 
 impl Service {
@@ -191,21 +194,36 @@ impl Service {
     /// allocation bomb a test feeds it fails that test (the allocation fails, the service
     /// aborts) instead of taking the machine's memory.
     pub fn spawn_with_args(binary: &str, args: &[&str], name: &str, envs: &[(&str, &str)]) -> Service {
-        Service::start(binary, args, name, envs, Some(memory_cap_bytes()))
+        let log = std::env::temp_dir().join(format!("{name}.log"));
+        Service::start(binary.as_ref(), args, name, &log, envs, Some(memory_cap_bytes()))
+            .unwrap_or_else(|e| panic!("spawning {binary}: {e}"))
     }
 
     /// A helper tool a test drives (chromedriver), not a service under test: no address-space
     /// cap (a browser reserves tens of GB of address space it never uses).
     pub fn spawn_tool(binary: &str, args: &[&str], name: &str) -> Service {
-        Service::start(binary, args, name, &[], None)
+        let log = std::env::temp_dir().join(format!("{name}.log"));
+        Service::start(binary.as_ref(), args, name, &log, &[], None).unwrap_or_else(|e| panic!("spawning {binary}: {e}"))
     }
 
-    fn start(binary: &str, args: &[&str], name: &str, envs: &[(&str, &str)], cap: Option<u64>) -> Service {
+    /// A service as a load test runs it: logging to `log`, without the tests' memory cap, and
+    /// an error (not a panic) when it cannot start.
+    pub fn start_logged(binary: &std::path::Path, name: &str, log: &std::path::Path, envs: &[(&str, &str)]) -> std::io::Result<Service> {
+        Service::start(binary, &[], name, log, envs, None)
+    }
+
+    fn start(
+        binary: &std::path::Path,
+        args: &[&str],
+        name: &str,
+        log: &std::path::Path,
+        envs: &[(&str, &str)],
+        cap: Option<u64>,
+    ) -> std::io::Result<Service> {
         use std::os::unix::process::CommandExt;
-        let log = std::env::temp_dir().join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).expect("service log file");
+        let file = std::fs::File::create(log)?;
         let mut command = std::process::Command::new(binary);
-        command.args(args).envs(envs.iter().copied()).stdout(file.try_clone().expect("log")).stderr(file);
+        command.args(args).envs(envs.iter().copied()).stdout(file.try_clone()?).stderr(file).stdin(std::process::Stdio::null());
         if let Some(cap) = cap {
             // SAFETY: setrlimit is async-signal-safe, and the closure touches no memory the
             // parent's other threads may hold locked (it only reads the captured integer).
@@ -216,8 +234,7 @@ impl Service {
                 });
             }
         }
-        let child = command.spawn().unwrap_or_else(|e| panic!("spawning {binary}: {e}"));
-        Service { child, name: name.to_string() }
+        Ok(Service { child: command.spawn()?, name: name.to_string(), log: log.to_path_buf() })
     }
 
     pub fn pid(&self) -> u32 {
@@ -225,7 +242,12 @@ impl Service {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(std::env::temp_dir().join(format!("{}.log", self.name))).unwrap_or_default()
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its exit status, once it exited on its own (a supervisor's check).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// SIGTERM, as an orchestrator stopping the service would; waits for the exit and returns

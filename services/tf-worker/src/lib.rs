@@ -103,10 +103,33 @@ pub struct Config {
 
 /// Runs the worker until SIGTERM/SIGINT: everything `main` does after telemetry is set up.
 pub async fn run(cli: Config) -> anyhow::Result<()> {
-    let s = &cli.settings;
     tf_config::check_connection_settings()?;
     let recorder = tf_runtime::Metrics::install("tf-worker", env!("CARGO_PKG_VERSION"), metrics::BUCKETS)?;
+    // Ready once PostgreSQL, Kafka and Temporal are connected and the worker polls; not ready
+    // while shutting down.
+    let ready = tf_runtime::Ready::default();
+    tf_runtime::serve(&cli.metrics_addr, recorder, ready.clone());
+    build(cli, ready).await?.run_until(tf_runtime::shutdown_signal()).await
+}
 
+/// A worker connected and registered, with its background tasks (relay, scheduler,
+/// reconciler, generation expiry) started, not yet polling.
+pub struct Application {
+    worker: Worker,
+    /// Kept alive with the worker it runs.
+    _runtime: Runtime,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    relay: Option<tokio::task::JoinHandle<Result<(), relay::RelayError>>>,
+    ready: tf_runtime::Ready,
+    task_queue: String,
+    dormant: Vec<String>,
+    shutdown_timeout: u64,
+}
+
+/// Everything between the configuration and a polling worker, shared by `main` (through
+/// [`run`]); the process-wide parts (the metrics recorder and its port) stay in [`run`].
+pub async fn build(cli: Config, ready: tf_runtime::Ready) -> anyhow::Result<Application> {
+    let s = &cli.settings;
     let pool = tf_store::connect(&s.database_url).await?;
     let datasources = tf_config::Datasources::load(cli.datasources_file.as_deref(), std::env::vars())?;
     let secrets = Arc::new(tf_config::Secrets::new(std::env::vars(), cli.secrets_dir.clone()));
@@ -120,12 +143,7 @@ pub async fn run(cli: Config) -> anyhow::Result<()> {
     let codec = Arc::new(Codec::new(Arc::new(Registry::new(&s.schema_registry_url))));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stop_rx_deadline = stop_tx.subscribe();
     let metrics = Arc::new(metrics::Metrics::new());
-    // Ready once PostgreSQL, Kafka and Temporal are connected (above) and the worker polls;
-    // not ready while shutting down.
-    let ready = tf_runtime::Ready::default();
-    tf_runtime::serve(&cli.metrics_addr, recorder, ready.clone());
     let relay = if cli.no_relay {
         None
     } else {
@@ -167,40 +185,55 @@ pub async fn run(cli: Config) -> anyhow::Result<()> {
         let every = Duration::from_secs(cli.run_reconcile_secs);
         tokio::spawn(reconcile::run(pool.clone(), client.clone(), every, stop_tx.subscribe()));
     }
-    let mut worker = Worker::new(&runtime, client, options)?;
-    let shutdown = worker.shutdown_handle();
+    let worker = Worker::new(&runtime, client, options)?;
     tokio::spawn(expire_generations(pool, stop_tx.subscribe()));
-    let ready_flag = ready.clone();
-    tokio::spawn(async move {
-        tf_runtime::shutdown_signal().await;
-        ready_flag.set(false);
-        tracing::info!("shutting down: finishing in-flight tasks");
-        let _ = stop_tx.send(true);
-        shutdown();
-    });
-    ready.set(true);
-    let dormant_ids: Vec<&str> = dormant.ids().collect();
-    tracing::info!(task_queue = %s.task_queue, patches = ?patches::KNOWN, dormant = ?dormant_ids, "worker running");
-    let grace = Duration::from_secs(cli.shutdown_timeout);
-    let mut stopping = stop_rx_deadline;
-    let deadline = tf_runtime::deadline(
-        async move {
-            let _ = stopping.wait_for(|stop| *stop).await;
-        },
-        grace,
-    );
-    tokio::select! {
-        ran = worker.run() => ran?,
-        () = deadline => anyhow::bail!(
-            "shutdown deadline of {} s passed with workflow or activity tasks still running; Temporal retries them on another worker",
-            cli.shutdown_timeout
-        ),
+    Ok(Application {
+        worker,
+        _runtime: runtime,
+        stop_tx,
+        relay,
+        ready,
+        task_queue: s.task_queue.clone(),
+        dormant: dormant.ids().map(str::to_string).collect(),
+        shutdown_timeout: cli.shutdown_timeout,
+    })
+}
+
+impl Application {
+    /// Polls until `stop` completes, then lets in-flight tasks finish (up to
+    /// `--shutdown-timeout`) and waits for the relay to stop.
+    pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let shutdown = self.worker.shutdown_handle();
+        let (ready, stop_tx) = (self.ready.clone(), self.stop_tx.clone());
+        let mut stopping = self.stop_tx.subscribe();
+        tokio::spawn(async move {
+            stop.await;
+            ready.set(false);
+            tracing::info!("shutting down: finishing in-flight tasks");
+            let _ = stop_tx.send(true);
+            shutdown();
+        });
+        self.ready.set(true);
+        tracing::info!(task_queue = %self.task_queue, patches = ?patches::KNOWN, dormant = ?self.dormant, "worker running");
+        let deadline = tf_runtime::deadline(
+            async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            },
+            Duration::from_secs(self.shutdown_timeout),
+        );
+        tokio::select! {
+            ran = self.worker.run() => ran?,
+            () = deadline => anyhow::bail!(
+                "shutdown deadline of {} s passed with workflow or activity tasks still running; Temporal retries them on another worker",
+                self.shutdown_timeout
+            ),
+        }
+        if let Some(relay) = self.relay {
+            relay.await??;
+        }
+        tracing::info!("worker stopped");
+        Ok(())
     }
-    if let Some(relay) = relay {
-        relay.await??;
-    }
-    tracing::info!("worker stopped");
-    Ok(())
 }
 
 /// Deletes dedupe generations whose window ended more than the claim retention ago, every ten

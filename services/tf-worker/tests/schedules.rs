@@ -140,7 +140,9 @@ async fn trigger_starts_one_run_and_a_repeated_backfill_spawns_no_second_set_of_
 
     let backfill = ["schedules", "backfill", id.as_str(), "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-04T00:00:00Z"];
     let out = e.tf(&backfill);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("batch 3/3"), "a progress line per batch");
+    // Progress goes to stderr, the answer to stdout.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("batch 3/3"), "a progress line per batch");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("run(s) started"), "the answer");
     let runs = eventually("3 backfilled runs", Duration::from_secs(60), || async {
         let r = e.cron_runs().await;
         (r.len() == 4).then_some(r)
