@@ -144,7 +144,13 @@ async fn read(state: &AppState, scan: Scan, after: Option<(i32, i64)>) -> Result
             consumer.assign(&tpl).map_err(|e| e.to_string())?;
             let mut done = false;
             while !done && !full(&kept, scanned, kept_bytes) {
-                let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+                let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+                    // Nothing delivered: the partition is done once the consumer's position is at
+                    // its end (its last offset may be a record never delivered, a control one).
+                    let position = consumer.position().ok().and_then(|tpl| tpl.find_partition(&topic, partition)?.offset().to_raw());
+                    done = position.is_some_and(|o| o >= high);
+                    continue;
+                };
                 let m = m.map_err(|e| e.to_string())?;
                 scanned += 1;
                 last = Some((m.partition(), m.offset()));
