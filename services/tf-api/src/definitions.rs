@@ -8,8 +8,8 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tf_definitions::Definition;
-pub use tf_store::definitions::{Applied, ApplyResult, DefinitionCheck, DefinitionSummary, DefinitionVersion, Retired, Validation};
 use tf_store::definitions::{self, NewDefinition, Precondition, StoredDefinition};
+pub use tf_store::definitions::{Applied, ApplyResult, DefinitionCheck, DefinitionSummary, DefinitionVersion, Retired, Validation};
 
 use crate::auth::Scope;
 use crate::error::ApiError;
@@ -97,13 +97,7 @@ pub async fn get(
     // The latest version: its tag is what a conditional apply compares with.
     let etag = q.version.is_none().then(|| definitions::etag(r.version, r.enabled, r.retired));
     let next_fire_times = Definition::from_spec_json(r.spec.clone()).ok().as_ref().and_then(definitions::next_fire_times);
-    Ok(Json(DefinitionVersion {
-        summary: DefinitionSummary::from(&r),
-        spec: r.spec,
-        spec_sha256: r.spec_sha256,
-        etag,
-        next_fire_times,
-    }))
+    Ok(Json(DefinitionVersion { summary: DefinitionSummary::from(&r), spec: r.spec, spec_sha256: r.spec_sha256, etag, next_fire_times }))
 }
 
 /// [`get`] over HTTP: the latest version carries its entity tag as `ETag` too, for

@@ -155,10 +155,8 @@ async fn read(state: &AppState, scan: Scan, after: Option<(i32, i64)>) -> Result
                 scanned += 1;
                 last = Some((m.partition(), m.offset()));
                 done = m.offset() + 1 >= high;
-                let headers = m
-                    .headers()
-                    .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
-                    .unwrap_or_default();
+                let headers =
+                    m.headers().map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect()).unwrap_or_default();
                 let mut d = DeadLetter {
                     partition: m.partition(),
                     offset: m.offset(),
@@ -272,11 +270,7 @@ pub async fn browse(
     for d in &found.kept {
         out.push(describe(&state, d).await?);
     }
-    Ok(Json(DeadLetterPage {
-        topic: state.dlq_topic.clone(),
-        dead_letters: out,
-        next_cursor: found.next.map(|(p, o)| format!("{p}:{o}")),
-    }))
+    Ok(Json(DeadLetterPage { topic: state.dlq_topic.clone(), dead_letters: out, next_cursor: found.next.map(|(p, o)| format!("{p}:{o}")) }))
 }
 
 /// What to redrive: named DLQ records, or every record matching a filter.
@@ -374,7 +368,8 @@ pub async fn redrive(
         // Only a topic the router reads: anything else would let a dead letter's headers pick
         // where tf-api writes (the results topic, the relay's marker).
         if !state.router_topics.matches(&target) {
-            skipped.push(skip(format!("source topic {target} is not one the router reads ({})", state.router_topics.patterns().join(", "))));
+            skipped
+                .push(skip(format!("source topic {target} is not one the router reads ({})", state.router_topics.patterns().join(", "))));
             continue;
         }
         if let Some(note) = d.header(dlq::TRUNCATED) {

@@ -117,7 +117,12 @@ pub async fn ingest(
     for (out, d) in events.iter().zip(delivered) {
         match d {
             Ok(delivery) => {
-                accepted.push(Accepted { id: out.event.id.clone(), topic: topic.clone(), partition: delivery.partition, offset: delivery.offset });
+                accepted.push(Accepted {
+                    id: out.event.id.clone(),
+                    topic: topic.clone(),
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                });
             }
             Err((e, _)) => {
                 tracing::warn!(error = %e, %topic, "producing an event");

@@ -255,7 +255,10 @@ fn definitions_body(_: &mut Schemas) -> Map<String, Value> {
             "application/yaml".to_string(),
             json!({"schema": {"type": "string", "description": "one or more definition documents (YAML, or JSON)"}}),
         ),
-        ("application/json".to_string(), json!({"schema": {"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]}})),
+        (
+            "application/json".to_string(),
+            json!({"schema": {"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]}}),
+        ),
     ])
 }
 
@@ -307,7 +310,8 @@ pub fn document() -> Value {
         let mut responses = Map::new();
         let mut success = json!({"description": "success", "content": {o.media(): {"schema": (o.response)(&mut schemas)}}});
         if o.operation_id == "get_definition" {
-            success["headers"] = json!({"ETag": {"description": "the latest version's entity tag, for If-Match", "schema": {"type": "string"}}});
+            success["headers"] =
+                json!({"ETag": {"description": "the latest version's entity tag, for If-Match", "schema": {"type": "string"}}});
         }
         responses.insert(o.success.to_string(), success);
         for code in ["400", "404", "409", "413", "422"] {
@@ -403,7 +407,8 @@ mod tests {
     fn every_list_pages_with_one_cursor() {
         let doc = document();
         for o in operations().iter().filter(|o| o.method == "get" && o.operation_id.starts_with("list_")) {
-            let names: Vec<&str> = doc["paths"][o.path]["get"]["parameters"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+            let names: Vec<&str> =
+                doc["paths"][o.path]["get"]["parameters"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
             assert!(names.contains(&"limit") && names.contains(&"cursor"), "{}: {names:?}", o.path);
             let page = doc["paths"][o.path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].as_str().unwrap();
             let page = &doc["components"]["schemas"][page.rsplit('/').next().unwrap()];
@@ -426,7 +431,9 @@ mod tests {
 
     fn refs(v: &Value) -> Vec<String> {
         match v {
-            Value::Object(m) => m.iter().flat_map(|(k, v)| if k == "$ref" { vec![v.as_str().unwrap().to_string()] } else { refs(v) }).collect(),
+            Value::Object(m) => {
+                m.iter().flat_map(|(k, v)| if k == "$ref" { vec![v.as_str().unwrap().to_string()] } else { refs(v) }).collect()
+            }
             Value::Array(a) => a.iter().flat_map(refs).collect(),
             _ => vec![],
         }

@@ -1141,7 +1141,14 @@ async fn a_client_generated_from_the_openapi_document_filters_and_pages_runs() {
     let (a, b) = (unique("it-oa-a").to_lowercase(), unique("it-oa-b").to_lowercase());
     for id in [&a, &b] {
         let doc = format!("id: {id}\nname: {id}\ntrigger: {{event: {{topics: [events.demo]}}}}\ntasks:\n  - {{name: t, type: human}}\n");
-        let resp = http.post(format!("{base}/definitions")).bearer_auth(ADMIN).header("content-type", "application/yaml").body(doc).send().await.unwrap();
+        let resp = http
+            .post(format!("{base}/definitions"))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/yaml")
+            .body(doc)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     }
     // Seven runs as the worker records them: five of `a` (two completed), two of `b`.
@@ -1186,9 +1193,19 @@ async fn a_client_generated_from_the_openapi_document_filters_and_pages_runs() {
     let client = dir.join("tf_client");
     run(
         "openapi-python-client",
-        &["generate".as_ref(), "--path".as_ref(), doc_path.as_os_str(), "--output-path".as_ref(), client.as_os_str(), "--meta".as_ref(), "none".as_ref()],
+        &[
+            "generate".as_ref(),
+            "--path".as_ref(),
+            doc_path.as_os_str(),
+            "--output-path".as_ref(),
+            client.as_os_str(),
+            "--meta".as_ref(),
+            "none".as_ref(),
+        ],
     );
-    for operation in ["list_runs", "get_run", "retry_run", "cancel_run", "list_tasks", "claim_task", "list_dead_letters", "redrive_dead_letters"] {
+    for operation in
+        ["list_runs", "get_run", "retry_run", "cancel_run", "list_tasks", "claim_task", "list_dead_letters", "redrive_dead_letters"]
+    {
         assert!(client.join(format!("api/default/{operation}.py")).exists(), "the generated client has no {operation}");
     }
 
@@ -1238,4 +1255,118 @@ print(json.dumps({
     assert_eq!(got["completed"], json!([format!("run/{a}/key-0/1"), format!("run/{a}/key-1/1")]), "{got}");
     assert_eq!(got["lineage"], json!({"run_id": runs[0], "topic": "events.demo", "offset": 4}), "{got}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every list pages to its end with one cursor, each item once and in the list's order:
+/// definitions by id, human tasks oldest first, dead letters in (partition, offset) order across
+/// partitions, also under a filter that skips records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_list_pages_to_its_end_with_its_cursor() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let dlq = unique("it-pages-dlq");
+    create_topic(&s, &dlq, 3).await;
+    let api = Api::with_dlq(&db.url, &unique("it-api-queue"), &dlq);
+    api.ready().await;
+    // Pages of `limit` from `path` until `next_cursor` is null: the items under `field`.
+    let pages = |path: String, field: &'static str, limit: usize| {
+        let api = &api;
+        async move {
+            let (mut items, mut cursor, mut pages) = (Vec::new(), None::<String>, 0);
+            loop {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                let mut url = format!("{path}{sep}limit={limit}");
+                if let Some(c) = &cursor {
+                    url.push_str(&format!("&cursor={}", c.replace(':', "%3A").replace('/', "%2F")));
+                }
+                let (status, body) = api.call("GET", &url, Some(ADMIN), None, None).await;
+                assert_eq!(status, 200, "{url}: {body}");
+                let page = body[field].as_array().unwrap().clone();
+                assert!(page.len() <= limit, "{url}: {body}");
+                items.extend(page);
+                pages += 1;
+                assert!(pages < 50, "{path} never ends");
+                match body["next_cursor"].as_str() {
+                    Some(next) => cursor = Some(next.to_string()),
+                    None => return (items, pages),
+                }
+            }
+        }
+    };
+
+    // Definitions: five, pages of two.
+    let ids: Vec<String> = (0..5).map(|i| format!("{}-{i}", unique("it-page").to_lowercase())).collect();
+    for id in &ids {
+        let doc = format!("id: {id}\nname: p\ntrigger: {{event: {{topics: [events.demo]}}}}\ntasks:\n  - {{name: t, type: human}}\n");
+        let (status, body) = api.call("POST", "/definitions", Some(ADMIN), Some("application/yaml"), Some(doc)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (defs, n) = pages("/definitions".into(), "definitions", 2).await;
+    let listed: Vec<&str> = defs.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    let mut sorted = ids.iter().map(String::as_str).collect::<Vec<_>>();
+    sorted.sort_unstable();
+    assert_eq!((listed, n), (sorted, 3), "by id, each once, in 3 pages");
+
+    // Human tasks: five waiting on one run, pages of two, oldest first.
+    let run_id = tf_store::runs::RunId::from_workflow_id(format!("run/{}/k/1", ids[0]));
+    let source = tf_store::runs::RunSource::event("events.demo", 0, 1, Some("e".into()));
+    let begin = tf_store::runs::BeginRun {
+        run_id: &run_id,
+        execution_id: "x1",
+        definition_id: &ids[0],
+        definition_version: 1,
+        dedupe_key: "k",
+        generation: None,
+        event_time_ms: 1_000,
+        dedupe_window: Duration::from_secs(60),
+        fired_at_ms: 1_000,
+        traceparent: None,
+        source: &source,
+        input: None,
+        operator_retry: false,
+    };
+    tf_store::runs::begin_run(&pool, &begin).await.unwrap();
+    let params = json!({});
+    for i in 0..5 {
+        let task = run_id.task("t", i);
+        let new = tf_store::tasks::NewTask {
+            task_id: &task,
+            template: "t",
+            index: i as i32,
+            task_type: tf_definitions::TaskType::Human,
+            params: &params,
+            run_attempt: 1,
+        };
+        tf_store::tasks::record_tasks(&pool, &run_id, &[new]).await.unwrap();
+        tf_store::tasks::set_task_status(&pool, &task, tf_definitions::TaskStatus::AwaitingHuman).await.unwrap();
+    }
+    let (tasks, n) = pages("/tasks".into(), "tasks", 2).await;
+    let listed: Vec<String> = tasks.iter().map(|t| t["task_id"].as_str().unwrap().to_string()).collect();
+    let expected: Vec<String> = (0..5).map(|i| run_id.task("t", i).as_str().to_string()).collect();
+    assert_eq!((listed, n), (expected, 3), "oldest first, each once, in 3 pages");
+
+    // Dead letters: nine over three partitions, every third of another stage.
+    let producer: FutureProducer = tf_kafka::client_config(&s.kafka_brokers).create().unwrap();
+    for i in 0..9 {
+        let stage = if i % 3 == 2 { "filter" } else { "decode" };
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: tf_kafka::dlq::STAGE, value: Some(stage) })
+            .insert(Header { key: tf_kafka::dlq::MESSAGE, value: Some("it") })
+            .insert(Header { key: tf_kafka::dlq::TOPIC, value: Some("events.demo") });
+        let record = FutureRecord::to(&dlq).partition(i % 3).key("k").payload("not avro").headers(headers);
+        producer.send(record, Duration::from_secs(10)).await.unwrap();
+    }
+    let at = |d: &Value| (d["partition"].as_i64().unwrap(), d["offset"].as_i64().unwrap());
+    let (letters, n) = pages("/dead-letters".into(), "dead_letters", 2).await;
+    let listed: Vec<(i64, i64)> = letters.iter().map(at).collect();
+    let expected: Vec<(i64, i64)> = (0..3).flat_map(|p| (0..3).map(move |o| (p, o))).collect();
+    assert_eq!(listed, expected, "(partition, offset) order, each once");
+    assert!(n >= 5, "pages of two: {n}");
+    let (decoded, _) = pages("/dead-letters?stage=decode".into(), "dead_letters", 2).await;
+    let listed: Vec<(i64, i64)> = decoded.iter().map(at).collect();
+    assert_eq!(listed, [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)], "the filter holds across pages");
+    let (status, body) = api.call("GET", "/dead-letters?cursor=nonsense", Some(ADMIN), None, None).await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("cursor")), "{body}");
 }

@@ -245,7 +245,8 @@ async fn the_console_signs_in_traces_a_run_decides_a_task_redrives_and_shows_lag
         ("TF_ROUTER_METRICS_ADDR", ""),
     ];
     let mut router = Service::spawn(&workspace_binary("tf-router"), &unique("tf-router"), &router_env);
-    let _worker = tf_testkit::worker(&db.url, &queue, &[("TF_RELAY_TRANSACTIONAL_ID", &unique("it-ui-relay")), ("TF_NO_SCHEDULER", "true")]);
+    let _worker =
+        tf_testkit::worker(&db.url, &queue, &[("TF_RELAY_TRANSACTIONAL_ID", &unique("it-ui-relay")), ("TF_NO_SCHEDULER", "true")]);
     let event = |id: &str, data: Value| {
         json!({"specversion": "1.0", "id": id, "source": "/it/ui", "type": "com.example.order.created", "data": data}).to_string()
     };

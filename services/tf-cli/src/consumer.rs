@@ -14,12 +14,20 @@ fn topics(settings: &Settings, patterns: &[String]) -> anyhow::Result<Vec<String
 pub fn lag(settings: &Settings, group: &str, patterns: &[String]) -> anyhow::Result<Answer> {
     let topics = topics(settings, patterns)?;
     let rows = groups::lag(&settings.kafka_brokers, group, &topics)?;
-    let objects: Vec<serde_json::Value> =
-        rows.iter().map(|r| json!({"topic": r.topic, "partition": r.partition, "committed": r.committed, "end": r.high, "lag": r.lag()})).collect();
+    let objects: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| json!({"topic": r.topic, "partition": r.partition, "committed": r.committed, "end": r.high, "lag": r.lag()}))
+        .collect();
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            vec![r.topic.clone(), r.partition.to_string(), r.committed.map_or("-".to_string(), |c| c.to_string()), r.high.to_string(), r.lag().to_string()]
+            vec![
+                r.topic.clone(),
+                r.partition.to_string(),
+                r.committed.map_or("-".to_string(), |c| c.to_string()),
+                r.high.to_string(),
+                r.lag().to_string(),
+            ]
         })
         .collect();
     let total: i64 = rows.iter().map(tf_kafka::groups::PartitionLag::lag).sum();

@@ -42,10 +42,14 @@ pub fn redrive_request(records: &[String], topic: Option<&str>, stage: Option<&s
     let mut coordinates = Vec::new();
     for r in records {
         let parsed = r.split_once(':').and_then(|(p, o)| Some((p.parse::<i32>().ok()?, o.parse::<i64>().ok()?)));
-        let (partition, offset) = parsed.ok_or_else(|| anyhow::anyhow!("{r:?} is not PARTITION:OFFSET (as `tf dead-letters list` shows AT)"))?;
+        let (partition, offset) =
+            parsed.ok_or_else(|| anyhow::anyhow!("{r:?} is not PARTITION:OFFSET (as `tf dead-letters list` shows AT)"))?;
         coordinates.push(json!({"partition": partition, "offset": offset}));
     }
-    anyhow::ensure!(!coordinates.is_empty() || topic.is_some() || stage.is_some(), "name dead letters (PARTITION:OFFSET) or --topic/--stage");
+    anyhow::ensure!(
+        !coordinates.is_empty() || topic.is_some() || stage.is_some(),
+        "name dead letters (PARTITION:OFFSET) or --topic/--stage"
+    );
     let mut body = json!({ "records": coordinates });
     for (k, v) in [("topic", topic), ("stage", stage)] {
         if let Some(v) = v {

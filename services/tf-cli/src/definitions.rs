@@ -147,7 +147,13 @@ pub fn test(files: &[PathBuf], event_file: &std::path::Path, topic: Option<&str>
                 if let Some(tasks) = &t.tasks {
                     say!(out, "  {} task(s):", tasks.len());
                     for task in tasks {
-                        say!(out, "    {} ({}): {}", task["task_id"].as_str().unwrap_or(""), task["type"].as_str().unwrap_or(""), task["params"]);
+                        say!(
+                            out,
+                            "    {} ({}): {}",
+                            task["task_id"].as_str().unwrap_or(""),
+                            task["type"].as_str().unwrap_or(""),
+                            task["params"]
+                        );
                     }
                 }
                 if let Some(e) = &t.planning_error {
@@ -162,8 +168,14 @@ pub fn test(files: &[PathBuf], event_file: &std::path::Path, topic: Option<&str>
 
 fn trial(d: &Definition, bindings: &Bindings, event_type: &str, topic: Option<&str>) -> Trial {
     let t = Trial { definition: d.id.clone(), ..Trial::default() };
-    let no_run = |reason: String| Trial { outcome: "no_run", reason: Some(reason), ..Trial { definition: d.id.clone(), ..Trial::default() } };
-    let dlq = |stage: &'static str, reason: String| Trial { outcome: "dlq", stage: Some(stage), reason: Some(reason), ..Trial { definition: d.id.clone(), ..Trial::default() } };
+    let no_run =
+        |reason: String| Trial { outcome: "no_run", reason: Some(reason), ..Trial { definition: d.id.clone(), ..Trial::default() } };
+    let dlq = |stage: &'static str, reason: String| Trial {
+        outcome: "dlq",
+        stage: Some(stage),
+        reason: Some(reason),
+        ..Trial { definition: d.id.clone(), ..Trial::default() }
+    };
     let Trigger::Event(trigger) = &d.trigger else {
         return no_run("a cron definition; nothing to test against an event".into());
     };
@@ -199,9 +211,13 @@ fn trial(d: &Definition, bindings: &Bindings, event_type: &str, topic: Option<&s
     }
     let run_id = key.run_id(&d.id, 1);
     let run = serde_json::json!({"id": run_id, "definition_id": d.id, "dedupe_key": key.as_str(), "generation": 1, "attempt": 1});
-    let (tasks, planning_error) = match d.plan_tasks(&run_id, &Bindings { run, context: serde_json::Value::Object(context), ..bindings.clone() }) {
+    let (tasks, planning_error) = match d
+        .plan_tasks(&run_id, &Bindings { run, context: serde_json::Value::Object(context), ..bindings.clone() })
+    {
         Ok(tasks) => (
-            Some(tasks.iter().map(|t| serde_json::json!({"task_id": t.task_id, "type": t.task_type.as_str(), "params": t.params})).collect()),
+            Some(
+                tasks.iter().map(|t| serde_json::json!({"task_id": t.task_id, "type": t.task_type.as_str(), "params": t.params})).collect(),
+            ),
             None,
         ),
         Err(e) => (None, Some(e.to_string())),
@@ -287,7 +303,13 @@ pub async fn show(settings: &Settings, id: &str, version: Option<i32>) -> anyhow
     };
     let etag = version.is_none().then(|| definitions::etag(row.version, row.enabled, row.retired));
     let next_fire_times = Definition::from_spec_json(row.spec.clone()).ok().as_ref().and_then(definitions::next_fire_times);
-    shown(&DefinitionVersion { summary: DefinitionSummary::from(&row), spec: row.spec, spec_sha256: row.spec_sha256, etag, next_fire_times })
+    shown(&DefinitionVersion {
+        summary: DefinitionSummary::from(&row),
+        spec: row.spec,
+        spec_sha256: row.spec_sha256,
+        etag,
+        next_fire_times,
+    })
 }
 
 /// One definition version (both modes): a header line and the document as YAML.

@@ -18,7 +18,8 @@ pub async fn served_remotely(api: &remote::Remote, command: &Command) -> Option<
         Command::Definitions(DefinitionsCommand::Show { id, at_version }) => api.show(id, *at_version).await,
         Command::Definitions(DefinitionsCommand::Delete { id }) => api.delete(id).await,
         Command::Runs(RunsCommand::List { limit, definition, status, key }) => {
-            api.list_runs(&runs::RunsQuery { limit: *limit, definition: definition.clone(), status: status.clone(), key: key.clone() }).await
+            api.list_runs(&runs::RunsQuery { limit: *limit, definition: definition.clone(), status: status.clone(), key: key.clone() })
+                .await
         }
         Command::Runs(RunsCommand::Show { run_id }) => api.show_run(run_id).await,
         Command::Runs(RunsCommand::Retry { run_id }) => api.control_run(run_id, "retry", "").await,

@@ -55,4 +55,3 @@ async fn main() -> std::process::ExitCode {
         }
     }
 }
-

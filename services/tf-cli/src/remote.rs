@@ -148,7 +148,13 @@ impl Remote {
         Ok(Answer::new(r)?.text(text))
     }
 
-    pub async fn list_dead_letters(&self, topic: Option<&str>, stage: Option<&str>, limit: i64, cursor: Option<&str>) -> anyhow::Result<Answer> {
+    pub async fn list_dead_letters(
+        &self,
+        topic: Option<&str>,
+        stage: Option<&str>,
+        limit: i64,
+        cursor: Option<&str>,
+    ) -> anyhow::Result<Answer> {
         let mut query = format!("/dead-letters?limit={}", limit.clamp(1, 500));
         for (name, value) in [("topic", topic), ("stage", stage), ("cursor", cursor)] {
             if let Some(v) = value {
@@ -158,9 +164,17 @@ impl Remote {
         crate::dead_letters::listed(self.call(reqwest::Method::GET, &query, None).await?)
     }
 
-    pub async fn redrive(&self, records: &[String], topic: Option<&str>, stage: Option<&str>, limit: Option<usize>) -> anyhow::Result<Answer> {
+    pub async fn redrive(
+        &self,
+        records: &[String],
+        topic: Option<&str>,
+        stage: Option<&str>,
+        limit: Option<usize>,
+    ) -> anyhow::Result<Answer> {
         let body = crate::dead_letters::redrive_request(records, topic, stage, limit)?;
-        crate::dead_letters::redriven(self.call(reqwest::Method::POST, "/dead-letters/redrive", Some(("application/json", body.to_string()))).await?)
+        crate::dead_letters::redriven(
+            self.call(reqwest::Method::POST, "/dead-letters/redrive", Some(("application/json", body.to_string()))).await?,
+        )
     }
 }
 

@@ -121,7 +121,9 @@ pub async fn retry(settings: &Settings, run_id: &str) -> anyhow::Result<Answer> 
     match tf_temporal::run_control::retry_run(&client, &settings.task_queue, run_id, status, input).await? {
         RetryOutcome::Started => Ok(Answer::new(json!({"run_id": run_id, "action": "retry", "outcome": "retry started"}))?
             .text(format!("retrying {run_id}: a new execution started; `tf runs list` shows its attempt\n"))),
-        RetryOutcome::StillOpen => anyhow::bail!("{run_id} has an open execution in Temporal (it may be finishing its failure); try again in a moment"),
+        RetryOutcome::StillOpen => {
+            anyhow::bail!("{run_id} has an open execution in Temporal (it may be finishing its failure); try again in a moment")
+        }
     }
 }
 

@@ -6,10 +6,10 @@ use std::time::SystemTime;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use serde_json::json;
 use temporalio_client::RpcOptions;
 use temporalio_client::schedules::{ListSchedulesOptions, ScheduleBackfill, ScheduleOverlapPolicy};
 use tf_config::Settings;
-use serde_json::json;
 use tf_temporal::schedules::{SCHEDULE_PREFIX, schedule_id};
 
 use crate::output::{Answer, say, table};

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use anyhow::Context;
-use tf_config::Settings;
 use serde_json::json;
+use tf_config::Settings;
 use tf_envelope::Registry;
 
 use crate::output::{Answer, say};

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use anyhow::Context;
-use tf_config::Settings;
 use serde_json::json;
+use tf_config::Settings;
 use tf_kafka::topics::{self, Outcome};
 
 use crate::output::{Answer, say};
@@ -39,5 +39,9 @@ pub async fn apply(settings: &Settings, dir: &Path, fail_on_drift: bool) -> anyh
             }
         }
     }
-    Ok(Answer::new(json!({ "topics": rows }))?.text(text).code(if drifted > 0 && fail_on_drift { std::process::ExitCode::from(3) } else { std::process::ExitCode::SUCCESS }))
+    Ok(Answer::new(json!({ "topics": rows }))?.text(text).code(if drifted > 0 && fail_on_drift {
+        std::process::ExitCode::from(3)
+    } else {
+        std::process::ExitCode::SUCCESS
+    }))
 }

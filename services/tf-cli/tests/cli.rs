@@ -336,7 +336,11 @@ async fn every_command_answers_json_and_both_modes_answer_alike() {
     // one failed with its input (to retry), one running with a human task waiting.
     let cron = unique("it-cli-cron").to_lowercase();
     let cron_file = temp_dir(&unique("it-cli-cron")).join("cron.yaml");
-    std::fs::write(&cron_file, format!("id: {cron}\nname: c\ntrigger: {{cron: {{expression: \"0 3 * * *\"}}}}\ntasks:\n  - {{name: t, type: human}}\n")).unwrap();
+    std::fs::write(
+        &cron_file,
+        format!("id: {cron}\nname: c\ntrigger: {{cron: {{expression: \"0 3 * * *\"}}}}\ntasks:\n  - {{name: t, type: human}}\n"),
+    )
+    .unwrap();
     assert!(tf(&["definitions", "apply", "-f", "examples/definitions", "-f", cron_file.to_str().unwrap()], &env).status.success());
     // The workflow id a retry starts is the input's (definition, key, generation): unique keys.
     let (failed_key, running_key) = (unique("k-failed"), unique("k-running"));
@@ -378,7 +382,11 @@ async fn every_command_answers_json_and_both_modes_answer_alike() {
 
     let group = unique("it-cli-group");
     let event = dir.join("event.json");
-    std::fs::write(&event, r#"{"id": "e1", "type": "com.example.user.signed_up", "source": "/s", "data": {"email": "a@example.com", "name": "Ada"}}"#).unwrap();
+    std::fs::write(
+        &event,
+        r#"{"id": "e1", "type": "com.example.user.signed_up", "source": "/s", "data": {"email": "a@example.com", "name": "Ada"}}"#,
+    )
+    .unwrap();
     let (failed_id, running_id, task_id) = (failed.as_str().to_string(), running.as_str().to_string(), task.as_str().to_string());
     let schedule = cron.clone();
     let cases: Vec<(Vec<&str>, bool)> = vec![
@@ -418,10 +426,16 @@ async fn every_command_answers_json_and_both_modes_answer_alike() {
         (vec!["dead-letters", "redrive", "0:1"], false),
         (vec!["definitions", "delete", &cron], true),
     ];
-    let covered: Vec<String> = cases.iter().map(|(args, _)| args.iter().take_while(|a| !a.starts_with('-')).take(2).copied().collect::<Vec<_>>().join(" ")).collect();
+    let covered: Vec<String> = cases
+        .iter()
+        .map(|(args, _)| args.iter().take_while(|a| !a.starts_with('-')).take(2).copied().collect::<Vec<_>>().join(" "))
+        .collect();
     for leaf in leaf_commands(&[]) {
         let leaf = leaf.join(" ");
-        assert!(covered.iter().any(|c| c == &leaf || (leaf.split(' ').count() == 1 && c.starts_with(&leaf))), "`tf {leaf}` has no case here");
+        assert!(
+            covered.iter().any(|c| c == &leaf || (leaf.split(' ').count() == 1 && c.starts_with(&leaf))),
+            "`tf {leaf}` has no case here"
+        );
     }
     for (args, succeeds) in &cases {
         let mut with = args.clone();
@@ -444,7 +458,10 @@ async fn every_command_answers_json_and_both_modes_answer_alike() {
 
     // Both modes: the same objects.
     let api_addr = tf_testkit::free_local_addr();
-    let hash = String::from_utf8(Command::new(tf_testkit::workspace_binary("tf-api")).args(["hash-token", "it-cli-token"]).output().unwrap().stdout).unwrap();
+    let hash = String::from_utf8(
+        Command::new(tf_testkit::workspace_binary("tf-api")).args(["hash-token", "it-cli-token"]).output().unwrap().stdout,
+    )
+    .unwrap();
     let api = tf_testkit::Service::spawn(
         &tf_testkit::workspace_binary("tf-api"),
         &unique("tf-api"),

@@ -58,7 +58,18 @@ async fn the_worker_reaches_temporal_over_tls_with_the_servers_ca_and_an_api_key
     )
     .await;
     let url = format!("https://{proxy}");
-    let worker = tf_testkit::worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_NO_SCHEDULER", "true"), ("TF_TEMPORAL_URL", &url), ("TF_TEMPORAL_TLS_CA", &ca), ("TF_SECRET_TEMPORAL_API_KEY", "it-api-key-123"), ("TF_TEMPORAL_API_KEY", "${secret:temporal_api_key}")]);
+    let worker = tf_testkit::worker(
+        &db.url,
+        &queue,
+        &[
+            ("TF_NO_RELAY", "true"),
+            ("TF_NO_SCHEDULER", "true"),
+            ("TF_TEMPORAL_URL", &url),
+            ("TF_TEMPORAL_TLS_CA", &ca),
+            ("TF_SECRET_TEMPORAL_API_KEY", "it-api-key-123"),
+            ("TF_TEMPORAL_API_KEY", "${secret:temporal_api_key}"),
+        ],
+    );
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
     tf_temporal::start_run(&client, &queue, tf_testkit::run_input(&def_id, version, "k-1", json!({"data": {"k": "k-1"}}))).await.unwrap();
     eventually(&format!("the run to complete through the TLS proxy; worker log:\n{}", worker.log()), Duration::from_secs(60), || async {

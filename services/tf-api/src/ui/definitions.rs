@@ -1,16 +1,16 @@
 //! The Definitions pages: the latest version of each, and one definition's versions with a line
 //! diff against the previous one, its next fire times and its runs of the last day.
 
-use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
-use maud::{Markup, html};
-use serde::Deserialize;
 use super::html::{alert, diff, status, table, url_part};
 use super::{api_query, failure, query, respond, signed_in};
 use crate::definitions::{DefinitionSummary, DefinitionVersion};
 use crate::error::ApiError;
 use crate::state::AppState;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use maud::{Markup, html};
+use serde::Deserialize;
 
 /// Whether a definition is retired, enabled or disabled (`enabled` is the latest version's).
 fn state_of(d: &DefinitionSummary, latest: &DefinitionSummary) -> &'static str {

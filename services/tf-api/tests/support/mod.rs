@@ -33,7 +33,12 @@ impl Api {
     pub fn spawn(db_url: &str, queue: &str) -> Api {
         let metrics = tf_testkit::free_local_addr();
         let (reader, clerk) = (format!("read:{}", sha256(READER)), format!("tasks:{}", sha256(CLERK)));
-        Api::start(db_url, queue, &[("TF_API_METRICS_ADDR", &metrics), ("TF_API_TOKEN__READER", &reader), ("TF_API_TOKEN__CLERK", &clerk)], metrics.clone())
+        Api::start(
+            db_url,
+            queue,
+            &[("TF_API_METRICS_ADDR", &metrics), ("TF_API_TOKEN__READER", &reader), ("TF_API_TOKEN__CLERK", &clerk)],
+            metrics.clone(),
+        )
     }
 
     /// tf-api browsing and redriving `dlq`, with the ADMIN token only and no metrics port.
@@ -74,7 +79,14 @@ impl Api {
         (http, signed_in.status().as_u16(), set_cookie)
     }
 
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, content_type: Option<&str>, body: Option<String>) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Option<String>,
+    ) -> (u16, Value) {
         let request = || {
             let mut req = self.http.request(method.parse().unwrap(), format!("{}{path}", self.base));
             if let Some(t) = token {

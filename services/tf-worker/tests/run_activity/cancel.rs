@@ -127,7 +127,8 @@ async fn a_run_terminated_in_temporal_is_settled_and_can_be_retried() {
         unique("it-terminate").to_lowercase()
     );
     let (def_id, version) = apply_definition(&pool, &yaml).await;
-    let worker = worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_HTTP_ALLOWED_HOSTS", "127.0.0.1"), ("TF_RUN_RECONCILE_SECS", "1")]);
+    let worker =
+        worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_HTTP_ALLOWED_HOSTS", "127.0.0.1"), ("TF_RUN_RECONCILE_SECS", "1")]);
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
     let run_id = start_in_flight(&client, &queue, (&def_id, version), "t-1", &accepted, &worker).await;
     client

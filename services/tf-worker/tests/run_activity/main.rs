@@ -11,7 +11,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{Value as Json, json};
 use tf_temporal::{RunInput, StartOutcome};
-use tf_testkit::{FreshDatabase, Service, apply_definition, create_topic, eventually, results_for, settings, unique, workspace_binary, worker};
+use tf_testkit::{
+    FreshDatabase, Service, apply_definition, create_topic, eventually, results_for, settings, unique, worker, workspace_binary,
+};
 
 mod cancel;
 mod http;
@@ -62,7 +64,8 @@ tasks:
     );
     let (def_id, version) = apply_definition(&pool, &yaml).await;
     let relay_id = unique("it-relay");
-    let worker = worker(&db.url, &queue, &[("TF_RELAY_TRANSACTIONAL_ID", &relay_id), ("TF_LOG", "info"), ("TF_DATASOURCE__OWN__URL", &db.url)]);
+    let worker =
+        worker(&db.url, &queue, &[("TF_RELAY_TRANSACTIONAL_ID", &relay_id), ("TF_LOG", "info"), ("TF_DATASOURCE__OWN__URL", &db.url)]);
 
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
     let event = json!({"id": "e1", "type": "order.created", "data": {"order_id": "o-1", "customer": "acme", "items": ["a", "b", "c"], "gold": true}});
@@ -353,9 +356,7 @@ async fn a_fan_out_over_a_map_survives_a_worker_crash_with_the_same_tasks_in_key
         "id: {id}\nname: Map\ntrigger: {{event: {{topics: [t]}}}}\ntasks:\n  - {{name: per, type: human, for_each: event.data.regions, params: {{region: item.key, n: item.value}}}}\n"
     );
     let (def_id, version) = apply_definition(&pool, &yaml).await;
-    let spawn = || {
-        worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_WORKER_METRICS_ADDR", "")])
-    };
+    let spawn = || worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_WORKER_METRICS_ADDR", "")]);
     let mut worker = spawn();
     let regions: serde_json::Map<String, Json> = (0..40).rev().map(|i| (format!("r{i:02}"), json!(i))).collect();
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();

@@ -103,7 +103,12 @@ async fn the_results_relay_fails_over_to_another_worker() {
     assert!(workers[1 - leader].log().contains("this worker runs the results relay"));
     assert_eq!(gauge(1 - leader), Some(1.0));
     for key in ["f-1", "f-2"] {
-        let results = tf_testkit::published_results("the result on the topic", &tf_temporal::DedupeKey::parse(key).unwrap().run_id(&def_id, 1).to_string(), Duration::from_secs(30)).await;
+        let results = tf_testkit::published_results(
+            "the result on the topic",
+            &tf_temporal::DedupeKey::parse(key).unwrap().run_id(&def_id, 1).to_string(),
+            Duration::from_secs(30),
+        )
+        .await;
         assert_eq!(results.len(), 1, "exactly one result for {key}");
     }
     tf_testkit::delete_topics(&s, &[&sink]).await;
@@ -183,7 +188,11 @@ async fn a_registry_refusing_the_result_schema_pauses_the_relay_and_quarantines_
     let proxied = format!("{}{}", proxy.base, registry.path());
     let relay_id = unique("it-relay");
     let metrics = tf_testkit::free_local_addr();
-    let mut worker = worker(&db.url, &queue, &[("TF_RELAY_TRANSACTIONAL_ID", &relay_id), ("TF_SCHEMA_REGISTRY_URL", &proxied), ("TF_WORKER_METRICS_ADDR", &metrics)]);
+    let mut worker = worker(
+        &db.url,
+        &queue,
+        &[("TF_RELAY_TRANSACTIONAL_ID", &relay_id), ("TF_SCHEMA_REGISTRY_URL", &proxied), ("TF_WORKER_METRICS_ADDR", &metrics)],
+    );
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
     tf_temporal::start_run(&client, &queue, input(&def_id, version, "r-1", json!({"data": {"order_id": "r-1"}}))).await.unwrap();
     let run_id = tf_temporal::DedupeKey::parse("r-1").unwrap().run_id(&def_id, 1).to_string();
@@ -297,7 +306,11 @@ async fn an_oversize_result_is_published_truncated_and_an_unpublishable_one_is_q
     .await;
     let relay_id = unique("it-relay");
     let metrics = tf_testkit::free_local_addr();
-    let worker = worker(&db.url, &queue, &[("TF_RELAY_TRANSACTIONAL_ID", &relay_id), ("TF_RESULT_MAX_BYTES", "20000"), ("TF_WORKER_METRICS_ADDR", &metrics)]);
+    let worker = worker(
+        &db.url,
+        &queue,
+        &[("TF_RELAY_TRANSACTIONAL_ID", &relay_id), ("TF_RESULT_MAX_BYTES", "20000"), ("TF_WORKER_METRICS_ADDR", &metrics)],
+    );
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
     tf_temporal::start_run(&client, &queue, input(&def_id, version, "big-1", json!({"id": "e"}))).await.unwrap();
     let run_id = tf_temporal::DedupeKey::parse("big-1").unwrap().run_id(&def_id, 1).to_string();
