@@ -124,7 +124,7 @@ async fn read(state: &AppState, scan: Scan, after: Option<(i32, i64)>) -> Result
             if let Some((ap, ao)) = after
                 && ap == p.id()
             {
-                start = start.max(ao + 1);
+                start = start.max(ao.saturating_add(1));
             }
             if start < high {
                 ranges.push((p.id(), start, high));

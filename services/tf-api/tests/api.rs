@@ -839,6 +839,10 @@ async fn every_operation_answers_hostile_bodies_headers_and_queries_with_a_clear
         "?partition=abc&offset=-5",
         "?unknown=1",
         "?cursor=%00garbage",
+        // Cursors with the right shape and hostile numbers: the end of i64, negatives.
+        "?cursor=0%3A9223372036854775807",
+        "?cursor=-1%3A-1",
+        "?cursor=9223372036854775807%3Ax",
         "?version=0",
         "?status=exploded",
     ];
@@ -904,8 +908,9 @@ async fn every_operation_answers_hostile_bodies_headers_and_queries_with_a_clear
                             }
                         }
                         // A body refused (413) before it was all sent can break the pipe; the
-                        // server must still be there.
-                        Err(e) if e.is_request() || e.is_body() => {}
+                        // server must still be there. A request without a body has no such
+                        // excuse: a connection dropped on it is a handler that panicked.
+                        Err(e) if method == "post" && (e.is_request() || e.is_body()) => {}
                         Err(e) => problems.push(format!("{method} {} with {shape}: {e}", &url[..url.len().min(80)])),
                     }
                 }
