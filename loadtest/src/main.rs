@@ -117,12 +117,16 @@ enum Command {
     /// router, baseline so that drift hits both alike; runs a router of its own on a topic
     /// only it reads, and prints each run and the ratio.
     Compare(compare::CompareArgs),
+    /// Groundwork for flow control: concurrency slots as PostgreSQL rows (SKIP LOCKED, leases);
+    /// grants/s, grant and refusal latency, and the most holders one key had at once.
+    Leases(leases::LeasesArgs),
 }
 
 mod bare;
 mod chaos;
 mod clean;
 mod compare;
+mod leases;
 mod made;
 mod peer;
 mod plot;
@@ -145,6 +149,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         Some(Command::Peer(args)) => peer::run(&cli.settings, args, &mut made).await,
         Some(Command::Clean(args)) => clean::run(&cli.settings, args).await,
         Some(Command::Compare(args)) => compare::run(&cli.settings, args).await,
+        Some(Command::Leases(args)) => leases::run(&cli.settings, args).await,
         None => burst(&cli, &mut made).await.map(|()| std::process::ExitCode::SUCCESS),
     };
     let succeeded = matches!(outcome, Ok(code) if code == std::process::ExitCode::SUCCESS);
