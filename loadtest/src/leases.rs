@@ -1,17 +1,22 @@
-//! `tf-loadtest leases`: groundwork for flow control (issue 28). What one candidate mechanism
-//! costs: concurrency slots as PostgreSQL rows, taken with `FOR UPDATE SKIP LOCKED` and held
-//! under a lease that expires (so a holder SIGKILLed mid-run does not keep its slot). Clients
-//! stand for runs: each takes a slot of its key, holds it for `--hold-ms`, and gives it back;
-//! a client that finds no free slot waits `--wait-ms` and asks again (a Temporal timer in the
-//! real design). Prints grants/s, the latency of a grant and of a refusal, and the most holders
-//! one key ever had at once, which must not pass `--limit`. Runs on a scratch database that
-//! is dropped afterwards; the table here is the benchmark's own, not a migration.
+//! `tf-loadtest leases`: groundwork for flow control (issue 28). What the candidate mechanisms
+//! for a concurrency limit cost. Clients stand for runs: each takes a slot of its key, holds it
+//! for `--hold-ms`, and gives it back. Prints grants/s, the latency of a grant, and the most
+//! holders one key ever had at once, which must not pass `--limit`.
+//!
+//! - Default: slots as PostgreSQL rows, taken with `FOR UPDATE SKIP LOCKED` and held under a
+//!   lease that expires (so a holder SIGKILLed mid-run does not keep its slot); a client that
+//!   finds no free slot waits `--wait-ms` and asks again (a Temporal timer in the real design).
+//!   Runs on a scratch database that is dropped afterwards; the table is the benchmark's own.
+//! - `--coordinator`: a coordinator workflow per key (run by a worker in this process on a task
+//!   queue of its own); a client takes a slot with an update that returns once one is free and
+//!   gives it back with a signal; nobody polls. Also prints the history events per grant.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use temporalio_sdk::{SyncWorkflowContext, WorkflowContext, WorkflowResult};
 use tf_config::Settings;
 
 #[derive(clap::Args)]
@@ -34,6 +39,42 @@ pub struct LeasesArgs {
     /// How long to run, in seconds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// A coordinator workflow per key instead of PostgreSQL rows.
+    #[arg(long)]
+    coordinator: bool,
+}
+
+/// The figures both mechanisms report.
+struct Tally {
+    granted: Histogram<u64>,
+    refused: Histogram<u64>,
+    grants: u64,
+    refusals: u64,
+    most: i64,
+}
+
+fn report(a: &LeasesArgs, what: &str, t: &Tally) -> std::process::ExitCode {
+    let secs = a.seconds as f64;
+    println!(
+        "leases ({what}): {} clients, {} key(s) x {} slot(s), hold {} ms, wait {} ms, {} s",
+        a.clients, a.keys, a.limit, a.hold_ms, a.wait_ms, a.seconds
+    );
+    println!(
+        "  grants {:.1}/s (ideal {:.1}/s), refusals {:.1}/s",
+        t.grants as f64 / secs,
+        (a.keys as f64 * f64::from(a.limit)) * 1000.0 / a.hold_ms.max(1) as f64,
+        t.refusals as f64 / secs
+    );
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "  grant latency p50 {:.2} ms p99 {:.2} ms; refusal p50 {:.2} ms p99 {:.2} ms",
+        ms(&t.granted, 0.5),
+        ms(&t.granted, 0.99),
+        ms(&t.refused, 0.5),
+        ms(&t.refused, 0.99)
+    );
+    println!("  most holders of one key at once: {} (limit {})", t.most, a.limit);
+    if t.most > i64::from(a.limit) { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS }
 }
 
 const ACQUIRE: &str = "UPDATE slots SET holder = $2, expires_at = now() + interval '60 seconds'
@@ -44,6 +85,10 @@ const RELEASE: &str = "UPDATE slots SET holder = NULL, expires_at = NULL WHERE k
 
 pub async fn run(s: &Settings, a: &LeasesArgs) -> anyhow::Result<std::process::ExitCode> {
     anyhow::ensure!(a.clients > 0 && a.keys > 0 && a.limit > 0, "--clients, --keys and --limit must be positive");
+    if a.coordinator { coordinator(s, a).await } else { rows(s, a).await }
+}
+
+async fn rows(s: &Settings, a: &LeasesArgs) -> anyhow::Result<std::process::ExitCode> {
     let db = tf_testkit::FreshDatabase::create(s).await;
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(a.clients.min(64) as u32).connect(&db.url).await?;
     sqlx::query("CREATE TABLE slots (key text, slot integer, holder text, expires_at timestamptz, PRIMARY KEY (key, slot))")
@@ -98,26 +143,125 @@ pub async fn run(s: &Settings, a: &LeasesArgs) -> anyhow::Result<std::process::E
     pool.close().await;
     // The scratch database goes when `db` is dropped, at the end of this function.
     let most = peak.iter().map(|p| p.load(Ordering::SeqCst)).max().unwrap_or(0);
-    let secs = a.seconds as f64;
-    let (g, r) = (grants.load(Ordering::Relaxed), refusals.load(Ordering::Relaxed));
-    println!(
-        "leases: {} clients, {} key(s) x {} slot(s), hold {} ms, wait {} ms, {} s",
-        a.clients, a.keys, a.limit, a.hold_ms, a.wait_ms, a.seconds
-    );
-    println!(
-        "  grants {:.1}/s (ideal {:.1}/s), refusals {:.1}/s",
-        g as f64 / secs,
-        (a.keys as f64 * f64::from(a.limit)) * 1000.0 / a.hold_ms.max(1) as f64,
-        r as f64 / secs
-    );
-    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "  grant latency p50 {:.2} ms p99 {:.2} ms; refusal p50 {:.2} ms p99 {:.2} ms",
-        ms(&granted, 0.5),
-        ms(&granted, 0.99),
-        ms(&refused, 0.5),
-        ms(&refused, 0.99)
-    );
-    println!("  most holders of one key at once: {most} (limit {})", a.limit);
-    Ok(if most > i64::from(a.limit) { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS })
+    let tally = Tally { granted, refused, grants: grants.load(Ordering::Relaxed), refusals: refusals.load(Ordering::Relaxed), most };
+    Ok(report(a, "PostgreSQL rows", &tally))
+}
+
+/// A coordinator of one key's slots: `acquire` returns once a slot is free and takes it,
+/// `release` gives one back. Handlers that wake together check again, so no two take the
+/// last slot.
+#[temporalio_macros::workflow]
+#[derive(Default)]
+pub struct LeaseCoordinator {
+    free: i32,
+    grants: u64,
+    stop: bool,
+}
+
+#[temporalio_macros::workflow_methods]
+impl LeaseCoordinator {
+    #[run(name = "LeaseCoordinator")]
+    pub async fn run(ctx: &mut WorkflowContext<Self>, slots: i32) -> WorkflowResult<u64> {
+        ctx.state_mut(|s| s.free = slots);
+        ctx.wait_condition(|s| s.stop).await?;
+        Ok(ctx.state(|s| s.grants))
+    }
+
+    #[update(name = "acquire")]
+    pub async fn acquire(ctx: &mut WorkflowContext<Self>, _who: String) -> bool {
+        loop {
+            if ctx.wait_condition(|s| s.free > 0).await.is_err() {
+                return false;
+            }
+            let taken = ctx.state_mut(|s| {
+                let free = s.free > 0;
+                if free {
+                    s.free -= 1;
+                    s.grants += 1;
+                }
+                free
+            });
+            if taken {
+                return true;
+            }
+        }
+    }
+
+    #[signal(name = "release")]
+    pub fn release(&mut self, _ctx: &mut SyncWorkflowContext<Self>, _who: String) {
+        self.free += 1;
+    }
+
+    #[signal(name = "stop")]
+    pub fn stop(&mut self, _ctx: &mut SyncWorkflowContext<Self>) {
+        self.stop = true;
+    }
+}
+
+async fn coordinator(s: &Settings, a: &LeasesArgs) -> anyhow::Result<std::process::ExitCode> {
+    use temporalio_client::{WorkflowExecuteUpdateOptions, WorkflowSignalOptions, WorkflowStartOptions};
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "tf-loadtest-leases").await?;
+    let nonce = crate::now_ms() % 10_000_000;
+    let queue = format!("tf-loadtest-leases-{nonce}");
+    let runtime = temporalio_sdk::Runtime::from_current_tokio(temporalio_sdk::runtime::RuntimeOptions::default())?;
+    let options = temporalio_sdk::WorkerOptions::new(queue.as_str()).register_workflow::<LeaseCoordinator>()?.build();
+    let mut worker = temporalio_sdk::Worker::new(&runtime, client.clone(), options)?;
+    let shutdown = worker.shutdown_handle();
+    let ids: Vec<String> = (0..a.keys).map(|k| format!("leases-{nonce}-k{k}")).collect();
+    let bench = async {
+        for id in &ids {
+            client.start_workflow(LeaseCoordinator::run, a.limit, WorkflowStartOptions::new(queue.as_str(), id.as_str()).build()).await?;
+        }
+        let holders: Arc<Vec<AtomicI64>> = Arc::new((0..a.keys).map(|_| AtomicI64::new(0)).collect());
+        let peak: Arc<Vec<AtomicI64>> = Arc::new((0..a.keys).map(|_| AtomicI64::new(0)).collect());
+        let grants = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + Duration::from_secs(a.seconds);
+        let mut tasks = Vec::new();
+        for c in 0..a.clients {
+            let (client, holders, peak, grants) = (client.clone(), holders.clone(), peak.clone(), grants.clone());
+            let (hold, key_index, id) = (Duration::from_millis(a.hold_ms), c % a.keys, ids[c % a.keys].clone());
+            tasks.push(tokio::spawn(async move {
+                let mut granted = Histogram::<u64>::new(3).expect("histogram");
+                let handle = client.get_workflow_handle::<LeaseCoordinator>(id);
+                let me = format!("client-{c}");
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    let ok = handle.execute_update(LeaseCoordinator::acquire, me.clone(), WorkflowExecuteUpdateOptions::default()).await?;
+                    anyhow::ensure!(ok, "the coordinator stopped");
+                    granted.record(t0.elapsed().as_micros() as u64).ok();
+                    grants.fetch_add(1, Ordering::Relaxed);
+                    let now = holders[key_index].fetch_add(1, Ordering::SeqCst) + 1;
+                    peak[key_index].fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(hold).await;
+                    holders[key_index].fetch_sub(1, Ordering::SeqCst);
+                    handle.signal(LeaseCoordinator::release, me.clone(), WorkflowSignalOptions::default()).await?;
+                }
+                anyhow::Ok(granted)
+            }));
+        }
+        let mut granted = Histogram::<u64>::new(3)?;
+        for t in tasks {
+            granted.add(&t.await??)?;
+        }
+        let mut events = 0usize;
+        for id in &ids {
+            let handle = client.get_workflow_handle::<LeaseCoordinator>(id.clone());
+            handle.signal(LeaseCoordinator::stop, (), WorkflowSignalOptions::default()).await?;
+            let history: serde_json::Value = serde_json::from_slice(&handle.fetch_history(Default::default()).to_json().await?)?;
+            events += history["events"].as_array().map_or(0, Vec::len);
+        }
+        let most = peak.iter().map(|p| p.load(Ordering::SeqCst)).max().unwrap_or(0);
+        let tally = Tally { granted, refused: Histogram::new(3)?, grants: grants.load(Ordering::Relaxed), refusals: 0, most };
+        anyhow::Ok((tally, events))
+    };
+    let (ran, outcome) = tokio::join!(worker.run(), async {
+        let outcome = bench.await;
+        shutdown();
+        outcome
+    });
+    ran?;
+    let (tally, events) = outcome?;
+    let code = report(a, "coordinator workflow", &tally);
+    println!("  history events per grant: {:.1} ({events} events)", events as f64 / tally.grants.max(1) as f64);
+    Ok(code)
 }
