@@ -137,6 +137,28 @@ mod tests {
         assert_eq!(redact("postgres://h/db"), "postgres://h/db");
     }
 
+    /// A cursor survives its own text, ids with colons included (dedupe keys may hold them).
+    #[test]
+    fn a_cursor_reads_back_what_it_wrote() {
+        let c = Cursor { micros: 1_765_000_000_000_000, id: "run/orders/tenant:7/1".into() };
+        assert_eq!(c.to_string().parse::<Cursor>().unwrap(), c);
+        for bad in ["", "nocolon", "x:1", ":id", "1.5:id"] {
+            assert!(bad.parse::<Cursor>().is_err(), "{bad:?}");
+        }
+    }
+
+    /// `limit + 1` rows make a full page and a cursor at its last row; `limit` rows or fewer, the
+    /// last page; a row that does not fit the view is an error, not a dropped row.
+    #[test]
+    fn a_page_cuts_at_its_limit_and_points_after_its_last_row() {
+        let rows = |n: i64| (0..n).map(|i| (serde_json::json!(i), i * 10, format!("id-{i}"))).collect::<Vec<_>>();
+        let (views, next) = page::<i64>(rows(3), 2).unwrap();
+        assert_eq!((views, next), (vec![0, 1], Some(Cursor { micros: 10, id: "id-1".into() })));
+        let (views, next) = page::<i64>(rows(2), 2).unwrap();
+        assert_eq!((views, next), (vec![0, 1], None));
+        assert!(matches!(page::<String>(rows(1), 2), Err(StoreError::Shape(_))));
+    }
+
     #[test]
     fn migrations_are_embedded_in_order() {
         let versions: Vec<i64> = migrator().iter().map(|m| m.version).collect();
