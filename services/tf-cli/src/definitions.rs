@@ -167,15 +167,9 @@ pub fn test(files: &[PathBuf], event_file: &std::path::Path, topic: Option<&str>
 }
 
 fn trial(d: &Definition, bindings: &Bindings, event_type: &str, topic: Option<&str>) -> Trial {
-    let t = Trial { definition: d.id.clone(), ..Trial::default() };
-    let no_run =
-        |reason: String| Trial { outcome: "no_run", reason: Some(reason), ..Trial { definition: d.id.clone(), ..Trial::default() } };
-    let dlq = |stage: &'static str, reason: String| Trial {
-        outcome: "dlq",
-        stage: Some(stage),
-        reason: Some(reason),
-        ..Trial { definition: d.id.clone(), ..Trial::default() }
-    };
+    let base = || Trial { definition: d.id.clone(), ..Trial::default() };
+    let no_run = |reason: String| Trial { outcome: "no_run", reason: Some(reason), ..base() };
+    let dlq = |stage: &'static str, reason: String| Trial { outcome: "dlq", stage: Some(stage), reason: Some(reason), ..base() };
     let Trigger::Event(trigger) = &d.trigger else {
         return no_run("a cron definition; nothing to test against an event".into());
     };
@@ -230,7 +224,7 @@ fn trial(d: &Definition, bindings: &Bindings, event_type: &str, topic: Option<&s
         unresolved_context: unresolved,
         tasks,
         planning_error,
-        ..t
+        ..base()
     }
 }
 

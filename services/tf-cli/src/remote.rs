@@ -1,6 +1,7 @@
 //! `tf --api-url URL`: the commands `tf-api` serves, over HTTP instead of direct access to
-//! PostgreSQL and Temporal, for operators who reach the API but not the databases. Output
-//! matches the direct commands where the API returns the same facts.
+//! PostgreSQL and Temporal, for operators who reach the API but not the databases. Answers are
+//! read into the same `tf-store` view types the direct commands print, so both modes print the
+//! same objects (a test compares them).
 
 use std::path::PathBuf;
 
