@@ -64,7 +64,7 @@ pub async fn list(
     state.tokens.require(&headers, Scope::Read)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
     let limit = crate::error::page_limit(q.limit, 100)? as usize;
-    let after = crate::runs::cursor(q.cursor.as_deref())?;
+    let after = crate::error::page_cursor(q.cursor.as_deref())?;
     // Definitions are few (one row per id), so the page is cut here rather than in SQL.
     let mut rows = definitions::latest(&state.pool).await?;
     rows.sort_by(|a, b| a.id.cmp(&b.id));

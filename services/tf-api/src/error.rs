@@ -50,6 +50,12 @@ pub fn page_limit(limit: Option<i64>, default: i64) -> Result<i64, ApiError> {
     if (1..=500).contains(&limit) { Ok(limit) } else { Err(ApiError::bad_request("limit", "must be between 1 and 500")) }
 }
 
+/// The `cursor` query parameter of the lists that page by time and id (runs, tasks,
+/// definitions): the previous page's `next_cursor`.
+pub fn page_cursor(v: Option<&str>) -> Result<Option<tf_store::Cursor>, ApiError> {
+    v.map(str::parse).transpose().map_err(|e: tf_store::BadCursor| ApiError::bad_request("cursor", e.to_string()))
+}
+
 impl From<tf_store::StoreError> for ApiError {
     fn from(e: tf_store::StoreError) -> ApiError {
         if let tf_store::StoreError::Stale { current, .. } = &e {

@@ -35,6 +35,8 @@ pub struct Operation {
     pub summary: &'static str,
     /// Request body media types and their schemas, if it takes one.
     pub body: Option<Body>,
+    /// Whether the body may be left out (every field of it is optional).
+    pub body_optional: bool,
     /// The success status.
     pub success: u16,
     pub response: fn(&mut Schemas) -> Value,
@@ -59,6 +61,7 @@ impl Operation {
             scope,
             summary,
             body: None,
+            body_optional: false,
             success: 200,
             response: |_| json!({"type": "string"}),
             query: Vec::new,
@@ -84,6 +87,11 @@ impl Operation {
 
     fn takes_json<T: ToSchema>(self) -> Operation {
         Operation { body: Some(|s| Map::from_iter([("application/json".to_string(), json!({"schema": schema_ref::<T>(s)}))])), ..self }
+    }
+
+    /// A JSON body of `T` that may be left out.
+    fn may_take_json<T: ToSchema>(self) -> Operation {
+        Operation { body_optional: true, ..self.takes_json::<T>() }
     }
 
     fn takes(self, body: Body) -> Operation {
@@ -180,14 +188,14 @@ pub fn operations() -> Vec<Operation> {
             || post(runs::act),
         )
         .routed("/runs/{*run_id}")
-        .takes_json::<runs::ReasonBody>()
+        .may_take_json::<runs::ReasonBody>()
         .status(202)
         .returns::<runs::RunActionOutcome>(),
         Operation::new("post", "/runs/{run_id}/cancel", "cancel_run", Some(Write), "Cancel a running run; 202 once Temporal took it.", || {
             post(runs::act)
         })
         .routed("/runs/{*run_id}")
-        .takes_json::<runs::ReasonBody>()
+        .may_take_json::<runs::ReasonBody>()
         .status(202)
         .returns::<runs::RunActionOutcome>(),
         Operation::new(
@@ -336,10 +344,8 @@ pub fn document() -> Value {
             }
         }
         if let Some(body) = o.body {
-            // A body is optional where every field of it is (retry, cancel, claim).
             let content = body(&mut schemas);
-            let required = !matches!(o.operation_id, "retry_run" | "cancel_run");
-            operation["requestBody"] = json!({"required": required, "content": content});
+            operation["requestBody"] = json!({"required": !o.body_optional, "content": content});
         }
         paths.entry(o.path.to_string()).or_insert_with(|| json!({}))[o.method] = operation;
     }

@@ -52,11 +52,6 @@ fn time(field: &str, v: Option<String>) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// The `cursor` query parameter of every list.
-pub(crate) fn cursor(v: Option<&str>) -> Result<Option<tf_store::Cursor>, ApiError> {
-    v.map(str::parse).transpose().map_err(|e: tf_store::BadCursor| ApiError::bad_request("cursor", e.to_string()))
-}
-
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -73,7 +68,7 @@ pub async fn list(
         since: time("since", q.since)?,
         until: time("until", q.until)?,
     };
-    let after = cursor(q.cursor.as_deref())?;
+    let after = crate::error::page_cursor(q.cursor.as_deref())?;
     let (mut runs, next) = tf_store::runs::list_runs(&state.pool, &filter, after.as_ref(), limit).await?;
     for r in &mut runs {
         r.temporal_ui = Some(state.settings.temporal_ui_link(&r.run_id));

@@ -48,7 +48,7 @@ pub async fn inbox(
     let Query(q) = q.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
     let status = q.status.unwrap_or(TaskStatus::AwaitingHuman);
     let limit = crate::error::page_limit(q.limit, 50)?;
-    let after = crate::runs::cursor(q.cursor.as_deref())?;
+    let after = crate::error::page_cursor(q.cursor.as_deref())?;
     let filter = TaskFilter { status, task_type: Some(tf_definitions::TaskType::Human), definition: q.definition.as_deref() };
     let (tasks, next) = tf_store::tasks::list_tasks(&state.pool, &filter, after.as_ref(), limit).await?;
     Ok(Json(TaskPage { tasks, next_cursor: next.map(|c| c.to_string()) }))

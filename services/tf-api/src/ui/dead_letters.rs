@@ -8,8 +8,8 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::html::{pretty, table, text, url_part};
-use super::{PageQuery, api_query, back_with, failure, query, respond, signed_in};
+use super::html::{pretty, table, text};
+use super::{PageQuery, api_query, back_with, failure, next_page_href, query, respond, signed_in};
 use crate::state::AppState;
 
 pub async fn list(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
@@ -51,12 +51,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap, RawQuery(ra
             ]
         })
         .collect();
-    let more = out.next_cursor.as_deref().map(|next| {
-        let q = api_query(&raw).unwrap_or_default();
-        let q: Vec<&str> = q.split('&').filter(|kv| !kv.starts_with("cursor=") && !kv.is_empty()).collect();
-        let sep = if q.is_empty() { "" } else { "&" };
-        format!("/ui/dead-letters?{}{sep}cursor={}", q.join("&"), url_part(next, false))
-    });
+    let more = out.next_cursor.as_deref().map(|next| next_page_href("/ui/dead-letters", &raw, next));
     let field = |name: &str| filters[name].as_str().unwrap_or("").to_string();
     let body = html! {
         (own.flash())

@@ -2,7 +2,7 @@
 //! diff against the previous one, its next fire times and its runs of the last day.
 
 use super::html::{alert, diff, status, table, url_part};
-use super::{api_query, failure, query, respond, signed_in};
+use super::{api_query, failure, next_page_href, query, respond, signed_in};
 use crate::definitions::{DefinitionSummary, DefinitionVersion};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -45,7 +45,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap, RawQuery(ra
         .collect();
     let body = html! {
         (table("Definitions, latest version each", &["Id", "Name", "Version", "State", "Trigger", "Since"], &rows, "No definitions yet."))
-        @if let Some(next) = &out.next_cursor { p { a href={ "/ui/definitions?cursor=" (url_part(next, false)) } { "More definitions" } } }
+        @if let Some(next) = &out.next_cursor { p { a href=(next_page_href("/ui/definitions", &raw, next)) { "More definitions" } } }
     };
     respond("Definitions", "/ui/definitions", &who, body)
 }

@@ -109,6 +109,16 @@ fn api_query(raw: &Option<String>) -> Option<String> {
     })
 }
 
+/// The link to the next page of a list page (`/ui/runs`): its query as the API saw it, with
+/// the API's `next` cursor in place of any earlier one.
+fn next_page_href(page: &str, raw: &Option<String>, next: &str) -> String {
+    let q = api_query(raw).unwrap_or_default();
+    let mut kept: Vec<&str> = q.split('&').filter(|kv| !kv.starts_with("cursor=") && !kv.is_empty()).collect();
+    let cursor = format!("cursor={}", html::url_part(next, false));
+    kept.push(&cursor);
+    format!("{page}?{}", kept.join("&"))
+}
+
 /// Where a redirect after a form goes: `back` with a message for the page to show.
 fn back_with(back: &str, message: &str, error: bool) -> Response {
     let key = if error { "error" } else { "flash" };

@@ -12,7 +12,7 @@ use tf_definitions::{RunStatus, TaskStatus, TaskType, TriggerKind};
 use tf_kafka::topics::RESULTS_TOPIC;
 
 use super::html::{lineage_step, pretty, status, table, text, url_part, when};
-use super::{PageQuery, api_query, back_with, failure, fragment, query, respond, run_link, signed_in};
+use super::{PageQuery, api_query, back_with, failure, fragment, next_page_href, query, respond, run_link, signed_in};
 use crate::state::AppState;
 
 pub async fn list(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
@@ -38,16 +38,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap, RawQuery(ra
             ]
         })
         .collect();
-    let older = out.next_cursor.as_deref().map(|next| {
-        let q = api_query(&raw).unwrap_or_default();
-        let q: Vec<&str> = q.split('&').filter(|kv| !kv.starts_with("cursor=") && !kv.is_empty()).collect();
-        let mut href = format!("/ui/runs?{}", q.join("&"));
-        if !q.is_empty() {
-            href.push('&');
-        }
-        href.push_str(&format!("cursor={}", url_part(next, false)));
-        href
-    });
+    let older = out.next_cursor.as_deref().map(|next| next_page_href("/ui/runs", &raw, next));
     let listing = html! {
         (table("Runs, newest first", &["Fired", "Run", "Definition", "Key", "Source", "Status", "Tasks"], &rows, "No runs match."))
         @if let Some(href) = older { p { a href=(href) { "Older runs" } } }
