@@ -44,6 +44,34 @@ pub struct LeasesArgs {
     coordinator: bool,
 }
 
+/// How many clients hold a slot of each key now, and the most any key ever had: counted by
+/// the clients themselves, between a grant and the release, so the check does not trust the
+/// mechanism it checks.
+struct Holders {
+    now: Vec<AtomicI64>,
+    peak: Vec<AtomicI64>,
+}
+
+impl Holders {
+    fn new(keys: usize) -> Arc<Holders> {
+        Arc::new(Holders { now: (0..keys).map(|_| AtomicI64::new(0)).collect(), peak: (0..keys).map(|_| AtomicI64::new(0)).collect() })
+    }
+
+    fn enter(&self, key: usize) {
+        let now = self.now[key].fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak[key].fetch_max(now, Ordering::SeqCst);
+    }
+
+    /// Counted out before the slot is given back, so the count never trails the mechanism.
+    fn leave(&self, key: usize) {
+        self.now[key].fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn most(&self) -> i64 {
+        self.peak.iter().map(|p| p.load(Ordering::SeqCst)).max().unwrap_or(0)
+    }
+}
+
 /// The figures both mechanisms report.
 struct Tally {
     granted: Histogram<u64>,
@@ -99,13 +127,12 @@ async fn rows(s: &Settings, a: &LeasesArgs) -> anyhow::Result<std::process::Exit
         .bind(a.limit)
         .execute(&pool)
         .await?;
-    let holders: Arc<Vec<AtomicI64>> = Arc::new((0..a.keys).map(|_| AtomicI64::new(0)).collect());
-    let peak: Arc<Vec<AtomicI64>> = Arc::new((0..a.keys).map(|_| AtomicI64::new(0)).collect());
+    let holders = Holders::new(a.keys);
     let (grants, refusals) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let deadline = Instant::now() + Duration::from_secs(a.seconds);
     let mut tasks = Vec::new();
     for c in 0..a.clients {
-        let (pool, holders, peak, grants, refusals) = (pool.clone(), holders.clone(), peak.clone(), grants.clone(), refusals.clone());
+        let (pool, holders, grants, refusals) = (pool.clone(), holders.clone(), grants.clone(), refusals.clone());
         let (hold, wait, key_index) = (Duration::from_millis(a.hold_ms), Duration::from_millis(a.wait_ms), c % a.keys);
         tasks.push(tokio::spawn(async move {
             let mut granted = Histogram::<u64>::new(3).expect("histogram");
@@ -123,11 +150,9 @@ async fn rows(s: &Settings, a: &LeasesArgs) -> anyhow::Result<std::process::Exit
                 };
                 granted.record(micros).ok();
                 grants.fetch_add(1, Ordering::Relaxed);
-                let now = holders[key_index].fetch_add(1, Ordering::SeqCst) + 1;
-                peak[key_index].fetch_max(now, Ordering::SeqCst);
+                holders.enter(key_index);
                 tokio::time::sleep(hold).await;
-                // Counted out before the row is freed, so the count never trails the table.
-                holders[key_index].fetch_sub(1, Ordering::SeqCst);
+                holders.leave(key_index);
                 sqlx::query(RELEASE).bind(&key).bind(slot).bind(&me).execute(&pool).await?;
             }
             anyhow::Ok((granted, refused))
@@ -142,7 +167,7 @@ async fn rows(s: &Settings, a: &LeasesArgs) -> anyhow::Result<std::process::Exit
     }
     pool.close().await;
     // The scratch database goes when `db` is dropped, at the end of this function.
-    let most = peak.iter().map(|p| p.load(Ordering::SeqCst)).max().unwrap_or(0);
+    let most = holders.most();
     let tally = Tally { granted, refused, grants: grants.load(Ordering::Relaxed), refusals: refusals.load(Ordering::Relaxed), most };
     Ok(report(a, "PostgreSQL rows", &tally))
 }
@@ -212,13 +237,12 @@ async fn coordinator(s: &Settings, a: &LeasesArgs) -> anyhow::Result<std::proces
         for id in &ids {
             client.start_workflow(LeaseCoordinator::run, a.limit, WorkflowStartOptions::new(queue.as_str(), id.as_str()).build()).await?;
         }
-        let holders: Arc<Vec<AtomicI64>> = Arc::new((0..a.keys).map(|_| AtomicI64::new(0)).collect());
-        let peak: Arc<Vec<AtomicI64>> = Arc::new((0..a.keys).map(|_| AtomicI64::new(0)).collect());
+        let holders = Holders::new(a.keys);
         let grants = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + Duration::from_secs(a.seconds);
         let mut tasks = Vec::new();
         for c in 0..a.clients {
-            let (client, holders, peak, grants) = (client.clone(), holders.clone(), peak.clone(), grants.clone());
+            let (client, holders, grants) = (client.clone(), holders.clone(), grants.clone());
             let (hold, key_index, id) = (Duration::from_millis(a.hold_ms), c % a.keys, ids[c % a.keys].clone());
             tasks.push(tokio::spawn(async move {
                 let mut granted = Histogram::<u64>::new(3).expect("histogram");
@@ -230,10 +254,9 @@ async fn coordinator(s: &Settings, a: &LeasesArgs) -> anyhow::Result<std::proces
                     anyhow::ensure!(ok, "the coordinator stopped");
                     granted.record(t0.elapsed().as_micros() as u64).ok();
                     grants.fetch_add(1, Ordering::Relaxed);
-                    let now = holders[key_index].fetch_add(1, Ordering::SeqCst) + 1;
-                    peak[key_index].fetch_max(now, Ordering::SeqCst);
+                    holders.enter(key_index);
                     tokio::time::sleep(hold).await;
-                    holders[key_index].fetch_sub(1, Ordering::SeqCst);
+                    holders.leave(key_index);
                     handle.signal(LeaseCoordinator::release, me.clone(), WorkflowSignalOptions::default()).await?;
                 }
                 anyhow::Ok(granted)
@@ -250,7 +273,7 @@ async fn coordinator(s: &Settings, a: &LeasesArgs) -> anyhow::Result<std::proces
             let history: serde_json::Value = serde_json::from_slice(&handle.fetch_history(Default::default()).to_json().await?)?;
             events += history["events"].as_array().map_or(0, Vec::len);
         }
-        let most = peak.iter().map(|p| p.load(Ordering::SeqCst)).max().unwrap_or(0);
+        let most = holders.most();
         let tally = Tally { granted, refused: Histogram::new(3)?, grants: grants.load(Ordering::Relaxed), refusals: 0, most };
         anyhow::Ok((tally, events))
     };
