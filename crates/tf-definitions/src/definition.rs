@@ -13,6 +13,7 @@ use crate::cron::CronSchedule;
 use crate::document::{ContextSourceDoc, Document, Execution, HttpSourceDoc, OnTimeout, Overlap, TaskDoc, TaskType, TriggerDoc};
 use crate::duration;
 use crate::expr::Expr;
+use crate::flow::FlowControl;
 
 #[derive(Debug, Clone)]
 pub struct Definition {
@@ -24,6 +25,8 @@ pub struct Definition {
     /// In name order, the order the worker resolves them.
     pub context: Vec<(String, ContextSource)>,
     pub tasks: Vec<TaskTemplate>,
+    /// Limits on how many runs start, wait and execute (docs/flow-control.md).
+    pub flow_control: FlowControl,
     /// The document this was parsed from: what is stored, versioned and shown.
     pub document: Document,
 }
@@ -160,6 +163,9 @@ pub struct TaskTemplate {
     /// Human tasks with `on_timeout: complete`: the output.
     pub timeout_output: Option<Expr>,
     pub execution: Execution,
+    /// A shared concurrency budget (`TF_BUDGETS`) each task of this template holds while it
+    /// executes.
+    pub budget: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -210,17 +216,17 @@ pub const DEFAULT_DEDUPE_KEY: &str = "event.id";
 pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(86_400);
 pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(300);
 
-struct Checker {
+pub(crate) struct Checker {
     errors: Vec<FieldError>,
 }
 
 impl Checker {
-    fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(FieldError { path: path.into(), message: message.into() });
     }
 
     /// Compiles an expression that may not call `secret()`: its value is stored or published.
-    fn expr(&mut self, path: String, source: &str) -> Option<Expr> {
+    pub(crate) fn expr(&mut self, path: String, source: &str) -> Option<Expr> {
         let e = self.expr_with_secrets(path.clone(), source)?;
         if e.uses_secret() {
             self.fail(
@@ -447,6 +453,8 @@ impl Definition {
             c.fail("tasks", "must define at least one task");
         }
 
+        let flow_control = crate::flow::check(&mut c, &d.flow_control);
+
         match (c.errors.is_empty(), key, trigger) {
             (true, Some(key), Some(trigger)) => Ok(Definition {
                 id: d.id.clone(),
@@ -456,6 +464,7 @@ impl Definition {
                 dedupe: Dedupe { key, window },
                 context,
                 tasks,
+                flow_control,
                 document,
             }),
             _ => Err(c.errors),
@@ -638,6 +647,14 @@ fn check_task(c: &mut Checker, i: usize, t: &TaskDoc) -> Option<TaskTemplate> {
     if execution == Execution::Activity && !matches!(t.task_type, TaskType::Http | TaskType::Kafka) {
         c.fail(format!("{path}.execution"), "only http and kafka tasks run as activities; human and workflow tasks are child workflows");
     }
+    if let Some(budget) = &t.budget {
+        if !crate::flow::valid_budget_name(budget) {
+            c.fail(format!("{path}.budget"), format!("{budget:?} must be 1-64 of a-z, 0-9, '-', '_', '.' (a name in TF_BUDGETS)"));
+        }
+        if !matches!(t.task_type, TaskType::Http | TaskType::Kafka) {
+            c.fail(format!("{path}.budget"), "only http and kafka tasks hold a budget (they are what calls out)");
+        }
+    }
     Some(TaskTemplate {
         name: t.name.clone(),
         task_type: t.task_type,
@@ -650,6 +667,7 @@ fn check_task(c: &mut Checker, i: usize, t: &TaskDoc) -> Option<TaskTemplate> {
         on_timeout,
         timeout_output,
         execution,
+        budget: t.budget.clone(),
     })
 }
 

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::flow::FlowControlDoc;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Document {
@@ -21,6 +23,10 @@ pub struct Document {
     pub context: BTreeMap<String, ContextSourceDoc>,
     #[serde(default)]
     pub tasks: Vec<TaskDoc>,
+    /// Limits on runs per key (docs/flow-control.md). Left out of the stored spec when empty,
+    /// so the specs (and hashes) of definitions written before it are unchanged.
+    #[serde(default, skip_serializing_if = "FlowControlDoc::is_empty")]
+    pub flow_control: FlowControlDoc,
 }
 
 fn yes() -> bool {
@@ -192,6 +198,10 @@ pub struct TaskDoc {
     /// RunTask child workflow of its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution: Option<Execution>,
+    /// `http` and `kafka` tasks: a shared concurrency budget (`TF_BUDGETS`) held while the task
+    /// executes, so "at most 3 calls to the CRM at once" holds across definitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<String>,
 }
 
 /// How the run executes a task. An `http` or `kafka` task is by default an activity of the

@@ -26,6 +26,8 @@ pub struct PlannedTask {
     pub on_timeout: OnTimeout,
     pub timeout_output: Option<Json>,
     pub execution: Execution,
+    /// The shared budget the task holds while it executes.
+    pub budget: Option<String>,
 }
 
 /// The most tasks one run may spawn: each is a child workflow, and a `for_each` over a large
@@ -84,6 +86,7 @@ impl Definition {
                     on_timeout: t.on_timeout,
                     timeout_output,
                     execution: t.execution,
+                    budget: t.budget.clone(),
                 });
             }
         }

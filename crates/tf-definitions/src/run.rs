@@ -137,11 +137,15 @@ word_enum!(
     /// A run's state in `activity_runs`.
     RunStatus, "a run status", symbols: false {
         Running = "running",
+        /// Admitted, waiting for a flow-control limit (concurrency, throttle) before it executes.
+        Waiting = "waiting",
         Completed = "completed",
         Failed = "failed",
         /// Another run holds the generation: this execution did nothing.
         Deduplicated = "deduplicated",
         Cancelled = "cancelled",
+        /// A flow-control rate limit turned it away; `status_reason` says which.
+        Skipped = "skipped",
     }
 );
 
@@ -323,7 +327,10 @@ mod tests {
         assert_eq!(serde_json::to_value(RunStatus::Deduplicated).unwrap(), "deduplicated");
         assert_eq!(serde_json::from_value::<TaskStatus>("FAILED".into()).unwrap(), TaskStatus::Failed);
         let e = "exploded".parse::<RunStatus>().unwrap_err().to_string();
-        assert_eq!(e, "a run status must be one of running, completed, failed, deduplicated, cancelled, not \"exploded\"");
+        assert_eq!(
+            e,
+            "a run status must be one of running, waiting, completed, failed, deduplicated, cancelled, skipped, not \"exploded\""
+        );
         assert!(TaskStatus::Cancelled.is_final() && !TaskStatus::AwaitingHuman.is_final());
         assert!(RunStatus::Failed.retryable() && !RunStatus::Completed.retryable());
         assert!(RunStatus::Cancelled.retryable() && !RunStatus::Cancelled.restarts_on_event() && RunStatus::Failed.restarts_on_event());

@@ -4,6 +4,7 @@
 pub mod claims;
 pub mod context;
 pub mod definitions;
+pub mod flow;
 pub mod outbox;
 pub mod redrives;
 pub mod runs;

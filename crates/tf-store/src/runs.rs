@@ -164,17 +164,69 @@ pub async fn set_context(pool: &PgPool, run_id: &RunId, context: &Json, sources:
     Ok(())
 }
 
-/// Returns the definition and the run's duration in seconds (from its trigger firing) when this
-/// call finished it, `None` when it was already finished (a retried activity).
-pub async fn finish_run(pool: &PgPool, run_id: &RunId, status: RunStatus) -> Result<Option<(String, f64)>, StoreError> {
-    Ok(sqlx::query_as(
-        "UPDATE activity_runs SET status = $2, finished_at = now() WHERE run_id = $1 AND status = 'running'
+/// What recording a run's end did.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// The definition and the run's duration in seconds (from its trigger firing) when this
+    /// call finished it, `None` when it was already finished (a retried activity).
+    pub ended: Option<(String, f64)>,
+    /// The flow-control waiters to wake for the slots the run held.
+    pub released: crate::flow::Released,
+}
+
+/// Records a run's end and frees its flow-control slots in one transaction, so a slot is never
+/// held by a run recorded as ended.
+pub async fn finish_run(pool: &PgPool, run_id: &RunId, status: RunStatus) -> Result<Finished, StoreError> {
+    let mut tx = pool.begin().await?;
+    let ended = sqlx::query_as(
+        "UPDATE activity_runs SET status = $2, finished_at = now() WHERE run_id = $1 AND status IN ('running', 'waiting')
          RETURNING definition_id, greatest(extract(epoch FROM finished_at - fired_at), 0)::float8",
     )
     .bind(run_id)
     .bind(status)
-    .fetch_optional(pool)
-    .await?)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let released = crate::flow::release_run(&mut tx, run_id).await?;
+    tx.commit().await?;
+    Ok(Finished { ended, released })
+}
+
+/// Records why a live run waits.
+pub async fn set_waiting(pool: &PgPool, run_id: &RunId, reason: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE activity_runs SET status = 'waiting', status_reason = $2
+         WHERE run_id = $1 AND status IN ('running', 'waiting') AND status_reason IS DISTINCT FROM $2",
+    )
+    .bind(run_id)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records that flow control let a live run execute, and when.
+pub async fn set_admitted(pool: &PgPool, run_id: &RunId) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE activity_runs SET status = 'running', status_reason = NULL, admitted_at = clock_timestamp()
+         WHERE run_id = $1 AND status IN ('running', 'waiting')",
+    )
+    .bind(run_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records a run a rate limit turned away: ended, `skipped`, with the reason.
+pub async fn skip(pool: &PgPool, run_id: &RunId, reason: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE activity_runs SET status = 'skipped', status_reason = $2, finished_at = now()
+         WHERE run_id = $1 AND status IN ('running', 'waiting')",
+    )
+    .bind(run_id)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Runs recorded `running` that began more than `older_than` ago, oldest first: (run id, the
@@ -182,7 +234,7 @@ pub async fn finish_run(pool: &PgPool, run_id: &RunId, status: RunStatus) -> Res
 pub async fn running_since(pool: &PgPool, older_than: std::time::Duration, limit: i64) -> Result<Vec<(RunId, String)>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT run_id, execution_id FROM activity_runs
-         WHERE status = 'running' AND fired_at < now() - make_interval(secs => $1)
+         WHERE status IN ('running', 'waiting') AND fired_at < now() - make_interval(secs => $1)
          ORDER BY fired_at LIMIT $2",
     )
     .bind(older_than.as_secs_f64())
@@ -193,19 +245,32 @@ pub async fn running_since(pool: &PgPool, older_than: std::time::Duration, limit
 
 /// Records the end of a run whose workflow ended outside the worker's hands, if the run is
 /// still `running` under `execution_id` (a retry that took it over since is left alone).
-/// Returns whether the run was settled. Its unfinished tasks are left as they are: a task's end
+/// Returns what settling it freed, `None` when it was not settled. Its unfinished tasks are left as they are: a task's end
 /// is recorded with its result, and no result was produced for them.
-pub async fn settle(pool: &PgPool, run_id: &RunId, execution_id: &str, status: RunStatus) -> Result<bool, StoreError> {
-    Ok(sqlx::query(
-        "UPDATE activity_runs SET status = $3, finished_at = now() WHERE run_id = $1 AND execution_id = $2 AND status = 'running'",
+pub async fn settle(
+    pool: &PgPool,
+    run_id: &RunId,
+    execution_id: &str,
+    status: RunStatus,
+) -> Result<Option<crate::flow::Released>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let settled = sqlx::query(
+        "UPDATE activity_runs SET status = $3, finished_at = now()
+         WHERE run_id = $1 AND execution_id = $2 AND status IN ('running', 'waiting')",
     )
     .bind(run_id)
     .bind(execution_id)
     .bind(status)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?
     .rows_affected()
-        == 1)
+        == 1;
+    if !settled {
+        return Ok(None);
+    }
+    let released = crate::flow::release_run(&mut tx, run_id).await?;
+    tx.commit().await?;
+    Ok(Some(released))
 }
 
 /// A run's status and the input it was started with (`tf runs retry`).
@@ -224,6 +289,12 @@ pub struct RunView {
     pub generation: i32,
     pub attempt: i32,
     pub status: RunStatus,
+    /// Why a run waits or was skipped (`concurrency 2/2 key c-1, 3 ahead`; `rate_limited 5/1m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    /// When flow control let the run execute (RFC 3339); only runs of definitions with limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_at: Option<String>,
     pub trigger_kind: TriggerKind,
     pub source_topic: Option<String>,
     pub source_partition: Option<i32>,
@@ -288,7 +359,7 @@ pub async fn list_runs(
         "SELECT json_build_object(
                     'run_id', r.run_id, 'definition_id', r.definition_id, 'definition_version', r.definition_version,
                     'dedupe_key', r.dedupe_key, 'generation', r.generation, 'attempt', r.attempt, 'status', r.status,
-                    'trigger_kind', r.trigger_kind, 'source_topic', r.source_topic, 'source_partition', r.source_partition,
+                    'status_reason', r.status_reason, 'admitted_at', r.admitted_at, 'trigger_kind', r.trigger_kind, 'source_topic', r.source_topic, 'source_partition', r.source_partition,
                     'source_offset', r.source_offset, 'event_id', r.event_id, 'schedule_id', r.schedule_id,
                     'scheduled_for', r.scheduled_for, 'fired_at', r.fired_at, 'finished_at', r.finished_at,
                     'tasks_spawned', r.tasks_spawned,
@@ -327,6 +398,10 @@ pub struct RunLineage {
     pub generation: i32,
     pub attempt: i32,
     pub status: RunStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_at: Option<String>,
     pub source: SourceView,
     pub fired_at: String,
     pub finished_at: Option<String>,
@@ -404,6 +479,7 @@ pub async fn lineage(pool: &PgPool, run_id: &str, results_topic: &str) -> Result
             'run_id', r.run_id,
             'definition', json_build_object('id', r.definition_id, 'version', r.definition_version),
             'dedupe_key', r.dedupe_key, 'generation', r.generation, 'attempt', r.attempt, 'status', r.status,
+            'status_reason', r.status_reason, 'admitted_at', r.admitted_at,
             'source', json_build_object('kind', r.trigger_kind, 'topic', r.source_topic, 'partition', r.source_partition,
                                         'offset', r.source_offset, 'event_id', r.event_id, 'schedule_id', r.schedule_id,
                                         'scheduled_for', r.scheduled_for),

@@ -256,6 +256,9 @@ pub struct TaskInput {
     /// field existed were children.
     #[serde(default = "child")]
     pub execution: tf_definitions::Execution,
+    /// A shared concurrency budget (`TF_BUDGETS`) the task holds while it executes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<String>,
 }
 
 fn child() -> tf_definitions::Execution {
@@ -325,6 +328,35 @@ impl temporalio_common::SignalDefinition for CompleteTask {
     fn name(&self) -> &str {
         COMPLETE_TASK_SIGNAL
     }
+}
+
+/// The signal that tells a run (or a task's workflow) waiting for a flow-control slot to look
+/// again; whoever frees a slot sends it (docs/flow-control.md).
+pub struct WakeFlow;
+
+pub const FLOW_WAKE_SIGNAL: &str = "flow-wake";
+
+impl temporalio_common::SignalDefinition for WakeFlow {
+    type Workflow = RunActivity;
+    type Input = ();
+    fn name(&self) -> &str {
+        FLOW_WAKE_SIGNAL
+    }
+}
+
+/// Wakes flow-control waiters, RunActivity and RunTask workflows alike (a signal is addressed by
+/// workflow id and name only). Best effort: a waiter that closed meanwhile is skipped, and one
+/// whose signal is lost looks again when its safety timer fires. Returns how many were woken.
+pub async fn wake(client: &Client, workflow_ids: &[String]) -> usize {
+    let mut woken = 0;
+    for id in workflow_ids {
+        let handle = client.get_workflow_handle::<RunActivity>(id.clone());
+        match handle.signal(WakeFlow, (), temporalio_client::WorkflowSignalOptions::default()).await {
+            Ok(()) => woken += 1,
+            Err(e) => tracing::debug!(workflow = %id, error = %e, "flow-control wake not delivered; the waiter's timer will look again"),
+        }
+    }
+    woken
 }
 
 #[cfg(test)]

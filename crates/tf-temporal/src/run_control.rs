@@ -98,8 +98,8 @@ pub async fn execution(client: &Client, run_id: &str) -> Result<Execution, RunCo
 /// `CANCELLED` result) and records the run as `cancelled`; this returns once Temporal accepted
 /// the request, before that happened.
 pub async fn cancel_run(client: &Client, run_id: &str, status: RunStatus, reason: &str) -> Result<(), RunControlError> {
-    if status != RunStatus::Running {
-        return Err(RunControlError::Refused(format!("run {run_id} is {status}; only running runs are cancelled")));
+    if !matches!(status, RunStatus::Running | RunStatus::Waiting) {
+        return Err(RunControlError::Refused(format!("run {run_id} is {status}; only running and waiting runs are cancelled")));
     }
     client
         .get_workflow_handle::<RunActivity>(run_id.to_string())

@@ -9,6 +9,7 @@ mod auth;
 mod definitions;
 mod dlq;
 mod error;
+mod flow;
 mod ingress;
 mod lag;
 mod metrics;

@@ -12,7 +12,7 @@ use utoipa::openapi::path::ParameterIn;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Scope;
-use crate::{AppState, definitions, dlq, ingress, runs, tasks};
+use crate::{AppState, definitions, dlq, flow, ingress, runs, tasks};
 
 /// Named schemas collected while the document is built (`components.schemas`).
 type Schemas = BTreeMap<String, Value>;
@@ -229,6 +229,15 @@ pub fn operations() -> Vec<Operation> {
         )
         .takes_json::<dlq::RedriveRequest>()
         .returns::<dlq::RedriveResult>(),
+        Operation::new(
+            "get",
+            "/flow/limits",
+            "flow_limits",
+            Some(Read),
+            "Flow-control limits holding or queueing work now: held/capacity, waiting, next in line (at most 500, most waiters first).",
+            || get(flow::limits),
+        )
+        .returns::<flow::Limits>(),
         Operation::new("get", "/tasks", "list_tasks", Some(Tasks), "The human-task inbox, oldest first, with a cursor.", || get(tasks::inbox))
             .query::<tasks::InboxQuery>()
             .returns::<tasks::TaskPage>(),

@@ -216,6 +216,10 @@ pub(crate) enum RunsCommand {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Flow-control limits holding or queueing work now: each limit and key with how many hold
+    /// it, its capacity, how many wait and who is next (`runs list --status waiting` says why
+    /// each run waits).
+    Limits,
     /// One run's lineage: its source (topic, partition, offset, event id, or schedule slot),
     /// definition version, context snapshot, tasks, and where each result landed.
     Show {

@@ -22,6 +22,7 @@ pub async fn served_remotely(api: &remote::Remote, command: &Command) -> Option<
                 .await
         }
         Command::Runs(RunsCommand::Show { run_id }) => api.show_run(run_id).await,
+        Command::Runs(RunsCommand::Limits) => api.limits().await,
         Command::Runs(RunsCommand::Retry { run_id }) => api.control_run(run_id, "retry", "").await,
         Command::Runs(RunsCommand::Cancel { run_id, reason }) => api.control_run(run_id, "cancel", reason).await,
         Command::Tasks(TasksCommand::List { status, limit }) => api.list_tasks(status, *limit).await,
@@ -80,6 +81,7 @@ pub async fn direct(cli: Cli) -> anyhow::Result<Answer> {
             runs::list(&cli.settings, &runs::RunsQuery { limit, definition, status, key }).await
         }
         Command::Runs(RunsCommand::Show { run_id }) => runs::show(&cli.settings, &run_id).await,
+        Command::Runs(RunsCommand::Limits) => runs::limits(&cli.settings).await,
         Command::Runs(RunsCommand::Retry { run_id }) => runs::retry(&cli.settings, &run_id).await,
         Command::Runs(RunsCommand::Cancel { run_id, reason }) => runs::cancel(&cli.settings, &run_id, &reason).await,
         Command::Schedules(cmd) => match cmd {

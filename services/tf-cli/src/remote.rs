@@ -117,6 +117,11 @@ impl Remote {
         crate::runs::listed(&page.runs)
     }
 
+    pub async fn limits(&self) -> anyhow::Result<Answer> {
+        let page: crate::runs::Limits = shaped(self.call(reqwest::Method::GET, "/flow/limits", None).await?)?;
+        crate::runs::limits_listed(page)
+    }
+
     pub async fn show_run(&self, run_id: &str) -> anyhow::Result<Answer> {
         let run: RunLineage = shaped(self.call(reqwest::Method::GET, &format!("/runs/{}", segment(run_id)), None).await?)?;
         crate::runs::shown(&run)

@@ -47,7 +47,10 @@ pub fn listed(runs: &[RunView]) -> anyhow::Result<Answer> {
                 format!("v{}", r.definition_version),
                 format!("{}{}", r.generation, if r.attempt > 1 { format!(" (attempt {})", r.attempt) } else { String::new() }),
                 r.source_label(),
-                r.status.to_string(),
+                match &r.status_reason {
+                    Some(why) => format!("{} ({why})", r.status),
+                    None => r.status.to_string(),
+                },
                 format!("{}/{}", r.tasks_done, r.tasks_spawned),
                 r.results_published.to_string(),
             ]
@@ -55,6 +58,35 @@ pub fn listed(runs: &[RunView]) -> anyhow::Result<Answer> {
         .collect();
     let text = table(&["FIRED", "RUN", "VERSION", "GENERATION", "SOURCE", "STATUS", "TASKS", "RESULTS"], &rows, "(no runs yet)");
     Ok(Answer::new(runs)?.text(text))
+}
+
+/// What `GET /flow/limits` answers; the same shape in both modes.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    pub limits: Vec<tf_store::flow::LimitView>,
+}
+
+pub async fn limits(settings: &Settings) -> anyhow::Result<Answer> {
+    let pool = tf_store::connect(&settings.database_url).await?;
+    limits_listed(Limits { limits: tf_store::flow::limits(&pool).await? })
+}
+
+pub fn limits_listed(page: Limits) -> anyhow::Result<Answer> {
+    let rows: Vec<Vec<String>> = page
+        .limits
+        .iter()
+        .map(|l| {
+            vec![
+                l.limit.clone(),
+                if l.key.is_empty() { "-".into() } else { l.key.clone() },
+                format!("{}/{}", l.held, l.capacity),
+                l.waiting.to_string(),
+                l.next.first().cloned().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let text = table(&["LIMIT", "KEY", "HELD", "WAITING", "NEXT"], &rows, "(nothing waits for a limit)");
+    Ok(Answer::new(&page)?.text(text))
 }
 
 pub async fn show(settings: &Settings, run_id: &str) -> anyhow::Result<Answer> {
@@ -71,7 +103,13 @@ pub fn shown(r: &RunLineage) -> anyhow::Result<Answer> {
     let num = |v: Option<i64>| v.map_or("-".to_string(), |n| n.to_string());
     let mut text = String::new();
     say!(text, "run         {}", r.run_id);
-    say!(text, "status      {}", r.status);
+    match &r.status_reason {
+        Some(why) => say!(text, "status      {} ({why})", r.status),
+        None => say!(text, "status      {}", r.status),
+    }
+    if let Some(at) = &r.admitted_at {
+        say!(text, "admitted    {at} (flow control let it execute)");
+    }
     say!(text, "definition  {} v{}", r.definition.id, r.definition.version);
     say!(text, "dedupe      key {} · generation {} · attempt {}", r.dedupe_key, r.generation, r.attempt);
     match (&r.source.topic, &r.source.schedule_id) {

@@ -367,6 +367,15 @@ async fn every_command_answers_json_and_both_modes_answer_alike() {
         tf_store::runs::begin_run(&pool, &begin).await.unwrap();
     }
     tf_store::runs::finish_run(&pool, &failed, tf_store::runs::RunStatus::Failed).await.unwrap();
+    // The running run holds a concurrency slot, so `runs limits` has a row to show.
+    let one_at_a_time = tf_definitions::flow::Admission {
+        rate_limit: None,
+        concurrency: Some(tf_definitions::flow::SlotRequest { key: String::new(), limit: 1 }),
+        throttle: None,
+        priority: 0,
+    };
+    let admitted = tf_store::flow::admit(&pool, &running, "signup-welcome", &one_at_a_time).await.unwrap();
+    assert_eq!(admitted, tf_store::flow::Verdict::Go);
     let task = running.task("review", 0);
     let params = serde_json::json!({"question": "ok?"});
     let new = tf_store::tasks::NewTask {
@@ -402,6 +411,7 @@ async fn every_command_answers_json_and_both_modes_answer_alike() {
         (vec!["definitions", "show", "signup-welcome"], true),
         (vec!["runs", "list"], true),
         (vec!["runs", "show", &failed_id], true),
+        (vec!["runs", "limits"], true),
         (vec!["runs", "retry", &failed_id], true),
         (vec!["schedules", "reconcile"], true),
         (vec!["schedules", "list"], true),
@@ -484,6 +494,7 @@ async fn every_command_answers_json_and_both_modes_answer_alike() {
         vec!["definitions", "show", "signup-welcome"],
         vec!["runs", "list"],
         vec!["runs", "show", &running_id],
+        vec!["runs", "limits"],
         vec!["tasks", "list", "--status", "awaiting_human"],
     ] {
         let with = [args.as_slice(), &["-o", "json"]].concat();
@@ -492,6 +503,12 @@ async fn every_command_answers_json_and_both_modes_answer_alike() {
         assert!(through_api.status.success(), "tf {args:?} through tf-api failed");
         let through_api: serde_json::Value = serde_json::from_slice(&through_api.stdout).unwrap();
         assert_eq!(direct, through_api, "tf {args:?} -o json differs between the modes");
+        if args == ["runs", "limits"] {
+            assert_eq!(
+                (&direct["limits"][0]["limit"], &direct["limits"][0]["held"]),
+                (&serde_json::json!("concurrency:signup-welcome"), &serde_json::json!(1))
+            );
+        }
     }
     for args in [vec!["dead-letters", "list", "--topic", &topic], vec!["dead-letters", "redrive", "--topic", &topic]] {
         let out = tf(&[args.as_slice(), &["-o", "json"]].concat(), &[env.as_slice(), &remote].concat());

@@ -15,10 +15,12 @@ use sqlx::PgPool;
 use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use tf_definitions::flow::Admission;
 use tf_definitions::task_params::{HttpParams, KafkaParams};
 use tf_definitions::{Bindings, Definition, TaskType};
 use tf_definitions::{RunId, RunStatus, TaskId, TaskStatus};
 use tf_envelope::TaskResult;
+use tf_store::flow::{self, Verdict};
 use tf_store::outbox::{self, FinishedTask};
 use tf_store::runs::{self, BeginRun, Claim};
 use tf_store::tasks::{self, NewTask};
@@ -35,6 +37,15 @@ pub struct RunActivities {
     pub producer: FutureProducer,
     /// The user's systems: datasources, secrets, outbound HTTP.
     pub sources: Sources,
+    /// Wakes flow-control waiters when a slot frees.
+    pub temporal: temporalio_client::Client,
+    /// The shared budgets (`TF_BUDGETS`): name to how many tasks may hold it at once.
+    pub budgets: Arc<std::collections::BTreeMap<String, u32>>,
+}
+
+fn waited_seconds(since_ms: i64) -> f64 {
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    (now_ms - since_ms).max(0) as f64 / 1000.0
 }
 
 /// How often a running task heartbeats; its heartbeat timeout is a few times this.
@@ -71,7 +82,7 @@ pub struct BeginRunInput {
     pub input: RunInput,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BeginRunOutput {
     /// The definition at the pinned version when this run owns its generation; `None` when the
     /// run is a duplicate and must spawn nothing.
@@ -89,6 +100,16 @@ pub struct BeginRunOutput {
     /// execution would block the run id).
     #[serde(default)]
     pub stays_cancelled: bool,
+    /// Flow control (docs/flow-control.md): the run's limits with their keys evaluated, and
+    /// what they decided when the run began. `None` for definitions without a flow_control
+    /// block, which is every run recorded before it existed.
+    #[serde(default)]
+    pub admission: Option<Admission>,
+    #[serde(default)]
+    pub verdict: Option<Verdict>,
+    /// A key or priority that could not be evaluated for this run: the run fails with it.
+    #[serde(default)]
+    pub flow_error: Option<String>,
 }
 
 fn first_attempt() -> u32 {
@@ -152,6 +173,27 @@ pub struct RecordResultInput {
     pub attempts: u32,
     pub started_at_ms: i64,
     pub finished_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdmitRunInput {
+    pub run_id: RunId,
+    pub definition_id: String,
+    pub admission: Admission,
+    /// When the run began waiting (workflow time), for the wait-time histogram.
+    pub waiting_since_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TakeBudgetInput {
+    pub task_id: TaskId,
+    pub run_id: RunId,
+    pub budget: String,
+    /// The workflow that waits: the run for a task it executes itself, else the task's own.
+    pub wake: String,
+    /// When the task began waiting (workflow time); `None` on its first look.
+    #[serde(default)]
+    pub waiting_since_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,10 +280,42 @@ impl RunActivities {
     #[activity(name = "FinishRun")]
     pub async fn finish_run(self: Arc<Self>, _ctx: ActivityContext, f: FinishRunInput) -> Result<(), ActivityError> {
         let finished = runs::finish_run(&self.pool, &f.run_id, f.status).await.map_err(store_failure)?;
-        if let Some((definition_id, seconds)) = finished {
+        if let Some((definition_id, seconds)) = finished.ended {
             self.metrics.run_finished(&definition_id, seconds);
         }
+        tf_temporal::wake(&self.temporal, &finished.released.wake).await;
         Ok(())
+    }
+
+    /// Looks again whether a waiting run may execute (it was woken, or its timer fired).
+    #[activity(name = "AdmitRun")]
+    pub async fn admit_run(self: Arc<Self>, _ctx: ActivityContext, a: AdmitRunInput) -> Result<Verdict, ActivityError> {
+        let verdict = flow::admit(&self.pool, &a.run_id, &a.definition_id, &a.admission).await.map_err(store_failure)?;
+        self.metrics.flow_verdict(&a.definition_id, &verdict);
+        if verdict == Verdict::Go {
+            self.metrics.flow_waited(("definition", &a.definition_id), waited_seconds(a.waiting_since_ms));
+        }
+        Ok(verdict)
+    }
+
+    /// Takes a slot of the task template's shared budget, or queues for one.
+    #[activity(name = "TakeBudget")]
+    pub async fn take_budget(self: Arc<Self>, _ctx: ActivityContext, b: TakeBudgetInput) -> Result<Verdict, ActivityError> {
+        let Some(&capacity) = self.budgets.get(&b.budget) else {
+            let known = self.budgets.keys().cloned().collect::<Vec<_>>().join(", ");
+            return Err(permanent(format!(
+                "budget {:?} is not configured on this worker (TF_BUDGETS declares: {})",
+                b.budget,
+                if known.is_empty() { "none" } else { &known }
+            )));
+        };
+        let verdict =
+            flow::take_budget(&self.pool, &b.budget, capacity, b.task_id.as_str(), &b.run_id, &b.wake).await.map_err(store_failure)?;
+        self.metrics.budget_verdict(&b.budget, &verdict);
+        if let (Verdict::Go, Some(since)) = (&verdict, b.waiting_since_ms) {
+            self.metrics.flow_waited(("budget", &b.budget), waited_seconds(since));
+        }
+        Ok(verdict)
     }
 }
 
@@ -284,6 +358,10 @@ impl RunActivities {
         if queued {
             self.metrics.task_finished(&t.definition_id, (r.finished_at_ms - r.started_at_ms).max(0) as f64 / 1000.0);
         }
+        if t.budget.is_some() {
+            let released = flow::release_task(&self.pool, t.task_id.as_str()).await.map_err(store_failure)?;
+            tf_temporal::wake(&self.temporal, &released.wake).await;
+        }
         Ok(queued)
     }
 
@@ -320,15 +398,37 @@ impl RunActivities {
                 if attempt > 1 {
                     tracing::info!(run = %b.run_id, attempt, skipped = succeeded.len(), "failed run retried");
                 }
-                BeginRunOutput { spec: Some(stored.spec), generation, attempt, succeeded, stays_cancelled: false }
+                let mut out = BeginRunOutput { spec: None, generation, attempt, succeeded, stays_cancelled: false, ..Default::default() };
+                if stored.spec.get("flow_control").is_some() {
+                    let definition = Definition::from_spec_json(stored.spec.clone()).map_err(|e| permanent(e.to_string()))?;
+                    let bindings = Bindings { event: i.event.as_deref().cloned().unwrap_or(Json::Null), ..Default::default() };
+                    match definition.flow_control.admission(&bindings, event_time_ms) {
+                        Ok(admission) => {
+                            let verdict = flow::admit(&self.pool, &b.run_id, &i.definition_id, &admission).await.map_err(store_failure)?;
+                            self.metrics.flow_verdict(&i.definition_id, &verdict);
+                            out.admission = Some(admission);
+                            out.verdict = Some(verdict);
+                        }
+                        Err(e) => out.flow_error = Some(e.to_string()),
+                    }
+                }
+                out.spec = Some(stored.spec);
+                out
             }
             Claim::HeldBy { run_id } => {
                 tracing::info!(run = %b.run_id, held_by = %run_id, "generation already has a run: deduplicated");
-                BeginRunOutput { spec: None, generation: 0, attempt: 1, succeeded: Vec::new(), stays_cancelled: false }
+                BeginRunOutput {
+                    spec: None,
+                    generation: 0,
+                    attempt: 1,
+                    succeeded: Vec::new(),
+                    stays_cancelled: false,
+                    ..Default::default()
+                }
             }
             Claim::StaysCancelled => {
                 tracing::info!(run = %b.run_id, "run was cancelled by an operator; only an operator's retry resumes it");
-                BeginRunOutput { spec: None, generation: 0, attempt: 1, succeeded: Vec::new(), stays_cancelled: true }
+                BeginRunOutput { spec: None, generation: 0, attempt: 1, succeeded: Vec::new(), stays_cancelled: true, ..Default::default() }
             }
         })
     }
@@ -365,6 +465,7 @@ impl RunActivities {
                 complete_on_timeout: t.on_timeout == tf_definitions::OnTimeout::Complete,
                 timeout_output: t.timeout_output,
                 execution: t.execution,
+                budget: t.budget,
             })
             .collect();
         let rows: Vec<NewTask<'_>> = tasks

@@ -99,6 +99,28 @@ pub struct Config {
     /// Concurrent activity task polls on the task queue. Unset: the Temporal SDK's default.
     #[arg(long, env = "TF_WORKER_ACTIVITY_POLLERS", value_parser = clap::value_parser!(u16).range(1..))]
     activity_pollers: Option<u16>,
+    /// Shared concurrency budgets, comma separated `name=limit` (`crm-api=3,erp=10`): a task
+    /// template with `budget: crm-api` holds one of its slots while it executes, across every
+    /// definition and worker. Every worker must declare the same budgets.
+    #[arg(long, env = "TF_BUDGETS", value_delimiter = ',', default_value = "", value_parser = parse_budget)]
+    budgets: Vec<Option<(String, u32)>>,
+}
+
+/// One `name=limit` of `TF_BUDGETS`; a blank entry is no budget.
+fn parse_budget(text: &str) -> Result<Option<(String, u32)>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let (name, limit) = text.split_once('=').ok_or_else(|| format!("{text:?} is not name=limit (crm-api=3)"))?;
+    let name = name.trim();
+    if !tf_definitions::flow::valid_budget_name(name) {
+        return Err(format!("{name:?} must be 1-64 of a-z, 0-9, '-', '_', '.'"));
+    }
+    match limit.trim().parse::<u32>() {
+        Ok(n) if (1..=tf_definitions::flow::MAX_LIMIT).contains(&n) => Ok(Some((name.to_string(), n))),
+        _ => Err(format!("{name}: the limit {limit:?} must be a whole number from 1 to {}", tf_definitions::flow::MAX_LIMIT)),
+    }
 }
 
 /// Runs the worker until SIGTERM/SIGINT: everything `main` does after telemetry is set up.
@@ -174,7 +196,14 @@ pub async fn build(cli: Config, ready: tf_runtime::Ready) -> anyhow::Result<Appl
     let telemetry = temporalio_common::telemetry::TelemetryOptions::builder().metrics(meter).build();
     let runtime = Runtime::from_current_tokio(RuntimeOptions::builder().telemetry_options(telemetry).build().map_err(anyhow::Error::msg)?)?;
     let options = WorkerOptions::new(s.task_queue.as_str())
-        .register_activities(activities::RunActivities { pool: pool.clone(), metrics: metrics.clone(), producer, sources })
+        .register_activities(activities::RunActivities {
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            producer,
+            sources,
+            temporal: client.clone(),
+            budgets: Arc::new(cli.budgets.iter().flatten().cloned().collect()),
+        })
         .register_workflow::<workflows::RunActivityWorkflow>()?
         .register_workflow::<workflows::RunTaskWorkflow>()?
         .maybe_workflow_task_poller_behavior(cli.workflow_pollers.map(|n| PollerBehavior::SimpleMaximum(n.into())))

@@ -11,6 +11,7 @@ const TASK_BOUNDS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 6
 pub const BUCKETS: &[Buckets] = &[
     Buckets::Full("tf_worker_task_duration_seconds", TASK_BOUNDS),
     Buckets::Full("tf_worker_run_duration_seconds", TASK_BOUNDS),
+    Buckets::Full("tf_worker_flow_wait_seconds", TASK_BOUNDS),
     Buckets::Prefix("temporal_", crate::sdk_metrics::BOUNDS),
 ];
 
@@ -58,6 +59,14 @@ impl Metrics {
         );
         describe_histogram!("tf_worker_task_duration_seconds", "From a task's start to its result, by definition.");
         describe_histogram!("tf_worker_run_duration_seconds", "From a run's trigger firing to the run's end, by definition.");
+        describe_counter!(
+            "tf_worker_flow_decisions_total",
+            "Flow-control decisions by definition (or budget) and verdict: go, wait (a look that found the limit full) or skip (rate-limited)."
+        );
+        describe_histogram!(
+            "tf_worker_flow_wait_seconds",
+            "How long runs (or budgeted tasks) waited for a flow-control limit before they executed, by definition (or budget)."
+        );
         Metrics {
             results_published: counter!("tf_worker_results_published_total"),
             relay_batches_failed: counter!("tf_worker_relay_batches_failed_total"),
@@ -77,8 +86,31 @@ impl Metrics {
         histogram!("tf_worker_task_duration_seconds", "definition" => definition.to_string()).record(seconds);
     }
 
+    /// A flow-control decision about a run of `definition`.
+    pub fn flow_verdict(&self, definition: &str, verdict: &tf_store::flow::Verdict) {
+        counter!("tf_worker_flow_decisions_total", "definition" => definition.to_string(), "verdict" => verdict_word(verdict)).increment(1);
+    }
+
+    /// A decision about a task's shared budget.
+    pub fn budget_verdict(&self, budget: &str, verdict: &tf_store::flow::Verdict) {
+        counter!("tf_worker_flow_decisions_total", "budget" => budget.to_string(), "verdict" => verdict_word(verdict)).increment(1);
+    }
+
+    /// A run or task that waited was let through after `seconds`.
+    pub fn flow_waited(&self, label: (&'static str, &str), seconds: f64) {
+        histogram!("tf_worker_flow_wait_seconds", label.0 => label.1.to_string()).record(seconds);
+    }
+
     /// From a run's trigger firing to its end.
     pub fn run_finished(&self, definition: &str, seconds: f64) {
         histogram!("tf_worker_run_duration_seconds", "definition" => definition.to_string()).record(seconds);
+    }
+}
+
+fn verdict_word(verdict: &tf_store::flow::Verdict) -> &'static str {
+    match verdict {
+        tf_store::flow::Verdict::Go => "go",
+        tf_store::flow::Verdict::Wait { .. } => "wait",
+        tf_store::flow::Verdict::Skip { .. } => "skip",
     }
 }

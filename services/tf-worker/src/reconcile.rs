@@ -38,8 +38,9 @@ async fn round(pool: &tf_store::PgPool, client: &temporalio_client::Client, min_
         if execution_id != recorded_execution {
             continue;
         }
-        if tf_store::runs::settle(pool, &run_id, &execution_id, status).await? {
+        if let Some(released) = tf_store::runs::settle(pool, &run_id, &execution_id, status).await? {
             tracing::warn!(run = %run_id, how, status = %status, "run's workflow ended outside the worker; recorded");
+            tf_temporal::wake(client, &released.wake).await;
         }
     }
     Ok(())

@@ -22,10 +22,14 @@ use temporalio_sdk::{
 };
 use tf_definitions::task_params::WorkflowParams;
 use tf_definitions::{Definition, Execution, RunId, RunStatus, TaskStatus, TaskType, TriggerKind};
-use tf_temporal::{COMPLETE_TASK_SIGNAL, DECIDE_TASK_UPDATE, RUN_ACTIVITY, RUN_TASK, RunInput, RunSummary, TaskConclusion, TaskInput};
+use tf_store::flow::Verdict;
+use tf_temporal::{
+    COMPLETE_TASK_SIGNAL, DECIDE_TASK_UPDATE, FLOW_WAKE_SIGNAL, RUN_ACTIVITY, RUN_TASK, RunInput, RunSummary, TaskConclusion, TaskInput,
+};
 
 use crate::activities::{
-    BeginRunInput, FinishRunInput, MarkTaskInput, PlanTasksInput, RecordResultInput, ResolveContextInput, RunActivities,
+    AdmitRunInput, BeginRunInput, FinishRunInput, MarkTaskInput, PlanTasksInput, RecordResultInput, ResolveContextInput, RunActivities,
+    TakeBudgetInput,
 };
 
 /// Set by Temporal Schedules on every workflow they start: the action's nominal time.
@@ -92,7 +96,10 @@ fn cancelled_because(reason: Option<String>) -> String {
 
 #[workflow]
 #[derive(Default)]
-pub struct RunActivityWorkflow;
+pub struct RunActivityWorkflow {
+    /// Flow-control wake-ups received (a slot this run or one of its tasks waits for freed).
+    wakes: u32,
+}
 
 #[workflow_methods]
 impl RunActivityWorkflow {
@@ -125,6 +132,16 @@ impl RunActivityWorkflow {
         #[cfg(feature = "upgrade-drill")]
         if ctx.patched(crate::patches::UPGRADE_DRILL) {
             ctx.timer(Duration::from_millis(1)).await;
+        }
+        if let Some(why) = begin.flow_error {
+            return Err(fail(ctx, &run_id, why).await);
+        }
+        if let (Some(admission), Some(verdict)) = (begin.admission, begin.verdict) {
+            let admit =
+                AdmitRunInput { run_id: run_id.clone(), definition_id: input.definition_id.clone(), admission, waiting_since_ms: 0 };
+            if let Some(skipped) = wait_for_admission(ctx, admit, verdict).await? {
+                return Ok(skipped);
+            }
         }
         let definition = match Definition::from_spec_json(spec.clone()) {
             Ok(d) => d,
@@ -186,6 +203,90 @@ impl RunActivityWorkflow {
         }
         ctx.execute_local_activity(RunActivities::finish_run, finish(&run_id, RunStatus::Completed), local_opts()).await?;
         Ok(RunSummary { status: RunStatus::Completed, tasks_spawned: spawned, tasks_failed: 0 })
+    }
+
+    #[signal(name = FLOW_WAKE_SIGNAL)]
+    pub fn wake(&mut self, _ctx: &mut SyncWorkflowContext<Self>, _nothing: ()) {
+        self.wakes = self.wakes.wrapping_add(1);
+    }
+}
+
+/// How long a flow-control waiter sleeps before it looks again without being woken: the net
+/// under a lost wake-up (a releaser that died between freeing a slot and signalling).
+const LOOK_AGAIN: Duration = Duration::from_secs(30);
+
+/// A workflow that can wait for a flow-control wake-up.
+trait Wakes {
+    fn wakes(&self) -> u32;
+}
+
+impl Wakes for RunActivityWorkflow {
+    fn wakes(&self) -> u32 {
+        self.wakes
+    }
+}
+
+impl Wakes for RunTaskWorkflow {
+    fn wakes(&self) -> u32 {
+        self.wakes
+    }
+}
+
+/// Sleeps until woken, `after` passes or the workflow is cancelled.
+async fn sleep_until_woken<W: Wakes>(ctx: &WorkflowContext<W>, after: Duration) {
+    let seen = ctx.state(|s| s.wakes());
+    temporalio_sdk::workflows::select! {
+        _ = ctx.wait_condition(move |s| s.wakes() != seen) => {}
+        _ = ctx.timer(after) => {}
+    }
+}
+
+/// Holds the run until its limits admit it (docs/flow-control.md). Returns the run's summary
+/// when a rate limit skipped it, `None` once it may execute. A waiting run costs no polling:
+/// it sleeps until a releaser wakes it, or a throttled start's time comes.
+async fn wait_for_admission(
+    ctx: &WorkflowContext<RunActivityWorkflow>,
+    mut admit: AdmitRunInput,
+    mut verdict: Verdict,
+) -> Result<Option<RunSummary>, WorkflowTermination> {
+    admit.waiting_since_ms = millis(ctx.workflow_time());
+    loop {
+        match verdict {
+            Verdict::Go => return Ok(None),
+            Verdict::Skip { .. } => return Ok(Some(RunSummary { status: RunStatus::Skipped, tasks_spawned: 0, tasks_failed: 0 })),
+            Verdict::Wait { retry_in_ms, .. } => {
+                sleep_until_woken(ctx, retry_in_ms.map_or(LOOK_AGAIN, Duration::from_millis)).await;
+                if let Some(stopped) = stop_if_cancelled(ctx, &admit.run_id).await {
+                    return Err(stopped);
+                }
+                verdict = ctx.execute_local_activity(RunActivities::admit_run, admit.clone(), local_opts()).await?;
+            }
+        }
+    }
+}
+
+/// Holds a task until its shared budget has a slot for it. `wake` is the workflow that waits
+/// (the run, or the task's own workflow). An error is the task's failure (an undeclared budget).
+async fn take_budget<W: Wakes>(ctx: &WorkflowContext<W>, task: &TaskInput, budget: &str, wake: &str) -> Result<(), String> {
+    let mut take = TakeBudgetInput {
+        task_id: task.task_id.clone(),
+        run_id: task.run_id.clone(),
+        budget: budget.to_string(),
+        wake: wake.to_string(),
+        waiting_since_ms: None,
+    };
+    loop {
+        match ctx.execute_local_activity(RunActivities::take_budget, take.clone(), local_opts()).await {
+            Ok(Verdict::Go) => return Ok(()),
+            Ok(_) => {
+                take.waiting_since_ms.get_or_insert(millis(ctx.workflow_time()));
+                sleep_until_woken(ctx, LOOK_AGAIN).await;
+                if ctx.cancellation_token().is_cancelled() {
+                    return Err(cancelled_because(ctx.cancellation_token().reason()));
+                }
+            }
+            Err(e) => return Err(format!("budget {budget}: {}", cause(&e))),
+        }
     }
 }
 
@@ -297,8 +398,16 @@ impl Outcome {
     }
 }
 
-/// Does an `http` or `kafka` task with its template's retries.
-async fn execute_task<W>(ctx: &WorkflowContext<W>, task: &TaskInput) -> Outcome {
+/// Does an `http` or `kafka` task with its template's retries, holding its shared budget (if
+/// any) from before the first attempt until its outcome is recorded. `wake` is the workflow
+/// executing it.
+async fn execute_task<W: Wakes>(ctx: &WorkflowContext<W>, task: &TaskInput, wake: &str) -> Outcome {
+    if let Some(budget) = &task.budget
+        && let Err(why) = take_budget(ctx, task, budget, wake).await
+    {
+        let status = if ctx.cancellation_token().is_cancelled() { TaskStatus::Cancelled } else { TaskStatus::Failed };
+        return Outcome::ended(status, why, 0);
+    }
     let opts = ActivityOptions::with_start_to_close_timeout(Duration::from_millis(task.timeout_ms))
         .heartbeat_timeout(crate::activities::HEARTBEAT_EVERY * 5)
         .retry_policy(
@@ -341,7 +450,7 @@ async fn record_outcome<W>(
 /// workflow: the activity with its retries, then its result.
 async fn run_task_inline(ctx: WorkflowContext<RunActivityWorkflow>, task: TaskInput) -> Result<TaskStatus, WorkflowTermination> {
     let started_at_ms = millis(ctx.workflow_time());
-    let outcome = execute_task(&ctx, &task).await;
+    let outcome = execute_task(&ctx, &task, task.run_id.as_str()).await;
     record_outcome(&ctx, &task, started_at_ms, outcome).await
 }
 
@@ -376,6 +485,8 @@ pub struct RunTaskWorkflow {
     awaiting_human: bool,
     /// Decided without a decision: timed out or cancelled.
     closed: bool,
+    /// Flow-control wake-ups received (the task waits for its budget).
+    wakes: u32,
 }
 
 #[workflow_methods]
@@ -428,7 +539,7 @@ impl RunTaskWorkflow {
                 Err(error) => Outcome::ended(TaskStatus::Failed, error, 1),
             }
         } else {
-            execute_task(ctx, &task).await
+            execute_task(ctx, &task, task.task_id.as_str()).await
         };
         let attempts = outcome.attempts;
         let status = record_outcome(ctx, &task, started_at_ms, outcome).await?;
@@ -443,6 +554,11 @@ impl RunTaskWorkflow {
         if self.completion.is_none() && self.decision.is_none() {
             self.completion = Some(output);
         }
+    }
+
+    #[signal(name = FLOW_WAKE_SIGNAL)]
+    pub fn wake(&mut self, _ctx: &mut SyncWorkflowContext<Self>, _nothing: ()) {
+        self.wakes = self.wakes.wrapping_add(1);
     }
 
     #[update_validator(decide)]

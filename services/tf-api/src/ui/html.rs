@@ -35,11 +35,12 @@ pub fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
-pub const NAV: [(&str, &str); 5] = [
+pub const NAV: [(&str, &str); 6] = [
     ("/ui/runs", "Runs"),
     ("/ui/definitions", "Definitions"),
     ("/ui/tasks", "Human tasks"),
     ("/ui/dead-letters", "Dead letters"),
+    ("/ui/limits", "Limits"),
     ("/ui/lag", "Lag"),
 ];
 

@@ -12,6 +12,7 @@ mod dead_letters;
 mod definitions;
 mod html;
 mod lag_page;
+mod limits;
 mod login;
 mod runs;
 mod tasks;
@@ -43,6 +44,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/dead-letters", get(dead_letters::list))
         .route("/ui/dead-letters/redrive", post(dead_letters::redrive))
         .route("/ui/lag", get(lag_page::show))
+        .route("/ui/limits", get(limits::show))
 }
 
 async fn asset(Path(file): Path<String>) -> Response {

@@ -33,7 +33,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap, RawQuery(ra
                 html! { (r.definition_id) " v" (r.definition_version) },
                 html! { (r.dedupe_key) },
                 html! { (r.source_label()) },
-                status(r.status.as_str()),
+                html! { (status(r.status.as_str())) @if let Some(why) = &r.status_reason { " " small { (why) } } },
                 html! { (r.tasks_done) "/" (r.tasks_spawned) },
             ]
         })
@@ -118,13 +118,14 @@ pub async fn show(State(state): State<AppState>, headers: HeaderMap, Path(run_id
                 (lineage_step("run", &run_id, &[
                     html! { (r.definition.id) " v" (r.definition.version) },
                     html! { "key " (r.dedupe_key) " · generation " (r.generation) " · attempt " (r.attempt) },
-                    status(st.as_str()),
+                    html! { (status(st.as_str())) @if let Some(why) = &r.status_reason { " " (why) } },
+                    html! { @if let Some(at) = &r.admitted_at { "admitted " (when(at)) } },
                 ]))
                 (lineage_step("tasks", &format!("{} task(s)", r.tasks.len()), &task_lines))
                 (lineage_step("results", RESULTS_TOPIC, &results))
             }
         }
-        @if st == RunStatus::Running {
+        @if matches!(st, RunStatus::Running | RunStatus::Waiting) {
             form.inline method="post" action={ (action) "/cancel" } {
                 label { "Reason " input name="reason"; } " "
                 button type="submit" { "Cancel run" }

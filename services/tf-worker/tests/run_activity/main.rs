@@ -1,7 +1,7 @@
 //! RunActivity end to end on the real stack: the tf-worker binary, Temporal, PostgreSQL,
 //! Kafka and the registry. Runs are started the way the router starts them. One test binary,
 //! a file per concern: runs and their tasks here; cancelling and terminating runs
-//! (`cancel.rs`); outbound HTTP (`http.rs`); the results relay (`relay.rs`).
+//! (`cancel.rs`); flow control (`flow.rs`); outbound HTTP (`http.rs`); the results relay (`relay.rs`).
 
 #![allow(clippy::unwrap_used)] // a test reports failure by panicking
 
@@ -16,6 +16,7 @@ use tf_testkit::{
 };
 
 mod cancel;
+mod flow;
 mod http;
 mod relay;
 

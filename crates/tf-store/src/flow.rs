@@ -1,0 +1,374 @@
+//! Flow control's state: who holds and who waits for each limit, and the decisions made once
+//! per run. PostgreSQL is the truth (docs/flow-control.md, "The mechanism"): a decision for one
+//! limit and key takes that key's `flow_keys` row `FOR UPDATE`, so routers and workers on any
+//! number of machines decide one at a time per key and never grant N + 1. Waiting costs nothing
+//! here: a waiter is a row, woken by a signal its releaser sends ([`Released::wake`]).
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use tf_definitions::RunId;
+use tf_definitions::flow::{Admission, RateLimitAt, SlotRequest, Spacing, WHOLE_DEFINITION};
+
+use crate::{PgPool, StoreError};
+
+/// What a run (or a task) does next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every limit admits it: execute.
+    Go,
+    /// A limit holds it back; look again when woken, or after `retry_in_ms` (a throttled start
+    /// knows its time; a concurrency waiter is woken by a signal).
+    Wait { reason: String, retry_in_ms: Option<u64> },
+    /// A rate limit turned it away; the run is recorded `skipped` with the reason.
+    Skip { reason: String },
+}
+
+/// A limit's row name: the kind and whose limit it is, so one definition's concurrency and a
+/// budget of the same name never share a key.
+fn limit_name(kind: &str, owner: &str) -> String {
+    format!("{kind}:{owner}")
+}
+
+fn with_key(key: &str) -> String {
+    if key == WHOLE_DEFINITION { String::new() } else { format!(" key {key}") }
+}
+
+fn period_text(ms: u64) -> String {
+    match ms {
+        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// Decides whether a run may execute: its rate limit first (decided once per run, in event
+/// time), then a concurrency slot, then a throttled start. Called when the run begins and again
+/// each time it is woken; every step is idempotent by run id, so a retried activity or a second
+/// look gets the same slot, decision and start time. The run's row says why it waits.
+pub async fn admit(pool: &PgPool, run_id: &RunId, definition_id: &str, a: &Admission) -> Result<Verdict, StoreError> {
+    if let Some(r) = &a.rate_limit
+        && !rate_limit(pool, run_id, definition_id, r).await?
+    {
+        let reason = format!("rate_limited {}/{}{}", r.limit, period_text(r.period_ms), with_key(&r.key));
+        crate::runs::skip(pool, run_id, &reason).await?;
+        return Ok(Verdict::Skip { reason });
+    }
+    if let Some(c) = &a.concurrency {
+        let take = Take {
+            limit: limit_name("concurrency", definition_id),
+            request: c,
+            holder: run_id.as_str(),
+            run_id,
+            wake: run_id.as_str(),
+            priority: a.priority,
+        };
+        if let Slot::Waiting { held, ahead } = take_slot(pool, &take).await? {
+            let reason = format!("concurrency {held}/{}{}, {ahead} ahead", c.limit, with_key(&c.key));
+            crate::runs::set_waiting(pool, run_id, &reason).await?;
+            return Ok(Verdict::Wait { reason, retry_in_ms: None });
+        }
+    }
+    if let Some(t) = &a.throttle {
+        let wait_ms = schedule_start(pool, &limit_name("throttle", definition_id), t, run_id).await?;
+        if wait_ms > 0 {
+            let reason = format!("throttle {}/{}{}, starts in {wait_ms} ms", t.limit, period_text(t.period_ms), with_key(&t.key));
+            crate::runs::set_waiting(pool, run_id, &reason).await?;
+            return Ok(Verdict::Wait { reason, retry_in_ms: Some(wait_ms) });
+        }
+    }
+    crate::runs::set_admitted(pool, run_id).await?;
+    Ok(Verdict::Go)
+}
+
+/// Takes a slot of a shared budget for a task while it executes (`budget:` on its template).
+/// `wake` is the workflow that waits: the run for a task executed inside it, the task's own
+/// workflow for a child.
+pub async fn take_budget(
+    pool: &PgPool,
+    budget: &str,
+    capacity: u32,
+    task_id: &str,
+    run_id: &RunId,
+    wake: &str,
+) -> Result<Verdict, StoreError> {
+    let request = SlotRequest { key: WHOLE_DEFINITION.to_string(), limit: capacity };
+    let take = Take { limit: limit_name("budget", budget), request: &request, holder: task_id, run_id, wake, priority: 0 };
+    Ok(match take_slot(pool, &take).await? {
+        Slot::Held => Verdict::Go,
+        Slot::Waiting { held, ahead } => {
+            Verdict::Wait { reason: format!("budget {budget} {held}/{capacity}, {ahead} ahead"), retry_in_ms: None }
+        }
+    })
+}
+
+/// Locks (creating it when new) the row that serializes one limit's key, recording the
+/// capacity the caller's definition gives it (the last admitted run's word wins).
+async fn lock_key(tx: &mut PgConnection, limit: &str, key: &str, capacity: u32) -> Result<Option<f64>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO flow_keys (flow_limit, key, capacity) VALUES ($1, $2, $3)
+         ON CONFLICT (flow_limit, key) DO UPDATE SET capacity = EXCLUDED.capacity
+         RETURNING extract(epoch FROM next_start)::float8 * 1000",
+    )
+    .bind(limit)
+    .bind(key)
+    .bind(capacity as i32)
+    .fetch_one(&mut *tx)
+    .await?)
+}
+
+/// Whether a rate limit admits the run: at most `limit` admitted runs per key and event-time
+/// window. Decided once; asking again returns the first answer.
+async fn rate_limit(pool: &PgPool, run_id: &RunId, definition_id: &str, r: &RateLimitAt) -> Result<bool, StoreError> {
+    let limit = limit_name("rate_limit", definition_id);
+    let mut tx = pool.begin().await?;
+    lock_key(&mut tx, &limit, &r.key, r.limit).await?;
+    let decided: Option<bool> =
+        sqlx::query_scalar("SELECT admitted FROM flow_decisions WHERE run_id = $1").bind(run_id).fetch_optional(&mut *tx).await?;
+    if let Some(admitted) = decided {
+        return Ok(admitted);
+    }
+    let admitted_so_far: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM flow_decisions
+         WHERE flow_limit = $1 AND key = $2 AND window_start = to_timestamp($3::float8 / 1000) AND admitted",
+    )
+    .bind(&limit)
+    .bind(&r.key)
+    .bind(r.window_start_ms as f64)
+    .fetch_one(&mut *tx)
+    .await?;
+    let admitted = admitted_so_far < i64::from(r.limit);
+    sqlx::query(
+        "INSERT INTO flow_decisions (run_id, flow_limit, key, window_start, admitted)
+         VALUES ($1, $2, $3, to_timestamp($4::float8 / 1000), $5)",
+    )
+    .bind(run_id)
+    .bind(&limit)
+    .bind(&r.key)
+    .bind(r.window_start_ms as f64)
+    .bind(admitted)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(admitted)
+}
+
+struct Take<'a> {
+    limit: String,
+    request: &'a SlotRequest,
+    holder: &'a str,
+    run_id: &'a RunId,
+    wake: &'a str,
+    priority: i64,
+}
+
+#[derive(Debug, PartialEq)]
+enum Slot {
+    Held,
+    /// `held` slots are taken and `ahead` live waiters come first.
+    Waiting {
+        held: i64,
+        ahead: i64,
+    },
+}
+
+/// Rows that still count: their run is live. A run that ended without releasing (its workflow
+/// terminated, and the reconciler settled it) no longer holds or waits.
+const LIVE: &str = "JOIN activity_runs r ON r.run_id = s.run_id AND r.status IN ('running', 'waiting')";
+
+/// Takes a slot, or queues for one. A waiter is granted only when every live waiter ahead of
+/// it (higher priority, then earlier arrival) fits too, so newcomers never overtake the queue.
+async fn take_slot(pool: &PgPool, t: &Take<'_>) -> Result<Slot, StoreError> {
+    let mut tx = pool.begin().await?;
+    lock_key(&mut tx, &t.limit, &t.request.key, t.request.limit).await?;
+    sqlx::query(
+        "INSERT INTO flow_slots (flow_limit, key, holder, run_id, wake, priority) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (flow_limit, key, holder) DO NOTHING",
+    )
+    .bind(&t.limit)
+    .bind(&t.request.key)
+    .bind(t.holder)
+    .bind(t.run_id)
+    .bind(t.wake)
+    .bind(t.priority)
+    .execute(&mut *tx)
+    .await?;
+    let (held, ahead, mine): (i64, i64, bool) = sqlx::query_as(&format!(
+        "WITH me AS (SELECT priority, arrived_at, granted_at FROM flow_slots WHERE flow_limit = $1 AND key = $2 AND holder = $3)
+         SELECT
+           (SELECT count(*) FROM flow_slots s {LIVE} WHERE s.flow_limit = $1 AND s.key = $2 AND s.granted_at IS NOT NULL AND s.holder <> $3),
+           (SELECT count(*) FROM flow_slots s {LIVE}, me WHERE s.flow_limit = $1 AND s.key = $2 AND s.granted_at IS NULL AND s.holder <> $3
+              AND (s.priority > me.priority OR (s.priority = me.priority AND (s.arrived_at, s.holder) < (me.arrived_at, $3)))),
+           (SELECT granted_at IS NOT NULL FROM me)"
+    ))
+    .bind(&t.limit)
+    .bind(&t.request.key)
+    .bind(t.holder)
+    .fetch_one(&mut *tx)
+    .await?;
+    let slot = if mine {
+        Slot::Held
+    } else if held + ahead < i64::from(t.request.limit) {
+        sqlx::query("UPDATE flow_slots SET granted_at = clock_timestamp() WHERE flow_limit = $1 AND key = $2 AND holder = $3")
+            .bind(&t.limit)
+            .bind(&t.request.key)
+            .bind(t.holder)
+            .execute(&mut *tx)
+            .await?;
+        Slot::Held
+    } else {
+        Slot::Waiting { held, ahead }
+    };
+    tx.commit().await?;
+    Ok(slot)
+}
+
+/// Gives a throttled run its start time and returns how many ms from now it is (0: now).
+/// Starts are spaced `period / limit` apart per key, `burst` of them allowed at once (the
+/// generic cell rate algorithm, scheduling instead of refusing): first come, first scheduled,
+/// and a run asking again keeps its time.
+async fn schedule_start(pool: &PgPool, limit: &str, t: &Spacing, run_id: &RunId) -> Result<u64, StoreError> {
+    let mut tx = pool.begin().await?;
+    let next_start = lock_key(&mut tx, limit, &t.key, t.limit).await?;
+    let (now_ms, scheduled): (f64, Option<f64>) = sqlx::query_as(
+        "SELECT extract(epoch FROM clock_timestamp())::float8 * 1000,
+                (SELECT extract(epoch FROM granted_at)::float8 * 1000 FROM flow_slots WHERE flow_limit = $1 AND key = $2 AND holder = $3)",
+    )
+    .bind(limit)
+    .bind(&t.key)
+    .bind(run_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let start = match scheduled {
+        Some(start) => start,
+        None => {
+            let interval = t.interval_ms();
+            let tat = next_start.unwrap_or(now_ms);
+            let start = now_ms.max(tat - f64::from(t.burst) * interval);
+            sqlx::query("UPDATE flow_keys SET next_start = to_timestamp($3::float8 / 1000) WHERE flow_limit = $1 AND key = $2")
+                .bind(limit)
+                .bind(&t.key)
+                .bind(tat.max(now_ms) + interval)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO flow_slots (flow_limit, key, holder, run_id, wake, granted_at)
+                 VALUES ($1, $2, $3, $3, $3, to_timestamp($4::float8 / 1000))",
+            )
+            .bind(limit)
+            .bind(&t.key)
+            .bind(run_id)
+            .bind(start)
+            .execute(&mut *tx)
+            .await?;
+            start
+        }
+    };
+    tx.commit().await?;
+    Ok((start - now_ms).max(0.0).ceil() as u64)
+}
+
+/// What releasing freed: the workflows to signal, one per slot that became free (the next
+/// waiters in order). A lost signal costs only time: every waiter also looks again on a timer.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Released {
+    pub wake: Vec<String>,
+}
+
+/// Frees what a run and its tasks hold or wait for, in the transaction that records its end.
+pub async fn release_run(tx: &mut PgConnection, run_id: &RunId) -> Result<Released, StoreError> {
+    let freed: Vec<(String, String)> =
+        sqlx::query_as("DELETE FROM flow_slots WHERE run_id = $1 RETURNING flow_limit, key").bind(run_id).fetch_all(&mut *tx).await?;
+    next_waiters(tx, freed).await
+}
+
+/// Frees what one task holds (its budget), once its outcome is recorded.
+pub async fn release_task(pool: &PgPool, task_id: &str) -> Result<Released, StoreError> {
+    let mut tx = pool.begin().await?;
+    let freed: Vec<(String, String)> =
+        sqlx::query_as("DELETE FROM flow_slots WHERE holder = $1 RETURNING flow_limit, key").bind(task_id).fetch_all(&mut *tx).await?;
+    let released = next_waiters(&mut tx, freed).await?;
+    tx.commit().await?;
+    Ok(released)
+}
+
+async fn next_waiters(tx: &mut PgConnection, mut freed: Vec<(String, String)>) -> Result<Released, StoreError> {
+    freed.sort();
+    freed.dedup();
+    let mut wake = Vec::new();
+    for (limit, key) in freed.into_iter().filter(|(limit, _)| !limit.starts_with("throttle:")) {
+        let next: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT s.wake FROM flow_slots s {LIVE}
+             WHERE s.flow_limit = $1 AND s.key = $2 AND s.granted_at IS NULL
+             ORDER BY s.priority DESC, s.arrived_at, s.holder
+             LIMIT greatest(
+               coalesce((SELECT capacity FROM flow_keys WHERE flow_limit = $1 AND key = $2), 0)
+               - (SELECT count(*) FROM flow_slots s {LIVE} WHERE s.flow_limit = $1 AND s.key = $2 AND s.granted_at IS NOT NULL),
+               0)"
+        ))
+        .bind(&limit)
+        .bind(&key)
+        .fetch_all(&mut *tx)
+        .await?;
+        wake.extend(next);
+    }
+    wake.sort();
+    wake.dedup();
+    Ok(Released { wake })
+}
+
+/// One limit's key as the API lists it: what holds it and what waits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LimitView {
+    /// `concurrency:<definition>`, `throttle:<definition>` or `budget:<name>`.
+    pub limit: String,
+    pub key: String,
+    pub capacity: i32,
+    pub held: i64,
+    pub waiting: i64,
+    /// The run ids waiting, in the order they will be granted (at most 20).
+    pub next: Vec<String>,
+}
+
+/// The limits with live holders or waiters, busiest first.
+pub async fn limits(pool: &PgPool) -> Result<Vec<LimitView>, StoreError> {
+    let rows: Vec<(String, String, i32, i64, i64, Vec<String>)> = sqlx::query_as(&format!(
+        "SELECT k.flow_limit, k.key, k.capacity,
+                count(*) FILTER (WHERE s.granted_at IS NOT NULL),
+                count(*) FILTER (WHERE s.granted_at IS NULL),
+                coalesce((array_agg(s.run_id ORDER BY s.priority DESC, s.arrived_at, s.holder)
+                          FILTER (WHERE s.granted_at IS NULL))[1:20], '{{}}')
+         FROM flow_keys k JOIN flow_slots s ON s.flow_limit = k.flow_limit AND s.key = k.key {LIVE}
+         GROUP BY k.flow_limit, k.key, k.capacity
+         ORDER BY count(*) FILTER (WHERE s.granted_at IS NULL) DESC, k.flow_limit, k.key
+         LIMIT 500"
+    ))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(limit, key, capacity, held, waiting, next)| LimitView { limit, key, capacity, held, waiting, next })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_read_as_written() {
+        assert_eq!([1000, 60_000, 3_600_000, 86_400_000, 1500].map(period_text), ["1s", "1m", "1h", "1d", "1500ms"].map(String::from));
+        assert_eq!(with_key(WHOLE_DEFINITION), "");
+        assert_eq!(with_key("c-1"), " key c-1");
+    }
+
+    #[test]
+    fn verdicts_travel_as_tagged_json() {
+        let wait = Verdict::Wait { reason: "concurrency 2/2".into(), retry_in_ms: None };
+        let json = serde_json::to_value(&wait).unwrap();
+        assert_eq!(json["verdict"], "wait");
+        assert_eq!(serde_json::from_value::<Verdict>(json).unwrap(), wait);
+    }
+}

@@ -1,0 +1,353 @@
+//! Flow control (docs/flow-control.md) on the real stack: limits observed where the calls land
+//! (a stub that counts requests in flight), with two workers and one of them SIGKILLed.
+
+use std::collections::HashMap;
+
+use tf_testkit::http_stub::HoldingStub;
+
+use super::*;
+
+fn run_at(def_id: &str, version: i32, key: &str, data: Json, event_time_ms: Option<i64>) -> RunInput {
+    RunInput { event_time_ms, ..tf_testkit::run_input(def_id, version, key, json!({"id": format!("e-{key}"), "type": "t", "data": data})) }
+}
+
+async fn count_by_status(pool: &sqlx::PgPool, def_id: &str) -> HashMap<String, i64> {
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT status, count(*) FROM activity_runs WHERE definition_id = $1 GROUP BY status")
+        .bind(def_id)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    rows.into_iter().collect()
+}
+
+async fn all_done(pool: &sqlx::PgPool, def_id: &str, n: i64, workers: &str) {
+    eventually(&format!("{n} runs of {def_id} to end; workers:\n{workers}"), Duration::from_secs(240), || async {
+        let by = count_by_status(pool, def_id).await;
+        (by.iter().filter(|(s, _)| !matches!(s.as_str(), "running" | "waiting")).map(|(_, n)| n).sum::<i64>() == n).then_some(())
+    })
+    .await;
+}
+
+/// 30 runs of one hot key and 3 each of 10 other keys, concurrency 2 per key, two workers, one
+/// SIGKILLed mid-way: no key ever has more than 2 calls in flight, the hot key uses both, every
+/// run completes, and the other keys finish without queueing behind the hot one.
+#[tokio::test]
+async fn concurrency_per_key_holds_across_two_workers_and_a_sigkill() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let stub = HoldingStub::start(Duration::from_millis(300)).await;
+    let queue = unique("it-queue");
+    let def_id = unique("it-flow-conc").to_lowercase();
+    let yaml = format!(
+        r#"
+id: {def_id}
+name: Concurrency
+trigger: {{event: {{topics: [events.demo]}}}}
+flow_control: {{concurrency: {{limit: 2, key: event.data.customer}}}}
+tasks:
+  - name: call
+    type: http
+    params: {{url: "'{base}/g/' + event.data.customer"}}
+"#,
+        base = stub.base
+    );
+    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let env = [("TF_NO_RELAY", "true"), ("TF_HTTP_ALLOWED_HOSTS", "127.0.0.1")];
+    let mut doomed = worker(&db.url, &queue, &env);
+    let survivor = worker(&db.url, &queue, &env);
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    let mut runs = Vec::new();
+    for i in 0..30 {
+        runs.push(("hot".to_string(), format!("hot-{i}")));
+    }
+    for k in 0..10 {
+        for i in 0..3 {
+            runs.push((format!("cold{k}"), format!("cold{k}-{i}")));
+        }
+    }
+    for (customer, key) in &runs {
+        tf_temporal::start_run(&client, &queue, run_at(&def_id, version, key, json!({"customer": customer}), None)).await.unwrap();
+    }
+    eventually("10 runs to complete before the SIGKILL", Duration::from_secs(120), || async {
+        (count_by_status(&pool, &def_id).await.get("completed").copied().unwrap_or(0) >= 10).then_some(())
+    })
+    .await;
+    doomed.kill();
+    all_done(&pool, &def_id, runs.len() as i64, &survivor.log()).await;
+
+    let by = count_by_status(&pool, &def_id).await;
+    assert_eq!(by.get("completed"), Some(&(runs.len() as i64)), "{by:?}; survivor:\n{}", survivor.log());
+    assert_eq!(stub.peak("hot"), 2, "the hot key ran exactly 2 at once");
+    for k in 0..10 {
+        assert!(stub.peak(&format!("cold{k}")) <= 2, "cold{k} peaked at {}", stub.peak(&format!("cold{k}")));
+    }
+    // Fairness across keys: waiting is per key, so the cold keys' last run did not wait for the
+    // hot key's backlog (a single queue would have put it behind all 30).
+    let order: Vec<String> =
+        sqlx::query_scalar("SELECT dedupe_key FROM activity_runs WHERE definition_id = $1 ORDER BY finished_at, run_id")
+            .bind(&def_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let last_cold = order.iter().rposition(|k| k.starts_with("cold")).unwrap();
+    let hot_before = order[..last_cold].iter().filter(|k| k.starts_with("hot")).count();
+    println!("flow: hot runs finished before the last cold run: {hot_before} of 30; order {order:?}");
+    assert!(hot_before < 20, "cold keys waited behind the hot key: {hot_before} hot runs finished first");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM flow_slots").fetch_one(&pool).await.unwrap();
+    assert_eq!(left, 0, "every slot was released when its run ended");
+}
+
+/// A waiting run is `waiting` with its reason, can be cancelled without its turn, and a slot
+/// freed by a cancelled holder wakes the next run at once.
+#[tokio::test]
+async fn a_waiting_run_says_why_and_cancelling_runs_moves_the_queue_on() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let stub = tf_testkit::http_stub::HttpStub::start().await;
+    let queue = unique("it-queue");
+    let def_id = unique("it-flow-wait").to_lowercase();
+    let yaml = format!(
+        r#"
+id: {def_id}
+name: Waiting
+trigger: {{event: {{topics: [events.demo]}}}}
+flow_control: {{concurrency: {{limit: 1}}, priority: event.data.priority}}
+tasks:
+  - name: call
+    type: http
+    params: {{url: "'{base}/' + event.data.path"}}
+"#,
+        base = stub.base
+    );
+    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let w = worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_HTTP_ALLOWED_HOSTS", "127.0.0.1")]);
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    let run = |key: &str| tf_temporal::DedupeKey::parse(key).unwrap().run_id(&def_id, 1).to_string();
+    let status = |run_id: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, Option<String>)>("SELECT status, status_reason FROM activity_runs WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    tf_temporal::start_run(&client, &queue, run_at(&def_id, version, "holder", json!({"path": "hang/1", "priority": 0}), None))
+        .await
+        .unwrap();
+    eventually("the holder to call out", Duration::from_secs(60), || async { (!stub.requests().is_empty()).then_some(()) }).await;
+    for (key, priority) in [("low", 0), ("cancelled", 0), ("high", 5)] {
+        let data = json!({"path": format!("ok/{key}"), "priority": priority});
+        tf_temporal::start_run(&client, &queue, run_at(&def_id, version, key, data, None)).await.unwrap();
+    }
+    let (st, reason) =
+        eventually("the last run to wait", Duration::from_secs(60), || async { status(run("high")).await.filter(|(s, _)| s == "waiting") })
+            .await;
+    assert_eq!(st, "waiting");
+    assert_eq!(reason.as_deref(), Some("concurrency 1/1, 0 ahead"), "priority 5 goes before the two waiting with 0");
+    let low = status(run("low")).await.unwrap();
+    assert_eq!(low.0, "waiting");
+    assert!(low.1.as_deref().unwrap_or_default().starts_with("concurrency 1/1, "), "{low:?}");
+
+    tf_temporal::run_control::cancel_run(&client, &run("cancelled"), tf_definitions::RunStatus::Waiting, "not needed").await.unwrap();
+    eventually("the waiting run to be cancelled", Duration::from_secs(60), || async {
+        status(run("cancelled")).await.filter(|(s, _)| s == "cancelled")
+    })
+    .await;
+    tf_temporal::run_control::cancel_run(&client, &run("holder"), tf_definitions::RunStatus::Running, "free the slot").await.unwrap();
+    for key in ["high", "low"] {
+        eventually(&format!("{key} to complete; worker:\n{}", w.log()), Duration::from_secs(60), || async {
+            status(run(key)).await.filter(|(s, _)| s == "completed")
+        })
+        .await;
+    }
+    let calls: Vec<String> = stub.requests().into_iter().filter(|r| r.contains("/ok/")).collect();
+    assert_eq!(calls.len(), 2, "the cancelled run never called: {calls:?}");
+    assert!(calls[0].contains("/ok/high") && calls[1].contains("/ok/low"), "higher priority first: {calls:?}");
+    assert_eq!(status(run("holder")).await.unwrap().0, "cancelled");
+}
+
+/// rate_limit 5 per minute of event time: 12 events in one minute start 5 runs and record 7
+/// skipped with the reason; 3 events of the next minute all run; asking again (a redelivery)
+/// gets the same answer.
+#[tokio::test]
+async fn a_rate_limit_admits_n_per_event_time_window_and_records_the_rest_as_skipped() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-queue");
+    let topic = unique("it-rl");
+    create_topic(&s, &topic, 1).await;
+    let def_id = unique("it-flow-rate").to_lowercase();
+    let yaml = format!(
+        r#"
+id: {def_id}
+name: Rate limit
+trigger: {{event: {{topics: [events.demo]}}}}
+flow_control: {{rate_limit: {{limit: 5, period: 1m, key: event.data.customer}}}}
+tasks:
+  - name: note
+    type: kafka
+    params: {{topic: "'{topic}'", value: "{{'n': event.data.n}}"}}
+"#
+    );
+    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let w = worker(&db.url, &queue, &[("TF_NO_RELAY", "true")]);
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    // An old window on purpose: periods are event time, whatever the clock says now.
+    let minute = 1_700_000_040_000_i64;
+    for n in 0..12 {
+        let input = run_at(&def_id, version, &format!("a-{n}"), json!({"customer": "c", "n": n}), Some(minute + n * 1000));
+        tf_temporal::start_run(&client, &queue, input).await.unwrap();
+    }
+    for n in 0..3 {
+        let input = run_at(&def_id, version, &format!("b-{n}"), json!({"customer": "c", "n": n}), Some(minute + 60_000 + n));
+        tf_temporal::start_run(&client, &queue, input).await.unwrap();
+    }
+    all_done(&pool, &def_id, 15, &w.log()).await;
+    let by = count_by_status(&pool, &def_id).await;
+    assert_eq!((by.get("completed"), by.get("skipped")), (Some(&8), Some(&7)), "{by:?}");
+    let reasons: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT DISTINCT status_reason FROM activity_runs WHERE definition_id = $1 AND status = 'skipped'")
+            .bind(&def_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(reasons, [Some("rate_limited 5/1m key c".to_string())]);
+    let first_window: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM activity_runs WHERE definition_id = $1 AND status = 'completed' AND dedupe_key LIKE 'a-%'",
+    )
+    .bind(&def_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(first_window, 5);
+    // A skipped run's decision stands: deciding again for each run gives the recorded answer.
+    let admission = tf_definitions::flow::Admission {
+        rate_limit: Some(tf_definitions::flow::RateLimitAt { key: "c".into(), limit: 5, period_ms: 60_000, window_start_ms: minute }),
+        concurrency: None,
+        throttle: None,
+        priority: 0,
+    };
+    let ids: Vec<(String, String)> =
+        sqlx::query_as("SELECT run_id, status FROM activity_runs WHERE definition_id = $1 AND dedupe_key LIKE 'a-%'")
+            .bind(&def_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for (run_id, status) in ids {
+        let verdict =
+            tf_store::flow::admit(&pool, &tf_definitions::RunId::from_workflow_id(run_id.clone()), &def_id, &admission).await.unwrap();
+        assert_eq!(matches!(verdict, tf_store::flow::Verdict::Skip { .. }), status == "skipped", "{run_id} {status} {verdict:?}");
+    }
+}
+
+/// throttle 10 per second, no burst, over 40 runs started at once: none dropped, and no run
+/// executes before its turn: the k-th admission comes at least (k-1) x 100 ms after the first.
+/// Arrivals at the called system are printed, not asserted: a worker that is behind (40 runs
+/// begun at once) calls out late, and late calls can bunch (docs/flow-control.md).
+#[tokio::test]
+async fn a_throttle_spaces_starts_and_drops_none() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let stub = HoldingStub::start(Duration::from_millis(1)).await;
+    let queue = unique("it-queue");
+    let def_id = unique("it-flow-throttle").to_lowercase();
+    let yaml = format!(
+        r#"
+id: {def_id}
+name: Throttle
+trigger: {{event: {{topics: [events.demo]}}}}
+flow_control: {{throttle: {{limit: 10, period: 1s}}}}
+tasks:
+  - name: call
+    type: http
+    params: {{url: "'{base}/g/all'"}}
+"#,
+        base = stub.base
+    );
+    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let w = worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_HTTP_ALLOWED_HOSTS", "127.0.0.1")]);
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    for n in 0..40 {
+        tf_temporal::start_run(&client, &queue, run_at(&def_id, version, &format!("t-{n}"), json!({}), None)).await.unwrap();
+    }
+    all_done(&pool, &def_id, 40, &w.log()).await;
+    assert_eq!(count_by_status(&pool, &def_id).await.get("completed"), Some(&40));
+    let admitted: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM admitted_at)::float8 * 1000 FROM activity_runs WHERE definition_id = $1 ORDER BY admitted_at",
+    )
+    .bind(&def_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(admitted.len(), 40);
+    for (k, at) in admitted.iter().enumerate() {
+        // 5 ms for the clock read between the schedule's transaction and the admission's.
+        assert!(at - admitted[0] >= k as f64 * 100.0 - 5.0, "admission {k} came {:.0} ms after the first", at - admitted[0]);
+    }
+    let arrivals = stub.arrivals("all");
+    assert_eq!(arrivals.len(), 40, "none dropped, none called twice");
+    let busiest = (0..arrivals.len())
+        .map(|i| arrivals[i..].iter().take_while(|t| t.duration_since(arrivals[i]) < Duration::from_secs(1)).count())
+        .max()
+        .unwrap();
+    let span = (admitted[39] - admitted[0]) / 1000.0;
+    println!("throttle: 40 admissions over {span:.2} s ({:.2}/s); busiest second of calls at the stub: {busiest}", 39.0 / span);
+}
+
+/// A shared budget of 3 used by the http tasks of two definitions, on two workers: never more
+/// than 3 calls in flight at the called system, and all of them made. A template naming a
+/// budget no worker declares fails its task with the reason.
+#[tokio::test]
+async fn a_shared_budget_caps_calls_across_definitions_and_workers() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let stub = HoldingStub::start(Duration::from_millis(200)).await;
+    let queue = unique("it-queue");
+    let mut defs = Vec::new();
+    for (name, budget) in [("a", "crm-api"), ("b", "crm-api"), ("c", "nobody-declared")] {
+        let def_id = unique(&format!("it-flow-budget-{name}")).to_lowercase();
+        let yaml = format!(
+            r#"
+id: {def_id}
+name: Budget {name}
+trigger: {{event: {{topics: [events.demo]}}}}
+tasks:
+  - name: call
+    type: http
+    budget: {budget}
+    for_each: "[1, 2]"
+    params: {{url: "'{base}/g/crm'"}}
+"#,
+            base = stub.base
+        );
+        defs.push(apply_definition(&pool, &yaml).await);
+    }
+    let env = [("TF_NO_RELAY", "true"), ("TF_HTTP_ALLOWED_HOSTS", "127.0.0.1"), ("TF_BUDGETS", "crm-api=3, other=1")];
+    let w1 = worker(&db.url, &queue, &env);
+    let w2 = worker(&db.url, &queue, &env);
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    for n in 0..10 {
+        for (def_id, version) in &defs[..2] {
+            tf_temporal::start_run(&client, &queue, run_at(def_id, *version, &format!("k-{n}"), json!({}), None)).await.unwrap();
+        }
+    }
+    let (bad_id, bad_version) = &defs[2];
+    tf_temporal::start_run(&client, &queue, run_at(bad_id, *bad_version, "k", json!({}), None)).await.unwrap();
+    for (def_id, _) in &defs[..2] {
+        all_done(&pool, def_id, 10, &format!("{}\n{}", w1.log(), w2.log())).await;
+        assert_eq!(count_by_status(&pool, def_id).await.get("completed"), Some(&10));
+    }
+    assert_eq!(stub.arrivals("crm").len(), 40, "every task called once");
+    assert_eq!(stub.peak("crm"), 3, "the two definitions together held at most 3 calls in flight, and used all 3");
+    all_done(&pool, bad_id, 1, &w1.log()).await;
+    let error: Option<String> =
+        sqlx::query_scalar("SELECT error FROM tasks t JOIN activity_runs r USING (run_id) WHERE r.definition_id = $1 LIMIT 1")
+            .bind(bad_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let error = error.unwrap_or_default();
+    assert!(error.contains("budget \"nobody-declared\" is not configured on this worker (TF_BUDGETS declares: crm-api, other)"), "{error}");
+}
