@@ -49,6 +49,14 @@ pub struct SteadyArgs {
     /// Partitions of the load topic.
     #[arg(long, default_value_t = 6)]
     partitions: i32,
+    /// Flow control: at most this many runs per tenant executing at once
+    /// (`flow_control.concurrency` keyed by `event.data.tenant`); 0 for no limit. The report
+    /// then gives the most runs of one tenant that executed at once.
+    #[arg(long, default_value_t = 0)]
+    concurrency: u32,
+    /// Tenants the events are spread over, round robin (`event.data.tenant`).
+    #[arg(long, default_value_t = 10)]
+    tenants: usize,
     /// Give up waiting for the pipeline to drain this many seconds after the last send.
     #[arg(long, default_value_t = 600)]
     drain_secs: u64,
@@ -199,6 +207,11 @@ tasks:
             execution = a.execution
         ),
     };
+    let yaml = if a.concurrency > 0 {
+        format!("{yaml}flow_control: {{concurrency: {{limit: {}, key: event.data.tenant}}}}\n", a.concurrency)
+    } else {
+        yaml
+    };
     apply_event_definition(&pool, &yaml).await?;
     made.definition(&def_id, &pool);
     let expected_results: i64 = if a.profile == "bare" { 0 } else { 2 };
@@ -208,7 +221,10 @@ tasks:
     let producer: FutureProducer =
         tf_kafka::client_config(&s.kafka_brokers).set("enable.idempotence", "true").set("linger.ms", "1").create()?;
     let subject = format!("{topic}-value");
-    let envelope = |id: &str, key: &str| Event::new(id, "/loadtest", "loadtest", json!({"key": key, "customer": "c-1001"}));
+    let tenants = a.tenants.max(1);
+    let envelope = |id: &str, key: &str, n: usize| {
+        Event::new(id, "/loadtest", "loadtest", json!({"key": key, "customer": "c-1001", "tenant": format!("t-{}", n % tenants)}))
+    };
 
     // The results consumer starts before anything is sent, so no result is missed.
     let visible: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
@@ -236,7 +252,7 @@ tasks:
 
     // Warm-up: subscription, definition refresh and the first registry lookups stay out of the
     // figures.
-    let warm = codec.encode_event(&subject, &envelope("warmup", "warmup")?).await?;
+    let warm = codec.encode_event(&subject, &envelope("warmup", "warmup", 0)?).await?;
     producer.send(FutureRecord::to(&topic).key("warmup").payload(&warm), Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
     let warm_deadline = Instant::now() + Duration::from_secs(60);
     while runs_of(&pool, &def_id).await < 1 {
@@ -249,7 +265,7 @@ tasks:
     let mut payloads = Vec::with_capacity(total);
     for i in 0..total {
         let key = format!("k-{i}");
-        payloads.push((key.clone(), codec.encode_event(&subject, &envelope(&format!("lt-{i}"), &key)?).await?));
+        payloads.push((key.clone(), codec.encode_event(&subject, &envelope(&format!("lt-{i}"), &key, i)?).await?));
     }
     println!("sending {total} events at {rate} events/s for {} s", a.duration);
     let produced: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
@@ -353,6 +369,13 @@ tasks:
             h.len()
         );
     }
+    if a.concurrency > 0 {
+        let peak = peak_per_tenant(&pool, &def_id).await?;
+        println!(
+            "flow control           concurrency {} per tenant over {tenants} tenant(s); most executing at once for one tenant: {peak}",
+            a.concurrency
+        );
+    }
     std::fs::create_dir_all(&a.out)?;
     write_timeline(&a.out.join(format!("{def_id}-steady.csv")), "seconds,runs,runs_with_result", &timeline)?;
     let svg = a.out.join(format!("{def_id}-steady.svg"));
@@ -439,4 +462,33 @@ fn plot(started_ms: i64, rate: f64, rows: &[RunTimes], produced: &HashMap<String
         ],
     };
     crate::plot::svg(&[rates, latency])
+}
+
+/// The most runs of one tenant executing at once, from when flow control admitted each run to
+/// when it finished (what the limit bounds), swept over every run of the definition.
+async fn peak_per_tenant(pool: &tf_store::PgPool, def_id: &str) -> anyhow::Result<usize> {
+    let rows: Vec<(String, f64, f64)> = sqlx::query_as(
+        "SELECT coalesce(input->'event'->'data'->>'tenant', ''), extract(epoch FROM admitted_at)::float8, extract(epoch FROM finished_at)::float8
+         FROM activity_runs WHERE definition_id = $1 AND admitted_at IS NOT NULL AND finished_at IS NOT NULL",
+    )
+    .bind(def_id)
+    .fetch_all(pool)
+    .await?;
+    let mut by_tenant: HashMap<String, Vec<(f64, i32)>> = HashMap::new();
+    for (tenant, from, to) in rows {
+        let edges = by_tenant.entry(tenant).or_default();
+        edges.push((from, 1));
+        edges.push((to, -1));
+    }
+    let mut peak = 0;
+    for edges in by_tenant.values_mut() {
+        // An end before a start at the same instant: a slot handed over is not an overlap.
+        edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut now = 0i32;
+        for (_, step) in edges.iter() {
+            now += step;
+            peak = peak.max(now as usize);
+        }
+    }
+    Ok(peak)
 }

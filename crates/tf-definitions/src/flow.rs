@@ -31,6 +31,28 @@ pub struct FlowControlDoc {
     /// CEL integer: among runs waiting for `concurrency`, higher goes first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<String>,
+    /// One active run per key: a new run is skipped, or cancels the active one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub singleton: Option<SingletonDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SingletonDoc {
+    pub mode: SingletonMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// What a new run of a key does while another is active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SingletonMode {
+    /// The new run is skipped (`singleton: <active run> is active`).
+    Skip,
+    /// The active run (and any older one waiting) is cancelled; the new run executes once it
+    /// ended.
+    Cancel,
 }
 
 impl FlowControlDoc {
@@ -74,6 +96,13 @@ pub struct FlowControl {
     pub throttle: Option<Throttle>,
     pub rate_limit: Option<RateLimit>,
     pub priority: Option<Expr>,
+    pub singleton: Option<Singleton>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Singleton {
+    pub mode: SingletonMode,
+    pub key: Option<Expr>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +134,14 @@ pub struct Admission {
     pub concurrency: Option<SlotRequest>,
     pub throttle: Option<Spacing>,
     pub priority: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub singleton: Option<SingletonAt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SingletonAt {
+    pub key: String,
+    pub mode: SingletonMode,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,7 +192,7 @@ fn key_of(expr: &Option<Expr>, bindings: &Bindings) -> Result<String, AdmissionE
 
 impl FlowControl {
     pub fn is_empty(&self) -> bool {
-        self.concurrency.is_none() && self.throttle.is_none() && self.rate_limit.is_none()
+        self.concurrency.is_none() && self.throttle.is_none() && self.rate_limit.is_none() && self.singleton.is_none()
     }
 
     /// Evaluates the keys and priority for one run. `event_time_ms` places it in a rate-limit
@@ -193,7 +230,11 @@ impl FlowControl {
                 other => return Err(AdmissionError(format!("{}: `{}` gave {other} where an integer is needed", p.path(), p.source()))),
             },
         };
-        Ok(Admission { rate_limit, concurrency, throttle, priority })
+        let singleton = match &self.singleton {
+            None => None,
+            Some(s) => Some(SingletonAt { key: key_of(&s.key, bindings)?, mode: s.mode }),
+        };
+        Ok(Admission { rate_limit, concurrency, throttle, priority, singleton })
     }
 }
 
@@ -257,7 +298,11 @@ pub(crate) fn check(c: &mut Checker, doc: &FlowControlDoc) -> FlowControl {
         c.fail("flow_control.priority", "orders the runs waiting for `concurrency`; add a concurrency limit or remove it");
     }
     let priority = doc.priority.as_deref().and_then(|p| c.expr("flow_control.priority".into(), p));
-    FlowControl { concurrency, throttle, rate_limit, priority }
+    let singleton = doc
+        .singleton
+        .as_ref()
+        .map(|s| Singleton { mode: s.mode, key: s.key.as_deref().and_then(|k| c.expr("flow_control.singleton.key".into(), k)) });
+    FlowControl { concurrency, throttle, rate_limit, priority, singleton }
 }
 
 #[cfg(test)]
@@ -293,6 +338,11 @@ mod tests {
         }
         assert!(errors("flow_control: {priority: '1'}")[0].starts_with("flow_control.priority: orders the runs waiting"));
         assert!(errors("flow_control: {concurrency: {limit: 1}, burst: 2}")[0].contains("unknown field `burst`"));
+        assert!(
+            errors("flow_control: {singleton: {mode: replace}}")[0].contains("unknown variant `replace`"),
+            "{:?}",
+            errors("flow_control: {singleton: {mode: replace}}")
+        );
     }
 
     #[test]

@@ -74,6 +74,17 @@ fn the_reference_names_every_field_task_type_and_param() {
         "on_timeout",
         "timeout_output",
         "execution",
+        "flow_control",
+        "concurrency",
+        "throttle",
+        "rate_limit",
+        "priority",
+        "limit",
+        "period",
+        "burst",
+        "budget",
+        "singleton",
+        "mode",
     ];
     for f in fields {
         assert!(REFERENCE.contains(&format!("`{f}`")), "docs/definitions.md does not describe `{f}`");

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use tf_definitions::RunId;
-use tf_definitions::flow::{Admission, RateLimitAt, SlotRequest, Spacing, WHOLE_DEFINITION};
+use tf_definitions::flow::{Admission, RateLimitAt, SingletonAt, SingletonMode, SlotRequest, Spacing, WHOLE_DEFINITION};
 
 use crate::{PgPool, StoreError};
 
@@ -48,13 +48,28 @@ fn period_text(ms: u64) -> String {
 /// time), then a concurrency slot, then a throttled start. Called when the run begins and again
 /// each time it is woken; every step is idempotent by run id, so a retried activity or a second
 /// look gets the same slot, decision and start time. The run's row says why it waits.
-pub async fn admit(pool: &PgPool, run_id: &RunId, definition_id: &str, a: &Admission) -> Result<Verdict, StoreError> {
+pub async fn admit(pool: &PgPool, run_id: &RunId, definition_id: &str, a: &Admission) -> Result<Admitted, StoreError> {
     if let Some(r) = &a.rate_limit
         && !rate_limit(pool, run_id, definition_id, r).await?
     {
         let reason = format!("rate_limited {}/{}{}", r.limit, period_text(r.period_ms), with_key(&r.key));
         crate::runs::skip(pool, run_id, &reason).await?;
-        return Ok(Verdict::Skip { reason });
+        return Ok(Verdict::Skip { reason }.into());
+    }
+    if let Some(s) = &a.singleton {
+        match singleton(pool, run_id, definition_id, s).await? {
+            Single::Active => {}
+            Single::Skip { active } => {
+                let reason = format!("singleton: {active} is active{}", with_key(&s.key));
+                crate::runs::skip(pool, run_id, &reason).await?;
+                return Ok(Verdict::Skip { reason }.into());
+            }
+            Single::Replacing { older } => {
+                let reason = format!("singleton: replacing {}{}", older.join(", "), with_key(&s.key));
+                crate::runs::set_waiting(pool, run_id, &reason).await?;
+                return Ok(Admitted { verdict: Verdict::Wait { reason, retry_in_ms: None }, cancel: older });
+            }
+        }
     }
     if let Some(c) = &a.concurrency {
         let take = Take {
@@ -68,7 +83,7 @@ pub async fn admit(pool: &PgPool, run_id: &RunId, definition_id: &str, a: &Admis
         if let Slot::Waiting { held, ahead } = take_slot(pool, &take).await? {
             let reason = format!("concurrency {held}/{}{}, {ahead} ahead", c.limit, with_key(&c.key));
             crate::runs::set_waiting(pool, run_id, &reason).await?;
-            return Ok(Verdict::Wait { reason, retry_in_ms: None });
+            return Ok(Verdict::Wait { reason, retry_in_ms: None }.into());
         }
     }
     if let Some(t) = &a.throttle {
@@ -76,11 +91,94 @@ pub async fn admit(pool: &PgPool, run_id: &RunId, definition_id: &str, a: &Admis
         if wait_ms > 0 {
             let reason = format!("throttle {}/{}{}, starts in {wait_ms} ms", t.limit, period_text(t.period_ms), with_key(&t.key));
             crate::runs::set_waiting(pool, run_id, &reason).await?;
-            return Ok(Verdict::Wait { reason, retry_in_ms: Some(wait_ms) });
+            return Ok(Verdict::Wait { reason, retry_in_ms: Some(wait_ms) }.into());
         }
     }
     crate::runs::set_admitted(pool, run_id).await?;
-    Ok(Verdict::Go)
+    Ok(Verdict::Go.into())
+}
+
+/// What [`admit`] decided, and the runs the caller must cancel for it (a `singleton` with
+/// `mode: cancel` replacing older runs of its key; cancelling is Temporal's, not the store's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admitted {
+    pub verdict: Verdict,
+    pub cancel: Vec<String>,
+}
+
+impl From<Verdict> for Admitted {
+    fn from(verdict: Verdict) -> Admitted {
+        Admitted { verdict, cancel: Vec::new() }
+    }
+}
+
+enum Single {
+    /// This run is the key's one active run.
+    Active,
+    /// Another run is active: this one is skipped (`mode: skip`).
+    Skip { active: String },
+    /// Older runs hold or wait for the key: they are to be cancelled and this run waits for
+    /// them to end (`mode: cancel`).
+    Replacing { older: Vec<String> },
+}
+
+/// One active run per key. The slot is a concurrency slot of capacity 1 under its own limit
+/// name, so the same release and wake-up free it when the active run ends.
+async fn singleton(pool: &PgPool, run_id: &RunId, definition_id: &str, s: &SingletonAt) -> Result<Single, StoreError> {
+    let limit = limit_name("singleton", definition_id);
+    let mut tx = pool.begin().await?;
+    lock_key(&mut tx, &limit, &s.key, 1).await?;
+    sqlx::query(
+        "INSERT INTO flow_slots (flow_limit, key, holder, run_id, wake) VALUES ($1, $2, $3, $3, $3)
+         ON CONFLICT (flow_limit, key, holder) DO NOTHING",
+    )
+    .bind(&limit)
+    .bind(&s.key)
+    .bind(run_id)
+    .execute(&mut *tx)
+    .await?;
+    // Live rows other than this run's that came before it, the active one first.
+    let older: Vec<(String, bool)> = sqlx::query_as(&format!(
+        "WITH me AS (SELECT arrived_at, granted_at FROM flow_slots WHERE flow_limit = $1 AND key = $2 AND holder = $3)
+         SELECT s.run_id, s.granted_at IS NOT NULL FROM flow_slots s {LIVE}, me
+         WHERE s.flow_limit = $1 AND s.key = $2 AND s.holder <> $3 AND me.granted_at IS NULL
+           AND (s.granted_at IS NOT NULL OR (s.arrived_at, s.holder) < (me.arrived_at, $3))
+         ORDER BY s.granted_at IS NULL, s.arrived_at"
+    ))
+    .bind(&limit)
+    .bind(&s.key)
+    .bind(run_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mine: bool = sqlx::query_scalar("SELECT granted_at IS NOT NULL FROM flow_slots WHERE flow_limit = $1 AND key = $2 AND holder = $3")
+        .bind(&limit)
+        .bind(&s.key)
+        .bind(run_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let single = if mine {
+        Single::Active
+    } else if older.is_empty() {
+        sqlx::query("UPDATE flow_slots SET granted_at = clock_timestamp() WHERE flow_limit = $1 AND key = $2 AND holder = $3")
+            .bind(&limit)
+            .bind(&s.key)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        Single::Active
+    } else if s.mode == SingletonMode::Skip {
+        sqlx::query("DELETE FROM flow_slots WHERE flow_limit = $1 AND key = $2 AND holder = $3")
+            .bind(&limit)
+            .bind(&s.key)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        Single::Skip { active: older[0].0.clone() }
+    } else {
+        Single::Replacing { older: older.into_iter().map(|(run, _)| run).collect() }
+    };
+    tx.commit().await?;
+    Ok(single)
 }
 
 /// Takes a slot of a shared budget for a task while it executes (`budget:` on its template).

@@ -373,8 +373,9 @@ async fn every_command_answers_json_and_both_modes_answer_alike() {
         concurrency: Some(tf_definitions::flow::SlotRequest { key: String::new(), limit: 1 }),
         throttle: None,
         priority: 0,
+        singleton: None,
     };
-    let admitted = tf_store::flow::admit(&pool, &running, "signup-welcome", &one_at_a_time).await.unwrap();
+    let admitted = tf_store::flow::admit(&pool, &running, "signup-welcome", &one_at_a_time).await.unwrap().verdict;
     assert_eq!(admitted, tf_store::flow::Verdict::Go);
     let task = running.task("review", 0);
     let params = serde_json::json!({"question": "ok?"});

@@ -290,8 +290,7 @@ impl RunActivities {
     /// Looks again whether a waiting run may execute (it was woken, or its timer fired).
     #[activity(name = "AdmitRun")]
     pub async fn admit_run(self: Arc<Self>, _ctx: ActivityContext, a: AdmitRunInput) -> Result<Verdict, ActivityError> {
-        let verdict = flow::admit(&self.pool, &a.run_id, &a.definition_id, &a.admission).await.map_err(store_failure)?;
-        self.metrics.flow_verdict(&a.definition_id, &verdict);
+        let verdict = self.admit(&a.run_id, &a.definition_id, &a.admission).await?;
         if verdict == Verdict::Go {
             self.metrics.flow_waited(("definition", &a.definition_id), waited_seconds(a.waiting_since_ms));
         }
@@ -320,6 +319,20 @@ impl RunActivities {
 }
 
 impl RunActivities {
+    /// Asks the store whether the run may execute and cancels what a singleton replaces (its
+    /// releases then wake this run).
+    async fn admit(&self, run_id: &RunId, definition_id: &str, admission: &Admission) -> Result<Verdict, ActivityError> {
+        let admitted = flow::admit(&self.pool, run_id, definition_id, admission).await.map_err(store_failure)?;
+        for older in &admitted.cancel {
+            let reason = format!("replaced by {run_id} (singleton)");
+            if let Err(e) = tf_temporal::run_control::cancel_run(&self.temporal, older, RunStatus::Running, &reason).await {
+                tracing::info!(run = %run_id, older = %older, error = %e, "cancelling a run the singleton replaces failed; the next look tries again");
+            }
+        }
+        self.metrics.flow_verdict(definition_id, &admitted.verdict);
+        Ok(admitted.verdict)
+    }
+
     async fn record(&self, r: &RecordResultInput) -> Result<bool, ActivityError> {
         let t = &r.task;
         let record = TaskResult {
@@ -404,8 +417,7 @@ impl RunActivities {
                     let bindings = Bindings { event: i.event.as_deref().cloned().unwrap_or(Json::Null), ..Default::default() };
                     match definition.flow_control.admission(&bindings, event_time_ms) {
                         Ok(admission) => {
-                            let verdict = flow::admit(&self.pool, &b.run_id, &i.definition_id, &admission).await.map_err(store_failure)?;
-                            self.metrics.flow_verdict(&i.definition_id, &verdict);
+                            let verdict = self.admit(&b.run_id, &i.definition_id, &admission).await?;
                             out.admission = Some(admission);
                             out.verdict = Some(verdict);
                         }

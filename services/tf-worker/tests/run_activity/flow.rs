@@ -228,6 +228,7 @@ tasks:
         concurrency: None,
         throttle: None,
         priority: 0,
+        singleton: None,
     };
     let ids: Vec<(String, String)> =
         sqlx::query_as("SELECT run_id, status FROM activity_runs WHERE definition_id = $1 AND dedupe_key LIKE 'a-%'")
@@ -236,8 +237,10 @@ tasks:
             .await
             .unwrap();
     for (run_id, status) in ids {
-        let verdict =
-            tf_store::flow::admit(&pool, &tf_definitions::RunId::from_workflow_id(run_id.clone()), &def_id, &admission).await.unwrap();
+        let verdict = tf_store::flow::admit(&pool, &tf_definitions::RunId::from_workflow_id(run_id.clone()), &def_id, &admission)
+            .await
+            .unwrap()
+            .verdict;
         assert_eq!(matches!(verdict, tf_store::flow::Verdict::Skip { .. }), status == "skipped", "{run_id} {status} {verdict:?}");
     }
 }
@@ -350,4 +353,90 @@ tasks:
             .unwrap();
     let error = error.unwrap_or_default();
     assert!(error.contains("budget \"nobody-declared\" is not configured on this worker (TF_BUDGETS declares: crm-api, other)"), "{error}");
+}
+
+/// singleton: with `mode: skip` a second run of an active key is skipped (another key runs);
+/// with `mode: cancel` it cancels the active run, which ends `cancelled`, and executes after it.
+#[tokio::test]
+async fn a_singleton_skips_or_replaces_the_active_run_of_its_key() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let stub = tf_testkit::http_stub::HttpStub::start().await;
+    let queue = unique("it-queue");
+    let mut defs = Vec::new();
+    for mode in ["skip", "cancel"] {
+        let def_id = unique(&format!("it-flow-single-{mode}")).to_lowercase();
+        let yaml = format!(
+            r#"
+id: {def_id}
+name: Singleton {mode}
+trigger: {{event: {{topics: [events.demo]}}}}
+flow_control: {{singleton: {{mode: {mode}, key: event.data.customer}}}}
+tasks:
+  - name: call
+    type: http
+    params: {{url: "'{base}/' + event.data.path"}}
+"#,
+            base = stub.base
+        );
+        defs.push(apply_definition(&pool, &yaml).await);
+    }
+    let w = worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_HTTP_ALLOWED_HOSTS", "127.0.0.1")]);
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    let row = |run_id: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, Option<String>)>("SELECT status, status_reason FROM activity_runs WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let called = |path: &'static str| {
+        let stub = &stub;
+        async move { stub.requests().iter().any(|r| r.contains(path)).then_some(()) }
+    };
+    for (def_id, version) in &defs {
+        let run = |key: &str| tf_temporal::DedupeKey::parse(key).unwrap().run_id(def_id, 1).to_string();
+        let start = |key: &'static str, customer: &'static str, path: String| {
+            let input = run_at(def_id, *version, key, json!({"customer": customer, "path": path}), None);
+            let (client, queue) = (client.clone(), queue.clone());
+            async move { tf_temporal::start_run(&client, &queue, input).await.unwrap() }
+        };
+        let mode = if def_id.contains("-skip") { "skip" } else { "cancel" };
+        start("first", "c", format!("hang/{mode}")).await;
+        eventually("the first run to call out", Duration::from_secs(60), || {
+            called(if mode == "skip" { "/hang/skip" } else { "/hang/cancel" })
+        })
+        .await;
+        start("second", "c", format!("ok/{mode}/second")).await;
+        start("other", "d", format!("ok/{mode}/other")).await;
+        let other = eventually("the other key's run to complete", Duration::from_secs(60), || async {
+            row(run("other")).await.filter(|(s, _)| s == "completed")
+        })
+        .await;
+        assert_eq!(other.1, None);
+        if mode == "skip" {
+            let (st, reason) = eventually("the second run to be skipped", Duration::from_secs(60), || async {
+                row(run("second")).await.filter(|(s, _)| s != "running" && s != "waiting")
+            })
+            .await;
+            assert_eq!(st, "skipped", "worker:\n{}", w.log());
+            assert_eq!(reason.unwrap(), format!("singleton: {} is active key c", run("first")));
+            assert_eq!(row(run("first")).await.unwrap().0, "running", "the active run goes on");
+            tf_temporal::run_control::cancel_run(&client, &run("first"), tf_definitions::RunStatus::Running, "end of test").await.unwrap();
+        } else {
+            let (st, _) = eventually("the second run to complete", Duration::from_secs(60), || async {
+                row(run("second")).await.filter(|(s, _)| s != "running" && s != "waiting")
+            })
+            .await;
+            assert_eq!(st, "completed", "worker:\n{}", w.log());
+            assert_eq!(row(run("first")).await.unwrap().0, "cancelled", "the new run replaced the active one");
+            let error: Option<String> =
+                sqlx::query_scalar("SELECT error FROM tasks WHERE run_id = $1").bind(run("first")).fetch_one(&pool).await.unwrap();
+            assert!(error.unwrap_or_default().contains(&format!("replaced by {} (singleton)", run("second"))));
+        }
+    }
+    assert!(!stub.requests().iter().any(|r| r.contains("/ok/skip/second")), "the skipped run called nothing");
 }
