@@ -292,7 +292,7 @@ pub async fn run_ended(pool: &sqlx::PgPool, run_id: &str, logs: &str) -> String 
     eventually(&format!("run {run_id} to end; logs:\n{logs}"), Duration::from_secs(90), || async {
         let s: Option<String> =
             sqlx::query_scalar("SELECT status FROM activity_runs WHERE run_id = $1").bind(run_id).fetch_optional(pool).await.unwrap();
-        s.filter(|s| s != "running")
+        s.filter(|s| s != "running" && s != "waiting")
     })
     .await
 }

@@ -17,8 +17,8 @@ use temporalio_common::search_attributes::{SearchAttributeKey, Timestamp as SaTi
 use temporalio_common::{RetryPolicy, UntypedWorkflow};
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
-    ActivityOptions, ChildWorkflowOptions, LocalActivityOptions, SyncWorkflowContext, WorkflowCancellationToken, WorkflowContext,
-    WorkflowContextView, WorkflowResult, WorkflowTermination,
+    ActivityOptions, CancellableFuture, ChildWorkflowOptions, LocalActivityOptions, SyncWorkflowContext, WorkflowCancellationToken,
+    WorkflowContext, WorkflowContextView, WorkflowResult, WorkflowTermination,
 };
 use tf_definitions::task_params::WorkflowParams;
 use tf_definitions::{Definition, Execution, RunId, RunStatus, TaskStatus, TaskType, TriggerKind};
@@ -232,12 +232,19 @@ impl Wakes for RunTaskWorkflow {
     }
 }
 
-/// Sleeps until woken, `after` passes or the workflow is cancelled.
+/// Sleeps until woken, `after` passes or the workflow is cancelled. A timer that did not fire is
+/// cancelled (one history event), or it would fire later into a run that is executing by then
+/// and cost a workflow task.
 async fn sleep_until_woken<W: Wakes>(ctx: &WorkflowContext<W>, after: Duration) {
     let seen = ctx.state(|s| s.wakes());
-    temporalio_sdk::workflows::select! {
-        _ = ctx.wait_condition(move |s| s.wakes() != seen) => {}
-        _ = ctx.timer(after) => {}
+    let mut timer = std::pin::pin!(ctx.timer(after));
+    let mut woken = std::pin::pin!(ctx.wait_condition(move |s| s.wakes() != seen));
+    let fired = temporalio_sdk::workflows::select! {
+        _ = woken.as_mut() => false,
+        _ = timer.as_mut() => true,
+    };
+    if !fired {
+        timer.cancel();
     }
 }
 

@@ -39,6 +39,9 @@ const SHAPES: &[(&str, &str)] = &[
     ("stays-cancelled", "the cancelled generation started again by a later event: it stays cancelled"),
     ("deduplicated", "a second execution for a claimed key: deduplicated, nothing spawned"),
     ("cron-run", "a run started by a Temporal Schedule: search attributes upserted, one kafka task"),
+    ("flow-waited", "flow control: a run that waited for a concurrency slot, woken by the releaser's signal, then executed"),
+    ("flow-skipped", "flow control: a run a rate limit skipped at its start: nothing spawned"),
+    ("flow-budget-waited", "flow control: an inline http task that waited for its shared budget, woken, then called"),
 ];
 
 fn corpus_dir() -> PathBuf {
@@ -214,6 +217,7 @@ async fn record_the_history_corpus() {
             ("TF_HTTP_ALLOWED_HOSTS", "127.0.0.1"),
             ("TF_DATASOURCE__OWN__URL", &db.url),
             ("TF_SCHEDULER_REFRESH_MS", "300"),
+            ("TF_BUDGETS", "corpus=1"),
         ],
     );
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "corpus").await.unwrap();
@@ -455,6 +459,58 @@ tasks:
     r.save("cron-run", &run, None).await;
     // The schedule outlives the test otherwise.
     let _ = client.get_schedule_handle(tf_temporal::schedules::schedule_id(cron_id)).delete(Default::default()).await;
+
+    // Flow control: a run that waits for the key's one slot, and one a rate limit skips, then a
+    // task that waits for a shared budget of one. The holder's call is held, so the other waits.
+    let held = tf_testkit::http_stub::HoldingStub::start(Duration::from_millis(1500)).await;
+    let flow = apply_definition(
+        &pool,
+        &format!(
+            r#"
+id: corpus-flow-{tag}
+name: Corpus flow
+trigger: {{event: {{topics: [events.demo]}}}}
+dedupe: {{key: event.data.order_id}}
+flow_control:
+  concurrency: {{limit: 1, key: event.data.customer}}
+  rate_limit: {{limit: 2, period: 30d, key: event.data.customer}}
+tasks:
+  - {{name: call, type: http, params: {{url: "'{hold}/g/' + event.data.order_id"}}}}
+"#,
+            hold = held.base
+        ),
+    )
+    .await;
+    let holder = r.start(&flow, "q-1", json!({"order_id": "q-1", "customer": "flow"})).await;
+    eventually("the holder's call", Duration::from_secs(60), || async { (held.peak("q-1") > 0).then_some(()) }).await;
+    let waiter = r.start(&flow, "q-2", json!({"order_id": "q-2", "customer": "flow"})).await;
+    let skipped = r.start(&flow, "q-3", json!({"order_id": "q-3", "customer": "flow"})).await;
+    assert_eq!(r.run_status(&holder).await, "completed");
+    assert_eq!(r.run_status(&waiter).await, "completed");
+    assert_eq!(r.run_status(&skipped).await, "skipped");
+    r.save("flow-waited", &waiter, None).await;
+    r.save("flow-skipped", &skipped, None).await;
+    let budget = apply_definition(
+        &pool,
+        &format!(
+            r#"
+id: corpus-budget-{tag}
+name: Corpus budget
+trigger: {{event: {{topics: [events.demo]}}}}
+dedupe: {{key: event.data.order_id}}
+tasks:
+  - {{name: call, type: http, budget: corpus, params: {{url: "'{hold}/g/' + event.data.order_id"}}}}
+"#,
+            hold = held.base
+        ),
+    )
+    .await;
+    let first = r.start(&budget, "b-1", json!({"order_id": "b-1"})).await;
+    eventually("the first budgeted call", Duration::from_secs(60), || async { (held.peak("b-1") > 0).then_some(()) }).await;
+    let second = r.start(&budget, "b-2", json!({"order_id": "b-2"})).await;
+    assert_eq!(r.run_status(&first).await, "completed");
+    assert_eq!(r.run_status(&second).await, "completed");
+    r.save("flow-budget-waited", &second, None).await;
 
     let missing: Vec<&str> = SHAPES.iter().map(|(s, _)| *s).filter(|s| !r.written.iter().any(|w| w == s)).collect();
     assert!(missing.is_empty(), "shapes not recorded: {missing:?}");
