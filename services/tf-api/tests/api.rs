@@ -1046,6 +1046,16 @@ tasks:
         (st.as_deref() == Some("awaiting_human")).then_some(())
     })
     .await;
+    // A flow-control key comes from event data too: the run holds a slot under a hostile key.
+    let hostile_key = tf_definitions::flow::Admission {
+        rate_limit: None,
+        concurrency: Some(tf_definitions::flow::SlotRequest { key: "<script>alert('key')</script>".into(), limit: 1 }),
+        throttle: None,
+        priority: 0,
+        singleton: None,
+    };
+    let run = tf_definitions::RunId::from_workflow_id(run_id.clone());
+    assert_eq!(tf_store::flow::admit(&pool, &run, &def_id, &hostile_key).await.unwrap().verdict, tf_store::flow::Verdict::Go);
     let producer: FutureProducer = tf_kafka::client_config(&s.kafka_brokers).create().unwrap();
     let headers = OwnedHeaders::new()
         .insert(Header { key: "__connect.errors.stage", value: Some("<script>alert('stage')</script>") })
@@ -1069,6 +1079,7 @@ tasks:
         (format!("/ui/definitions/{def_id}"), "name"),
         ("/ui/dead-letters".to_string(), "reason"),
         ("/ui/dead-letters".to_string(), "stage"),
+        ("/ui/limits".to_string(), "key"),
     ];
     for (url, what) in pages {
         let resp = http.get(format!("{}{url}", api.base)).header("cookie", &cookie).send().await.unwrap();
