@@ -11,6 +11,17 @@ fn run_at(def_id: &str, version: i32, key: &str, data: Json, event_time_ms: Opti
     RunInput { event_time_ms, ..tf_testkit::run_input(def_id, version, key, json!({"id": format!("e-{key}"), "type": "t", "data": data})) }
 }
 
+/// Applies a definition on `events.demo` whose one task is an http call to `url` (CEL), with
+/// `flow` as its flow_control block (empty for none) and `task` as more fields of the task.
+async fn calling(pool: &sqlx::PgPool, prefix: &str, flow: &str, url: &str, task: &str) -> (String, i32) {
+    let def_id = unique(prefix).to_lowercase();
+    let flow = if flow.is_empty() { String::new() } else { format!("flow_control: {flow}\n") };
+    let yaml = format!(
+        "id: {def_id}\nname: {prefix}\ntrigger: {{event: {{topics: [events.demo]}}}}\n{flow}tasks:\n  - {{name: call, type: http, {task}params: {{url: \"{url}\"}}}}\n"
+    );
+    apply_definition(pool, &yaml).await
+}
+
 async fn count_by_status(pool: &sqlx::PgPool, def_id: &str) -> HashMap<String, i64> {
     let rows: Vec<(String, i64)> = sqlx::query_as("SELECT status, count(*) FROM activity_runs WHERE definition_id = $1 GROUP BY status")
         .bind(def_id)
@@ -37,21 +48,8 @@ async fn concurrency_per_key_holds_across_two_workers_and_a_sigkill() {
     let (db, pool) = FreshDatabase::migrated(&s).await;
     let stub = HoldingStub::start(Duration::from_millis(300)).await;
     let queue = unique("it-queue");
-    let def_id = unique("it-flow-conc").to_lowercase();
-    let yaml = format!(
-        r#"
-id: {def_id}
-name: Concurrency
-trigger: {{event: {{topics: [events.demo]}}}}
-flow_control: {{concurrency: {{limit: 2, key: event.data.customer}}}}
-tasks:
-  - name: call
-    type: http
-    params: {{url: "'{base}/g/' + event.data.customer"}}
-"#,
-        base = stub.base
-    );
-    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let url = format!("'{}/g/' + event.data.customer", stub.base);
+    let (def_id, version) = calling(&pool, "it-flow-conc", "{concurrency: {limit: 2, key: event.data.customer}}", &url, "").await;
     let env = [("TF_NO_RELAY", "true"), ("TF_HTTP_ALLOWED_HOSTS", "127.0.0.1")];
     let mut doomed = worker(&db.url, &queue, &env);
     let survivor = worker(&db.url, &queue, &env);
@@ -105,21 +103,9 @@ async fn a_waiting_run_says_why_and_cancelling_runs_moves_the_queue_on() {
     let (db, pool) = FreshDatabase::migrated(&s).await;
     let stub = tf_testkit::http_stub::HttpStub::start().await;
     let queue = unique("it-queue");
-    let def_id = unique("it-flow-wait").to_lowercase();
-    let yaml = format!(
-        r#"
-id: {def_id}
-name: Waiting
-trigger: {{event: {{topics: [events.demo]}}}}
-flow_control: {{concurrency: {{limit: 1}}, priority: event.data.priority}}
-tasks:
-  - name: call
-    type: http
-    params: {{url: "'{base}/' + event.data.path"}}
-"#,
-        base = stub.base
-    );
-    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let url = format!("'{}/' + event.data.path", stub.base);
+    let flow = "{concurrency: {limit: 1}, priority: event.data.priority}";
+    let (def_id, version) = calling(&pool, "it-flow-wait", flow, &url, "").await;
     let w = worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_HTTP_ALLOWED_HOSTS", "127.0.0.1")]);
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
     let run = |key: &str| tf_temporal::DedupeKey::parse(key).unwrap().run_id(&def_id, 1).to_string();
@@ -255,21 +241,8 @@ async fn a_throttle_spaces_starts_and_drops_none() {
     let (db, pool) = FreshDatabase::migrated(&s).await;
     let stub = HoldingStub::start(Duration::from_millis(1)).await;
     let queue = unique("it-queue");
-    let def_id = unique("it-flow-throttle").to_lowercase();
-    let yaml = format!(
-        r#"
-id: {def_id}
-name: Throttle
-trigger: {{event: {{topics: [events.demo]}}}}
-flow_control: {{throttle: {{limit: 10, period: 1s}}}}
-tasks:
-  - name: call
-    type: http
-    params: {{url: "'{base}/g/all'"}}
-"#,
-        base = stub.base
-    );
-    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let url = format!("'{}/g/all'", stub.base);
+    let (def_id, version) = calling(&pool, "it-flow-throttle", "{throttle: {limit: 10, period: 1s}}", &url, "").await;
     let w = worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_HTTP_ALLOWED_HOSTS", "127.0.0.1")]);
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
     for n in 0..40 {
@@ -309,23 +282,10 @@ async fn a_shared_budget_caps_calls_across_definitions_and_workers() {
     let stub = HoldingStub::start(Duration::from_millis(200)).await;
     let queue = unique("it-queue");
     let mut defs = Vec::new();
+    let url = format!("'{}/g/crm'", stub.base);
     for (name, budget) in [("a", "crm-api"), ("b", "crm-api"), ("c", "nobody-declared")] {
-        let def_id = unique(&format!("it-flow-budget-{name}")).to_lowercase();
-        let yaml = format!(
-            r#"
-id: {def_id}
-name: Budget {name}
-trigger: {{event: {{topics: [events.demo]}}}}
-tasks:
-  - name: call
-    type: http
-    budget: {budget}
-    for_each: "[1, 2]"
-    params: {{url: "'{base}/g/crm'"}}
-"#,
-            base = stub.base
-        );
-        defs.push(apply_definition(&pool, &yaml).await);
+        let task = format!("budget: {budget}, for_each: '[1, 2]', ");
+        defs.push(calling(&pool, &format!("it-flow-budget-{name}"), "", &url, &task).await);
     }
     let env = [("TF_NO_RELAY", "true"), ("TF_HTTP_ALLOWED_HOSTS", "127.0.0.1"), ("TF_BUDGETS", "crm-api=3, other=1")];
     let w1 = worker(&db.url, &queue, &env);
@@ -364,22 +324,10 @@ async fn a_singleton_skips_or_replaces_the_active_run_of_its_key() {
     let stub = tf_testkit::http_stub::HttpStub::start().await;
     let queue = unique("it-queue");
     let mut defs = Vec::new();
+    let url = format!("'{}/' + event.data.path", stub.base);
     for mode in ["skip", "cancel"] {
-        let def_id = unique(&format!("it-flow-single-{mode}")).to_lowercase();
-        let yaml = format!(
-            r#"
-id: {def_id}
-name: Singleton {mode}
-trigger: {{event: {{topics: [events.demo]}}}}
-flow_control: {{singleton: {{mode: {mode}, key: event.data.customer}}}}
-tasks:
-  - name: call
-    type: http
-    params: {{url: "'{base}/' + event.data.path"}}
-"#,
-            base = stub.base
-        );
-        defs.push(apply_definition(&pool, &yaml).await);
+        let flow = format!("{{singleton: {{mode: {mode}, key: event.data.customer}}}}");
+        defs.push(calling(&pool, &format!("it-flow-single-{mode}"), &flow, &url, "").await);
     }
     let w = worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_HTTP_ALLOWED_HOSTS", "127.0.0.1")]);
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
