@@ -183,11 +183,22 @@ pub const WHOLE_DEFINITION: &str = "";
 #[error("flow_control: {0}")]
 pub struct AdmissionError(String);
 
+/// The longest key kept as written; longer ones (and any with control characters, which
+/// PostgreSQL text may refuse) are kept as their SHA-256, so a hostile event's key still
+/// names one key and fits an index entry.
+pub const MAX_KEY_BYTES: usize = 200;
+
 fn key_of(expr: &Option<Expr>, bindings: &Bindings) -> Result<String, AdmissionError> {
-    match expr {
-        None => Ok(WHOLE_DEFINITION.to_string()),
-        Some(e) => e.eval_string(bindings).map_err(|e| AdmissionError(e.to_string())),
+    let key = match expr {
+        None => return Ok(WHOLE_DEFINITION.to_string()),
+        Some(e) => e.eval_string(bindings).map_err(|e| AdmissionError(e.to_string()))?,
+    };
+    if key.len() <= MAX_KEY_BYTES && !key.chars().any(char::is_control) {
+        return Ok(key);
     }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    Ok(format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>()))
 }
 
 impl FlowControl {
@@ -371,6 +382,21 @@ mod tests {
         let d = definition("").unwrap();
         assert!(d.flow_control.is_empty());
         assert!(d.spec_json().get("flow_control").is_none(), "the stored spec of older definitions is unchanged");
+    }
+
+    #[test]
+    fn long_or_control_character_keys_are_kept_as_their_hash() {
+        let d = definition("flow_control: {concurrency: {limit: 1, key: event.data.k}}").unwrap();
+        let key = |k: &str| {
+            let b = Bindings { event: serde_json::json!({"data": {"k": k}}), ..Default::default() };
+            d.flow_control.admission(&b, 0).unwrap().concurrency.unwrap().key
+        };
+        assert_eq!(key("c-1"), "c-1");
+        let long = "x".repeat(5_000);
+        assert!(key(&long).starts_with("sha256:") && key(&long).len() == 71, "{}", key(&long));
+        assert_eq!(key(&long), key(&long), "one key for one value");
+        assert_ne!(key(&long), key(&"y".repeat(5_000)));
+        assert!(key("a\u{0}b").starts_with("sha256:"));
     }
 
     #[test]
