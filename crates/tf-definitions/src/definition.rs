@@ -9,9 +9,10 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
+use crate::checker::Checker;
+pub use crate::checker::FieldError;
 use crate::cron::CronSchedule;
 use crate::document::{ContextSourceDoc, Document, Execution, HttpSourceDoc, OnTimeout, Overlap, TaskDoc, TaskType, TriggerDoc};
-use crate::duration;
 use crate::expr::Expr;
 use crate::flow::FlowControl;
 
@@ -182,19 +183,6 @@ impl Default for RetryPolicy {
     }
 }
 
-/// One problem in a document.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub path: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for FieldError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
 /// Every problem of one document, named by where it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct InvalidDefinition {
@@ -215,50 +203,6 @@ impl std::fmt::Display for InvalidDefinition {
 pub const DEFAULT_DEDUPE_KEY: &str = "event.id";
 pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(86_400);
 pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(300);
-
-pub(crate) struct Checker {
-    errors: Vec<FieldError>,
-}
-
-impl Checker {
-    pub(crate) fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(FieldError { path: path.into(), message: message.into() });
-    }
-
-    /// Compiles an expression that may not call `secret()`: its value is stored or published.
-    pub(crate) fn expr(&mut self, path: String, source: &str) -> Option<Expr> {
-        let e = self.expr_with_secrets(path.clone(), source)?;
-        if e.uses_secret() {
-            self.fail(
-                path,
-                "secret() may only be used in `headers` of http sources and tasks (other values are stored in run history and results)",
-            );
-            return None;
-        }
-        Some(e)
-    }
-
-    fn expr_with_secrets(&mut self, path: String, source: &str) -> Option<Expr> {
-        match Expr::compile(path.clone(), source) {
-            Ok(e) => Some(e),
-            Err(e) => {
-                self.fail(path, format!("line {} column {}: {}", e.line, e.column, e.message));
-                None
-            }
-        }
-    }
-
-    fn duration(&mut self, path: &str, text: Option<&str>, default: Duration) -> Duration {
-        match text.map(duration::parse) {
-            None => default,
-            Some(Ok(d)) => d,
-            Some(Err(e)) => {
-                self.fail(path, e);
-                default
-            }
-        }
-    }
-}
 
 /// The deepest `[ ]` / `{ }` nesting a definition may have; real ones use a handful.
 const MAX_FLOW_NESTING: usize = 64;

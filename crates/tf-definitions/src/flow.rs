@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use crate::definition::Checker;
+use crate::checker::Checker;
 use crate::duration;
 use crate::expr::{Bindings, Expr};
 

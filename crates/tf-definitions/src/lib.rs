@@ -2,6 +2,7 @@
 //! templates. A YAML [`Document`] is parsed into a [`Definition`] whose every CEL expression is
 //! already compiled, so holding a `Definition` means it is valid.
 
+mod checker;
 pub mod cron;
 pub mod dedupe;
 pub mod definition;

@@ -53,7 +53,7 @@ pub async fn admit(pool: &PgPool, run_id: &RunId, definition_id: &str, a: &Admis
         && !rate_limit(pool, run_id, definition_id, r).await?
     {
         let reason = format!("rate_limited {}/{}{}", r.limit, period_text(r.period_ms), with_key(&r.key));
-        crate::runs::skip(pool, run_id, &reason).await?;
+        skip_run(pool, run_id, &reason).await?;
         return Ok(Verdict::Skip { reason }.into());
     }
     if let Some(s) = &a.singleton {
@@ -61,12 +61,12 @@ pub async fn admit(pool: &PgPool, run_id: &RunId, definition_id: &str, a: &Admis
             Single::Active => {}
             Single::Skip { active } => {
                 let reason = format!("singleton: {active} is active{}", with_key(&s.key));
-                crate::runs::skip(pool, run_id, &reason).await?;
+                skip_run(pool, run_id, &reason).await?;
                 return Ok(Verdict::Skip { reason }.into());
             }
             Single::Replacing { older } => {
                 let reason = format!("singleton: replacing {}{}", older.join(", "), with_key(&s.key));
-                crate::runs::set_waiting(pool, run_id, &reason).await?;
+                set_waiting(pool, run_id, &reason).await?;
                 return Ok(Admitted { verdict: Verdict::Wait { reason, retry_in_ms: None }, cancel: older });
             }
         }
@@ -82,7 +82,7 @@ pub async fn admit(pool: &PgPool, run_id: &RunId, definition_id: &str, a: &Admis
         };
         if let Slot::Waiting { held, ahead } = take_slot(pool, &take).await? {
             let reason = format!("concurrency {held}/{}{}, {ahead} ahead", c.limit, with_key(&c.key));
-            crate::runs::set_waiting(pool, run_id, &reason).await?;
+            set_waiting(pool, run_id, &reason).await?;
             return Ok(Verdict::Wait { reason, retry_in_ms: None }.into());
         }
     }
@@ -90,11 +90,11 @@ pub async fn admit(pool: &PgPool, run_id: &RunId, definition_id: &str, a: &Admis
         let wait_ms = schedule_start(pool, &limit_name("throttle", definition_id), t, run_id).await?;
         if wait_ms > 0 {
             let reason = format!("throttle {}/{}{}, starts in {wait_ms} ms", t.limit, period_text(t.period_ms), with_key(&t.key));
-            crate::runs::set_waiting(pool, run_id, &reason).await?;
+            set_waiting(pool, run_id, &reason).await?;
             return Ok(Verdict::Wait { reason, retry_in_ms: Some(wait_ms) }.into());
         }
     }
-    crate::runs::set_admitted(pool, run_id).await?;
+    set_admitted(pool, run_id).await?;
     Ok(Verdict::Go.into())
 }
 
@@ -179,6 +179,44 @@ async fn singleton(pool: &PgPool, run_id: &RunId, definition_id: &str, s: &Singl
     };
     tx.commit().await?;
     Ok(single)
+}
+
+/// Records why a live run waits.
+async fn set_waiting(pool: &PgPool, run_id: &RunId, reason: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE activity_runs SET status = 'waiting', status_reason = $2
+         WHERE run_id = $1 AND status IN ('running', 'waiting') AND status_reason IS DISTINCT FROM $2",
+    )
+    .bind(run_id)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records that flow control let a live run execute, and when.
+async fn set_admitted(pool: &PgPool, run_id: &RunId) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE activity_runs SET status = 'running', status_reason = NULL, admitted_at = clock_timestamp()
+         WHERE run_id = $1 AND status IN ('running', 'waiting')",
+    )
+    .bind(run_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records a run a rate limit turned away: ended, `skipped`, with the reason.
+async fn skip_run(pool: &PgPool, run_id: &RunId, reason: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE activity_runs SET status = 'skipped', status_reason = $2, finished_at = now()
+         WHERE run_id = $1 AND status IN ('running', 'waiting')",
+    )
+    .bind(run_id)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Takes a slot of a shared budget for a task while it executes (`budget:` on its template).

@@ -191,44 +191,6 @@ pub async fn finish_run(pool: &PgPool, run_id: &RunId, status: RunStatus) -> Res
     Ok(Finished { ended, released })
 }
 
-/// Records why a live run waits.
-pub async fn set_waiting(pool: &PgPool, run_id: &RunId, reason: &str) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE activity_runs SET status = 'waiting', status_reason = $2
-         WHERE run_id = $1 AND status IN ('running', 'waiting') AND status_reason IS DISTINCT FROM $2",
-    )
-    .bind(run_id)
-    .bind(reason)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-/// Records that flow control let a live run execute, and when.
-pub async fn set_admitted(pool: &PgPool, run_id: &RunId) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE activity_runs SET status = 'running', status_reason = NULL, admitted_at = clock_timestamp()
-         WHERE run_id = $1 AND status IN ('running', 'waiting')",
-    )
-    .bind(run_id)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-/// Records a run a rate limit turned away: ended, `skipped`, with the reason.
-pub async fn skip(pool: &PgPool, run_id: &RunId, reason: &str) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE activity_runs SET status = 'skipped', status_reason = $2, finished_at = now()
-         WHERE run_id = $1 AND status IN ('running', 'waiting')",
-    )
-    .bind(run_id)
-    .bind(reason)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
 /// Runs recorded `running` that began more than `older_than` ago, oldest first: (run id, the
 /// execution that runs it). The reconciler asks Temporal about each.
 pub async fn running_since(pool: &PgPool, older_than: std::time::Duration, limit: i64) -> Result<Vec<(RunId, String)>, StoreError> {
