@@ -34,6 +34,20 @@ pub struct FlowControlDoc {
     /// One active run per key: a new run is skipped, or cancels the active one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub singleton: Option<SingletonDoc>,
+    /// A burst of runs of a key executes once, with its last event, after `period` without a
+    /// new one (or `max_wait` after the burst began); the others end skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<DebounceDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebounceDoc {
+    pub period: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +111,14 @@ pub struct FlowControl {
     pub rate_limit: Option<RateLimit>,
     pub priority: Option<Expr>,
     pub singleton: Option<Singleton>,
+    pub debounce: Option<Debounce>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Debounce {
+    pub period: Duration,
+    pub max_wait: Option<Duration>,
+    pub key: Option<Expr>,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +158,19 @@ pub struct Admission {
     pub priority: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub singleton: Option<SingletonAt>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<DebounceAt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DebounceAt {
+    pub key: String,
+    pub period_ms: u64,
+    /// `None`: a burst may go on as long as events keep coming.
+    pub max_wait_ms: Option<u64>,
+    /// The run's event time: of a burst's runs, the one with the latest event executes (runs
+    /// begin in no particular order).
+    pub event_time_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,7 +238,11 @@ fn key_of(expr: &Option<Expr>, bindings: &Bindings) -> Result<String, AdmissionE
 
 impl FlowControl {
     pub fn is_empty(&self) -> bool {
-        self.concurrency.is_none() && self.throttle.is_none() && self.rate_limit.is_none() && self.singleton.is_none()
+        self.concurrency.is_none()
+            && self.throttle.is_none()
+            && self.rate_limit.is_none()
+            && self.singleton.is_none()
+            && self.debounce.is_none()
     }
 
     /// Evaluates the keys and priority for one run. `event_time_ms` places it in a rate-limit
@@ -245,7 +284,16 @@ impl FlowControl {
             None => None,
             Some(s) => Some(SingletonAt { key: key_of(&s.key, bindings)?, mode: s.mode }),
         };
-        Ok(Admission { rate_limit, concurrency, throttle, priority, singleton })
+        let debounce = match &self.debounce {
+            None => None,
+            Some(d) => Some(DebounceAt {
+                key: key_of(&d.key, bindings)?,
+                period_ms: d.period.as_millis() as u64,
+                max_wait_ms: d.max_wait.map(|w| w.as_millis() as u64),
+                event_time_ms,
+            }),
+        };
+        Ok(Admission { rate_limit, concurrency, throttle, priority, singleton, debounce })
     }
 }
 
@@ -313,7 +361,29 @@ pub(crate) fn check(c: &mut Checker, doc: &FlowControlDoc) -> FlowControl {
         .singleton
         .as_ref()
         .map(|s| Singleton { mode: s.mode, key: s.key.as_deref().and_then(|k| c.expr("flow_control.singleton.key".into(), k)) });
-    FlowControl { concurrency, throttle, rate_limit, priority, singleton }
+    let debounce = doc.debounce.as_ref().map(|d| {
+        let period = period(c, "debounce", &d.period, Duration::from_millis(1));
+        let max_wait = d.max_wait.as_deref().map(|w| {
+            let field = "flow_control.debounce.max_wait";
+            match duration::parse(w) {
+                Ok(m) if m < period => {
+                    c.fail(field, "must be at least the period (a burst waits one quiet period at least)");
+                    m
+                }
+                Ok(m) if m > Duration::from_secs(30 * 86_400) => {
+                    c.fail(field, "must be at most 30d");
+                    m
+                }
+                Ok(m) => m,
+                Err(e) => {
+                    c.fail(field, e);
+                    period
+                }
+            }
+        });
+        Debounce { period, max_wait, key: d.key.as_deref().and_then(|k| c.expr("flow_control.debounce.key".into(), k)) }
+    });
+    FlowControl { concurrency, throttle, rate_limit, priority, singleton, debounce }
 }
 
 #[cfg(test)]
@@ -349,6 +419,8 @@ mod tests {
         }
         assert!(errors("flow_control: {priority: '1'}")[0].starts_with("flow_control.priority: orders the runs waiting"));
         assert!(errors("flow_control: {concurrency: {limit: 1}, burst: 2}")[0].contains("unknown field `burst`"));
+        let e = errors("flow_control: {debounce: {period: 2s, max_wait: 1s}}");
+        assert!(e[0].starts_with("flow_control.debounce.max_wait: must be at least the period"), "{e:?}");
         assert!(
             errors("flow_control: {singleton: {mode: replace}}")[0].contains("unknown variant `replace`"),
             "{:?}",

@@ -85,6 +85,8 @@ fn the_reference_names_every_field_task_type_and_param() {
         "budget",
         "singleton",
         "mode",
+        "debounce",
+        "max_wait",
     ];
     for f in fields {
         assert!(REFERENCE.contains(&format!("`{f}`")), "docs/definitions.md does not describe `{f}`");

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use tf_definitions::RunId;
-use tf_definitions::flow::{Admission, RateLimitAt, SingletonAt, SingletonMode, SlotRequest, Spacing, WHOLE_DEFINITION};
+use tf_definitions::flow::{Admission, DebounceAt, RateLimitAt, SingletonAt, SingletonMode, SlotRequest, Spacing, WHOLE_DEFINITION};
 
 use crate::{PgPool, StoreError};
 
@@ -55,6 +55,22 @@ pub async fn admit(pool: &PgPool, run_id: &RunId, definition_id: &str, a: &Admis
         let reason = format!("rate_limited {}/{}{}", r.limit, period_text(r.period_ms), with_key(&r.key));
         skip_run(pool, run_id, &reason).await?;
         return Ok(Verdict::Skip { reason }.into());
+    }
+    if let Some(d) = &a.debounce {
+        match debounce(pool, run_id, definition_id, d).await? {
+            Burst::Due => {}
+            Burst::Quiet { in_ms } => {
+                let reason =
+                    format!("debounce {}: runs in {in_ms} ms unless a newer event comes{}", period_text(d.period_ms), with_key(&d.key));
+                set_waiting(pool, run_id, &reason).await?;
+                return Ok(Verdict::Wait { reason, retry_in_ms: Some(in_ms) }.into());
+            }
+            Burst::Superseded { by } => {
+                let reason = format!("debounced: {by} is newer{}", with_key(&d.key));
+                skip_run(pool, run_id, &reason).await?;
+                return Ok(Verdict::Skip { reason }.into());
+            }
+        }
     }
     if let Some(s) = &a.singleton {
         match singleton(pool, run_id, definition_id, s).await? {
@@ -110,6 +126,122 @@ impl From<Verdict> for Admitted {
     fn from(verdict: Verdict) -> Admitted {
         Admitted { verdict, cancel: Vec::new() }
     }
+}
+
+enum Burst {
+    /// This run is its burst's latest and the burst is due: it executes.
+    Due,
+    /// This run is the latest so far; the burst is due in `in_ms`.
+    Quiet { in_ms: u64 },
+    /// A newer run of the burst took over; this one is skipped.
+    Superseded { by: String },
+}
+
+/// Debounce: the runs of a key that begin less than `period` apart form a burst, and only the
+/// run of its latest event (event time) executes, once `period` passed without a newer one (or `max_wait` after the burst
+/// began). Periods are measured on PostgreSQL's clock when runs begin, not in event time: a
+/// quiet period is about arrivals. Each run's first look is told apart from a later one by its
+/// row under the limit, so a retried look neither restarts the burst nor loses its turn.
+async fn debounce(pool: &PgPool, run_id: &RunId, definition_id: &str, d: &DebounceAt) -> Result<Burst, StoreError> {
+    let limit = limit_name("debounce", definition_id);
+    let mut tx = pool.begin().await?;
+    lock_key(&mut tx, &limit, &d.key, 0).await?;
+    let first_look = sqlx::query(
+        "INSERT INTO flow_slots (flow_limit, key, holder, run_id, wake) VALUES ($1, $2, $3, $3, $3)
+         ON CONFLICT (flow_limit, key, holder) DO NOTHING",
+    )
+    .bind(&limit)
+    .bind(&d.key)
+    .bind(run_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let (now_ms, went): (f64, bool) = sqlx::query_as(
+        "SELECT extract(epoch FROM clock_timestamp())::float8 * 1000,
+                coalesce((SELECT granted_at IS NOT NULL FROM flow_slots WHERE flow_limit = $1 AND key = $2 AND holder = $3), false)",
+    )
+    .bind(&limit)
+    .bind(&d.key)
+    .bind(run_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if went {
+        return Ok(Burst::Due);
+    }
+    let open: Option<(String, i64, f64, f64)> = sqlx::query_as(
+        "SELECT latest_run, latest_event_ms, extract(epoch FROM started_at)::float8 * 1000, extract(epoch FROM last_event_at)::float8 * 1000
+         FROM flow_bursts WHERE flow_limit = $1 AND key = $2",
+    )
+    .bind(&limit)
+    .bind(&d.key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (latest, started_ms, last_ms) = match (open, first_look) {
+        (None, true) => {
+            sqlx::query(
+                "INSERT INTO flow_bursts (flow_limit, key, latest_run, latest_event_ms, started_at, last_event_at)
+                 VALUES ($1, $2, $3, $4, to_timestamp($5::float8 / 1000), to_timestamp($5::float8 / 1000))",
+            )
+            .bind(&limit)
+            .bind(&d.key)
+            .bind(run_id)
+            .bind(d.event_time_ms)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            (run_id.to_string(), now_ms, now_ms)
+        }
+        // A new run of an open burst: every arrival restarts the quiet period; the run becomes
+        // the latest unless an event later in event time is already in (ties: the newcomer).
+        (Some((latest, latest_event_ms, started_ms, _)), true) => {
+            let newer = d.event_time_ms >= latest_event_ms;
+            sqlx::query(
+                "UPDATE flow_bursts SET last_event_at = to_timestamp($5::float8 / 1000),
+                        latest_run = CASE WHEN $6 THEN $3 ELSE latest_run END,
+                        latest_event_ms = CASE WHEN $6 THEN $4 ELSE latest_event_ms END
+                 WHERE flow_limit = $1 AND key = $2",
+            )
+            .bind(&limit)
+            .bind(&d.key)
+            .bind(run_id)
+            .bind(d.event_time_ms)
+            .bind(now_ms)
+            .bind(newer)
+            .execute(&mut *tx)
+            .await?;
+            (if newer { run_id.to_string() } else { latest }, started_ms, now_ms)
+        }
+        (Some((latest, _, started_ms, last_ms)), false) => (latest, started_ms, last_ms),
+        // Looked before, and the burst is gone: a newer run of it executed.
+        (None, false) => (String::from("a newer run of its burst"), now_ms, now_ms),
+    };
+    let burst = if latest != run_id.as_str() {
+        sqlx::query("DELETE FROM flow_slots WHERE flow_limit = $1 AND key = $2 AND holder = $3")
+            .bind(&limit)
+            .bind(&d.key)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        Burst::Superseded { by: latest }
+    } else {
+        let quiet_at = last_ms + d.period_ms as f64;
+        let due_ms = d.max_wait_ms.map_or(quiet_at, |w| quiet_at.min(started_ms + w as f64));
+        if now_ms >= due_ms {
+            sqlx::query("UPDATE flow_slots SET granted_at = clock_timestamp() WHERE flow_limit = $1 AND key = $2 AND holder = $3")
+                .bind(&limit)
+                .bind(&d.key)
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM flow_bursts WHERE flow_limit = $1 AND key = $2").bind(&limit).bind(&d.key).execute(&mut *tx).await?;
+            Burst::Due
+        } else {
+            Burst::Quiet { in_ms: (due_ms - now_ms).ceil().max(1.0) as u64 }
+        }
+    };
+    tx.commit().await?;
+    Ok(burst)
 }
 
 enum Single {
@@ -434,7 +566,8 @@ async fn next_waiters(tx: &mut PgConnection, mut freed: Vec<(String, String)>) -
     freed.sort();
     freed.dedup();
     let mut wake = Vec::new();
-    for (limit, key) in freed.into_iter().filter(|(limit, _)| !limit.starts_with("throttle:")) {
+    // Throttled starts and debounced bursts wait on their own timers, not for a slot.
+    for (limit, key) in freed.into_iter().filter(|(limit, _)| !limit.starts_with("throttle:") && !limit.starts_with("debounce:")) {
         let next: Vec<String> = sqlx::query_scalar(&format!(
             "SELECT s.wake FROM flow_slots s {LIVE}
              WHERE s.flow_limit = $1 AND s.key = $2 AND s.granted_at IS NULL

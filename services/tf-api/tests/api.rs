@@ -1053,6 +1053,7 @@ tasks:
         throttle: None,
         priority: 0,
         singleton: None,
+        debounce: None,
     };
     let run = tf_definitions::RunId::from_workflow_id(run_id.clone());
     assert_eq!(tf_store::flow::admit(&pool, &run, &def_id, &hostile_key).await.unwrap().verdict, tf_store::flow::Verdict::Go);

@@ -374,6 +374,7 @@ async fn every_command_answers_json_and_both_modes_answer_alike() {
         throttle: None,
         priority: 0,
         singleton: None,
+        debounce: None,
     };
     let admitted = tf_store::flow::admit(&pool, &running, "signup-welcome", &one_at_a_time).await.unwrap().verdict;
     assert_eq!(admitted, tf_store::flow::Verdict::Go);

@@ -236,7 +236,7 @@ impl Wakes for RunTaskWorkflow {
 /// cancelled (one history event), or it would fire later into a run that is executing by then
 /// and cost a workflow task.
 async fn sleep_until_woken<W: Wakes>(ctx: &WorkflowContext<W>, after: Duration) {
-    let seen = ctx.state(|s| s.wakes());
+    let seen = ctx.state(Wakes::wakes);
     let mut timer = std::pin::pin!(ctx.timer(after));
     let mut woken = std::pin::pin!(ctx.wait_condition(move |s| s.wakes() != seen));
     let fired = temporalio_sdk::workflows::select! {

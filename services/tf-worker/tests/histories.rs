@@ -42,6 +42,7 @@ const SHAPES: &[(&str, &str)] = &[
     ("flow-waited", "flow control: a run that waited for a concurrency slot, woken by the releaser's signal, then executed"),
     ("flow-skipped", "flow control: a run a rate limit skipped at its start: nothing spawned"),
     ("flow-budget-waited", "flow control: an inline http task that waited for its shared budget, woken, then called"),
+    ("flow-debounced", "flow control: a run that waited on its own timer (a debounce's quiet period), then executed"),
 ];
 
 fn corpus_dir() -> PathBuf {
@@ -511,6 +512,24 @@ tasks:
     assert_eq!(r.run_status(&first).await, "completed");
     assert_eq!(r.run_status(&second).await, "completed");
     r.save("flow-budget-waited", &second, None).await;
+    let quiet = apply_definition(
+        &pool,
+        &format!(
+            r#"
+id: corpus-debounce-{tag}
+name: Corpus debounce
+trigger: {{event: {{topics: [events.demo]}}}}
+dedupe: {{key: event.data.order_id}}
+flow_control: {{debounce: {{period: 500ms}}}}
+tasks:
+  - {{name: note, type: kafka, params: {{topic: "'{sink}'", value: "'debounced'"}}}}
+"#
+        ),
+    )
+    .await;
+    let run = r.start(&quiet, "d-1", json!({"order_id": "d-1"})).await;
+    assert_eq!(r.run_status(&run).await, "completed");
+    r.save("flow-debounced", &run, None).await;
 
     let missing: Vec<&str> = SHAPES.iter().map(|(s, _)| *s).filter(|s| !r.written.iter().any(|w| w == s)).collect();
     assert!(missing.is_empty(), "shapes not recorded: {missing:?}");

@@ -220,6 +220,7 @@ tasks:
         throttle: None,
         priority: 0,
         singleton: None,
+        debounce: None,
     };
     let ids: Vec<(String, String)> =
         sqlx::query_as("SELECT run_id, status FROM activity_runs WHERE definition_id = $1 AND dedupe_key LIKE 'a-%'")
@@ -392,4 +393,55 @@ async fn a_singleton_skips_or_replaces_the_active_run_of_its_key() {
         }
     }
     assert!(!stub.requests().iter().any(|r| r.contains("/ok/skip/second")), "the skipped run called nothing");
+}
+
+/// debounce: 50 events of one key within a second start one run, with the last event, once 2 s
+/// passed without another; the other 49 end skipped with the reason. With `max_wait`, a burst
+/// that never pauses (an event every 300 ms for 4 s, period 1 s) still runs before it ends.
+#[tokio::test]
+async fn a_debounce_runs_a_burst_once_with_its_last_event_and_max_wait_bounds_an_endless_one() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let stub = tf_testkit::http_stub::HttpStub::start().await;
+    let queue = unique("it-queue");
+    let url = format!("'{}/n/' + string(event.data.n)", stub.base);
+    let quiet = calling(&pool, "it-flow-debounce", "{debounce: {period: 2s, key: event.data.customer}}", &url, "").await;
+    let endless = calling(&pool, "it-flow-debounce-max", "{debounce: {period: 1s, max_wait: 2s}}", &url, "").await;
+    let w = worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_HTTP_ALLOWED_HOSTS", "127.0.0.1")]);
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    // Event times one apart; the runs begin in whatever order the worker takes them.
+    for n in 0..50 {
+        let input = run_at(&quiet.0, quiet.1, &format!("d-{n}"), json!({"customer": "c", "n": n}), Some(1_700_000_000_000 + n));
+        tf_temporal::start_run(&client, &queue, input).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    all_done(&pool, &quiet.0, 50, &w.log()).await;
+    let by = count_by_status(&pool, &quiet.0).await;
+    assert_eq!((by.get("completed"), by.get("skipped")), (Some(&1), Some(&49)), "{by:?}");
+    let ran: String = sqlx::query_scalar("SELECT dedupe_key FROM activity_runs WHERE definition_id = $1 AND status = 'completed'")
+        .bind(&quiet.0)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(ran, "d-49", "the burst ran with its last event");
+    assert_eq!(stub.requests().iter().filter(|r| r.contains("/n/")).count(), 1);
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT status_reason FROM activity_runs WHERE definition_id = $1 AND status = 'skipped'")
+            .bind(&quiet.0)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(reasons.iter().all(|r| r.starts_with("debounced: ") && r.ends_with(" is newer key c")), "{reasons:?}");
+
+    for n in 0..14 {
+        let input = run_at(&endless.0, endless.1, &format!("e-{n}"), json!({"n": n}), None);
+        tf_temporal::start_run(&client, &queue, input).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    all_done(&pool, &endless.0, 14, &w.log()).await;
+    let by = count_by_status(&pool, &endless.0).await;
+    let completed = by.get("completed").copied().unwrap_or(0);
+    println!("debounce: an endless burst of 14 events over ~4.2 s (period 1 s, max_wait 2 s) ran {completed} time(s)");
+    assert!(completed >= 2, "max_wait let the never-pausing burst run before it ended: {by:?}");
+    assert_eq!(completed + by.get("skipped").copied().unwrap_or(0), 14, "{by:?}");
 }
