@@ -22,6 +22,8 @@ impl std::fmt::Display for FieldError {
 
 pub(crate) struct Checker {
     pub(crate) errors: Vec<FieldError>,
+    /// The definition batches events (`flow_control.batch`): its tasks may read `events`.
+    pub(crate) batched: bool,
 }
 
 impl Checker {
@@ -44,6 +46,15 @@ impl Checker {
 
     pub(crate) fn expr_with_secrets(&mut self, path: String, source: &str) -> Option<Expr> {
         match Expr::compile(path.clone(), source) {
+            Ok(e) if e.uses_variable("events") && !(self.batched && path.starts_with("tasks[")) => {
+                let why = if path.starts_with("tasks[") {
+                    "`events` is set only in a batched definition (flow_control.batch)"
+                } else {
+                    "`events` is seen by the tasks of a batched definition only"
+                };
+                self.fail(path, why);
+                None
+            }
             Ok(e) => Some(e),
             Err(e) => {
                 self.fail(path, format!("line {} column {}: {}", e.line, e.column, e.message));

@@ -273,7 +273,7 @@ impl Definition {
 
     /// Checks and compiles a document; all problems are returned together.
     pub fn parse(document: Document) -> Result<Definition, Vec<FieldError>> {
-        let mut c = Checker { errors: Vec::new() };
+        let mut c = Checker { errors: Vec::new(), batched: document.flow_control.batch.is_some() };
         let d = &document;
         let id_ok = !d.id.is_empty()
             && d.id.len() <= 128

@@ -9,8 +9,9 @@ use cel::{Context, Env, Program};
 use serde::Serialize;
 use serde_json::Value as Json;
 
-/// The variables an expression may reference.
-pub const VARIABLES: [&str; 4] = ["event", "context", "item", "run"];
+/// The variables an expression may reference (`events` only in the tasks of a batched
+/// definition, which the definition's checker enforces).
+pub const VARIABLES: [&str; 5] = ["event", "context", "item", "run", "events"];
 
 fn env() -> &'static Arc<Env> {
     static ENV: OnceLock<Arc<Env>> = OnceLock::new();
@@ -25,17 +26,23 @@ pub struct Scope {
 
 impl Scope {
     pub fn new(bindings: &Bindings) -> Scope {
-        Scope::with([("event", &bindings.event), ("context", &bindings.context), ("item", &bindings.item), ("run", &bindings.run)])
+        Scope::with([
+            ("event", &bindings.event),
+            ("context", &bindings.context),
+            ("item", &bindings.item),
+            ("run", &bindings.run),
+            ("events", &bindings.events),
+        ])
     }
 
     /// What the router's filters and keys see: `event` only (the others null), made without
     /// copying the event first.
     pub fn for_event(event: &Json) -> Scope {
         let null = Json::Null;
-        Scope::with([("event", event), ("context", &null), ("item", &null), ("run", &null)])
+        Scope::with([("event", event), ("context", &null), ("item", &null), ("run", &null), ("events", &null)])
     }
 
-    fn with(variables: [(&str, &Json); 4]) -> Scope {
+    fn with(variables: [(&str, &Json); 5]) -> Scope {
         let mut ctx = Context::with_env(env().clone());
         ctx.add_function(SECRET_FUNCTION, |name: Arc<String>| -> Result<cel::Value, cel::ExecutionError> {
             if !valid_secret_name(&name) {
@@ -83,6 +90,8 @@ pub struct Bindings {
     pub context: Json,
     pub item: Json,
     pub run: Json,
+    /// A batched run's events (`flow_control.batch`), oldest first; null otherwise.
+    pub events: Json,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -153,6 +162,11 @@ impl Expr {
     /// is sent and never stored (headers).
     pub fn uses_secret(&self) -> bool {
         self.program.references().has_function(SECRET_FUNCTION)
+    }
+
+    /// Whether the expression reads the variable `name`.
+    pub fn uses_variable(&self, name: &str) -> bool {
+        self.program.references().variables().contains(&name)
     }
 
     /// Evaluates to JSON. `secret('name')` gives a reference only this process can have made;
@@ -399,6 +413,7 @@ mod tests {
             context: json!({"customer": {"tier": "gold"}}),
             item: json!({"sku": "a"}),
             run: json!({"id": "r1"}),
+            events: Json::Null,
         }
     }
 

@@ -38,6 +38,19 @@ pub struct FlowControlDoc {
     /// new one (or `max_wait` after the burst began); the others end skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debounce: Option<DebounceDoc>,
+    /// Up to `max_size` events of a key, or those of `max_wait`, become one run whose tasks see
+    /// them as `events`; the runs of the other events end skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchDoc {
+    pub max_size: u32,
+    pub max_wait: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +125,14 @@ pub struct FlowControl {
     pub priority: Option<Expr>,
     pub singleton: Option<Singleton>,
     pub debounce: Option<Debounce>,
+    pub batch: Option<Batch>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub max_size: u32,
+    pub max_wait: Duration,
+    pub key: Option<Expr>,
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +181,15 @@ pub struct Admission {
     pub singleton: Option<SingletonAt>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debounce: Option<DebounceAt>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchAt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchAt {
+    pub key: String,
+    pub max_size: u32,
+    pub max_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -209,6 +239,10 @@ impl Spacing {
     }
 }
 
+/// The most events one batch holds: its run sees them all at once (`events`), and each task
+/// evaluated per item sees the whole list.
+pub const MAX_BATCH: u32 = 1000;
+
 /// The key a control without `key` uses: one budget for the whole definition.
 pub const WHOLE_DEFINITION: &str = "";
 
@@ -243,6 +277,7 @@ impl FlowControl {
             && self.rate_limit.is_none()
             && self.singleton.is_none()
             && self.debounce.is_none()
+            && self.batch.is_none()
     }
 
     /// Evaluates the keys and priority for one run. `event_time_ms` places it in a rate-limit
@@ -293,7 +328,11 @@ impl FlowControl {
                 event_time_ms,
             }),
         };
-        Ok(Admission { rate_limit, concurrency, throttle, priority, singleton, debounce })
+        let batch = match &self.batch {
+            None => None,
+            Some(b) => Some(BatchAt { key: key_of(&b.key, bindings)?, max_size: b.max_size, max_wait_ms: b.max_wait.as_millis() as u64 }),
+        };
+        Ok(Admission { rate_limit, concurrency, throttle, priority, singleton, debounce, batch })
     }
 }
 
@@ -313,7 +352,7 @@ pub(crate) fn check(c: &mut Checker, doc: &FlowControlDoc) -> FlowControl {
         n
     };
     let period = |c: &mut Checker, path: &str, text: &str, min: Duration| {
-        let field = format!("flow_control.{path}.period");
+        let field = format!("flow_control.{path}");
         match duration::parse(text) {
             Ok(d) if d < min => {
                 c.fail(field, format!("must be at least {} ms", min.as_millis()));
@@ -341,7 +380,7 @@ pub(crate) fn check(c: &mut Checker, doc: &FlowControlDoc) -> FlowControl {
         }
         Throttle {
             limit: limit(c, "throttle", t.limit),
-            period: period(c, "throttle", &t.period, Duration::from_millis(1)),
+            period: period(c, "throttle.period", &t.period, Duration::from_millis(1)),
             burst,
             key: t.key.as_deref().and_then(|k| c.expr("flow_control.throttle.key".into(), k)),
         }
@@ -350,7 +389,7 @@ pub(crate) fn check(c: &mut Checker, doc: &FlowControlDoc) -> FlowControl {
         limit: limit(c, "rate_limit", r.limit),
         // Windows are counted in event time from the epoch; below a second they would only
         // measure the producers' clock resolution.
-        period: period(c, "rate_limit", &r.period, Duration::from_secs(1)),
+        period: period(c, "rate_limit.period", &r.period, Duration::from_secs(1)),
         key: r.key.as_deref().and_then(|k| c.expr("flow_control.rate_limit.key".into(), k)),
     });
     if doc.priority.is_some() && doc.concurrency.is_none() {
@@ -362,7 +401,7 @@ pub(crate) fn check(c: &mut Checker, doc: &FlowControlDoc) -> FlowControl {
         .as_ref()
         .map(|s| Singleton { mode: s.mode, key: s.key.as_deref().and_then(|k| c.expr("flow_control.singleton.key".into(), k)) });
     let debounce = doc.debounce.as_ref().map(|d| {
-        let period = period(c, "debounce", &d.period, Duration::from_millis(1));
+        let period = period(c, "debounce.period", &d.period, Duration::from_millis(1));
         let max_wait = d.max_wait.as_deref().map(|w| {
             let field = "flow_control.debounce.max_wait";
             match duration::parse(w) {
@@ -383,7 +422,20 @@ pub(crate) fn check(c: &mut Checker, doc: &FlowControlDoc) -> FlowControl {
         });
         Debounce { period, max_wait, key: d.key.as_deref().and_then(|k| c.expr("flow_control.debounce.key".into(), k)) }
     });
-    FlowControl { concurrency, throttle, rate_limit, priority, singleton, debounce }
+    let batch = doc.batch.as_ref().map(|b| {
+        if b.max_size == 0 || b.max_size > MAX_BATCH {
+            c.fail("flow_control.batch.max_size", format!("must be 1 to {MAX_BATCH}"));
+        }
+        Batch {
+            max_size: b.max_size,
+            max_wait: period(c, "batch.max_wait", &b.max_wait, Duration::from_millis(1)),
+            key: b.key.as_deref().and_then(|k| c.expr("flow_control.batch.key".into(), k)),
+        }
+    });
+    if doc.batch.is_some() && doc.debounce.is_some() {
+        c.fail("flow_control.batch", "a batch and a debounce both decide which events make a run; use one");
+    }
+    FlowControl { concurrency, throttle, rate_limit, priority, singleton, debounce, batch }
 }
 
 #[cfg(test)]
@@ -419,6 +471,18 @@ mod tests {
         }
         assert!(errors("flow_control: {priority: '1'}")[0].starts_with("flow_control.priority: orders the runs waiting"));
         assert!(errors("flow_control: {concurrency: {limit: 1}, burst: 2}")[0].contains("unknown field `burst`"));
+        let e = errors("flow_control: {batch: {max_size: 0, max_wait: 1s}, debounce: {period: 1s}}");
+        assert!(e.iter().any(|m| m.starts_with("flow_control.batch.max_size: must be 1 to 1000")), "{e:?}");
+        assert!(e.iter().any(|m| m.starts_with("flow_control.batch: a batch and a debounce")), "{e:?}");
+        let e = errors("flow_control: {concurrency: {limit: 1, key: 'string(size(events))'}}");
+        assert!(e[0].starts_with("flow_control.concurrency.key: `events` is seen by the tasks of a batched definition only"), "{e:?}");
+        let e = errors("dedupe: {key: 'string(size(events))'}");
+        assert!(e[0].starts_with("dedupe.key: `events` is seen by"), "{e:?}");
+        let yaml = "id: d\nname: D\ntrigger: {event: {topics: [t]}}\ntasks: [{name: t, type: kafka, params: {topic: \"'x'\", value: 'size(events)'}}]\n";
+        let e = Definition::from_yaml("t", yaml).unwrap_err().errors;
+        assert!(e[0].to_string().starts_with("tasks[0].params.value: `events` is set only in a batched definition"), "{e:?}");
+        let batched = yaml.replace("tasks:", "flow_control: {batch: {max_size: 10, max_wait: 1s}}\ntasks:");
+        Definition::from_yaml("t", &batched).unwrap();
         let e = errors("flow_control: {debounce: {period: 2s, max_wait: 1s}}");
         assert!(e[0].starts_with("flow_control.debounce.max_wait: must be at least the period"), "{e:?}");
         assert!(

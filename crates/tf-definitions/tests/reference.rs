@@ -87,6 +87,9 @@ fn the_reference_names_every_field_task_type_and_param() {
         "mode",
         "debounce",
         "max_wait",
+        "batch",
+        "max_size",
+        "events",
     ];
     for f in fields {
         assert!(REFERENCE.contains(&format!("`{f}`")), "docs/definitions.md does not describe `{f}`");

@@ -5,9 +5,12 @@
 //! here: a waiter is a row, woken by a signal its releaser sends ([`Released::wake`]).
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
 use sqlx::PgConnection;
 use tf_definitions::RunId;
-use tf_definitions::flow::{Admission, DebounceAt, RateLimitAt, SingletonAt, SingletonMode, SlotRequest, Spacing, WHOLE_DEFINITION};
+use tf_definitions::flow::{
+    Admission, BatchAt, DebounceAt, RateLimitAt, SingletonAt, SingletonMode, SlotRequest, Spacing, WHOLE_DEFINITION,
+};
 
 use crate::{PgPool, StoreError};
 
@@ -48,13 +51,29 @@ fn period_text(ms: u64) -> String {
 /// time), then a concurrency slot, then a throttled start. Called when the run begins and again
 /// each time it is woken; every step is idempotent by run id, so a retried activity or a second
 /// look gets the same slot, decision and start time. The run's row says why it waits.
-pub async fn admit(pool: &PgPool, run_id: &RunId, definition_id: &str, a: &Admission) -> Result<Admitted, StoreError> {
+pub async fn admit(pool: &PgPool, run_id: &RunId, definition_id: &str, a: &Admission, event: &Json) -> Result<Admitted, StoreError> {
     if let Some(r) = &a.rate_limit
         && !rate_limit(pool, run_id, definition_id, r).await?
     {
         let reason = format!("rate_limited {}/{}{}", r.limit, period_text(r.period_ms), with_key(&r.key));
         skip_run(pool, run_id, &reason).await?;
         return Ok(Verdict::Skip { reason }.into());
+    }
+    if let Some(b) = &a.batch {
+        match batch(pool, run_id, definition_id, b, event).await? {
+            Batching::Due => {}
+            Batching::Open { in_ms, size } => {
+                let reason = format!("batch {size}/{}: runs in {in_ms} ms unless it fills first{}", b.max_size, with_key(&b.key));
+                set_waiting(pool, run_id, &reason).await?;
+                return Ok(Verdict::Wait { reason, retry_in_ms: Some(in_ms) }.into());
+            }
+            Batching::Joined { owner, full } => {
+                let reason = format!("batched into {owner}{}", with_key(&b.key));
+                skip_run(pool, run_id, &reason).await?;
+                let wake = if full { vec![owner] } else { Vec::new() };
+                return Ok(Admitted { verdict: Verdict::Skip { reason }, cancel: Vec::new(), wake });
+            }
+        }
     }
     if let Some(d) = &a.debounce {
         match debounce(pool, run_id, definition_id, d).await? {
@@ -83,7 +102,7 @@ pub async fn admit(pool: &PgPool, run_id: &RunId, definition_id: &str, a: &Admis
             Single::Replacing { older } => {
                 let reason = format!("singleton: replacing {}{}", older.join(", "), with_key(&s.key));
                 set_waiting(pool, run_id, &reason).await?;
-                return Ok(Admitted { verdict: Verdict::Wait { reason, retry_in_ms: None }, cancel: older });
+                return Ok(Admitted { verdict: Verdict::Wait { reason, retry_in_ms: None }, cancel: older, wake: Vec::new() });
             }
         }
     }
@@ -120,12 +139,119 @@ pub async fn admit(pool: &PgPool, run_id: &RunId, definition_id: &str, a: &Admis
 pub struct Admitted {
     pub verdict: Verdict,
     pub cancel: Vec<String>,
+    /// Workflows to signal: the owner of a batch this run's event filled.
+    pub wake: Vec<String>,
 }
 
 impl From<Verdict> for Admitted {
     fn from(verdict: Verdict) -> Admitted {
-        Admitted { verdict, cancel: Vec::new() }
+        Admitted { verdict, cancel: Vec::new(), wake: Vec::new() }
     }
+}
+
+/// A batch closes at this size of its events' JSON even before `max_size`: its run carries them
+/// through planning, whose answer Temporal keeps in the run's history.
+pub const MAX_BATCH_BYTES: i64 = 1 << 20;
+
+enum Batching {
+    /// This run owns its batch and the batch is closed (full, or its wait passed): it executes.
+    Due,
+    /// This run owns the open batch (`size` events so far); it closes in `in_ms` unless it
+    /// fills first.
+    Open { in_ms: u64, size: i32 },
+    /// This run's event went into `owner`'s batch; `full`: it was the one that filled it.
+    Joined { owner: String, full: bool },
+}
+
+/// Batch: the first run of a key opens a batch and owns it; the runs after it add their event
+/// to it and end skipped, until it holds `max_size` events (or [`MAX_BATCH_BYTES`]) or
+/// `max_wait` passed since it opened. Then the owner executes with the batch's events (read by
+/// planning, [`batch_events`]) and the key's next run opens a new batch. Membership is a row per
+/// run, so a run that looks again gets the same answer and its event is added once.
+async fn batch(pool: &PgPool, run_id: &RunId, definition_id: &str, b: &BatchAt, event: &Json) -> Result<Batching, StoreError> {
+    let limit = limit_name("batch", definition_id);
+    let mut tx = pool.begin().await?;
+    lock_key(&mut tx, &limit, &b.key, b.max_size).await?;
+    let member_of: Option<String> =
+        sqlx::query_scalar("SELECT owner_run FROM flow_batch_members WHERE run_id = $1").bind(run_id).fetch_optional(&mut *tx).await?;
+    if let Some(owner) = member_of.filter(|o| o != run_id.as_str()) {
+        return Ok(Batching::Joined { owner, full: false });
+    }
+    let now_ms: f64 = sqlx::query_scalar("SELECT extract(epoch FROM clock_timestamp())::float8 * 1000").fetch_one(&mut *tx).await?;
+    let owned: Option<(bool, i32, i64, f64)> = sqlx::query_as(
+        "SELECT closed_at IS NOT NULL, size, bytes, extract(epoch FROM opened_at)::float8 * 1000 FROM flow_batches WHERE owner_run = $1",
+    )
+    .bind(run_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let close = "UPDATE flow_batches SET closed_at = clock_timestamp() WHERE owner_run = $1 AND closed_at IS NULL";
+    let outcome = match owned {
+        Some((true, _, _, _)) => Batching::Due,
+        Some((false, size, bytes, opened_ms)) => {
+            let due_ms = opened_ms + b.max_wait_ms as f64;
+            if size >= b.max_size as i32 || bytes >= MAX_BATCH_BYTES || now_ms >= due_ms {
+                sqlx::query(close).bind(run_id).execute(&mut *tx).await?;
+                Batching::Due
+            } else {
+                Batching::Open { in_ms: (due_ms - now_ms).ceil().max(1.0) as u64, size }
+            }
+        }
+        None => {
+            let event_bytes = i64::try_from(event.to_string().len()).unwrap_or(i64::MAX);
+            let joined: Option<(String, i32, i64)> = sqlx::query_as(
+                "UPDATE flow_batches SET events = events || jsonb_build_array($3::jsonb), size = size + 1, bytes = bytes + $4
+                 WHERE flow_limit = $1 AND key = $2 AND closed_at IS NULL
+                 RETURNING owner_run, size, bytes",
+            )
+            .bind(&limit)
+            .bind(&b.key)
+            .bind(event)
+            .bind(event_bytes)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match joined {
+                Some((owner, size, bytes)) => {
+                    let full = size >= b.max_size as i32 || bytes >= MAX_BATCH_BYTES;
+                    if full {
+                        sqlx::query(close).bind(&owner).execute(&mut *tx).await?;
+                    }
+                    sqlx::query("INSERT INTO flow_batch_members (run_id, owner_run) VALUES ($1, $2)")
+                        .bind(run_id)
+                        .bind(&owner)
+                        .execute(&mut *tx)
+                        .await?;
+                    Batching::Joined { owner, full }
+                }
+                None => {
+                    let closed = b.max_size <= 1 || event_bytes >= MAX_BATCH_BYTES;
+                    sqlx::query(
+                        "INSERT INTO flow_batches (owner_run, flow_limit, key, opened_at, closed_at, size, bytes, events)
+                         VALUES ($1, $2, $3, clock_timestamp(), CASE WHEN $4 THEN clock_timestamp() END, 1, $5, jsonb_build_array($6::jsonb))",
+                    )
+                    .bind(run_id)
+                    .bind(&limit)
+                    .bind(&b.key)
+                    .bind(closed)
+                    .bind(event_bytes)
+                    .bind(event)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("INSERT INTO flow_batch_members (run_id, owner_run) VALUES ($1, $1)")
+                        .bind(run_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    if closed { Batching::Due } else { Batching::Open { in_ms: b.max_wait_ms.max(1), size: 1 } }
+                }
+            }
+        }
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// The events of the batch a run owns, oldest first; `None` when it owns none.
+pub async fn batch_events(pool: &PgPool, run_id: &RunId) -> Result<Option<Json>, StoreError> {
+    Ok(sqlx::query_scalar("SELECT events FROM flow_batches WHERE owner_run = $1").bind(run_id).fetch_optional(pool).await?)
 }
 
 enum Burst {
@@ -550,6 +676,20 @@ pub async fn release_run(tx: &mut PgConnection, run_id: &RunId) -> Result<Releas
     let freed: Vec<(String, String)> =
         sqlx::query_as("DELETE FROM flow_slots WHERE run_id = $1 RETURNING flow_limit, key").bind(run_id).fetch_all(&mut *tx).await?;
     next_waiters(tx, freed).await
+}
+
+/// Deletes batches closed longer than `retention` ago, with their members. They outlive their
+/// run so that `runs retry` of a batched run plans with the same events.
+pub async fn expire_batches(pool: &PgPool, retention: std::time::Duration) -> Result<u64, StoreError> {
+    let mut tx = pool.begin().await?;
+    let owners: Vec<String> =
+        sqlx::query_scalar("DELETE FROM flow_batches WHERE closed_at < now() - make_interval(secs => $1) RETURNING owner_run")
+            .bind(retention.as_secs_f64())
+            .fetch_all(&mut *tx)
+            .await?;
+    sqlx::query("DELETE FROM flow_batch_members WHERE owner_run = ANY($1)").bind(&owners).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(owners.len() as u64)
 }
 
 /// Frees what one task holds (its budget), once its outcome is recorded.

@@ -1054,9 +1054,13 @@ tasks:
         priority: 0,
         singleton: None,
         debounce: None,
+        batch: None,
     };
     let run = tf_definitions::RunId::from_workflow_id(run_id.clone());
-    assert_eq!(tf_store::flow::admit(&pool, &run, &def_id, &hostile_key).await.unwrap().verdict, tf_store::flow::Verdict::Go);
+    assert_eq!(
+        tf_store::flow::admit(&pool, &run, &def_id, &hostile_key, &serde_json::Value::Null).await.unwrap().verdict,
+        tf_store::flow::Verdict::Go
+    );
     let producer: FutureProducer = tf_kafka::client_config(&s.kafka_brokers).create().unwrap();
     let headers = OwnedHeaders::new()
         .insert(Header { key: "__connect.errors.stage", value: Some("<script>alert('stage')</script>") })

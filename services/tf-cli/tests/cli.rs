@@ -375,8 +375,10 @@ async fn every_command_answers_json_and_both_modes_answer_alike() {
         priority: 0,
         singleton: None,
         debounce: None,
+        batch: None,
     };
-    let admitted = tf_store::flow::admit(&pool, &running, "signup-welcome", &one_at_a_time).await.unwrap().verdict;
+    let admitted =
+        tf_store::flow::admit(&pool, &running, "signup-welcome", &one_at_a_time, &serde_json::Value::Null).await.unwrap().verdict;
     assert_eq!(admitted, tf_store::flow::Verdict::Go);
     let task = running.task("review", 0);
     let params = serde_json::json!({"question": "ok?"});

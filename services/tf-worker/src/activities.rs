@@ -290,7 +290,7 @@ impl RunActivities {
     /// Looks again whether a waiting run may execute (it was woken, or its timer fired).
     #[activity(name = "AdmitRun")]
     pub async fn admit_run(self: Arc<Self>, _ctx: ActivityContext, a: AdmitRunInput) -> Result<Verdict, ActivityError> {
-        let verdict = self.admit(&a.run_id, &a.definition_id, &a.admission).await?;
+        let verdict = self.admit(&a.run_id, &a.definition_id, &a.admission, &Json::Null).await?;
         if verdict == Verdict::Go {
             self.metrics.flow_waited(("definition", &a.definition_id), waited_seconds(a.waiting_since_ms));
         }
@@ -321,8 +321,11 @@ impl RunActivities {
 impl RunActivities {
     /// Asks the store whether the run may execute and cancels what a singleton replaces (its
     /// releases then wake this run).
-    async fn admit(&self, run_id: &RunId, definition_id: &str, admission: &Admission) -> Result<Verdict, ActivityError> {
-        let admitted = flow::admit(&self.pool, run_id, definition_id, admission).await.map_err(store_failure)?;
+    /// `event` is the run's event, which a batch gathers (null on a second look: the run's event
+    /// was taken on its first).
+    async fn admit(&self, run_id: &RunId, definition_id: &str, admission: &Admission, event: &Json) -> Result<Verdict, ActivityError> {
+        let admitted = flow::admit(&self.pool, run_id, definition_id, admission, event).await.map_err(store_failure)?;
+        tf_temporal::wake(&self.temporal, &admitted.wake).await;
         for older in &admitted.cancel {
             let reason = format!("replaced by {run_id} (singleton)");
             if let Err(e) = tf_temporal::run_control::cancel_run(&self.temporal, older, RunStatus::Running, &reason).await {
@@ -417,7 +420,7 @@ impl RunActivities {
                     let bindings = Bindings { event: i.event.as_deref().cloned().unwrap_or(Json::Null), ..Default::default() };
                     match definition.flow_control.admission(&bindings, event_time_ms) {
                         Ok(admission) => {
-                            let verdict = self.admit(&b.run_id, &i.definition_id, &admission).await?;
+                            let verdict = self.admit(&b.run_id, &i.definition_id, &admission, &bindings.event).await?;
                             out.admission = Some(admission);
                             out.verdict = Some(verdict);
                         }
@@ -449,7 +452,14 @@ impl RunActivities {
         let definition = Definition::from_spec_json(p.spec).map_err(|e| permanent(e.to_string()))?;
         let sources = (!p.context_sources.is_null()).then_some(&p.context_sources);
         runs::set_context(&self.pool, &p.run_id, &p.context, sources).await.map_err(store_failure)?;
-        let bindings = Bindings { event: p.event, context: p.context, item: Json::Null, run: p.run };
+        // A batched run's tasks see its batch's events; planning reads them, so the plan (and
+        // with it what the tasks saw) is in the run's history.
+        let events = if definition.flow_control.batch.is_some() {
+            flow::batch_events(&self.pool, &p.run_id).await.map_err(store_failure)?.unwrap_or(Json::Null)
+        } else {
+            Json::Null
+        };
+        let bindings = Bindings { event: p.event, context: p.context, run: p.run, events, ..Bindings::default() };
         // A retried run's tasks get their own ids, so each attempt has its own results.
         let prefix = if p.attempt > 1 { RunId::from_workflow_id(format!("{}/attempt-{}", p.run_id, p.attempt)) } else { p.run_id.clone() };
         let planned = definition.plan_tasks(&prefix, &bindings).map_err(|e| permanent(self.sources.secrets().redact(&e.to_string())))?;

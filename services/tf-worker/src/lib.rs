@@ -265,8 +265,9 @@ impl Application {
     }
 }
 
-/// Deletes dedupe generations whose window ended more than the claim retention ago, every ten
-/// minutes (claims themselves stay: their generation counter keeps workflow ids unique).
+/// Deletes dedupe generations whose window ended more than the claim retention ago, and batches
+/// closed that long ago, every ten minutes (claims themselves stay: their generation counter
+/// keeps workflow ids unique).
 async fn expire_generations(pool: tf_store::PgPool, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
     loop {
@@ -278,6 +279,11 @@ async fn expire_generations(pool: tf_store::PgPool, mut stop: tokio::sync::watch
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "expired dedupe generations deleted"),
             Err(e) => tracing::warn!(error = %e, "expiring dedupe generations failed; next try in ten minutes"),
+        }
+        match tf_store::flow::expire_batches(&pool, tf_definitions::dedupe::CLAIM_RETENTION).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "expired flow-control batches deleted"),
+            Err(e) => tracing::warn!(error = %e, "expiring batches failed; next try in ten minutes"),
         }
     }
 }

@@ -119,7 +119,7 @@ impl Sources {
         let mut sources = Map::new();
         for (name, source) in &definition.context {
             let field = format!("context.{name}");
-            let b = Bindings { event: event.clone(), context: Json::Object(values.clone()), item: Json::Null, run: run.clone() };
+            let b = Bindings { event: event.clone(), context: Json::Object(values.clone()), run: run.clone(), ..Bindings::default() };
             let eval = |e: &tf_definitions::Expr| e.eval(&b).map_err(|e| SourceError::permanent(self.secrets.redact(&e.to_string())));
             let started = Instant::now();
             let (value, meta) = match source {

@@ -221,6 +221,7 @@ tasks:
         priority: 0,
         singleton: None,
         debounce: None,
+        batch: None,
     };
     let ids: Vec<(String, String)> =
         sqlx::query_as("SELECT run_id, status FROM activity_runs WHERE definition_id = $1 AND dedupe_key LIKE 'a-%'")
@@ -229,10 +230,11 @@ tasks:
             .await
             .unwrap();
     for (run_id, status) in ids {
-        let verdict = tf_store::flow::admit(&pool, &tf_definitions::RunId::from_workflow_id(run_id.clone()), &def_id, &admission)
-            .await
-            .unwrap()
-            .verdict;
+        let verdict =
+            tf_store::flow::admit(&pool, &tf_definitions::RunId::from_workflow_id(run_id.clone()), &def_id, &admission, &Json::Null)
+                .await
+                .unwrap()
+                .verdict;
         assert_eq!(matches!(verdict, tf_store::flow::Verdict::Skip { .. }), status == "skipped", "{run_id} {status} {verdict:?}");
     }
 }
@@ -444,4 +446,59 @@ async fn a_debounce_runs_a_burst_once_with_its_last_event_and_max_wait_bounds_an
     println!("debounce: an endless burst of 14 events over ~4.2 s (period 1 s, max_wait 2 s) ran {completed} time(s)");
     assert!(completed >= 2, "max_wait let the never-pausing burst run before it ended: {by:?}");
     assert_eq!(completed + by.get("skipped").copied().unwrap_or(0), 14, "{by:?}");
+}
+
+/// batch of 20 or 10 s: 50 events of one key become 3 runs whose tasks see 20, 20 and 10
+/// events (the last batch closed by its wait), each event in exactly one batch; the other 47
+/// runs end skipped with `batched into <run>`.
+#[tokio::test]
+async fn a_batch_gathers_the_events_of_a_key_into_runs_of_the_expected_sizes() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-queue");
+    let topic = unique("it-batch");
+    create_topic(&s, &topic, 1).await;
+    let def_id = unique("it-flow-batch").to_lowercase();
+    let yaml = format!(
+        r#"
+id: {def_id}
+name: Batch
+trigger: {{event: {{topics: [events.demo]}}}}
+flow_control: {{batch: {{max_size: 20, max_wait: 10s, key: event.data.customer}}}}
+tasks:
+  - name: sum
+    type: kafka
+    params: {{topic: "'{topic}'", value: "{{'size': size(events), 'ns': events.map(e, e.data.n)}}"}}
+"#
+    );
+    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let w = worker(&db.url, &queue, &[("TF_NO_RELAY", "true")]);
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    for n in 0..50 {
+        let input = run_at(&def_id, version, &format!("b-{n}"), json!({"customer": "c", "n": n}), None);
+        tf_temporal::start_run(&client, &queue, input).await.unwrap();
+    }
+    all_done(&pool, &def_id, 50, &w.log()).await;
+    let by = count_by_status(&pool, &def_id).await;
+    assert_eq!((by.get("completed"), by.get("skipped")), (Some(&3), Some(&47)), "{by:?}; worker:\n{}", w.log());
+    let values: Vec<Json> =
+        sqlx::query_scalar("SELECT t.params->'value' FROM tasks t JOIN activity_runs r USING (run_id) WHERE r.definition_id = $1")
+            .bind(&def_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut sizes: Vec<i64> = values.iter().map(|v| v["size"].as_i64().unwrap()).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [10, 20, 20], "{values:?}");
+    let mut ns: Vec<i64> = values.iter().flat_map(|v| v["ns"].as_array().unwrap().iter().map(|n| n.as_i64().unwrap())).collect();
+    ns.sort_unstable();
+    assert_eq!(ns, (0..50).collect::<Vec<i64>>(), "every event in exactly one batch");
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT status_reason FROM activity_runs WHERE definition_id = $1 AND status = 'skipped'")
+            .bind(&def_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(reasons.iter().all(|r| r.starts_with(&format!("batched into run/{def_id}/")) && r.ends_with(" key c")), "{reasons:?}");
+    tf_testkit::delete_topics(&s, &[&topic]).await;
 }
