@@ -88,12 +88,15 @@ impl Metrics {
 
     /// A flow-control decision about a run of `definition`.
     pub fn flow_verdict(&self, definition: &str, verdict: &tf_store::flow::Verdict) {
-        counter!("tf_worker_flow_decisions_total", "definition" => definition.to_string(), "verdict" => verdict_word(verdict)).increment(1);
+        let (verdict, control) = words(verdict);
+        counter!("tf_worker_flow_decisions_total", "definition" => definition.to_string(), "verdict" => verdict, "control" => control)
+            .increment(1);
     }
 
     /// A decision about a task's shared budget.
     pub fn budget_verdict(&self, budget: &str, verdict: &tf_store::flow::Verdict) {
-        counter!("tf_worker_flow_decisions_total", "budget" => budget.to_string(), "verdict" => verdict_word(verdict)).increment(1);
+        let (verdict, control) = words(verdict);
+        counter!("tf_worker_flow_decisions_total", "budget" => budget.to_string(), "verdict" => verdict, "control" => control).increment(1);
     }
 
     /// A run or task that waited was let through after `seconds`.
@@ -107,10 +110,36 @@ impl Metrics {
     }
 }
 
-fn verdict_word(verdict: &tf_store::flow::Verdict) -> &'static str {
-    match verdict {
-        tf_store::flow::Verdict::Go => "go",
-        tf_store::flow::Verdict::Wait { .. } => "wait",
-        tf_store::flow::Verdict::Skip { .. } => "skip",
+/// The verdict, and the control that gave it (from the reason's first word; empty for `go`).
+fn words(verdict: &tf_store::flow::Verdict) -> (&'static str, &'static str) {
+    use tf_store::flow::Verdict;
+    let (word, reason) = match verdict {
+        Verdict::Go => return ("go", ""),
+        Verdict::Wait { reason, .. } => ("wait", reason),
+        Verdict::Skip { reason } => ("skip", reason),
+    };
+    let control = ["concurrency", "throttle", "rate_limit", "debounce", "batch", "singleton", "budget"]
+        .into_iter()
+        .find(|c| reason.starts_with(c.trim_end_matches("_limit")))
+        .unwrap_or("other");
+    (word, control)
+}
+
+#[cfg(test)]
+mod tests {
+    use tf_store::flow::Verdict;
+
+    #[test]
+    fn each_reason_names_its_control() {
+        let skip = |r: &str| super::words(&Verdict::Skip { reason: r.into() });
+        let wait = |r: &str| super::words(&Verdict::Wait { reason: r.into(), retry_in_ms: None });
+        assert_eq!(skip("rate_limited 5/1m key c"), ("skip", "rate_limit"));
+        assert_eq!(skip("debounced: run/x is newer"), ("skip", "debounce"));
+        assert_eq!(skip("batched into run/x"), ("skip", "batch"));
+        assert_eq!(skip("singleton: run/x is active"), ("skip", "singleton"));
+        assert_eq!(wait("concurrency 2/2, 0 ahead"), ("wait", "concurrency"));
+        assert_eq!(wait("throttle 10/1s, starts in 100 ms"), ("wait", "throttle"));
+        assert_eq!(wait("budget crm 3/3, 1 ahead"), ("wait", "budget"));
+        assert_eq!(super::words(&Verdict::Go), ("go", ""));
     }
 }
