@@ -23,7 +23,8 @@ pub enum Verdict {
     /// A limit holds it back; look again when woken, or after `retry_in_ms` (a throttled start
     /// knows its time; a concurrency waiter is woken by a signal).
     Wait { reason: String, retry_in_ms: Option<u64> },
-    /// A rate limit turned it away; the run is recorded `skipped` with the reason.
+    /// A rate limit, a batch (the event went into another run), a debounce (a newer event
+    /// came) or a singleton turned it away; the run is recorded `skipped` with the reason.
     Skip { reason: String },
 }
 
@@ -47,10 +48,12 @@ fn period_text(ms: u64) -> String {
     }
 }
 
-/// Decides whether a run may execute: its rate limit first (decided once per run, in event
-/// time), then a concurrency slot, then a throttled start. Called when the run begins and again
-/// each time it is woken; every step is idempotent by run id, so a retried activity or a second
-/// look gets the same slot, decision and start time. The run's row says why it waits.
+/// Decides whether a run may execute, in the order of docs/flow-control.md: its rate limit
+/// (decided once per run, in event time), its batch or debounce, its singleton, a concurrency
+/// slot, then a throttled start. `event` is the run's event, which a batch gathers. Called when
+/// the run begins and again each time it is woken; every step is idempotent by run id, so a
+/// retried activity or a second look gets the same slot, decision and start time. The run's
+/// row says why it waits or was skipped.
 pub async fn admit(pool: &PgPool, run_id: &RunId, definition_id: &str, a: &Admission, event: &Json) -> Result<Admitted, StoreError> {
     if let Some(r) = &a.rate_limit
         && !rate_limit(pool, run_id, definition_id, r).await?
