@@ -319,10 +319,9 @@ impl RunActivities {
 }
 
 impl RunActivities {
-    /// Asks the store whether the run may execute and cancels what a singleton replaces (its
-    /// releases then wake this run).
-    /// `event` is the run's event, which a batch gathers (null on a second look: the run's event
-    /// was taken on its first).
+    /// Asks the store whether the run may execute, wakes the batch owner its event filled, and
+    /// cancels what a singleton replaces (their releases then wake this run). `event` is the
+    /// run's event, which a batch gathers (null on a second look: it was taken on the first).
     async fn admit(&self, run_id: &RunId, definition_id: &str, admission: &Admission, event: &Json) -> Result<Verdict, ActivityError> {
         let admitted = flow::admit(&self.pool, run_id, definition_id, admission, event).await.map_err(store_failure)?;
         tf_temporal::wake(&self.temporal, &admitted.wake).await;
