@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
 /// Keys longer than this many bytes are refused: it keeps the `DedupeKey` search attribute far
 /// below Temporal's 2 KiB keyword limit and the workflow id below its length limit.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -65,7 +63,8 @@ impl DedupeKey {
         if plain {
             crate::RunId::from_workflow_id(format!("run/{definition_id}/{key}/{generation}"))
         } else {
-            let digest: String = Sha256::digest(key.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect();
+            // The first 16 bytes of the hash are enough to tell keys apart.
+            let digest = &crate::sha256_hex(key.as_bytes())[..32];
             let prefix: String = key.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(48).collect();
             crate::RunId::from_workflow_id(format!("run/{definition_id}/{prefix}~{digest}/{generation}"))
         }

@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use serde_json::Value as Json;
-use sha2::{Digest, Sha256};
 
 use crate::checker::Checker;
 pub use crate::checker::FieldError;
@@ -468,7 +467,7 @@ impl Definition {
         let mut doc = self.document.clone();
         doc.enabled = true;
         let canonical = serde_json::to_vec(&doc).expect("documents serialise");
-        Sha256::digest(&canonical).iter().map(|b| format!("{b:02x}")).collect()
+        crate::sha256_hex(&canonical)
     }
 
     /// The stored form of the document.

@@ -32,6 +32,20 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Writes a duration as [`parse`] reads it, in its largest whole unit (`1m`, `90s`, `1500ms`),
+/// for messages that quote a definition's periods back.
+pub fn format(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0ms".into(),
+        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,6 +56,15 @@ mod tests {
         assert_eq!(parse("24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse("7d"), Ok(Duration::from_secs(7 * 86_400)));
+    }
+
+    #[test]
+    fn formats_in_the_largest_whole_unit_and_reads_back() {
+        for (ms, text) in [(1000, "1s"), (60_000, "1m"), (3_600_000, "1h"), (86_400_000, "1d"), (1500, "1500ms"), (90_000, "90s")] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(format(d), text);
+            assert_eq!(parse(text), Ok(d));
+        }
     }
 
     #[test]

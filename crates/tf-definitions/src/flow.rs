@@ -265,9 +265,7 @@ fn key_of(expr: &Option<Expr>, bindings: &Bindings) -> Result<String, AdmissionE
     if key.len() <= MAX_KEY_BYTES && !key.chars().any(char::is_control) {
         return Ok(key);
     }
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(key.as_bytes());
-    Ok(format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+    Ok(format!("sha256:{}", crate::sha256_hex(key.as_bytes())))
 }
 
 impl FlowControl {

@@ -22,3 +22,10 @@ pub use expr::{Bindings, EvalError, Expr, Scope};
 pub use flow::{Admission, FlowControl};
 pub use plan::PlannedTask;
 pub use run::{RunId, RunSource, RunStatus, TaskId, TaskStatus, TaskType, TriggerKind};
+
+/// The SHA-256 of `bytes` in lowercase hex: a spec's hash, and what stands for a key too long
+/// or too odd to keep as written (dedupe keys in run ids, flow-control keys).
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -38,14 +38,9 @@ fn with_key(key: &str) -> String {
     if key == WHOLE_DEFINITION { String::new() } else { format!(" key {key}") }
 }
 
+/// A period as a definition writes it (`1m`, `1500ms`).
 fn period_text(ms: u64) -> String {
-    match ms {
-        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
-        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
-        ms => format!("{ms}ms"),
-    }
+    tf_definitions::duration::format(std::time::Duration::from_millis(ms))
 }
 
 /// Decides whether a run may execute, in the order of docs/flow-control.md: its rate limit
@@ -58,23 +53,18 @@ pub async fn admit(pool: &PgPool, run_id: &RunId, definition_id: &str, a: &Admis
     if let Some(r) = &a.rate_limit
         && !rate_limit(pool, run_id, definition_id, r).await?
     {
-        let reason = format!("rate_limited {}/{}{}", r.limit, period_text(r.period_ms), with_key(&r.key));
-        skip_run(pool, run_id, &reason).await?;
-        return Ok(Verdict::Skip { reason }.into());
+        return skip(pool, run_id, format!("rate_limited {}/{}{}", r.limit, period_text(r.period_ms), with_key(&r.key))).await;
     }
     if let Some(b) = &a.batch {
         match batch(pool, run_id, definition_id, b, event).await? {
             Batching::Due => {}
             Batching::Open { in_ms, size } => {
                 let reason = format!("batch {size}/{}: runs in {in_ms} ms unless it fills first{}", b.max_size, with_key(&b.key));
-                set_waiting(pool, run_id, &reason).await?;
-                return Ok(Verdict::Wait { reason, retry_in_ms: Some(in_ms) }.into());
+                return wait(pool, run_id, reason, Some(in_ms)).await;
             }
             Batching::Joined { owner, full } => {
-                let reason = format!("batched into {owner}{}", with_key(&b.key));
-                skip_run(pool, run_id, &reason).await?;
-                let wake = if full { vec![owner] } else { Vec::new() };
-                return Ok(Admitted { verdict: Verdict::Skip { reason }, cancel: Vec::new(), wake });
+                let skipped = skip(pool, run_id, format!("batched into {owner}{}", with_key(&b.key))).await?;
+                return Ok(Admitted { wake: if full { vec![owner] } else { Vec::new() }, ..skipped });
             }
         }
     }
@@ -84,28 +74,18 @@ pub async fn admit(pool: &PgPool, run_id: &RunId, definition_id: &str, a: &Admis
             Burst::Quiet { in_ms } => {
                 let reason =
                     format!("debounce {}: runs in {in_ms} ms unless a newer event comes{}", period_text(d.period_ms), with_key(&d.key));
-                set_waiting(pool, run_id, &reason).await?;
-                return Ok(Verdict::Wait { reason, retry_in_ms: Some(in_ms) }.into());
+                return wait(pool, run_id, reason, Some(in_ms)).await;
             }
-            Burst::Superseded { by } => {
-                let reason = format!("debounced: {by} is newer{}", with_key(&d.key));
-                skip_run(pool, run_id, &reason).await?;
-                return Ok(Verdict::Skip { reason }.into());
-            }
+            Burst::Superseded { by } => return skip(pool, run_id, format!("debounced: {by} is newer{}", with_key(&d.key))).await,
         }
     }
     if let Some(s) = &a.singleton {
         match singleton(pool, run_id, definition_id, s).await? {
             Single::Active => {}
-            Single::Skip { active } => {
-                let reason = format!("singleton: {active} is active{}", with_key(&s.key));
-                skip_run(pool, run_id, &reason).await?;
-                return Ok(Verdict::Skip { reason }.into());
-            }
+            Single::Skip { active } => return skip(pool, run_id, format!("singleton: {active} is active{}", with_key(&s.key))).await,
             Single::Replacing { older } => {
-                let reason = format!("singleton: replacing {}{}", older.join(", "), with_key(&s.key));
-                set_waiting(pool, run_id, &reason).await?;
-                return Ok(Admitted { verdict: Verdict::Wait { reason, retry_in_ms: None }, cancel: older, wake: Vec::new() });
+                let waiting = wait(pool, run_id, format!("singleton: replacing {}{}", older.join(", "), with_key(&s.key)), None).await?;
+                return Ok(Admitted { cancel: older, ..waiting });
             }
         }
     }
@@ -119,17 +99,14 @@ pub async fn admit(pool: &PgPool, run_id: &RunId, definition_id: &str, a: &Admis
             priority: a.priority,
         };
         if let Slot::Waiting { held, ahead } = take_slot(pool, &take).await? {
-            let reason = format!("concurrency {held}/{}{}, {ahead} ahead", c.limit, with_key(&c.key));
-            set_waiting(pool, run_id, &reason).await?;
-            return Ok(Verdict::Wait { reason, retry_in_ms: None }.into());
+            return wait(pool, run_id, format!("concurrency {held}/{}{}, {ahead} ahead", c.limit, with_key(&c.key)), None).await;
         }
     }
     if let Some(t) = &a.throttle {
         let wait_ms = schedule_start(pool, &limit_name("throttle", definition_id), t, run_id).await?;
         if wait_ms > 0 {
             let reason = format!("throttle {}/{}{}, starts in {wait_ms} ms", t.limit, period_text(t.period_ms), with_key(&t.key));
-            set_waiting(pool, run_id, &reason).await?;
-            return Ok(Verdict::Wait { reason, retry_in_ms: Some(wait_ms) }.into());
+            return wait(pool, run_id, reason, Some(wait_ms)).await;
         }
     }
     set_admitted(pool, run_id).await?;
@@ -180,7 +157,7 @@ async fn batch(pool: &PgPool, run_id: &RunId, definition_id: &str, b: &BatchAt, 
     if let Some(owner) = member_of.filter(|o| o != run_id.as_str()) {
         return Ok(Batching::Joined { owner, full: false });
     }
-    let now_ms: f64 = sqlx::query_scalar("SELECT extract(epoch FROM clock_timestamp())::float8 * 1000").fetch_one(&mut *tx).await?;
+    let now_ms = clock_ms(&mut tx).await?;
     let owned: Option<(bool, i32, i64, f64)> = sqlx::query_as(
         "SELECT closed_at IS NOT NULL, size, bytes, extract(epoch FROM opened_at)::float8 * 1000 FROM flow_batches WHERE owner_run = $1",
     )
@@ -267,37 +244,20 @@ enum Burst {
 }
 
 /// Debounce: the runs of a key that begin less than `period` apart form a burst, and only the
-/// run of its latest event (event time) executes, once `period` passed without a newer one (or `max_wait` after the burst
-/// began). Periods are measured on PostgreSQL's clock when runs begin, not in event time: a
-/// quiet period is about arrivals. Each run's first look is told apart from a later one by its
+/// run of its latest event (event time) executes, once `period` passed without a newer one (or
+/// `max_wait` after the burst began). Periods are measured on PostgreSQL's clock when runs
+/// begin, not in event time: a quiet period is about arrivals. Each run's first look is told apart from a later one by its
 /// row under the limit, so a retried look neither restarts the burst nor loses its turn.
 async fn debounce(pool: &PgPool, run_id: &RunId, definition_id: &str, d: &DebounceAt) -> Result<Burst, StoreError> {
     let limit = limit_name("debounce", definition_id);
     let mut tx = pool.begin().await?;
     lock_key(&mut tx, &limit, &d.key, 0).await?;
-    let first_look = sqlx::query(
-        "INSERT INTO flow_slots (flow_limit, key, holder, run_id, wake) VALUES ($1, $2, $3, $3, $3)
-         ON CONFLICT (flow_limit, key, holder) DO NOTHING",
-    )
-    .bind(&limit)
-    .bind(&d.key)
-    .bind(run_id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    let (now_ms, went): (f64, bool) = sqlx::query_as(
-        "SELECT extract(epoch FROM clock_timestamp())::float8 * 1000,
-                coalesce((SELECT granted_at IS NOT NULL FROM flow_slots WHERE flow_limit = $1 AND key = $2 AND holder = $3), false)",
-    )
-    .bind(&limit)
-    .bind(&d.key)
-    .bind(run_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    if went {
+    let row = SlotRow { limit: &limit, key: &d.key, holder: run_id.as_str() };
+    let first_look = row.enter(&mut tx, run_id.as_str(), run_id.as_str(), 0).await?;
+    if row.granted(&mut tx).await? {
         return Ok(Burst::Due);
     }
+    let now_ms = clock_ms(&mut tx).await?;
     let open: Option<(String, i64, f64, f64)> = sqlx::query_as(
         "SELECT latest_run, latest_event_ms, extract(epoch FROM started_at)::float8 * 1000, extract(epoch FROM last_event_at)::float8 * 1000
          FROM flow_bursts WHERE flow_limit = $1 AND key = $2",
@@ -346,23 +306,13 @@ async fn debounce(pool: &PgPool, run_id: &RunId, definition_id: &str, d: &Deboun
         (None, false) => (String::from("a newer run of its burst"), now_ms, now_ms),
     };
     let burst = if latest != run_id.as_str() {
-        sqlx::query("DELETE FROM flow_slots WHERE flow_limit = $1 AND key = $2 AND holder = $3")
-            .bind(&limit)
-            .bind(&d.key)
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
+        row.leave(&mut tx).await?;
         Burst::Superseded { by: latest }
     } else {
         let quiet_at = last_ms + d.period_ms as f64;
         let due_ms = d.max_wait_ms.map_or(quiet_at, |w| quiet_at.min(started_ms + w as f64));
         if now_ms >= due_ms {
-            sqlx::query("UPDATE flow_slots SET granted_at = clock_timestamp() WHERE flow_limit = $1 AND key = $2 AND holder = $3")
-                .bind(&limit)
-                .bind(&d.key)
-                .bind(run_id)
-                .execute(&mut *tx)
-                .await?;
+            row.grant(&mut tx).await?;
             sqlx::query("DELETE FROM flow_bursts WHERE flow_limit = $1 AND key = $2").bind(&limit).bind(&d.key).execute(&mut *tx).await?;
             Burst::Due
         } else {
@@ -389,19 +339,12 @@ async fn singleton(pool: &PgPool, run_id: &RunId, definition_id: &str, s: &Singl
     let limit = limit_name("singleton", definition_id);
     let mut tx = pool.begin().await?;
     lock_key(&mut tx, &limit, &s.key, 1).await?;
-    sqlx::query(
-        "INSERT INTO flow_slots (flow_limit, key, holder, run_id, wake) VALUES ($1, $2, $3, $3, $3)
-         ON CONFLICT (flow_limit, key, holder) DO NOTHING",
-    )
-    .bind(&limit)
-    .bind(&s.key)
-    .bind(run_id)
-    .execute(&mut *tx)
-    .await?;
+    let row = SlotRow { limit: &limit, key: &s.key, holder: run_id.as_str() };
+    row.enter(&mut tx, run_id.as_str(), run_id.as_str(), 0).await?;
     // Live rows other than this run's that came before it, the active one first.
-    let older: Vec<(String, bool)> = sqlx::query_as(&format!(
+    let older: Vec<String> = sqlx::query_scalar(&format!(
         "WITH me AS (SELECT arrived_at, granted_at FROM flow_slots WHERE flow_limit = $1 AND key = $2 AND holder = $3)
-         SELECT s.run_id, s.granted_at IS NOT NULL FROM flow_slots s {LIVE}, me
+         SELECT s.run_id FROM flow_slots s {LIVE}, me
          WHERE s.flow_limit = $1 AND s.key = $2 AND s.holder <> $3 AND me.granted_at IS NULL
            AND (s.granted_at IS NOT NULL OR (s.arrived_at, s.holder) < (me.arrived_at, $3))
          ORDER BY s.granted_at IS NULL, s.arrived_at"
@@ -411,48 +354,32 @@ async fn singleton(pool: &PgPool, run_id: &RunId, definition_id: &str, s: &Singl
     .bind(run_id)
     .fetch_all(&mut *tx)
     .await?;
-    let mine: bool = sqlx::query_scalar("SELECT granted_at IS NOT NULL FROM flow_slots WHERE flow_limit = $1 AND key = $2 AND holder = $3")
-        .bind(&limit)
-        .bind(&s.key)
-        .bind(run_id)
-        .fetch_one(&mut *tx)
-        .await?;
-    let single = if mine {
+    let single = if row.granted(&mut tx).await? {
         Single::Active
     } else if older.is_empty() {
-        sqlx::query("UPDATE flow_slots SET granted_at = clock_timestamp() WHERE flow_limit = $1 AND key = $2 AND holder = $3")
-            .bind(&limit)
-            .bind(&s.key)
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
+        row.grant(&mut tx).await?;
         Single::Active
     } else if s.mode == SingletonMode::Skip {
-        sqlx::query("DELETE FROM flow_slots WHERE flow_limit = $1 AND key = $2 AND holder = $3")
-            .bind(&limit)
-            .bind(&s.key)
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
-        Single::Skip { active: older[0].0.clone() }
+        row.leave(&mut tx).await?;
+        Single::Skip { active: older[0].clone() }
     } else {
-        Single::Replacing { older: older.into_iter().map(|(run, _)| run).collect() }
+        Single::Replacing { older }
     };
     tx.commit().await?;
     Ok(single)
 }
 
-/// Records why a live run waits.
-async fn set_waiting(pool: &PgPool, run_id: &RunId, reason: &str) -> Result<(), StoreError> {
+/// A run that waits: its row says why, and it looks again when woken or after `retry_in_ms`.
+async fn wait(pool: &PgPool, run_id: &RunId, reason: String, retry_in_ms: Option<u64>) -> Result<Admitted, StoreError> {
     sqlx::query(
         "UPDATE activity_runs SET status = 'waiting', status_reason = $2
          WHERE run_id = $1 AND status IN ('running', 'waiting') AND status_reason IS DISTINCT FROM $2",
     )
     .bind(run_id)
-    .bind(reason)
+    .bind(&reason)
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(Verdict::Wait { reason, retry_in_ms }.into())
 }
 
 /// Records that flow control let a live run execute, and when.
@@ -467,17 +394,17 @@ async fn set_admitted(pool: &PgPool, run_id: &RunId) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Records a run a rate limit turned away: ended, `skipped`, with the reason.
-async fn skip_run(pool: &PgPool, run_id: &RunId, reason: &str) -> Result<(), StoreError> {
+/// A run a control turned away: ended, `skipped`, with the reason.
+async fn skip(pool: &PgPool, run_id: &RunId, reason: String) -> Result<Admitted, StoreError> {
     sqlx::query(
         "UPDATE activity_runs SET status = 'skipped', status_reason = $2, finished_at = now()
          WHERE run_id = $1 AND status IN ('running', 'waiting')",
     )
     .bind(run_id)
-    .bind(reason)
+    .bind(&reason)
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(Verdict::Skip { reason }.into())
 }
 
 /// Takes a slot of a shared budget for a task while it executes (`budget:` on its template).
@@ -552,6 +479,71 @@ async fn rate_limit(pool: &PgPool, run_id: &RunId, definition_id: &str, r: &Rate
     Ok(admitted)
 }
 
+/// One holder's row of `flow_slots`: the statements every control makes about it.
+struct SlotRow<'a> {
+    limit: &'a str,
+    key: &'a str,
+    holder: &'a str,
+}
+
+impl SlotRow<'_> {
+    /// Queues the holder, unless it is in already; whether it was new (a run's first look).
+    async fn enter(&self, tx: &mut PgConnection, run_id: &str, wake: &str, priority: i64) -> Result<bool, StoreError> {
+        Ok(sqlx::query(
+            "INSERT INTO flow_slots (flow_limit, key, holder, run_id, wake, priority) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (flow_limit, key, holder) DO NOTHING",
+        )
+        .bind(self.limit)
+        .bind(self.key)
+        .bind(self.holder)
+        .bind(run_id)
+        .bind(wake)
+        .bind(priority)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// Whether the holder was granted (false when it has no row).
+    async fn granted(&self, tx: &mut PgConnection) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT coalesce((SELECT granted_at IS NOT NULL FROM flow_slots WHERE flow_limit = $1 AND key = $2 AND holder = $3), false)",
+        )
+        .bind(self.limit)
+        .bind(self.key)
+        .bind(self.holder)
+        .fetch_one(&mut *tx)
+        .await?)
+    }
+
+    async fn grant(&self, tx: &mut PgConnection) -> Result<(), StoreError> {
+        sqlx::query("UPDATE flow_slots SET granted_at = clock_timestamp() WHERE flow_limit = $1 AND key = $2 AND holder = $3")
+            .bind(self.limit)
+            .bind(self.key)
+            .bind(self.holder)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn leave(&self, tx: &mut PgConnection) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM flow_slots WHERE flow_limit = $1 AND key = $2 AND holder = $3")
+            .bind(self.limit)
+            .bind(self.key)
+            .bind(self.holder)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// PostgreSQL's clock now, ms since the epoch: every control's periods are measured on it, so
+/// routers and workers on machines with skewed clocks agree.
+async fn clock_ms(tx: &mut PgConnection) -> Result<f64, StoreError> {
+    Ok(sqlx::query_scalar("SELECT extract(epoch FROM clock_timestamp())::float8 * 1000").fetch_one(&mut *tx).await?)
+}
+
 struct Take<'a> {
     limit: String,
     request: &'a SlotRequest,
@@ -580,18 +572,8 @@ const LIVE: &str = "JOIN activity_runs r ON r.run_id = s.run_id AND r.status IN 
 async fn take_slot(pool: &PgPool, t: &Take<'_>) -> Result<Slot, StoreError> {
     let mut tx = pool.begin().await?;
     lock_key(&mut tx, &t.limit, &t.request.key, t.request.limit).await?;
-    sqlx::query(
-        "INSERT INTO flow_slots (flow_limit, key, holder, run_id, wake, priority) VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (flow_limit, key, holder) DO NOTHING",
-    )
-    .bind(&t.limit)
-    .bind(&t.request.key)
-    .bind(t.holder)
-    .bind(t.run_id)
-    .bind(t.wake)
-    .bind(t.priority)
-    .execute(&mut *tx)
-    .await?;
+    let row = SlotRow { limit: &t.limit, key: &t.request.key, holder: t.holder };
+    row.enter(&mut tx, t.run_id.as_str(), t.wake, t.priority).await?;
     let (held, ahead, mine): (i64, i64, bool) = sqlx::query_as(&format!(
         "WITH me AS (SELECT priority, arrived_at, granted_at FROM flow_slots WHERE flow_limit = $1 AND key = $2 AND holder = $3)
          SELECT
@@ -608,12 +590,7 @@ async fn take_slot(pool: &PgPool, t: &Take<'_>) -> Result<Slot, StoreError> {
     let slot = if mine {
         Slot::Held
     } else if held + ahead < i64::from(t.request.limit) {
-        sqlx::query("UPDATE flow_slots SET granted_at = clock_timestamp() WHERE flow_limit = $1 AND key = $2 AND holder = $3")
-            .bind(&t.limit)
-            .bind(&t.request.key)
-            .bind(t.holder)
-            .execute(&mut *tx)
-            .await?;
+        row.grant(&mut tx).await?;
         Slot::Held
     } else {
         Slot::Waiting { held, ahead }
@@ -744,8 +721,15 @@ pub struct LimitView {
     pub next: Vec<String>,
 }
 
+/// What waits for flow control now (`GET /flow/limits`, `tf runs limits`): at most 500 limits
+/// and keys, those with the most waiters first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Limits {
+    pub limits: Vec<LimitView>,
+}
+
 /// The limits with live holders or waiters, busiest first.
-pub async fn limits(pool: &PgPool) -> Result<Vec<LimitView>, StoreError> {
+pub async fn limits(pool: &PgPool) -> Result<Limits, StoreError> {
     let rows: Vec<(String, String, i32, i64, i64, Vec<String>)> = sqlx::query_as(&format!(
         "SELECT k.flow_limit, k.key, k.capacity,
                 count(*) FILTER (WHERE s.granted_at IS NOT NULL),
@@ -759,10 +743,12 @@ pub async fn limits(pool: &PgPool) -> Result<Vec<LimitView>, StoreError> {
     ))
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(limit, key, capacity, held, waiting, next)| LimitView { limit, key, capacity, held, waiting, next })
-        .collect())
+    Ok(Limits {
+        limits: rows
+            .into_iter()
+            .map(|(limit, key, capacity, held, waiting, next)| LimitView { limit, key, capacity, held, waiting, next })
+            .collect(),
+    })
 }
 
 #[cfg(test)]

@@ -237,7 +237,7 @@ pub fn operations() -> Vec<Operation> {
             "Flow-control limits holding or queueing work now: held/capacity, waiting, next in line (at most 500, most waiters first).",
             || get(flow::limits),
         )
-        .returns::<flow::Limits>(),
+        .returns::<tf_store::flow::Limits>(),
         Operation::new("get", "/tasks", "list_tasks", Some(Tasks), "The human-task inbox, oldest first, with a cursor.", || get(tasks::inbox))
             .query::<tasks::InboxQuery>()
             .returns::<tasks::TaskPage>(),

@@ -118,7 +118,7 @@ impl Remote {
     }
 
     pub async fn limits(&self) -> anyhow::Result<Answer> {
-        let page: crate::runs::Limits = shaped(self.call(reqwest::Method::GET, "/flow/limits", None).await?)?;
+        let page: tf_store::flow::Limits = shaped(self.call(reqwest::Method::GET, "/flow/limits", None).await?)?;
         crate::runs::limits_listed(page)
     }
 

@@ -60,18 +60,12 @@ pub fn listed(runs: &[RunView]) -> anyhow::Result<Answer> {
     Ok(Answer::new(runs)?.text(text))
 }
 
-/// What `GET /flow/limits` answers; the same shape in both modes.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct Limits {
-    pub limits: Vec<tf_store::flow::LimitView>,
-}
-
 pub async fn limits(settings: &Settings) -> anyhow::Result<Answer> {
     let pool = tf_store::connect(&settings.database_url).await?;
-    limits_listed(Limits { limits: tf_store::flow::limits(&pool).await? })
+    limits_listed(tf_store::flow::limits(&pool).await?)
 }
 
-pub fn limits_listed(page: Limits) -> anyhow::Result<Answer> {
+pub fn limits_listed(page: tf_store::flow::Limits) -> anyhow::Result<Answer> {
     let rows: Vec<Vec<String>> = page
         .limits
         .iter()

@@ -11,15 +11,24 @@ fn run_at(def_id: &str, version: i32, key: &str, data: Json, event_time_ms: Opti
     RunInput { event_time_ms, ..tf_testkit::run_input(def_id, version, key, json!({"id": format!("e-{key}"), "type": "t", "data": data})) }
 }
 
-/// Applies a definition on `events.demo` whose one task is an http call to `url` (CEL), with
-/// `flow` as its flow_control block (empty for none) and `task` as more fields of the task.
-async fn calling(pool: &sqlx::PgPool, prefix: &str, flow: &str, url: &str, task: &str) -> (String, i32) {
+/// Applies a definition on `events.demo` with `flow` as its flow_control block (empty for none)
+/// and one task, named `call`, of the fields `task` (`type: http, params: {...}`).
+async fn with_task(pool: &sqlx::PgPool, prefix: &str, flow: &str, task: &str) -> (String, i32) {
     let def_id = unique(prefix).to_lowercase();
     let flow = if flow.is_empty() { String::new() } else { format!("flow_control: {flow}\n") };
-    let yaml = format!(
-        "id: {def_id}\nname: {prefix}\ntrigger: {{event: {{topics: [events.demo]}}}}\n{flow}tasks:\n  - {{name: call, type: http, {task}params: {{url: \"{url}\"}}}}\n"
-    );
+    let yaml =
+        format!("id: {def_id}\nname: {prefix}\ntrigger: {{event: {{topics: [events.demo]}}}}\n{flow}tasks:\n  - {{name: call, {task}}}\n");
     apply_definition(pool, &yaml).await
+}
+
+/// ... whose task is an http call to `url` (CEL), `more` being more fields of it.
+async fn calling(pool: &sqlx::PgPool, prefix: &str, flow: &str, url: &str, more: &str) -> (String, i32) {
+    with_task(pool, prefix, flow, &format!("type: http, {more}params: {{url: \"{url}\"}}")).await
+}
+
+/// ... whose task produces `value` (CEL) to `topic`.
+async fn producing(pool: &sqlx::PgPool, prefix: &str, flow: &str, topic: &str, value: &str) -> (String, i32) {
+    with_task(pool, prefix, flow, &format!("type: kafka, params: {{topic: \"'{topic}'\", value: \"{value}\"}}")).await
 }
 
 async fn count_by_status(pool: &sqlx::PgPool, def_id: &str) -> HashMap<String, i64> {
@@ -169,20 +178,8 @@ async fn a_rate_limit_admits_n_per_event_time_window_and_records_the_rest_as_ski
     let queue = unique("it-queue");
     let topic = unique("it-rl");
     create_topic(&s, &topic, 1).await;
-    let def_id = unique("it-flow-rate").to_lowercase();
-    let yaml = format!(
-        r#"
-id: {def_id}
-name: Rate limit
-trigger: {{event: {{topics: [events.demo]}}}}
-flow_control: {{rate_limit: {{limit: 5, period: 1m, key: event.data.customer}}}}
-tasks:
-  - name: note
-    type: kafka
-    params: {{topic: "'{topic}'", value: "{{'n': event.data.n}}"}}
-"#
-    );
-    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let flow = "{rate_limit: {limit: 5, period: 1m, key: event.data.customer}}";
+    let (def_id, version) = producing(&pool, "it-flow-rate", flow, &topic, "{'n': event.data.n}").await;
     let w = worker(&db.url, &queue, &[("TF_NO_RELAY", "true")]);
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
     // An old window on purpose: periods are event time, whatever the clock says now.
@@ -461,20 +458,9 @@ async fn a_batch_gathers_the_events_of_a_key_into_runs_of_the_expected_sizes() {
     let queue = unique("it-queue");
     let topic = unique("it-batch");
     create_topic(&s, &topic, 1).await;
-    let def_id = unique("it-flow-batch").to_lowercase();
-    let yaml = format!(
-        r#"
-id: {def_id}
-name: Batch
-trigger: {{event: {{topics: [events.demo]}}}}
-flow_control: {{batch: {{max_size: 20, max_wait: 10s, key: event.data.customer}}}}
-tasks:
-  - name: sum
-    type: kafka
-    params: {{topic: "'{topic}'", value: "{{'size': size(events), 'ns': events.map(e, e.data.n)}}"}}
-"#
-    );
-    let (def_id, version) = apply_definition(&pool, &yaml).await;
+    let flow = "{batch: {max_size: 20, max_wait: 10s, key: event.data.customer}}";
+    let value = "{'size': size(events), 'ns': events.map(e, e.data.n)}";
+    let (def_id, version) = producing(&pool, "it-flow-batch", flow, &topic, value).await;
     let w = worker(&db.url, &queue, &[("TF_NO_RELAY", "true")]);
     let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
     for n in 0..50 {
