@@ -55,6 +55,10 @@ impl Checker {
                 self.fail(path, why);
                 None
             }
+            Ok(e) if e.uses_variable("tasks") && !path.starts_with("tasks[") => {
+                self.fail(path, "`tasks` (the outputs of the templates a task runs after) is seen by task templates only");
+                None
+            }
             Ok(e) => Some(e),
             Err(e) => {
                 self.fail(path, format!("line {} column {}: {}", e.line, e.column, e.message));

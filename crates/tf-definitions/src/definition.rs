@@ -27,6 +27,8 @@ pub struct Definition {
     pub tasks: Vec<TaskTemplate>,
     /// Limits on how many runs start, wait and execute (docs/flow-control.md).
     pub flow_control: FlowControl,
+    /// Events that cancel a run while it runs (docs/steps.md).
+    pub cancel_on: Vec<crate::steps::EventMatch>,
     /// The document this was parsed from: what is stored, versioned and shown.
     pub document: Document,
 }
@@ -157,7 +159,7 @@ pub struct TaskTemplate {
     pub params: Vec<(String, Expr)>,
     pub retry: RetryPolicy,
     pub timeout: Duration,
-    /// Human tasks: how long to wait for a person, when the template says so.
+    /// Human tasks and event waits: how long to wait, when the template says so.
     pub human_timeout: Option<Duration>,
     pub on_timeout: OnTimeout,
     /// Human tasks with `on_timeout: complete`: the output.
@@ -166,6 +168,12 @@ pub struct TaskTemplate {
     /// A shared concurrency budget (`TF_BUDGETS`) each task of this template holds while it
     /// executes.
     pub budget: Option<String>,
+    /// Templates planned and ended before this one (docs/steps.md).
+    pub after: Vec<String>,
+    /// Runs even when one of `after` failed.
+    pub always: bool,
+    /// `wait_for_event` steps: the event waited for.
+    pub wait: Option<crate::steps::EventMatch>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -395,6 +403,19 @@ impl Definition {
         if d.tasks.is_empty() {
             c.fail("tasks", "must define at least one task");
         }
+        let graph: Vec<(String, Vec<String>, Vec<&Expr>)> =
+            tasks.iter().map(|t: &TaskTemplate| (t.name.clone(), t.after.clone(), t.expressions())).collect();
+        crate::steps::check_graph(&mut c, &graph);
+        let mut cancel_on = Vec::new();
+        for (i, m) in d.cancel_on.iter().enumerate() {
+            let path = format!("cancel_on[{i}]");
+            if let Some(m) = crate::steps::check_match(&mut c, &path, m) {
+                if m.run.uses_variable("context") {
+                    c.fail(format!("{path}.match.run"), "is computed when the run begins, before its context: use `event` and `run`");
+                }
+                cancel_on.push(m);
+            }
+        }
 
         let flow_control = crate::flow::check(&mut c, &d.flow_control);
 
@@ -408,10 +429,18 @@ impl Definition {
                 context,
                 tasks,
                 flow_control,
+                cancel_on,
                 document,
             }),
             _ => Err(c.errors),
         }
+    }
+
+    /// Whether runs unfold in steps (docs/steps.md): some template runs after another, sleeps
+    /// or waits for an event. Such runs plan each template when it is due; the others plan all
+    /// tasks at once, as runs always did, so their histories are unchanged.
+    pub fn unfolds(&self) -> bool {
+        self.tasks.iter().any(|t| !t.after.is_empty() || matches!(t.task_type, TaskType::Sleep | TaskType::WaitForEvent))
     }
 
     /// The datasources this definition names, with the field naming each and the kind it needs
@@ -533,8 +562,43 @@ fn check_task(c: &mut Checker, i: usize, t: &TaskDoc) -> Option<TaskTemplate> {
     let known: &[&str] = match t.task_type {
         TaskType::Http => &HTTP_TASK_PARAMS,
         TaskType::Kafka => &KAFKA_TASK_PARAMS,
-        TaskType::Human | TaskType::Workflow => &[],
+        TaskType::Sleep => &crate::task_params::SLEEP_PARAMS,
+        TaskType::Human | TaskType::Workflow | TaskType::WaitForEvent => &[],
     };
+    let step = matches!(t.task_type, TaskType::Sleep | TaskType::WaitForEvent);
+    if t.always && t.after.is_empty() {
+        c.fail(format!("{path}.always"), "only means something with `after`: run even when one of them failed");
+    }
+    if t.task_type == TaskType::Sleep && crate::task_params::SLEEP_PARAMS.iter().filter(|p| t.params.contains_key(**p)).count() != 1 {
+        c.fail(format!("{path}.params"), "a sleep takes exactly one of `for` (a duration) and `until` (an instant)");
+    }
+    if t.task_type == TaskType::WaitForEvent && !t.params.is_empty() {
+        c.fail(format!("{path}.params"), "a wait_for_event step takes no params: say what it waits for in `event`");
+    }
+    if step && t.for_each.is_some() {
+        c.fail(format!("{path}.for_each"), format!("a {} step is one per run; put for_each on the tasks after it", t.task_type));
+    }
+    if step && t.retry.is_some() {
+        c.fail(format!("{path}.retry"), format!("a {} step does not fail, so it has nothing to retry", t.task_type));
+    }
+    if step && t.execution == Some(Execution::Child) {
+        c.fail(format!("{path}.execution"), "sleeps and waits are steps of the run itself (a timer in its history)");
+    }
+    let wait = match (&t.event, t.task_type) {
+        (Some(m), TaskType::WaitForEvent) => crate::steps::check_match(c, &format!("{path}.event"), m),
+        (None, TaskType::WaitForEvent) => {
+            c.fail(format!("{path}.event"), "required: the event the step waits for (type and match)");
+            None
+        }
+        (Some(_), _) => {
+            c.fail(format!("{path}.event"), "only wait_for_event steps wait for an event");
+            None
+        }
+        (None, _) => None,
+    };
+    if t.task_type == TaskType::WaitForEvent && t.timeout.is_none() {
+        c.fail(format!("{path}.timeout"), "required: how long the step waits for its event");
+    }
     if !known.is_empty()
         && let Some(unknown) = t.params.keys().find(|k| !known.contains(&k.as_str()))
     {
@@ -573,13 +637,29 @@ fn check_task(c: &mut Checker, i: usize, t: &TaskDoc) -> Option<TaskTemplate> {
         }
     }
     let timeout = c.duration(&format!("{path}.timeout"), t.timeout.as_deref(), DEFAULT_TASK_TIMEOUT);
-    let human = t.task_type == TaskType::Human;
-    let human_timeout = (human && t.timeout.is_some()).then_some(timeout);
-    let on_timeout = t.on_timeout.unwrap_or(OnTimeout::Fail);
-    if !human && (t.on_timeout.is_some() || t.timeout_output.is_some()) {
-        c.fail(format!("{path}.on_timeout"), "only human tasks have on_timeout and timeout_output (other tasks retry, then fail)");
+    let waits = matches!(t.task_type, TaskType::Human | TaskType::WaitForEvent);
+    let human_timeout = (waits && t.timeout.is_some()).then_some(timeout);
+    if t.task_type == TaskType::Sleep && t.timeout.is_some() {
+        c.fail(format!("{path}.timeout"), "a sleep lasts what its `for` or `until` says");
+    }
+    if human_timeout.is_some_and(|d| d > crate::steps::MAX_SLEEP) {
+        c.fail(format!("{path}.timeout"), "must not be longer than 366 days");
+    }
+    // An event wait that timed out completes by default (its output null), so the tasks after
+    // it can branch on `tasks.<name>.output == null`.
+    let default_on_timeout = if t.task_type == TaskType::WaitForEvent { OnTimeout::Complete } else { OnTimeout::Fail };
+    let on_timeout = t.on_timeout.unwrap_or(default_on_timeout);
+    if !waits && (t.on_timeout.is_some() || t.timeout_output.is_some()) {
+        c.fail(
+            format!("{path}.on_timeout"),
+            "only human tasks and wait_for_event steps have on_timeout and timeout_output (other tasks retry, then fail)",
+        );
     } else if t.on_timeout.is_some() && t.timeout.is_none() {
-        c.fail(format!("{path}.on_timeout"), "needs a timeout: how long the task waits for a person");
+        c.fail(format!("{path}.on_timeout"), "needs a timeout: how long the task waits");
+    } else if t.task_type == TaskType::WaitForEvent {
+        if on_timeout == OnTimeout::Fail && t.timeout_output.is_some() {
+            c.fail(format!("{path}.timeout_output"), "only used with on_timeout: complete");
+        }
     } else if on_timeout == OnTimeout::Complete && t.timeout_output.is_none() {
         c.fail(format!("{path}.timeout_output"), "required with on_timeout: complete (CEL giving the output)");
     } else if on_timeout == OnTimeout::Fail && t.timeout_output.is_some() {
@@ -587,7 +667,7 @@ fn check_task(c: &mut Checker, i: usize, t: &TaskDoc) -> Option<TaskTemplate> {
     }
     let timeout_output = t.timeout_output.as_deref().and_then(|o| c.expr(format!("{path}.timeout_output"), o));
     let execution = t.execution.unwrap_or(Execution::default_for(t.task_type));
-    if execution == Execution::Activity && !matches!(t.task_type, TaskType::Http | TaskType::Kafka) {
+    if execution == Execution::Activity && !matches!(t.task_type, TaskType::Http | TaskType::Kafka) && !step {
         c.fail(format!("{path}.execution"), "only http and kafka tasks run as activities; human and workflow tasks are child workflows");
     }
     if let Some(budget) = &t.budget {
@@ -611,7 +691,22 @@ fn check_task(c: &mut Checker, i: usize, t: &TaskDoc) -> Option<TaskTemplate> {
         timeout_output,
         execution,
         budget: t.budget.clone(),
+        after: t.after.clone(),
+        always: t.always,
+        wait,
     })
+}
+
+impl TaskTemplate {
+    /// Every CEL expression of the template, for checks that read them all.
+    pub fn expressions(&self) -> Vec<&Expr> {
+        let mut out: Vec<&Expr> = self.when.iter().chain(&self.for_each).chain(&self.timeout_output).collect();
+        out.extend(self.params.iter().map(|(_, e)| e));
+        if let Some(w) = &self.wait {
+            out.push(&w.run);
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use crate::flow::FlowControlDoc;
+pub use crate::steps::{EventMatchDoc, MatchDoc};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +28,9 @@ pub struct Document {
     /// so the specs (and hashes) of definitions written before it are unchanged.
     #[serde(default, skip_serializing_if = "FlowControlDoc::is_empty")]
     pub flow_control: FlowControlDoc,
+    /// Events that cancel a run of this definition while it runs (docs/steps.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cancel_on: Vec<EventMatchDoc>,
 }
 
 fn yes() -> bool {
@@ -202,6 +206,16 @@ pub struct TaskDoc {
     /// executes, so "at most 3 calls to the CRM at once" holds across definitions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<String>,
+    /// Templates whose tasks must all have ended before this one is planned; its CEL then sees
+    /// their outcomes as `tasks.<name>` (docs/steps.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// Run even when a template it runs after failed (default: it is skipped).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub always: bool,
+    /// `wait_for_event` steps: the event waited for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<EventMatchDoc>,
 }
 
 /// How the run executes a task. An `http` or `kafka` task is by default an activity of the
@@ -222,6 +236,8 @@ impl Execution {
         match task_type {
             TaskType::Http | TaskType::Kafka => Execution::Activity,
             TaskType::Human | TaskType::Workflow => Execution::Child,
+            // Steps of the run itself: a timer, or a wait in its history.
+            TaskType::Sleep | TaskType::WaitForEvent => Execution::Activity,
         }
     }
 }

@@ -10,8 +10,8 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 /// The variables an expression may reference (`events` only in the tasks of a batched
-/// definition, which the definition's checker enforces).
-pub const VARIABLES: [&str; 5] = ["event", "context", "item", "run", "events"];
+/// definition, `tasks` only in task templates, which the definition's checker enforces).
+pub const VARIABLES: [&str; 6] = ["event", "context", "item", "run", "events", "tasks"];
 
 fn env() -> &'static Arc<Env> {
     static ENV: OnceLock<Arc<Env>> = OnceLock::new();
@@ -32,6 +32,7 @@ impl Scope {
             ("item", &bindings.item),
             ("run", &bindings.run),
             ("events", &bindings.events),
+            ("tasks", &bindings.tasks),
         ])
     }
 
@@ -39,10 +40,10 @@ impl Scope {
     /// copying the event first.
     pub fn for_event(event: &Json) -> Scope {
         let null = Json::Null;
-        Scope::with([("event", event), ("context", &null), ("item", &null), ("run", &null), ("events", &null)])
+        Scope::with([("event", event), ("context", &null), ("item", &null), ("run", &null), ("events", &null), ("tasks", &null)])
     }
 
-    fn with(variables: [(&str, &Json); 5]) -> Scope {
+    fn with(variables: [(&str, &Json); 6]) -> Scope {
         let mut ctx = Context::with_env(env().clone());
         ctx.add_function(SECRET_FUNCTION, |name: Arc<String>| -> Result<cel::Value, cel::ExecutionError> {
             if !valid_secret_name(&name) {
@@ -92,6 +93,8 @@ pub struct Bindings {
     pub run: Json,
     /// A batched run's events (`flow_control.batch`), oldest first; null otherwise.
     pub events: Json,
+    /// The templates a task runs after: name to `{status, output}` (docs/steps.md).
+    pub tasks: Json,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -414,6 +417,7 @@ mod tests {
             item: json!({"sku": "a"}),
             run: json!({"id": "r1"}),
             events: Json::Null,
+            tasks: Json::Null,
         }
     }
 

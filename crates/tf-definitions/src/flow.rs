@@ -262,10 +262,16 @@ fn key_of(expr: &Option<Expr>, bindings: &Bindings) -> Result<String, AdmissionE
         None => return Ok(WHOLE_DEFINITION.to_string()),
         Some(e) => e.eval_string(bindings).map_err(|e| AdmissionError(e.to_string()))?,
     };
+    Ok(stored_key(key))
+}
+
+/// A key as it is kept: as written, or its SHA-256 when it is longer than [`MAX_KEY_BYTES`] or
+/// holds control characters. Flow-control keys and event-match keys alike.
+pub fn stored_key(key: String) -> String {
     if key.len() <= MAX_KEY_BYTES && !key.chars().any(char::is_control) {
-        return Ok(key);
+        return key;
     }
-    Ok(format!("sha256:{}", crate::sha256_hex(key.as_bytes())))
+    format!("sha256:{}", crate::sha256_hex(key.as_bytes()))
 }
 
 impl FlowControl {

@@ -12,6 +12,7 @@ pub mod expr;
 pub mod flow;
 pub mod plan;
 pub mod run;
+pub mod steps;
 pub mod task_params;
 
 pub use dedupe::{DedupeKey, DedupeKeyError};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Map, Value as Json};
+use serde_json::{Map, Value as Json, json};
 
 use crate::definition::{Definition, RetryPolicy};
 use crate::document::{Execution, OnTimeout};
@@ -36,59 +36,100 @@ pub const MAX_TASKS_PER_RUN: usize = 1000;
 
 impl Definition {
     /// Evaluates every template against `bindings` (`item` is set per `for_each` element and
-    /// `when` is evaluated per element).
+    /// `when` is evaluated per element): the plan of a run that does not unfold.
     pub fn plan_tasks(&self, run_id: &RunId, bindings: &Bindings) -> Result<Vec<PlannedTask>, EvalError> {
         let mut out = Vec::new();
         for t in &self.tasks {
-            let items = match &t.for_each {
-                Some(list) => list.eval_items(bindings)?,
-                None => vec![Json::Null],
+            let planned = self.plan_template(&t.name, run_id, bindings, out.len(), 0)?;
+            out.extend(planned);
+        }
+        Ok(out)
+    }
+
+    /// Plans one template: its tasks given `bindings` (with `tasks` set to what it runs after,
+    /// in an unfolding run), `planned` tasks already planned in the run and `now_ms` the
+    /// workflow time a `sleep ... for` counts from.
+    pub fn plan_template(
+        &self,
+        name: &str,
+        run_id: &RunId,
+        bindings: &Bindings,
+        planned: usize,
+        now_ms: i64,
+    ) -> Result<Vec<PlannedTask>, EvalError> {
+        let Some(position) = self.tasks.iter().position(|x| x.name == name) else {
+            return Err(EvalError { path: "tasks".into(), source_text: name.into(), reason: "names no task template".into() });
+        };
+        let t = &self.tasks[position];
+        let items = match &t.for_each {
+            Some(list) => list.eval_items(bindings)?,
+            None => vec![Json::Null],
+        };
+        if planned + items.len() > MAX_TASKS_PER_RUN {
+            return Err(EvalError {
+                path: format!("tasks[{position}].for_each"),
+                source_text: t.for_each.as_ref().map(|e| e.source().to_string()).unwrap_or_default(),
+                reason: format!("would make the run spawn more than {MAX_TASKS_PER_RUN} tasks"),
+            });
+        }
+        let mut out = Vec::new();
+        for (index, item) in items.into_iter().enumerate() {
+            let scope = Bindings { item, ..bindings.clone() };
+            if let Some(when) = &t.when
+                && !when.eval_bool(&scope)?
+            {
+                continue;
+            }
+            let mut params = Map::new();
+            for (name, expr) in &t.params {
+                let mut value = expr.eval(&scope)?;
+                // Only headers may hold secret references (the definition was checked for
+                // that); they are stored as `${secret:name}` and expanded when sent.
+                if name == "headers" {
+                    crate::expr::seal_secret_refs(&mut value).map_err(|e| EvalError {
+                        path: expr.path().to_string(),
+                        source_text: expr.source().to_string(),
+                        reason: e.to_string(),
+                    })?;
+                }
+                params.insert(name.clone(), value);
+            }
+            let params = match t.task_type {
+                // A sleep's params are the instant it ends, so the plan (in history) fixes it.
+                TaskType::Sleep => {
+                    let until_ms = crate::steps::sleep_until(&params, now_ms).map_err(|reason| EvalError {
+                        path: format!("tasks[{position}].params"),
+                        source_text: String::new(),
+                        reason,
+                    })?;
+                    json!({"until_ms": until_ms})
+                }
+                TaskType::WaitForEvent => {
+                    let w = t.wait.as_ref().expect("a checked wait_for_event template has its event");
+                    json!({
+                        "type": w.event_type,
+                        "topics": w.topics,
+                        "key": w.run_key(&scope)?,
+                        "incoming": w.incoming.source(),
+                    })
+                }
+                _ => Json::Object(params),
             };
-            if out.len() + items.len() > MAX_TASKS_PER_RUN {
-                let path = format!("tasks[{}].for_each", self.tasks.iter().position(|x| x.name == t.name).unwrap_or(0));
-                return Err(EvalError {
-                    path,
-                    source_text: t.for_each.as_ref().map(|e| e.source().to_string()).unwrap_or_default(),
-                    reason: format!("would make the run spawn more than {MAX_TASKS_PER_RUN} tasks"),
-                });
-            }
-            for (index, item) in items.into_iter().enumerate() {
-                let scope = Bindings { item, ..bindings.clone() };
-                if let Some(when) = &t.when
-                    && !when.eval_bool(&scope)?
-                {
-                    continue;
-                }
-                let mut params = Map::new();
-                for (name, expr) in &t.params {
-                    let mut value = expr.eval(&scope)?;
-                    // Only headers may hold secret references (the definition was checked for
-                    // that); they are stored as `${secret:name}` and expanded when sent.
-                    if name == "headers" {
-                        crate::expr::seal_secret_refs(&mut value).map_err(|e| EvalError {
-                            path: expr.path().to_string(),
-                            source_text: expr.source().to_string(),
-                            reason: e.to_string(),
-                        })?;
-                    }
-                    params.insert(name.clone(), value);
-                }
-                let timeout_output = t.timeout_output.as_ref().map(|e| e.eval(&scope)).transpose()?;
-                out.push(PlannedTask {
-                    task_id: run_id.task(&t.name, index as u32),
-                    template: t.name.clone(),
-                    index: index as u32,
-                    task_type: t.task_type,
-                    params: Json::Object(params),
-                    retry: t.retry.clone(),
-                    timeout: t.timeout,
-                    human_timeout: t.human_timeout,
-                    on_timeout: t.on_timeout,
-                    timeout_output,
-                    execution: t.execution,
-                    budget: t.budget.clone(),
-                });
-            }
+            let timeout_output = t.timeout_output.as_ref().map(|e| e.eval(&scope)).transpose()?;
+            out.push(PlannedTask {
+                task_id: run_id.task(&t.name, index as u32),
+                template: t.name.clone(),
+                index: index as u32,
+                task_type: t.task_type,
+                params,
+                retry: t.retry.clone(),
+                timeout: t.timeout,
+                human_timeout: t.human_timeout,
+                on_timeout: t.on_timeout,
+                timeout_output,
+                execution: t.execution,
+                budget: t.budget.clone(),
+            });
         }
         Ok(out)
     }

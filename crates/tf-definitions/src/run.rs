@@ -155,6 +155,11 @@ word_enum!(
         Pending = "pending",
         Running = "running",
         AwaitingHuman = "awaiting_human",
+        /// A sleep or a wait for an event in progress.
+        Waiting = "waiting",
+        /// Not executed: a template it runs after failed (docs/steps.md). Not final: it has no
+        /// result record.
+        Skipped = "skipped",
         Succeeded = "succeeded",
         Failed = "failed",
         Cancelled = "cancelled",
@@ -168,6 +173,10 @@ word_enum!(
         Kafka = "kafka",
         Human = "human",
         Workflow = "workflow",
+        /// A durable pause of the run (docs/steps.md).
+        Sleep = "sleep",
+        /// The run waits for another event that matches it (docs/steps.md).
+        WaitForEvent = "wait_for_event",
     }
 );
 

@@ -11,6 +11,8 @@ use crate::TaskType;
 pub const HTTP_TASK_PARAMS: [&str; 7] = ["url", "method", "body", "text", "headers", "expect", "datasource"];
 /// Params a `kafka` task understands.
 pub const KAFKA_TASK_PARAMS: [&str; 3] = ["topic", "key", "value"];
+/// Params a `sleep` step understands: exactly one of them.
+pub const SLEEP_PARAMS: [&str; 2] = ["for", "until"];
 
 /// Params each task type needs to do anything.
 pub fn required_params(t: TaskType) -> &'static [&'static str] {
@@ -19,6 +21,7 @@ pub fn required_params(t: TaskType) -> &'static [&'static str] {
         TaskType::Kafka => &["topic", "value"],
         TaskType::Human => &[],
         TaskType::Workflow => &["workflow_type", "task_queue"],
+        TaskType::Sleep | TaskType::WaitForEvent => &[],
     }
 }
 

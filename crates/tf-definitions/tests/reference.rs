@@ -90,6 +90,13 @@ fn the_reference_names_every_field_task_type_and_param() {
         "batch",
         "max_size",
         "events",
+        "after",
+        "always",
+        "cancel_on",
+        "match",
+        "incoming",
+        "run",
+        "event",
     ];
     for f in fields {
         assert!(REFERENCE.contains(&format!("`{f}`")), "docs/definitions.md does not describe `{f}`");
@@ -97,10 +104,11 @@ fn the_reference_names_every_field_task_type_and_param() {
     for overlap in ["skip", "buffer_one", "buffer_all", "cancel_other", "terminate_other", "allow_all"] {
         assert!(REFERENCE.contains(&format!("`{overlap}`")), "overlap {overlap}");
     }
-    for t in ["kafka", "http", "human", "workflow"] {
+    for t in tf_definitions::TaskType::ALL {
         assert!(REFERENCE.contains(&format!("### `{t}`")), "task type {t} has no section");
     }
-    for p in HTTP_TASK_PARAMS.iter().chain(KAFKA_TASK_PARAMS.iter()).chain(["workflow_type", "task_queue", "input"].iter()) {
+    let sleep = tf_definitions::task_params::SLEEP_PARAMS;
+    for p in HTTP_TASK_PARAMS.iter().chain(KAFKA_TASK_PARAMS.iter()).chain(sleep.iter()).chain(["workflow_type", "task_queue", "input"].iter()) {
         assert!(REFERENCE.contains(&format!("`{p}`")), "param {p}");
     }
 }

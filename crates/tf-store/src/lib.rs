@@ -10,6 +10,7 @@ pub mod redrives;
 pub mod runs;
 pub mod schema_changes;
 pub mod tasks;
+pub mod waits;
 
 use std::collections::HashSet;
 

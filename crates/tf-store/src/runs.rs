@@ -187,6 +187,7 @@ pub async fn finish_run(pool: &PgPool, run_id: &RunId, status: RunStatus) -> Res
     .fetch_optional(&mut *tx)
     .await?;
     let released = crate::flow::release_run(&mut tx, run_id).await?;
+    crate::waits::close_run(&mut tx, run_id).await?;
     tx.commit().await?;
     Ok(Finished { ended, released })
 }
@@ -231,6 +232,7 @@ pub async fn settle(
         return Ok(None);
     }
     let released = crate::flow::release_run(&mut tx, run_id).await?;
+    crate::waits::close_run(&mut tx, run_id).await?;
     tx.commit().await?;
     Ok(Some(released))
 }

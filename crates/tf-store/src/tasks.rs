@@ -34,11 +34,15 @@ pub async fn record_tasks(pool: &PgPool, run_id: &RunId, tasks: &[NewTask<'_>]) 
         .execute(&mut *tx)
         .await?;
     }
-    sqlx::query("UPDATE activity_runs SET tasks_spawned = $2 WHERE run_id = $1")
-        .bind(run_id)
-        .bind(tasks.len() as i32)
-        .execute(&mut *tx)
-        .await?;
+    // Counted, not summed: a run that unfolds records its tasks template by template, and a
+    // retried activity records the same ones again.
+    if let Some(attempt) = tasks.first().map(|t| t.run_attempt) {
+        sqlx::query("UPDATE activity_runs SET tasks_spawned = (SELECT count(*) FROM tasks WHERE run_id = $1 AND run_attempt = $2) WHERE run_id = $1")
+            .bind(run_id)
+            .bind(attempt)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -46,6 +50,51 @@ pub async fn record_tasks(pool: &PgPool, run_id: &RunId, tasks: &[NewTask<'_>]) 
 pub async fn set_task_status(pool: &PgPool, task_id: &TaskId, status: TaskStatus) -> Result<(), StoreError> {
     sqlx::query("UPDATE tasks SET status = $2 WHERE task_id = $1 AND finished_at IS NULL").bind(task_id).bind(status).execute(pool).await?;
     Ok(())
+}
+
+/// A sleep or a wait for an event began: what it waits for and until when (epoch ms).
+pub async fn set_waiting(pool: &PgPool, task_id: &TaskId, waiting_for: &str, until_ms: Option<i64>) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE tasks SET status = 'waiting', waiting_for = $2, waiting_until = to_timestamp($3::float8 / 1000)
+         WHERE task_id = $1 AND finished_at IS NULL",
+    )
+    .bind(task_id)
+    .bind(waiting_for)
+    .bind(until_ms)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records a task a failed dependency skipped: its row, final, with no result record.
+pub async fn record_skipped(pool: &PgPool, run_id: &RunId, task: &NewTask<'_>, why: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO tasks (task_id, run_id, template, item_index, task_type, params, run_attempt, status, error, finished_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'skipped', $8, now()) ON CONFLICT (task_id) DO NOTHING",
+    )
+    .bind(task.task_id)
+    .bind(run_id)
+    .bind(task.template)
+    .bind(task.index)
+    .bind(task.task_type)
+    .bind(task.params)
+    .bind(task.run_attempt)
+    .bind(why)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// `(index, output)` of a run's tasks of `template` that succeeded, in any attempt.
+pub async fn succeeded_outputs(pool: &PgPool, run_id: &RunId, template: &str) -> Result<Vec<(u32, Json)>, StoreError> {
+    let rows: Vec<(i32, Option<Json>)> = sqlx::query_as(
+        "SELECT item_index, output FROM tasks WHERE run_id = $1 AND template = $2 AND status = 'succeeded' ORDER BY item_index, run_attempt",
+    )
+    .bind(run_id)
+    .bind(template)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(i, o)| (i as u32, o.unwrap_or(Json::Null))).collect())
 }
 
 /// A task as operators list it.

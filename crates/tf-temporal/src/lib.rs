@@ -271,6 +271,9 @@ pub struct TaskConclusion {
     /// Final: succeeded, failed or cancelled.
     pub status: tf_definitions::TaskStatus,
     pub attempts: u32,
+    /// What the task gave, for the templates that run after it (docs/steps.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Json>,
 }
 
 /// Typed handle on RunTask for clients (signals to human tasks).
@@ -341,6 +344,36 @@ impl temporalio_common::SignalDefinition for WakeFlow {
     type Input = ();
     fn name(&self) -> &str {
         FLOW_WAKE_SIGNAL
+    }
+}
+
+/// The signal that hands a run the event one of its `wait_for_event` steps waited for
+/// (docs/steps.md). Its input is the delivery: `{wait_id, event, source: {topic, partition,
+/// offset}}`; the run takes the first per wait, so a repeated signal changes nothing.
+pub struct DeliverEvent;
+
+pub const DELIVER_EVENT_SIGNAL: &str = "deliver-event";
+
+impl temporalio_common::SignalDefinition for DeliverEvent {
+    type Workflow = RunActivity;
+    type Input = Json;
+    fn name(&self) -> &str {
+        DELIVER_EVENT_SIGNAL
+    }
+}
+
+/// Signals a delivery to the run `run_id`: `Ok(false)` when the run has ended (it no longer
+/// waits, and its wait was closed with it).
+pub async fn deliver_event(
+    client: &Client,
+    run_id: &str,
+    delivery: Json,
+) -> Result<bool, temporalio_client::errors::WorkflowInteractionError> {
+    let handle = client.get_workflow_handle::<RunActivity>(run_id.to_string());
+    match handle.signal(DeliverEvent, delivery, temporalio_client::WorkflowSignalOptions::default()).await {
+        Ok(()) => Ok(true),
+        Err(temporalio_client::errors::WorkflowInteractionError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -141,9 +141,9 @@ async fn dispatch(
     traceparent_in: Option<String>,
 ) {
     let routes = shared.definitions.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let event = std::sync::Arc::new(event);
     let (runs, mut errors) = tracing::info_span!("match").in_scope(|| {
         let (matches, errors) = route(&routes, at.topic, &event);
-        let event = std::sync::Arc::new(event);
         (matches.iter().map(|m| m.run_input(at, &event, event_time_ms)).collect::<Vec<_>>(), errors)
     });
     if !runs.is_empty() {
@@ -155,6 +155,7 @@ async fn dispatch(
         run.traceparent = traceparent(&span, traceparent_in.as_deref());
         start(shared, &mut errors, run, event_time_ms, at).instrument(span).await;
     }
+    crate::waits::deliver(shared, msg, at, &event).await;
     if !errors.is_empty() {
         let stage = errors[0].stage;
         let message = errors

@@ -15,6 +15,7 @@ mod recent_starts;
 mod retry;
 mod route;
 mod startup;
+mod waits;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -129,6 +130,8 @@ struct Shared {
     temporal: Client,
     dlq: FutureProducer,
     definitions: RwLock<Arc<Routes>>,
+    /// What runs wait for (docs/steps.md), refreshed with the definitions.
+    listeners: RwLock<Arc<waits::Listeners>>,
     metrics: Arc<metrics::Metrics>,
     claims: Claims,
     recent_starts: RecentStarts,
@@ -165,26 +168,39 @@ async fn refresh_every(pool: PgPool, shared: Arc<Shared>, mut fingerprint: Strin
     }
 }
 
-/// Loads enabled event definitions when the table changed; returns the new fingerprint.
+/// Loads enabled event definitions when the table changed, and what runs wait for (every
+/// time: a wait that began may name a matcher no loaded definition has); returns the new
+/// fingerprint.
 async fn refresh(pool: &PgPool, shared: &Shared, known: &str) -> anyhow::Result<String> {
+    let stored = tf_store::waits::matchers(pool).await?;
     let fp = tf_store::definitions::fingerprint(pool).await?;
-    if fp == known {
-        return Ok(fp);
+    let fp_with_waits = format!("{fp}/{}", stored.len());
+    if fp_with_waits == known {
+        return Ok(fp_with_waits);
     }
     let mut active = Vec::new();
+    let mut all = Vec::new();
     for row in tf_store::definitions::latest(pool).await? {
         if !row.enabled {
             continue;
         }
         match Definition::from_spec_json(row.spec) {
-            Ok(definition) if matches!(definition.trigger, Trigger::Event(_)) => active.push(Active { definition, version: row.version }),
-            Ok(_) => {}
+            Ok(definition) if matches!(definition.trigger, Trigger::Event(_)) => {
+                all.push(definition.clone());
+                active.push(Active { definition, version: row.version });
+            }
+            Ok(definition) => all.push(definition),
             Err(e) => tracing::error!(definition = %row.id, version = row.version, error = %e, "stored definition does not parse; ignored"),
         }
     }
+    let listeners = waits::Listeners::new(&all, &stored);
+    if listeners.count() > 0 {
+        tracing::info!(matchers = listeners.count(), "event waits loaded");
+    }
+    *shared.listeners.write().expect("lock") = Arc::new(listeners);
     let routes = Routes::new(active);
     tracing::info!(count = routes.count(), "event definitions loaded");
     shared.metrics.definitions.set(routes.count() as f64);
     *shared.definitions.write().expect("lock") = Arc::new(routes);
-    Ok(fp)
+    Ok(fp_with_waits)
 }

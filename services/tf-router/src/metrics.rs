@@ -44,6 +44,9 @@ pub struct Metrics {
     pub event_age: Histogram,
     /// From asking Temporal to start a run to its acknowledgement (retries included).
     pub start_latency: Histogram,
+    /// Events delivered to waiting runs: to a `wait_for_event` step, or cancelling by `cancel_on`.
+    pub delivered_to_steps: Counter,
+    pub delivered_cancels: Counter,
 }
 
 impl Metrics {
@@ -70,6 +73,10 @@ impl Metrics {
             "tf_router_consumer_lag",
             "Records after this router's stored offset, per partition it is assigned (librdkafka statistics, every 5 s; 0 once revoked)."
         );
+        describe_counter!(
+            "tf_router_events_delivered_total",
+            "Events delivered to runs that wait for them (docs/steps.md), by `to`: `step` (a wait_for_event step's event) or `cancel` (cancel_on cancelled the run). A replayed offset whose run took its event counts nothing."
+        );
         describe_histogram!("tf_router_event_age_seconds", "From a record's Kafka timestamp to its routing.");
         describe_histogram!("tf_router_start_seconds", "From asking Temporal to start a run to the acknowledgement (retries included).");
         Metrics {
@@ -90,6 +97,8 @@ impl Metrics {
             lag_partitions: Mutex::default(),
             event_age: histogram!("tf_router_event_age_seconds"),
             start_latency: histogram!("tf_router_start_seconds"),
+            delivered_to_steps: counter!("tf_router_events_delivered_total", "to" => "step"),
+            delivered_cancels: counter!("tf_router_events_delivered_total", "to" => "cancel"),
         }
     }
 

@@ -84,6 +84,7 @@ pub async fn build(cli: Config, ready: tf_runtime::Ready) -> anyhow::Result<Rout
         temporal,
         dlq,
         definitions: RwLock::new(Arc::new(Routes::default())),
+        listeners: RwLock::new(Arc::default()),
         claims: Claims::start(pool.clone(), metrics.clone()),
         pool: pool.clone(),
         value_budget: Arc::new(Semaphore::new(cli.max_values_in_flight.max(tf_envelope::DecodeLimits::default().max_values))),

@@ -24,6 +24,7 @@ use tf_store::flow::{self, Verdict};
 use tf_store::outbox::{self, FinishedTask};
 use tf_store::runs::{self, BeginRun, Claim};
 use tf_store::tasks::{self, NewTask};
+use tf_store::waits;
 use tf_temporal::{RunInput, TaskInput};
 use tracing::Instrument;
 
@@ -196,6 +197,51 @@ pub struct TakeBudgetInput {
     pub waiting_since_ms: Option<i64>,
 }
 
+/// One template of a run that unfolds (docs/steps.md), planned when what it runs after ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanStepInput {
+    pub plan: PlanTasksInput,
+    pub template: String,
+    /// `tasks.<name>` of the templates it runs after.
+    pub tasks: Json,
+    /// Tasks the run planned before this template (the run's bound counts them all).
+    pub planned: usize,
+    /// Workflow time: what a `sleep ... for` counts from.
+    pub now_ms: i64,
+    /// Why the template is skipped (a template it runs after failed); it is recorded, not planned.
+    #[serde(default)]
+    pub skipped_because: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PlannedStep {
+    pub tasks: Vec<TaskInput>,
+    /// `(index, output)` of the template's tasks that succeeded in an earlier attempt of a
+    /// retried run: not run again, but their outputs count.
+    #[serde(default)]
+    pub done: Vec<(u32, Json)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MarkWaitingInput {
+    pub task_id: TaskId,
+    pub waiting_for: String,
+    pub until_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BeginWaitInput {
+    pub task_id: TaskId,
+    pub wait: waits::NewWait,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndWaitInput {
+    pub wait_id: String,
+    /// The step's timer fired (else the run took a delivery).
+    pub timed_out: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FinishRunInput {
     pub run_id: RunId,
@@ -285,6 +331,41 @@ impl RunActivities {
         }
         tf_temporal::wake(&self.temporal, &finished.released.wake).await;
         Ok(())
+    }
+
+    /// Plans one template of a run that unfolds, or records it skipped.
+    #[activity(name = "PlanStep")]
+    pub async fn plan_step(self: Arc<Self>, _ctx: ActivityContext, p: PlanStepInput) -> Result<PlannedStep, ActivityError> {
+        let span = activity_span("PlanStep", &p.plan.run_id, p.plan.input.traceparent.as_deref());
+        async move { self.plan_one(p).await }.instrument(span).await
+    }
+
+    /// A sleep began: its task shows what it waits for until when.
+    #[activity(name = "MarkWaiting")]
+    pub async fn mark_waiting(self: Arc<Self>, _ctx: ActivityContext, m: MarkWaitingInput) -> Result<(), ActivityError> {
+        tasks::set_waiting(&self.pool, &m.task_id, &m.waiting_for, m.until_ms).await.map_err(store_failure)
+    }
+
+    /// Records a wait for an event and looks back for one a router handled while it was being
+    /// recorded; returns that delivery when there was one.
+    #[activity(name = "BeginWait")]
+    pub async fn begin_wait(self: Arc<Self>, _ctx: ActivityContext, b: BeginWaitInput) -> Result<Option<waits::Delivery>, ActivityError> {
+        let w = &b.wait;
+        let waiting_for = format!("{} key {}", w.event_type, w.match_key);
+        tasks::set_waiting(&self.pool, &b.task_id, &waiting_for, w.until_ms).await.map_err(store_failure)?;
+        self.open_wait(w).await
+    }
+
+    /// Ends a wait: the run took its delivery, or its timeout came (then an event that claimed
+    /// the wait first is returned: it came in time).
+    #[activity(name = "EndWait")]
+    pub async fn end_wait(self: Arc<Self>, _ctx: ActivityContext, e: EndWaitInput) -> Result<Option<waits::Delivery>, ActivityError> {
+        if e.timed_out {
+            waits::time_out(&self.pool, &e.wait_id).await.map_err(store_failure)
+        } else {
+            waits::received(&self.pool, &e.wait_id).await.map_err(store_failure)?;
+            Ok(None)
+        }
     }
 
     /// Looks again whether a waiting run may execute (it was woken, or its timer fired).
@@ -426,6 +507,9 @@ impl RunActivities {
                         Err(e) => out.flow_error = Some(e.to_string()),
                     }
                 }
+                if stored.spec.get("cancel_on").is_some() {
+                    self.register_cancel_on(b, &stored.spec).await?;
+                }
                 out.spec = Some(stored.spec);
                 out
             }
@@ -448,47 +532,33 @@ impl RunActivities {
     }
 
     async fn plan(&self, p: PlanTasksInput) -> Result<Vec<TaskInput>, ActivityError> {
-        let definition = Definition::from_spec_json(p.spec).map_err(|e| permanent(e.to_string()))?;
+        let definition = Definition::from_spec_json(p.spec.clone()).map_err(|e| permanent(e.to_string()))?;
         let sources = (!p.context_sources.is_null()).then_some(&p.context_sources);
         runs::set_context(&self.pool, &p.run_id, &p.context, sources).await.map_err(store_failure)?;
-        // A batched run's tasks see its batch's events; planning reads them, so the plan (and
-        // with it what the tasks saw) is in the run's history.
+        let bindings = self.bindings(&definition, &p, Json::Null).await?;
+        let planned =
+            definition.plan_tasks(&task_prefix(&p), &bindings).map_err(|e| permanent(self.sources.secrets().redact(&e.to_string())))?;
+        let tasks: Vec<TaskInput> = planned
+            .into_iter()
+            .filter(|t| !p.skip.iter().any(|(template, index)| *template == t.template && *index == t.index))
+            .map(|t| task_input(&p, t))
+            .collect();
+        self.record_planned(&p, &tasks).await?;
+        Ok(tasks)
+    }
+
+    /// What a run's templates see; a batched run's tasks see its batch's events, read here so
+    /// the plan (and with it what the tasks saw) is in the run's history.
+    async fn bindings(&self, definition: &Definition, p: &PlanTasksInput, tasks: Json) -> Result<Bindings, ActivityError> {
         let events = if definition.flow_control.batch.is_some() {
             flow::batch_events(&self.pool, &p.run_id).await.map_err(store_failure)?.unwrap_or(Json::Null)
         } else {
             Json::Null
         };
-        let bindings = Bindings { event: p.event, context: p.context, run: p.run, events, ..Bindings::default() };
-        // A retried run's tasks get their own ids, so each attempt has its own results.
-        let prefix = if p.attempt > 1 { RunId::from_workflow_id(format!("{}/attempt-{}", p.run_id, p.attempt)) } else { p.run_id.clone() };
-        let planned = definition.plan_tasks(&prefix, &bindings).map_err(|e| permanent(self.sources.secrets().redact(&e.to_string())))?;
-        let i = &p.input;
-        let tasks: Vec<TaskInput> = planned
-            .into_iter()
-            .filter(|t| !p.skip.iter().any(|(template, index)| *template == t.template && *index == t.index))
-            .map(|t| TaskInput {
-                task_id: t.task_id,
-                run_id: p.run_id.clone(),
-                definition_id: i.definition_id.clone(),
-                definition_version: i.definition_version,
-                template: t.template,
-                index: t.index,
-                task_type: t.task_type,
-                params: t.params,
-                max_attempts: t.retry.max_attempts,
-                initial_interval_ms: t.retry.initial_interval.as_millis() as u64,
-                max_interval_ms: t.retry.max_interval.as_millis() as u64,
-                backoff: t.retry.backoff,
-                timeout_ms: t.timeout.as_millis() as u64,
-                trigger: i.trigger.clone(),
-                traceparent: i.traceparent.clone(),
-                human_timeout_ms: t.human_timeout.map(|d| d.as_millis() as u64),
-                complete_on_timeout: t.on_timeout == tf_definitions::OnTimeout::Complete,
-                timeout_output: t.timeout_output,
-                execution: t.execution,
-                budget: t.budget,
-            })
-            .collect();
+        Ok(Bindings { event: p.event.clone(), context: p.context.clone(), run: p.run.clone(), events, tasks, ..Bindings::default() })
+    }
+
+    async fn record_planned(&self, p: &PlanTasksInput, tasks: &[TaskInput]) -> Result<(), ActivityError> {
         let rows: Vec<NewTask<'_>> = tasks
             .iter()
             .map(|t| NewTask {
@@ -500,8 +570,114 @@ impl RunActivities {
                 params: &t.params,
             })
             .collect();
-        tasks::record_tasks(&self.pool, &p.run_id, &rows).await.map_err(store_failure)?;
-        Ok(tasks)
+        tasks::record_tasks(&self.pool, &p.run_id, &rows).await.map_err(store_failure)
+    }
+
+    async fn plan_one(&self, s: PlanStepInput) -> Result<PlannedStep, ActivityError> {
+        let p = &s.plan;
+        let definition = Definition::from_spec_json(p.spec.clone()).map_err(|e| permanent(e.to_string()))?;
+        let Some(template) = definition.tasks.iter().find(|t| t.name == s.template) else {
+            return Err(permanent(format!("the definition has no task template {:?}", s.template)));
+        };
+        let prefix = task_prefix(p);
+        if let Some(why) = &s.skipped_because {
+            let task_id = prefix.task(&template.name, 0);
+            let row = NewTask {
+                task_id: &task_id,
+                run_attempt: p.attempt as i32,
+                template: &template.name,
+                index: 0,
+                task_type: template.task_type,
+                params: &Json::Null,
+            };
+            tasks::record_skipped(&self.pool, &p.run_id, &row, why).await.map_err(store_failure)?;
+            return Ok(PlannedStep::default());
+        }
+        if s.planned == 0 {
+            let sources = (!p.context_sources.is_null()).then_some(&p.context_sources);
+            runs::set_context(&self.pool, &p.run_id, &p.context, sources).await.map_err(store_failure)?;
+        }
+        let bindings = self.bindings(&definition, p, s.tasks.clone()).await?;
+        let planned = definition
+            .plan_template(&s.template, &prefix, &bindings, s.planned, s.now_ms)
+            .map_err(|e| permanent(self.sources.secrets().redact(&e.to_string())))?;
+        let skip = |t: &tf_definitions::PlannedTask| p.skip.iter().any(|(template, index)| *template == t.template && *index == t.index);
+        let done_indexes: Vec<u32> = planned.iter().filter(|t| skip(t)).map(|t| t.index).collect();
+        let tasks: Vec<TaskInput> = planned.into_iter().filter(|t| !skip(t)).map(|t| task_input(p, t)).collect();
+        self.record_planned(p, &tasks).await?;
+        let done = if done_indexes.is_empty() {
+            Vec::new()
+        } else {
+            tasks::succeeded_outputs(&self.pool, &p.run_id, &s.template)
+                .await
+                .map_err(store_failure)?
+                .into_iter()
+                .filter(|(i, _)| done_indexes.contains(i))
+                .collect()
+        };
+        Ok(PlannedStep { tasks, done })
+    }
+
+    /// Records the run's `cancel_on` entries as waits the router delivers to by cancelling the
+    /// run. An entry whose key this event cannot give is left out, with a warning: nothing could
+    /// match it.
+    async fn register_cancel_on(&self, b: &BeginRunInput, spec: &Json) -> Result<(), ActivityError> {
+        let definition = Definition::from_spec_json(spec.clone()).map_err(|e| permanent(e.to_string()))?;
+        let i = &b.input;
+        let bindings = Bindings {
+            event: i.event.as_deref().cloned().unwrap_or(Json::Null),
+            run: json!({"id": b.run_id, "definition_id": i.definition_id, "definition_version": i.definition_version,
+                        "dedupe_key": i.dedupe_key, "trigger": i.trigger}),
+            ..Default::default()
+        };
+        for (n, m) in definition.cancel_on.iter().enumerate() {
+            let match_key = match m.run_key(&bindings) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(run = %b.run_id, error = %e, "cancel_on[{n}] has no key for this run; no event can cancel it that way");
+                    continue;
+                }
+            };
+            let wait = waits::NewWait {
+                wait_id: format!("{}/cancel_on/{n}", b.run_id),
+                kind: waits::WaitKind::Cancel,
+                run_id: b.run_id.clone(),
+                event_type: m.event_type.clone(),
+                topics: m.topics.clone(),
+                incoming: m.incoming.source().to_string(),
+                matcher: m.matcher(),
+                match_key,
+                since_ms: b.fired_at_ms,
+                until_ms: None,
+            };
+            if let Some(d) = self.open_wait(&wait).await? {
+                let reason = d.cancel_reason();
+                if let Err(e) = tf_temporal::run_control::cancel_run(&self.temporal, b.run_id.as_str(), RunStatus::Running, &reason).await {
+                    return Err(transient(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a wait and delivers to it an event that a router remembered while it began.
+    async fn open_wait(&self, w: &waits::NewWait) -> Result<Option<waits::Delivery>, ActivityError> {
+        waits::begin(&self.pool, w).await.map_err(store_failure)?;
+        let incoming = tf_definitions::Expr::compile("match.incoming", &w.incoming).map_err(|e| permanent(e.message))?;
+        let m = tf_definitions::steps::EventMatch {
+            event_type: w.event_type.clone(),
+            topics: w.topics.clone(),
+            incoming: incoming.clone(),
+            run: incoming,
+        };
+        for (event, source) in waits::recent_events(&self.pool, &w.event_type, w.since_ms).await.map_err(store_failure)? {
+            let scope = tf_definitions::Scope::for_event(&event);
+            if m.accepts_topic(&source.topic) && m.incoming_key(&scope).as_deref() == Some(w.match_key.as_str()) {
+                waits::claim(&self.pool, &w.wait_id, &event, &source).await.map_err(store_failure)?;
+                break;
+            }
+        }
+        waits::delivery(&self.pool, &w.wait_id).await.map_err(store_failure)
     }
 
     async fn perform(&self, t: &TaskInput) -> Result<Json, ActivityError> {
@@ -554,7 +730,7 @@ impl RunActivities {
                 let answer = self.sources.call(call).await.map_err(source_failure)?;
                 json!({"status": answer.status, "body": answer.body})
             }
-            other @ (TaskType::Human | TaskType::Workflow) => {
+            other @ (TaskType::Human | TaskType::Workflow | TaskType::Sleep | TaskType::WaitForEvent) => {
                 return Err(permanent(format!("task type {other} is not executed by ExecuteTask")));
             }
         };
@@ -576,4 +752,35 @@ fn trace_id(traceparent: Option<&str>) -> &str {
 
 fn permanent_display(e: impl std::fmt::Display) -> ActivityError {
     permanent(e.to_string())
+}
+
+/// A retried run's tasks get their own ids, so each attempt has its own results.
+fn task_prefix(p: &PlanTasksInput) -> RunId {
+    if p.attempt > 1 { RunId::from_workflow_id(format!("{}/attempt-{}", p.run_id, p.attempt)) } else { p.run_id.clone() }
+}
+
+fn task_input(p: &PlanTasksInput, t: tf_definitions::PlannedTask) -> TaskInput {
+    let i = &p.input;
+    TaskInput {
+        task_id: t.task_id,
+        run_id: p.run_id.clone(),
+        definition_id: i.definition_id.clone(),
+        definition_version: i.definition_version,
+        template: t.template,
+        index: t.index,
+        task_type: t.task_type,
+        params: t.params,
+        max_attempts: t.retry.max_attempts,
+        initial_interval_ms: t.retry.initial_interval.as_millis() as u64,
+        max_interval_ms: t.retry.max_interval.as_millis() as u64,
+        backoff: t.retry.backoff,
+        timeout_ms: t.timeout.as_millis() as u64,
+        trigger: i.trigger.clone(),
+        traceparent: i.traceparent.clone(),
+        human_timeout_ms: t.human_timeout.map(|d| d.as_millis() as u64),
+        complete_on_timeout: t.on_timeout == tf_definitions::OnTimeout::Complete,
+        timeout_output: t.timeout_output,
+        execution: t.execution,
+        budget: t.budget,
+    }
 }

@@ -16,6 +16,7 @@ mod relay;
 mod scheduler;
 mod sdk_metrics;
 mod sources;
+mod unfold;
 pub mod workflows;
 
 use std::sync::Arc;

@@ -24,7 +24,8 @@ use tf_definitions::task_params::WorkflowParams;
 use tf_definitions::{Definition, Execution, RunId, RunStatus, TaskStatus, TaskType, TriggerKind};
 use tf_store::flow::Verdict;
 use tf_temporal::{
-    COMPLETE_TASK_SIGNAL, DECIDE_TASK_UPDATE, FLOW_WAKE_SIGNAL, RUN_ACTIVITY, RUN_TASK, RunInput, RunSummary, TaskConclusion, TaskInput,
+    COMPLETE_TASK_SIGNAL, DECIDE_TASK_UPDATE, DELIVER_EVENT_SIGNAL, FLOW_WAKE_SIGNAL, RUN_ACTIVITY, RUN_TASK, RunInput, RunSummary,
+    TaskConclusion, TaskInput,
 };
 
 use crate::activities::{
@@ -35,7 +36,7 @@ use crate::activities::{
 /// Set by Temporal Schedules on every workflow they start: the action's nominal time.
 const SCHEDULED_START_TIME: SearchAttributeKey<SaTimestamp> = SearchAttributeKey::datetime("TemporalScheduledStartTime");
 
-fn millis(t: Option<SystemTime>) -> i64 {
+pub(crate) fn millis(t: Option<SystemTime>) -> i64 {
     t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as i64)
 }
 
@@ -72,13 +73,13 @@ fn context_opts() -> ActivityOptions {
 
 /// Bookkeeping that touches only PostgreSQL runs as local activities: no task-queue round trip
 /// per step, which is most of a run's cost on a small Temporal.
-fn local_opts() -> LocalActivityOptions {
+pub(crate) fn local_opts() -> LocalActivityOptions {
     LocalActivityOptions::builder().start_to_close_timeout(Duration::from_secs(30)).retry_policy(patient_retries()).build()
 }
 
 /// For the bookkeeping that must still happen once the run or task is cancelled (recording
 /// that it was): detached from the workflow's cancellation, which would cancel it at once.
-fn closing_opts() -> LocalActivityOptions {
+pub(crate) fn closing_opts() -> LocalActivityOptions {
     LocalActivityOptions::builder()
         .start_to_close_timeout(Duration::from_secs(30))
         .retry_policy(patient_retries())
@@ -87,7 +88,7 @@ fn closing_opts() -> LocalActivityOptions {
 }
 
 /// Why the workflow was cancelled, for the task's error and the run's record.
-fn cancelled_because(reason: Option<String>) -> String {
+pub(crate) fn cancelled_because(reason: Option<String>) -> String {
     match reason.filter(|r| !r.is_empty()) {
         Some(r) => format!("cancelled: {r}"),
         None => "cancelled".into(),
@@ -99,6 +100,8 @@ fn cancelled_because(reason: Option<String>) -> String {
 pub struct RunActivityWorkflow {
     /// Flow-control wake-ups received (a slot this run or one of its tasks waits for freed).
     wakes: u32,
+    /// Events delivered to the run's `wait_for_event` steps, by wait id (the first of each).
+    pub(crate) deliveries: std::collections::BTreeMap<String, Json>,
 }
 
 #[workflow_methods]
@@ -187,12 +190,15 @@ impl RunActivityWorkflow {
             input: input.clone(),
             skip: begin.succeeded.clone(),
         };
-        let tasks = match ctx.execute_local_activity(RunActivities::plan_tasks, plan, local_opts()).await {
-            Ok(t) => t,
-            Err(e) => return Err(stop_or_fail(ctx, &run_id, format!("planning the tasks: {}", cause(&e))).await),
+        let (spawned, failed) = if definition.unfolds() {
+            crate::unfold::run_steps(ctx, &run_id, &definition, plan).await?
+        } else {
+            let tasks = match ctx.execute_local_activity(RunActivities::plan_tasks, plan, local_opts()).await {
+                Ok(t) => t,
+                Err(e) => return Err(stop_or_fail(ctx, &run_id, format!("planning the tasks: {}", cause(&e))).await),
+            };
+            (tasks.len() as u32, run_tasks(ctx, &run_id, &tasks).await?)
         };
-        let failed = run_tasks(ctx, &run_id, &tasks).await?;
-        let spawned = tasks.len() as u32;
         if let Some(stopped) = stop_if_cancelled(ctx, &run_id).await {
             return Err(stopped);
         }
@@ -208,6 +214,14 @@ impl RunActivityWorkflow {
     #[signal(name = FLOW_WAKE_SIGNAL)]
     pub fn wake(&mut self, _ctx: &mut SyncWorkflowContext<Self>, _nothing: ()) {
         self.wakes = self.wakes.wrapping_add(1);
+    }
+
+    /// A router (or a look back when the wait began) delivered an event to a wait step.
+    #[signal(name = DELIVER_EVENT_SIGNAL)]
+    pub fn deliver(&mut self, _ctx: &mut SyncWorkflowContext<Self>, delivery: Json) {
+        if let Some(wait_id) = delivery.get("wait_id").and_then(Json::as_str) {
+            self.deliveries.entry(wait_id.to_string()).or_insert(delivery);
+        }
     }
 }
 
@@ -321,7 +335,7 @@ fn finish(run_id: &RunId, status: RunStatus) -> FinishRunInput {
 }
 
 /// What a failed step says: the innermost cause, not "Activity task failed".
-fn cause(e: &temporalio_sdk::ActivityExecutionError) -> String {
+pub(crate) fn cause(e: &temporalio_sdk::ActivityExecutionError) -> String {
     root_cause(e.failure()).unwrap_or_else(|| e.to_string())
 }
 
@@ -349,7 +363,7 @@ async fn fail(ctx: &WorkflowContext<RunActivityWorkflow>, run_id: &RunId, why: S
 
 /// A step that failed because of a cancel request ends the run cancelled; any other failure
 /// fails it.
-async fn stop_or_fail(ctx: &WorkflowContext<RunActivityWorkflow>, run_id: &RunId, why: String) -> WorkflowTermination {
+pub(crate) async fn stop_or_fail(ctx: &WorkflowContext<RunActivityWorkflow>, run_id: &RunId, why: String) -> WorkflowTermination {
     match stop_if_cancelled(ctx, run_id).await {
         Some(stopped) => stopped,
         None => fail(ctx, run_id, why).await,
@@ -374,7 +388,7 @@ async fn run_tasks(ctx: &WorkflowContext<RunActivityWorkflow>, run_id: &RunId, t
     }
     let mut failed = 0;
     for outcome in futures::future::join_all(inline.into_iter().map(|t| run_task_inline(ctx.clone(), t.clone()))).await {
-        if outcome? != TaskStatus::Succeeded {
+        if outcome?.0 != TaskStatus::Succeeded {
             failed += 1;
         }
     }
@@ -388,7 +402,7 @@ async fn run_tasks(ctx: &WorkflowContext<RunActivityWorkflow>, run_id: &RunId, t
 }
 
 /// How a task ended, before it is recorded.
-struct Outcome {
+pub(crate) struct Outcome {
     status: TaskStatus,
     output: Option<Json>,
     error: Option<String>,
@@ -396,11 +410,11 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn succeeded(output: Json, attempts: u32) -> Outcome {
+    pub(crate) fn succeeded(output: Json, attempts: u32) -> Outcome {
         Outcome { status: TaskStatus::Succeeded, output: Some(output), error: None, attempts }
     }
 
-    fn ended(status: TaskStatus, error: String, attempts: u32) -> Outcome {
+    pub(crate) fn ended(status: TaskStatus, error: String, attempts: u32) -> Outcome {
         Outcome { status, output: None, error: Some(error), attempts }
     }
 }
@@ -433,29 +447,32 @@ async fn execute_task<W: Wakes>(ctx: &WorkflowContext<W>, task: &TaskInput, wake
 }
 
 /// Records a task's outcome (its row and exactly one result); whatever failed because of a
-/// cancel request counts as cancelled. Returns the status recorded.
-async fn record_outcome<W>(
+/// cancel request counts as cancelled. Returns the status recorded and the output.
+pub(crate) async fn record_outcome<W>(
     ctx: &WorkflowContext<W>,
     task: &TaskInput,
     started_at_ms: i64,
     Outcome { status, output, error, attempts }: Outcome,
-) -> Result<TaskStatus, WorkflowTermination> {
+) -> Result<(TaskStatus, Option<Json>), WorkflowTermination> {
     let cancelled = ctx.cancellation_token().is_cancelled() && status != TaskStatus::Succeeded;
     let (status, error) =
         if cancelled { (TaskStatus::Cancelled, Some(cancelled_because(ctx.cancellation_token().reason()))) } else { (status, error) };
     let finished_at_ms = millis(ctx.workflow_time());
     ctx.execute_local_activity(
         RunActivities::record_result,
-        RecordResultInput { task: task.clone(), status, output, error, attempts, started_at_ms, finished_at_ms },
+        RecordResultInput { task: task.clone(), status, output: output.clone(), error, attempts, started_at_ms, finished_at_ms },
         closing_opts(),
     )
     .await?;
-    Ok(status)
+    Ok((status, output))
 }
 
 /// An `execution: activity` task, run inside its run as RunTask would run it, minus the child
 /// workflow: the activity with its retries, then its result.
-async fn run_task_inline(ctx: WorkflowContext<RunActivityWorkflow>, task: TaskInput) -> Result<TaskStatus, WorkflowTermination> {
+pub(crate) async fn run_task_inline(
+    ctx: WorkflowContext<RunActivityWorkflow>,
+    task: TaskInput,
+) -> Result<(TaskStatus, Option<Json>), WorkflowTermination> {
     let started_at_ms = millis(ctx.workflow_time());
     let outcome = execute_task(&ctx, &task, task.run_id.as_str()).await;
     record_outcome(&ctx, &task, started_at_ms, outcome).await
@@ -549,11 +566,11 @@ impl RunTaskWorkflow {
             execute_task(ctx, &task, task.task_id.as_str()).await
         };
         let attempts = outcome.attempts;
-        let status = record_outcome(ctx, &task, started_at_ms, outcome).await?;
+        let (status, output) = record_outcome(ctx, &task, started_at_ms, outcome).await?;
         if ctx.cancellation_token().is_cancelled() && status == TaskStatus::Cancelled {
             return Err(WorkflowTermination::cancelled());
         }
-        Ok(TaskConclusion { status, attempts })
+        Ok(TaskConclusion { status, attempts, output })
     }
 
     #[signal(name = COMPLETE_TASK_SIGNAL)]

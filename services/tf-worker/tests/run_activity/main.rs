@@ -1,7 +1,8 @@
 //! RunActivity end to end on the real stack: the tf-worker binary, Temporal, PostgreSQL,
 //! Kafka and the registry. Runs are started the way the router starts them. One test binary,
 //! a file per concern: runs and their tasks here; cancelling and terminating runs
-//! (`cancel.rs`); flow control (`flow.rs`); outbound HTTP (`http.rs`); the results relay (`relay.rs`).
+//! (`cancel.rs`); flow control (`flow.rs`); outbound HTTP (`http.rs`); the results relay (`relay.rs`); runs that unfold
+//! (`steps.rs`).
 
 #![allow(clippy::unwrap_used)] // a test reports failure by panicking
 
@@ -19,6 +20,7 @@ mod cancel;
 mod flow;
 mod http;
 mod relay;
+mod steps;
 
 /// An event run's input, with a trace context the tasks must pass on.
 fn input(definition_id: &str, version: i32, key: &str, event: Json) -> RunInput {
