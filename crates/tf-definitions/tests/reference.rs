@@ -108,7 +108,9 @@ fn the_reference_names_every_field_task_type_and_param() {
         assert!(REFERENCE.contains(&format!("### `{t}`")), "task type {t} has no section");
     }
     let sleep = tf_definitions::task_params::SLEEP_PARAMS;
-    for p in HTTP_TASK_PARAMS.iter().chain(KAFKA_TASK_PARAMS.iter()).chain(sleep.iter()).chain(["workflow_type", "task_queue", "input"].iter()) {
+    for p in
+        HTTP_TASK_PARAMS.iter().chain(KAFKA_TASK_PARAMS.iter()).chain(sleep.iter()).chain(["workflow_type", "task_queue", "input"].iter())
+    {
         assert!(REFERENCE.contains(&format!("`{p}`")), "param {p}");
     }
 }

@@ -331,6 +331,31 @@ pub async fn published_results(what: &str, prefix: &str, within: Duration) -> Ve
     .await
 }
 
+/// The JSON values of partition 0 of `topic` from the start: `n` of them, or what arrived
+/// within 30 s; then a second more, so a test that expects exactly `n` sees a surplus.
+pub async fn read_json_values(topic: &str, n: usize) -> Vec<serde_json::Value> {
+    use rdkafka::Message;
+    use rdkafka::consumer::Consumer;
+    let s = settings();
+    let c: rdkafka::consumer::BaseConsumer = tf_kafka::client_config(&s.kafka_brokers).set("group.id", unique("it-read")).create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning).unwrap();
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut counted = false;
+    while std::time::Instant::now() < deadline {
+        if out.len() >= n && !counted {
+            counted = true;
+            deadline = std::time::Instant::now() + Duration::from_secs(1);
+        }
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            out.push(serde_json::from_slice(m.payload().unwrap_or_default()).unwrap());
+        }
+    }
+    out
+}
+
 /// Every committed result on taskfactory.results for runs whose id starts with `prefix`.
 pub async fn results_for(prefix: &str) -> Vec<serde_json::Value> {
     result_records(prefix).await.into_iter().map(|(_, value)| value).collect()

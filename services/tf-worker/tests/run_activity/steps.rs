@@ -102,7 +102,7 @@ tasks:
     .unwrap();
     assert!(slept_to - slept_from >= 2.0, "three was planned {:.2} s after the nap began", slept_to - slept_from);
 
-    let values: Vec<Json> = read_values(&sink, 3).await;
+    let values: Vec<Json> = tf_testkit::read_json_values(&sink, 3).await;
     let three = values.iter().find(|v| v.get("one").is_some()).unwrap_or_else(|| panic!("three's record: {values:?}"));
     assert_eq!(three, &json!({"one": "GET /one/ok HTTP/1.1", "two": "GET /two/200 HTTP/1.1", "nap": "succeeded"}));
     assert!(values.contains(&json!({"cleanup": "succeeded"})) && values.contains(&json!({"cleanup": "failed"})), "{values:?}");
@@ -119,21 +119,4 @@ tasks:
         sqlx::query_scalar("SELECT count(*) FROM task_results WHERE run_id = $1").bind(run("bad")).fetch_one(&pool).await.unwrap();
     assert_eq!(results, 2, "one result each for one and cleanup; a skipped task has none");
     tf_testkit::delete_topics(&s, &[&sink]).await;
-}
-
-/// The JSON values of the first `n` records on `topic`.
-async fn read_values(topic: &str, n: usize) -> Vec<Json> {
-    let s = settings();
-    let c: BaseConsumer = tf_kafka::client_config(&s.kafka_brokers).set("group.id", unique("it-read")).create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
-    c.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while out.len() < n && std::time::Instant::now() < deadline {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            out.push(serde_json::from_slice(m.payload().unwrap_or_default()).unwrap());
-        }
-    }
-    out
 }
