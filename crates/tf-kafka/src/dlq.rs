@@ -40,13 +40,25 @@ pub enum Stage {
     Claim,
     /// Temporal refused the start for good.
     Start,
+    /// The wait store refused the event for good (a value PostgreSQL cannot hold), so it cannot
+    /// be delivered to the runs that wait for it (docs/steps.md).
+    Deliver,
     /// Routing the record panicked.
     Panic,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 8] =
-        [Stage::Size, Stage::Decode, Stage::Filter, Stage::DedupeKey, Stage::EventTime, Stage::Claim, Stage::Start, Stage::Panic];
+    pub const ALL: [Stage; 9] = [
+        Stage::Size,
+        Stage::Decode,
+        Stage::Filter,
+        Stage::DedupeKey,
+        Stage::EventTime,
+        Stage::Claim,
+        Stage::Start,
+        Stage::Deliver,
+        Stage::Panic,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -57,6 +69,7 @@ impl Stage {
             Stage::EventTime => "event-time",
             Stage::Claim => "claim",
             Stage::Start => "start",
+            Stage::Deliver => "deliver",
             Stage::Panic => "panic",
         }
     }
@@ -72,6 +85,7 @@ impl Stage {
             Stage::EventTime => "InvalidEventTime",
             Stage::Claim => "ClaimRefused",
             Stage::Start => "StartRefused",
+            Stage::Deliver => "UndeliverableEvent",
             Stage::Panic => "Panic",
         }
     }
@@ -84,8 +98,8 @@ impl std::fmt::Display for Stage {
 }
 
 /// Every stage's name, in pipeline order (what the console offers to filter by).
-pub const STAGES: [&str; 8] = {
-    let mut names = [""; 8];
+pub const STAGES: [&str; 9] = {
+    let mut names = [""; 9];
     let mut i = 0;
     while i < names.len() {
         names[i] = Stage::ALL[i].as_str();

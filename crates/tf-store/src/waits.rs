@@ -275,14 +275,27 @@ pub async fn deliver(pool: &PgPool, e: &IncomingEvent<'_>, keys: &[(String, Stri
     .await?)
 }
 
-/// Deletes remembered events older than `older_than` and matchers no wait used for as long as
-/// the claims are kept. Returns how many events went.
-pub async fn expire(pool: &PgPool, older_than: std::time::Duration) -> Result<u64, StoreError> {
-    let gone = sqlx::query("DELETE FROM waitable_events WHERE received_at < now() - make_interval(secs => $1)")
-        .bind(older_than.as_secs_f64())
+/// How long a router's remembered event is kept: a wait looks back only on what a router
+/// handled while it was being recorded (milliseconds), so minutes are plenty.
+pub const REMEMBERED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Deletes remembered events older than [`REMEMBERED_FOR`], ended waits older than `retention`
+/// (the claims' retention: a replay within it finds them ended) and matchers no open wait uses
+/// and none began with for a month. Returns how many events and waits went.
+pub async fn expire(pool: &PgPool, retention: std::time::Duration) -> Result<u64, StoreError> {
+    let events = sqlx::query("DELETE FROM waitable_events WHERE received_at < now() - make_interval(secs => $1)")
+        .bind(REMEMBERED_FOR.as_secs_f64())
         .execute(pool)
         .await?
         .rows_affected();
+    let waits = sqlx::query(
+        "DELETE FROM event_waits WHERE status IN ('received', 'timed_out', 'closed') AND closed_at < now() - make_interval(secs => $1)",
+    )
+    .bind(retention.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected();
+    let gone = events + waits;
     sqlx::query(
         "DELETE FROM wait_matchers m WHERE last_used < now() - interval '31 days'
            AND NOT EXISTS (SELECT 1 FROM event_waits w WHERE w.event_type = m.event_type AND w.matcher = m.matcher AND w.status = 'open')",

@@ -155,7 +155,9 @@ async fn dispatch(
         run.traceparent = traceparent(&span, traceparent_in.as_deref());
         start(shared, &mut errors, run, event_time_ms, at).instrument(span).await;
     }
-    crate::waits::deliver(shared, msg, at, &event).await;
+    if let Err(message) = crate::waits::deliver(shared, msg, at, &event).await {
+        errors.push(RouteError { definition_id: "(waits)".into(), stage: Stage::Deliver, message });
+    }
     if !errors.is_empty() {
         let stage = errors[0].stage;
         let message = errors

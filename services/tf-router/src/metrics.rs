@@ -32,7 +32,7 @@ pub struct Metrics {
     pub runs_deduplicated_recent: Counter,
     pub generations_opened: Counter,
     pub claim_batches: Counter,
-    dead_letters: [Counter; 8],
+    dead_letters: [Counter; 9],
     pub dependency_retries: Counter,
     pub paused_misconfigured: Gauge,
     pub in_flight: Gauge,

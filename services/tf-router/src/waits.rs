@@ -70,27 +70,39 @@ impl Listeners {
     }
 }
 
+/// Retried until PostgreSQL answers; `Err` when it refused the event's value for good (a NUL
+/// character in a string, which `jsonb` cannot hold).
+async fn stored<T, F, Fut>(shared: &Shared, what: &str, op: F) -> Result<T, String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tf_store::StoreError>>,
+{
+    retry(shared, what, || async {
+        match op().await {
+            Ok(v) => Ok(Ok(v)),
+            Err(e) if e.is_bad_value() => Ok(Err(format!("{what}: PostgreSQL refused the event: {e}"))),
+            Err(e) => Err(Paused::from(e.to_string())),
+        }
+    })
+    .await
+}
+
 /// Delivers the event to the runs waiting for it. Retries PostgreSQL and Temporal until they
-/// answer, as starting runs does: the partition waits, nothing is skipped.
-pub async fn deliver(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>, event: &Json) {
-    let Some(event_type) = event.get("type").and_then(Json::as_str) else { return };
+/// answer, as starting runs does: the partition waits, nothing is skipped. `Err` (the record
+/// is dead-lettered) when the store cannot hold the event.
+pub async fn deliver(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>, event: &Json) -> Result<(), String> {
+    let Some(event_type) = event.get("type").and_then(Json::as_str) else { return Ok(()) };
     let listeners = shared.listeners.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    let Some(keys) = listeners.keys(event_type, event) else { return };
+    let Some(keys) = listeners.keys(event_type, event) else { return Ok(()) };
     let source = Source { topic: at.topic.to_string(), partition: at.partition, offset: at.offset };
     let record_ms = msg.timestamp().to_millis().unwrap_or_else(|| tf_envelope::Timestamp::now().0);
     let incoming = IncomingEvent { event_type, event, source: &source, record_ms };
     // Remembered first, committed: a wait that begins from now on finds it (tf_store::waits).
-    retry(shared, "remember a waitable event", || async {
-        waits::remember(&shared.pool, &incoming).await.map_err(|e| Paused::from(e.to_string()))
-    })
-    .await;
+    stored(shared, "remembering a waitable event", || waits::remember(&shared.pool, &incoming)).await?;
     if keys.is_empty() {
-        return;
+        return Ok(());
     }
-    let delivered = retry(shared, "deliver to waiting runs", || async {
-        waits::deliver(&shared.pool, &incoming, &keys).await.map_err(|e| Paused::from(e.to_string()))
-    })
-    .await;
+    let delivered = stored(shared, "delivering to waiting runs", || waits::deliver(&shared.pool, &incoming, &keys)).await?;
     for d in delivered {
         let delivery = Delivery { wait_id: d.wait_id.clone(), event: event.clone(), source: source.clone() };
         if d.cancels() {
@@ -115,6 +127,7 @@ pub async fn deliver(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>, eve
             tracing::info!(run = %d.run_id, wait = %d.wait_id, offset = at.offset, "event delivered to a waiting run");
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -234,3 +234,18 @@ async fn a_router_killed_while_delivering_delivers_every_event_once() {
     assert_eq!(settled.len(), n, "{settled:?}");
     tf_testkit::delete_topics(&settings(), &[&sink]).await;
 }
+
+#[tokio::test]
+async fn an_event_the_wait_store_cannot_hold_is_dead_lettered_and_the_partition_goes_on() {
+    let (t, sink) = waiting_setup("10m").await;
+    let _worker = t.worker();
+    let _router = t.router(&unique("it-group"), &[]);
+    send(&t, "p-nul", "payment.received", json!({"order_id": "o-1", "note": "a\u{0}b"})).await;
+    send(&t, "e-after", "order.created", json!({"order_id": "o-after"})).await;
+    all_waiting(&t, 1, "").await;
+    let dead = t.dead_letters(1);
+    let (headers, _) = &dead["p-nul"];
+    assert_eq!(headers["__connect.errors.stage"], "deliver", "{headers:?}");
+    assert_eq!(headers["__connect.errors.exception.class.name"], "UndeliverableEvent", "{headers:?}");
+    tf_testkit::delete_topics(&settings(), &[&sink]).await;
+}

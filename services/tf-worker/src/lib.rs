@@ -266,8 +266,9 @@ impl Application {
     }
 }
 
-/// Deletes dedupe generations whose window ended more than the claim retention ago, and batches
-/// closed that long ago, every ten minutes (claims themselves stay: their generation counter
+/// Deletes dedupe generations whose window ended more than the claim retention ago, batches
+/// closed that long ago, and remembered events and ended waits (tf_store::waits), every ten
+/// minutes (claims themselves stay: their generation counter
 /// keeps workflow ids unique).
 async fn expire_generations(pool: tf_store::PgPool, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
@@ -285,6 +286,11 @@ async fn expire_generations(pool: tf_store::PgPool, mut stop: tokio::sync::watch
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "expired flow-control batches deleted"),
             Err(e) => tracing::warn!(error = %e, "expiring batches failed; next try in ten minutes"),
+        }
+        match tf_store::waits::expire(&pool, tf_definitions::dedupe::CLAIM_RETENTION).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "remembered events and ended waits deleted"),
+            Err(e) => tracing::warn!(error = %e, "expiring event waits failed; next try in ten minutes"),
         }
     }
 }
