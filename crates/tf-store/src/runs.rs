@@ -380,6 +380,68 @@ pub struct RunLineage {
     pub results: Vec<ResultView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temporal_ui: Option<String>,
+    /// A run that unfolds (docs/steps.md): its templates in definition order, each with what
+    /// it runs after and how far it got.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepNode>,
+    /// Events the run waited for (`wait_for_event` steps, `cancel_on`), with where the
+    /// delivered one was read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waits: Vec<crate::waits::WaitView>,
+}
+
+/// One template of a run that unfolds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct StepNode {
+    pub template: String,
+    #[serde(rename = "type")]
+    pub task_type: String,
+    pub after: Vec<String>,
+    pub always: bool,
+    /// `not planned`, or its tasks' statuses (`succeeded`, `waiting`, `2 succeeded, 1 failed`).
+    pub state: String,
+}
+
+impl StepNode {
+    /// The step graph of a stored spec and the run's tasks; empty for a run that does not unfold.
+    pub fn graph(spec: &Json, tasks: &[TaskView]) -> Vec<StepNode> {
+        let Some(templates) = spec.get("tasks").and_then(Json::as_array) else { return Vec::new() };
+        let unfolds = templates.iter().any(|t| {
+            t.get("after").is_some_and(|a| a.as_array().is_some_and(|a| !a.is_empty()))
+                || matches!(t.get("type").and_then(Json::as_str), Some("sleep" | "wait_for_event"))
+        });
+        if !unfolds {
+            return Vec::new();
+        }
+        let last_attempt = tasks.iter().map(|t| t.run_attempt).max().unwrap_or(1);
+        templates
+            .iter()
+            .map(|t| {
+                let name = t.get("name").and_then(Json::as_str).unwrap_or_default().to_string();
+                let mine: Vec<&TaskView> = tasks.iter().filter(|x| x.template == name && x.run_attempt == last_attempt).collect();
+                let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+                for x in &mine {
+                    *counts.entry(x.status.as_str()).or_default() += 1;
+                }
+                let state = match (mine.as_slice(), counts.len()) {
+                    ([], _) => "not planned".to_string(),
+                    ([one], _) => one.status.as_str().to_string(),
+                    (_, _) => counts.iter().map(|(s, n)| format!("{n} {s}")).collect::<Vec<_>>().join(", "),
+                };
+                StepNode {
+                    template: name,
+                    task_type: t.get("type").and_then(Json::as_str).unwrap_or_default().to_string(),
+                    after: t
+                        .get("after")
+                        .and_then(Json::as_array)
+                        .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                        .unwrap_or_default(),
+                    always: t.get("always").and_then(Json::as_bool).unwrap_or(false),
+                    state,
+                }
+            })
+            .collect()
+    }
 }
 
 /// A definition version.
@@ -420,6 +482,11 @@ pub struct TaskView {
     pub error: Option<String>,
     pub created_at: String,
     pub finished_at: Option<String>,
+    /// A sleep or wait in progress: what it waits for (`sleep`, `<type> key <key>`) and until.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_until: Option<String>,
 }
 
 /// Where a task's result landed on the results topic.
@@ -452,8 +519,10 @@ pub async fn lineage(pool: &PgPool, run_id: &str, results_topic: &str) -> Result
             'tasks', coalesce((SELECT json_agg(json_build_object(
                     'task_id', t.task_id, 'template', t.template, 'index', t.item_index, 'type', t.task_type, 'status', t.status,
                     'run_attempt', t.run_attempt, 'attempts', t.attempts, 'params', t.params, 'output', t.output, 'error', t.error,
-                    'created_at', t.created_at, 'finished_at', t.finished_at) ORDER BY t.task_id)
+                    'created_at', t.created_at, 'finished_at', t.finished_at, 'waiting_for', t.waiting_for,
+                    'waiting_until', t.waiting_until) ORDER BY t.task_id)
                 FROM tasks t WHERE t.run_id = r.run_id), '[]'::json),
+            'spec', (SELECT d.spec FROM activity_definitions d WHERE d.id = r.definition_id AND d.version = r.definition_version),
             'results', coalesce((SELECT json_agg(json_build_object(
                     'task_id', x.task_id, 'status', upper(x.record->>'status'), 'topic', $2::text,
                     'partition', x.published_partition, 'offset', x.published_offset, 'published_at', x.published_at,
@@ -465,7 +534,12 @@ pub async fn lineage(pool: &PgPool, run_id: &str, results_topic: &str) -> Result
     .bind(results_topic)
     .fetch_optional(pool)
     .await?;
-    row.map(serde_json::from_value).transpose().map_err(StoreError::Shape)
+    let Some(mut row) = row else { return Ok(None) };
+    let spec = row.as_object_mut().and_then(|o| o.remove("spec")).unwrap_or(Json::Null);
+    let mut lineage: RunLineage = serde_json::from_value(row).map_err(StoreError::Shape)?;
+    lineage.steps = StepNode::graph(&spec, &lineage.tasks);
+    lineage.waits = crate::waits::of_run(pool, run_id).await?;
+    Ok(Some(lineage))
 }
 
 /// How many runs of `definition_id` fired in the last `window`, per status (for the console's

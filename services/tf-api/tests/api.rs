@@ -1391,3 +1391,96 @@ async fn every_list_pages_to_its_end_with_its_cursor() {
     let (status, body) = api.call("GET", "/dead-letters?cursor=nonsense", Some(ADMIN), None, None).await;
     assert_eq!((status, body["field"].as_str()), (400, Some("cursor")), "{body}");
 }
+
+/// A run that waits for another event shows it (docs/steps.md): `GET /runs/{id}` lists its steps
+/// with what each runs after and its state, and once the event came, where it was read (the
+/// offset its 202 named); the console's run page shows the step waiting for the event until its
+/// deadline, then the event it received.
+#[tokio::test]
+async fn a_waiting_run_shows_its_steps_and_the_offset_of_the_event_it_received() {
+    let s = settings();
+    let (db, _pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-api-queue");
+    let topic = unique("events.it-api-wait");
+    let dlq = unique("it-api-dlq");
+    for t in [&topic, &dlq] {
+        create_topic(&s, t, 1).await;
+    }
+    let api = Api::spawn(&db.url, &queue);
+    api.ready().await;
+    let codec = tf_envelope::Codec::new(std::sync::Arc::new(tf_envelope::Registry::new(&s.schema_registry_url)));
+    codec.encode_event(&format!("{topic}-value"), &tf_envelope::Event::new("probe", "/it", "probe", json!({})).unwrap()).await.unwrap();
+    let id = unique("it-api-wait").to_lowercase();
+    let def = format!(
+        r#"id: {id}
+name: Waits
+trigger: {{event: {{topics: [{topic}], type: com.example.order.created}}}}
+dedupe: {{key: event.data.order_id}}
+tasks:
+  - name: pay
+    type: wait_for_event
+    event: {{type: com.example.payment.received, match: {{incoming: event.data.order_id, run: event.data.order_id}}}}
+    timeout: 10m
+  - {{name: nap, type: sleep, after: [pay], params: {{for: "'1s'"}}}}
+"#
+    );
+    let (status, body) = api.call("POST", "/definitions", Some(ADMIN), None, Some(def)).await;
+    assert_eq!(status, 200, "{body}");
+    let _router = Service::spawn(
+        &workspace_binary("tf-router"),
+        &unique("tf-router"),
+        &[
+            ("TF_DATABASE_URL", &db.url),
+            ("TF_TASK_QUEUE", &queue),
+            ("TF_ROUTER_TOPICS", &topic),
+            ("TF_ROUTER_GROUP", &unique("it-api-group")),
+            ("TF_DLQ_TOPIC", &dlq),
+            ("TF_ROUTER_METRICS_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    let _worker = tf_testkit::worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_NO_SCHEDULER", "true")]);
+    let path = format!("/events/{topic}");
+    let ce = Some("application/cloudevents+json");
+    let event = |id: &str, kind: &str| {
+        json!({"specversion": "1.0", "id": id, "source": "/it", "type": format!("com.example.{kind}"), "data": {"order_id": "o-1"}})
+            .to_string()
+    };
+    let (status, body) = api.call("POST", &path, Some(ADMIN), ce, Some(event("e-1", "order.created"))).await;
+    assert_eq!(status, 202, "{body}");
+    let run_id = tf_definitions::DedupeKey::parse("o-1").unwrap().run_id(&id, 1).to_string();
+    let waiting = eventually("the pay step to wait", Duration::from_secs(60), || async {
+        let (status, l) = api.call("GET", &format!("/runs/{run_id}"), Some(READER), None, None).await;
+        (status == 200 && l["steps"][0]["state"] == "waiting").then_some(l)
+    })
+    .await;
+    assert_eq!(waiting["steps"][1], json!({"template": "nap", "type": "sleep", "after": ["pay"], "always": false, "state": "not planned"}));
+    assert_eq!(waiting["tasks"][0]["waiting_for"], "com.example.payment.received key o-1", "{waiting}");
+    let (http, _, set_cookie) = api.console_sign_in().await;
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let page = |http: reqwest::Client| {
+        let (url, cookie) = (format!("{}/ui/runs/{}", api.base, run_id.replace('/', "%2F")), cookie.clone());
+        async move { http.get(url).header("cookie", cookie).send().await.unwrap().text().await.unwrap() }
+    };
+    let html = page(http.clone()).await;
+    assert!(html.contains("waiting for com.example.payment.received key o-1 until"), "{html}");
+
+    let (status, body) = api.call("POST", &path, Some(ADMIN), ce, Some(event("p-1", "payment.received"))).await;
+    assert_eq!(status, 202, "{body}");
+    let offset = body["accepted"][0]["offset"].as_i64().unwrap();
+    let done = eventually("the run to complete", Duration::from_secs(60), || async {
+        let (_, l) = api.call("GET", &format!("/runs/{run_id}"), Some(READER), None, None).await;
+        (l["status"] == "completed").then_some(l)
+    })
+    .await;
+    let wait = &done["waits"][0];
+    assert_eq!(
+        (wait["kind"].as_str(), wait["status"].as_str(), wait["event_id"].as_str()),
+        (Some("step"), Some("received"), Some("p-1")),
+        "{done}"
+    );
+    assert_eq!((wait["source_topic"].as_str(), wait["source_offset"].as_i64()), (Some(topic.as_str()), Some(offset)), "{done}");
+    assert_eq!(done["steps"][1]["state"], "succeeded");
+    let html = page(http).await;
+    assert!(html.contains(&format!("com.example.payment.received p-1 ({topic} partition 0 offset {offset})")), "{html}");
+    tf_testkit::delete_topics(&s, &[&topic, &dlq]).await;
+}

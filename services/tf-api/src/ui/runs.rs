@@ -100,9 +100,46 @@ pub async fn show(State(state): State<AppState>, headers: HeaderMap, Path(run_id
             ]
         })
         .collect();
+    let at = |v: Option<i64>| v.map_or("–".to_string(), |n| n.to_string());
+    // A run that unfolds: each template with what it runs after and where it is; a sleep or
+    // wait in progress says what it waits for and until when.
+    let step_rows: Vec<Vec<Markup>> = r
+        .steps
+        .iter()
+        .map(|n| {
+            let waiting = r
+                .tasks
+                .iter()
+                .filter(|t| t.template == n.template && t.status == TaskStatus::Waiting)
+                .find_map(|t| t.waiting_for.as_ref().map(|w| (w.clone(), t.waiting_until.clone())));
+            vec![
+                html! { (n.template) },
+                html! { (n.task_type) },
+                html! { @if n.after.is_empty() { "–" } @else { (n.after.join(", ")) @if n.always { " (always)" } } },
+                html! {
+                    (status(&n.state))
+                    @if let Some((what, until)) = waiting {
+                        " " @if what == "sleep" { "sleeping" } @else { "waiting for " (what) }
+                        @if let Some(until) = until { " until " (when(&until)) }
+                    }
+                },
+            ]
+        })
+        .collect();
+    let wait_lines: Vec<Markup> = r
+        .waits
+        .iter()
+        .filter(|w| w.event_id.is_some())
+        .map(|w| {
+            html! {
+                (w.kind) " " (w.wait_id) " ← " (w.event_type) " " (w.event_id.as_deref().unwrap_or(""))
+                " (" (w.source_topic.as_deref().unwrap_or("")) " partition " (at(w.source_partition.map(i64::from)))
+                " offset " (at(w.source_offset)) ")"
+            }
+        })
+        .collect();
     let st = r.status;
     let opt = |v: &Option<String>| v.clone().unwrap_or_default();
-    let at = |v: Option<i64>| v.map_or("–".to_string(), |n| n.to_string());
     let action = format!("/ui/runs/{}", url_part(&run_id, true));
     let body = html! {
         (own.flash())
@@ -121,6 +158,9 @@ pub async fn show(State(state): State<AppState>, headers: HeaderMap, Path(run_id
                     html! { (status(st.as_str())) @if let Some(why) = &r.status_reason { " " (why) } },
                     html! { @if let Some(at) = &r.admitted_at { "admitted " (when(at)) } },
                 ]))
+                @if !wait_lines.is_empty() {
+                    (lineage_step("events waited for", &format!("{} delivered", wait_lines.len()), &wait_lines))
+                }
                 (lineage_step("tasks", &format!("{} task(s)", r.tasks.len()), &task_lines))
                 (lineage_step("results", RESULTS_TOPIC, &results))
             }
@@ -135,6 +175,12 @@ pub async fn show(State(state): State<AppState>, headers: HeaderMap, Path(run_id
             form.inline method="post" action={ (action) "/retry" } { button type="submit" { "Retry run" } }
         }
         p { a href=(r.temporal_ui.as_deref().unwrap_or("#")) rel="noopener" { "Open in the Temporal UI" } }
+        @if !step_rows.is_empty() {
+            section aria-labelledby="steps-h" {
+                h2 #steps-h { "Steps" }
+                (table("Steps of the run, in definition order", &["Template", "Type", "Runs after", "State"], &step_rows, "No steps."))
+            }
+        }
         section aria-labelledby="tasks-h" {
             h2 #tasks-h { "Tasks" }
             (table("Tasks of the run", &["Task", "Type", "Status", "Output", "Error"], &task_rows, "No tasks."))
