@@ -92,7 +92,8 @@ pub async fn roundtrip(settings: &Settings, topic: &str) -> anyhow::Result<Answe
 
 /// A burst of example events for `examples/definitions`: orders (some small, so filtered out;
 /// some from gold customers, so a human review; some repeated, so deduplicated), signups
-/// (one e-mail twice) and one record that is not Avro (to the DLQ).
+/// (one e-mail twice) and one record that is not Avro (to the DLQ); then payments and
+/// cancellations for some of the orders, which `order-payment` waits for.
 pub async fn events(settings: &Settings, topic: &str, orders: usize) -> anyhow::Result<Answer> {
     let codec = Codec::new(Arc::new(Registry::new(&settings.schema_registry_url)));
     let producer: FutureProducer =
@@ -128,15 +129,51 @@ pub async fn events(settings: &Settings, topic: &str, orders: usize) -> anyhow::
 
     let mut sent = 0;
     for (key, value) in &records {
-        producer
-            .send(FutureRecord::to(topic).key(key).payload(value), Duration::from_secs(15))
-            .await
-            .map_err(|(e, _)| e)
-            .with_context(|| format!("producing to {topic}"))?;
+        send(&producer, topic, key, value).await?;
+        sent += 1;
+    }
+    // What `order-payment` waits for (docs/steps.md): a payment for every third order and a
+    // cancellation for every seventh, sent once the orders' runs had time to begin waiting (a
+    // payment from before its wait began does not count).
+    let mut later: Vec<(String, Vec<u8>)> = Vec::new();
+    let (mut payments, mut cancellations) = (0, 0);
+    for i in 0..(orders * 3 / 4).max(1) {
+        let order_id = format!("demo-{batch}-order-{i}");
+        let (kind, id) = if i % 3 == 0 {
+            payments += 1;
+            ("com.example.payment.received", format!("demo-{batch}-pay{i}"))
+        } else if i % 7 == 5 {
+            cancellations += 1;
+            ("com.example.order.cancelled", format!("demo-{batch}-cancel{i}"))
+        } else {
+            continue;
+        };
+        let amount = if i % 5 == 4 { 20 } else { 100 + 10 * i as i64 };
+        let data = json!({"order_id": order_id, "amount": amount, "customer_id": if i % 2 == 0 { "c-1001" } else { "c-1002" }});
+        later.push((order_id, codec.encode_event(&subject, &Event::new(id, "/demo/shop", kind, data)?).await?));
+    }
+    eprintln!("waiting {} s for the orders' runs to begin waiting for their payments ...", PAYMENTS_AFTER.as_secs());
+    tokio::time::sleep(PAYMENTS_AFTER).await;
+    for (key, value) in &later {
+        send(&producer, topic, key, value).await?;
         sent += 1;
     }
     let text = format!(
-        "produced {sent} records to {topic}: {orders} orders (every 5th under the filter's amount, the last quarter repeating earlier order ids), 3 signups (one e-mail twice), 1 record that is not Avro\n"
+        "produced {sent} records to {topic}: {orders} orders (every 5th under the filter's amount, the last quarter repeating earlier order ids), 3 signups (one e-mail twice), 1 record that is not Avro, then {payments} payments and {cancellations} cancellations\n"
     );
-    Ok(Answer::new(json!({"topic": topic, "records": sent, "orders": orders, "signups": 3, "not_avro": 1}))?.text(text))
+    let answer = json!({"topic": topic, "records": sent, "orders": orders, "signups": 3, "not_avro": 1,
+                        "payments": payments, "cancellations": cancellations});
+    Ok(Answer::new(answer)?.text(text))
+}
+
+/// How long after the orders their payments and cancellations are sent.
+const PAYMENTS_AFTER: Duration = Duration::from_secs(5);
+
+async fn send(producer: &FutureProducer, topic: &str, key: &str, value: &[u8]) -> anyhow::Result<()> {
+    producer
+        .send(FutureRecord::to(topic).key(key).payload(value), Duration::from_secs(15))
+        .await
+        .map_err(|(e, _)| e)
+        .with_context(|| format!("producing to {topic}"))?;
+    Ok(())
 }

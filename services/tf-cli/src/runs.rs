@@ -124,8 +124,41 @@ pub fn shown(r: &RunLineage) -> anyhow::Result<Answer> {
         .iter()
         .map(|t| vec![t.task_id.clone(), t.task_type.to_string(), t.status.to_string(), t.attempts.to_string(), or(&t.error)])
         .collect();
+    if !r.steps.is_empty() {
+        let steps: Vec<Vec<String>> = r
+            .steps
+            .iter()
+            .map(|n| {
+                let after = if n.after.is_empty() { "-".to_string() } else { n.after.join(",") + if n.always { " (always)" } else { "" } };
+                let waiting = r
+                    .tasks
+                    .iter()
+                    .find(|t| t.template == n.template && t.status == tf_definitions::TaskStatus::Waiting)
+                    .and_then(|t| t.waiting_for.as_ref().map(|w| format!("{w} until {}", or(&t.waiting_until))))
+                    .unwrap_or_default();
+                vec![n.template.clone(), n.task_type.clone(), after, n.state.clone(), waiting]
+            })
+            .collect();
+        text.push('\n');
+        text.push_str(&table(&["STEP", "TYPE", "AFTER", "STATE", "WAITING FOR"], &steps, "(no steps)"));
+    }
     text.push('\n');
     text.push_str(&table(&["TASK", "TYPE", "STATUS", "ATTEMPTS", "ERROR"], &tasks, "(no tasks)"));
+    let waits: Vec<Vec<String>> = r
+        .waits
+        .iter()
+        .map(|w| {
+            let from = match (&w.source_topic, w.source_partition, w.source_offset) {
+                (Some(t), Some(p), Some(o)) => format!("{t}[{p}]@{o}"),
+                _ => "-".into(),
+            };
+            vec![w.wait_id.clone(), format!("{} key {}", w.event_type, w.match_key), w.status.clone(), or(&w.event_id), from]
+        })
+        .collect();
+    if !waits.is_empty() {
+        text.push('\n');
+        text.push_str(&table(&["WAIT", "FOR", "STATUS", "EVENT", "FROM"], &waits, "(no waits)"));
+    }
     let results: Vec<Vec<String>> = r
         .results
         .iter()

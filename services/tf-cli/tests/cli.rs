@@ -149,7 +149,7 @@ async fn definitions_validate_apply_list_show() {
 
     let ok = tf(&["definitions", "validate", "-f", "examples/definitions"], &[]);
     assert!(ok.status.success());
-    assert!(stdout(&ok).contains("4 definition(s) valid"));
+    assert!(stdout(&ok).contains("5 definition(s) valid"));
     // With the operator's datasources in sight, the names definitions use are checked too.
     let followup = "examples/definitions/order-followup.yaml";
     let known = tf(&["definitions", "validate", "-f", followup], &[("TF_DATASOURCE__ORDERS__URL", "postgres://r@db.internal/orders")]);
