@@ -43,6 +43,11 @@ const SHAPES: &[(&str, &str)] = &[
     ("flow-skipped", "flow control: a run a rate limit skipped at its start: nothing spawned"),
     ("flow-budget-waited", "flow control: an inline http task that waited for its shared budget, woken, then called"),
     ("flow-debounced", "flow control: a run that waited on its own timer (a debounce's quiet period), then executed"),
+    ("steps-chain", "a run that unfolds: an http task, a sleep after it, a kafka task after the sleep reading the first's output, a human child after it"),
+    ("steps-skipped", "a run that unfolds whose first task failed: its dependents skipped, an `always` one ran"),
+    ("steps-waited", "a wait_for_event step that received its event by the deliver-event signal, then a task after it"),
+    ("steps-wait-timed-out", "a wait_for_event step whose timer fired first: its timeout output, then a task after it"),
+    ("steps-cancelled-waiting", "a run cancelled (as cancel_on does) while its wait_for_event step waited"),
 ];
 
 fn corpus_dir() -> PathBuf {
@@ -530,6 +535,73 @@ tasks:
     let run = r.start(&quiet, "d-1", json!({"order_id": "d-1"})).await;
     assert_eq!(r.run_status(&run).await, "completed");
     r.save("flow-debounced", &run, None).await;
+
+    // Runs that unfold (docs/steps.md). The router's part of a delivery (claim, then signal) is
+    // done here as the router does it: the worker's history is what the corpus keeps.
+    let steps = apply_definition(
+        &pool,
+        &format!(
+            r#"
+id: corpus-steps-{tag}
+name: Corpus steps
+trigger: {{event: {{topics: [events.demo]}}}}
+dedupe: {{key: event.data.order_id}}
+tasks:
+  - {{name: one, type: http, retry: {{max_attempts: 1}}, params: {{url: "'{base}/' + event.data.path"}}}}
+  - {{name: nap, type: sleep, after: [one], params: {{for: "'300ms'"}}}}
+  - {{name: two, type: kafka, after: [nap], params: {{topic: "'{sink}'", value: "{{'one': tasks.one.output.status}}"}}}}
+  - {{name: review, type: human, after: [two], params: {{title: "'Review'"}}}}
+  - {{name: always, type: kafka, after: [one], always: true, params: {{topic: "'{sink}'", value: "tasks.one.status"}}}}
+"#
+        ),
+    )
+    .await;
+    let chain = r.start(&steps, "s-1", json!({"order_id": "s-1", "path": "ok"})).await;
+    r.decide(&format!("{chain}/review/0"), tf_temporal::HumanDecision::Complete { output: json!({"ok": true}), by: "corpus".into() }).await;
+    assert_eq!(r.run_status(&chain).await, "completed");
+    r.save("steps-chain", &chain, None).await;
+    let skipped = r.start(&steps, "s-2", json!({"order_id": "s-2", "path": "fail-once/x"})).await;
+    assert_eq!(r.run_status(&skipped).await, "failed");
+    r.save("steps-skipped", &skipped, None).await;
+    let waits = apply_definition(
+        &pool,
+        &format!(
+            r#"
+id: corpus-waits-{tag}
+name: Corpus waits
+trigger: {{event: {{topics: [events.demo]}}}}
+dedupe: {{key: event.data.order_id}}
+tasks:
+  - name: pay
+    type: wait_for_event
+    event: {{type: paid, match: {{incoming: event.data.order_id, run: event.data.order_id}}}}
+    timeout: "{{timeout}}"
+  - {{name: settle, type: kafka, after: [pay], params: {{topic: "'{sink}'", value: "{{'paid': tasks.pay.output != null}}"}}}}
+"#
+        )
+        .replace("{timeout}", "3s"),
+    )
+    .await;
+    let waited = r.start(&waits, "w-1", json!({"order_id": "w-1"})).await;
+    r.task_status(&format!("{waited}/pay/0"), "waiting").await;
+    let event = json!({"id": "p-1", "type": "paid", "data": {"order_id": "w-1"}});
+    let source = tf_store::waits::Source { topic: "events.demo".into(), partition: 0, offset: 1 };
+    let incoming = tf_store::waits::IncomingEvent { event_type: "paid", event: &event, source: &source, record_ms: i64::MAX / 2 };
+    let matcher = tf_definitions::steps::matcher_of("event.data.order_id");
+    let told = tf_store::waits::deliver(&pool, &incoming, &[(matcher, "w-1".into())]).await.unwrap();
+    assert_eq!(told.len(), 1);
+    let delivery = tf_store::waits::Delivery { wait_id: told[0].wait_id.clone(), event: event.clone(), source };
+    assert!(tf_temporal::deliver_event(&client, &waited, serde_json::to_value(&delivery).unwrap()).await.unwrap());
+    assert_eq!(r.run_status(&waited).await, "completed");
+    r.save("steps-waited", &waited, None).await;
+    let timed_out = r.start(&waits, "w-2", json!({"order_id": "w-2"})).await;
+    assert_eq!(r.run_status(&timed_out).await, "completed");
+    r.save("steps-wait-timed-out", &timed_out, None).await;
+    let cancelled = r.start(&waits, "w-3", json!({"order_id": "w-3"})).await;
+    r.task_status(&format!("{cancelled}/pay/0"), "waiting").await;
+    tf_temporal::run_control::cancel_run(&client, &cancelled, tf_definitions::RunStatus::Running, "cancel_on: corpus").await.unwrap();
+    assert_eq!(r.run_status(&cancelled).await, "cancelled");
+    r.save("steps-cancelled-waiting", &cancelled, None).await;
 
     let missing: Vec<&str> = SHAPES.iter().map(|(s, _)| *s).filter(|s| !r.written.iter().any(|w| w == s)).collect();
     assert!(missing.is_empty(), "shapes not recorded: {missing:?}");
