@@ -68,6 +68,11 @@ pub struct ChaosArgs {
     /// Where the services' logs go.
     #[arg(long, default_value = "loadtest/out")]
     out: PathBuf,
+    /// Share of keys whose run waits for a second event (docs/steps.md): a `wait_for_event`
+    /// step before its tasks, answered by a `chaos.paid` event sent once the wait shows in
+    /// PostgreSQL (a third of them twice). A lost delivery fails the run (`on_timeout: fail`).
+    #[arg(long, default_value_t = 0.0)]
+    waiting_share: f64,
 }
 
 /// One scheduled fault.
@@ -108,10 +113,23 @@ pub async fn run(settings: &Settings, args: &ChaosArgs, made: &mut super::made::
     for t in [&topic, &sink, &dlq] {
         made.topic(t);
     }
-    let yaml = format!(
-        "id: {def_id}\nname: Chaos\ntrigger: {{event: {{topics: [{topic}]}}}}\ndedupe: {{key: event.data.key}}\n\
-         tasks:\n  - name: ship\n    type: kafka\n    for_each: event.data.items\n    retry: {{max_attempts: 100, max_interval: 5s}}\n    \
+    let ship = format!(
+        "  - name: ship\n    type: kafka\n    for_each: event.data.items\n    retry: {{max_attempts: 100, max_interval: 5s}}\n    \
          params: {{topic: \"'{sink}'\", value: \"{{'key': event.data.key, 'item': item}}\"}}\n"
+    );
+    let yaml = format!(
+        "id: {def_id}\nname: Chaos\ntrigger: {{event: {{topics: [{topic}], type: chaos, filter: \"!event.data.waits\"}}}}\n\
+         dedupe: {{key: event.data.key}}\ntasks:\n{ship}"
+    );
+    super::apply_event_definition(&pool, &yaml).await?;
+    // Runs that wait for a second event: the same tasks after a wait for `chaos.paid`.
+    let waiting_def = format!("{def_id}-waits");
+    let yaml = format!(
+        "id: {waiting_def}\nname: Chaos waits\ntrigger: {{event: {{topics: [{topic}], type: chaos, filter: event.data.waits}}}}\n\
+         dedupe: {{key: event.data.key}}\ntasks:\n  - name: pay\n    type: wait_for_event\n    \
+         event: {{type: chaos.paid, topics: [{topic}], match: {{incoming: event.data.key, run: event.data.key}}}}\n    \
+         timeout: 30m\n    on_timeout: fail\n{}",
+        ship.replace("  - name: ship\n", "  - name: ship\n    after: [pay]\n")
     );
     super::apply_event_definition(&pool, &yaml).await?;
 
@@ -145,13 +163,16 @@ pub async fn run(settings: &Settings, args: &ChaosArgs, made: &mut super::made::
     let unique = ((args.events as f64) * (1.0 - args.duplicates)).round().max(1.0) as usize;
     let codec = Codec::new(Arc::new(Registry::new(&settings.schema_registry_url)));
     let mut payloads = Vec::with_capacity(args.events);
+    // Key k waits when k's position in the spread falls under the share: spread evenly.
+    let waits = |k: usize| ((k as f64 + 0.5) * args.waiting_share).floor() != ((k as f64 - 0.5) * args.waiting_share).floor();
     for i in 0..args.events {
         let k = if i < unique { i } else { (i * 7919) % unique };
         let items: Vec<usize> = (0..1 + k % 3).collect();
-        let e = Event::new(format!("c-{i}"), "/chaos", "chaos", json!({"key": format!("k-{k}"), "items": items}))?;
+        let e = Event::new(format!("c-{i}"), "/chaos", "chaos", json!({"key": format!("k-{k}"), "items": items, "waits": waits(k)}))?;
         payloads.push((format!("k-{k}"), codec.encode_event(&format!("{topic}-value"), &e).await?));
     }
-    let expected_tasks: i64 = (0..unique).map(|k| 1 + (k % 3) as i64).sum();
+    let waiting_keys = (0..unique).filter(|k| waits(*k)).count();
+    let expected_tasks: i64 = (0..unique).map(|k| 1 + (k % 3) as i64 + i64::from(waits(k))).sum();
     // Like an upstream producer that retries: a send that fails or times out while Kafka
     // restarts is sent again. A record may land twice; the pipeline must absorb that too.
     let producer: FutureProducer = tf_kafka::client_config(&settings.kafka_brokers)
@@ -161,7 +182,7 @@ pub async fn run(settings: &Settings, args: &ChaosArgs, made: &mut super::made::
         .create()?;
     let produce_secs = args.events as f64 / args.rate.max(0.1);
     println!(
-        "chaos {nonce}: {} events ({unique} keys, {expected_tasks} tasks) at {:.0}/s over {produce_secs:.0} s on {topic}; database {db_name}",
+        "chaos {nonce}: {} events ({unique} keys, {waiting_keys} of them waiting for a second event, {expected_tasks} tasks) at {:.0}/s over {produce_secs:.0} s on {topic}; database {db_name}",
         args.events, args.rate
     );
 
@@ -211,6 +232,49 @@ pub async fn run(settings: &Settings, args: &ChaosArgs, made: &mut super::made::
                 f.await.expect("send task")?;
             }
             Ok::<(), rdkafka::error::KafkaError>(())
+        })
+    };
+
+    // The second events: each waiting run's `chaos.paid`, sent once its wait shows (a third of
+    // them twice, as a producer that retries would), until every waiting key was answered.
+    let paid_sent = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let paying = {
+        let (producer, topic, pool, paid_sent) = (producer.clone(), topic.clone(), pool.clone(), paid_sent.clone());
+        let codec = Codec::new(Arc::new(Registry::new(&settings.schema_registry_url)));
+        tokio::spawn(async move {
+            let mut answered = std::collections::HashSet::new();
+            while answered.len() < waiting_keys {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let waiting: Vec<String> = match sqlx::query_scalar(
+                    "SELECT r.dedupe_key FROM tasks t JOIN activity_runs r USING (run_id) WHERE t.template = 'pay' AND t.status = 'waiting'",
+                )
+                .fetch_all(&pool)
+                .await
+                {
+                    Ok(w) => w,
+                    Err(_) => continue, // PostgreSQL restarting: look again
+                };
+                let fresh: Vec<String> = waiting.into_iter().filter(|k| !answered.contains(k)).collect();
+                for key in fresh {
+                    let n: usize = key.trim_start_matches("k-").parse().unwrap_or(0);
+                    for copy in 0..1 + usize::from(n % 3 == 0) {
+                        let e = Event::new(format!("paid-{key}-{copy}"), "/chaos", "chaos.paid", json!({"key": key}))?;
+                        let bytes = codec.encode_event(&format!("{topic}-value"), &e).await?;
+                        let mut attempts = 0;
+                        loop {
+                            attempts += 1;
+                            match producer.send(FutureRecord::to(&topic).key(&key).payload(&bytes), Duration::from_secs(20)).await {
+                                Ok(_) => break,
+                                Err(_) if attempts < 30 => tokio::time::sleep(Duration::from_secs(1)).await,
+                                Err((e, _)) => return Err(anyhow::Error::from(e)),
+                            }
+                        }
+                        paid_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    answered.insert(key);
+                }
+            }
+            Ok::<(), anyhow::Error>(())
         })
     };
 
@@ -277,17 +341,18 @@ pub async fn run(settings: &Settings, args: &ChaosArgs, made: &mut super::made::
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let drained = loop {
         let routed = samples.lock().expect("samples").last().map_or(0, |s| s.1);
+        let produced_all = args.events as i64 + paid_sent.load(std::sync::atomic::Ordering::Relaxed);
+        let answered_all = paying.is_finished();
         let runs: i64 =
             sqlx::query_scalar("SELECT count(*) FROM activity_runs WHERE status = 'completed'").fetch_one(&pool).await.unwrap_or(-1);
         let results: i64 =
             sqlx::query_scalar("SELECT count(*) FROM task_results WHERE published_at IS NOT NULL").fetch_one(&pool).await.unwrap_or(-1);
-        if routed >= args.events as i64 && runs >= unique as i64 && results >= expected_tasks {
+        if answered_all && routed >= produced_all && runs >= unique as i64 && results >= expected_tasks {
             break true;
         }
         if Instant::now() > deadline {
             println!(
-                "  drain timed out: routed {routed}/{}, runs completed {runs}/{unique}, results {results}/{expected_tasks}",
-                args.events
+                "  drain timed out: routed {routed}/{produced_all}, runs completed {runs}/{unique}, results {results}/{expected_tasks}, second events sent for all waits: {answered_all}"
             );
             break false;
         }
@@ -311,11 +376,25 @@ pub async fn run(settings: &Settings, args: &ChaosArgs, made: &mut super::made::
     let not_completed: i64 =
         sqlx::query_scalar("SELECT count(*) FROM activity_runs WHERE status NOT IN ('completed', 'deduplicated')").fetch_one(&pool).await?;
     let tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks").fetch_one(&pool).await?;
+    if paying.is_finished() {
+        paying.await.expect("paying task").context("sending the second events")?;
+    } else {
+        paying.abort();
+    }
     let results = tokio::task::spawn_blocking({
-        let (brokers, prefix) = (settings.kafka_brokers.clone(), format!("run/{def_id}/"));
-        move || results_per_task(&brokers, &prefix)
+        let (brokers, prefixes) = (settings.kafka_brokers.clone(), [format!("run/{def_id}/"), format!("run/{waiting_def}/")]);
+        move || results_per_task(&brokers, &prefixes)
     })
     .await??;
+    // Each waiting run took exactly one of its key's second events.
+    let deliveries: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT r.dedupe_key, t.output->>'id' FROM tasks t JOIN activity_runs r USING (run_id) WHERE t.template = 'pay'")
+            .fetch_all(&pool)
+            .await?;
+    let wrong_deliveries =
+        deliveries.iter().filter(|(k, id)| !id.as_deref().is_some_and(|id| id.starts_with(&format!("paid-{k}-")))).count();
+    let received: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event_waits WHERE kind = 'step' AND status = 'received'").fetch_one(&pool).await?;
     let (res_min, res_max) =
         (results.values().map(Vec::len).min().unwrap_or(0) as i64, results.values().map(Vec::len).max().unwrap_or(0) as i64);
     let tasks_without_result = expected_tasks - results.len() as i64;
@@ -337,6 +416,11 @@ pub async fn run(settings: &Settings, args: &ChaosArgs, made: &mut super::made::
     for (task, copies) in duplicated.iter().take(10) {
         println!("  duplicate result: task {task} at (partition, offset) {copies:?}");
     }
+    println!(
+        "waits                  {} of {waiting_keys} runs waited, {received} received their second event, wrong or missing deliveries {wrong_deliveries}; second events sent {}",
+        deliveries.len(),
+        paid_sent.load(std::sync::atomic::Ordering::Relaxed)
+    );
     println!("dead letters           {dead}");
     println!(
         "exited on their own    {} (restarted like a supervisor would){}",
@@ -366,6 +450,9 @@ pub async fn run(settings: &Settings, args: &ChaosArgs, made: &mut super::made::
         && tasks == expected_tasks
         && tasks_without_result == 0
         && res_max == 1
+        && deliveries.len() == waiting_keys
+        && received == waiting_keys as i64
+        && wrong_deliveries == 0
         && dead == 0;
     println!("{}", if ok { "OK: no loss, no duplicate" } else { "FAILED: see the figures above" });
     if ok {
@@ -390,9 +477,9 @@ fn stall(samples: &[(f64, i64)], at: f64, total: i64) -> String {
     }
 }
 
-/// Where each task of the run-id prefix has committed results on `taskfactory.results`:
-/// `(partition, offset)` per copy.
-fn results_per_task(brokers: &str, prefix: &str) -> anyhow::Result<HashMap<String, Vec<(i32, i64)>>> {
+/// Where each task of runs whose id starts with one of `prefixes` has committed results on
+/// `taskfactory.results`: `(partition, offset)` per copy.
+fn results_per_task(brokers: &str, prefixes: &[String]) -> anyhow::Result<HashMap<String, Vec<(i32, i64)>>> {
     const TOPIC: &str = "taskfactory.results";
     let consumer: BaseConsumer = tf_kafka::client_config(brokers)
         .set("group.id", format!("chaos-check-{}", super::now_ms()))
@@ -419,7 +506,7 @@ fn results_per_task(brokers: &str, prefix: &str) -> anyhow::Result<HashMap<Strin
         }
         let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
         let m = m?;
-        if !m.key().is_some_and(|k| k.starts_with(prefix.as_bytes())) {
+        if !m.key().is_some_and(|k| prefixes.iter().any(|p| k.starts_with(p.as_bytes()))) {
             continue;
         }
         let task_id = m

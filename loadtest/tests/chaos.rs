@@ -1,6 +1,7 @@
 //! The short chaos run of CI: `tf-loadtest chaos` against the real stack (the router and the
 //! worker SIGKILLed; Temporal, Kafka, PostgreSQL and the registry restarted) must end with
-//! exactly one run per key, one result per task and an empty DLQ. This test binary is the only
+//! exactly one run per key, one result per task, every waiting run with exactly one of its
+//! second events, and an empty DLQ. This test binary is the only
 //! one in its package, and cargo runs test binaries one after another, so the restarts do not
 //! disturb other tests. If a dependency never comes back, the run gives up draining after 600 s
 //! and fails; it does not hang CI.
@@ -12,6 +13,8 @@ fn the_pipeline_loses_and_duplicates_nothing_under_every_kind_of_fault() {
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_tf-loadtest"))
         .current_dir(&root)
         .args(["chaos", "--events", "360", "--rate", "4", "--duplicates", "0.3", "--kill-router-every", "30", "--kill-worker", "1"])
+        // A third of the keys' runs wait for a second event (docs/steps.md).
+        .args(["--waiting-share", "0.3"])
         .args(["--restart", "temporal,kafka,postgres,registry", "--fault-gap", "5", "--timeout-secs", "600"])
         .arg("--out")
         .arg(&out)
@@ -23,6 +26,7 @@ fn the_pipeline_loses_and_duplicates_nothing_under_every_kind_of_fault() {
     assert!(stdout.contains("runs per key           min 1 max 1; keys without a run 0"), "{stdout}");
     assert!(stdout.contains("results per task       min 1 max 1"), "{stdout}");
     assert!(stdout.contains("dead letters           0"), "{stdout}");
+    assert!(stdout.contains("76 of 76 runs waited, 76 received their second event, wrong or missing deliveries 0"), "{stdout}");
     assert!(stdout.contains("OK: no loss, no duplicate"), "{stdout}");
 
     // A successful run leaves nothing on the stack: its three topics are gone.

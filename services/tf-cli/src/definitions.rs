@@ -117,6 +117,10 @@ struct Trial {
     tasks: Option<Vec<serde_json::Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     planning_error: Option<String>,
+    /// A run that unfolds: the templates planned later, each once what it runs after ended
+    /// (their outcomes are not known here).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    later: Vec<serde_json::Value>,
 }
 
 /// `tf definitions test`: what the router and the workflow would do with `event_file`.
@@ -155,6 +159,15 @@ pub fn test(files: &[PathBuf], event_file: &std::path::Path, topic: Option<&str>
                             task["params"]
                         );
                     }
+                }
+                for l in &t.later {
+                    say!(
+                        out,
+                        "    then {} ({}) once {} ended",
+                        l["template"].as_str().unwrap_or(""),
+                        l["type"].as_str().unwrap_or(""),
+                        l["after"]
+                    );
                 }
                 if let Some(e) = &t.planning_error {
                     say!(out, "  planning fails (the run would fail): {e}");
@@ -205,9 +218,21 @@ fn trial(d: &Definition, bindings: &Bindings, event_type: &str, topic: Option<&s
     }
     let run_id = key.run_id(&d.id, 1);
     let run = serde_json::json!({"id": run_id, "definition_id": d.id, "dedupe_key": key.as_str(), "generation": 1, "attempt": 1});
-    let (tasks, planning_error) = match d
-        .plan_tasks(&run_id, &Bindings { run, context: serde_json::Value::Object(context), ..bindings.clone() })
-    {
+    let scope = Bindings { run, context: serde_json::Value::Object(context), ..bindings.clone() };
+    // A run that unfolds plans a template when what it runs after ended; here, only the first.
+    let (first, later): (Vec<&tf_definitions::TaskTemplate>, Vec<&tf_definitions::TaskTemplate>) =
+        d.tasks.iter().partition(|t| t.after.is_empty());
+    let planned = if d.unfolds() {
+        first.iter().try_fold(Vec::new(), |mut all, t| {
+            let now_ms = tf_envelope::Timestamp::now().0;
+            all.extend(d.plan_template(&t.name, &run_id, &scope, all.len(), now_ms)?);
+            Ok(all)
+        })
+    } else {
+        d.plan_tasks(&run_id, &scope)
+    };
+    let later = later.iter().map(|t| serde_json::json!({"template": t.name, "type": t.task_type.as_str(), "after": t.after})).collect();
+    let (tasks, planning_error) = match planned {
         Ok(tasks) => (
             Some(
                 tasks.iter().map(|t| serde_json::json!({"task_id": t.task_id, "type": t.task_type.as_str(), "params": t.params})).collect(),
@@ -224,6 +249,7 @@ fn trial(d: &Definition, bindings: &Bindings, event_type: &str, topic: Option<&s
         unresolved_context: unresolved,
         tasks,
         planning_error,
+        later,
         ..base()
     }
 }

@@ -43,7 +43,10 @@ const SHAPES: &[(&str, &str)] = &[
     ("flow-skipped", "flow control: a run a rate limit skipped at its start: nothing spawned"),
     ("flow-budget-waited", "flow control: an inline http task that waited for its shared budget, woken, then called"),
     ("flow-debounced", "flow control: a run that waited on its own timer (a debounce's quiet period), then executed"),
-    ("steps-chain", "a run that unfolds: an http task, a sleep after it, a kafka task after the sleep reading the first's output, a human child after it"),
+    (
+        "steps-chain",
+        "a run that unfolds: an http task, a sleep after it, a kafka task after the sleep reading the first's output, a human child after it",
+    ),
     ("steps-skipped", "a run that unfolds whose first task failed: its dependents skipped, an `always` one ran"),
     ("steps-waited", "a wait_for_event step that received its event by the deliver-event signal, then a task after it"),
     ("steps-wait-timed-out", "a wait_for_event step whose timer fired first: its timeout output, then a task after it"),
