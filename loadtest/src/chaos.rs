@@ -257,7 +257,7 @@ pub async fn run(settings: &Settings, args: &ChaosArgs, made: &mut super::made::
                 let fresh: Vec<String> = waiting.into_iter().filter(|k| !answered.contains(k)).collect();
                 for key in fresh {
                     let n: usize = key.trim_start_matches("k-").parse().unwrap_or(0);
-                    for copy in 0..1 + usize::from(n % 3 == 0) {
+                    for copy in 0..1 + usize::from(n.is_multiple_of(3)) {
                         let e = Event::new(format!("paid-{key}-{copy}"), "/chaos", "chaos.paid", json!({"key": key}))?;
                         let bytes = codec.encode_event(&format!("{topic}-value"), &e).await?;
                         let mut attempts = 0;
