@@ -189,13 +189,14 @@ pub async fn delivery(pool: &PgPool, wait_id: &str) -> Result<Option<Delivery>, 
     }))
 }
 
-/// The run took its delivery: a replay of the event's offset tells it nothing again.
-pub async fn received(pool: &PgPool, wait_id: &str) -> Result<(), StoreError> {
+/// The run takes the event delivered to the wait: a replay of the event's offset tells it
+/// nothing again. Returns the event (idempotent: a retried activity gets it again).
+pub async fn take(pool: &PgPool, wait_id: &str) -> Result<Option<Delivery>, StoreError> {
     sqlx::query("UPDATE event_waits SET status = 'received', closed_at = now() WHERE wait_id = $1 AND status = 'delivered'")
         .bind(wait_id)
         .execute(pool)
         .await?;
-    Ok(())
+    delivery(pool, wait_id).await
 }
 
 /// Ends an open wait without an event. `None` when it timed out; the delivery when an event
@@ -207,7 +208,7 @@ pub async fn time_out(pool: &PgPool, wait_id: &str) -> Result<Option<Delivery>, 
         .await?
         .rows_affected()
         == 1;
-    if ended { Ok(None) } else { delivery(pool, wait_id).await }
+    if ended { Ok(None) } else { take(pool, wait_id).await }
 }
 
 /// Closes a run's waits when it ends (in the transaction that records the end).

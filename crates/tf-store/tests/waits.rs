@@ -85,22 +85,30 @@ async fn what_counts_is_decided_by_the_record_time_and_once() {
     let e = IncomingEvent { event_type: "paid", event: &late, source: &source(1), record_ms: 5_000 };
     assert!(waits::deliver(&pool, &e, &[("m".into(), "a".into())]).await.unwrap().is_empty());
 
-    // A claim before the timeout wins: the timeout returns the event.
+    // A claim before the timeout wins: the timeout returns the event, and the run has taken it.
     begin_and_look_back(&pool, &wait("w-b", "b", 1_000)).await;
     let paid = event("p-b", "b");
     let e = IncomingEvent { event_type: "paid", event: &paid, source: &source(2), record_ms: 2_000 };
     let told = waits::deliver(&pool, &e, &[("m".into(), "b".into())]).await.unwrap();
     assert_eq!(told.iter().map(|d| d.wait_id.as_str()).collect::<Vec<_>>(), ["w-b"]);
     assert_eq!(waits::time_out(&pool, "w-b").await.unwrap().map(|d| d.event), Some(paid.clone()));
+    assert!(waits::deliver(&pool, &e, &[("m".into(), "b".into())]).await.unwrap().is_empty(), "taken: nobody to tell");
+
     // The same record again (a router that died before telling): the run is told again ...
-    assert_eq!(waits::deliver(&pool, &e, &[("m".into(), "b".into())]).await.unwrap().len(), 1);
-    // ... until it took the event; a replay then tells nobody, and a second event changes nothing.
-    waits::received(&pool, "w-b").await.unwrap();
-    assert!(waits::deliver(&pool, &e, &[("m".into(), "b".into())]).await.unwrap().is_empty());
-    let other = event("p-b2", "b");
-    let e2 = IncomingEvent { event_type: "paid", event: &other, source: &source(3), record_ms: 3_000 };
-    assert!(waits::deliver(&pool, &e2, &[("m".into(), "b".into())]).await.unwrap().is_empty());
-    assert_eq!(waits::delivery(&pool, "w-b").await.unwrap().map(|d| d.event), Some(paid));
+    begin_and_look_back(&pool, &wait("w-d", "d", 1_000)).await;
+    let paid_d = event("p-d", "d");
+    let e = IncomingEvent { event_type: "paid", event: &paid_d, source: &source(5), record_ms: 2_000 };
+    assert_eq!(waits::deliver(&pool, &e, &[("m".into(), "d".into())]).await.unwrap().len(), 1);
+    assert_eq!(waits::deliver(&pool, &e, &[("m".into(), "d".into())]).await.unwrap().len(), 1);
+    // ... until it took the event (twice, as a retried activity would); a replay then tells
+    // nobody, and a second event changes nothing.
+    assert_eq!(waits::take(&pool, "w-d").await.unwrap().map(|d| d.event), Some(paid_d.clone()));
+    assert_eq!(waits::take(&pool, "w-d").await.unwrap().map(|d| d.event), Some(paid_d.clone()));
+    assert!(waits::deliver(&pool, &e, &[("m".into(), "d".into())]).await.unwrap().is_empty());
+    let other = event("p-d2", "d");
+    let e2 = IncomingEvent { event_type: "paid", event: &other, source: &source(6), record_ms: 3_000 };
+    assert!(waits::deliver(&pool, &e2, &[("m".into(), "d".into())]).await.unwrap().is_empty());
+    assert_eq!(waits::delivery(&pool, "w-d").await.unwrap().map(|d| d.event), Some(paid_d));
 
     // Topics restrict where the event may come from.
     let mut w = wait("w-c", "c", 1_000);

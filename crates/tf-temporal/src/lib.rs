@@ -347,9 +347,10 @@ impl temporalio_common::SignalDefinition for WakeFlow {
     }
 }
 
-/// The signal that hands a run the event one of its `wait_for_event` steps waited for
-/// (docs/steps.md). Its input is the delivery: `{wait_id, event, source: {topic, partition,
-/// offset}}`; the run takes the first per wait, so a repeated signal changes nothing.
+/// The signal that tells a run an event was delivered to one of its `wait_for_event` steps
+/// (docs/steps.md). Its input names the wait, `{"wait_id": ...}`; the run takes the event from
+/// PostgreSQL (so an event of any size never rides on a signal), and a repeated signal changes
+/// nothing.
 pub struct DeliverEvent;
 
 pub const DELIVER_EVENT_SIGNAL: &str = "deliver-event";

@@ -97,16 +97,17 @@ pub async fn deliver(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>, eve
     let source = Source { topic: at.topic.to_string(), partition: at.partition, offset: at.offset };
     let record_ms = msg.timestamp().to_millis().unwrap_or_else(|| tf_envelope::Timestamp::now().0);
     let incoming = IncomingEvent { event_type, event, source: &source, record_ms };
-    // Remembered first, committed: a wait that begins from now on finds it (tf_store::waits).
-    stored(shared, "remembering a waitable event", || waits::remember(&shared.pool, &incoming)).await?;
+    // An event no incoming expression gives a key for matches no wait, now or later: it is
+    // neither remembered nor delivered (a flood of such events costs no write).
     if keys.is_empty() {
         return Ok(());
     }
+    // Remembered first, committed: a wait that begins from now on finds it (tf_store::waits).
+    stored(shared, "remembering a waitable event", || waits::remember(&shared.pool, &incoming)).await?;
     let delivered = stored(shared, "delivering to waiting runs", || waits::deliver(&shared.pool, &incoming, &keys)).await?;
     for d in delivered {
-        let delivery = Delivery { wait_id: d.wait_id.clone(), event: event.clone(), source: source.clone() };
         if d.cancels() {
-            let reason = delivery.cancel_reason();
+            let reason = Delivery { wait_id: d.wait_id.clone(), event: event.clone(), source: source.clone() }.cancel_reason();
             retry(shared, "cancel on an event", || async {
                 match tf_temporal::run_control::cancel_run(&shared.temporal, &d.run_id, RunStatus::Running, &reason).await {
                     Ok(()) => Ok(()),
@@ -118,7 +119,8 @@ pub async fn deliver(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>, eve
             shared.metrics.delivered_cancels.increment(1);
             tracing::info!(run = %d.run_id, wait = %d.wait_id, offset = at.offset, "run cancelled by an event");
         } else {
-            let payload = serde_json::to_value(&delivery).unwrap_or(Json::Null);
+            // The signal names the wait; the run takes the event from the store.
+            let payload = serde_json::json!({"wait_id": d.wait_id});
             retry(shared, "deliver an event", || async {
                 tf_temporal::deliver_event(&shared.temporal, &d.run_id, payload.clone()).await.map_err(|e| Paused::from(e.to_string()))
             })

@@ -356,15 +356,14 @@ impl RunActivities {
         self.open_wait(w).await
     }
 
-    /// Ends a wait: the run took its delivery, or its timeout came (then an event that claimed
-    /// the wait first is returned: it came in time).
+    /// Ends a wait and returns the event it holds: the one it was told of, or, when its timeout
+    /// came, one that claimed it first (it came in time); `None` when it timed out.
     #[activity(name = "EndWait")]
     pub async fn end_wait(self: Arc<Self>, _ctx: ActivityContext, e: EndWaitInput) -> Result<Option<waits::Delivery>, ActivityError> {
         if e.timed_out {
             waits::time_out(&self.pool, &e.wait_id).await.map_err(store_failure)
         } else {
-            waits::received(&self.pool, &e.wait_id).await.map_err(store_failure)?;
-            Ok(None)
+            waits::take(&self.pool, &e.wait_id).await.map_err(store_failure)
         }
     }
 

@@ -14,7 +14,7 @@ use serde_json::{Value as Json, json};
 use temporalio_sdk::{CancellableFuture, ChildWorkflowOptions, WorkflowContext, WorkflowTermination};
 use tf_definitions::steps::{StepView, tasks_binding};
 use tf_definitions::{Definition, Execution, RunId, TaskStatus, TaskType};
-use tf_store::waits::{Delivery, NewWait, WaitKind};
+use tf_store::waits::{NewWait, WaitKind};
 use tf_temporal::TaskInput;
 
 use crate::activities::{BeginWaitInput, EndWaitInput, MarkWaitingInput, PlanStepInput, PlanTasksInput, RunActivities};
@@ -212,10 +212,9 @@ async fn wait_for_event(
     };
     let wait_id = wait.wait_id.clone();
     let event_type = wait.event_type.clone();
-    let begun =
+    let found =
         ctx.execute_local_activity(RunActivities::begin_wait, BeginWaitInput { task_id: task.task_id.clone(), wait }, local_opts()).await?;
-    let mut delivery = begun.map(|d| serde_json::to_value(d).unwrap_or(Json::Null));
-    if delivery.is_none() {
+    let told = found.is_some() || {
         let id = wait_id.clone();
         let mut timer = std::pin::pin!(ctx.timer(timeout));
         let mut delivered = std::pin::pin!(ctx.wait_condition(move |s| s.deliveries.contains_key(&id)));
@@ -226,21 +225,18 @@ async fn wait_for_event(
         if !fired {
             timer.cancel();
         }
-        delivery = ctx.state(|s| s.deliveries.get(&wait_id).cloned());
-        if delivery.is_none() && !ctx.cancellation_token().is_cancelled() {
-            // The timeout came: an event that claimed the wait first still counts.
-            let end = EndWaitInput { wait_id: wait_id.clone(), timed_out: true };
-            delivery = ctx
-                .execute_local_activity(RunActivities::end_wait, end, closing_opts())
-                .await?
-                .map(|d| serde_json::to_value(d).unwrap_or(Json::Null));
-        }
-    }
-    let outcome = match delivery.and_then(|d| serde_json::from_value::<Delivery>(d).ok()) {
-        Some(d) => {
-            ctx.execute_local_activity(RunActivities::end_wait, EndWaitInput { wait_id, timed_out: false }, closing_opts()).await?;
-            Outcome::succeeded(d.event, 1)
-        }
+        ctx.state(|s| s.deliveries.contains_key(&wait_id))
+    };
+    // The event is taken from the store (the signal only names the wait, so a large event never
+    // rides on it); a timeout still takes an event that claimed the wait first.
+    let delivery = if told || !ctx.cancellation_token().is_cancelled() {
+        let end = EndWaitInput { wait_id, timed_out: !told };
+        ctx.execute_local_activity(RunActivities::end_wait, end, closing_opts()).await?
+    } else {
+        None
+    };
+    let outcome = match delivery {
+        Some(d) => Outcome::succeeded(d.event, 1),
         None if ctx.cancellation_token().is_cancelled() => {
             Outcome::ended(TaskStatus::Cancelled, cancelled_because(ctx.cancellation_token().reason()), 1)
         }

@@ -100,7 +100,7 @@ pub(crate) fn cancelled_because(reason: Option<String>) -> String {
 pub struct RunActivityWorkflow {
     /// Flow-control wake-ups received (a slot this run or one of its tasks waits for freed).
     wakes: u32,
-    /// Events delivered to the run's `wait_for_event` steps, by wait id (the first of each).
+    /// Waits the run was told an event was delivered to (`deliver-event`), by wait id.
     pub(crate) deliveries: std::collections::BTreeMap<String, Json>,
 }
 
@@ -216,7 +216,7 @@ impl RunActivityWorkflow {
         self.wakes = self.wakes.wrapping_add(1);
     }
 
-    /// A router (or a look back when the wait began) delivered an event to a wait step.
+    /// A router delivered an event to a wait step (the event itself is in PostgreSQL).
     #[signal(name = DELIVER_EVENT_SIGNAL)]
     pub fn deliver(&mut self, _ctx: &mut SyncWorkflowContext<Self>, delivery: Json) {
         if let Some(wait_id) = delivery.get("wait_id").and_then(Json::as_str) {
