@@ -210,6 +210,8 @@ impl std::fmt::Display for InvalidDefinition {
 pub const DEFAULT_DEDUPE_KEY: &str = "event.id";
 pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(86_400);
 pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(300);
+/// The most task templates a definition may have (a run may still fan out to 1000 tasks).
+pub const MAX_TEMPLATES: usize = 200;
 
 /// The deepest `[ ]` / `{ }` nesting a definition may have; real ones use a handful.
 const MAX_FLOW_NESTING: usize = 64;
@@ -402,6 +404,10 @@ impl Definition {
         }
         if d.tasks.is_empty() {
             c.fail("tasks", "must define at least one task");
+        } else if d.tasks.len() > MAX_TEMPLATES {
+            // Checking `after` walks each template's ancestors: bounded templates keep a hostile
+            // definition's check (and each run's step graph) cheap.
+            c.fail("tasks", format!("has {} templates; a definition has at most {MAX_TEMPLATES}", d.tasks.len()));
         }
         let graph: Vec<(String, Vec<String>, Vec<&Expr>)> =
             tasks.iter().map(|t: &TaskTemplate| (t.name.clone(), t.after.clone(), t.expressions())).collect();

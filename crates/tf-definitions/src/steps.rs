@@ -336,6 +336,22 @@ tasks:
         assert!(e[0].starts_with("cancel_on[0].match.run: `tasks`"), "{e:?}");
         let e = errors(&with("  - {name: a, type: http, params: {url: \"string(tasks.a)\"}}\n"));
         assert!(e[0].contains("reads tasks.a, which it does not run after"), "{e:?}");
+        // A dense graph at the bound checks quickly; one template more is refused.
+        let dense = |n: usize| {
+            (0..n)
+                .map(|i| {
+                    format!(
+                        "  - {{name: t{i}, type: human, after: [{}]}}\n",
+                        (0..i).map(|j| format!("t{j}")).collect::<Vec<_>>().join(", ")
+                    )
+                })
+                .collect::<String>()
+        };
+        let started = std::time::Instant::now();
+        assert_eq!(errors(&with(&dense(crate::definition::MAX_TEMPLATES))), Vec::<String>::new());
+        println!("a {}-template graph with every edge checked in {:?}", crate::definition::MAX_TEMPLATES, started.elapsed());
+        let e = errors(&with(&dense(crate::definition::MAX_TEMPLATES + 1)));
+        assert!(e.iter().any(|m| m.starts_with("tasks: has 201 templates")), "{e:?}");
     }
 
     #[test]
