@@ -215,17 +215,9 @@ pub async fn run(settings: &Settings, args: &ChaosArgs, made: &mut super::made::
                 tokio::time::sleep_until(due.into()).await;
                 let (producer, topic, produced) = (producer.clone(), topic.clone(), produced.clone());
                 inflight.push(tokio::spawn(async move {
-                    let mut attempts = 0;
-                    loop {
-                        attempts += 1;
-                        match producer.send(FutureRecord::to(&topic).key(&key).payload(&bytes), Duration::from_secs(20)).await {
-                            Ok(_) => break,
-                            Err(_) if attempts < 30 => tokio::time::sleep(Duration::from_secs(1)).await,
-                            Err((e, _)) => return Err(e),
-                        }
-                    }
+                    send_retrying(&producer, &topic, &key, &bytes).await?;
                     produced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Ok(())
+                    Ok::<(), rdkafka::error::KafkaError>(())
                 }));
             }
             for f in inflight {
@@ -260,15 +252,7 @@ pub async fn run(settings: &Settings, args: &ChaosArgs, made: &mut super::made::
                     for copy in 0..1 + usize::from(n.is_multiple_of(3)) {
                         let e = Event::new(format!("paid-{key}-{copy}"), "/chaos", "chaos.paid", json!({"key": key}))?;
                         let bytes = codec.encode_event(&format!("{topic}-value"), &e).await?;
-                        let mut attempts = 0;
-                        loop {
-                            attempts += 1;
-                            match producer.send(FutureRecord::to(&topic).key(&key).payload(&bytes), Duration::from_secs(20)).await {
-                                Ok(_) => break,
-                                Err(_) if attempts < 30 => tokio::time::sleep(Duration::from_secs(1)).await,
-                                Err((e, _)) => return Err(anyhow::Error::from(e)),
-                            }
-                        }
+                        send_retrying(&producer, &topic, &key, &bytes).await?;
                         paid_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     answered.insert(key);
@@ -462,6 +446,20 @@ pub async fn run(settings: &Settings, args: &ChaosArgs, made: &mut super::made::
     } else {
         println!("kept database {db_name} and the logs in {} for inspection", args.out.display());
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Sends like an upstream producer that retries: a send that fails or times out while Kafka
+/// restarts is sent again (for up to 30 tries), so a record may land twice.
+async fn send_retrying(producer: &FutureProducer, topic: &str, key: &str, bytes: &[u8]) -> Result<(), rdkafka::error::KafkaError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match producer.send(FutureRecord::to(topic).key(key).payload(bytes), Duration::from_secs(20)).await {
+            Ok(_) => return Ok(()),
+            Err(_) if attempts < 30 => tokio::time::sleep(Duration::from_secs(1)).await,
+            Err((e, _)) => return Err(e),
+        }
     }
 }
 

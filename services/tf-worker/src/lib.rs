@@ -16,6 +16,7 @@ mod relay;
 mod scheduler;
 mod sdk_metrics;
 mod sources;
+mod task_path;
 mod unfold;
 pub mod workflows;
 

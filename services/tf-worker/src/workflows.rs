@@ -1,25 +1,24 @@
 //! The workflows. Deterministic by construction: ids come from the run's workflow id, times
 //! from workflow time, and every side effect (SQL, HTTP, Kafka) is an activity.
 //!
-//! RunActivity and RunTask share this file (and pass 400 lines) because they share the task
-//! path: an `execution: activity` task runs inside the run with the same `execute_task` and
-//! `record_outcome` as a RunTask child.
+//! RunActivity and RunTask share this file because they share the task path (`task_path.rs`):
+//! an `execution: activity` task runs inside the run with the same `execute_task` and
+//! `record_outcome` as a RunTask child. The order of a run that unfolds is `unfold.rs`'s.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde_json::{Value as Json, json};
 use temporalio_common::data_converters::RawValue;
 use temporalio_common::error::ApplicationFailure;
 use temporalio_common::protos::temporal::api::common::v1::Payload;
-use temporalio_common::protos::temporal::api::failure::v1::Failure;
 use temporalio_common::search_attributes::{SearchAttributeKey, Timestamp as SaTimestamp};
 use temporalio_common::{RetryPolicy, UntypedWorkflow};
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
-    ActivityOptions, CancellableFuture, ChildWorkflowOptions, LocalActivityOptions, SyncWorkflowContext, WorkflowCancellationToken,
-    WorkflowContext, WorkflowContextView, WorkflowResult, WorkflowTermination,
+    ActivityOptions, ChildWorkflowOptions, SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult, WorkflowTermination,
 };
+use tf_definitions::steps::StepView;
 use tf_definitions::task_params::WorkflowParams;
 use tf_definitions::{Definition, Execution, RunId, RunStatus, TaskStatus, TaskType, TriggerKind};
 use tf_store::flow::Verdict;
@@ -29,30 +28,16 @@ use tf_temporal::{
 };
 
 use crate::activities::{
-    AdmitRunInput, BeginRunInput, FinishRunInput, MarkTaskInput, PlanTasksInput, RecordResultInput, ResolveContextInput, RunActivities,
-    TakeBudgetInput,
+    AdmitRunInput, BeginRunInput, FinishRunInput, MarkTaskInput, PlanStepInput, PlanTasksInput, ResolveContextInput, RunActivities,
 };
+use crate::task_path::{
+    self, LOOK_AGAIN, Outcome, Told, Wakes, cancelled_because, cause, closing_opts, execute_task, local_opts, millis, record_outcome,
+    sleep_until_woken,
+};
+use crate::unfold;
 
 /// Set by Temporal Schedules on every workflow they start: the action's nominal time.
 const SCHEDULED_START_TIME: SearchAttributeKey<SaTimestamp> = SearchAttributeKey::datetime("TemporalScheduledStartTime");
-
-pub(crate) fn millis(t: Option<SystemTime>) -> i64 {
-    t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as i64)
-}
-
-/// The innermost message of a failure chain: what the activity said, not "Activity task
-/// failed".
-fn root_cause(failure: Option<&Failure>) -> Option<String> {
-    let mut f = failure?;
-    while let Some(cause) = f.cause.as_deref() {
-        f = cause;
-    }
-    Some(f.message.clone())
-}
-
-fn patient_retries() -> RetryPolicy {
-    RetryPolicy::builder().initial_interval(Duration::from_millis(200)).maximum_interval(Duration::from_secs(10)).build()
-}
 
 /// How often resolving a context that reaches the user's systems is tried before the run fails
 /// (a slow or broken source must fail the run, which a retry or the next event can run again,
@@ -69,30 +54,6 @@ fn context_opts() -> ActivityOptions {
         .maximum_attempts(CONTEXT_ATTEMPTS)
         .build();
     ActivityOptions::with_start_to_close_timeout(Duration::from_secs(60)).retry_policy(retries).build()
-}
-
-/// Bookkeeping that touches only PostgreSQL runs as local activities: no task-queue round trip
-/// per step, which is most of a run's cost on a small Temporal.
-pub(crate) fn local_opts() -> LocalActivityOptions {
-    LocalActivityOptions::builder().start_to_close_timeout(Duration::from_secs(30)).retry_policy(patient_retries()).build()
-}
-
-/// For the bookkeeping that must still happen once the run or task is cancelled (recording
-/// that it was): detached from the workflow's cancellation, which would cancel it at once.
-pub(crate) fn closing_opts() -> LocalActivityOptions {
-    LocalActivityOptions::builder()
-        .start_to_close_timeout(Duration::from_secs(30))
-        .retry_policy(patient_retries())
-        .cancellation_token(WorkflowCancellationToken::new())
-        .build()
-}
-
-/// Why the workflow was cancelled, for the task's error and the run's record.
-pub(crate) fn cancelled_because(reason: Option<String>) -> String {
-    match reason.filter(|r| !r.is_empty()) {
-        Some(r) => format!("cancelled: {r}"),
-        None => "cancelled".into(),
-    }
 }
 
 #[workflow]
@@ -191,7 +152,8 @@ impl RunActivityWorkflow {
             skip: begin.succeeded.clone(),
         };
         let (spawned, failed) = if definition.unfolds() {
-            crate::unfold::run_steps(ctx, &run_id, &definition, plan).await?
+            let start = |step, for_each| run_template(ctx.clone(), run_id.clone(), step, for_each);
+            unfold::run_steps(ctx, &definition, plan, start).await?
         } else {
             let tasks = match ctx.execute_local_activity(RunActivities::plan_tasks, plan, local_opts()).await {
                 Ok(t) => t,
@@ -225,40 +187,21 @@ impl RunActivityWorkflow {
     }
 }
 
-/// How long a flow-control waiter sleeps before it looks again without being woken: the net
-/// under a lost wake-up (a releaser that died between freeing a slot and signalling).
-const LOOK_AGAIN: Duration = Duration::from_secs(30);
-
-/// A workflow that can wait for a flow-control wake-up.
-trait Wakes {
-    fn wakes(&self) -> u32;
-}
-
 impl Wakes for RunActivityWorkflow {
     fn wakes(&self) -> u32 {
         self.wakes
     }
 }
 
-impl Wakes for RunTaskWorkflow {
-    fn wakes(&self) -> u32 {
-        self.wakes
+impl Told for RunActivityWorkflow {
+    fn told(&self, wait_id: &str) -> bool {
+        self.deliveries.contains_key(wait_id)
     }
 }
 
-/// Sleeps until woken, `after` passes or the workflow is cancelled. A timer that did not fire is
-/// cancelled (one history event), or it would fire later into a run that is executing by then
-/// and cost a workflow task.
-async fn sleep_until_woken<W: Wakes>(ctx: &WorkflowContext<W>, after: Duration) {
-    let seen = ctx.state(Wakes::wakes);
-    let mut timer = std::pin::pin!(ctx.timer(after));
-    let mut woken = std::pin::pin!(ctx.wait_condition(move |s| s.wakes() != seen));
-    let fired = temporalio_sdk::workflows::select! {
-        _ = woken.as_mut() => false,
-        _ = timer.as_mut() => true,
-    };
-    if !fired {
-        timer.cancel();
+impl Wakes for RunTaskWorkflow {
+    fn wakes(&self) -> u32 {
+        self.wakes
     }
 }
 
@@ -286,31 +229,6 @@ async fn wait_for_admission(
     }
 }
 
-/// Holds a task until its shared budget has a slot for it. `wake` is the workflow that waits
-/// (the run, or the task's own workflow). An error is the task's failure (an undeclared budget).
-async fn take_budget<W: Wakes>(ctx: &WorkflowContext<W>, task: &TaskInput, budget: &str, wake: &str) -> Result<(), String> {
-    let mut take = TakeBudgetInput {
-        task_id: task.task_id.clone(),
-        run_id: task.run_id.clone(),
-        budget: budget.to_string(),
-        wake: wake.to_string(),
-        waiting_since_ms: None,
-    };
-    loop {
-        match ctx.execute_local_activity(RunActivities::take_budget, take.clone(), local_opts()).await {
-            Ok(Verdict::Go) => return Ok(()),
-            Ok(_) => {
-                take.waiting_since_ms.get_or_insert(millis(ctx.workflow_time()));
-                sleep_until_woken(ctx, LOOK_AGAIN).await;
-                if ctx.cancellation_token().is_cancelled() {
-                    return Err(cancelled_because(ctx.cancellation_token().reason()));
-                }
-            }
-            Err(e) => return Err(format!("budget {budget}: {}", cause(&e))),
-        }
-    }
-}
-
 /// A scheduled run is deduplicated by its nominal time, which the schedule records on the
 /// workflow (not the wall clock, and not when a backfill happens to run). A Schedule's action
 /// cannot carry our search attributes; they are set here, so scheduled runs are found by
@@ -332,11 +250,6 @@ fn scheduled_identity(ctx: &WorkflowContext<RunActivityWorkflow>, input: &mut Ru
 
 fn finish(run_id: &RunId, status: RunStatus) -> FinishRunInput {
     FinishRunInput { run_id: run_id.clone(), status }
-}
-
-/// What a failed step says: the innermost cause, not "Activity task failed".
-pub(crate) fn cause(e: &temporalio_sdk::ActivityExecutionError) -> String {
-    root_cause(e.failure()).unwrap_or_else(|| e.to_string())
 }
 
 /// A cancel request (`POST /runs/{id}/cancel`, the Temporal UI) cancels whatever the run is
@@ -401,72 +314,6 @@ async fn run_tasks(ctx: &WorkflowContext<RunActivityWorkflow>, run_id: &RunId, t
     Ok(failed)
 }
 
-/// How a task ended, before it is recorded.
-pub(crate) struct Outcome {
-    status: TaskStatus,
-    output: Option<Json>,
-    error: Option<String>,
-    attempts: u32,
-}
-
-impl Outcome {
-    pub(crate) fn succeeded(output: Json, attempts: u32) -> Outcome {
-        Outcome { status: TaskStatus::Succeeded, output: Some(output), error: None, attempts }
-    }
-
-    pub(crate) fn ended(status: TaskStatus, error: String, attempts: u32) -> Outcome {
-        Outcome { status, output: None, error: Some(error), attempts }
-    }
-}
-
-/// Does an `http` or `kafka` task with its template's retries, holding its shared budget (if
-/// any) from before the first attempt until its outcome is recorded. `wake` is the workflow
-/// executing it.
-async fn execute_task<W: Wakes>(ctx: &WorkflowContext<W>, task: &TaskInput, wake: &str) -> Outcome {
-    if let Some(budget) = &task.budget
-        && let Err(why) = take_budget(ctx, task, budget, wake).await
-    {
-        let status = if ctx.cancellation_token().is_cancelled() { TaskStatus::Cancelled } else { TaskStatus::Failed };
-        return Outcome::ended(status, why, 0);
-    }
-    let opts = ActivityOptions::with_start_to_close_timeout(Duration::from_millis(task.timeout_ms))
-        .heartbeat_timeout(crate::activities::HEARTBEAT_EVERY * 5)
-        .retry_policy(
-            RetryPolicy::builder()
-                .initial_interval(Duration::from_millis(task.initial_interval_ms))
-                .maximum_interval(Duration::from_millis(task.max_interval_ms))
-                .backoff_coefficient(task.backoff)
-                .maximum_attempts(task.max_attempts)
-                .build(),
-        )
-        .build();
-    match ctx.execute_activity(RunActivities::execute_task, task.clone(), opts).await {
-        Ok(done) => Outcome::succeeded(done.output, done.attempt),
-        Err(e) => Outcome::ended(TaskStatus::Failed, root_cause(e.failure()).unwrap_or_else(|| e.to_string()), task.max_attempts),
-    }
-}
-
-/// Records a task's outcome (its row and exactly one result); whatever failed because of a
-/// cancel request counts as cancelled. Returns the status recorded and the output.
-pub(crate) async fn record_outcome<W>(
-    ctx: &WorkflowContext<W>,
-    task: &TaskInput,
-    started_at_ms: i64,
-    Outcome { status, output, error, attempts }: Outcome,
-) -> Result<(TaskStatus, Option<Json>), WorkflowTermination> {
-    let cancelled = ctx.cancellation_token().is_cancelled() && status != TaskStatus::Succeeded;
-    let (status, error) =
-        if cancelled { (TaskStatus::Cancelled, Some(cancelled_because(ctx.cancellation_token().reason()))) } else { (status, error) };
-    let finished_at_ms = millis(ctx.workflow_time());
-    ctx.execute_local_activity(
-        RunActivities::record_result,
-        RecordResultInput { task: task.clone(), status, output: output.clone(), error, attempts, started_at_ms, finished_at_ms },
-        closing_opts(),
-    )
-    .await?;
-    Ok((status, output))
-}
-
 /// An `execution: activity` task, run inside its run as RunTask would run it, minus the child
 /// workflow: the activity with its retries, then its result.
 pub(crate) async fn run_task_inline(
@@ -476,6 +323,59 @@ pub(crate) async fn run_task_inline(
     let started_at_ms = millis(ctx.workflow_time());
     let outcome = execute_task(&ctx, &task, task.run_id.as_str()).await;
     record_outcome(&ctx, &task, started_at_ms, outcome).await
+}
+
+/// Plans one template of a run that unfolds (or records it skipped) and runs its tasks: children
+/// first, in plan order, then those the run executes itself, side by side.
+async fn run_template(
+    ctx: WorkflowContext<RunActivityWorkflow>,
+    run_id: RunId,
+    step: PlanStepInput,
+    for_each: bool,
+) -> Result<unfold::TemplateEnd, WorkflowTermination> {
+    let name = step.template.clone();
+    let skipped = step.skipped_because.is_some();
+    let planned = match ctx.execute_local_activity(RunActivities::plan_step, step, local_opts()).await {
+        Ok(p) => p,
+        Err(e) => return Err(stop_or_fail(&ctx, &run_id, format!("planning {name}: {}", cause(&e))).await),
+    };
+    if skipped {
+        return Ok(unfold::TemplateEnd { name, view: StepView::skipped(), spawned: 0, failed: 0 });
+    }
+    let mut ended: Vec<(u32, bool, Json)> = planned.done.iter().map(|(i, o)| (*i, true, o.clone())).collect();
+    let spawned = planned.tasks.len() as u32;
+    let mut children = Vec::new();
+    let mut inline = Vec::new();
+    for t in &planned.tasks {
+        if t.execution == Execution::Child {
+            let child =
+                ctx.start_child_workflow(RunTaskWorkflow::run, t.clone(), ChildWorkflowOptions::workflow_id(t.task_id.to_string())).await?;
+            children.push((t.index, child));
+        } else {
+            inline.push(run_inline(ctx.clone(), t.clone()));
+        }
+    }
+    for (task, outcome) in planned.tasks.iter().filter(|t| t.execution != Execution::Child).zip(futures::future::join_all(inline).await) {
+        let (status, output) = outcome?;
+        ended.push((task.index, status == TaskStatus::Succeeded, output.unwrap_or(Json::Null)));
+    }
+    for (index, child) in children {
+        match child.result().await {
+            Ok(c) => ended.push((index, c.status == TaskStatus::Succeeded, c.output.unwrap_or(Json::Null))),
+            Err(_) => ended.push((index, false, Json::Null)),
+        }
+    }
+    let failed = ended.iter().filter(|e| !e.1).count() as u32;
+    Ok(unfold::TemplateEnd { name, view: StepView::of(for_each, &ended), spawned, failed })
+}
+
+/// A task the run executes itself: a sleep, a wait, or an `http`/`kafka` activity.
+async fn run_inline(ctx: WorkflowContext<RunActivityWorkflow>, task: TaskInput) -> Result<(TaskStatus, Option<Json>), WorkflowTermination> {
+    match task.task_type {
+        TaskType::Sleep => task_path::sleep(&ctx, &task).await,
+        TaskType::WaitForEvent => task_path::wait_for_event(&ctx, &task).await,
+        _ => run_task_inline(ctx, task).await,
+    }
 }
 
 /// A `workflow` task: a child workflow of a type and task queue named by the task's params, so
