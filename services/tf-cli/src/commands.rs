@@ -453,7 +453,11 @@ mod tests {
         let tasks = help(&["tasks", "list"]);
         let heading = tasks.find("Connections (every command; TF_* variables):").expect(&tasks);
         assert!(tasks.find("--status").unwrap() < heading && tasks.find("--kafka-brokers").unwrap() > heading, "{tasks}");
-        assert!(tasks.contains("[possible values: pending, running, awaiting_human, succeeded, failed, cancelled]"), "{tasks}");
+        let values: String = tasks.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            values.contains("[possible values: pending, running, awaiting_human, waiting, skipped, succeeded, failed, cancelled]"),
+            "{tasks}"
+        );
         let backfill = help(&["schedules", "backfill"]);
         assert!(backfill.contains("buffer_one") && backfill.contains("terminate_other"), "{backfill}");
     }

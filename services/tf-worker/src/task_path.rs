@@ -3,6 +3,9 @@
 //! options and helpers every workflow step shares. Deterministic: times are workflow time and
 //! every side effect is an activity.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value as Json, json};
@@ -17,6 +20,29 @@ use tf_store::waits::{NewWait, WaitKind};
 use tf_temporal::TaskInput;
 
 use crate::activities::{BeginWaitInput, EndWaitInput, MarkWaitingInput, RecordResultInput, RunActivities, TakeBudgetInput};
+
+/// Awaits every future, polled in order with the workflow's own waker, and returns their
+/// outputs in order. `futures::future::join_all` polls more than 30 futures through a
+/// `FuturesOrdered`, whose wakers the SDK refuses as nondeterministic (TMPRL1100): a run with
+/// 31 inline tasks never got past its first workflow task.
+pub(crate) async fn join_in_order<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *out = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { Poll::Pending } else { Poll::Ready(()) }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("every future is ready")).collect()
+}
 
 /// A workflow that can be told an event was delivered to one of its waits (`deliver-event`).
 pub(crate) trait Told {

@@ -300,7 +300,7 @@ async fn run_tasks(ctx: &WorkflowContext<RunActivityWorkflow>, run_id: &RunId, t
         children.push(child);
     }
     let mut failed = 0;
-    for outcome in futures::future::join_all(inline.into_iter().map(|t| run_task_inline(ctx.clone(), t.clone()))).await {
+    for outcome in task_path::join_in_order(inline.into_iter().map(|t| run_task_inline(ctx.clone(), t.clone())).collect()).await {
         if outcome?.0 != TaskStatus::Succeeded {
             failed += 1;
         }
@@ -355,7 +355,7 @@ async fn run_template(
             inline.push(run_inline(ctx.clone(), t.clone()));
         }
     }
-    for (task, outcome) in planned.tasks.iter().filter(|t| t.execution != Execution::Child).zip(futures::future::join_all(inline).await) {
+    for (task, outcome) in planned.tasks.iter().filter(|t| t.execution != Execution::Child).zip(task_path::join_in_order(inline).await) {
         let (status, output) = outcome?;
         ended.push((task.index, status == TaskStatus::Succeeded, output.unwrap_or(Json::Null)));
     }

@@ -120,3 +120,46 @@ tasks:
     assert_eq!(results, 2, "one result each for one and cleanup; a skipped task has none");
     tf_testkit::delete_topics(&s, &[&sink]).await;
 }
+
+/// More inline tasks than `futures::join_all` polls by itself (30; past it, it polls through a
+/// FuturesOrdered whose wakers the SDK refuses as nondeterministic): a plain run and a run that
+/// unfolds, each with 40 kafka tasks of one template, complete with 40 results.
+#[tokio::test]
+async fn forty_inline_tasks_of_one_template_complete() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-queue");
+    let sink = unique("it-forty");
+    create_topic(&s, &sink, 1).await;
+    let task = format!("{{name: ship, type: kafka, for_each: event.data.items, params: {{topic: \"'{sink}'\", value: item}}}}");
+    let plain = unique("it-forty").to_lowercase();
+    let unfolding = unique("it-forty-steps").to_lowercase();
+    let head = |id: &str| {
+        format!("id: {id}\nname: Forty\ntrigger: {{event: {{topics: [events.demo]}}}}\ndedupe: {{key: event.data.key}}\ntasks:\n")
+    };
+    let (plain, v1) = apply_definition(&pool, &format!("{}  - {task}\n", head(&plain))).await;
+    let steps = format!(
+        "{}  - {{name: nap, type: sleep, params: {{for: \"'10ms'\"}}}}\n  - {}, after: [nap]}}\n",
+        head(&unfolding),
+        task.strip_suffix('}').unwrap()
+    );
+    let (unfolding, v2) = apply_definition(&pool, &steps).await;
+    let w = worker(&db.url, &queue, &[("TF_NO_RELAY", "true")]);
+    let client = tf_temporal::connect(&s.temporal_url, &s.temporal_namespace, "it").await.unwrap();
+    let items: Vec<i32> = (0..40).collect();
+    for (def, version) in [(&plain, v1), (&unfolding, v2)] {
+        let event = json!({"id": "e-40", "type": "t", "data": {"key": "k", "items": items}});
+        tf_temporal::start_run(&client, &queue, tf_testkit::run_input(def, version, "k", event)).await.unwrap();
+    }
+    for def in [&plain, &unfolding] {
+        let run_id = tf_temporal::DedupeKey::parse("k").unwrap().run_id(def, 1).to_string();
+        let status = tf_testkit::run_ended(&pool, &run_id, &w.log()).await;
+        let results: i64 = sqlx::query_scalar("SELECT count(*) FROM task_results WHERE run_id = $1 AND task_id LIKE '%/ship/%'")
+            .bind(&run_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!((status.as_str(), results), ("completed", 40), "{def}; worker:\n{}", w.log());
+    }
+    tf_testkit::delete_topics(&s, &[&sink]).await;
+}
