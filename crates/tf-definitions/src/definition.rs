@@ -10,8 +10,8 @@ use serde_json::Value as Json;
 
 use crate::checker::Checker;
 pub use crate::checker::FieldError;
-use crate::cron::CronSchedule;
-use crate::document::{ContextSourceDoc, Document, Execution, HttpSourceDoc, OnTimeout, Overlap, TaskDoc, TaskType, TriggerDoc};
+use crate::cron::{CronSchedule, Interval, TimeSpec};
+use crate::document::{ContextSourceDoc, Document, Execution, HttpSourceDoc, Misfire, OnTimeout, Overlap, TaskDoc, TaskType, TriggerDoc};
 use crate::expr::Expr;
 use crate::flow::FlowControl;
 
@@ -60,13 +60,16 @@ pub struct EventTrigger {
 
 #[derive(Debug, Clone)]
 pub struct CronTrigger {
-    pub expression: String,
-    /// The parsed expression in its time zone.
-    pub schedule: CronSchedule,
+    pub expression: Option<String>,
+    /// When it fires: the parsed expression and the interval, in the time zone.
+    pub spec: TimeSpec,
     pub jitter: Duration,
-    /// Runs missed for longer than this (scheduler down, schedule paused) are skipped.
+    /// Runs missed for longer than this (scheduler down) are skipped; set by `misfire` or as
+    /// written.
     pub catchup_window: Option<Duration>,
+    /// Set by `misfire` (`once`: skip, `all`: buffer_all) or as written.
     pub overlap: Overlap,
+    pub misfire: Option<Misfire>,
     pub start: Option<chrono::DateTime<chrono::Utc>>,
     pub end: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -210,6 +213,12 @@ impl std::fmt::Display for InvalidDefinition {
 pub const DEFAULT_DEDUPE_KEY: &str = "event.id";
 pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(86_400);
 pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(300);
+/// `misfire: skip`: a fire missed by more than this is not run (Temporal's smallest catch-up
+/// window).
+pub const MISFIRE_SKIP_WINDOW: Duration = Duration::from_secs(10);
+/// `misfire: once | all`: fires missed by up to this long are caught up.
+pub const MISFIRE_CATCH_UP_WINDOW: Duration = Duration::from_secs(365 * 86_400);
+
 /// The most task templates a definition may have (a run may still fan out to 1000 tasks).
 pub const MAX_TEMPLATES: usize = 200;
 
@@ -312,9 +321,25 @@ impl Definition {
                 }))
             }
             TriggerDoc { event: None, cron: Some(cron) } => {
-                let schedule = CronSchedule::parse(&cron.expression, cron.timezone.as_deref().unwrap_or("UTC"))
-                    .map_err(|(field, message)| c.fail(format!("trigger.cron.{field}"), message))
-                    .ok();
+                let timezone = cron.timezone.as_deref().unwrap_or("UTC");
+                let mut ok = true;
+                let expression = match cron.expression.as_deref().map(|e| CronSchedule::parse(e, timezone)) {
+                    Some(Err((field, message))) => {
+                        c.fail(format!("trigger.cron.{field}"), message);
+                        ok = false;
+                        None
+                    }
+                    other => other.and_then(Result::ok),
+                };
+                let interval = check_interval(&mut c, cron.every.as_deref(), cron.offset.as_deref());
+                ok &= cron.every.is_none() || interval.is_some();
+                let spec = if ok {
+                    TimeSpec::new(expression, interval, timezone)
+                        .map_err(|(field, message)| c.fail(format!("trigger.cron.{field}"), message))
+                        .ok()
+                } else {
+                    None
+                };
                 let mut time = |field: &str, text: &Option<String>| {
                     text.as_deref().and_then(|t| crate::cron::parse_time(t).map_err(|e| c.fail(format!("trigger.cron.{field}"), e)).ok())
                 };
@@ -325,15 +350,37 @@ impl Definition {
                     c.fail("trigger.cron.end", "must be after start");
                 }
                 let jitter = c.duration("trigger.cron.jitter", cron.jitter.as_deref(), Duration::ZERO);
-                let catchup_window =
+                let mut catchup_window =
                     cron.catchup_window.as_deref().map(|w| c.duration("trigger.cron.catchup_window", Some(w), Duration::ZERO));
-                schedule.map(|schedule| {
+                let mut overlap = cron.overlap.unwrap_or(Overlap::Skip);
+                if let Some(misfire) = cron.misfire {
+                    if cron.catchup_window.is_some() {
+                        c.fail("trigger.cron.catchup_window", "give `misfire` or `catchup_window`, not both (misfire sets the window)");
+                    }
+                    let (window, needs) = match misfire {
+                        Misfire::Skip => (MISFIRE_SKIP_WINDOW, None),
+                        Misfire::Once => (MISFIRE_CATCH_UP_WINDOW, Some(Overlap::Skip)),
+                        Misfire::All => (MISFIRE_CATCH_UP_WINDOW, Some(Overlap::BufferAll)),
+                    };
+                    catchup_window = Some(window);
+                    if let Some(needs) = needs {
+                        if cron.overlap.is_some_and(|o| o != needs) {
+                            c.fail(
+                                "trigger.cron.overlap",
+                                format!("misfire: {misfire:?} runs missed fires with overlap {needs:?}; leave overlap out").to_lowercase(),
+                            );
+                        }
+                        overlap = needs;
+                    }
+                }
+                spec.map(|spec| {
                     Trigger::Cron(CronTrigger {
                         expression: cron.expression.clone(),
-                        schedule,
+                        spec,
                         jitter,
                         catchup_window,
-                        overlap: cron.overlap.unwrap_or(Overlap::Skip),
+                        overlap,
+                        misfire: cron.misfire,
                         start,
                         end,
                     })
@@ -493,7 +540,7 @@ impl Definition {
     /// A cron definition's next `n` fire times from now (RFC 3339); `None` for an event one.
     pub fn next_fire_times(&self, n: usize) -> Option<Vec<String>> {
         match &self.trigger {
-            Trigger::Cron(c) => Some(c.schedule.next_fire_times(chrono::Utc::now(), n).iter().map(chrono::DateTime::to_rfc3339).collect()),
+            Trigger::Cron(c) => Some(c.spec.next_fire_times(chrono::Utc::now(), n).iter().map(chrono::DateTime::to_rfc3339).collect()),
             Trigger::Event(_) => None,
         }
     }
@@ -519,6 +566,27 @@ impl Definition {
         let origin = format!("stored definition {}", document.id);
         Definition::parse(document).map_err(|errors| InvalidDefinition { origin, errors })
     }
+}
+
+/// `every` (1 s .. 366 d) and its `offset` (shorter than `every`).
+fn check_interval(c: &mut Checker, every: Option<&str>, offset: Option<&str>) -> Option<Interval> {
+    let Some(every_text) = every else {
+        if offset.is_some() {
+            c.fail("trigger.cron.offset", "only means something with `every`");
+        }
+        return None;
+    };
+    let every = c.duration("trigger.cron.every", Some(every_text), Duration::ZERO);
+    let offset = c.duration("trigger.cron.offset", offset, Duration::ZERO);
+    if every < Duration::from_secs(1) || every > Duration::from_secs(366 * 86_400) {
+        c.fail("trigger.cron.every", "must be between 1s and 366d");
+        return None;
+    }
+    if offset >= every {
+        c.fail("trigger.cron.offset", "must be shorter than `every`");
+        return None;
+    }
+    Some(Interval { every, offset })
 }
 
 fn check_http_source(c: &mut Checker, path: &str, h: &HttpSourceDoc) -> Option<HttpSource> {
@@ -825,11 +893,45 @@ tasks:
         let d = Definition::from_yaml("c", good).unwrap().remove(0);
         match &d.trigger {
             Trigger::Cron(c) => {
-                assert_eq!(c.schedule.timezone(), "Europe/Berlin");
+                assert_eq!(c.spec.timezone(), "Europe/Berlin");
                 assert_eq!(c.catchup_window, Some(Duration::from_secs(600)));
                 assert_eq!(c.overlap, Overlap::BufferOne);
             }
             Trigger::Event(_) => panic!("cron expected"),
+        }
+        // Intervals, alone or with an expression, and misfire policies set window and overlap.
+        let cron_of = |yaml: &str| match Definition::from_yaml("c", yaml).map(|mut d| d.remove(0).trigger) {
+            Ok(Trigger::Cron(c)) => Ok(c),
+            Ok(Trigger::Event(_)) => panic!("cron expected"),
+            Err(e) => Err(e.errors.iter().map(ToString::to_string).collect::<Vec<_>>()),
+        };
+        let with = |fields: &str| format!("id: t\nname: T\ntrigger: {{cron: {{{fields}}}}}\ntasks: [{{name: t, type: human}}]\n");
+        let every = cron_of(&with("every: 15m, offset: 2m, misfire: all")).unwrap();
+        assert_eq!(every.spec.interval.map(|i| (i.every, i.offset)), Some((Duration::from_secs(900), Duration::from_secs(120))));
+        assert!(every.spec.cron.is_none() && every.expression.is_none());
+        assert_eq!((every.catchup_window, every.overlap), (Some(MISFIRE_CATCH_UP_WINDOW), Overlap::BufferAll));
+        let once = cron_of(&with("expression: '0 * * * *', every: 1h, offset: 30m, misfire: once")).unwrap();
+        assert_eq!(
+            (once.catchup_window, once.overlap, once.spec.cron_strings()),
+            (Some(MISFIRE_CATCH_UP_WINDOW), Overlap::Skip, vec!["0 * * * *".to_string()])
+        );
+        let skip = cron_of(&with("every: 1m, misfire: skip, overlap: allow_all")).unwrap();
+        assert_eq!((skip.catchup_window, skip.overlap), (Some(MISFIRE_SKIP_WINDOW), Overlap::AllowAll));
+        for (fields, error) in [
+            ("timezone: UTC", "trigger.cron.expression: a time trigger needs `expression` (cron), `every` (an interval) or both"),
+            ("every: 15m, offset: 15m", "trigger.cron.offset: must be shorter than `every`"),
+            ("expression: '* * * * *', offset: 1m", "trigger.cron.offset: only means something with `every`"),
+            ("every: 500ms", "trigger.cron.every: must be between 1s and 366d"),
+            (
+                "every: 1m, misfire: all, catchup_window: 1h",
+                "trigger.cron.catchup_window: give `misfire` or `catchup_window`, not both (misfire sets the window)",
+            ),
+            (
+                "every: 1m, misfire: once, overlap: buffer_all",
+                "trigger.cron.overlap: misfire: once runs missed fires with overlap skip; leave overlap out",
+            ),
+        ] {
+            assert_eq!(cron_of(&with(fields)).unwrap_err(), [error], "{fields}");
         }
         let bad = good
             .replace("'30 2 * * *'", "'30 25 * * *'")

@@ -63,7 +63,18 @@ pub struct EventTriggerDoc {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CronTriggerDoc {
-    pub expression: String,
+    /// A cron expression (5 fields, or 6 with seconds first); optional with `every`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
+    /// An interval (`15m`), counted from the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+    /// Shifts the interval's fires (`2m`: at :02, :17, ... for `every: 15m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<String>,
+    /// What fires missed while the schedule could not run (Temporal down) become.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub misfire: Option<Misfire>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,6 +87,16 @@ pub struct CronTriggerDoc {
     pub start: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<String>,
+}
+
+/// What a time trigger does with fires it missed (docs/definitions.md, "Misfires"): `skip` them,
+/// run `once` for all of them, or run `all`, one after another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Misfire {
+    Skip,
+    Once,
+    All,
 }
 
 /// Temporal's schedule overlap policies.

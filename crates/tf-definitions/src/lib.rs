@@ -18,7 +18,7 @@ pub mod task_params;
 pub use dedupe::{DedupeKey, DedupeKeyError};
 pub use definition::RetryPolicy;
 pub use definition::{ContextSource, Dedupe, Definition, EventTrigger, FieldError, InvalidDefinition, TaskTemplate, Trigger, TypePattern};
-pub use document::{Document, Execution, OnTimeout, Overlap};
+pub use document::{Document, Execution, Misfire, OnTimeout, Overlap};
 pub use expr::{Bindings, EvalError, Expr, Scope};
 pub use flow::{Admission, FlowControl};
 pub use plan::PlannedTask;

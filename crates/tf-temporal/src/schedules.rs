@@ -1,4 +1,5 @@
-//! Cron definitions as Temporal Schedules: one schedule per cron definition, id
+//! Time-triggered definitions (`trigger.cron`: a cron expression, an interval or both) as
+//! Temporal Schedules: one schedule per such definition, id
 //! `activity-schedule-<definition id>`, kept in step by [`reconcile`]. Reconciling is
 //! idempotent and safe to run from several processes at once: creates that race end in
 //! AlreadyExists (then the update path runs), updates carry Temporal's conflict token.
@@ -8,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 use temporalio_client::schedules::{
     CreateScheduleOptions, DeleteScheduleOptions, ListSchedulesOptions, ScheduleAction, ScheduleDescriptionAction, ScheduleError,
-    ScheduleOverlapPolicy, ScheduleSpec,
+    ScheduleIntervalSpec, ScheduleOverlapPolicy, ScheduleSpec,
 };
 use temporalio_client::{Client, RpcOptions};
 use tf_definitions::{Definition, Overlap, Trigger};
@@ -30,7 +31,10 @@ pub struct DesiredSchedule {
     pub definition_id: String,
     pub version: i32,
     pub enabled: bool,
-    pub cron_string: String,
+    /// Temporal's `cron_strings` (none for an interval-only trigger).
+    pub cron_strings: Vec<String>,
+    /// `(every, offset)` of the interval, if any.
+    pub intervals: Vec<(Duration, Duration)>,
     pub timezone: String,
     pub jitter: Duration,
     pub catchup_window: Option<Duration>,
@@ -48,8 +52,9 @@ impl DesiredSchedule {
             definition_id: d.id.clone(),
             version,
             enabled,
-            cron_string: c.schedule.temporal_cron_string(),
-            timezone: c.schedule.timezone().to_string(),
+            cron_strings: c.spec.cron_strings(),
+            intervals: c.spec.interval.iter().map(|i| (i.every, i.offset)).collect(),
+            timezone: c.spec.timezone().to_string(),
             jitter: c.jitter,
             catchup_window: c.catchup_window,
             overlap: match c.overlap {
@@ -83,8 +88,14 @@ impl DesiredSchedule {
     }
 
     fn spec(&self) -> ScheduleSpec {
+        let intervals = self
+            .intervals
+            .iter()
+            .map(|(every, offset)| ScheduleIntervalSpec::new(*every, (!offset.is_zero()).then_some(*offset)))
+            .collect();
         ScheduleSpec::builder()
-            .cron_strings(vec![self.cron_string.clone()])
+            .cron_strings(self.cron_strings.clone())
+            .intervals(intervals)
             .timezone_name(self.timezone.clone())
             .maybe_jitter((!self.jitter.is_zero()).then_some(self.jitter))
             .maybe_start_time(self.start)

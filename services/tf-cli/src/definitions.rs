@@ -75,7 +75,21 @@ pub(crate) fn load(files: &[PathBuf]) -> anyhow::Result<Vec<Loaded>> {
 fn describe_trigger(d: &Definition) -> String {
     match &d.trigger {
         Trigger::Event(e) => format!("event on {}", e.topics.join(", ")),
-        Trigger::Cron(c) => format!("cron {:?} in {}", c.expression, c.schedule.timezone()),
+        Trigger::Cron(c) => {
+            let mut when = Vec::new();
+            if let Some(e) = &c.expression {
+                when.push(format!("cron {e:?} in {}", c.spec.timezone()));
+            }
+            if let Some(i) = &c.spec.interval {
+                let offset =
+                    if i.offset.is_zero() { String::new() } else { format!(" offset {}", tf_definitions::duration::format(i.offset)) };
+                when.push(format!("every {}{offset}", tf_definitions::duration::format(i.every)));
+            }
+            if let Some(m) = c.misfire {
+                when.push(format!("misfire {}", format!("{m:?}").to_lowercase()));
+            }
+            when.join(", ")
+        }
     }
 }
 

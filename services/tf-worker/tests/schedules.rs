@@ -33,6 +33,44 @@ async fn env() -> Env {
     Env { db, pool, queue, client, _worker: worker }
 }
 
+/// Temporal's own answer to "when does this schedule fire between `from` and `to`", in New
+/// York time when `tz` says so (RFC 3339).
+async fn matching_in(client: &temporalio_client::Client, schedule: String, from: &str, to: &str, tz: chrono_tz::Tz) -> Vec<String> {
+    use temporalio_client::grpc::WorkflowService;
+    use temporalio_client::tonic::IntoRequest;
+    use temporalio_common::protos::temporal::api::workflowservice::v1::ListScheduleMatchingTimesRequest;
+    let (from, to) = (tf_definitions::cron::parse_time(from).unwrap(), tf_definitions::cron::parse_time(to).unwrap());
+    let req = ListScheduleMatchingTimesRequest {
+        namespace: settings().temporal_namespace,
+        schedule_id: schedule,
+        start_time: Some(SystemTime::from(from).into()),
+        end_time: Some(SystemTime::from(to).into()),
+    };
+    let resp = WorkflowService::list_schedule_matching_times(&mut client.clone(), req.into_request()).await.unwrap().into_inner();
+    resp.start_time
+        .iter()
+        .map(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32).unwrap().with_timezone(&tz).to_rfc3339())
+        .collect()
+}
+
+async fn matching_times(client: &temporalio_client::Client, schedule: String, from: &str, to: &str) -> Vec<String> {
+    matching_in(client, schedule, from, to, chrono_tz::America::New_York).await
+}
+
+/// The definition's own preview (what `tf definitions validate`, the API and the console show)
+/// from `from` until `to`, in `tz`.
+fn preview(yaml: &str, from: &str, to: &str, tz: chrono_tz::Tz) -> Vec<String> {
+    let d = tf_definitions::Definition::from_yaml("test", yaml).unwrap().remove(0);
+    let tf_definitions::Trigger::Cron(c) = &d.trigger else { panic!("a time trigger") };
+    let (from, to) = (tf_definitions::cron::parse_time(from).unwrap(), tf_definitions::cron::parse_time(to).unwrap());
+    c.spec
+        .next_fire_times(from - chrono::Duration::milliseconds(1), 1000)
+        .into_iter()
+        .filter(|t| t.with_timezone(&chrono::Utc) < to)
+        .map(|t| t.with_timezone(&tz).to_rfc3339())
+        .collect()
+}
+
 impl Env {
     fn tf(&self, args: &[&str]) -> std::process::Output {
         let out = std::process::Command::new(workspace_binary("tf"))
@@ -202,31 +240,7 @@ async fn a_daily_0230_schedule_across_the_dst_changes_in_new_york() {
     );
     apply_definition(&e.pool, &yaml).await;
     eventually("the schedule", Duration::from_secs(30), || async { e.schedule(&id).await }).await;
-    let matching = |from: &str, to: &str| {
-        let (client, id) = (e.client.clone(), schedule_id(&id));
-        let (from, to) = (tf_definitions::cron::parse_time(from).unwrap(), tf_definitions::cron::parse_time(to).unwrap());
-        async move {
-            use temporalio_client::grpc::WorkflowService;
-            use temporalio_client::tonic::IntoRequest;
-            use temporalio_common::protos::temporal::api::workflowservice::v1::ListScheduleMatchingTimesRequest;
-            let req = ListScheduleMatchingTimesRequest {
-                namespace: settings().temporal_namespace,
-                schedule_id: id,
-                start_time: Some(SystemTime::from(from).into()),
-                end_time: Some(SystemTime::from(to).into()),
-            };
-            let resp = WorkflowService::list_schedule_matching_times(&mut client.clone(), req.into_request()).await.unwrap().into_inner();
-            resp.start_time
-                .iter()
-                .map(|t| {
-                    chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32)
-                        .unwrap()
-                        .with_timezone(&chrono_tz::America::New_York)
-                        .to_rfc3339()
-                })
-                .collect::<Vec<_>>()
-        }
-    };
+    let matching = |from: &'static str, to: &'static str| matching_times(&e.client, schedule_id(&id), from, to);
     let spring = matching("2026-03-07T00:00:00Z", "2026-03-10T00:00:00Z").await;
     let fall = matching("2026-10-31T00:00:00Z", "2026-11-03T00:00:00Z").await;
     println!("DST spring: {spring:?}\nDST fall: {fall:?}");
@@ -235,6 +249,116 @@ async fn a_daily_0230_schedule_across_the_dst_changes_in_new_york() {
     assert_eq!(spring, ["2026-03-07T02:30:00-05:00", "2026-03-09T02:30:00-04:00"]);
     // Fall back (2026-11-01, 02:00 -> 01:00): 02:30 happens once.
     assert_eq!(fall, ["2026-10-31T02:30:00-04:00", "2026-11-01T02:30:00-05:00", "2026-11-02T02:30:00-05:00"]);
+    // The definition's own preview says the same.
+    let ny = chrono_tz::America::New_York;
+    assert_eq!(preview(&yaml, "2026-03-07T00:00:00Z", "2026-03-10T00:00:00Z", ny), spring);
+    assert_eq!(preview(&yaml, "2026-10-31T00:00:00Z", "2026-11-03T00:00:00Z", ny), fall);
+
+    // 01:30 on the fall-back day happens twice (EDT, then EST an hour later).
+    let early = unique("it-dst-early").to_lowercase();
+    let early_yaml = yaml.replace(&id, &early).replace("30 2 * * *", "30 1 * * *");
+    apply_definition(&e.pool, &early_yaml).await;
+    eventually("the 01:30 schedule", Duration::from_secs(30), || async { e.schedule(&early).await }).await;
+    let repeated = matching_times(&e.client, schedule_id(&early), "2026-10-31T12:00:00Z", "2026-11-02T12:00:00Z").await;
+    let previewed = preview(&early_yaml, "2026-10-31T12:00:00Z", "2026-11-02T12:00:00Z", ny);
+    println!("DST fall 01:30: Temporal {repeated:?}, preview {previewed:?}");
+    assert_eq!(repeated, ["2026-11-01T01:30:00-04:00", "2026-11-01T01:30:00-05:00", "2026-11-02T01:30:00-05:00"]);
+    assert_eq!(previewed, repeated, "the preview shows what Temporal will do");
+    e.tf(&["definitions", "delete", &early]);
+    e.tf(&["definitions", "delete", &id]);
+}
+
+/// Every field of a time trigger, read back from the schedule Temporal holds: the cron string
+/// and the interval (and the fire times they give, against the definition's preview), time
+/// zone, jitter, start and end, the overlap policy and catch-up window `misfire` chose, the
+/// action (workflow type, task queue, pinned version) and the state. Then resume is tested,
+/// and two reconcilers race on the same definitions: one schedule, no error, no flapping.
+#[tokio::test]
+async fn a_schedule_in_temporal_holds_every_field_of_its_definition() {
+    use temporalio_common::protos::temporal::api::enums::v1::ScheduleOverlapPolicy;
+    let e = env().await;
+    let id = unique("it-fields").to_lowercase();
+    let yaml = format!(
+        "id: {id}\nname: Fields\ntrigger: {{cron: {{expression: '0 9 * * 1-5', every: 6h, offset: 30m, timezone: Europe/Berlin, jitter: 20s, misfire: all, start: '2026-01-01T00:00:00Z', end: '2030-01-01T00:00:00Z'}}}}\ntasks: [{{name: t, type: human, when: 'false'}}]\n"
+    );
+    apply_definition(&e.pool, &yaml).await;
+    eventually("the schedule", Duration::from_secs(30), || async { e.schedule(&id).await }).await;
+    let d = e.client.get_schedule_handle(schedule_id(&id)).describe(RpcOptions::default()).await.unwrap();
+    let schedule = d.raw().schedule.as_ref().unwrap();
+    let spec = schedule.spec.as_ref().unwrap();
+    assert_eq!(spec.timezone_name, "Europe/Berlin");
+    assert_eq!(spec.jitter.as_ref().map(|j| j.seconds), Some(20));
+    assert_eq!(spec.start_time.as_ref().map(|t| t.seconds), Some(1_767_225_600));
+    assert_eq!(spec.end_time.as_ref().map(|t| t.seconds), Some(1_893_456_000));
+    let interval: Vec<(i64, i64)> =
+        spec.interval.iter().map(|i| (i.interval.as_ref().unwrap().seconds, i.phase.as_ref().map_or(0, |p| p.seconds))).collect();
+    assert_eq!(interval, [(21_600, 1_800)]);
+    // Temporal keeps the cron string as it was given, or as the calendar it parsed it into.
+    assert!(spec.cron_string == ["0 9 * * 1-5"] || !spec.structured_calendar.is_empty(), "{spec:?}");
+    let policies = schedule.policies.as_ref().unwrap();
+    assert_eq!(policies.overlap_policy, ScheduleOverlapPolicy::BufferAll as i32, "misfire: all buffers every missed fire");
+    assert_eq!(policies.catchup_window.as_ref().map(|w| w.seconds), Some(365 * 86_400), "misfire: all catches up a year");
+    let state = schedule.state.as_ref().unwrap();
+    assert!(!state.paused && state.notes.is_empty(), "{state:?}");
+    match d.action() {
+        ScheduleDescriptionAction::StartWorkflow(a) => {
+            assert_eq!((a.workflow_type(), a.task_queue()), (tf_temporal::RUN_ACTIVITY, e.queue.as_str()));
+            assert_eq!(a.args::<RunInput>().await.unwrap().unwrap().definition_version, 1);
+        }
+        #[allow(unreachable_patterns)]
+        _ => panic!("unexpected action"),
+    }
+    // The fire times Temporal computes are the preview's, cron and interval merged.
+    let berlin = chrono_tz::Europe::Berlin;
+    let (from, to) = ("2026-12-14T00:00:00Z", "2026-12-16T00:00:00Z");
+    // Temporal's matching times carry the jitter (up to 20 s after each nominal time).
+    let temporal = matching_in(&e.client, schedule_id(&id), from, to, berlin).await;
+    let nominal = preview(&yaml, from, to, berlin);
+    assert_eq!(temporal.len(), 10, "8 from every 6h at 00:30, 06:30, ... (UTC), 2 from 09:00 Mon-Fri: {temporal:?}");
+    assert_eq!(nominal.len(), temporal.len(), "{nominal:?}");
+    for (t, n) in temporal.iter().zip(&nominal) {
+        let late = chrono::DateTime::parse_from_rfc3339(t).unwrap() - chrono::DateTime::parse_from_rfc3339(n).unwrap();
+        assert!((0..=20_000).contains(&late.num_milliseconds()), "{t} is {late} after its nominal {n}");
+    }
+
+    // misfire: skip keeps Temporal's smallest catch-up window and the overlap as written.
+    apply_definition(&e.pool, &yaml.replace("misfire: all", "misfire: skip, overlap: allow_all")).await;
+    let policies = eventually("the schedule at v2", Duration::from_secs(30), || async {
+        let d = e.client.get_schedule_handle(schedule_id(&id)).describe(RpcOptions::default()).await.unwrap();
+        let s = d.raw().schedule.clone().unwrap();
+        (s.policies.as_ref().unwrap().overlap_policy == ScheduleOverlapPolicy::AllowAll as i32).then(|| s.policies.unwrap())
+    })
+    .await;
+    assert_eq!(policies.catchup_window.map(|w| w.seconds), Some(10));
+
+    // An operator's pause, then `tf schedules resume`.
+    e.tf(&["schedules", "pause", &id, "--note", "night freeze"]);
+    eventually("paused", Duration::from_secs(10), || async { e.schedule(&id).await.filter(|s| s.1 && s.2 == "night freeze") }).await;
+    e.tf(&["schedules", "resume", &id]);
+    eventually("resumed", Duration::from_secs(10), || async { e.schedule(&id).await.filter(|s| !s.1) }).await;
+
+    // Two reconcilers at once, three rounds, on the same definitions as the worker's: one
+    // schedule, no error, and after the first round nothing changes (no flapping).
+    let rows = tf_store::definitions::latest(&e.pool).await.unwrap();
+    let (wanted, broken) =
+        tf_temporal::schedules::desired_from_specs(rows.into_iter().filter(|r| !r.retired).map(|r| (r.spec, r.version, r.enabled)));
+    assert!(broken.is_empty());
+    for round in 0..3 {
+        let (a, b) = tokio::join!(
+            tf_temporal::schedules::reconcile(&e.client, &e.queue, &wanted, &[]),
+            tf_temporal::schedules::reconcile(&e.client, &e.queue, &wanted, &[])
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        for (schedule, changes) in a.iter().chain(&b) {
+            assert_eq!(changes, &[tf_temporal::schedules::Change::Unchanged], "round {round}: {schedule} changed: {changes:?}");
+        }
+    }
+    let mut listed = e.client.list_schedules(Default::default());
+    let mut ours = 0;
+    while let Some(s) = futures::StreamExt::next(&mut listed).await {
+        ours += usize::from(s.unwrap().schedule_id() == schedule_id(&id));
+    }
+    assert!(ours <= 1, "one schedule for the definition (listing may lag): {ours}");
     e.tf(&["definitions", "delete", &id]);
 }
 
