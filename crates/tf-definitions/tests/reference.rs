@@ -97,9 +97,15 @@ fn the_reference_names_every_field_task_type_and_param() {
         "incoming",
         "run",
         "event",
+        "every",
+        "offset",
+        "misfire",
     ];
     for f in fields {
         assert!(REFERENCE.contains(&format!("`{f}`")), "docs/definitions.md does not describe `{f}`");
+    }
+    for misfire in ["skip", "once", "all"] {
+        assert!(REFERENCE.contains(&format!("| `{misfire}` |")), "misfire {misfire} has no row");
     }
     for overlap in ["skip", "buffer_one", "buffer_all", "cancel_other", "terminate_other", "allow_all"] {
         assert!(REFERENCE.contains(&format!("`{overlap}`")), "overlap {overlap}");
