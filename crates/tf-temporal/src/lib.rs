@@ -3,6 +3,7 @@
 //! search attributes, and starting it with the dedupe policies of docs/design.md (layer 2).
 
 pub mod run_control;
+pub mod schedule_control;
 pub mod schedules;
 
 use std::sync::Arc;

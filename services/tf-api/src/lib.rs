@@ -15,6 +15,7 @@ mod lag;
 mod metrics;
 mod openapi;
 mod runs;
+mod schedules;
 mod session;
 mod state;
 mod tasks;

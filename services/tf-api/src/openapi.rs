@@ -12,7 +12,7 @@ use utoipa::openapi::path::ParameterIn;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Scope;
-use crate::{AppState, definitions, dlq, flow, ingress, runs, tasks};
+use crate::{AppState, definitions, dlq, flow, ingress, runs, schedules, tasks};
 
 /// Named schemas collected while the document is built (`components.schemas`).
 type Schemas = BTreeMap<String, Value>;
@@ -166,6 +166,49 @@ pub fn operations() -> Vec<Operation> {
         .returns::<definitions::DefinitionVersion>(),
         Operation::new("delete", "/definitions/{id}", "retire_definition", Some(Write), "Retire a definition.", || delete(definitions::retire))
             .returns::<definitions::Retired>(),
+        Operation::new(
+            "get",
+            "/definitions/{id}/schedule",
+            "get_schedule",
+            Some(Read),
+            "A time-triggered definition's Temporal Schedule: paused (with its note), runs started, recent and next fires.",
+            || get(schedules::show),
+        )
+        .returns::<tf_temporal::schedule_control::ScheduleView>(),
+        Operation::new(
+            "post",
+            "/definitions/{id}/schedule/pause",
+            "pause_schedule",
+            Some(Write),
+            "Pause the schedule with a note (kept until an operator resumes it; the reconciler never does).",
+            || post(schedules::pause),
+        )
+        .may_take_json::<schedules::PauseBody>()
+        .returns::<schedules::ScheduleActionOutcome>(),
+        Operation::new("post", "/definitions/{id}/schedule/resume", "resume_schedule", Some(Write), "Resume a paused schedule.", || {
+            post(schedules::resume)
+        })
+        .returns::<schedules::ScheduleActionOutcome>(),
+        Operation::new(
+            "post",
+            "/definitions/{id}/schedule/trigger",
+            "trigger_schedule",
+            Some(Write),
+            "Start one run now (its scheduled time is now).",
+            || post(schedules::trigger),
+        )
+        .returns::<schedules::ScheduleActionOutcome>(),
+        Operation::new(
+            "post",
+            "/definitions/{id}/schedule/backfill",
+            "backfill_schedule",
+            Some(Write),
+            "Run every fire from `from` to `to`, both included (at most 366 days); 202 once Temporal took it. Progress: `actions` of GET .../schedule against `actions_before`.",
+            || post(schedules::backfill),
+        )
+        .takes_json::<schedules::BackfillBody>()
+        .status(202)
+        .returns::<schedules::ScheduleActionOutcome>(),
         Operation::new("get", "/runs", "list_runs", Some(Read), "Runs, newest first, with filters and a cursor.", || get(runs::list))
             .query::<runs::ListQuery>()
             .returns::<runs::RunPage>(),

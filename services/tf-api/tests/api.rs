@@ -1484,3 +1484,107 @@ tasks:
     assert!(html.contains(&format!("com.example.payment.received p-1 ({topic} partition 0 offset {offset})")), "{html}");
     tf_testkit::delete_topics(&s, &[&topic, &dlq]).await;
 }
+
+/// A time trigger's schedule over HTTP and in the console: read (state, runs started, next
+/// fires), pause with a note (write scope; the note names the caller), resume, trigger (a run
+/// starts), backfill (202, one run per fire in the range, progress from `actions_before`), and
+/// the console's pause button; refusals are 403, 400 naming the field, or 404.
+#[tokio::test]
+async fn a_schedule_is_read_paused_resumed_triggered_and_backfilled_over_http_and_the_console() {
+    let s = settings();
+    let (db, pool) = FreshDatabase::migrated(&s).await;
+    let queue = unique("it-api-queue");
+    let api = Api::spawn(&db.url, &queue);
+    api.ready().await;
+    let _worker = tf_testkit::worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_SCHEDULER_REFRESH_MS", "300")]);
+    let id = unique("it-api-sched").to_lowercase();
+    let def = format!("id: {id}\nname: Hourly\ntrigger: {{cron: {{every: 1h}}}}\ntasks: [{{name: t, type: human, when: 'false'}}]\n");
+    let (status, body) = api.call("POST", "/definitions", Some(ADMIN), None, Some(def)).await;
+    assert_eq!(status, 200, "{body}");
+    let path = format!("/definitions/{id}/schedule");
+    let view = eventually("the schedule", Duration::from_secs(30), || async {
+        let (status, v) = api.call("GET", &path, Some(READER), None, None).await;
+        (status == 200).then_some(v)
+    })
+    .await;
+    assert_eq!((view["paused"].as_bool(), view["next"].as_array().map(Vec::len)), (Some(false), Some(5)), "{view}");
+
+    let (status, _) = api.call("POST", &format!("{path}/pause"), Some(READER), None, Some("{}".into())).await;
+    assert_eq!(status, 403, "pausing needs the write scope");
+    let (status, body) = api.call("POST", &format!("{path}/pause"), Some(ADMIN), None, Some(r#"{"note": "a\u0007b"}"#.into())).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("note")), "{body}");
+    let (status, body) = api.call("POST", &format!("{path}/pause"), Some(ADMIN), None, Some(r#"{"why": "x"}"#.into())).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("body")), "{body}");
+    let (status, body) = api.call("POST", &format!("{path}/pause"), Some(ADMIN), None, Some(r#"{"note": "maintenance"}"#.into())).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, v) = api.call("GET", &path, Some(READER), None, None).await;
+    assert_eq!((v["paused"].as_bool(), v["note"].as_str()), (Some(true), Some("maintenance (by admin)")), "{v}");
+    let (status, _) = api.call("POST", &format!("{path}/resume"), Some(ADMIN), None, None).await;
+    assert_eq!(status, 200);
+    let (_, v) = api.call("GET", &path, Some(READER), None, None).await;
+    assert_eq!(v["paused"].as_bool(), Some(false), "{v}");
+
+    let runs = |pool: sqlx::PgPool, id: String| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM activity_runs WHERE definition_id = $1 AND status <> 'deduplicated'")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let (status, body) = api.call("POST", &format!("{path}/trigger"), Some(ADMIN), None, None).await;
+    assert_eq!((status, body["action"].as_str()), (200, Some("trigger")), "{body}");
+    eventually("the triggered run", Duration::from_secs(30), || async { (runs(pool.clone(), id.clone()).await == 1).then_some(()) }).await;
+
+    let backfill = r#"{"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T02:00:00Z"}"#;
+    let (status, body) = api.call("POST", &format!("{path}/backfill"), Some(ADMIN), None, Some(backfill.into())).await;
+    assert_eq!((status, body["batches"].as_array().map(Vec::len)), (202, Some(1)), "{body}");
+    let before = body["actions_before"].as_i64().unwrap();
+    eventually("three backfilled runs", Duration::from_secs(60), || async { (runs(pool.clone(), id.clone()).await == 4).then_some(()) })
+        .await;
+    let (_, v) = api.call("GET", &path, Some(READER), None, None).await;
+    assert_eq!(v["actions"].as_i64(), Some(before + 3), "progress: three more runs started: {v}");
+    let nominal: Vec<String> = sqlx::query_scalar(
+        "SELECT to_char(scheduled_for AT TIME ZONE 'UTC', 'HH24:MI') FROM activity_runs
+         WHERE definition_id = $1 AND scheduled_for < '2026-01-02' ORDER BY scheduled_for",
+    )
+    .bind(&id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(nominal, ["00:00", "01:00", "02:00"]);
+    for (body, field) in [
+        (r#"{"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}"#, "to"),
+        (r#"{"from": "yesterday", "to": "2026-01-01T00:00:00Z"}"#, "from"),
+        (r#"{"from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}"#, "to"),
+        (r#"{"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z", "overlap": "sometimes"}"#, "overlap"),
+    ] {
+        let (status, answer) = api.call("POST", &format!("{path}/backfill"), Some(ADMIN), None, Some(body.into())).await;
+        assert_eq!((status, answer["error"]["field"].as_str()), (400, Some(field)), "{body}: {answer}");
+    }
+    let (status, _) = api.call("GET", "/definitions/no-such-definition/schedule", Some(READER), None, None).await;
+    assert_eq!(status, 404);
+
+    // The console shows the schedule and pauses it with a note.
+    let (http, _, set_cookie) = api.console_sign_in().await;
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let page = format!("{}/ui/definitions/{id}", api.base);
+    let html = http.get(&page).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    assert!(
+        html.contains("Pause schedule") && html.contains("Trigger a run now") && html.contains("nominal 2026-01-01T02:00:00Z"),
+        "{html}"
+    );
+    let resp = http
+        .post(format!("{page}/schedule/pause"))
+        .header("cookie", &cookie)
+        .header("origin", &api.base)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("note=night+freeze")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let (_, v) = api.call("GET", &path, Some(READER), None, None).await;
+    assert_eq!(v["note"].as_str(), Some("night freeze (by admin)"), "{v}");
+    let html = http.get(&page).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("night freeze (by admin)") && html.contains("Resume schedule"), "{html}");
+}

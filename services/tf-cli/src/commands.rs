@@ -279,7 +279,7 @@ pub(crate) enum SchedulesCommand {
         /// Start of the range, RFC 3339 (included).
         #[arg(long)]
         from: String,
-        /// End of the range, RFC 3339 (excluded).
+        /// End of the range, RFC 3339 (included, as Temporal includes it).
         #[arg(long)]
         to: String,
         /// What to do with a backfilled run while an earlier one still runs.

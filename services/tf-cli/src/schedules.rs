@@ -8,8 +8,9 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde_json::json;
 use temporalio_client::RpcOptions;
-use temporalio_client::schedules::{ListSchedulesOptions, ScheduleBackfill, ScheduleOverlapPolicy};
+use temporalio_client::schedules::{ListSchedulesOptions, ScheduleOverlapPolicy};
 use tf_config::Settings;
+use tf_temporal::schedule_control;
 use tf_temporal::schedules::{SCHEDULE_PREFIX, schedule_id};
 
 use crate::output::{Answer, say, table};
@@ -131,44 +132,39 @@ pub async fn describe(settings: &Settings, id: &str) -> anyhow::Result<Answer> {
     Ok(Answer::new(answer)?.text(text))
 }
 
+/// The definition id of a schedule id or definition id.
+fn definition_of(arg: &str) -> &str {
+    arg.strip_prefix(SCHEDULE_PREFIX).unwrap_or(arg)
+}
+
 pub async fn pause(settings: &Settings, id: &str, note: &str) -> anyhow::Result<Answer> {
+    schedule_control::pause(&client(settings).await?, definition_of(id), note).await?;
     let id = id_of(id);
-    client(settings).await?.get_schedule_handle(id.clone()).pause(Some(note), Default::default()).await?;
     Ok(Answer::new(json!({"schedule_id": id, "paused": true, "note": note}))?.text(format!("paused {id}: {note}\n")))
 }
 
 pub async fn resume(settings: &Settings, id: &str) -> anyhow::Result<Answer> {
+    schedule_control::resume(&client(settings).await?, definition_of(id), "resumed with tf schedules resume").await?;
     let id = id_of(id);
-    client(settings).await?.get_schedule_handle(id.clone()).unpause(Some("resumed with tf schedules resume"), Default::default()).await?;
     Ok(Answer::new(json!({"schedule_id": id, "paused": false}))?.text(format!("resumed {id}\n")))
 }
 
 pub async fn trigger(settings: &Settings, id: &str) -> anyhow::Result<Answer> {
+    schedule_control::trigger(&client(settings).await?, definition_of(id)).await?;
     let id = id_of(id);
-    client(settings).await?.get_schedule_handle(id.clone()).trigger(ScheduleOverlapPolicy::AllowAll, Default::default()).await?;
     Ok(Answer::new(json!({"schedule_id": id, "triggered": true}))?.text(format!("triggered {id}: one run starts now\n")))
 }
 
-/// Backfills `[from, to)` in one-day batches. They go in one request: separate back-to-back
-/// backfill requests were seen to drop a batch on Temporal 1.32. Then it follows the schedule
+/// Backfills `[from, to)` (tf_temporal::schedule_control::backfill), then follows the schedule
 /// until its action count stops growing, showing progress on stderr, so the operator sees the
 /// runs start.
 pub async fn backfill(settings: &Settings, id: &str, from: &str, to: &str, overlap: ScheduleOverlapPolicy) -> anyhow::Result<Answer> {
-    let id = id_of(id);
     let parse = |t: &str| tf_definitions::cron::parse_time(t).map_err(anyhow::Error::msg);
     let (from, to) = (parse(from)?, parse(to)?);
-    anyhow::ensure!(to > from, "--to must be after --from");
-    let handle = client(settings).await?.get_schedule_handle(id.clone());
-    let mut batches = Vec::new();
-    let mut start = from;
-    while start < to {
-        let end = (start + chrono::Duration::days(1)).min(to);
-        batches.push((start, end));
-        start = end;
-    }
-    let before = handle.describe(RpcOptions::default()).await.with_context(|| format!("describing {id}"))?.action_count();
-    let requests = batches.iter().map(|(s, e)| ScheduleBackfill::new((*s).into(), (*e).into()).overlap_policy(overlap).build());
-    handle.backfill(requests, Default::default()).await.with_context(|| format!("backfilling {id}"))?;
+    let client = client(settings).await?;
+    let definition = definition_of(id).to_string();
+    let (batches, before) = schedule_control::backfill(&client, &definition, from, to, overlap).await?;
+    let id = id_of(id);
     for (i, (s, e)) in batches.iter().enumerate() {
         eprintln!("backfill {id}: batch {}/{} {} .. {} requested", i + 1, batches.len(), s.to_rfc3339(), e.to_rfc3339());
     }
@@ -176,7 +172,7 @@ pub async fn backfill(settings: &Settings, id: &str, from: &str, to: &str, overl
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while stable < 4 && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let now = handle.describe(RpcOptions::default()).await?.action_count();
+        let now = schedule_control::view(&client, &definition).await?.actions;
         if now != last {
             eprintln!("  {} run(s) started so far", now - before);
             (last, stable) = (now, 0);

@@ -39,6 +39,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/runs/{*run_id}", get(runs::show).post(runs::act))
         .route("/ui/definitions", get(definitions::list))
         .route("/ui/definitions/{id}", get(definitions::show))
+        .route("/ui/definitions/{id}/schedule/{action}", post(definitions::schedule_act))
         .route("/ui/tasks", get(tasks::inbox))
         .route("/ui/tasks/{*task_id}", get(tasks::show).post(tasks::act))
         .route("/ui/dead-letters", get(dead_letters::list))

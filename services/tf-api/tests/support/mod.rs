@@ -149,7 +149,14 @@ pub fn documented_schema<'a>(doc: &'a Value, method: &str, path: &str, status: u
     let op = paths
         .get(path)
         .and_then(|p| p.get(&method))
-        .or_else(|| paths.iter().filter(|(t, _)| t.contains('{') && matches(t)).find_map(|(_, p)| p.get(&method)))?;
+        // The most specific template first: one with as many segments as the path (whose
+        // parameter is one segment) before one whose parameter spans several.
+        .or_else(|| {
+            let mut candidates: Vec<(&String, &Value)> =
+                paths.iter().filter(|(t, p)| t.contains('{') && matches(t) && p.get(&method).is_some()).collect();
+            candidates.sort_by_key(|(t, _)| std::cmp::Reverse(t.split('/').count()));
+            candidates.first().and_then(|(_, p)| p.get(&method))
+        })?;
     let response = op["responses"].get(status.to_string())?;
     response["content"].as_object()?.values().next().map(|c| &c["schema"])
 }
