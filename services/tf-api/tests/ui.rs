@@ -1,8 +1,9 @@
 //! The web console in a real headless browser: Debian's Chromium driven through ChromeDriver's
 //! W3C WebDriver protocol (plain JSON over HTTP, spoken here with reqwest), against tf-api,
 //! the router and the worker on the real stack. Sign in, find a run by key, open its lineage,
-//! complete a human task and see the run finish, redrive a dead letter, and watch lag rise
-//! while the router is stopped and fall after it restarts. Screenshots go to
+//! complete a human task and see the run finish, redrive a dead letter, pause a schedule and
+//! trigger a run from its definition's page, and watch lag rise while the router is stopped and
+//! fall after it restarts. Screenshots go to
 //! `target/ui-screenshots/`.
 
 #![allow(clippy::unwrap_used)] // a test reports failure by panicking
@@ -330,6 +331,36 @@ async fn the_console_signs_in_traces_a_run_decides_a_task_redrives_and_shows_lag
     let redriven_run = tf_temporal::DedupeKey::parse("ui-e-bad").unwrap().run_id(&def_id, 1).to_string();
     b.wait_for_text(&format!("{base}/ui/runs?definition={def_id}"), &redriven_run, Duration::from_secs(60)).await;
 
+    // A time trigger's schedule on its definition page: paused with a note, then a run
+    // triggered, both with the page's buttons.
+    let hourly = unique("it-ui-hourly").to_lowercase();
+    let yaml = format!("id: {hourly}\nname: Hourly\ntrigger: {{cron: {{every: 1h}}}}\ntasks: [{{name: t, type: human, when: 'false'}}]\n");
+    let (status, body) = post("/definitions".into(), "application/yaml", yaml).await;
+    assert_eq!(status, 200, "{body}");
+    let reconciled = std::process::Command::new(workspace_binary("tf"))
+        .args(["schedules", "reconcile"])
+        .env("TF_DATABASE_URL", &db.url)
+        .env("TF_TASK_QUEUE", &queue)
+        .output()
+        .unwrap();
+    assert!(reconciled.status.success(), "{}", String::from_utf8_lossy(&reconciled.stderr));
+    b.goto(&format!("{base}/ui/definitions/{hourly}")).await;
+    assert!(b.text("#schedule-state").await.contains("active"), "{}", b.text("main").await);
+    b.clear_and_type("form[action$='/schedule/pause'] input[name=note]", "night freeze").await;
+    b.click("form[action$='/schedule/pause'] button").await;
+    b.wait_url("the definition page after pausing", |u| u.contains("flash=")).await;
+    assert!(b.text("#schedule-state").await.contains("night freeze (by operator)"), "{}", b.text("main").await);
+    b.click("form[action$='/schedule/trigger'] button").await;
+    b.wait_url("the definition page after triggering", |u| u.contains("flash=trigger")).await;
+    assert!(b.text("[role=status]").await.contains("one run starts now"), "{}", b.text("main").await);
+    b.screenshot("schedule").await;
+    eventually("the triggered run", Duration::from_secs(60), || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM activity_runs WHERE definition_id = $1").bind(&hourly).fetch_one(&pool).await.unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+
     // Lag: with the router stopped, new events wait; after it restarts they are routed.
     router.kill();
     for i in 0..5 {
@@ -364,7 +395,8 @@ async fn the_console_signs_in_traces_a_run_decides_a_task_redrives_and_shows_lag
     b.goto(&format!("{base}/ui/runs")).await;
     assert!(b.url().await.ends_with("/ui/login"), "signed out");
     eventually("ui-1, the redriven event and the five lag events to have their runs", Duration::from_secs(60), || async {
-        let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM activity_runs").fetch_one(&pool).await.unwrap();
+        let runs: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM activity_runs WHERE definition_id = $1").bind(&def_id).fetch_one(&pool).await.unwrap();
         (runs == 7).then_some(())
     })
     .await;
