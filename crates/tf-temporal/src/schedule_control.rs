@@ -107,6 +107,22 @@ pub async fn trigger(client: &Client, definition_id: &str) -> Result<(), Schedul
     handle.trigger(ScheduleOverlapPolicy::AllowAll, Default::default()).await.map_err(|e| not_found(definition_id, e))
 }
 
+/// The overlap policies a backfill takes, as definitions spell them.
+pub const OVERLAP_POLICIES: [&str; 6] = ["skip", "buffer_one", "buffer_all", "cancel_other", "terminate_other", "allow_all"];
+
+/// One of [`OVERLAP_POLICIES`] as Temporal's policy.
+pub fn overlap_policy(name: &str) -> Result<ScheduleOverlapPolicy, String> {
+    Ok(match name {
+        "skip" => ScheduleOverlapPolicy::Skip,
+        "buffer_one" => ScheduleOverlapPolicy::BufferOne,
+        "buffer_all" => ScheduleOverlapPolicy::BufferAll,
+        "cancel_other" => ScheduleOverlapPolicy::CancelOther,
+        "terminate_other" => ScheduleOverlapPolicy::TerminateOther,
+        "allow_all" => ScheduleOverlapPolicy::AllowAll,
+        other => return Err(format!("{other:?} is not one of {}", OVERLAP_POLICIES.join(", "))),
+    })
+}
+
 /// The longest range one backfill may cover: each day is one batch, in one request.
 pub const MAX_BACKFILL_DAYS: i64 = 366;
 

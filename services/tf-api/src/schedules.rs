@@ -131,20 +131,7 @@ pub async fn trigger(
 }
 
 fn overlap(text: Option<&str>) -> Result<ScheduleOverlapPolicy, ApiError> {
-    Ok(match text.unwrap_or("allow_all") {
-        "skip" => ScheduleOverlapPolicy::Skip,
-        "buffer_one" => ScheduleOverlapPolicy::BufferOne,
-        "buffer_all" => ScheduleOverlapPolicy::BufferAll,
-        "cancel_other" => ScheduleOverlapPolicy::CancelOther,
-        "terminate_other" => ScheduleOverlapPolicy::TerminateOther,
-        "allow_all" => ScheduleOverlapPolicy::AllowAll,
-        _ => {
-            return Err(ApiError::bad_request(
-                "overlap",
-                "must be skip, buffer_one, buffer_all, cancel_other, terminate_other or allow_all",
-            ));
-        }
-    })
+    schedule_control::overlap_policy(text.unwrap_or("allow_all")).map_err(|e| ApiError::bad_request("overlap", e))
 }
 
 pub async fn backfill(

@@ -24,25 +24,10 @@ fn fmt(t: SystemTime) -> String {
     DateTime::<Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// The overlap policies `--overlap` takes, as definitions spell them.
-pub const OVERLAP_POLICIES: [&str; 6] = ["skip", "buffer_one", "buffer_all", "cancel_other", "terminate_other", "allow_all"];
-
-/// `--overlap`: one of [`OVERLAP_POLICIES`], listed in `--help`.
+/// `--overlap`: one of the policies a backfill takes, listed in `--help`.
 pub fn overlap_parser() -> impl clap::builder::TypedValueParser<Value = ScheduleOverlapPolicy> {
     use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(OVERLAP_POLICIES).try_map(|s| parse_overlap(&s))
-}
-
-pub fn parse_overlap(s: &str) -> Result<ScheduleOverlapPolicy, String> {
-    Ok(match s {
-        "skip" => ScheduleOverlapPolicy::Skip,
-        "buffer_one" => ScheduleOverlapPolicy::BufferOne,
-        "buffer_all" => ScheduleOverlapPolicy::BufferAll,
-        "cancel_other" => ScheduleOverlapPolicy::CancelOther,
-        "terminate_other" => ScheduleOverlapPolicy::TerminateOther,
-        "allow_all" => ScheduleOverlapPolicy::AllowAll,
-        other => return Err(format!("{other:?} is not one of skip, buffer_one, buffer_all, cancel_other, terminate_other, allow_all")),
-    })
+    clap::builder::PossibleValuesParser::new(schedule_control::OVERLAP_POLICIES).try_map(|s| schedule_control::overlap_policy(&s))
 }
 
 async fn client(settings: &Settings) -> anyhow::Result<temporalio_client::Client> {
