@@ -398,13 +398,16 @@ pub struct StepNode {
     pub task_type: String,
     pub after: Vec<String>,
     pub always: bool,
-    /// `not planned`, or its tasks' statuses (`succeeded`, `waiting`, `2 succeeded, 1 failed`).
+    /// `not planned yet` (the run is still going), `not run` (the run ended without it: its
+    /// `when` was false, or the run failed or was cancelled first), or its tasks' statuses
+    /// (`succeeded`, `waiting`, `2 succeeded, 1 failed`).
     pub state: String,
 }
 
 impl StepNode {
-    /// The step graph of a stored spec and the run's tasks; empty for a run that does not unfold.
-    pub fn graph(spec: &Json, tasks: &[TaskView]) -> Vec<StepNode> {
+    /// The step graph of a stored spec and the run's tasks (`ended`: the run is over); empty for
+    /// a run that does not unfold.
+    pub fn graph(spec: &Json, tasks: &[TaskView], ended: bool) -> Vec<StepNode> {
         let Some(templates) = spec.get("tasks").and_then(Json::as_array) else { return Vec::new() };
         let unfolds = templates.iter().any(|t| {
             t.get("after").is_some_and(|a| a.as_array().is_some_and(|a| !a.is_empty()))
@@ -424,7 +427,8 @@ impl StepNode {
                     *counts.entry(x.status.as_str()).or_default() += 1;
                 }
                 let state = match (mine.as_slice(), counts.len()) {
-                    ([], _) => "not planned".to_string(),
+                    ([], _) if ended => "not run".to_string(),
+                    ([], _) => "not planned yet".to_string(),
                     ([one], _) => one.status.as_str().to_string(),
                     (_, _) => counts.iter().map(|(s, n)| format!("{n} {s}")).collect::<Vec<_>>().join(", "),
                 };
@@ -537,7 +541,7 @@ pub async fn lineage(pool: &PgPool, run_id: &str, results_topic: &str) -> Result
     let Some(mut row) = row else { return Ok(None) };
     let spec = row.as_object_mut().and_then(|o| o.remove("spec")).unwrap_or(Json::Null);
     let mut lineage: RunLineage = serde_json::from_value(row).map_err(StoreError::Shape)?;
-    lineage.steps = StepNode::graph(&spec, &lineage.tasks);
+    lineage.steps = StepNode::graph(&spec, &lineage.tasks, !matches!(lineage.status, RunStatus::Running | RunStatus::Waiting));
     lineage.waits = crate::waits::of_run(pool, run_id).await?;
     Ok(Some(lineage))
 }

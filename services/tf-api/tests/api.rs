@@ -1453,7 +1453,10 @@ tasks:
         (status == 200 && l["steps"][0]["state"] == "waiting").then_some(l)
     })
     .await;
-    assert_eq!(waiting["steps"][1], json!({"template": "nap", "type": "sleep", "after": ["pay"], "always": false, "state": "not planned"}));
+    assert_eq!(
+        waiting["steps"][1],
+        json!({"template": "nap", "type": "sleep", "after": ["pay"], "always": false, "state": "not planned yet"})
+    );
     assert_eq!(waiting["tasks"][0]["waiting_for"], "com.example.payment.received key o-1", "{waiting}");
     let (http, _, set_cookie) = api.console_sign_in().await;
     let cookie = set_cookie.split(';').next().unwrap().to_string();

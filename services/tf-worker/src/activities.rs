@@ -240,6 +240,11 @@ pub struct EndWaitInput {
     pub wait_id: String,
     /// The step's timer fired (else the run took a delivery).
     pub timed_out: bool,
+    /// For the metrics: the run's definition and when the wait began (workflow time).
+    #[serde(default)]
+    pub definition_id: String,
+    #[serde(default)]
+    pub since_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -360,11 +365,11 @@ impl RunActivities {
     /// came, one that claimed it first (it came in time); `None` when it timed out.
     #[activity(name = "EndWait")]
     pub async fn end_wait(self: Arc<Self>, _ctx: ActivityContext, e: EndWaitInput) -> Result<Option<waits::Delivery>, ActivityError> {
-        if e.timed_out {
-            waits::time_out(&self.pool, &e.wait_id).await.map_err(store_failure)
-        } else {
-            waits::take(&self.pool, &e.wait_id).await.map_err(store_failure)
-        }
+        let taken = if e.timed_out { waits::time_out(&self.pool, &e.wait_id).await } else { waits::take(&self.pool, &e.wait_id).await }
+            .map_err(store_failure)?;
+        let outcome = if taken.is_some() { "received" } else { "timed_out" };
+        self.metrics.event_wait_ended(&e.definition_id, outcome, if e.since_ms > 0 { waited_seconds(e.since_ms) } else { 0.0 });
+        Ok(taken)
     }
 
     /// Looks again whether a waiting run may execute (it was woken, or its timer fired).

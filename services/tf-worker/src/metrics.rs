@@ -12,6 +12,7 @@ pub const BUCKETS: &[Buckets] = &[
     Buckets::Full("tf_worker_task_duration_seconds", TASK_BOUNDS),
     Buckets::Full("tf_worker_run_duration_seconds", TASK_BOUNDS),
     Buckets::Full("tf_worker_flow_wait_seconds", TASK_BOUNDS),
+    Buckets::Full("tf_worker_event_wait_seconds", TASK_BOUNDS),
     Buckets::Prefix("temporal_", crate::sdk_metrics::BOUNDS),
 ];
 
@@ -67,6 +68,14 @@ impl Metrics {
             "tf_worker_flow_wait_seconds",
             "How long runs (or budgeted tasks) waited for a flow-control limit before they executed, by definition (or budget)."
         );
+        describe_counter!(
+            "tf_worker_event_waits_total",
+            "wait_for_event steps that ended, by definition and outcome: received (an event came) or timed_out (docs/steps.md)."
+        );
+        describe_histogram!(
+            "tf_worker_event_wait_seconds",
+            "How long wait_for_event steps waited until their event or their timeout, by definition."
+        );
         Metrics {
             results_published: counter!("tf_worker_results_published_total"),
             relay_batches_failed: counter!("tf_worker_relay_batches_failed_total"),
@@ -104,6 +113,12 @@ impl Metrics {
         histogram!("tf_worker_flow_wait_seconds", label.0 => label.1.to_string()).record(seconds);
     }
 
+    /// A wait for an event ended after `seconds`: `received` or `timed_out`.
+    pub fn event_wait_ended(&self, definition: &str, outcome: &'static str, seconds: f64) {
+        counter!("tf_worker_event_waits_total", "definition" => definition.to_string(), "outcome" => outcome).increment(1);
+        histogram!("tf_worker_event_wait_seconds", "definition" => definition.to_string()).record(seconds);
+    }
+
     /// From a run's trigger firing to its end.
     pub fn run_finished(&self, definition: &str, seconds: f64) {
         histogram!("tf_worker_run_duration_seconds", "definition" => definition.to_string()).record(seconds);
@@ -128,6 +143,20 @@ fn words(verdict: &tf_store::flow::Verdict) -> (&'static str, &'static str) {
 #[cfg(test)]
 mod tests {
     use tf_store::flow::Verdict;
+
+    #[test]
+    fn an_ended_wait_is_counted_by_outcome_and_timed() {
+        let recorder = tf_runtime::test_recorder(super::BUCKETS);
+        let m = metrics::with_local_recorder(&recorder, super::Metrics::new);
+        metrics::with_local_recorder(&recorder, || {
+            m.event_wait_ended("orders", "received", 3.0);
+            m.event_wait_ended("orders", "timed_out", 86_400.0);
+        });
+        let text = recorder.handle().render();
+        assert!(text.contains("tf_worker_event_waits_total{definition=\"orders\",outcome=\"received\"} 1"), "{text}");
+        assert!(text.contains("tf_worker_event_waits_total{definition=\"orders\",outcome=\"timed_out\"} 1"), "{text}");
+        assert!(text.contains("tf_worker_event_wait_seconds_bucket{definition=\"orders\",le=\"5\"} 1"), "{text}");
+    }
 
     #[test]
     fn each_reason_names_its_control() {

@@ -274,7 +274,7 @@ pub(crate) async fn wait_for_event<W: Told>(
     // The event is taken from the store (the signal only names the wait, so a large event never
     // rides on it); a timeout still takes an event that claimed the wait first.
     let delivery = if told || !ctx.cancellation_token().is_cancelled() {
-        let end = EndWaitInput { wait_id, timed_out: !told };
+        let end = EndWaitInput { wait_id, timed_out: !told, definition_id: task.definition_id.clone(), since_ms };
         ctx.execute_local_activity(RunActivities::end_wait, end, closing_opts()).await?
     } else {
         None
