@@ -75,22 +75,18 @@ impl EventMatch {
         self.run.eval_string(bindings).map(crate::flow::stored_key)
     }
 
-    /// The incoming event's side, computed by the router; `None` when the event does not have
-    /// what the expression reads (it then matches nothing).
-    pub fn incoming_key(&self, scope: &Scope) -> Option<String> {
-        self.incoming.eval_string_in(scope).ok().map(crate::flow::stored_key)
-    }
-
-    /// Whether an event that arrived on `topic` may count.
-    pub fn accepts_topic(&self, topic: &str) -> bool {
-        self.topics.is_empty() || self.topics.iter().any(|t| t == topic)
-    }
-
     /// What identifies the incoming side in the store: the same expression in two definitions
     /// (or versions) gives one key to compute per event.
     pub fn matcher(&self) -> String {
         matcher_of(self.incoming.source())
     }
+}
+
+/// The incoming event's side of a match, `incoming` evaluated over the event's scope (by the
+/// router, and by a wait that looks back); `None` when the event does not have what the
+/// expression reads (it then matches nothing).
+pub fn incoming_key(incoming: &Expr, scope: &Scope) -> Option<String> {
+    incoming.eval_string_in(scope).ok().map(crate::flow::stored_key)
 }
 
 /// The store's name for an incoming expression: its SHA-256.

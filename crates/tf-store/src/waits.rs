@@ -68,13 +68,12 @@ pub struct Delivery {
     pub source: Source,
 }
 
-impl Delivery {
-    /// Why the event cancelled a run (a `cancel_on` delivery), as the run's tasks record it.
-    pub fn cancel_reason(&self) -> String {
-        let id = self.event.get("id").and_then(Json::as_str).unwrap_or("?");
-        let kind = self.event.get("type").and_then(Json::as_str).unwrap_or("?");
-        format!("cancel_on: {kind} event {id} ({} partition {} offset {})", self.source.topic, self.source.partition, self.source.offset)
-    }
+/// Why `event`, read at `source`, cancelled a run (a `cancel_on` delivery), as the run's tasks
+/// record it.
+pub fn cancel_reason(event: &Json, source: &Source) -> String {
+    let id = event.get("id").and_then(Json::as_str).unwrap_or("?");
+    let kind = event.get("type").and_then(Json::as_str).unwrap_or("?");
+    format!("cancel_on: {kind} event {id} ({} partition {} offset {})", source.topic, source.partition, source.offset)
 }
 
 /// A wait an event was delivered to, for the router to tell its run.
@@ -141,14 +140,17 @@ pub async fn begin(pool: &PgPool, w: &NewWait) -> Result<(), StoreError> {
 /// the moment the wait was being recorded, a handful at most.
 pub const LOOK_BACK_LIMIT: i64 = 500;
 
-/// Events of `event_type` recorded at or after `since_ms`, oldest first.
-pub async fn recent_events(pool: &PgPool, event_type: &str, since_ms: i64) -> Result<Vec<(Json, Source)>, StoreError> {
+/// Remembered events that may count for `w`: its type, from one of its topics (any when it
+/// names none, as [`deliver`] decides), recorded at or after its start; oldest first.
+pub async fn recent_events(pool: &PgPool, w: &NewWait) -> Result<Vec<(Json, Source)>, StoreError> {
     let rows: Vec<(Json, String, i32, i64)> = sqlx::query_as(
-        r#"SELECT event, topic, partition, "offset" FROM waitable_events WHERE event_type = $1 AND record_ms >= $2
-           ORDER BY record_ms, topic, partition, "offset" LIMIT $3"#,
+        r#"SELECT event, topic, partition, "offset" FROM waitable_events
+           WHERE event_type = $1 AND record_ms >= $2 AND (cardinality($3::text[]) = 0 OR topic = ANY ($3))
+           ORDER BY record_ms, topic, partition, "offset" LIMIT $4"#,
     )
-    .bind(event_type)
-    .bind(since_ms)
+    .bind(&w.event_type)
+    .bind(w.since_ms)
+    .bind(&w.topics)
     .bind(LOOK_BACK_LIMIT)
     .fetch_all(pool)
     .await?;

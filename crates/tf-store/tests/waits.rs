@@ -28,7 +28,7 @@ fn wait(id: &str, key: &str, since_ms: i64) -> NewWait {
 /// What the worker's BeginWait does: record the wait, then look back for a remembered event.
 async fn begin_and_look_back(pool: &sqlx::PgPool, w: &NewWait) {
     waits::begin(pool, w).await.unwrap();
-    for (event, source) in waits::recent_events(pool, &w.event_type, w.since_ms).await.unwrap() {
+    for (event, source) in waits::recent_events(pool, w).await.unwrap() {
         if event["data"]["order"] == w.match_key.as_str() {
             waits::claim(pool, &w.wait_id, &event, &source).await.unwrap();
             break;

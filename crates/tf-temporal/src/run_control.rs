@@ -17,6 +17,9 @@ pub enum RunControlError {
     Temporal(#[from] TemporalError),
     #[error("cancelling {run_id}: {reason}")]
     Cancel { run_id: String, reason: String },
+    /// Temporal has no open workflow for the run: it ended, so there is nothing to cancel.
+    #[error("cancelling {run_id}: {reason}")]
+    Ended { run_id: String, reason: String },
 }
 
 /// How a retry went.
@@ -105,5 +108,10 @@ pub async fn cancel_run(client: &Client, run_id: &str, status: RunStatus, reason
         .get_workflow_handle::<RunActivity>(run_id.to_string())
         .cancel(WorkflowCancelOptions::builder().reason(reason.to_string()).build())
         .await
-        .map_err(|e| RunControlError::Cancel { run_id: run_id.to_string(), reason: e.to_string() })
+        .map_err(|e| match e {
+            temporalio_client::errors::WorkflowInteractionError::NotFound(_) => {
+                RunControlError::Ended { run_id: run_id.to_string(), reason: e.to_string() }
+            }
+            e => RunControlError::Cancel { run_id: run_id.to_string(), reason: e.to_string() },
+        })
 }

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use temporalio_client::schedules::{ScheduleBackfill, ScheduleError, ScheduleOverlapPolicy};
+use temporalio_client::schedules::{ScheduleBackfill, ScheduleDescription, ScheduleError, ScheduleOverlapPolicy};
 use temporalio_client::{Client, RpcOptions};
 
 use crate::schedules::schedule_id;
@@ -70,25 +70,32 @@ pub struct RecentFire {
 pub async fn view(client: &Client, definition_id: &str) -> Result<ScheduleView, ScheduleControlError> {
     let id = schedule_id(definition_id);
     let d = client.get_schedule_handle(id.clone()).describe(RpcOptions::default()).await.map_err(|e| not_found(definition_id, e))?;
-    Ok(ScheduleView {
-        schedule_id: id,
-        paused: d.paused(),
-        note: d.note().filter(|n| !n.is_empty()).map(String::from),
-        actions: d.action_count(),
-        missed_catchup_window: d.missed_catchup_window(),
-        overlap_skipped: d.overlap_skipped(),
-        recent: d
-            .recent_actions()
-            .into_iter()
-            .map(|a| RecentFire {
-                nominal: a.schedule_time.map(fmt).unwrap_or_default(),
-                started: a.actual_time.map(fmt).unwrap_or_default(),
-                workflow_id: a.workflow_id,
-            })
-            .collect(),
-        running: d.running_actions().iter().map(|a| a.workflow_id.clone()).collect(),
-        next: d.future_action_times().into_iter().take(5).map(fmt).collect(),
-    })
+    Ok(ScheduleView::of(id, &d))
+}
+
+impl ScheduleView {
+    /// The view of a schedule Temporal described (`tf schedules describe` adds its calendar).
+    pub fn of(schedule_id: String, d: &ScheduleDescription) -> ScheduleView {
+        ScheduleView {
+            schedule_id,
+            paused: d.paused(),
+            note: d.note().filter(|n| !n.is_empty()).map(String::from),
+            actions: d.action_count(),
+            missed_catchup_window: d.missed_catchup_window(),
+            overlap_skipped: d.overlap_skipped(),
+            recent: d
+                .recent_actions()
+                .into_iter()
+                .map(|a| RecentFire {
+                    nominal: a.schedule_time.map(fmt).unwrap_or_default(),
+                    started: a.actual_time.map(fmt).unwrap_or_default(),
+                    workflow_id: a.workflow_id,
+                })
+                .collect(),
+            running: d.running_actions().iter().map(|a| a.workflow_id.clone()).collect(),
+            next: d.future_action_times().into_iter().take(5).map(fmt).collect(),
+        }
+    }
 }
 
 pub async fn pause(client: &Client, definition_id: &str, note: &str) -> Result<(), ScheduleControlError> {

@@ -89,30 +89,26 @@ pub async fn describe(settings: &Settings, id: &str) -> anyhow::Result<Answer> {
             calendars.push(calendar);
         }
     }
-    say!(text, "state         {}", if d.paused() { format!("PAUSED: {}", d.note().unwrap_or("")) } else { "active".to_string() });
+    let v = schedule_control::ScheduleView::of(id.clone(), &d);
+    say!(text, "state         {}", if v.paused { format!("PAUSED: {}", v.note.as_deref().unwrap_or("")) } else { "active".to_string() });
     say!(
         text,
         "actions       {} taken, {} missed the catch-up window, {} skipped by overlap",
-        d.action_count(),
-        d.missed_catchup_window(),
-        d.overlap_skipped()
+        v.actions,
+        v.missed_catchup_window,
+        v.overlap_skipped
     );
-    let mut recent = Vec::new();
-    for a in d.recent_actions() {
-        let (nominal, started) = (a.schedule_time.map(fmt).unwrap_or_default(), a.actual_time.map(fmt).unwrap_or_default());
-        say!(text, "  ran         nominal {nominal}  started {started}  {}", a.workflow_id);
-        recent.push(json!({"nominal": nominal, "started": started, "workflow_id": a.workflow_id}));
+    for a in &v.recent {
+        say!(text, "  ran         nominal {}  started {}  {}", a.nominal, a.started, a.workflow_id);
     }
-    let running: Vec<String> = d.running_actions().iter().map(|a| a.workflow_id.clone()).collect();
-    for w in &running {
+    for w in &v.running {
         say!(text, "  running     {w}");
     }
-    let next: Vec<String> = d.future_action_times().into_iter().take(5).map(fmt).collect();
-    say!(text, "next          {}", next.join(", "));
+    say!(text, "next          {}", v.next.join(", "));
     let answer = json!({
-        "schedule_id": id, "time_zone": timezone, "calendars": calendars, "paused": d.paused(), "note": d.note(),
-        "actions": d.action_count(), "missed_catchup_window": d.missed_catchup_window(), "overlap_skipped": d.overlap_skipped(),
-        "recent": recent, "running": running, "next": next,
+        "schedule_id": id, "time_zone": timezone, "calendars": calendars, "paused": v.paused, "note": d.note(),
+        "actions": v.actions, "missed_catchup_window": v.missed_catchup_window, "overlap_skipped": v.overlap_skipped,
+        "recent": v.recent, "running": v.running, "next": v.next,
     });
     Ok(Answer::new(answer)?.text(text))
 }

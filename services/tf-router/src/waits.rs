@@ -13,7 +13,8 @@ use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use serde_json::Value as Json;
 use tf_definitions::{Definition, Expr, RunStatus, Scope};
-use tf_store::waits::{self, Delivery, IncomingEvent, Matcher, Source};
+use tf_store::waits::{self, IncomingEvent, Matcher, Source};
+use tf_temporal::run_control::RunControlError;
 
 use crate::Shared;
 use crate::retry::{Paused, retry};
@@ -59,14 +60,7 @@ impl Listeners {
     pub fn keys(&self, event_type: &str, event: &Json) -> Option<Vec<(String, String)>> {
         let list = self.by_type.get(event_type)?;
         let scope = Scope::for_event(event);
-        Some(
-            list.iter()
-                .filter_map(|(matcher, e)| {
-                    let key = e.eval_string_in(&scope).ok()?;
-                    Some((matcher.clone(), tf_definitions::flow::stored_key(key)))
-                })
-                .collect(),
-        )
+        Some(list.iter().filter_map(|(matcher, e)| Some((matcher.clone(), tf_definitions::steps::incoming_key(e, &scope)?))).collect())
     }
 }
 
@@ -94,24 +88,23 @@ pub async fn deliver(shared: &Shared, msg: &OwnedMessage, at: &Position<'_>, eve
     let Some(event_type) = event.get("type").and_then(Json::as_str) else { return Ok(()) };
     let listeners = shared.listeners.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let Some(keys) = listeners.keys(event_type, event) else { return Ok(()) };
-    let source = Source { topic: at.topic.to_string(), partition: at.partition, offset: at.offset };
-    let record_ms = msg.timestamp().to_millis().unwrap_or_else(|| tf_envelope::Timestamp::now().0);
-    let incoming = IncomingEvent { event_type, event, source: &source, record_ms };
     // An event no incoming expression gives a key for matches no wait, now or later: it is
     // neither remembered nor delivered (a flood of such events costs no write).
     if keys.is_empty() {
         return Ok(());
     }
+    let source = Source { topic: at.topic.to_string(), partition: at.partition, offset: at.offset };
+    let record_ms = msg.timestamp().to_millis().unwrap_or_else(|| tf_envelope::Timestamp::now().0);
+    let incoming = IncomingEvent { event_type, event, source: &source, record_ms };
     // Remembered first, committed: a wait that begins from now on finds it (tf_store::waits).
     stored(shared, "remembering a waitable event", || waits::remember(&shared.pool, &incoming)).await?;
     let delivered = stored(shared, "delivering to waiting runs", || waits::deliver(&shared.pool, &incoming, &keys)).await?;
     for d in delivered {
         if d.cancels() {
-            let reason = Delivery { wait_id: d.wait_id.clone(), event: event.clone(), source: source.clone() }.cancel_reason();
+            let reason = waits::cancel_reason(event, &source);
             retry(shared, "cancel on an event", || async {
                 match tf_temporal::run_control::cancel_run(&shared.temporal, &d.run_id, RunStatus::Running, &reason).await {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.to_string().contains("not found") => Ok(()),
+                    Ok(()) | Err(RunControlError::Ended { .. }) => Ok(()),
                     Err(e) => Err(Paused::from(e.to_string())),
                 }
             })

@@ -211,6 +211,9 @@ pub struct PlanStepInput {
     /// Why the template is skipped (a template it runs after failed); it is recorded, not planned.
     #[serde(default)]
     pub skipped_because: Option<String>,
+    /// The run's first template stores the context snapshot (the others see it in `plan`).
+    #[serde(default)]
+    pub stores_context: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -542,11 +545,7 @@ impl RunActivities {
         let bindings = self.bindings(&definition, &p, Json::Null).await?;
         let planned =
             definition.plan_tasks(&task_prefix(&p), &bindings).map_err(|e| permanent(self.sources.secrets().redact(&e.to_string())))?;
-        let tasks: Vec<TaskInput> = planned
-            .into_iter()
-            .filter(|t| !p.skip.iter().any(|(template, index)| *template == t.template && *index == t.index))
-            .map(|t| task_input(&p, t))
-            .collect();
+        let tasks: Vec<TaskInput> = planned.into_iter().filter(|t| !ran_before(&p, t)).map(|t| task_input(&p, t)).collect();
         self.record_planned(&p, &tasks).await?;
         Ok(tasks)
     }
@@ -597,7 +596,7 @@ impl RunActivities {
             tasks::record_skipped(&self.pool, &p.run_id, &row, why).await.map_err(store_failure)?;
             return Ok(PlannedStep::default());
         }
-        if s.planned == 0 {
+        if s.stores_context {
             let sources = (!p.context_sources.is_null()).then_some(&p.context_sources);
             runs::set_context(&self.pool, &p.run_id, &p.context, sources).await.map_err(store_failure)?;
         }
@@ -605,9 +604,8 @@ impl RunActivities {
         let planned = definition
             .plan_template(&s.template, &prefix, &bindings, s.planned, s.now_ms)
             .map_err(|e| permanent(self.sources.secrets().redact(&e.to_string())))?;
-        let skip = |t: &tf_definitions::PlannedTask| p.skip.iter().any(|(template, index)| *template == t.template && *index == t.index);
-        let done_indexes: Vec<u32> = planned.iter().filter(|t| skip(t)).map(|t| t.index).collect();
-        let tasks: Vec<TaskInput> = planned.into_iter().filter(|t| !skip(t)).map(|t| task_input(p, t)).collect();
+        let done_indexes: Vec<u32> = planned.iter().filter(|t| ran_before(p, t)).map(|t| t.index).collect();
+        let tasks: Vec<TaskInput> = planned.into_iter().filter(|t| !ran_before(p, t)).map(|t| task_input(p, t)).collect();
         self.record_planned(p, &tasks).await?;
         let done = if done_indexes.is_empty() {
             Vec::new()
@@ -655,7 +653,7 @@ impl RunActivities {
                 until_ms: None,
             };
             if let Some(d) = self.open_wait(&wait).await? {
-                let reason = d.cancel_reason();
+                let reason = waits::cancel_reason(&d.event, &d.source);
                 if let Err(e) = tf_temporal::run_control::cancel_run(&self.temporal, b.run_id.as_str(), RunStatus::Running, &reason).await {
                     return Err(transient(e));
                 }
@@ -668,15 +666,9 @@ impl RunActivities {
     async fn open_wait(&self, w: &waits::NewWait) -> Result<Option<waits::Delivery>, ActivityError> {
         waits::begin(&self.pool, w).await.map_err(store_failure)?;
         let incoming = tf_definitions::Expr::compile("match.incoming", &w.incoming).map_err(|e| permanent(e.message))?;
-        let m = tf_definitions::steps::EventMatch {
-            event_type: w.event_type.clone(),
-            topics: w.topics.clone(),
-            incoming: incoming.clone(),
-            run: incoming,
-        };
-        for (event, source) in waits::recent_events(&self.pool, &w.event_type, w.since_ms).await.map_err(store_failure)? {
-            let scope = tf_definitions::Scope::for_event(&event);
-            if m.accepts_topic(&source.topic) && m.incoming_key(&scope).as_deref() == Some(w.match_key.as_str()) {
+        for (event, source) in waits::recent_events(&self.pool, w).await.map_err(store_failure)? {
+            let key = tf_definitions::steps::incoming_key(&incoming, &tf_definitions::Scope::for_event(&event));
+            if key.as_deref() == Some(w.match_key.as_str()) {
                 waits::claim(&self.pool, &w.wait_id, &event, &source).await.map_err(store_failure)?;
                 break;
             }
@@ -756,6 +748,11 @@ fn trace_id(traceparent: Option<&str>) -> &str {
 
 fn permanent_display(e: impl std::fmt::Display) -> ActivityError {
     permanent(e.to_string())
+}
+
+/// Whether the task succeeded in an earlier attempt of a retried run (it is not run again).
+fn ran_before(p: &PlanTasksInput, t: &tf_definitions::PlannedTask) -> bool {
+    p.skip.iter().any(|(template, index)| *template == t.template && *index == t.index)
 }
 
 /// A retried run's tasks get their own ids, so each attempt has its own results.

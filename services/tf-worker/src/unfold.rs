@@ -69,6 +69,7 @@ where
                 planned: spawned as usize,
                 now_ms: millis(ctx.workflow_time()),
                 skipped_because,
+                stores_context: started.len() == 1,
             };
             running.push(Box::pin(start(step, t.for_each.is_some())));
         }

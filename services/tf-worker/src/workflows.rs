@@ -287,6 +287,17 @@ pub(crate) async fn stop_or_fail(ctx: &WorkflowContext<RunActivityWorkflow>, run
 /// order), the rest here, side by side, each as RunTask would run it. Returns how many did not
 /// succeed.
 async fn run_tasks(ctx: &WorkflowContext<RunActivityWorkflow>, run_id: &RunId, tasks: &[TaskInput]) -> Result<u32, WorkflowTermination> {
+    Ok(run_planned(ctx, run_id, tasks).await?.iter().filter(|(_, succeeded, _)| !succeeded).count() as u32)
+}
+
+/// Runs planned tasks, children first (started in plan order; a cancel request stops starting
+/// more), then those the run executes itself, side by side. Returns `(index, succeeded,
+/// output)` of each: the run's own tasks in plan order, then the children.
+async fn run_planned(
+    ctx: &WorkflowContext<RunActivityWorkflow>,
+    run_id: &RunId,
+    tasks: &[TaskInput],
+) -> Result<Vec<(u32, bool, Json)>, WorkflowTermination> {
     let (inline, child_tasks): (Vec<&TaskInput>, Vec<&TaskInput>) = tasks.iter().partition(|t| t.execution == Execution::Activity);
     let mut children = Vec::with_capacity(child_tasks.len());
     for t in child_tasks {
@@ -297,21 +308,21 @@ async fn run_tasks(ctx: &WorkflowContext<RunActivityWorkflow>, run_id: &RunId, t
         // (the default WaitCancellationCompleted), so the run closes after its tasks.
         let child =
             ctx.start_child_workflow(RunTaskWorkflow::run, t.clone(), ChildWorkflowOptions::workflow_id(t.task_id.to_string())).await?;
-        children.push(child);
+        children.push((t.index, child));
     }
-    let mut failed = 0;
-    for outcome in task_path::join_in_order(inline.into_iter().map(|t| run_task_inline(ctx.clone(), t.clone())).collect()).await {
-        if outcome?.0 != TaskStatus::Succeeded {
-            failed += 1;
-        }
+    let mut ended = Vec::with_capacity(tasks.len());
+    let outcomes = task_path::join_in_order(inline.iter().map(|t| run_inline(ctx.clone(), (*t).clone())).collect()).await;
+    for (task, outcome) in inline.iter().zip(outcomes) {
+        let (status, output) = outcome?;
+        ended.push((task.index, status == TaskStatus::Succeeded, output.unwrap_or(Json::Null)));
     }
-    for child in children {
+    for (index, child) in children {
         match child.result().await {
-            Ok(outcome) if outcome.status == TaskStatus::Succeeded => {}
-            _ => failed += 1,
+            Ok(c) => ended.push((index, c.status == TaskStatus::Succeeded, c.output.unwrap_or(Json::Null))),
+            Err(_) => ended.push((index, false, Json::Null)),
         }
     }
-    Ok(failed)
+    Ok(ended)
 }
 
 /// An `execution: activity` task, run inside its run as RunTask would run it, minus the child
@@ -344,27 +355,7 @@ async fn run_template(
     }
     let mut ended: Vec<(u32, bool, Json)> = planned.done.iter().map(|(i, o)| (*i, true, o.clone())).collect();
     let spawned = planned.tasks.len() as u32;
-    let mut children = Vec::new();
-    let mut inline = Vec::new();
-    for t in &planned.tasks {
-        if t.execution == Execution::Child {
-            let child =
-                ctx.start_child_workflow(RunTaskWorkflow::run, t.clone(), ChildWorkflowOptions::workflow_id(t.task_id.to_string())).await?;
-            children.push((t.index, child));
-        } else {
-            inline.push(run_inline(ctx.clone(), t.clone()));
-        }
-    }
-    for (task, outcome) in planned.tasks.iter().filter(|t| t.execution != Execution::Child).zip(task_path::join_in_order(inline).await) {
-        let (status, output) = outcome?;
-        ended.push((task.index, status == TaskStatus::Succeeded, output.unwrap_or(Json::Null)));
-    }
-    for (index, child) in children {
-        match child.result().await {
-            Ok(c) => ended.push((index, c.status == TaskStatus::Succeeded, c.output.unwrap_or(Json::Null))),
-            Err(_) => ended.push((index, false, Json::Null)),
-        }
-    }
+    ended.extend(run_planned(&ctx, &run_id, &planned.tasks).await?);
     let failed = ended.iter().filter(|e| !e.1).count() as u32;
     Ok(unfold::TemplateEnd { name, view: StepView::of(for_each, &ended), spawned, failed })
 }

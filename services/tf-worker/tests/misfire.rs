@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tf_testkit::{FreshDatabase, Service, apply_definition, eventually, settings, unique};
+use tf_testkit::{FreshDatabase, apply_definition, eventually, settings, unique};
 
 async fn nominal_times(pool: &sqlx::PgPool, def: &str) -> Vec<i64> {
     sqlx::query_scalar(
@@ -26,11 +26,7 @@ async fn missed_fires_are_skipped_run_once_or_all_run_as_misfire_says() {
     let s = settings();
     let (db, pool) = FreshDatabase::migrated(&s).await;
     let queue = unique("it-queue");
-    let worker = Service::spawn(
-        env!("CARGO_BIN_EXE_tf-worker"),
-        &unique("tf-worker"),
-        &[("TF_DATABASE_URL", &db.url), ("TF_TASK_QUEUE", &queue), ("TF_NO_RELAY", "true"), ("TF_SCHEDULER_REFRESH_MS", "300")],
-    );
+    let worker = tf_testkit::worker(&db.url, &queue, &[("TF_NO_RELAY", "true"), ("TF_SCHEDULER_REFRESH_MS", "300")]);
     let mut defs = BTreeMap::new();
     for misfire in ["skip", "once", "all"] {
         let id = unique(&format!("it-misfire-{misfire}")).to_lowercase();
